@@ -1,0 +1,1 @@
+"""Deliver dlt rows into Customer.io."""
