@@ -1,1 +1,35 @@
-"""Deliver dlt rows into Customer.io."""
+"""cio_destination: deliver rows from any dlt pipeline into Customer.io.
+
+import dlt
+from cio_destination import customerio, customerio_adapter
+
+customerio_adapter(users, action="identify", identifier="email", identifier_type="email")
+dlt.pipeline("warehouse_to_cio", destination=customerio()).run(users)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from cio_destination.adapter import customerio_adapter
+from cio_destination.destination import customerio
+from cio_destination.exceptions import (
+    CredentialsError,
+    CustomerioError,
+    CustomerioTerminalError,
+    CustomerioTransientError,
+    MappingError,
+)
+from cio_destination.rejects import rejected_rows
+
+__all__ = [
+    "CredentialsError",
+    "CustomerioError",
+    "CustomerioTerminalError",
+    "CustomerioTransientError",
+    "MappingError",
+    "__version__",
+    "customerio",
+    "customerio_adapter",
+    "rejected_rows",
+]

@@ -1,0 +1,178 @@
+"""Turn warehouse values into what Customer.io's Track API accepts.
+
+Pure functions, no I/O. Timestamps become integer unix seconds; Decimals become JSON numbers;
+datetimes inside attributes become unix seconds too (what Customer.io segments compare on).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+_UTC = dt.timezone.utc
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+
+# Epoch numbers are told apart by magnitude: seconds stay below 1e11 until the year 5138, and
+# ms / us / ns values of any date after 1973 are above the next threshold.
+_MS_FROM = 1e11
+_US_FROM = 1e14
+_NS_FROM = 1e17
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+class ValueProblem(ValueError):
+    """A value cannot be converted; the message never contains the value itself."""
+
+
+def datetime_to_unix(value: dt.datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_UTC)
+    return int((value - _EPOCH).total_seconds() // 1)
+
+
+def _epoch_number_to_unix(number: float) -> int:
+    magnitude = abs(number)
+    if magnitude >= _NS_FROM:
+        return int(number // 1_000_000_000)
+    if magnitude >= _US_FROM:
+        return int(number // 1_000_000)
+    if magnitude >= _MS_FROM:
+        return int(number // 1_000)
+    return int(number // 1)
+
+
+def _parse_iso(text: str) -> dt.datetime:
+    candidate = text.strip()
+    if candidate.endswith(("Z", "z")):
+        candidate = candidate[:-1] + "+00:00"
+    try:
+        return dt.datetime.fromisoformat(candidate)
+    except ValueError:
+        pass
+    try:
+        day = dt.date.fromisoformat(candidate)
+    except ValueError as exc:
+        raise ValueProblem("not an ISO-8601 date/time or an epoch number") from exc
+    return dt.datetime(day.year, day.month, day.day, tzinfo=_UTC)
+
+
+def to_unix_seconds(value: Any) -> int:
+    """Convert a timestamp-column value to integer unix seconds.
+
+    Accepts datetimes (naive ones are UTC), dates (midnight UTC), ISO-8601 strings, and epoch
+    numbers (or digit strings) in seconds, milliseconds, microseconds or nanoseconds.
+    """
+    if isinstance(value, dt.datetime):
+        return datetime_to_unix(value)
+    if isinstance(value, dt.date):
+        return datetime_to_unix(dt.datetime(value.year, value.month, value.day))
+    if isinstance(value, bool):
+        raise ValueProblem("a boolean is not a timestamp")
+    if isinstance(value, (int, float, Decimal)):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueProblem("not a finite number")
+        return _epoch_number_to_unix(float(value) if isinstance(value, Decimal) else value)
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.lstrip("-").isdigit():
+            return _epoch_number_to_unix(int(stripped))
+        return datetime_to_unix(_parse_iso(stripped))
+    raise ValueProblem(f"a {type(value).__name__} is not a timestamp")
+
+
+def decimal_to_number(value: Decimal) -> int | float:
+    if not value.is_finite():
+        raise ValueProblem("not a finite number")
+    if value == value.to_integral_value():
+        return int(value)
+    return float(value)
+
+
+def to_json_value(value: Any) -> Any:
+    """Make one attribute value JSON-ready for orjson (which handles str/int/float/bool/None)."""
+    if isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueProblem("not a finite number")
+        return value
+    if isinstance(value, dt.datetime):
+        return datetime_to_unix(value)
+    if isinstance(value, dt.date):
+        return datetime_to_unix(dt.datetime(value.year, value.month, value.day))
+    if isinstance(value, Decimal):
+        return decimal_to_number(value)
+    if isinstance(value, dict):
+        return {str(k): to_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(v) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    # UUIDs, numpy scalars and the like: their text form is what a warehouse user expects.
+    return str(value)
+
+
+def parse_json_object(value: Any) -> dict[str, Any]:
+    """Event data from a JSON column: a dict, or a string holding a JSON object."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, (str, bytes)):
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise ValueProblem("not valid JSON") from exc
+        if isinstance(parsed, dict):
+            return parsed
+        raise ValueProblem(f"JSON holds a {type(parsed).__name__}, not an object")
+    raise ValueProblem(f"a {type(value).__name__} is not a JSON object")
+
+
+def canonical_key(values: list[Any]) -> bytes:
+    """Stable bytes for an idempotency key, equal for the same row in dict and Arrow form."""
+    return orjson.dumps([_canonical(v) for v in values], option=orjson.OPT_SORT_KEYS)
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_UTC)
+        return value.astimezone(_UTC).isoformat()
+    if isinstance(value, Decimal):
+        return str(value.normalize()) if value.is_finite() else str(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return to_json_value(value)
+
+
+def deterministic_ulid(namespace: str, key: bytes) -> str:
+    """A ULID-formatted id derived from (namespace, key): same input, same id, on any machine.
+
+    Customer.io de-duplicates events by this id and does not use its time part, so all 128 bits
+    come from a hash. 26 Crockford base32 chars carry 130 bits; the top two are zero.
+    """
+    digest = hashlib.blake2b(digest_size=16, person=b"cio-dest-ulid-v1")
+    digest.update(namespace.encode("utf-8"))
+    digest.update(b"\x00")
+    digest.update(key)
+    number = int.from_bytes(digest.digest(), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[number & 31])
+        number >>= 5
+    return "".join(reversed(chars))

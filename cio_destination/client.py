@@ -1,0 +1,295 @@
+"""The only module that talks HTTP: Track API batches, auth, regions, retries and the shared rate.
+
+Status codes are classified in one place (`_classify`):
+* 200 accepted; 207 accepted except the entries its `batch_index` values name;
+* 400/413/422 for a whole request: narrowed by halving until the offending entries stand alone,
+  which are rejected; the rest are delivered;
+* 401/403 terminal (`CredentialsError`); 404/405 terminal (the base URL is wrong);
+* 408/429/5xx and network faults: retried with exponential backoff and jitter, honouring
+  `Retry-After`, at most `max_attempts` times per request; then `CustomerioTransientError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+from cio_destination import __version__
+from cio_destination.batching import body_of, pack
+from cio_destination.exceptions import (
+    CredentialsError,
+    CustomerioTerminalError,
+    CustomerioTransientError,
+)
+from cio_destination.operations import Entry, Rejection
+from cio_destination.ratelimit import RateLimiter
+
+logger = logging.getLogger("cio_destination")
+
+TRACK_HOSTS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
+APP_HOSTS = {"us": "https://api.customer.io", "eu": "https://api-eu.customer.io"}
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504, 520, 522, 524})
+NARROWABLE_STATUS = frozenset({400, 413, 422})
+_MAX_SERVER_MESSAGE = 300
+
+
+@dataclass
+class SendStats:
+    """Counters of one or more sends; added up per load, table and action for the report."""
+
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    throttled_seconds: float = 0.0
+    accepted: int = 0
+
+    def add(self, other: SendStats) -> None:
+        self.requests += other.requests
+        self.retries += other.retries
+        self.throttled += other.throttled
+        self.throttled_seconds += other.throttled_seconds
+        self.accepted += other.accepted
+
+
+@dataclass
+class SendResult:
+    """What happened to a list of entries: rejections, counters, and the error that stopped it."""
+
+    rejections: list[Rejection] = field(default_factory=list)
+    stats: SendStats = field(default_factory=SendStats)
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    retry_after_cap: float = 60.0
+
+    def delay(self, attempt: int, rng: random.Random, retry_after: float | None) -> float:
+        """Seconds to wait before attempt `attempt + 1` (attempt counts from 1)."""
+        ceiling = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
+        delay = ceiling / 2 + rng.uniform(0, ceiling / 2)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.retry_after_cap))
+        return delay
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP-date: fall back to our own backoff
+
+
+def _server_errors(response: httpx.Response) -> list[dict[str, Any]]:
+    try:
+        payload = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return []
+    errors = payload.get("errors") if isinstance(payload, dict) else None
+    return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(value)[:_MAX_SERVER_MESSAGE]
+
+
+class TrackClient:
+    """Sends batches to one workspace's Track API. Thread-safe; create one per destination config."""
+
+    def __init__(
+        self,
+        base_url: str,
+        site_id: str,
+        api_key: str,
+        *,
+        limiter: RateLimiter,
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        max_connections: int = 32,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.limiter = limiter
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            auth=httpx.BasicAuth(site_id, api_key),
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            headers={
+                "content-type": "application/json",
+                "user-agent": f"cio-destination/{__version__}",
+            },
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- one request with retries ------------------------------------------------------------
+
+    def post(self, path: str, body: bytes, stats: SendStats) -> httpx.Response:
+        """POST with retries. Returns a response that is not retryable; raises when attempts run out."""
+        attempt = 0
+        while True:
+            attempt += 1
+            stats.requests += 1
+            stats.throttled_seconds += self.limiter.acquire()
+            problem: str
+            retry_after: float | None = None
+            try:
+                response = self._http.post(path, content=body)
+            except httpx.TransportError as exc:
+                problem = type(exc).__name__
+            else:
+                status = response.status_code
+                if status in (401, 403):
+                    raise CredentialsError("Track API", status, ("site_id", "api_key"))
+                if status in (404, 405):
+                    raise CustomerioTerminalError(
+                        f"Customer.io Track API answered HTTP {status} for {path}: check"
+                        " destination.customerio.track_url / region"
+                    )
+                if status not in RETRYABLE_STATUS:
+                    self.limiter.succeeded()
+                    return response
+                retry_after = _retry_after(response)
+                problem = f"HTTP {status}"
+                if status == 429:
+                    stats.throttled += 1
+                    self.limiter.throttled(retry_after or 0.0)
+            if attempt >= self.retry.max_attempts:
+                raise CustomerioTransientError(
+                    f"Customer.io Track API {path} failed {attempt} times, last with {problem};"
+                    " the load package stays pending and the next run resumes it"
+                )
+            with self._rng_lock:
+                delay = self.retry.delay(attempt, self._rng, retry_after)
+            stats.retries += 1
+            logger.info(
+                "Customer.io %s: %s, retry %d/%d in %.1fs",
+                path,
+                problem,
+                attempt,
+                self.retry.max_attempts - 1,
+                delay,
+            )
+            self._sleep(delay)
+
+    # -- a batch of entries ------------------------------------------------------------------
+
+    def send_batch(self, entries: Sequence[Entry]) -> SendResult:
+        """Deliver entries in one `/api/v2/batch` request (more if the request must be narrowed)."""
+        result = SendResult()
+        self._send(list(entries), result)
+        return result
+
+    def _send(self, entries: list[Entry], result: SendResult) -> None:
+        response = self.post("/api/v2/batch", body_of([e.data for e in entries]), result.stats)
+        status = response.status_code
+        if status == 200:
+            result.stats.accepted += len(entries)
+        elif status == 207:
+            self._partial(entries, response, result)
+        elif status in NARROWABLE_STATUS and len(entries) > 1:
+            middle = len(entries) // 2
+            self._send(entries[:middle], result)
+            self._send(entries[middle:], result)
+        else:
+            errors = _server_errors(response)
+            first = errors[0] if errors else {}
+            reason = "entry_too_large" if status == 413 else _text(first.get("reason"))
+            result.rejections.extend(
+                entries[0].reject(
+                    reason or f"http_{status}",
+                    _text(first.get("field")),
+                    _text(first.get("message")) or f"Customer.io answered HTTP {status}",
+                )
+            )
+
+    def _partial(self, entries: list[Entry], response: httpx.Response, result: SendResult) -> None:
+        errors = _server_errors(response)
+        failed: dict[int, dict[str, Any]] = {}
+        for error in errors:
+            index = error.get("batch_index")
+            if isinstance(index, int) and 0 <= index < len(entries):
+                failed.setdefault(index, error)
+        if not failed:
+            # A 207 that names no entry we sent: we cannot tell what was kept, so nothing is
+            # counted as delivered; every entry is recorded for inspection and replay.
+            for entry in entries:
+                result.rejections.extend(
+                    entry.reject("unreadable_207", None, "Customer.io answered 207 without errors")
+                )
+            return
+        for index, error in failed.items():
+            result.rejections.extend(
+                entries[index].reject(
+                    _text(error.get("reason")) or "rejected",
+                    _text(error.get("field")),
+                    _text(error.get("message")) or "rejected by Customer.io",
+                )
+            )
+        result.stats.accepted += len(entries) - len(failed)
+
+
+class Sender:
+    """Packs entries into bodies and keeps up to `max_in_flight` requests going at once.
+
+    One pool per workspace, shared by every dlt load thread: latency does not cut throughput, and
+    the rate limiter, not the pool, decides how fast requests start.
+    """
+
+    def __init__(self, client: TrackClient, *, max_in_flight: int, max_request_bytes: int) -> None:
+        self.client = client
+        self.max_request_bytes = max_request_bytes
+        self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="customerio-send")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.client.close()
+
+    def send(self, entries: Sequence[Entry]) -> SendResult:
+        groups = list(pack(entries, [len(e.data) for e in entries], self.max_request_bytes))
+        total = SendResult()
+        futures: list[Future[SendResult]] = [
+            self._pool.submit(self.client.send_batch, g) for g in groups
+        ]
+        for future in futures:
+            try:
+                part = future.result()
+            except BaseException as exc:
+                if total.error is None or (
+                    isinstance(exc, CustomerioTerminalError)
+                    and not isinstance(total.error, CustomerioTerminalError)
+                ):
+                    total.error = exc
+                continue
+            total.rejections.extend(part.rejections)
+            total.stats.add(part.stats)
+        return total

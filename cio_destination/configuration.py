@@ -1,0 +1,114 @@
+"""Configuration of the `customerio` destination: `[destination.customerio]` in dlt config.
+
+Every key can also be given as an environment variable `DESTINATION__CUSTOMERIO__<KEY>` or as a
+keyword argument to `customerio(...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from typing import Any, Final
+
+import httpx
+from dlt.common.configuration import configspec
+from dlt.common.configuration.exceptions import ConfigurationValueError
+from dlt.common.typing import TSecretStrValue
+from dlt.destinations.impl.destination.configuration import CustomDestinationClientConfiguration
+
+from cio_destination import limits
+from cio_destination.client import APP_HOSTS, TRACK_HOSTS
+
+REGIONS = tuple(TRACK_HOSTS)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(key: str, url: str) -> str:
+    """A base URL must be https, or plain http to a loopback host (the emulator, a local proxy)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ConfigurationValueError(f"destination.customerio.{key} is not a valid URL") from exc
+    if parsed.scheme == "https" and parsed.host:
+        return url.rstrip("/")
+    if parsed.scheme == "http" and parsed.host and is_loopback(parsed.host):
+        return url.rstrip("/")
+    raise ConfigurationValueError(
+        f"destination.customerio.{key} must use https:// (plain http:// is only allowed to"
+        " loopback hosts such as the local emulator), so credentials never cross a network"
+        " unencrypted"
+    )
+
+
+@configspec
+class CustomerioConfiguration(CustomDestinationClientConfiguration):
+    """Settings of the Customer.io destination (see the README for each key)."""
+
+    destination_type: Final[str] = dataclasses.field(  # type: ignore[misc]
+        default="destination", init=False, repr=False, compare=False
+    )
+    site_id: TSecretStrValue = None
+    """Track API site id (HTTP Basic user)."""
+    api_key: TSecretStrValue = None
+    """Track API key (HTTP Basic password)."""
+    app_api_key: TSecretStrValue | None = None
+    """App API bearer key, only needed for transactional sends."""
+    region: str = "us"
+    """`us` or `eu`: picks Customer.io's hosts unless `track_url` / `app_url` override them."""
+    track_url: str | None = None
+    """Base URL override for the Track API (the local emulator or a proxy)."""
+    app_url: str | None = None
+    """Base URL override for the App API."""
+    requests_per_second: float = 100.0
+    """Track API requests started per second, shared by every table and load thread."""
+    max_attempts: int = 5
+    """Attempts per request on throttling, 5xx and network faults before the batch fails."""
+    timeout: float = 30.0
+    """Seconds to wait for one HTTP response."""
+    max_request_bytes: int = limits.MAX_REQUEST_BYTES
+    """Upper bound of one batch request body, in serialized bytes (Customer.io allows 500 KB)."""
+    max_concurrent_requests: int = 32
+    """Requests in flight at once per workspace, so latency does not cut throughput."""
+    tables: dict[str, Any] | None = None
+    """Per-table mappings, `[destination.customerio.tables.<table>]`; replace adapter hints."""
+
+    def on_resolved(self) -> None:
+        if self.region not in REGIONS:
+            raise ConfigurationValueError(
+                f"destination.customerio.region must be one of {', '.join(REGIONS)}"
+            )
+        if self.track_url:
+            self.track_url = check_base_url("track_url", self.track_url)
+        if self.app_url:
+            self.app_url = check_base_url("app_url", self.app_url)
+        if self.requests_per_second <= 0:
+            raise ConfigurationValueError("destination.customerio.requests_per_second must be > 0")
+        if self.max_attempts < 1:
+            raise ConfigurationValueError("destination.customerio.max_attempts must be >= 1")
+        if self.timeout <= 0:
+            raise ConfigurationValueError("destination.customerio.timeout must be > 0")
+        if not 1_000 <= self.max_request_bytes <= limits.MAX_REQUEST_BYTES:
+            raise ConfigurationValueError(
+                "destination.customerio.max_request_bytes must be between 1000 and"
+                f" {limits.MAX_REQUEST_BYTES}"
+            )
+        if self.max_concurrent_requests < 1:
+            raise ConfigurationValueError(
+                "destination.customerio.max_concurrent_requests must be >= 1"
+            )
+
+    @property
+    def resolved_track_url(self) -> str:
+        return self.track_url or TRACK_HOSTS[self.region]
+
+    @property
+    def resolved_app_url(self) -> str:
+        return self.app_url or APP_HOSTS[self.region]

@@ -1,0 +1,254 @@
+"""The dlt glue: the `customerio` destination callable.
+
+dlt calls it with up to `BATCH_ROWS` rows of one table at a time, on several loader threads. Each call
+maps the rows, sends them, records what was rejected, and returns only when every row is delivered
+or recorded, so dlt's progress marker never runs ahead of Customer.io. Anything shared (HTTP client,
+rate limit, request pool, state store) is created once per destination config, never per call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import dlt
+from dlt.common.configuration.container import Container
+from dlt.common.schema import TTableSchema
+from dlt.common.schema.utils import is_dlt_table_or_column
+from dlt.common.storages.load_package import LoadPackageStateInjectableContext
+from dlt.common.typing import TDataItems
+
+from cio_destination.client import TRACK_HOSTS, RetryPolicy, Sender, TrackClient
+from cio_destination.configuration import CustomerioConfiguration
+from cio_destination.exceptions import MappingError
+from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
+from cio_destination.operations import RowMapper, rows_from_arrow
+from cio_destination.ratelimit import RateLimiter
+from cio_destination.store import store_for
+
+logger = logging.getLogger("cio_destination")
+
+# Rows per call. Large enough that bodies fill close to 500 KB; fixed, because dlt's resume offset
+# of a pending parquet package must stay a multiple of it.
+BATCH_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class _WorkspaceKey:
+    track_url: str
+    site_id: str
+    api_key_digest: str
+    requests_per_second: float
+    max_attempts: int
+    timeout: float
+    max_request_bytes: int
+    max_concurrent_requests: int
+
+
+class Workspace:
+    """Everything shared by the calls that send to one Customer.io workspace with one config."""
+
+    def __init__(self, key: _WorkspaceKey, api_key: str) -> None:
+        self.limiter = RateLimiter(key.requests_per_second)
+        client = TrackClient(
+            key.track_url,
+            key.site_id,
+            api_key,
+            limiter=self.limiter,
+            retry=RetryPolicy(max_attempts=key.max_attempts),
+            timeout=key.timeout,
+            max_connections=key.max_concurrent_requests,
+        )
+        self.sender = Sender(
+            client,
+            max_in_flight=key.max_concurrent_requests,
+            max_request_bytes=key.max_request_bytes,
+        )
+
+
+_workspaces: dict[_WorkspaceKey, Workspace] = {}
+_workspaces_lock = threading.Lock()
+
+
+def workspace_for(
+    *,
+    track_url: str,
+    site_id: str,
+    api_key: str,
+    requests_per_second: float,
+    max_attempts: int,
+    timeout: float,
+    max_request_bytes: int,
+    max_concurrent_requests: int,
+) -> Workspace:
+    key = _WorkspaceKey(
+        track_url=track_url,
+        site_id=site_id,
+        api_key_digest=hashlib.sha256(api_key.encode()).hexdigest(),
+        requests_per_second=requests_per_second,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        max_request_bytes=max_request_bytes,
+        max_concurrent_requests=max_concurrent_requests,
+    )
+    with _workspaces_lock:
+        workspace = _workspaces.get(key)
+        if workspace is None:
+            workspace = _workspaces[key] = Workspace(key, api_key)
+        return workspace
+
+
+class LoadMappings:
+    """The compiled mappings of one load, checked for every table of the package up front."""
+
+    def __init__(self, tables_config: dict[str, Any] | None) -> None:
+        self._config = tables_config or {}
+        self._compiled: dict[str, CompiledMapping] = {}
+        self._mappers: dict[str, RowMapper] = {}
+        self._error: MappingError | None = None
+        self._lock = threading.Lock()
+
+    def check_package(self, context: LoadPackageStateInjectableContext) -> None:
+        """Compile the mapping of every data table with a job in the package; keep the first error."""
+        schema = context.storage.load_schema(context.load_id)
+        names = sorted(
+            {
+                job.table_name
+                for _, job in context.storage.list_all_jobs_with_states(context.load_id)
+            }
+        )
+        for name in names:
+            if is_dlt_table_or_column(name, schema._dlt_tables_prefix) or name not in schema.tables:
+                continue
+            table = schema.tables[name]
+            columns = {
+                c: s
+                for c, s in table.get("columns", {}).items()
+                if not is_dlt_table_or_column(c, schema._dlt_tables_prefix)
+            }
+            try:
+                self._compile(name, table, columns)
+            except MappingError as error:
+                self._error = error
+                return
+
+    def _compile(self, name: str, table: Any, columns: dict[str, Any]) -> CompiledMapping:
+        mapping = resolve_mapping(name, table, self._config.get(name))
+        compiled = compile_mapping(name, mapping, columns)
+        self._compiled[name] = compiled
+        self._mappers[name] = RowMapper(compiled)
+        return compiled
+
+    def mapper(self, table: TTableSchema) -> RowMapper:
+        if self._error is not None:
+            raise self._error
+        name = table["name"]
+        with self._lock:
+            mapper = self._mappers.get(name)
+            if mapper is None:
+                self._compile(name, table, table["columns"])
+                mapper = self._mappers[name]
+            return mapper
+
+
+_loads: dict[tuple[str, str], LoadMappings] = {}
+_loads_lock = threading.Lock()
+
+
+def _load_context() -> LoadPackageStateInjectableContext | None:
+    try:
+        return Container()[LoadPackageStateInjectableContext]
+    except Exception:
+        return None
+
+
+def mappings_for_load(
+    working_dir: str, load_id: str, tables_config: dict[str, Any] | None
+) -> LoadMappings:
+    """The load's mappings, checked against the whole package on first use, before any request."""
+    key = (working_dir, load_id)
+    with _loads_lock:
+        mappings = _loads.get(key)
+        if mappings is None:
+            mappings = LoadMappings(tables_config)
+            context = _load_context()
+            if context is not None and context.load_id == load_id:
+                mappings.check_package(context)
+            for stale in [k for k in _loads if k[0] == working_dir]:
+                del _loads[stale]  # only the current load of a pipeline is needed again
+            _loads[key] = mappings
+        return mappings
+
+
+def _secret(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+@dlt.destination(
+    name="customerio",
+    batch_size=BATCH_ROWS,
+    loader_file_format="typed-jsonl",
+    naming_convention="direct",
+    skip_dlt_columns_and_tables=True,
+    max_table_nesting=0,
+    spec=CustomerioConfiguration,
+)
+def customerio(
+    items: TDataItems,
+    table: TTableSchema,
+    site_id: str = dlt.secrets.value,
+    api_key: str = dlt.secrets.value,
+    region: str = "us",
+    track_url: str | None = None,
+    requests_per_second: float = 100.0,
+    max_attempts: int = 5,
+    timeout: float = 30.0,
+    max_request_bytes: int = 500_000,
+    max_concurrent_requests: int = 32,
+    tables: dict[str, Any] | None = None,
+) -> None:
+    """Deliver rows to Customer.io as the table's mapping says (see `customerio_adapter`).
+
+    Use it as `destination=customerio()` (config from `[destination.customerio]`),
+    `customerio(site_id=..., api_key=...)`, or the string `"cio_destination.customerio"`.
+    """
+    pipeline = dlt.current.pipeline()
+    load_id = dlt.current.load_package_state()["load_id"]
+    working_dir = pipeline.working_dir
+    mapper = mappings_for_load(working_dir, load_id, tables).mapper(table)
+    rows = (
+        items if isinstance(items, list) else rows_from_arrow(items, mapper.compiled.json_columns)
+    )
+    mapped = mapper.map_rows(rows)
+
+    workspace = workspace_for(
+        track_url=track_url or TRACK_HOSTS[region],
+        site_id=_secret(site_id),
+        api_key=_secret(api_key),
+        requests_per_second=requests_per_second,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        max_request_bytes=max_request_bytes,
+        max_concurrent_requests=max_concurrent_requests,
+    )
+    result = workspace.sender.send(mapped.entries)
+    rejections = mapped.rejections + result.rejections
+    store_for(working_dir).record_rejections(
+        load_id, table["name"], mapper.compiled.action, rejections
+    )
+    logger.info(
+        "customerio: table %s (%s): %d rows in, %d operations accepted, %d rows rejected,"
+        " %d requests, %d retries",
+        table["name"],
+        mapper.compiled.action,
+        mapped.rows_in,
+        result.stats.accepted,
+        len(rejections),
+        result.stats.requests,
+        result.stats.retries,
+    )
+    if result.error is not None:
+        raise result.error

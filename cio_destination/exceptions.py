@@ -1,0 +1,71 @@
+"""Errors raised by the Customer.io destination, grouped by what dlt (and you) must do next.
+
+* CustomerioError
+  * CustomerioTerminalError - the load stops; fix something, then run again. The package stays pending.
+    * MappingError - a table's mapping is missing or wrong (names the table and the mapping key)
+    * CredentialsError - Customer.io refused the credentials (names the config keys to fix)
+  * CustomerioTransientError - Customer.io was unreachable or kept throttling after every retry;
+    dlt retries the job and a later run resumes the package.
+
+A single bad row is never an exception: it becomes a rejection (see `rejected_rows`) and the load goes
+on. No message here ever carries a secret, a payload or an attribute value.
+"""
+
+from __future__ import annotations
+
+from dlt.common.destination.exceptions import (
+    DestinationException,
+    DestinationTerminalException,
+    DestinationTransientException,
+)
+
+__all__ = [
+    "CredentialsError",
+    "CustomerioError",
+    "CustomerioTerminalError",
+    "CustomerioTransientError",
+    "MappingError",
+]
+
+
+class CustomerioError(DestinationException):
+    """Base of every error raised by the Customer.io destination."""
+
+
+class CustomerioTerminalError(CustomerioError, DestinationTerminalException):
+    """Retrying cannot help: a setting or a mapping must change first."""
+
+
+class MappingError(CustomerioTerminalError):
+    """A table's Customer.io mapping is missing or invalid. Raised before any request of the load."""
+
+    def __init__(self, table: str, key: str, problem: str) -> None:
+        self.table = table
+        self.key = key
+        self.problem = problem
+        super().__init__(
+            f"Customer.io mapping of table '{table}', key '{key}': {problem}. Fix it with "
+            f"customerio_adapter(...) or under [destination.customerio.tables.{table}] in config."
+        )
+
+
+class CredentialsError(CustomerioTerminalError):
+    """Customer.io answered 401/403: the workspace credentials (or the region) are wrong."""
+
+    def __init__(self, api: str, status: int, keys: tuple[str, ...]) -> None:
+        self.api = api
+        self.status = status
+        self.keys = keys
+        names = " and ".join(f"destination.customerio.{k}" for k in keys)
+        super().__init__(
+            f"Customer.io {api} refused the credentials (HTTP {status}). Check {names}"
+            " (and `region`: a US workspace cannot be reached on the EU host)."
+        )
+
+
+class CustomerioTransientError(CustomerioError, DestinationTransientException):
+    """Requests kept failing with throttling, server errors or network faults after all retries.
+
+    dlt keeps the load package; the next run resumes it. Replays are safe: identifies are
+    idempotent and events carry deterministic ids.
+    """

@@ -1,0 +1,165 @@
+"""The destination's local state: one SQLite file in the pipeline's working directory.
+
+It holds rejected rows (and, later, the send ledger and per-load reports). Nothing in it is needed
+to deliver people and events correctly: losing it loses history, never correctness.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cio_destination.operations import Rejection
+
+STATE_DIR = "customerio"
+STATE_FILE = "state.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rejected_rows (
+    reject_id TEXT PRIMARY KEY,
+    load_id TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    row_key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    field TEXT,
+    message TEXT NOT NULL,
+    row_json BLOB NOT NULL,
+    rejected_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_rows_load ON rejected_rows (load_id, table_name);
+"""
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return str(value)
+
+
+def row_to_json(row: dict[str, Any]) -> bytes:
+    return orjson.dumps(row, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+def state_path(working_dir: str | Path) -> Path:
+    return Path(working_dir) / STATE_DIR / STATE_FILE
+
+
+class StateStore:
+    """Thread-safe access to one pipeline's state file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def record_rejections(
+        self, load_id: str, table: str, action: str, rejections: Sequence[Rejection]
+    ) -> None:
+        """Store rejections; a replayed batch rewrites the same records instead of doubling them."""
+        if not rejections:
+            return
+        now = time.time()
+        records = []
+        for rejection in rejections:
+            row_json = row_to_json(rejection.row)
+            reject_id = hashlib.blake2b(
+                b"\x00".join(
+                    [
+                        load_id.encode(),
+                        table.encode(),
+                        rejection.reason.encode(),
+                        (rejection.field or "").encode(),
+                        row_json,
+                    ]
+                ),
+                digest_size=16,
+            ).hexdigest()
+            records.append(
+                (
+                    reject_id,
+                    load_id,
+                    table,
+                    action,
+                    rejection.row_key,
+                    rejection.reason,
+                    rejection.field,
+                    rejection.message,
+                    row_json,
+                    now,
+                )
+            )
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO rejected_rows VALUES (?,?,?,?,?,?,?,?,?,?)", records
+            )
+            self._db.execute("COMMIT")
+
+    def iter_rejections(
+        self, load_id: str | None = None, table: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        query = "SELECT * FROM rejected_rows"
+        clauses, params = [], []
+        if load_id is not None:
+            clauses.append("load_id = ?")
+            params.append(load_id)
+        if table is not None:
+            clauses.append("table_name = ?")
+            params.append(table)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        query += " ORDER BY rejected_at, reject_id"
+        with self._lock:
+            rows = self._db.execute(query, params).fetchall()
+        for row in rows:
+            (reject_id, load, table_name, action, row_key, reason, field, message, row_json, at) = (
+                row
+            )
+            yield {
+                "reject_id": reject_id,
+                "load_id": load,
+                "table": table_name,
+                "action": action,
+                "row_key": row_key,
+                "reason": reason,
+                "field": field,
+                "message": message,
+                "row": orjson.loads(row_json),
+                "rejected_at": at,
+            }
+
+
+_stores: dict[Path, StateStore] = {}
+_stores_lock = threading.Lock()
+
+
+def store_for(working_dir: str | Path) -> StateStore:
+    """The one shared store of a pipeline working directory."""
+    path = state_path(working_dir).resolve()
+    with _stores_lock:
+        store = _stores.get(path)
+        if store is None or not path.exists():
+            if store is not None:
+                store.close()  # the working directory was wiped: start a new file
+            store = _stores[path] = StateStore(path)
+        return store
