@@ -182,7 +182,7 @@ class TrackClient:
                 problem = f"HTTP {status}"
                 if status == 429:
                     stats.throttled += 1
-                    self.limiter.throttled(retry_after or 0.0)
+                    self.limiter.throttled(min(retry_after or 0.0, self.retry.retry_after_cap))
             if attempt >= self.retry.max_attempts:
                 raise CustomerioTransientError(
                     f"Customer.io Track API {path} failed {attempt} times, last with {problem};"

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dlt
+import pytest
+
+from cio_destination import customerio
+from cio_destination.emulator import Emulator
+
+SITE_ID = "test-site"
+API_KEY = "test-key"
+
+
+@pytest.fixture(scope="session")
+def _shared_emulator() -> Iterator[Emulator]:
+    with Emulator(site_id=SITE_ID, api_key=API_KEY, app_api_key="test-app-key") as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def emulator(_shared_emulator: Emulator) -> Emulator:
+    """A running emulator on loopback, emptied for each test."""
+    _shared_emulator.set_faults(None)
+    _shared_emulator.reset()
+    return _shared_emulator
+
+
+@pytest.fixture
+def make_pipeline(tmp_path: Path, emulator: Emulator):
+    """A fresh pipeline into the emulator, isolated in tmp_path."""
+
+    def make(name: str = "to_cio", **destination_args: Any) -> dlt.Pipeline:
+        args = {"site_id": SITE_ID, "api_key": API_KEY, "track_url": emulator.url}
+        args.update(destination_args)
+        return dlt.pipeline(
+            name,
+            destination=customerio(**args),
+            pipelines_dir=str(tmp_path / "pipelines"),
+            dev_mode=True,
+        )
+
+    return make

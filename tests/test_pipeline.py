@@ -1,0 +1,383 @@
+"""Whole dlt pipelines from DuckDB (and plain Python data) into the emulator on loopback."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import dlt
+import duckdb
+import httpx
+import orjson
+import pytest
+from dlt.pipeline.exceptions import PipelineStepFailed
+from dlt.sources.sql_database import sql_table
+from pytest_httpx import HTTPXMock
+
+from cio_destination import (
+    CredentialsError,
+    MappingError,
+    customerio,
+    customerio_adapter,
+    rejected_rows,
+)
+from cio_destination._values import canonical_key, deterministic_ulid
+from cio_destination.emulator import Emulator
+
+from .conftest import API_KEY, SITE_ID
+
+UTC = dt.timezone.utc
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> str:
+    path = tmp_path / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute(
+            """CREATE TABLE users (account_no INTEGER, email VARCHAR, name VARCHAR, plan VARCHAR,
+               ltv DECIMAL(10, 2), signed_up TIMESTAMPTZ, updated_at TIMESTAMP, tags JSON)"""
+        )
+        con.execute(
+            """INSERT INTO users VALUES
+            (1, 'ada@example.com', 'Ada', 'pro', 1250.50, '2024-01-03 09:00:00+00',
+             '2024-06-01 10:00:00', '["a", "b"]'),
+            (2, 'grace@example.com', 'Grace', NULL, 0.00, '2024-02-11 12:30:00+01',
+             '2024-06-02 11:00:00', NULL),
+            (3, 'bad-email', 'Bad', 'free', 1.00, NULL, '2024-06-03 12:00:00', NULL)"""
+        )
+        con.execute(
+            """CREATE TABLE orders (order_id INTEGER, user_id INTEGER, total DECIMAL(10, 2),
+               created_at TIMESTAMPTZ, data JSON)"""
+        )
+        con.execute(
+            """INSERT INTO orders VALUES
+            (101, 1, 49.00, '2024-06-01 10:05:00+00', '{"sku": "BOOK-1", "qty": 1}'),
+            (102, 1, 15.50, '2024-06-02 16:40:00+02', '{"sku": "PEN-9"}'),
+            (103, 2, 120.00, '2024-06-03 09:00:00+00', '[1, 2]'),
+            (104, NULL, 5.00, '2024-06-04 09:00:00+00', '{}')"""
+        )
+    return f"duckdb:///{path}"
+
+
+def warehouse_resources(url: str, backend: str) -> list:
+    users = sql_table(credentials=url, table="users", backend=backend)
+    customerio_adapter(
+        users,
+        action="identify",
+        identifier="email",
+        identifier_type="email",
+        timestamp="updated_at",
+    )
+    orders = sql_table(credentials=url, table="orders", backend=backend)
+    customerio_adapter(
+        orders,
+        action="event",
+        identifier="user_id",
+        event_name="purchase_completed",
+        event_id="order_id",
+        event_data_column="data",
+        timestamp="created_at",
+    )
+    return [users, orders]
+
+
+@pytest.mark.parametrize("backend", ["sqlalchemy", "pyarrow"])
+def test_warehouse_tables_become_people_and_events(
+    backend: str, warehouse: str, emulator: Emulator, make_pipeline
+):
+    pipeline = make_pipeline()
+
+    info = pipeline.run(warehouse_resources(warehouse, backend))
+
+    assert not info.has_failed_jobs
+    # the events of user 1 also created a person with id 1, as Customer.io does
+    assert [
+        (p["identifiers"]["id"], p["attributes"])
+        for p in emulator.people
+        if "email" not in p["identifiers"]
+    ] == [("1", {})]
+    people = sorted(
+        (p for p in emulator.people if "email" in p["identifiers"]),
+        key=lambda p: p["identifiers"]["email"],
+    )
+    assert [p["identifiers"]["email"] for p in people] == ["ada@example.com", "grace@example.com"]
+    assert all("id" not in p["identifiers"] for p in people)
+    assert people[0]["attributes"] == {
+        "account_no": 1,
+        "name": "Ada",
+        "plan": "pro",
+        "ltv": 1250.5,
+        "signed_up": 1704272400,
+        "tags": '["a", "b"]',  # DuckDB's JSON type reflects as text through SQLAlchemy
+    }
+    assert people[1]["attributes"] == {
+        "account_no": 2,
+        "name": "Grace",
+        "ltv": 0,
+        "signed_up": 1707651000,
+    }
+
+    events = sorted(emulator.events, key=lambda e: e["attributes"]["total"])
+    assert [(e["name"], e["identifiers"], e["timestamp"], e["attributes"]) for e in events] == [
+        ("purchase_completed", {"id": "1"}, 1717339200, {"sku": "PEN-9", "total": 15.5}),
+        ("purchase_completed", {"id": "1"}, 1717236300, {"sku": "BOOK-1", "qty": 1, "total": 49}),
+    ]
+    assert {e["id"] for e in events} == {
+        deterministic_ulid("orders", canonical_key([101])),
+        deterministic_ulid("orders", canonical_key([102])),
+    }
+
+    rejected = sorted(rejected_rows(pipeline), key=lambda r: r["row_key"])
+    load_id = info.loads_ids[-1]
+    assert [
+        (r["load_id"], r["table"], r["action"], r["row_key"], r["reason"], r["field"])
+        for r in rejected
+    ] == [
+        (load_id, "orders", "event", "103", "invalid_event_data", "data"),
+        (load_id, "orders", "event", "104", "missing_identifier", "user_id"),
+        (load_id, "users", "identify", "bad-email", "invalid_identifier", "email"),
+    ]
+    assert rejected[2]["row"]["name"] == "Bad"
+    assert all("bad-email" not in r["message"] for r in rejected)
+
+
+def test_same_rows_in_both_shapes_get_the_same_event_ids(
+    warehouse: str, emulator: Emulator, make_pipeline
+):
+    make_pipeline("jsonl").run(warehouse_resources(warehouse, "sqlalchemy"))
+    first = sorted(e["id"] for e in emulator.events)
+    emulator.reset()
+
+    make_pipeline("arrow").run(warehouse_resources(warehouse, "pyarrow"))
+
+    assert sorted(e["id"] for e in emulator.events) == first
+
+
+def test_rerun_and_full_resync_create_no_duplicate_event(
+    warehouse: str, emulator: Emulator, make_pipeline
+):
+    pipeline = make_pipeline()
+    pipeline.run(warehouse_resources(warehouse, "sqlalchemy"))
+    assert len(emulator.events) == 2
+
+    pipeline.run(warehouse_resources(warehouse, "sqlalchemy"))
+    pipeline.run(warehouse_resources(warehouse, "pyarrow"), refresh="drop_sources")
+
+    assert len(emulator.events) == 2
+    assert emulator.duplicate_events == 4
+
+
+def test_mapping_from_config_without_code(emulator: Emulator, make_pipeline):
+    rows = [{"uid": 7, "plan": "pro", "seen": "2024-05-01T00:00:00Z"}]
+    pipeline = make_pipeline(
+        tables={"accounts": {"action": "identify", "identifier": "uid", "timestamp": "seen"}}
+    )
+
+    pipeline.run(dlt.resource(rows, name="accounts"))
+
+    assert [(p["identifiers"]["id"], p["attributes"]) for p in emulator.people] == [
+        ("7", {"plan": "pro"})
+    ]
+
+
+def test_mapping_from_env_config(emulator: Emulator, make_pipeline, monkeypatch):
+    monkeypatch.setenv(
+        "DESTINATION__CUSTOMERIO__TABLES",
+        orjson.dumps(
+            {
+                "signups": {
+                    "action": "event",
+                    "identifier": "uid",
+                    "event_name": "signed_up",
+                    "event_id": "uid",
+                }
+            }
+        ).decode(),
+    )
+    pipeline = make_pipeline()
+
+    pipeline.run(dlt.resource([{"uid": 9, "source": "ads"}], name="signups"))
+
+    assert [(e["name"], e["identifiers"], e["attributes"]) for e in emulator.events] == [
+        ("signed_up", {"id": "9"}, {"source": "ads"})
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mapping", "key"),
+    [
+        (None, "action"),
+        ({"action": "upsert", "identifier": "uid"}, "action"),
+        ({"action": "identify", "identifier": "user_id"}, "identifier"),
+        ({"action": "identify", "identifier": "uid", "attributes": ["nope"]}, "attributes"),
+        (
+            {"action": "event", "identifier": "uid", "event_name": "x", "timestamp": "ts"},
+            "timestamp",
+        ),
+    ],
+)
+def test_bad_mapping_stops_the_load_before_any_request(
+    mapping: dict | None, key: str, emulator: Emulator, make_pipeline
+):
+    good = customerio_adapter(
+        dlt.resource([{"uid": i} for i in range(5)], name="good"),
+        action="identify",
+        identifier="uid",
+    )
+    bad = dlt.resource([{"uid": 1, "plan": "x"}], name="bad")
+    pipeline = make_pipeline(tables={"bad": mapping} if mapping else None)
+
+    with pytest.raises(PipelineStepFailed) as raised:
+        pipeline.run([good, bad])
+
+    # dlt reports the terminal job error by its text
+    assert f"Customer.io mapping of table 'bad', key '{key}'" in str(raised.value)
+    assert emulator.requests == []
+
+
+def test_bad_credentials_stop_the_load_and_the_fixed_run_completes(
+    emulator: Emulator, tmp_path: Path
+):
+    rows = [{"uid": i, "n": i} for i in range(50)]
+    resource = customerio_adapter(
+        dlt.resource(rows, name="people"), action="identify", identifier="uid"
+    )
+    pipeline = dlt.pipeline(
+        "creds",
+        destination=customerio(site_id=SITE_ID, api_key="wrong-key", track_url=emulator.url),
+        pipelines_dir=str(tmp_path),
+    )
+
+    with pytest.raises(PipelineStepFailed) as raised:
+        pipeline.run(resource)
+
+    assert "destination.customerio.api_key" in str(raised.value)
+    assert "wrong-key" not in str(raised.value)
+    assert len(emulator.requests) <= 2
+    assert emulator.people == []
+    assert pipeline.list_normalized_load_packages() != []
+
+    fixed = dlt.pipeline(
+        pipeline.pipeline_name,
+        destination=customerio(site_id=SITE_ID, api_key=API_KEY, track_url=emulator.url),
+        pipelines_dir=pipeline.pipelines_dir,
+    )
+    fixed.run()
+
+    assert len(emulator.people) == 50
+    assert fixed.list_normalized_load_packages() == []
+
+
+def test_bodies_fill_close_to_500_kb(emulator: Emulator, make_pipeline):
+    rows = [
+        {
+            "uid": i,
+            "email": f"person{i:06d}@example.com",
+            "company": "Example Corporation Ltd",
+            "plan": "enterprise-annual",
+            "country": "Netherlands",
+            "city": "Amsterdam",
+            "title": "Senior Data Engineer",
+            "score": i % 97,
+            "active": True,
+        }
+        for i in range(20_000)
+    ]
+    resource = customerio_adapter(
+        dlt.resource(rows, name="people"), action="identify", identifier="uid"
+    )
+    pipeline = make_pipeline()
+
+    pipeline.run(resource)
+
+    assert len(emulator.people) == 20_000
+    batch_requests = [r for r in emulator.requests if r.path == "/api/v2/batch"]
+    assert len(batch_requests) <= 13
+    assert sum(r.ops for r in batch_requests) == 20_000
+
+
+def test_207_from_customerio_rejects_only_the_named_rows(httpx_mock: HTTPXMock, tmp_path: Path):
+    def answer(request: httpx.Request) -> httpx.Response:
+        batch = orjson.loads(request.content)["batch"]
+        errors = [
+            {"batch_index": i, "reason": "invalid", "field": "identifiers", "message": "no"}
+            for i, op in enumerate(batch)
+            if op["identifiers"]["id"] in {"3", "7"}
+        ]
+        return httpx.Response(207 if errors else 200, json={"errors": errors} if errors else {})
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+    resource = customerio_adapter(
+        dlt.resource([{"uid": i} for i in range(10)], name="people"),
+        action="identify",
+        identifier="uid",
+    )
+    pipeline = dlt.pipeline(
+        "p207",
+        destination=customerio(site_id="s", api_key="k", track_url="http://127.0.0.1:1"),
+        pipelines_dir=str(tmp_path),
+        dev_mode=True,
+    )
+
+    info = pipeline.run(resource)
+
+    assert not info.has_failed_jobs
+    rejected = sorted(rejected_rows(pipeline), key=lambda r: r["row_key"])
+    assert [(r["row_key"], r["reason"], r["field"], r["row"]) for r in rejected] == [
+        ("3", "invalid", "identifiers", {"uid": 3}),
+        ("7", "invalid", "identifiers", {"uid": 7}),
+    ]
+
+
+def test_rejected_rows_load_back_into_a_warehouse(
+    emulator: Emulator, make_pipeline, tmp_path: Path
+):
+    resource = customerio_adapter(
+        dlt.resource([{"uid": "1"}, {"uid": ""}, {"uid": "x" * 200}], name="people"),
+        action="identify",
+        identifier="uid",
+    )
+    pipeline = make_pipeline()
+    pipeline.run(resource)
+    sink = dlt.pipeline(
+        "rejects_sink",
+        destination=dlt.destinations.duckdb(str(tmp_path / "rejects.duckdb")),
+        pipelines_dir=str(tmp_path / "sink"),
+        dev_mode=True,
+    )
+
+    sink.run(rejected_rows(pipeline))
+    sink.run(rejected_rows(pipeline))  # merging on reject_id: no duplicates
+
+    with sink.sql_client() as client:
+        rows = client.execute_sql(
+            "SELECT reason, field FROM customerio_rejected_rows ORDER BY reason"
+        )
+    assert [tuple(r) for r in rows] == [
+        ("identifier_too_long", "uid"),
+        ("missing_identifier", "uid"),
+    ]
+
+
+def test_plain_http_to_a_remote_host_is_refused(tmp_path: Path):
+    from dlt.common.configuration.exceptions import ConfigurationValueError
+
+    resource = customerio_adapter(
+        dlt.resource([{"uid": 1}], name="people"), action="identify", identifier="uid"
+    )
+    pipeline = dlt.pipeline(
+        "insecure",
+        destination=customerio(site_id="s", api_key="k", track_url="http://example.com"),
+        pipelines_dir=str(tmp_path),
+        dev_mode=True,
+    )
+    with pytest.raises(ConfigurationValueError) as raised:
+        pipeline.run(resource)
+    assert "track_url must use https://" in str(raised.value)
+
+
+def test_credentials_error_is_terminal_for_dlt():
+    from dlt.common.destination.exceptions import DestinationTerminalException
+
+    assert issubclass(CredentialsError, DestinationTerminalException)
+    assert issubclass(MappingError, DestinationTerminalException)
