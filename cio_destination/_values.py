@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import math
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +26,12 @@ _US_FROM = 1e14
 _NS_FROM = 1e17
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_DIGITS = re.compile(r"^[0-9]+$")
+# Customer.io timestamps are unix seconds from 1970 up to the end of year 9999.
+_MAX_UNIX = 253_402_300_799
+# orjson (and JSON consumers in general) take integers in the signed/unsigned 64-bit range.
+_MIN_INT = -(2**63)
+_MAX_INT = 2**64 - 1
 
 
 class ValueProblem(ValueError):
@@ -66,40 +74,56 @@ def to_unix_seconds(value: Any) -> int:
     """Convert a timestamp-column value to integer unix seconds.
 
     Accepts datetimes (naive ones are UTC), dates (midnight UTC), ISO-8601 strings, and epoch
-    numbers (or digit strings) in seconds, milliseconds, microseconds or nanoseconds.
+    numbers (or digit strings) in seconds, milliseconds, microseconds or nanoseconds. The result
+    must fall between 1970 and the end of year 9999.
     """
     if isinstance(value, dt.datetime):
-        return datetime_to_unix(value)
-    if isinstance(value, dt.date):
-        return datetime_to_unix(dt.datetime(value.year, value.month, value.day))
-    if isinstance(value, bool):
+        seconds = datetime_to_unix(value)
+    elif isinstance(value, dt.date):
+        seconds = datetime_to_unix(dt.datetime(value.year, value.month, value.day))
+    elif isinstance(value, bool):
         raise ValueProblem("a boolean is not a timestamp")
-    if isinstance(value, (int, float, Decimal)):
-        if value != value or value in (float("inf"), float("-inf")):
+    elif isinstance(value, (int, float, Decimal)):
+        if isinstance(value, Decimal):
+            if not value.is_finite():
+                raise ValueProblem("not a finite number")
+            value = float(value)
+        elif isinstance(value, float) and not math.isfinite(value):
             raise ValueProblem("not a finite number")
-        return _epoch_number_to_unix(float(value) if isinstance(value, Decimal) else value)
-    if isinstance(value, str):
+        seconds = _epoch_number_to_unix(value)
+    elif isinstance(value, str):
         stripped = value.strip()
-        if stripped.lstrip("-").isdigit():
-            return _epoch_number_to_unix(int(stripped))
-        return datetime_to_unix(_parse_iso(stripped))
-    raise ValueProblem(f"a {type(value).__name__} is not a timestamp")
+        if _DIGITS.match(stripped):
+            seconds = _epoch_number_to_unix(int(stripped))
+        else:
+            seconds = datetime_to_unix(_parse_iso(stripped))
+    else:
+        raise ValueProblem(f"a {type(value).__name__} is not a timestamp")
+    if not 0 <= seconds <= _MAX_UNIX:
+        raise ValueProblem("outside the years 1970 to 9999 that Customer.io timestamps cover")
+    return seconds
 
 
 def decimal_to_number(value: Decimal) -> int | float:
     if not value.is_finite():
         raise ValueProblem("not a finite number")
     if value == value.to_integral_value():
-        return int(value)
+        number = int(value)
+        if _MIN_INT <= number <= _MAX_INT:
+            return number
     return float(value)
 
 
 def to_json_value(value: Any) -> Any:
     """Make one attribute value JSON-ready for orjson (which handles str/int/float/bool/None)."""
-    if isinstance(value, (str, bool, int)):
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        if not _MIN_INT <= value <= _MAX_INT:
+            raise ValueProblem("an integer outside the 64-bit range JSON consumers accept")
         return value
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise ValueProblem("not a finite number")
         return value
     if isinstance(value, dt.datetime):

@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from cio_destination import limits
 from cio_destination.exceptions import MappingError
 
 TAction = Literal["identify", "event"]
@@ -82,6 +83,12 @@ class TableMapping(BaseModel):
                 raise ValueError("event_name: give exactly one of event_name or event_name_column")
             if self.event_name is not None and not self.event_name.strip():
                 raise ValueError("event_name: must not be empty")
+            if self.event_name is not None and (
+                len(self.event_name.encode("utf-8")) > limits.MAX_EVENT_NAME_BYTES
+            ):
+                raise ValueError(
+                    f"event_name: over Customer.io's {limits.MAX_EVENT_NAME_BYTES}-byte limit"
+                )
         else:
             for key in ("event_name", "event_name_column", "event_data_column", "event_id"):
                 if getattr(self, key) is not None:
@@ -89,9 +96,12 @@ class TableMapping(BaseModel):
         return self
 
     def used_columns(self) -> list[str]:
-        """Columns the mapping consumes for something other than attributes."""
+        """Columns the mapping consumes for something other than attributes.
+
+        `event_id` columns are not among them: a key like `order_id` stays in the event data
+        whether it is named explicitly or taken from the primary key.
+        """
         used = [self.identifier, self.timestamp, self.event_name_column, self.event_data_column]
-        used.extend(self.event_id or ())
         return [c for c in used if c]
 
     def named_columns(self) -> list[tuple[str, str]]:
@@ -181,6 +191,14 @@ def compile_mapping(
         attribute_columns = tuple(mapping.attributes)
     else:
         attribute_columns = tuple(c for c in columns if c not in used)
+    for column in attribute_columns:
+        if len(column.encode("utf-8")) > limits.MAX_ATTRIBUTE_NAME_BYTES:
+            raise MappingError(
+                table,
+                "attributes",
+                f"a column name is over Customer.io's {limits.MAX_ATTRIBUTE_NAME_BYTES}-byte"
+                " attribute name limit; leave it out with `attributes` or rename it",
+            )
     event_id_columns: Sequence[str] = ()
     if mapping.action == "event":
         if mapping.event_id:

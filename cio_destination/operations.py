@@ -69,9 +69,9 @@ class _Reject(Exception):
         self.message = message
 
 
-def _utf8_len(text: str) -> int:
-    # a str of n chars is at most 4n bytes: skip the encode for short strings
-    return len(text) if len(text) * 4 <= 150 else len(text.encode("utf-8"))
+def _utf8_len(text: str, limit: int) -> int:
+    """The UTF-8 size of `text`, skipping the encode when it cannot exceed `limit` (<= 4 B/char)."""
+    return len(text) if len(text) * 4 <= limit else len(text.encode("utf-8"))
 
 
 def _value_size(value: Any) -> int:
@@ -124,7 +124,7 @@ class RowMapper:
                 raise _Reject(
                     "invalid_identifier", column, f"a {type(value).__name__} is not a valid {kind}"
                 )
-        if _utf8_len(text) > limits.MAX_IDENTIFIER_BYTES:
+        if _utf8_len(text, limits.MAX_IDENTIFIER_BYTES) > limits.MAX_IDENTIFIER_BYTES:
             raise _Reject(
                 "identifier_too_long",
                 column,
@@ -157,15 +157,6 @@ class RowMapper:
                 if clear:
                     attributes[column] = ""
                 continue
-            if len(column) * 4 > limits.MAX_ATTRIBUTE_NAME_BYTES and (
-                len(column.encode("utf-8")) > limits.MAX_ATTRIBUTE_NAME_BYTES
-            ):
-                raise _Reject(
-                    "attribute_name_too_long",
-                    column,
-                    f"the column name is over Customer.io's {limits.MAX_ATTRIBUTE_NAME_BYTES}-byte"
-                    " attribute name limit",
-                )
             if column in self._json_columns and isinstance(value, str):
                 value = _maybe_json(value)
             try:
@@ -302,7 +293,7 @@ class RowMapper:
             if value is None or (isinstance(value, str) and not value.strip()):
                 raise _Reject("missing_event_name", column, "the event name is empty")
             name = value if isinstance(value, str) else str(value)
-        if _utf8_len(name) > limits.MAX_EVENT_NAME_BYTES:
+        if _utf8_len(name, limits.MAX_EVENT_NAME_BYTES) > limits.MAX_EVENT_NAME_BYTES:
             raise _Reject(
                 "event_name_too_long",
                 column,

@@ -119,8 +119,18 @@ def test_warehouse_tables_become_people_and_events(
 
     events = sorted(emulator.events, key=lambda e: e["attributes"]["total"])
     assert [(e["name"], e["identifiers"], e["timestamp"], e["attributes"]) for e in events] == [
-        ("purchase_completed", {"id": "1"}, 1717339200, {"sku": "PEN-9", "total": 15.5}),
-        ("purchase_completed", {"id": "1"}, 1717236300, {"sku": "BOOK-1", "qty": 1, "total": 49}),
+        (
+            "purchase_completed",
+            {"id": "1"},
+            1717339200,
+            {"sku": "PEN-9", "order_id": 102, "total": 15.5},
+        ),
+        (
+            "purchase_completed",
+            {"id": "1"},
+            1717236300,
+            {"sku": "BOOK-1", "qty": 1, "order_id": 101, "total": 49},
+        ),
     ]
     assert {e["id"] for e in events} == {
         deterministic_ulid("orders", canonical_key([101])),

@@ -1,0 +1,966 @@
+"""Pure tests of cio_destination.operations: rows in, exact Track API v2 operations or rejections out."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from cio_destination import limits
+from cio_destination._values import canonical_key, deterministic_ulid
+from cio_destination.mapping import compile_mapping, parse_mapping
+from cio_destination.operations import Entry, Mapped, Rejection, RowMapper, rows_from_arrow
+
+UTC = dt.timezone.utc
+IST = dt.timezone(dt.timedelta(hours=5, minutes=30))
+PST = dt.timezone(dt.timedelta(hours=-8))
+T = 1_705_314_600  # 2024-01-15T10:30:00Z
+
+# Pinned in test_values too: the id of the event of table "orders" whose event_id is "o-1".
+GOLDEN_ULID = "70BZVJC7C6P8R7JBB5GW84SSNR"
+
+
+def columns(*names: str, pk: tuple[str, ...] = (), json: tuple[str, ...] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in names:
+        column: dict[str, Any] = {"name": name, "data_type": "json" if name in json else "text"}
+        if name in pk:
+            column["primary_key"] = True
+        out[name] = column
+    return out
+
+
+def mapper(table: str, table_columns: dict[str, Any], **declared: Any) -> RowMapper:
+    return RowMapper(compile_mapping(table, parse_mapping(table, declared), table_columns))
+
+
+def ops(mapped: Mapped) -> list[dict[str, Any]]:
+    return [orjson.loads(entry.data) for entry in mapped.entries]
+
+
+USERS = columns("id", "email", "name", "plan", "updated_at")
+ORDERS = columns("order_id", "user_id", "kind", "total", "props", "created_at", json=("props",))
+
+
+# --- identify ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("declared", "table_columns", "row", "expected"),
+    [
+        pytest.param(
+            {"identifier": "id"},
+            USERS,
+            {"id": "u-1", "email": "ann@example.com", "name": "Ann", "plan": None},
+            {
+                "identifiers": {"id": "u-1"},
+                "attributes": {"email": "ann@example.com", "name": "Ann"},
+            },
+            id="by-id-none-left-out",
+        ),
+        pytest.param(
+            {"identifier": "id"},
+            USERS,
+            {"id": 42, "name": "Ann"},
+            {"identifiers": {"id": "42"}, "attributes": {"name": "Ann"}},
+            id="int-identifier-as-string",
+        ),
+        pytest.param(
+            {"identifier": "id"},
+            USERS,
+            {"id": Decimal("42"), "name": "Ann"},
+            {"identifiers": {"id": "42"}, "attributes": {"name": "Ann"}},
+            id="decimal-identifier-as-string",
+        ),
+        pytest.param(
+            {"identifier": "email", "identifier_type": "email"},
+            USERS,
+            {"id": 1, "email": "ann@example.com", "plan": "pro"},
+            {"identifiers": {"email": "ann@example.com"}, "attributes": {"id": 1, "plan": "pro"}},
+            id="by-email",
+        ),
+        pytest.param(
+            {"identifier": "cio", "identifier_type": "cio_id"},
+            columns("cio", "plan"),
+            {"cio": "a3000001", "plan": "pro"},
+            {"identifiers": {"cio_id": "a3000001"}, "attributes": {"plan": "pro"}},
+            id="by-cio-id",
+        ),
+        pytest.param(
+            {"identifier": "phone", "identifier_type": "phone"},
+            columns("phone", "plan"),
+            {"phone": "+14155550100", "plan": "pro"},
+            {"identifiers": {"phone": "+14155550100"}, "attributes": {"plan": "pro"}},
+            id="by-phone",
+        ),
+        pytest.param(
+            {"identifier": "id", "attributes": ["plan"]},
+            USERS,
+            {"id": 1, "email": "ann@example.com", "name": "Ann", "plan": "pro"},
+            {"identifiers": {"id": "1"}, "attributes": {"plan": "pro"}},
+            id="chosen-attributes",
+        ),
+        pytest.param(
+            {"identifier": "id", "attributes": ["plan"]},
+            USERS,
+            {"id": 1, "name": "Ann", "plan": None},
+            {"identifiers": {"id": "1"}},
+            id="no-attributes-left",
+        ),
+        pytest.param(
+            {"identifier": "id", "attributes": ["name", "plan"], "clear_nulls": True},
+            USERS,
+            {"id": 1, "name": "Ann", "plan": None},
+            {"identifiers": {"id": "1"}, "attributes": {"name": "Ann", "plan": ""}},
+            id="clear-nulls-sends-empty-string",
+        ),
+        pytest.param(
+            {"identifier": "id", "attributes": ["name", "plan"], "clear_nulls": True},
+            USERS,
+            {"id": 1},
+            {"identifiers": {"id": "1"}, "attributes": {"name": "", "plan": ""}},
+            id="clear-nulls-absent-columns",
+        ),
+        pytest.param(
+            {"identifier": "id", "timestamp": "updated_at"},
+            USERS,
+            {"id": 1, "plan": "pro", "updated_at": dt.datetime(2024, 1, 15, 16, 0, tzinfo=IST)},
+            {"identifiers": {"id": "1"}, "attributes": {"plan": "pro"}, "timestamp": T},
+            id="timestamp-datetime",
+        ),
+        pytest.param(
+            {"identifier": "id", "timestamp": "updated_at"},
+            USERS,
+            {"id": 1, "updated_at": T * 1000},
+            {"identifiers": {"id": "1"}, "timestamp": T},
+            id="timestamp-ms",
+        ),
+        pytest.param(
+            {"identifier": "id", "timestamp": "updated_at"},
+            USERS,
+            {"id": 1, "updated_at": "2024-01-15T02:30:00-08:00"},
+            {"identifiers": {"id": "1"}, "timestamp": T},
+            id="timestamp-iso",
+        ),
+        pytest.param(
+            {"identifier": "id", "timestamp": "updated_at"},
+            USERS,
+            {"id": 1, "plan": "pro", "updated_at": None},
+            {"identifiers": {"id": "1"}, "attributes": {"plan": "pro"}},
+            id="timestamp-none-left-out",
+        ),
+        pytest.param(
+            {"identifier": "id"},
+            columns("id", "ltv", "seen", "signed_up", "vip", "prefs", json=("prefs",)),
+            {
+                "id": 1,
+                "ltv": Decimal("19.99"),
+                "seen": dt.datetime(2024, 1, 15, 2, 30, tzinfo=PST),
+                "signed_up": dt.date(2024, 1, 15),
+                "vip": False,
+                "prefs": '{"news": true}',
+            },
+            {
+                "identifiers": {"id": "1"},
+                "attributes": {
+                    "ltv": 19.99,
+                    "seen": T,
+                    "signed_up": 1_705_276_800,
+                    "vip": False,
+                    "prefs": {"news": True},
+                },
+            },
+            id="value-conversion",
+        ),
+    ],
+)
+def test_identify_operation(declared, table_columns, row, expected):
+    mapped = mapper("users", table_columns, action="identify", **declared).map_rows([row])
+    assert mapped.rejections == []
+    assert mapped.rows_in == 1
+    assert ops(mapped) == [{"type": "person", "action": "identify", **expected}]
+    assert mapped.entries[0].rows == [row]
+
+
+@pytest.mark.parametrize(
+    ("declared", "rows", "expected"),
+    [
+        pytest.param(
+            {"identifier": "id"},
+            [
+                {"id": 1, "name": "Ann", "plan": "free"},
+                {"id": 2, "name": "Bob"},
+                {"id": 1, "plan": "pro", "email": "ann@example.com"},
+            ],
+            [
+                {
+                    "identifiers": {"id": "1"},
+                    "attributes": {"name": "Ann", "plan": "pro", "email": "ann@example.com"},
+                },
+                {"identifiers": {"id": "2"}, "attributes": {"name": "Bob"}},
+            ],
+            id="later-row-wins",
+        ),
+        pytest.param(
+            {"identifier": "id"},
+            [{"id": 1, "plan": "pro"}, {"id": "1", "plan": None, "name": "Ann"}],
+            [{"identifiers": {"id": "1"}, "attributes": {"plan": "pro", "name": "Ann"}}],
+            id="none-does-not-erase-and-int-equals-string",
+        ),
+        pytest.param(
+            {"identifier": "id", "clear_nulls": True, "attributes": ["plan"]},
+            [{"id": 1, "plan": "pro"}, {"id": 1, "plan": None}],
+            [{"identifiers": {"id": "1"}, "attributes": {"plan": ""}}],
+            id="clear-nulls-later-none-clears",
+        ),
+        pytest.param(
+            {"identifier": "id", "timestamp": "updated_at"},
+            [
+                {"id": 1, "plan": "a", "updated_at": T},
+                {"id": 1, "plan": "b", "updated_at": T + 60},
+                {"id": 1, "plan": "c", "updated_at": T + 30},
+            ],
+            [{"identifiers": {"id": "1"}, "attributes": {"plan": "c"}, "timestamp": T + 60}],
+            id="latest-timestamp-kept",
+        ),
+        pytest.param(
+            {"identifier": "id", "timestamp": "updated_at"},
+            [{"id": 1, "plan": "a"}, {"id": 1, "updated_at": T}],
+            [{"identifiers": {"id": "1"}, "attributes": {"plan": "a"}, "timestamp": T}],
+            id="timestamp-from-later-row",
+        ),
+    ],
+)
+def test_identify_rows_of_one_person_collapse(declared, rows, expected):
+    mapped = mapper("users", USERS, action="identify", **declared).map_rows(rows)
+    assert mapped.rejections == []
+    assert mapped.rows_in == len(rows)
+    assert ops(mapped) == [{"type": "person", "action": "identify", **e} for e in expected]
+    assert sum(len(entry.rows) for entry in mapped.entries) == len(rows)
+
+
+def test_identify_collapsed_entry_carries_its_rows_in_order():
+    rows = [{"id": 1, "plan": "a"}, {"id": 2, "plan": "b"}, {"id": 1, "plan": "c"}]
+    mapped = mapper("users", USERS, action="identify", identifier="id").map_rows(rows)
+    assert [entry.rows for entry in mapped.entries] == [[rows[0], rows[2]], [rows[1]]]
+    assert [entry.row_key for entry in mapped.entries] == ["1", "2"]
+
+
+# --- event -------------------------------------------------------------------------------------
+
+
+def _order(**overrides: Any) -> dict[str, Any]:
+    row = {
+        "order_id": "o-1",
+        "user_id": 7,
+        "kind": "purchase_completed",
+        "total": Decimal("19.99"),
+        "props": None,
+        "created_at": dt.datetime(2024, 1, 15, 16, 0, tzinfo=IST),
+    }
+    row.update(overrides)
+    return row
+
+
+ORDER_EVENT_ID = deterministic_ulid("orders", canonical_key(["o-1"]))
+
+
+@pytest.mark.parametrize(
+    ("declared", "row", "expected"),
+    [
+        pytest.param(
+            {"event_name": "purchase", "event_id": "order_id", "timestamp": "created_at"},
+            _order(),
+            {
+                "name": "purchase",
+                "timestamp": T,
+                "attributes": {"order_id": "o-1", "kind": "purchase_completed", "total": 19.99},
+            },
+            id="literal-name",
+        ),
+        pytest.param(
+            {"event_name_column": "kind", "event_id": "order_id", "timestamp": "created_at"},
+            _order(),
+            {
+                "name": "purchase_completed",
+                "timestamp": T,
+                "attributes": {"order_id": "o-1", "total": 19.99},
+            },
+            id="name-from-column",
+        ),
+        pytest.param(
+            {
+                "event_name_column": "kind",
+                "event_id": "order_id",
+                "event_data_column": "props",
+                "timestamp": "created_at",
+            },
+            _order(props={"sku": "A1", "qty": 2, "price": Decimal("9.50")}),
+            {
+                "name": "purchase_completed",
+                "timestamp": T,
+                "attributes": {
+                    "sku": "A1",
+                    "qty": 2,
+                    "price": 9.5,
+                    "order_id": "o-1",
+                    "total": 19.99,
+                },
+            },
+            id="data-dict-merged-with-attributes",
+        ),
+        pytest.param(
+            {
+                "event_name_column": "kind",
+                "event_id": "order_id",
+                "event_data_column": "props",
+                "timestamp": "created_at",
+            },
+            _order(props='{"sku": "A1", "qty": 2, "price": 9.5}'),
+            {
+                "name": "purchase_completed",
+                "timestamp": T,
+                "attributes": {
+                    "sku": "A1",
+                    "qty": 2,
+                    "price": 9.5,
+                    "order_id": "o-1",
+                    "total": 19.99,
+                },
+            },
+            id="data-json-string-merged-with-attributes",
+        ),
+        pytest.param(
+            {
+                "event_name_column": "kind",
+                "event_id": "order_id",
+                "event_data_column": "props",
+                "attributes": [],
+            },
+            _order(props='{"coupon": null, "sku": "A1"}'),
+            {"name": "purchase_completed", "attributes": {"coupon": None, "sku": "A1"}},
+            id="data-json-null-stays-null",
+        ),
+        pytest.param(
+            {"event_name": "purchase", "event_id": "order_id", "attributes": []},
+            _order(),
+            {"name": "purchase"},
+            id="no-data-no-attributes-key",
+        ),
+        pytest.param(
+            {
+                "event_name": "purchase",
+                "event_id": "order_id",
+                "event_data_column": "props",
+                "attributes": ["total"],
+            },
+            _order(props={}),
+            {"name": "purchase", "attributes": {"total": 19.99}},
+            id="empty-data-and-chosen-attributes",
+        ),
+    ],
+)
+def test_event_operation(declared, row, expected):
+    mapped = mapper("orders", ORDERS, action="event", identifier="user_id", **declared).map_rows(
+        [row]
+    )
+    assert mapped.rejections == []
+    assert ops(mapped) == [
+        {
+            "type": "person",
+            "action": "event",
+            "identifiers": {"id": "7"},
+            "id": ORDER_EVENT_ID,
+            **expected,
+        }
+    ]
+    assert mapped.entries[0].row_key == "o-1"
+
+
+def test_event_id_golden_value():
+    mapped = mapper(
+        "orders", ORDERS, action="event", identifier="user_id", event_name="x", event_id="order_id"
+    ).map_rows([_order()])
+    assert orjson.loads(mapped.entries[0].data)["id"] == GOLDEN_ULID
+
+
+def _event_id(
+    table: str, table_columns: dict[str, Any], row: dict[str, Any], **declared: Any
+) -> str:
+    declared = {"action": "event", "identifier": "user_id", "event_name": "x", **declared}
+    mapped = mapper(table, table_columns, **declared).map_rows([row])
+    assert mapped.rejections == []
+    return orjson.loads(mapped.entries[0].data)["id"]
+
+
+@pytest.mark.parametrize(
+    ("declared", "table_columns"),
+    [
+        pytest.param({"event_id": "order_id"}, ORDERS, id="explicit-event-id"),
+        pytest.param({}, columns(*ORDERS, pk=("order_id",)), id="primary-key"),
+        pytest.param({"event_id": ["order_id", "user_id"]}, ORDERS, id="composite"),
+        pytest.param({}, ORDERS, id="whole-row"),
+    ],
+)
+def test_event_id_same_row_same_id_across_calls(declared, table_columns):
+    first = _event_id("orders", table_columns, _order(), **declared)
+    second = _event_id("orders", table_columns, _order(), **declared)
+    assert first == second
+
+
+@pytest.mark.parametrize(
+    ("declared", "table_columns", "other", "same"),
+    [
+        pytest.param(
+            {"event_id": "order_id"}, ORDERS, _order(order_id="o-2"), False, id="explicit-other-key"
+        ),
+        pytest.param(
+            {"event_id": "order_id"},
+            ORDERS,
+            _order(total=Decimal("5")),
+            True,
+            id="explicit-same-key-other-data",
+        ),
+        pytest.param(
+            {},
+            columns(*ORDERS, pk=("order_id",)),
+            _order(order_id="o-2"),
+            False,
+            id="pk-other-key",
+        ),
+        pytest.param(
+            {},
+            columns(*ORDERS, pk=("order_id",)),
+            _order(kind="refund"),
+            True,
+            id="pk-same-key-other-data",
+        ),
+        pytest.param(
+            {"event_id": ["order_id", "user_id"]},
+            ORDERS,
+            _order(user_id=8),
+            False,
+            id="composite-other-part",
+        ),
+        pytest.param({}, ORDERS, _order(total=Decimal("20")), False, id="whole-row-other-value"),
+        pytest.param(
+            {},
+            ORDERS,
+            _order(created_at=dt.datetime(2024, 1, 15, 10, 30, tzinfo=UTC)),
+            True,
+            id="whole-row-same-instant-other-tz",
+        ),
+        pytest.param(
+            {},
+            ORDERS,
+            _order(total=Decimal("19.990")),
+            True,
+            id="whole-row-same-decimal",
+        ),
+        pytest.param(
+            {},
+            ORDERS,
+            {k: v for k, v in reversed(_order().items())},
+            True,
+            id="whole-row-column-order",
+        ),
+        pytest.param(
+            {},
+            ORDERS,
+            {k: v for k, v in _order().items() if v is not None},
+            True,
+            id="whole-row-null-vs-absent",
+        ),
+    ],
+)
+def test_event_id_depends_only_on_the_key(declared, table_columns, other, same):
+    base = _event_id("orders", table_columns, _order(), **declared)
+    assert (_event_id("orders", table_columns, other, **declared) == base) is same
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [pytest.param({"event_id": "order_id"}, id="explicit"), pytest.param({}, id="whole-row")],
+)
+def test_event_id_differs_between_tables(declared):
+    assert _event_id("orders", ORDERS, _order(), **declared) != _event_id(
+        "refunds", ORDERS, _order(), **declared
+    )
+
+
+def test_event_id_pinned_derivations():
+    row = _order()
+    explicit = _event_id("orders", ORDERS, row, event_id=["order_id", "user_id"])
+    assert explicit == deterministic_ulid("orders", canonical_key(["o-1", 7]))
+    whole = _event_id("orders", ORDERS, row)
+    assert whole == deterministic_ulid(
+        "orders", canonical_key([[k, row[k]] for k in sorted(row) if row[k] is not None])
+    )
+
+
+def test_event_rows_each_become_one_entry_in_order():
+    rows = [_order(order_id=f"o-{i}") for i in range(5)]
+    mapped = mapper(
+        "orders", ORDERS, action="event", identifier="user_id", event_name="x", event_id="order_id"
+    ).map_rows(rows)
+    assert [entry.row_key for entry in mapped.entries] == [f"o-{i}" for i in range(5)]
+    assert [entry.rows for entry in mapped.entries] == [[row] for row in rows]
+    assert len({orjson.loads(entry.data)["id"] for entry in mapped.entries}) == 5
+
+
+# --- Arrow rows --------------------------------------------------------------------------------
+
+ARROW_SCHEMA = pa.schema(
+    [
+        ("order_id", pa.string()),
+        ("user_id", pa.int64()),
+        ("kind", pa.string()),
+        ("total", pa.decimal128(10, 2)),
+        ("props", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+DICT_ROWS = [
+    _order(props={"sku": "A1", "qty": 2}),
+    _order(
+        order_id="o-2",
+        user_id=8,
+        kind="refund",
+        total=Decimal("5.5"),
+        props={"sku": "B2", "tags": ["x", "y"], "gift": None},
+        created_at=dt.datetime(2024, 1, 16, 2, 30, tzinfo=PST),
+    ),
+    _order(order_id="o-3", user_id=9, total=None, props=None, created_at=None),
+    _order(order_id="o-4", user_id=7, props={"sku": "A1"}),
+]
+
+
+def _arrow_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    data: dict[str, list[Any]] = {name: [] for name in ARROW_SCHEMA.names}
+    for row in rows:
+        for name in ARROW_SCHEMA.names:
+            value = row.get(name)
+            if name == "props" and value is not None:
+                value = orjson.dumps(value).decode()  # JSON columns arrive as strings in parquet
+            data[name].append(value)
+    return pa.RecordBatch.from_pydict(data, schema=ARROW_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        pytest.param(
+            {
+                "action": "event",
+                "identifier": "user_id",
+                "event_name_column": "kind",
+                "event_data_column": "props",
+                "event_id": "order_id",
+                "timestamp": "created_at",
+            },
+            id="event-with-data-column",
+        ),
+        pytest.param(
+            {"action": "event", "identifier": "user_id", "event_name": "order"},
+            id="event-whole-row-key",
+        ),
+        pytest.param({"action": "identify", "identifier": "user_id"}, id="identify-json-attribute"),
+        pytest.param(
+            {"action": "identify", "identifier": "order_id", "timestamp": "created_at"},
+            id="identify-timestamp",
+        ),
+    ],
+)
+def test_rows_from_arrow_give_the_same_entries(declared):
+    row_mapper = mapper("orders", ORDERS, **declared)
+    from_dicts = row_mapper.map_rows(DICT_ROWS)
+    batch = _arrow_batch(DICT_ROWS)
+    assert isinstance(batch.column(batch.schema.get_field_index("props"))[0].as_py(), str)
+    from_arrow = row_mapper.map_rows(rows_from_arrow(batch, row_mapper.compiled.json_columns))
+    assert from_dicts.rejections == from_arrow.rejections == []
+    assert from_dicts.rows_in == from_arrow.rows_in == len(DICT_ROWS)
+    assert [(e.data, e.row_key) for e in from_arrow.entries] == [
+        (e.data, e.row_key) for e in from_dicts.entries
+    ]
+
+
+def test_rows_from_arrow_shape():
+    rows = list(rows_from_arrow(_arrow_batch(DICT_ROWS[1:3]), frozenset({"props"})))
+    assert rows[0]["props"] == {"sku": "B2", "tags": ["x", "y"], "gift": None}
+    assert rows[0]["total"] == Decimal("5.50")
+    assert rows[0]["created_at"] == dt.datetime(2024, 1, 16, 10, 30, tzinfo=UTC)
+    # nulls are left out, as typed-jsonl leaves them
+    assert rows[1] == {"order_id": "o-3", "user_id": 9, "kind": "purchase_completed"}
+
+
+# --- rejections --------------------------------------------------------------------------------
+
+IDENTIFY = {"action": "identify", "identifier": "id"}
+EVENT = {
+    "action": "event",
+    "identifier": "user_id",
+    "event_name_column": "kind",
+    "event_data_column": "props",
+    "event_id": "order_id",
+    "timestamp": "created_at",
+}
+WIDE = columns("id", *(f"a{i}" for i in range(301)))
+BIG_ATTRS = columns("id", *(f"b{i}" for i in range(40)))
+
+
+def _identify_ok(i: int) -> dict[str, Any]:
+    return {
+        "id": f"ok-{i}",
+        "email": f"ok{i}@example.com",
+        "phone": f"+1415555010{i}",
+        "name": "Ok",
+    }
+
+
+def _event_ok(i: int) -> dict[str, Any]:
+    return _order(order_id=f"ok-{i}", props={"sku": "A1"})
+
+
+# (declared mapping, table columns, good-row factory, bad row, reason, field, offending value)
+REJECTIONS = [
+    pytest.param(
+        IDENTIFY,
+        USERS,
+        _identify_ok,
+        {"id": "x" * 151, "name": "Ann"},
+        "identifier_too_long",
+        "id",
+        "x" * 151,
+        id="identifier-over-150-bytes",
+    ),
+    pytest.param(
+        IDENTIFY,
+        USERS,
+        _identify_ok,
+        {"id": "é" * 76, "name": "Ann"},
+        "identifier_too_long",
+        "id",
+        "é" * 76,
+        id="identifier-over-150-bytes-multibyte",
+    ),
+    pytest.param(
+        IDENTIFY,
+        USERS,
+        _identify_ok,
+        {"id": "😀" * 38, "name": "Ann"},
+        "identifier_too_long",
+        "id",
+        "😀" * 38,
+        id="identifier-over-150-bytes-emoji",
+    ),
+    pytest.param(
+        IDENTIFY,
+        USERS,
+        _identify_ok,
+        {"id": None, "name": "Ann"},
+        "missing_identifier",
+        "id",
+        None,
+        id="identifier-none",
+    ),
+    pytest.param(
+        IDENTIFY,
+        USERS,
+        _identify_ok,
+        {"name": "Ann"},
+        "missing_identifier",
+        "id",
+        None,
+        id="identifier-absent",
+    ),
+    pytest.param(
+        IDENTIFY,
+        USERS,
+        _identify_ok,
+        {"id": "   ", "name": "Ann"},
+        "missing_identifier",
+        "id",
+        None,
+        id="identifier-blank",
+    ),
+    pytest.param(
+        {**IDENTIFY, "identifier": "email", "identifier_type": "email"},
+        USERS,
+        _identify_ok,
+        {"email": "ann.example.com", "name": "Ann"},
+        "invalid_identifier",
+        "email",
+        "ann.example.com",
+        id="bad-email",
+    ),
+    pytest.param(
+        {**IDENTIFY, "identifier": "phone", "identifier_type": "phone"},
+        columns("phone", "name"),
+        _identify_ok,
+        {"phone": "4155550100", "name": "Ann"},
+        "invalid_identifier",
+        "phone",
+        "4155550100",
+        id="phone-without-plus",
+    ),
+    pytest.param(
+        {**IDENTIFY, "identifier": "phone", "identifier_type": "phone"},
+        columns("phone", "name"),
+        _identify_ok,
+        {"phone": "+1 415 555 0100", "name": "Ann"},
+        "invalid_identifier",
+        "phone",
+        "+1 415 555 0100",
+        id="phone-with-spaces",
+    ),
+    pytest.param(
+        IDENTIFY,
+        USERS,
+        _identify_ok,
+        {"id": "u-9", "name": "n" * 1001},
+        "attribute_value_too_long",
+        "name",
+        "n" * 1001,
+        id="attribute-value-over-1000-bytes",
+    ),
+    pytest.param(
+        IDENTIFY,
+        USERS,
+        _identify_ok,
+        {"id": "u-9", "name": "é" * 501},
+        "attribute_value_too_long",
+        "name",
+        "é" * 501,
+        id="attribute-value-over-1000-bytes-multibyte",
+    ),
+    pytest.param(
+        IDENTIFY,
+        WIDE,
+        lambda i: {"id": f"ok-{i}", "a0": "v"},
+        {"id": "u-9", **{f"a{i}": f"val-{i:03d}" for i in range(301)}},
+        "too_many_attributes",
+        "attributes",
+        "val-300",
+        id="301-attributes",
+    ),
+    pytest.param(
+        {**IDENTIFY, "timestamp": "updated_at"},
+        USERS,
+        _identify_ok,
+        {"id": "u-9", "updated_at": "not-a-time"},
+        "invalid_timestamp",
+        "updated_at",
+        "not-a-time",
+        id="identify-invalid-timestamp",
+    ),
+    pytest.param(
+        {**IDENTIFY, "timestamp": "updated_at"},
+        USERS,
+        _identify_ok,
+        {"id": "u-9", "updated_at": "--1705314600"},
+        "invalid_timestamp",
+        "updated_at",
+        "--1705314600",
+        id="identify-invalid-timestamp-minus",
+    ),
+    pytest.param(
+        IDENTIFY,
+        BIG_ATTRS,
+        lambda i: {"id": f"ok-{i}", "b0": "v"},
+        {"id": "u-9", **{f"b{i}": f"{i:03d}" + "z" * 897 for i in range(40)}},
+        "entry_too_large",
+        None,
+        "z" * 897,
+        id="identify-entry-over-32000-bytes",
+    ),
+    pytest.param(
+        EVENT,
+        ORDERS,
+        _event_ok,
+        _order(kind="k" * 101),
+        "event_name_too_long",
+        "kind",
+        "k" * 101,
+        id="event-name-over-100-bytes",
+    ),
+    pytest.param(
+        EVENT,
+        ORDERS,
+        _event_ok,
+        _order(kind="€" * 34),
+        "event_name_too_long",
+        "kind",
+        "€" * 34,
+        id="event-name-over-100-bytes-multibyte",
+    ),
+    pytest.param(
+        EVENT,
+        ORDERS,
+        _event_ok,
+        _order(kind=""),
+        "missing_event_name",
+        "kind",
+        None,
+        id="event-name-empty",
+    ),
+    pytest.param(
+        EVENT,
+        ORDERS,
+        _event_ok,
+        _order(kind=None),
+        "missing_event_name",
+        "kind",
+        None,
+        id="event-name-none",
+    ),
+    pytest.param(
+        EVENT,
+        ORDERS,
+        _event_ok,
+        _order(props={"blob": "z" * 100_001}),
+        "event_data_too_large",
+        "props",
+        "z" * 100_001,
+        id="event-data-over-100000-bytes",
+    ),
+    pytest.param(
+        {"action": "event", "identifier": "user_id", "event_name": "x", "event_id": "order_id"},
+        columns("order_id", "user_id", "blob"),
+        lambda i: {"order_id": f"ok-{i}", "user_id": 7, "blob": "small"},
+        {"order_id": "o-9", "user_id": 7, "blob": "z" * 100_001},
+        "event_data_too_large",
+        "attributes",
+        "z" * 100_001,
+        id="event-attributes-over-100000-bytes",
+    ),
+    pytest.param(
+        EVENT,
+        ORDERS,
+        _event_ok,
+        _order(props='{"coupon": "SECRET10", '),
+        "invalid_event_data",
+        "props",
+        "SECRET10",
+        id="event-data-invalid-json",
+    ),
+    pytest.param(
+        EVENT,
+        ORDERS,
+        _event_ok,
+        _order(props='["SECRET10", 2]'),
+        "invalid_event_data",
+        "props",
+        "SECRET10",
+        id="event-data-json-array",
+    ),
+    pytest.param(
+        EVENT,
+        ORDERS,
+        _event_ok,
+        _order(props=["SECRET10", 2]),
+        "invalid_event_data",
+        "props",
+        "SECRET10",
+        id="event-data-list",
+    ),
+    pytest.param(
+        EVENT,
+        ORDERS,
+        _event_ok,
+        _order(created_at="yesterday-ish"),
+        "invalid_timestamp",
+        "created_at",
+        "yesterday-ish",
+        id="event-invalid-timestamp",
+    ),
+    pytest.param(
+        EVENT,
+        ORDERS,
+        _event_ok,
+        _order(props={"blob": "z" * 40_000}),
+        "entry_too_large",
+        None,
+        "z" * 40_000,
+        id="event-entry-over-32000-bytes",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("declared", "table_columns", "good", "bad", "reason", "field", "value"), REJECTIONS
+)
+def test_rejection(declared, table_columns, good, bad, reason, field, value):
+    row_mapper = mapper("t", table_columns, **declared)
+    good_rows = [good(1), good(2)]
+    rows = [good_rows[0], bad, good_rows[1]]
+    mapped = row_mapper.map_rows(rows)
+    assert mapped.rows_in == 3
+    assert len(mapped.rejections) == 1, [r.reason for r in mapped.rejections]
+    rejection = mapped.rejections[0]
+    assert isinstance(rejection, Rejection)
+    assert rejection.row is bad
+    assert (rejection.reason, rejection.field) == (reason, field)
+    assert rejection.message
+    if value is not None:
+        assert value not in rejection.message
+    # the valid rows of the same call still go out, in order
+    assert len(mapped.entries) == 2
+    assert [entry.rows for entry in mapped.entries] == [[good_rows[0]], [good_rows[1]]]
+    for entry in mapped.entries:
+        assert len(entry.data) <= limits.MAX_ENTRY_BYTES
+
+
+@pytest.mark.parametrize(
+    ("declared", "table_columns", "bad", "field"),
+    [
+        pytest.param(IDENTIFY, USERS, {"id": "u-9", "name": 2**70}, "name", id="identify-huge-int"),
+        pytest.param(
+            IDENTIFY,
+            USERS,
+            {"id": "u-9", "name": -(2**64)},
+            "name",
+            id="identify-huge-negative-int",
+        ),
+        pytest.param(EVENT, ORDERS, _order(total=2**70), "total", id="event-huge-int-attribute"),
+    ],
+)
+def test_unserializable_value_is_a_rejection_not_an_exception(declared, table_columns, bad, field):
+    """A row-level problem never fails the load: a value JSON cannot carry is rejected."""
+    row_mapper = mapper("t", table_columns, **declared)
+    ok = [{"id": "ok-1"}, {"id": "ok-2"}] if declared is IDENTIFY else [_event_ok(1), _event_ok(2)]
+    mapped = row_mapper.map_rows([ok[0], bad, ok[1]])
+    assert [(r.reason, r.field) for r in mapped.rejections] == [("invalid_value", field)]
+    assert len(mapped.entries) == 2
+
+
+def test_entry_too_large_rejects_every_row_of_a_collapsed_identify():
+    rows = [
+        {"id": "u-1", **{f"b{i}": "z" * 900 for i in range(20)}},
+        {"id": "u-1", **{f"b{i}": "z" * 900 for i in range(20, 40)}},
+        {"id": "u-2", "b0": "ok"},
+    ]
+    mapped = mapper("t", BIG_ATTRS, **IDENTIFY).map_rows(rows)
+    assert [(r.row, r.reason, r.field) for r in mapped.rejections] == [
+        (rows[0], "entry_too_large", None),
+        (rows[1], "entry_too_large", None),
+    ]
+    assert ops(mapped) == [
+        {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": "u-2"},
+            "attributes": {"b0": "ok"},
+        }
+    ]
+
+
+def test_entries_are_entry_objects():
+    mapped = mapper("users", USERS, **IDENTIFY).map_rows([{"id": 1}])
+    assert all(
+        isinstance(entry, Entry) and isinstance(entry.data, bytes) for entry in mapped.entries
+    )
