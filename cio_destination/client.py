@@ -76,6 +76,8 @@ class RetryPolicy:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     retry_after_cap: float = 60.0
+    budget: float = 300.0
+    """Seconds one request may spend waiting between its attempts, in all."""
 
     def delay(self, attempt: int, rng: random.Random, retry_after: float | None) -> float:
         """Seconds to wait before attempt `attempt + 1` (attempt counts from 1)."""
@@ -156,6 +158,7 @@ class TrackClient:
     def post(self, path: str, body: bytes, stats: SendStats) -> httpx.Response:
         """POST with retries. Returns a response that is not retryable; raises when attempts run out."""
         attempt = 0
+        waited = 0.0
         while True:
             attempt += 1
             stats.requests += 1
@@ -183,13 +186,14 @@ class TrackClient:
                 if status == 429:
                     stats.throttled += 1
                     self.limiter.throttled(min(retry_after or 0.0, self.retry.retry_after_cap))
-            if attempt >= self.retry.max_attempts:
+            with self._rng_lock:
+                delay = self.retry.delay(attempt, self._rng, retry_after)
+            if attempt >= self.retry.max_attempts or waited + delay > self.retry.budget:
                 raise CustomerioTransientError(
                     f"Customer.io Track API {path} failed {attempt} times, last with {problem};"
                     " the load package stays pending and the next run resumes it"
                 )
-            with self._rng_lock:
-                delay = self.retry.delay(attempt, self._rng, retry_after)
+            waited += delay
             stats.retries += 1
             logger.info(
                 "Customer.io %s: %s, retry %d/%d in %.1fs",
@@ -262,34 +266,59 @@ class Sender:
     """Packs entries into bodies and keeps up to `max_in_flight` requests going at once.
 
     One pool per workspace, shared by every dlt load thread: latency does not cut throughput, and
-    the rate limiter, not the pool, decides how fast requests start.
+    the rate limiter, not the pool, decides how fast requests start. Until one request has been
+    accepted, requests go one at a time, so bad credentials cost a single request; after a
+    refusal, every send of the same load stops without a request.
     """
 
     def __init__(self, client: TrackClient, *, max_in_flight: int, max_request_bytes: int) -> None:
         self.client = client
         self.max_request_bytes = max_request_bytes
+        self.max_in_flight = max_in_flight
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="customerio-send")
+        self._probe_lock = threading.Lock()
+        self._verified = False
+        self._refused: CredentialsError | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.client.close()
 
+    def forget_refusal(self) -> None:
+        """A new load tries the credentials again (they may have been fixed in the meantime)."""
+        self._refused = None
+
     def send(self, entries: Sequence[Entry]) -> SendResult:
         groups = list(pack(entries, [len(e.data) for e in entries], self.max_request_bytes))
         total = SendResult()
-        futures: list[Future[SendResult]] = [
-            self._pool.submit(self.client.send_batch, g) for g in groups
-        ]
+        if not groups:
+            return total
+        if not self._verified:
+            with self._probe_lock:
+                if self._refused is None and not self._verified:
+                    self._collect(total, self._pool.submit(self.client.send_batch, groups[0]))
+                    groups = groups[1:]
+                    self._verified = total.error is None
+        if self._refused is not None:
+            total.error = self._refused
+        if total.error is not None:
+            return total
+        futures = [self._pool.submit(self.client.send_batch, g) for g in groups]
         for future in futures:
-            try:
-                part = future.result()
-            except BaseException as exc:
-                if total.error is None or (
-                    isinstance(exc, CustomerioTerminalError)
-                    and not isinstance(total.error, CustomerioTerminalError)
-                ):
-                    total.error = exc
-                continue
-            total.rejections.extend(part.rejections)
-            total.stats.add(part.stats)
+            self._collect(total, future)
         return total
+
+    def _collect(self, total: SendResult, future: Future[SendResult]) -> None:
+        try:
+            part = future.result()
+        except BaseException as exc:
+            if isinstance(exc, CredentialsError):
+                self._refused = exc
+            if total.error is None or (
+                isinstance(exc, CustomerioTerminalError)
+                and not isinstance(total.error, CustomerioTerminalError)
+            ):
+                total.error = exc
+            return
+        total.rejections.extend(part.rejections)
+        total.stats.add(part.stats)

@@ -67,6 +67,14 @@ class Workspace:
             max_in_flight=key.max_concurrent_requests,
             max_request_bytes=key.max_request_bytes,
         )
+        self._load_id: str | None = None
+        self._lock = threading.Lock()
+
+    def begin_load(self, load_id: str) -> None:
+        with self._lock:
+            if load_id != self._load_id:
+                self._load_id = load_id
+                self.sender.forget_refusal()
 
 
 _workspaces: dict[_WorkspaceKey, Workspace] = {}
@@ -234,6 +242,7 @@ def customerio(
         max_request_bytes=max_request_bytes,
         max_concurrent_requests=max_concurrent_requests,
     )
+    workspace.begin_load(load_id)
     result = workspace.sender.send(mapped.entries)
     rejections = mapped.rejections + result.rejections
     store_for(working_dir).record_rejections(
