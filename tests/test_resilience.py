@@ -154,8 +154,9 @@ def test_sigkill_at_random_points_then_rerun_delivers_exactly_once(
     for _ in range(3):
         if marker.exists():
             break
-        subprocess.run(command, cwd=REPO, env=env, check=True, timeout=300,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            command, cwd=REPO, env=env, check=True, timeout=300, stdout=subprocess.DEVNULL
+        )
 
     assert marker.exists()
     assert kills >= 1
@@ -171,10 +172,12 @@ def test_sigkill_at_random_points_then_rerun_delivers_exactly_once(
         assert people_seen[str(row["user_id"])] == {"plan": row["plan"], "score": row["score"]}
 
 
-def test_bad_credentials_cost_at_most_two_requests_across_tables(emulator: Emulator,
-                                                                 tmp_path: Path):
-    destination = customerio(site_id=SITE_ID, api_key="revoked", track_url=emulator.url,
-                             max_request_bytes=2_000)
+def test_bad_credentials_cost_at_most_two_requests_across_tables(
+    emulator: Emulator, tmp_path: Path
+):
+    destination = customerio(
+        site_id=SITE_ID, api_key="revoked", track_url=emulator.url, max_request_bytes=2_000
+    )
     pipeline = dlt.pipeline("creds4", destination=destination, pipelines_dir=str(tmp_path))
 
     with pytest.raises(PipelineStepFailed) as raised:
@@ -184,8 +187,9 @@ def test_bad_credentials_cost_at_most_two_requests_across_tables(emulator: Emula
     assert len(emulator.requests) <= 2
     fixed = dlt.pipeline(
         "creds4",
-        destination=customerio(site_id=SITE_ID, api_key=API_KEY, track_url=emulator.url,
-                               max_request_bytes=2_000),
+        destination=customerio(
+            site_id=SITE_ID, api_key=API_KEY, track_url=emulator.url, max_request_bytes=2_000
+        ),
         pipelines_dir=str(tmp_path),
     )
     fixed.run()
