@@ -10,20 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from cio_destination import limits
 from cio_destination.exceptions import MappingError
 
-TAction = Literal["identify", "event"]
-TIdentifierType = Literal["id", "email", "cio_id", "phone"]
-
-SUPPORTED_ACTIONS: tuple[str, ...] = get_args(TAction)
-# Actions of the design that a later version implements: named so the error says "not yet",
-# not "unknown".
-PLANNED_ACTIONS: tuple[str, ...] = (
+TAction = Literal[
+    "identify",
+    "event",
     "page",
     "screen",
     "delete",
@@ -37,6 +33,94 @@ PLANNED_ACTIONS: tuple[str, ...] = (
     "object_identify",
     "object_delete",
     "send_email",
+]
+TIdentifierType = Literal["id", "email", "cio_id", "phone"]
+TMergeIdentifierType = Literal["id", "email", "cio_id"]
+TPlatform = Literal["ios", "android"]
+
+SUPPORTED_ACTIONS: tuple[str, ...] = get_args(TAction)
+# Actions whose rows carry an idempotency key (`event_id`): a deterministic event id, or the
+# send ledger's key.
+KEYED_ACTIONS = frozenset({"event", "page", "screen", "send_email"})
+NAMED_ACTIONS = frozenset({"event", "page", "screen"})
+OBJECT_ACTIONS = frozenset({"object_identify", "object_delete"})
+RELATIONSHIP_ACTIONS = frozenset({"add_relationships", "delete_relationships"})
+# Actions that send no attributes at all.
+BARE_ACTIONS = frozenset(
+    {
+        "delete",
+        "suppress",
+        "unsuppress",
+        "merge",
+        "delete_device",
+        "delete_relationships",
+        "object_delete",
+    }
+)
+
+# Which optional keys each action accepts (beyond `action`); anything else is a mapping error.
+_PERSON = {"identifier", "identifier_type"}
+_NAMED = {"event_name", "event_name_column", "event_data_column", "event_id", "timestamp"}
+_OBJECT = {"object_type_id", "object_type_id_column", "object_id"}
+ACTION_KEYS: dict[str, frozenset[str]] = {
+    "identify": frozenset(_PERSON | {"attributes", "timestamp", "clear_nulls"}),
+    "event": frozenset(_PERSON | _NAMED | {"attributes"}),
+    "page": frozenset(_PERSON | _NAMED | {"attributes"}),
+    "screen": frozenset(_PERSON | _NAMED | {"attributes"}),
+    "delete": frozenset(_PERSON),
+    "suppress": frozenset(_PERSON),
+    "unsuppress": frozenset(_PERSON),
+    "merge": frozenset(_PERSON | {"secondary_identifier", "secondary_identifier_type"}),
+    "add_device": frozenset(
+        _PERSON
+        | {
+            "device_token",
+            "device_platform",
+            "device_platform_column",
+            "device_last_used",
+            "attributes",
+        }
+    ),
+    "delete_device": frozenset(_PERSON | {"device_token"}),
+    "add_relationships": frozenset(_PERSON | _OBJECT | {"attributes"}),
+    "delete_relationships": frozenset(_PERSON | _OBJECT),
+    "object_identify": frozenset(_OBJECT | {"attributes", "clear_nulls"}),
+    "object_delete": frozenset(_OBJECT),
+    "send_email": frozenset(
+        _PERSON
+        | {
+            "transactional_message_id",
+            "transactional_message_id_column",
+            "to",
+            "attributes",
+            "message_data_column",
+            "send_at",
+            "event_id",
+            "disable_message_retention",
+            "send_to_unsubscribed",
+            "queue_draft",
+            "message_overrides",
+        }
+    ),
+}
+# Fields of the transactional email body a column may set through `message_overrides`.
+MESSAGE_OVERRIDE_FIELDS = frozenset(
+    {
+        "from",
+        "subject",
+        "body",
+        "body_amp",
+        "body_plain",
+        "preheader",
+        "reply_to",
+        "bcc",
+        "fake_bcc",
+        "plaintext_body",
+        "language",
+        "tracked",
+        "headers",
+        "attachments",
+    }
 )
 
 HINT_PREFIX = "x-customerio-"
@@ -53,6 +137,11 @@ def _as_column_list(value: Any) -> Any:
     return value
 
 
+def _one_of(mapping: TableMapping, literal: str, column: str) -> None:
+    if (getattr(mapping, literal) is None) == (getattr(mapping, column) is None):
+        raise ValueError(f"{literal}: give exactly one of {literal} or {column}")
+
+
 class TableMapping(BaseModel):
     """The mapping keys of one table, exactly as a user declares them."""
 
@@ -62,38 +151,106 @@ class TableMapping(BaseModel):
     identifier: str | None = None
     identifier_type: TIdentifierType = "id"
     attributes: tuple[str, ...] | None = None
+    timestamp: str | None = None
+    clear_nulls: bool = False
+    # event, page, screen
     event_name: str | None = None
     event_name_column: str | None = None
     event_data_column: str | None = None
     event_id: tuple[str, ...] | None = None
-    timestamp: str | None = None
-    clear_nulls: bool = False
+    # merge
+    secondary_identifier: str | None = None
+    secondary_identifier_type: TMergeIdentifierType = "id"
+    # devices
+    device_token: str | None = None
+    device_platform: TPlatform | None = None
+    device_platform_column: str | None = None
+    device_last_used: str | None = None
+    # objects and relationships
+    object_type_id: str | None = None
+    object_type_id_column: str | None = None
+    object_id: str | None = None
+    # transactional email
+    transactional_message_id: str | int | None = None
+    transactional_message_id_column: str | None = None
+    to: str | None = None
+    message_data_column: str | None = None
+    send_at: str | None = None
+    disable_message_retention: bool | None = None
+    send_to_unsubscribed: bool | None = None
+    queue_draft: bool | None = None
+    message_overrides: dict[str, str] | None = None
 
     @field_validator("attributes", "event_id", mode="before")
     @classmethod
     def _columns(cls, value: Any) -> Any:
         return _as_column_list(value)
 
+    @field_validator("object_type_id", mode="before")
+    @classmethod
+    def _object_type_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @model_validator(mode="after")
     def _per_action(self) -> TableMapping:
-        if self.identifier is None:
+        action = self.action
+        allowed = ACTION_KEYS[action]
+        for key in type(self).model_fields:
+            if key != "action" and key not in allowed and key in self.model_fields_set:
+                users = sorted(a for a, keys in ACTION_KEYS.items() if key in keys)
+                raise ValueError(f"{key}: only applies to action {', '.join(users)}")
+        if action not in OBJECT_ACTIONS and self.identifier is None:
             raise ValueError("identifier: required (the column holding the person's identifier)")
-        if self.action == "event":
-            if (self.event_name is None) == (self.event_name_column is None):
-                raise ValueError("event_name: give exactly one of event_name or event_name_column")
-            if self.event_name is not None and not self.event_name.strip():
-                raise ValueError("event_name: must not be empty")
-            if self.event_name is not None and (
-                len(self.event_name.encode("utf-8")) > limits.MAX_EVENT_NAME_BYTES
-            ):
-                raise ValueError(
-                    f"event_name: over Customer.io's {limits.MAX_EVENT_NAME_BYTES}-byte limit"
-                )
-        else:
-            for key in ("event_name", "event_name_column", "event_data_column", "event_id"):
-                if getattr(self, key) is not None:
-                    raise ValueError(f"{key}: only applies to action 'event'")
+        if action == "merge":
+            if self.identifier_type == "phone":
+                raise ValueError("identifier_type: merge takes id, email or cio_id")
+            if self.secondary_identifier is None:
+                raise ValueError("secondary_identifier: required for merge")
+        if action in NAMED_ACTIONS:
+            _one_of(self, "event_name", "event_name_column")
+            if self.event_name is not None:
+                if not self.event_name.strip():
+                    raise ValueError("event_name: must not be empty")
+                if len(self.event_name.encode("utf-8")) > limits.MAX_EVENT_NAME_BYTES:
+                    raise ValueError(
+                        f"event_name: over Customer.io's {limits.MAX_EVENT_NAME_BYTES}-byte limit"
+                    )
+        if action in ("add_device", "delete_device") and self.device_token is None:
+            raise ValueError("device_token: required (the column holding the device token)")
+        if action == "add_device":
+            _one_of(self, "device_platform", "device_platform_column")
+        if action in OBJECT_ACTIONS | RELATIONSHIP_ACTIONS:
+            _one_of(self, "object_type_id", "object_type_id_column")
+            if self.object_id is None:
+                raise ValueError("object_id: required (the column holding the object id)")
+        if action == "send_email":
+            _one_of(self, "transactional_message_id", "transactional_message_id_column")
+            if self.identifier_type == "phone":
+                raise ValueError("identifier_type: send_email takes id, email or cio_id")
+            for field in self.message_overrides or {}:
+                if field not in MESSAGE_OVERRIDE_FIELDS:
+                    raise ValueError(
+                        f"message_overrides: '{field}' is not a transactional email field"
+                        f" (use one of {', '.join(sorted(MESSAGE_OVERRIDE_FIELDS))})"
+                    )
         return self
+
+    _ROLE_KEYS: ClassVar[tuple[str, ...]] = (
+        "identifier",
+        "timestamp",
+        "event_name_column",
+        "event_data_column",
+        "secondary_identifier",
+        "device_token",
+        "device_platform_column",
+        "device_last_used",
+        "object_type_id_column",
+        "object_id",
+        "transactional_message_id_column",
+        "to",
+        "message_data_column",
+        "send_at",
+    )
 
     def used_columns(self) -> list[str]:
         """Columns the mapping consumes for something other than attributes.
@@ -101,18 +258,16 @@ class TableMapping(BaseModel):
         `event_id` columns are not among them: a key like `order_id` stays in the event data
         whether it is named explicitly or taken from the primary key.
         """
-        used = [self.identifier, self.timestamp, self.event_name_column, self.event_data_column]
+        used = [getattr(self, key) for key in self._ROLE_KEYS]
+        used.extend((self.message_overrides or {}).values())
         return [c for c in used if c]
 
     def named_columns(self) -> list[tuple[str, str]]:
         """Every (key, column) the mapping names, for checking them against the table."""
-        named = [
-            (key, getattr(self, key))
-            for key in ("identifier", "timestamp", "event_name_column", "event_data_column")
-            if getattr(self, key)
-        ]
+        named = [(key, getattr(self, key)) for key in self._ROLE_KEYS if getattr(self, key)]
         named.extend(("event_id", c) for c in self.event_id or ())
         named.extend(("attributes", c) for c in self.attributes or ())
+        named.extend(("message_overrides", c) for c in (self.message_overrides or {}).values())
         return named
 
 
@@ -121,8 +276,6 @@ def parse_mapping(table: str, declared: Mapping[str, Any]) -> TableMapping:
     action = declared.get("action")
     if action is None:
         raise MappingError(table, "action", f"required, one of {', '.join(SUPPORTED_ACTIONS)}")
-    if action in PLANNED_ACTIONS:
-        raise MappingError(table, "action", f"'{action}' is not supported by this version yet")
     if action not in SUPPORTED_ACTIONS:
         raise MappingError(
             table, "action", f"unknown action '{action}', use one of {', '.join(SUPPORTED_ACTIONS)}"
@@ -187,7 +340,9 @@ def compile_mapping(
         if column not in columns:
             raise MappingError(table, key, f"column '{column}' is not in the table")
     used = set(mapping.used_columns())
-    if mapping.attributes is not None:
+    if mapping.action in BARE_ACTIONS:
+        attribute_columns: tuple[str, ...] = ()
+    elif mapping.attributes is not None:
         attribute_columns = tuple(mapping.attributes)
     else:
         attribute_columns = tuple(c for c in columns if c not in used)
@@ -200,7 +355,7 @@ def compile_mapping(
                 " attribute name limit; leave it out with `attributes` or rename it",
             )
     event_id_columns: Sequence[str] = ()
-    if mapping.action == "event":
+    if mapping.action in KEYED_ACTIONS:
         if mapping.event_id:
             event_id_columns = mapping.event_id
         else:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -24,7 +24,7 @@ from cio_destination._values import (
     to_json_value,
     to_unix_seconds,
 )
-from cio_destination.mapping import CompiledMapping
+from cio_destination.mapping import KEYED_ACTIONS, CompiledMapping
 
 Row = dict[str, Any]
 
@@ -49,6 +49,8 @@ class Entry:
     data: bytes
     row_key: str
     rows: list[Row] = field(default_factory=list)
+    key: str | None = None
+    """The idempotency key (event id, or the send ledger's key), where the action has one."""
 
     def reject(self, reason: str, field: str | None, message: str) -> list[Rejection]:
         return [Rejection(row, self.row_key, reason, field, message) for row in self.rows]
@@ -98,11 +100,11 @@ class RowMapper:
 
     # -- shared pieces ---------------------------------------------------------------------
 
-    def _identifier(self, row: Row) -> str:
-        column = self.mapping.identifier
+    def _identifier(self, row: Row, column: str | None = None, kind: str | None = None) -> str:
+        column = column or self.mapping.identifier
+        kind = kind or self.mapping.identifier_type
         assert column is not None
         value = row.get(column)
-        kind = self.mapping.identifier_type
         if value is None or (isinstance(value, str) and not value.strip()):
             raise _Reject("missing_identifier", column, f"the {kind} identifier is empty")
         if isinstance(value, str):
@@ -137,16 +139,7 @@ class RowMapper:
         return text
 
     def _timestamp(self, row: Row) -> int | None:
-        column = self.mapping.timestamp
-        if column is None:
-            return None
-        value = row.get(column)
-        if value is None:
-            return None
-        try:
-            return to_unix_seconds(value)
-        except ValueProblem as exc:
-            raise _Reject("invalid_timestamp", column, str(exc)) from None
+        return self._unix(row, self.mapping.timestamp)
 
     def _attributes(self, row: Row, *, per_value_limit: bool) -> dict[str, Any]:
         attributes: dict[str, Any] = {}
@@ -184,9 +177,12 @@ class RowMapper:
     # -- actions ---------------------------------------------------------------------------
 
     def map_rows(self, rows: Iterable[Row]) -> Mapped:
-        if self.mapping.action == "identify":
+        action = self.mapping.action
+        if action == "identify":
             return self._map_identify(rows)
-        return self._map_event(rows)
+        if action in KEYED_ACTIONS:
+            return self._map_keyed(rows)
+        return self._map_each(rows, self._BUILDERS[action])
 
     def _map_identify(self, rows: Iterable[Row]) -> Mapped:
         # Several rows for one person in a batch collapse into one operation, merged in row order:
@@ -247,40 +243,247 @@ class RowMapper:
         value = row.get(self.mapping.identifier or "")
         return "" if value is None else str(value)[: limits.MAX_IDENTIFIER_BYTES]
 
-    def _map_event(self, rows: Iterable[Row]) -> Mapped:
+    def _map_keyed(self, rows: Iterable[Row]) -> Mapped:
+        """event / page / screen / send_email: each row carries an id derived from its key."""
         entries: list[Entry] = []
         rejections: list[Rejection] = []
-        mapping = self.mapping
-        kind = mapping.identifier_type
         id_columns = self.compiled.event_id_columns
+        build = self._send_body if self.mapping.action == "send_email" else self._named_op
         rows_in = 0
         for row in rows:
             rows_in += 1
             row_key = self._row_key(row, id_columns)
             try:
-                identifier = self._identifier(row)
-                name = self._event_name(row)
-                timestamp = self._timestamp(row)
-                data = self._event_data(row)
-                event_id = self._event_id(row, id_columns)
+                key = self._event_id(row, id_columns)
+                op = build(row, key)
             except _Reject as reject:
                 rejections.append(
                     Rejection(row, row_key, reject.reason, reject.field, reject.message)
                 )
                 continue
-            op: dict[str, Any] = {
-                "type": "person",
-                "action": "event",
-                "identifiers": {kind: identifier},
-                "name": name,
-                "id": event_id,
-            }
-            if timestamp is not None:
-                op["timestamp"] = timestamp
-            if data:
-                op["attributes"] = data
+            self._add_entry(entries, rejections, op, row_key, [row], key)
+        return Mapped(entries, rejections, rows_in)
+
+    def _named_op(self, row: Row, event_id: str) -> dict[str, Any]:
+        op: dict[str, Any] = {
+            "type": "person",
+            "action": self.mapping.action,
+            "identifiers": {self.mapping.identifier_type: self._identifier(row)},
+            "name": self._event_name(row),
+            "id": event_id,
+        }
+        timestamp = self._timestamp(row)
+        if timestamp is not None:
+            op["timestamp"] = timestamp
+        data = self._event_data(row, self.mapping.event_data_column)
+        if data:
+            op["attributes"] = data
+        return op
+
+    def _map_each(
+        self, rows: Iterable[Row], build: Callable[[RowMapper, Row], dict[str, Any]]
+    ) -> Mapped:
+        """Actions with one operation per row and no idempotency key of their own."""
+        entries: list[Entry] = []
+        rejections: list[Rejection] = []
+        rows_in = 0
+        for row in rows:
+            rows_in += 1
+            row_key = self._natural_key(row)
+            try:
+                op = build(self, row)
+            except _Reject as reject:
+                rejections.append(
+                    Rejection(row, row_key, reject.reason, reject.field, reject.message)
+                )
+                continue
             self._add_entry(entries, rejections, op, row_key, [row])
         return Mapped(entries, rejections, rows_in)
+
+    def _natural_key(self, row: Row) -> str:
+        columns = [c for c in (self.mapping.identifier, self.mapping.object_id) if c]
+        if self.mapping.device_token:
+            columns.append(self.mapping.device_token)
+        return self._row_key(row, tuple(columns)) if columns else self._row_key(row, ())
+
+    def _person(self, row: Row) -> dict[str, Any]:
+        return {
+            "type": "person",
+            "action": self.mapping.action,
+            "identifiers": {self.mapping.identifier_type: self._identifier(row)},
+        }
+
+    def _merge(self, row: Row) -> dict[str, Any]:
+        mapping = self.mapping
+        return {
+            "type": "person",
+            "action": "merge",
+            "primary": {mapping.identifier_type: self._identifier(row)},
+            "secondary": {
+                mapping.secondary_identifier_type: self._identifier(
+                    row, mapping.secondary_identifier, mapping.secondary_identifier_type
+                )
+            },
+        }
+
+    def _device(self, row: Row) -> dict[str, Any]:
+        op = self._person(row)
+        column = self.mapping.device_token
+        assert column is not None
+        token = row.get(column)
+        if token is None or (isinstance(token, str) and not token.strip()):
+            raise _Reject("missing_device_token", column, "the device token is empty")
+        device: dict[str, Any] = {"token": str(token)}
+        if self.mapping.action == "add_device":
+            device["platform"] = self._platform(row)
+            last_used = self._unix(row, self.mapping.device_last_used)
+            if last_used is not None:
+                device["last_used"] = last_used
+            attributes = self._attributes(row, per_value_limit=True)
+            if attributes:
+                # device attributes are strings in Customer.io's API
+                device["attributes"] = {
+                    k: v if isinstance(v, str) else orjson.dumps(v).decode()
+                    for k, v in attributes.items()
+                }
+        op["device"] = device
+        return op
+
+    def _platform(self, row: Row) -> str:
+        if self.mapping.device_platform is not None:
+            return self.mapping.device_platform
+        column = self.mapping.device_platform_column
+        assert column is not None
+        value = row.get(column)
+        platform = value.strip().lower() if isinstance(value, str) else None
+        if platform not in ("ios", "android"):
+            raise _Reject("invalid_device_platform", column, "the platform must be ios or android")
+        return platform
+
+    def _object_identifiers(self, row: Row) -> dict[str, str]:
+        mapping = self.mapping
+        if mapping.object_type_id is not None:
+            type_id = mapping.object_type_id
+        else:
+            column = mapping.object_type_id_column
+            assert column is not None
+            value = row.get(column)
+            if value is None or value == "":
+                raise _Reject("missing_object_type_id", column, "the object type id is empty")
+            type_id = str(value)
+        column = mapping.object_id
+        assert column is not None
+        object_id = row.get(column)
+        if object_id is None or (isinstance(object_id, str) and not object_id.strip()):
+            raise _Reject("missing_object_id", column, "the object id is empty")
+        text = str(object_id)
+        if _utf8_len(text, limits.MAX_IDENTIFIER_BYTES) > limits.MAX_IDENTIFIER_BYTES:
+            raise _Reject(
+                "identifier_too_long",
+                column,
+                f"the object id is over Customer.io's {limits.MAX_IDENTIFIER_BYTES}-byte limit",
+            )
+        return {"object_type_id": type_id, "object_id": text}
+
+    def _relationship(self, row: Row) -> dict[str, Any]:
+        op = self._person(row)
+        relationship: dict[str, Any] = {"identifiers": self._object_identifiers(row)}
+        attributes = self._attributes(row, per_value_limit=False)
+        if attributes:
+            self._check_object_data(attributes)
+            relationship["relationship_attributes"] = attributes
+        op["cio_relationships"] = [relationship]
+        return op
+
+    def _object(self, row: Row) -> dict[str, Any]:
+        op: dict[str, Any] = {
+            "type": "object",
+            "action": "identify" if self.mapping.action == "object_identify" else "delete",
+            "identifiers": self._object_identifiers(row),
+        }
+        if self.mapping.action == "object_identify":
+            attributes = self._attributes(row, per_value_limit=False)
+            if attributes:
+                self._check_object_data(attributes)
+                op["attributes"] = attributes
+        return op
+
+    def _check_object_data(self, attributes: dict[str, Any]) -> None:
+        if len(orjson.dumps(attributes)) > limits.MAX_OBJECT_DATA_BYTES:
+            raise _Reject(
+                "attributes_too_large",
+                "attributes",
+                f"the attributes are over Customer.io's {limits.MAX_OBJECT_DATA_BYTES}-byte limit",
+            )
+
+    def _send_body(self, row: Row, send_id: str) -> dict[str, Any]:
+        """The App API `/v1/send/email` body of one row."""
+        mapping = self.mapping
+        body: dict[str, Any] = {
+            "transactional_message_id": self._message_id(row),
+            "identifiers": {mapping.identifier_type: self._identifier(row)},
+        }
+        if mapping.to is not None:
+            to = row.get(mapping.to)
+            if to is None or (isinstance(to, str) and not to.strip()):
+                raise _Reject("missing_recipient", mapping.to, "the recipient is empty")
+            body["to"] = str(to)
+        data = self._event_data(row, mapping.message_data_column)
+        if data:
+            body["message_data"] = data
+        send_at = self._unix(row, mapping.send_at)
+        if send_at is not None:
+            body["send_at"] = send_at
+        for option in ("disable_message_retention", "send_to_unsubscribed", "queue_draft"):
+            value = getattr(mapping, option)
+            if value is not None:
+                body[option] = value
+        for name, column in (mapping.message_overrides or {}).items():
+            value = row.get(column)
+            if value is not None:
+                try:
+                    body[name] = to_json_value(value)
+                except ValueProblem as exc:
+                    raise _Reject("invalid_value", column, str(exc)) from None
+        return body
+
+    def _message_id(self, row: Row) -> str | int:
+        mapping = self.mapping
+        if mapping.transactional_message_id is not None:
+            return mapping.transactional_message_id
+        column = mapping.transactional_message_id_column
+        assert column is not None
+        value = row.get(column)
+        if value is None or value == "" or isinstance(value, bool):
+            raise _Reject("missing_message_id", column, "the transactional message id is empty")
+        if isinstance(value, int):
+            return value
+        text = str(value)
+        return int(text) if text.isdigit() else text
+
+    def _unix(self, row: Row, column: str | None) -> int | None:
+        if column is None:
+            return None
+        value = row.get(column)
+        if value is None:
+            return None
+        try:
+            return to_unix_seconds(value)
+        except ValueProblem as exc:
+            raise _Reject("invalid_timestamp", column, str(exc)) from None
+
+    _BUILDERS: ClassVar[dict[str, Callable[[RowMapper, Row], dict[str, Any]]]] = {
+        "delete": _person,
+        "suppress": _person,
+        "unsuppress": _person,
+        "merge": _merge,
+        "add_device": _device,
+        "delete_device": _device,
+        "add_relationships": _relationship,
+        "delete_relationships": _relationship,
+        "object_identify": _object,
+        "object_delete": _object,
+    }
 
     def _event_name(self, row: Row) -> str:
         if self.mapping.event_name is not None:
@@ -301,9 +504,8 @@ class RowMapper:
             )
         return name
 
-    def _event_data(self, row: Row) -> dict[str, Any]:
+    def _event_data(self, row: Row, column: str | None) -> dict[str, Any]:
         data: dict[str, Any] = {}
-        column = self.mapping.event_data_column
         if column is not None:
             raw = row.get(column)
             if raw is not None:
@@ -343,6 +545,7 @@ class RowMapper:
         op: dict[str, Any],
         row_key: str,
         rows: list[Row],
+        key: str | None = None,
     ) -> None:
         data = orjson.dumps(op)
         if len(data) > limits.MAX_ENTRY_BYTES:
@@ -358,7 +561,7 @@ class RowMapper:
                 for row in rows
             )
             return
-        entries.append(Entry(data, row_key, rows))
+        entries.append(Entry(data, row_key, rows, key))
 
 
 def _maybe_json(text: str) -> Any:

@@ -139,9 +139,13 @@ def test_parse_mapping_valid(declared, expected):
         pytest.param({"action": None, "identifier": "id"}, "action", id="none-action"),
         pytest.param({"action": "upsert", "identifier": "id"}, "action", id="unknown-action"),
         pytest.param({"action": "Identify", "identifier": "id"}, "action", id="wrong-case"),
-        pytest.param({"action": "merge", "identifier": "id"}, "action", id="planned-action-merge"),
         pytest.param(
-            {"action": "send_email", "identifier": "id"}, "action", id="planned-action-send-email"
+            {"action": "merge", "identifier": "id"}, "secondary_identifier", id="merge-no-secondary"
+        ),
+        pytest.param(
+            {"action": "send_email", "identifier": "id"},
+            "transactional_message_id",
+            id="send-email-no-message-id",
         ),
         pytest.param({"action": "identify", "identifer": "id"}, "identifer", id="typo-key"),
         pytest.param(
@@ -209,11 +213,11 @@ def test_parse_mapping_errors_name_table_and_key(declared, key):
     assert_mapping_error(info, "my_table", key)
 
 
-def test_parse_mapping_planned_action_says_not_yet_supported():
+def test_key_of_another_action_is_refused_naming_the_actions_it_belongs_to():
     with pytest.raises(MappingError) as info:
-        parse_mapping("people", {"action": "merge", "identifier": "id"})
-    assert "not supported" in info.value.problem
-    assert "unknown" not in info.value.problem
+        parse_mapping("people", {"action": "identify", "identifier": "id", "device_token": "t"})
+    assert info.value.key == "device_token"
+    assert info.value.problem == "only applies to action add_device, delete_device"
 
 
 # --- compile_mapping ---------------------------------------------------------------------------
@@ -511,7 +515,7 @@ def _users_resource():
                 "event_name": "signed_up",
                 "event_id": "id",
                 "attributes": ["email"],
-                "clear_nulls": True,
+                "timestamp": "at",
             },
             {
                 "x-customerio-action": "event",
@@ -519,7 +523,7 @@ def _users_resource():
                 "x-customerio-event-name": "signed_up",
                 "x-customerio-event-id": ["id"],
                 "x-customerio-attributes": ["email"],
-                "x-customerio-clear-nulls": True,
+                "x-customerio-timestamp": "at",
             },
             id="event",
         ),
@@ -550,7 +554,9 @@ def test_customerio_adapter_wraps_plain_data():
     [
         pytest.param("identify", {"identifer": "email"}, "identifer", id="typo-key"),
         pytest.param("upsert", {"identifier": "email"}, "action", id="unknown-action"),
-        pytest.param("merge", {"identifier": "email"}, "action", id="planned-action"),
+        pytest.param(
+            "merge", {"identifier": "email"}, "secondary_identifier", id="merge-no-secondary"
+        ),
         pytest.param("identify", {}, "identifier", id="missing-identifier"),
         pytest.param("event", {"identifier": "id"}, "event_name", id="event-without-name"),
         pytest.param(
