@@ -113,14 +113,28 @@ def _text(value: Any) -> str | None:
     return str(value)[:_MAX_SERVER_MESSAGE]
 
 
-class TrackClient:
-    """Sends batches to one workspace's Track API. Thread-safe; create one per destination config."""
+class OutcomeUnknown(Exception):
+    """A request that is not safe to repeat may have reached Customer.io: its effect is unknown."""
+
+
+# Failures that prove the request never left this machine: safe to retry even for a send.
+_NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class ApiClient:
+    """One Customer.io API (Track or App) with its auth, shared rate limit and retry policy.
+
+    Thread-safe; create one per destination config.
+    """
+
+    api_name = "API"
+    url_key = "url"
+    credential_keys: tuple[str, ...] = ()
 
     def __init__(
         self,
         base_url: str,
-        site_id: str,
-        api_key: str,
+        auth: httpx.Auth,
         *,
         limiter: RateLimiter,
         retry: RetryPolicy | None = None,
@@ -138,7 +152,7 @@ class TrackClient:
         self._rng_lock = threading.Lock()
         self._http = httpx.Client(
             base_url=self.base_url,
-            auth=httpx.BasicAuth(site_id, api_key),
+            auth=auth,
             timeout=timeout,
             transport=transport,
             limits=httpx.Limits(
@@ -153,10 +167,14 @@ class TrackClient:
     def close(self) -> None:
         self._http.close()
 
-    # -- one request with retries ------------------------------------------------------------
+    def post(
+        self, path: str, body: bytes, stats: SendStats, *, repeatable: bool = True
+    ) -> httpx.Response:
+        """POST with retries. Returns a response that is not retryable; raises when attempts run out.
 
-    def post(self, path: str, body: bytes, stats: SendStats) -> httpx.Response:
-        """POST with retries. Returns a response that is not retryable; raises when attempts run out."""
+        With `repeatable=False` (a transactional send), a network failure after the request may
+        have been sent raises `OutcomeUnknown` instead of being retried.
+        """
         attempt = 0
         waited = 0.0
         while True:
@@ -168,15 +186,17 @@ class TrackClient:
             try:
                 response = self._http.post(path, content=body)
             except httpx.TransportError as exc:
+                if not repeatable and not isinstance(exc, _NOT_SENT_ERRORS):
+                    raise OutcomeUnknown(type(exc).__name__) from None
                 problem = type(exc).__name__
             else:
                 status = response.status_code
                 if status in (401, 403):
-                    raise CredentialsError("Track API", status, ("site_id", "api_key"))
+                    raise CredentialsError(self.api_name, status, self.credential_keys)
                 if status in (404, 405):
                     raise CustomerioTerminalError(
-                        f"Customer.io Track API answered HTTP {status} for {path}: check"
-                        " destination.customerio.track_url / region"
+                        f"Customer.io {self.api_name} answered HTTP {status} for {path}: check"
+                        f" destination.customerio.{self.url_key} / region"
                     )
                 if status not in RETRYABLE_STATUS:
                     self.limiter.succeeded()
@@ -190,8 +210,8 @@ class TrackClient:
                 delay = self.retry.delay(attempt, self._rng, retry_after)
             if attempt >= self.retry.max_attempts or waited + delay > self.retry.budget:
                 raise CustomerioTransientError(
-                    f"Customer.io Track API {path} failed {attempt} times, last with {problem};"
-                    " the load package stays pending and the next run resumes it"
+                    f"Customer.io {self.api_name} {path} failed {attempt} times, last with"
+                    f" {problem}; the load package stays pending and the next run resumes it"
                 )
             waited += delay
             stats.retries += 1
@@ -204,6 +224,17 @@ class TrackClient:
                 delay,
             )
             self._sleep(delay)
+
+
+class TrackClient(ApiClient):
+    """Sends batches to one workspace's Track API (HTTP Basic: site id and API key)."""
+
+    api_name = "Track API"
+    url_key = "track_url"
+    credential_keys = ("site_id", "api_key")
+
+    def __init__(self, base_url: str, site_id: str, api_key: str, **options: Any) -> None:
+        super().__init__(base_url, httpx.BasicAuth(site_id, api_key), **options)
 
     # -- a batch of entries ------------------------------------------------------------------
 
@@ -322,3 +353,49 @@ class Sender:
             return
         total.rejections.extend(part.rejections)
         total.stats.add(part.stats)
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """The answer to one transactional send."""
+
+    delivery_id: str | None = None
+    rejection: tuple[str, str | None, str] | None = None  # reason, field, message
+
+
+class AppClient(ApiClient):
+    """Transactional sends through the App API (`Authorization: Bearer <app_api_key>`)."""
+
+    api_name = "App API"
+    url_key = "app_url"
+    credential_keys = ("app_api_key",)
+
+    def __init__(self, base_url: str, app_api_key: str, **options: Any) -> None:
+        super().__init__(base_url, _BearerAuth(app_api_key), **options)
+
+    def send_email(self, body: bytes, stats: SendStats) -> SendOutcome:
+        """POST one `/v1/send/email`. Never retries once the request may have been delivered."""
+        response = self.post("/v1/send/email", body, stats, repeatable=False)
+        if response.status_code == 200:
+            try:
+                delivery_id = orjson.loads(response.content).get("delivery_id")
+            except (orjson.JSONDecodeError, AttributeError):
+                delivery_id = None
+            stats.accepted += 1
+            return SendOutcome(delivery_id=str(delivery_id or ""))
+        message = f"Customer.io answered HTTP {response.status_code}"
+        try:
+            meta = orjson.loads(response.content).get("meta", {})
+            message = _text(meta.get("error")) or message
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+        return SendOutcome(rejection=(f"http_{response.status_code}", None, message))
+
+
+class _BearerAuth(httpx.Auth):
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
+
+    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        request.headers["authorization"] = self._header
+        yield request

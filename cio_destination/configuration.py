@@ -69,6 +69,8 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     """Base URL override for the App API."""
     requests_per_second: float = 100.0
     """Track API requests started per second, shared by every table and load thread."""
+    app_requests_per_second: float = 10.0
+    """App API (transactional send) requests started per second."""
     max_attempts: int = 5
     """Attempts per request on throttling, 5xx and network faults before the batch fails."""
     timeout: float = 30.0
@@ -77,6 +79,8 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     """Upper bound of one batch request body, in serialized bytes (Customer.io allows 500 KB)."""
     max_concurrent_requests: int = 32
     """Requests in flight at once per workspace, so latency does not cut throughput."""
+    resend_uncertain: bool = False
+    """Send again rows whose earlier send an interrupted load left with an unknown outcome."""
     tables: dict[str, Any] | None = None
     """Per-table mappings, `[destination.customerio.tables.<table>]`; replace adapter hints."""
 
@@ -91,6 +95,10 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
             self.app_url = check_base_url("app_url", self.app_url)
         if self.requests_per_second <= 0:
             raise ConfigurationValueError("destination.customerio.requests_per_second must be > 0")
+        if self.app_requests_per_second <= 0:
+            raise ConfigurationValueError(
+                "destination.customerio.app_requests_per_second must be > 0"
+            )
         if self.max_attempts < 1:
             raise ConfigurationValueError("destination.customerio.max_attempts must be >= 1")
         if self.timeout <= 0:

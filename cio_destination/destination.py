@@ -21,13 +21,22 @@ from dlt.common.schema.utils import is_dlt_table_or_column
 from dlt.common.storages.load_package import LoadPackageStateInjectableContext
 from dlt.common.typing import TDataItems
 
-from cio_destination.client import TRACK_HOSTS, RetryPolicy, Sender, TrackClient
+from cio_destination.client import (
+    APP_HOSTS,
+    TRACK_HOSTS,
+    AppClient,
+    RetryPolicy,
+    Sender,
+    SendResult,
+    TrackClient,
+)
 from cio_destination.configuration import CustomerioConfiguration
 from cio_destination.exceptions import MappingError
 from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
 from cio_destination.operations import RowMapper, rows_from_arrow
 from cio_destination.ratelimit import RateLimiter
 from cio_destination.store import store_for
+from cio_destination.transactional import EmailSender
 
 logger = logging.getLogger("cio_destination")
 
@@ -36,12 +45,19 @@ logger = logging.getLogger("cio_destination")
 BATCH_ROWS = 10_000
 
 
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class _WorkspaceKey:
     track_url: str
     site_id: str
     api_key_digest: str
+    app_url: str
+    app_api_key_digest: str
     requests_per_second: float
+    app_requests_per_second: float
     max_attempts: int
     timeout: float
     max_request_bytes: int
@@ -51,22 +67,28 @@ class _WorkspaceKey:
 class Workspace:
     """Everything shared by the calls that send to one Customer.io workspace with one config."""
 
-    def __init__(self, key: _WorkspaceKey, api_key: str) -> None:
+    def __init__(self, key: _WorkspaceKey, api_key: str, app_api_key: str) -> None:
         self.limiter = RateLimiter(key.requests_per_second)
-        client = TrackClient(
-            key.track_url,
-            key.site_id,
-            api_key,
-            limiter=self.limiter,
-            retry=RetryPolicy(max_attempts=key.max_attempts),
-            timeout=key.timeout,
-            max_connections=key.max_concurrent_requests,
-        )
+        options: dict[str, Any] = {
+            "retry": RetryPolicy(max_attempts=key.max_attempts),
+            "timeout": key.timeout,
+            "max_connections": key.max_concurrent_requests,
+        }
+        client = TrackClient(key.track_url, key.site_id, api_key, limiter=self.limiter, **options)
         self.sender = Sender(
             client,
             max_in_flight=key.max_concurrent_requests,
             max_request_bytes=key.max_request_bytes,
         )
+        self.emails: EmailSender | None = None
+        if app_api_key:
+            app = AppClient(
+                key.app_url,
+                app_api_key,
+                limiter=RateLimiter(key.app_requests_per_second),
+                **options,
+            )
+            self.emails = EmailSender(app, max_in_flight=key.max_concurrent_requests)
         self._load_id: str | None = None
         self._lock = threading.Lock()
 
@@ -83,10 +105,13 @@ _workspaces_lock = threading.Lock()
 
 def workspace_for(
     *,
-    track_url: str,
     site_id: str,
     api_key: str,
+    app_api_key: str,
+    track_url: str,
+    app_url: str,
     requests_per_second: float,
+    app_requests_per_second: float,
     max_attempts: int,
     timeout: float,
     max_request_bytes: int,
@@ -95,8 +120,11 @@ def workspace_for(
     key = _WorkspaceKey(
         track_url=track_url,
         site_id=site_id,
-        api_key_digest=hashlib.sha256(api_key.encode()).hexdigest(),
+        api_key_digest=_digest(api_key),
+        app_url=app_url,
+        app_api_key_digest=_digest(app_api_key),
         requests_per_second=requests_per_second,
+        app_requests_per_second=app_requests_per_second,
         max_attempts=max_attempts,
         timeout=timeout,
         max_request_bytes=max_request_bytes,
@@ -105,15 +133,16 @@ def workspace_for(
     with _workspaces_lock:
         workspace = _workspaces.get(key)
         if workspace is None:
-            workspace = _workspaces[key] = Workspace(key, api_key)
+            workspace = _workspaces[key] = Workspace(key, api_key, app_api_key)
         return workspace
 
 
 class LoadMappings:
     """The compiled mappings of one load, checked for every table of the package up front."""
 
-    def __init__(self, tables_config: dict[str, Any] | None) -> None:
+    def __init__(self, tables_config: dict[str, Any] | None, *, can_send_email: bool) -> None:
         self._config = tables_config or {}
+        self._can_send_email = can_send_email
         self._compiled: dict[str, CompiledMapping] = {}
         self._mappers: dict[str, RowMapper] = {}
         self._error: MappingError | None = None
@@ -145,6 +174,12 @@ class LoadMappings:
 
     def _compile(self, name: str, table: Any, columns: dict[str, Any]) -> CompiledMapping:
         mapping = resolve_mapping(name, table, self._config.get(name))
+        if mapping.action == "send_email" and not self._can_send_email:
+            raise MappingError(
+                name,
+                "action",
+                "send_email needs the App API key: set destination.customerio.app_api_key",
+            )
         compiled = compile_mapping(name, mapping, columns)
         self._compiled[name] = compiled
         self._mappers[name] = RowMapper(compiled)
@@ -174,14 +209,14 @@ def _load_context() -> LoadPackageStateInjectableContext | None:
 
 
 def mappings_for_load(
-    working_dir: str, load_id: str, tables_config: dict[str, Any] | None
+    working_dir: str, load_id: str, tables_config: dict[str, Any] | None, *, can_send_email: bool
 ) -> LoadMappings:
     """The load's mappings, checked against the whole package on first use, before any request."""
     key = (working_dir, load_id)
     with _loads_lock:
         mappings = _loads.get(key)
         if mappings is None:
-            mappings = LoadMappings(tables_config)
+            mappings = LoadMappings(tables_config, can_send_email=can_send_email)
             context = _load_context()
             if context is not None and context.load_id == load_id:
                 mappings.check_package(context)
@@ -209,13 +244,17 @@ def customerio(
     table: TTableSchema,
     site_id: str = dlt.secrets.value,
     api_key: str = dlt.secrets.value,
+    app_api_key: str | None = None,
     region: str = "us",
     track_url: str | None = None,
+    app_url: str | None = None,
     requests_per_second: float = 100.0,
+    app_requests_per_second: float = 10.0,
     max_attempts: int = 5,
     timeout: float = 30.0,
     max_request_bytes: int = 500_000,
     max_concurrent_requests: int = 32,
+    resend_uncertain: bool = False,
     tables: dict[str, Any] | None = None,
 ) -> None:
     """Deliver rows to Customer.io as the table's mapping says (see `customerio_adapter`).
@@ -226,36 +265,56 @@ def customerio(
     pipeline = dlt.current.pipeline()
     load_id = dlt.current.load_package_state()["load_id"]
     working_dir = pipeline.working_dir
-    mapper = mappings_for_load(working_dir, load_id, tables).mapper(table)
+    mappings = mappings_for_load(
+        working_dir, load_id, tables, can_send_email=bool(_secret(app_api_key))
+    )
+    mapper = mappings.mapper(table)
+    action = mapper.compiled.action
     rows = (
         items if isinstance(items, list) else rows_from_arrow(items, mapper.compiled.json_columns)
     )
     mapped = mapper.map_rows(rows)
 
     workspace = workspace_for(
-        track_url=track_url or TRACK_HOSTS[region],
         site_id=_secret(site_id),
         api_key=_secret(api_key),
+        app_api_key=_secret(app_api_key),
+        track_url=track_url or TRACK_HOSTS[region],
+        app_url=app_url or APP_HOSTS[region],
         requests_per_second=requests_per_second,
+        app_requests_per_second=app_requests_per_second,
         max_attempts=max_attempts,
         timeout=timeout,
         max_request_bytes=max_request_bytes,
         max_concurrent_requests=max_concurrent_requests,
     )
     workspace.begin_load(load_id)
-    result = workspace.sender.send(mapped.entries)
+    store = store_for(working_dir)
+    skipped = 0
+    if action == "send_email":
+        assert workspace.emails is not None  # checked with the mappings, before any request
+        emails = workspace.emails.send(
+            mapped.entries,
+            store=store,
+            table=table["name"],
+            load_id=load_id,
+            resend_uncertain=resend_uncertain,
+        )
+        result: SendResult = emails
+        skipped = emails.skipped
+    else:
+        result = workspace.sender.send(mapped.entries)
     rejections = mapped.rejections + result.rejections
-    store_for(working_dir).record_rejections(
-        load_id, table["name"], mapper.compiled.action, rejections
-    )
+    store.record_rejections(load_id, table["name"], action, rejections)
     logger.info(
         "customerio: table %s (%s): %d rows in, %d operations accepted, %d rows rejected,"
-        " %d requests, %d retries",
+        " %d skipped as already sent, %d requests, %d retries",
         table["name"],
-        mapper.compiled.action,
+        action,
         mapped.rows_in,
         result.stats.accepted,
         len(rejections),
+        skipped,
         result.stats.requests,
         result.stats.retries,
     )

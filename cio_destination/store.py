@@ -37,7 +37,20 @@ CREATE TABLE IF NOT EXISTS rejected_rows (
     rejected_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rejected_rows_load ON rejected_rows (load_id, table_name);
+CREATE TABLE IF NOT EXISTS send_ledger (
+    send_key TEXT PRIMARY KEY,
+    table_name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    delivery_id TEXT,
+    load_id TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
+
+# Send ledger states: `pending` is written (and synced to disk) before a send's request, `sent`
+# after its answer. A key still `pending` after its load was interrupted has an unknown outcome.
+PENDING = "pending"
+SENT = "sent"
 
 
 def _json_default(value: Any) -> Any:
@@ -65,7 +78,8 @@ class StateStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a ledger entry must be on disk before the send it guards leaves the machine
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -114,6 +128,71 @@ class StateStore:
                 "INSERT OR REPLACE INTO rejected_rows VALUES (?,?,?,?,?,?,?,?,?,?)", records
             )
             self._db.execute("COMMIT")
+
+    def claim_sends(
+        self, table: str, keys: Sequence[str], load_id: str, *, reclaim_pending: bool = False
+    ) -> dict[str, str]:
+        """Mark `keys` pending before sending them; return the state of keys already known.
+
+        A key returned as `sent` must not be sent again; one returned as `pending` was left with
+        an unknown outcome by an interrupted load (unless `reclaim_pending` takes it over again).
+        """
+        now = time.time()
+        known: dict[str, str] = {}
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(keys), 500):
+                    chunk = list(keys[start : start + 500])
+                    marks = ",".join("?" * len(chunk))
+                    for key, state in self._db.execute(
+                        f"SELECT send_key, state FROM send_ledger WHERE send_key IN ({marks})",
+                        chunk,
+                    ):
+                        known[key] = state
+                claim = [
+                    (k, table, PENDING, None, load_id, now)
+                    for k in dict.fromkeys(keys)
+                    if k not in known or (reclaim_pending and known[k] == PENDING)
+                ]
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO send_ledger VALUES (?,?,?,?,?,?)", claim
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if reclaim_pending:
+            known = {k: v for k, v in known.items() if v != PENDING}
+        return known
+
+    def mark_sent(self, key: str, delivery_id: str | None) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE send_ledger SET state = ?, delivery_id = ?, updated_at = ?"
+                " WHERE send_key = ?",
+                (SENT, delivery_id, time.time(), key),
+            )
+
+    def release_sends(self, keys: Sequence[str]) -> None:
+        """Forget pending keys whose request certainly did not deliver (refused or never sent)."""
+        if not keys:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "DELETE FROM send_ledger WHERE send_key = ? AND state = ?",
+                [(k, PENDING) for k in keys],
+            )
+            self._db.execute("COMMIT")
+
+    def send_states(self, table: str | None = None) -> dict[str, str]:
+        query, params = "SELECT send_key, state FROM send_ledger", []
+        if table is not None:
+            query += " WHERE table_name = ?"
+            params.append(table)
+        with self._lock:
+            return dict(self._db.execute(query, params).fetchall())
 
     def iter_rejections(
         self, load_id: str | None = None, table: str | None = None

@@ -1,0 +1,274 @@
+"""Transactional emails: exact bodies, the App API edge, and at-most-once through the ledger."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import dlt
+import httpx
+import orjson
+import pytest
+from dlt.pipeline.exceptions import PipelineStepFailed
+from pytest_httpx import HTTPXMock
+
+from cio_destination import customerio, customerio_adapter, rejected_rows
+from cio_destination.emulator import Emulator
+from cio_destination.mapping import compile_mapping, parse_mapping
+from cio_destination.operations import RowMapper
+from cio_destination.store import state_path
+
+from .conftest import API_KEY, SITE_ID
+
+APP_KEY = "test-app-key"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def receipts(count: int, start: int = 0) -> list[dict]:
+    return [
+        {
+            "receipt_id": i,
+            "email": f"buyer{i}@example.com",
+            "template": 7,
+            "amount": i + 0.5,
+            "items": '{"sku": "A", "qty": 1}',
+        }
+        for i in range(start, start + count)
+    ]
+
+
+def receipts_resource(rows: list[dict], **mapping):
+    keys = {
+        "identifier": "email",
+        "identifier_type": "email",
+        "transactional_message_id_column": "template",
+        "to": "email",
+        "event_id": "receipt_id",
+        "message_data_column": "items",
+        **mapping,
+    }
+    return customerio_adapter(dlt.resource(rows, name="receipts"), action="send_email", **keys)
+
+
+def send_pipeline(tmp_path: Path, url: str, name: str = "sends", **options) -> dlt.Pipeline:
+    destination = customerio(
+        site_id=SITE_ID,
+        api_key=API_KEY,
+        app_api_key=APP_KEY,
+        track_url=url,
+        app_url=url,
+        app_requests_per_second=500,
+        **options,
+    )
+    return dlt.pipeline(name, destination=destination, pipelines_dir=str(tmp_path))
+
+
+def test_send_body_of_a_row():
+    mapping = parse_mapping(
+        "receipts",
+        {
+            "action": "send_email",
+            "identifier": "user_id",
+            "transactional_message_id": "order_receipt",
+            "to": "email",
+            "attributes": ["amount"],
+            "message_data_column": "data",
+            "send_at": "deliver_at",
+            "event_id": "receipt_id",
+            "disable_message_retention": True,
+            "message_overrides": {"subject": "subject_line"},
+        },
+    )
+    columns = {
+        c: {"name": c}
+        for c in ("receipt_id", "user_id", "email", "amount", "data", "deliver_at", "subject_line")
+    }
+    mapper = RowMapper(compile_mapping("receipts", mapping, columns))
+    row = {
+        "receipt_id": 5,
+        "user_id": 42,
+        "email": "ada@example.com",
+        "amount": 19.5,
+        "data": '{"items": [1, 2]}',
+        "deliver_at": "2030-01-01T00:00:00Z",
+        "subject_line": "Your receipt",
+    }
+
+    mapped = mapper.map_rows([row])
+
+    assert orjson.loads(mapped.entries[0].data) == {
+        "transactional_message_id": "order_receipt",
+        "identifiers": {"id": "42"},
+        "to": "ada@example.com",
+        "message_data": {"items": [1, 2], "amount": 19.5},
+        "send_at": 1893456000,
+        "disable_message_retention": True,
+        "subject": "Your receipt",
+    }
+    assert mapped.entries[0].key == mapper.map_rows([row]).entries[0].key
+    assert mapped.entries[0].key != mapper.map_rows([{**row, "receipt_id": 6}]).entries[0].key
+
+
+def test_sends_reach_the_app_api_and_a_rerun_sends_nothing_new(emulator: Emulator, tmp_path: Path):
+    pipeline = send_pipeline(tmp_path, emulator.url)
+
+    pipeline.run(receipts_resource(receipts(20)))
+    pipeline.run(receipts_resource(receipts(20)))  # a full re-sync of the same rows
+    pipeline.run(receipts_resource(receipts(25)))  # five new rows
+
+    deliveries = emulator.deliveries
+    assert len(deliveries) == 25
+    assert Counter(d["to"] for d in deliveries) == {f"buyer{i}@example.com": 1 for i in range(25)}
+    first = next(d for d in deliveries if d["to"] == "buyer0@example.com")
+    assert first["transactional_message_id"] == 7
+    assert first["identifiers"] == {"email": "buyer0@example.com"}
+    assert first["message_data"] == {"sku": "A", "qty": 1, "receipt_id": 0, "amount": 0.5}
+    assert list(rejected_rows(pipeline)) == []
+
+
+def test_send_email_without_app_api_key_stops_before_any_request(
+    emulator: Emulator, tmp_path: Path
+):
+    destination = customerio(site_id=SITE_ID, api_key=API_KEY, track_url=emulator.url)
+    pipeline = dlt.pipeline("nokey", destination=destination, pipelines_dir=str(tmp_path))
+
+    with pytest.raises(PipelineStepFailed) as raised:
+        pipeline.run(receipts_resource(receipts(3)))
+
+    assert "destination.customerio.app_api_key" in str(raised.value)
+    assert emulator.requests == []
+
+
+def test_bad_app_api_key_names_the_key(emulator: Emulator, tmp_path: Path):
+    destination = customerio(
+        site_id=SITE_ID,
+        api_key=API_KEY,
+        app_api_key="wrong",
+        track_url=emulator.url,
+        app_url=emulator.url,
+    )
+    pipeline = dlt.pipeline("badkey", destination=destination, pipelines_dir=str(tmp_path))
+
+    with pytest.raises(PipelineStepFailed) as raised:
+        pipeline.run(receipts_resource(receipts(2)))
+
+    assert "destination.customerio.app_api_key" in str(raised.value)
+    assert "wrong" not in str(raised.value).replace("wrong-", "")
+    assert emulator.deliveries == []
+
+
+def _app_callback(answers: dict[str, httpx.Response | Exception], sent: list[str]):
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        to = body["to"]
+        outcome = answers.get(to)
+        if isinstance(outcome, Exception):
+            raise outcome
+        if outcome is not None:
+            return outcome
+        sent.append(to)
+        return httpx.Response(200, json={"delivery_id": f"d-{to}", "queued_at": 1})
+
+    return answer
+
+
+def test_a_400_rejects_the_row_and_a_429_is_retried(httpx_mock: HTTPXMock, tmp_path: Path):
+    sent: list[str] = []
+    throttled = {"buyer1@example.com": httpx.Response(429, headers={"Retry-After": "0"})}
+    answers = {"buyer0@example.com": httpx.Response(400, json={"meta": {"error": "bad data"}})}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        to = orjson.loads(request.content)["to"]
+        if throttled.pop(to, None) is not None:
+            return httpx.Response(429, headers={"Retry-After": "0"})
+        return _app_callback(answers, sent)(request)
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+    pipeline = send_pipeline(tmp_path, "http://127.0.0.1:1")
+
+    pipeline.run(receipts_resource(receipts(3)))
+
+    assert sorted(sent) == ["buyer1@example.com", "buyer2@example.com"]
+    rejected = list(rejected_rows(pipeline))
+    assert [(r["row_key"], r["reason"], r["message"]) for r in rejected] == [
+        ("0", "http_400", "bad data")
+    ]
+
+
+def test_a_send_whose_answer_is_lost_is_reported_and_never_repeated(
+    httpx_mock: HTTPXMock, tmp_path: Path
+):
+    sent: list[str] = []
+    answers: dict = {"buyer1@example.com": httpx.ReadTimeout("no answer")}
+    httpx_mock.add_callback(_app_callback(answers, sent), is_reusable=True)
+    pipeline = send_pipeline(tmp_path, "http://127.0.0.1:1")
+
+    pipeline.run(receipts_resource(receipts(3)))
+    answers.clear()
+    pipeline.run(receipts_resource(receipts(3)))
+
+    assert sorted(sent) == ["buyer0@example.com", "buyer2@example.com"]
+    calls_for_1 = [
+        r
+        for r in httpx_mock.get_requests()
+        if orjson.loads(r.content)["to"] == "buyer1@example.com"
+    ]
+    assert len(calls_for_1) == 1  # neither retried nor resent by the second run
+    reasons = [(r["row_key"], r["reason"]) for r in rejected_rows(pipeline)]
+    assert reasons == [("1", "send_outcome_unknown"), ("1", "send_outcome_unknown")]
+
+    resend = send_pipeline(tmp_path, "http://127.0.0.1:1", resend_uncertain=True)
+    resend.run(receipts_resource(receipts(3)))
+    assert sorted(sent) == ["buyer0@example.com", "buyer1@example.com", "buyer2@example.com"]
+
+
+def test_sigkill_during_2000_sends_then_reruns_send_each_row_at_most_once(
+    emulator: Emulator, tmp_path: Path
+):
+    rows = 2_000
+    marker = tmp_path / "done"
+    command = [
+        sys.executable,
+        "-m",
+        "tests.send_child",
+        str(tmp_path / "pipelines"),
+        emulator.url,
+        str(rows),
+        str(marker),
+    ]
+    env = {**os.environ, "RUNTIME__LOG_LEVEL": "ERROR"}
+    rng = random.Random(99)
+    kills = mid_send_kills = 0
+    for _ in range(4):
+        child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.5, 5.0))
+        if child.poll() is None:
+            child.send_signal(signal.SIGKILL)
+            kills += 1
+            mid_send_kills += 0 < len(emulator.deliveries) < rows
+        child.wait(timeout=60)
+        if marker.exists():
+            break
+    for _ in range(3):
+        if marker.exists():
+            break
+        subprocess.run(
+            command, cwd=REPO, env=env, check=True, timeout=300, stdout=subprocess.DEVNULL
+        )
+
+    assert marker.exists()
+    assert mid_send_kills >= 1
+    delivered = Counter(d["message_data"]["receipt_id"] for d in emulator.deliveries)
+    assert max(delivered.values()) == 1  # nothing sent twice
+    pipeline = dlt.pipeline("killed_sends", pipelines_dir=str(tmp_path / "pipelines"))
+    uncertain = {
+        int(r["row_key"]) for r in rejected_rows(pipeline) if r["reason"] == "send_outcome_unknown"
+    }
+    assert set(delivered) | uncertain == set(range(rows))  # every row sent or reported
+    assert state_path(pipeline.working_dir).exists()
