@@ -107,25 +107,7 @@ class RowMapper:
         value = row.get(column)
         if value is None or (isinstance(value, str) and not value.strip()):
             raise _Reject("missing_identifier", column, f"the {kind} identifier is empty")
-        if isinstance(value, str):
-            text = value
-        elif isinstance(value, bool):
-            raise _Reject("invalid_identifier", column, f"a boolean is not a valid {kind}")
-        elif isinstance(value, int):
-            text = str(value)
-        else:
-            try:
-                number = to_json_value(value)
-            except ValueProblem as exc:
-                raise _Reject("invalid_identifier", column, str(exc)) from None
-            if isinstance(number, float) and number.is_integer():
-                text = str(int(number))
-            elif isinstance(number, (int, str)):
-                text = str(number)
-            else:
-                raise _Reject(
-                    "invalid_identifier", column, f"a {type(value).__name__} is not a valid {kind}"
-                )
+        text = _id_text(value, column, kind)
         if _utf8_len(text, limits.MAX_IDENTIFIER_BYTES) > limits.MAX_IDENTIFIER_BYTES:
             raise _Reject(
                 "identifier_too_long",
@@ -370,13 +352,13 @@ class RowMapper:
             value = row.get(column)
             if value is None or value == "":
                 raise _Reject("missing_object_type_id", column, "the object type id is empty")
-            type_id = str(value)
+            type_id = _id_text(value, column, "object type id")
         column = mapping.object_id
         assert column is not None
         object_id = row.get(column)
         if object_id is None or (isinstance(object_id, str) and not object_id.strip()):
             raise _Reject("missing_object_id", column, "the object id is empty")
-        text = str(object_id)
+        text = _id_text(object_id, column, "object id")
         if _utf8_len(text, limits.MAX_IDENTIFIER_BYTES) > limits.MAX_IDENTIFIER_BYTES:
             raise _Reject(
                 "identifier_too_long",
@@ -562,6 +544,25 @@ class RowMapper:
             )
             return
         entries.append(Entry(data, row_key, rows, key))
+
+
+def _id_text(value: Any, column: str, kind: str) -> str:
+    """An identifier's text: numbers as integer text (7, 7.0 and Decimal('7.00') all give "7")."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        raise _Reject("invalid_identifier", column, f"a boolean is not a valid {kind}")
+    if isinstance(value, int):
+        return str(value)
+    try:
+        number = to_json_value(value)
+    except ValueProblem as exc:
+        raise _Reject("invalid_identifier", column, str(exc)) from None
+    if isinstance(number, float) and number.is_integer():
+        return str(int(number))
+    if isinstance(number, (int, str)):
+        return str(number)
+    raise _Reject("invalid_identifier", column, f"a {type(value).__name__} is not a valid {kind}")
 
 
 def _maybe_json(text: str) -> Any:
