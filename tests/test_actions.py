@@ -1235,6 +1235,9 @@ def test_merge_moves_attributes_to_the_primary_and_removes_the_secondary(
     assert merged is not None
     assert merged["attributes"] == {"plan": "pro", "city": "Paris"}
     assert people_by_id(emulator)["2"]["attributes"] == {"plan": "free"}
+    assert [(m["primary"]["id"], m["secondary"]["email"]) for m in emulator.merges] == [
+        ("1", "old@example.com")
+    ]
 
 
 def test_devices_are_added_then_deleted(emulator: Emulator, make_pipeline):

@@ -131,6 +131,11 @@ class Emulator:
         return self._backend.state.export("deliveries")
 
     @property
+    def merges(self) -> list[dict[str, Any]]:
+        """Applied merges: ``primary`` and ``secondary`` identifiers as they were at the time."""
+        return self._backend.state.export("merges")
+
+    @property
     def objects(self) -> list[dict[str, Any]]:
         """Objects: ``object_type_id, object_id, cio_object_id, attributes``."""
         return self._backend.state.export("objects")

@@ -601,11 +601,13 @@ def _inspect(backend: Backend, method: str, path: str, body: bytes) -> Result:
     if method == "GET":
         if name == "state":
             doc = orjson.loads(
-                state.export_json("people", "events", "deliveries", "objects", "relationships")
+                state.export_json(
+                    "people", "events", "deliveries", "merges", "objects", "relationships"
+                )
             )
             doc["requests"] = backend.record_count()
             return 200, orjson.dumps(doc)
-        if name in ("people", "events", "deliveries", "objects", "relationships"):
+        if name in ("people", "events", "deliveries", "merges", "objects", "relationships"):
             return 200, orjson.dumps(state.export(name))
         if name == "requests":
             return 200, orjson.dumps([r.to_dict() for r in backend.records()])

@@ -106,6 +106,7 @@ class State:
         self._events: list[dict[str, Any]] = []
         self._seen_event_ids: set[str] = set()
         self._deliveries: list[dict[str, Any]] = []
+        self._merges: list[dict[str, Any]] = []
         self.duplicate_events = 0
         self.ignored_ops = 0
         self.stale_identifies = 0
@@ -287,6 +288,9 @@ class State:
             if k[0] == secondary_serial
         }
         identifiers = {k: v for k, v in secondary.identifiers.items() if k != "cio_id"}
+        self._merges.append(
+            {"primary": dict(primary.identifiers), "secondary": dict(secondary.identifiers)}
+        )
         self._remove_person(secondary)
         for key, value in identifiers.items():
             if key not in primary.identifiers:
@@ -493,6 +497,8 @@ class State:
             return self._events
         if what == "deliveries":
             return self._deliveries
+        if what == "merges":
+            return self._merges
         if what == "objects":
             return [o.export() for o in self._objects.values()]
         if what == "relationships":
@@ -500,7 +506,8 @@ class State:
         raise KeyError(what)
 
     def export(self, what: str) -> Any:
-        """A deep copy of ``people``, ``events``, ``deliveries``, ``objects`` or ``relationships``."""
+        """A deep copy of ``people``, ``events``, ``deliveries``, ``merges``, ``objects`` or
+        ``relationships``."""
         with self.lock:
             data = orjson.dumps(self._exported(what))
         return orjson.loads(data)
