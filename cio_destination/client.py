@@ -170,7 +170,18 @@ class ApiClient:
     def post(
         self, path: str, body: bytes, stats: SendStats, *, repeatable: bool = True
     ) -> httpx.Response:
-        """POST with retries. Returns a response that is not retryable; raises when attempts run out.
+        return self.request("POST", path, body, stats, repeatable=repeatable)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        stats: SendStats,
+        *,
+        repeatable: bool = True,
+    ) -> httpx.Response:
+        """A request with retries. Returns a response that is not retryable; raises when attempts run out.
 
         With `repeatable=False` (a transactional send), a network failure after the request may
         have been sent raises `OutcomeUnknown` instead of being retried.
@@ -184,7 +195,7 @@ class ApiClient:
             problem: str
             retry_after: float | None = None
             try:
-                response = self._http.post(path, content=body)
+                response = self._http.request(method, path, content=body)
             except httpx.TransportError as exc:
                 if not repeatable and not isinstance(exc, _NOT_SENT_ERRORS):
                     raise OutcomeUnknown(type(exc).__name__) from None
@@ -235,6 +246,19 @@ class TrackClient(ApiClient):
 
     def __init__(self, base_url: str, site_id: str, api_key: str, **options: Any) -> None:
         super().__init__(base_url, httpx.BasicAuth(site_id, api_key), **options)
+
+    def account_region(self) -> str | None:
+        """`GET /api/v1/accounts/region`: checks the credentials; returns `us`, `eu` or None."""
+        response = self.request("GET", "/api/v1/accounts/region", None, SendStats())
+        if response.status_code != 200:
+            raise CustomerioTerminalError(
+                f"Customer.io Track API answered HTTP {response.status_code} to the region check"
+            )
+        try:
+            region = orjson.loads(response.content).get("region")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return region if region in TRACK_HOSTS else None
 
     # -- a batch of entries ------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from dlt.destinations.impl.destination.configuration import CustomDestinationCli
 from cio_destination import limits
 from cio_destination.client import APP_HOSTS, TRACK_HOSTS
 
-REGIONS = tuple(TRACK_HOSTS)
+REGIONS = (*TRACK_HOSTS, "auto")
 
 
 def is_loopback(host: str) -> bool:
@@ -62,7 +62,8 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     app_api_key: TSecretStrValue | None = None
     """App API bearer key, only needed for transactional sends."""
     region: str = "us"
-    """`us` or `eu`: picks Customer.io's hosts unless `track_url` / `app_url` override them."""
+    """`us`, `eu` or `auto` (asks Customer.io): picks the hosts unless `track_url` / `app_url`
+    override them. A wrong region stops the load with a message saying which one to set."""
     track_url: str | None = None
     """Base URL override for the Track API (the local emulator or a proxy)."""
     app_url: str | None = None

@@ -31,7 +31,7 @@ from cio_destination.client import (
     TrackClient,
 )
 from cio_destination.configuration import CustomerioConfiguration
-from cio_destination.exceptions import MappingError
+from cio_destination.exceptions import CustomerioTerminalError, MappingError
 from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
 from cio_destination.operations import RowMapper, rows_from_arrow
 from cio_destination.ratelimit import RateLimiter
@@ -51,10 +51,11 @@ def _digest(secret: str) -> str:
 
 @dataclass(frozen=True)
 class _WorkspaceKey:
-    track_url: str
+    region: str
+    track_url: str | None
+    app_url: str | None
     site_id: str
     api_key_digest: str
-    app_url: str
     app_api_key_digest: str
     requests_per_second: float
     app_requests_per_second: float
@@ -65,38 +66,89 @@ class _WorkspaceKey:
 
 
 class Workspace:
-    """Everything shared by the calls that send to one Customer.io workspace with one config."""
+    """Everything shared by the calls that send to one Customer.io workspace with one config.
+
+    The first call of every load checks the credentials (and the region) with one
+    `GET /api/v1/accounts/region`, before any data is sent; `region="auto"` takes the host from
+    its answer.
+    """
 
     def __init__(self, key: _WorkspaceKey, api_key: str, app_api_key: str) -> None:
+        self._key = key
+        self._api_key = api_key
+        self._app_api_key = app_api_key
         self.limiter = RateLimiter(key.requests_per_second)
-        options: dict[str, Any] = {
+        self._options: dict[str, Any] = {
             "retry": RetryPolicy(max_attempts=key.max_attempts),
             "timeout": key.timeout,
             "max_connections": key.max_concurrent_requests,
         }
-        client = TrackClient(key.track_url, key.site_id, api_key, limiter=self.limiter, **options)
-        self.sender = Sender(
+        self._sender: Sender | None = None
+        self.emails: EmailSender | None = None
+        self.region: str | None = None
+        self._load_id: str | None = None
+        self._load_error: CustomerioTerminalError | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def sender(self) -> Sender:
+        assert self._sender is not None, "begin_load() runs the preflight first"
+        return self._sender
+
+    def begin_load(self, load_id: str) -> None:
+        """Run the load's preflight once; every call of a load whose preflight failed re-raises."""
+        with self._lock:
+            if load_id == self._load_id:
+                if self._load_error is not None:
+                    raise self._load_error
+                return
+            try:
+                self._preflight()
+            except CustomerioTerminalError as error:
+                self._load_id, self._load_error = load_id, error
+                raise
+            self._load_id, self._load_error = load_id, None
+
+    def _track_client(self, url: str) -> TrackClient:
+        key = self._key
+        return TrackClient(url, key.site_id, self._api_key, limiter=self.limiter, **self._options)
+
+    def _preflight(self) -> None:
+        key = self._key
+        if self._sender is not None:
+            self._sender.client.account_region()
+            self._sender.forget_refusal()
+            return
+        configured = "us" if key.region == "auto" else key.region
+        client = self._track_client(key.track_url or TRACK_HOSTS[configured])
+        found = client.account_region()
+        region = configured
+        if key.region == "auto":
+            region = found or configured
+            if key.track_url is None and region != configured:
+                client.close()
+                client = self._track_client(TRACK_HOSTS[region])
+        elif found and found != configured and key.track_url is None:
+            client.close()
+            raise CustomerioTerminalError(
+                f"the Customer.io workspace is in the '{found}' region but"
+                f" destination.customerio.region is '{configured}': set region = \"{found}\""
+                ' (or "auto")'
+            )
+        self.region = region
+        self._sender = Sender(
             client,
             max_in_flight=key.max_concurrent_requests,
             max_request_bytes=key.max_request_bytes,
         )
-        self.emails: EmailSender | None = None
-        if app_api_key:
+        if self._app_api_key:
             app = AppClient(
-                key.app_url,
-                app_api_key,
+                key.app_url or APP_HOSTS[region],
+                self._app_api_key,
                 limiter=RateLimiter(key.app_requests_per_second),
-                **options,
+                **self._options,
             )
             self.emails = EmailSender(app, max_in_flight=key.max_concurrent_requests)
-        self._load_id: str | None = None
-        self._lock = threading.Lock()
-
-    def begin_load(self, load_id: str) -> None:
-        with self._lock:
-            if load_id != self._load_id:
-                self._load_id = load_id
-                self.sender.forget_refusal()
 
 
 _workspaces: dict[_WorkspaceKey, Workspace] = {}
@@ -108,8 +160,9 @@ def workspace_for(
     site_id: str,
     api_key: str,
     app_api_key: str,
-    track_url: str,
-    app_url: str,
+    region: str,
+    track_url: str | None,
+    app_url: str | None,
     requests_per_second: float,
     app_requests_per_second: float,
     max_attempts: int,
@@ -118,10 +171,11 @@ def workspace_for(
     max_concurrent_requests: int,
 ) -> Workspace:
     key = _WorkspaceKey(
+        region=region,
         track_url=track_url,
+        app_url=app_url,
         site_id=site_id,
         api_key_digest=_digest(api_key),
-        app_url=app_url,
         app_api_key_digest=_digest(app_api_key),
         requests_per_second=requests_per_second,
         app_requests_per_second=app_requests_per_second,
@@ -279,8 +333,9 @@ def customerio(
         site_id=_secret(site_id),
         api_key=_secret(api_key),
         app_api_key=_secret(app_api_key),
-        track_url=track_url or TRACK_HOSTS[region],
-        app_url=app_url or APP_HOSTS[region],
+        region=region,
+        track_url=track_url,
+        app_url=app_url,
         requests_per_second=requests_per_second,
         app_requests_per_second=app_requests_per_second,
         max_attempts=max_attempts,

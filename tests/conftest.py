@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import dlt
+import httpx
 import pytest
 
 from cio_destination import customerio
@@ -43,3 +44,17 @@ def make_pipeline(tmp_path: Path, emulator: Emulator):
         )
 
     return make
+
+
+def with_region(callback: Callable[[httpx.Request], httpx.Response], region: str = "us"):
+    """Wrap a pytest-httpx callback so it also answers the destination's per-load preflight,
+    `GET /api/v1/accounts/region`, on any host."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/accounts/region":
+            return httpx.Response(
+                200, json={"url": str(request.url), "region": region, "environment_id": 1}
+            )
+        return callback(request)
+
+    return answer

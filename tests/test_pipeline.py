@@ -24,7 +24,7 @@ from cio_destination import (
 from cio_destination._values import canonical_key, deterministic_ulid
 from cio_destination.emulator import Emulator
 
-from .conftest import API_KEY, SITE_ID
+from .conftest import API_KEY, SITE_ID, with_region
 
 UTC = dt.timezone.utc
 
@@ -316,7 +316,7 @@ def test_207_from_customerio_rejects_only_the_named_rows(httpx_mock: HTTPXMock, 
         ]
         return httpx.Response(207 if errors else 200, json={"errors": errors} if errors else {})
 
-    httpx_mock.add_callback(answer, is_reusable=True)
+    httpx_mock.add_callback(with_region(answer), is_reusable=True)
     resource = customerio_adapter(
         dlt.resource([{"uid": i} for i in range(10)], name="people"),
         action="identify",

@@ -24,7 +24,7 @@ from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.operations import RowMapper
 from cio_destination.store import state_path
 
-from .conftest import API_KEY, SITE_ID
+from .conftest import API_KEY, SITE_ID, with_region
 
 APP_KEY = "test-app-key"
 REPO = Path(__file__).resolve().parent.parent
@@ -189,7 +189,7 @@ def test_a_400_rejects_the_row_and_a_429_is_retried(httpx_mock: HTTPXMock, tmp_p
             return httpx.Response(429, headers={"Retry-After": "0"})
         return _app_callback(answers, sent)(request)
 
-    httpx_mock.add_callback(answer, is_reusable=True)
+    httpx_mock.add_callback(with_region(answer), is_reusable=True)
     pipeline = send_pipeline(tmp_path, "http://127.0.0.1:1")
 
     pipeline.run(receipts_resource(receipts(3)))
@@ -206,7 +206,7 @@ def test_a_send_whose_answer_is_lost_is_reported_and_never_repeated(
 ):
     sent: list[str] = []
     answers: dict = {"buyer1@example.com": httpx.ReadTimeout("no answer")}
-    httpx_mock.add_callback(_app_callback(answers, sent), is_reusable=True)
+    httpx_mock.add_callback(with_region(_app_callback(answers, sent)), is_reusable=True)
     pipeline = send_pipeline(tmp_path, "http://127.0.0.1:1")
 
     pipeline.run(receipts_resource(receipts(3)))
@@ -216,7 +216,7 @@ def test_a_send_whose_answer_is_lost_is_reported_and_never_repeated(
     assert sorted(sent) == ["buyer0@example.com", "buyer2@example.com"]
     calls_for_1 = [
         r
-        for r in httpx_mock.get_requests()
+        for r in httpx_mock.get_requests(method="POST")
         if orjson.loads(r.content)["to"] == "buyer1@example.com"
     ]
     assert len(calls_for_1) == 1  # neither retried nor resent by the second run

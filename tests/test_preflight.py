@@ -1,0 +1,88 @@
+"""The per-load preflight: one region/credentials check before any data, and region="auto"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dlt
+import httpx
+import pytest
+from dlt.pipeline.exceptions import PipelineStepFailed
+from pytest_httpx import HTTPXMock
+
+from cio_destination import customerio, customerio_adapter
+from cio_destination.emulator import Emulator
+
+from .conftest import API_KEY, SITE_ID, with_region
+
+
+def people(name: str, count: int):
+    rows = [{"uid": f"{name}-{i}", "plan": "pro"} for i in range(count)]
+    return customerio_adapter(dlt.resource(rows, name=name), action="identify", identifier="uid")
+
+
+def accept(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json={})
+
+
+def pipeline_for(tmp_path: Path, **options) -> dlt.Pipeline:
+    destination = customerio(site_id="s", api_key="k", **options)
+    return dlt.pipeline(
+        "preflight", destination=destination, pipelines_dir=str(tmp_path), dev_mode=True
+    )
+
+
+def test_one_check_per_load_before_any_data(httpx_mock: HTTPXMock, tmp_path: Path):
+    httpx_mock.add_callback(with_region(accept, "us"), is_reusable=True)
+    pipeline = pipeline_for(tmp_path, max_request_bytes=2_000)
+
+    pipeline.run([people("a", 100), people("b", 100)])
+    pipeline.run([people("a", 10)])
+
+    requests = httpx_mock.get_requests()
+    checks = [i for i, r in enumerate(requests) if r.method == "GET"]
+    first_load_posts = [i for i, r in enumerate(requests) if r.method == "POST"]
+    assert len(checks) == 2  # one per load
+    assert checks[0] == 0 and checks[0] < first_load_posts[0]
+    assert all(str(r.url).startswith("https://track.customer.io/") for r in requests)
+
+
+def test_a_wrong_region_stops_the_load_naming_the_region(httpx_mock: HTTPXMock, tmp_path: Path):
+    httpx_mock.add_callback(with_region(accept, "eu"), is_reusable=True)
+    pipeline = pipeline_for(tmp_path, region="us")
+
+    with pytest.raises(PipelineStepFailed) as raised:
+        pipeline.run(people("a", 5))
+
+    assert "in the 'eu' region" in str(raised.value)
+    assert 'set region = "eu"' in str(raised.value)
+    assert httpx_mock.get_requests(method="POST") == []
+
+
+def test_region_auto_sends_to_the_workspace_region(httpx_mock: HTTPXMock, tmp_path: Path):
+    httpx_mock.add_callback(with_region(accept, "eu"), is_reusable=True)
+    pipeline = pipeline_for(tmp_path, region="auto")
+
+    pipeline.run(people("a", 5))
+
+    posts = httpx_mock.get_requests(method="POST")
+    assert [str(r.url) for r in posts] == ["https://track-eu.customer.io/api/v2/batch"]
+
+
+def test_bad_credentials_cost_one_request(emulator: Emulator, tmp_path: Path):
+    destination = customerio(site_id=SITE_ID, api_key="nope", track_url=emulator.url)
+    pipeline = dlt.pipeline("badcreds", destination=destination, pipelines_dir=str(tmp_path))
+
+    with pytest.raises(PipelineStepFailed):
+        pipeline.run([people("a", 50), people("b", 50)])
+
+    assert [(r.method, r.path, r.status) for r in emulator.requests] == [
+        ("GET", "/api/v1/accounts/region", 401)
+    ]
+    fixed = dlt.pipeline(
+        "badcreds",
+        destination=customerio(site_id=SITE_ID, api_key=API_KEY, track_url=emulator.url),
+        pipelines_dir=str(tmp_path),
+    )
+    fixed.run()
+    assert len(emulator.people) == 100
