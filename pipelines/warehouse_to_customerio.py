@@ -1,0 +1,387 @@
+"""Sync tables of any SQL warehouse into Customer.io, declared in config, incrementally.
+
+    cd pipelines                                   # dlt reads ./.dlt/config.toml and secrets.toml
+    cp .dlt/secrets.toml.example .dlt/secrets.toml # then fill in the warehouse URL and API keys
+    python warehouse_to_customerio.py              # again later: only rows whose cursor moved
+
+Which tables to read, and how, is declared under `[sources.warehouse]`; how each table's rows map
+to Customer.io under `[destination.customerio.tables.<table>]`. Adding a table means adding config:
+
+    [sources.warehouse]                     # credentials: SQLAlchemy URL, in secrets.toml
+    backend = "sqlalchemy"                  # or "pyarrow"
+    [sources.warehouse.tables.users]
+    incremental = "updated_at"              # the cursor column
+    [destination.customerio.tables.users]
+    action = "identify"
+    identifier = "email"
+    identifier_type = "email"
+
+Every key can also come from the environment (`SOURCES__WAREHOUSE__CREDENTIALS`,
+`DESTINATION__CUSTOMERIO__API_KEY`, `SOURCES__WAREHOUSE__TABLES` as a JSON object, ...), as
+everywhere in dlt. The README's "Sync a real warehouse" lists every key with its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dlt
+import sqlalchemy as sa
+from dlt.common.configuration.exceptions import ConfigurationException, ConfigurationValueError
+from dlt.common.pipeline import LoadInfo
+from dlt.extract import DltResource
+from dlt.pipeline.exceptions import PipelineStepFailed
+from dlt.sources.credentials import ConnectionStringCredentials
+from dlt.sources.sql_database import sql_table
+from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+
+from cio_destination import MappingError, customerio, rejected_rows
+
+PIPELINE_NAME = "warehouse_to_customerio"
+BACKENDS = ("sqlalchemy", "pyarrow")
+PROGRESS = ("log", "tqdm", "enlighten", "alive_progress", "none")
+TABLE_KEYS = ("incremental", "initial_value", "primary_key", "schema", "table")
+# where CAST(<json column> AS TEXT) is the JSON document (BigQuery, for one, refuses the cast)
+JSON_TEXT_DIALECTS = frozenset({"postgresql", "mysql", "mariadb", "sqlite", "duckdb"})
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """How one table is read: `[sources.warehouse.tables.<name>]`.
+
+    `name` is the section name: the name of the dlt resource and of the Customer.io mapping
+    (`[destination.customerio.tables.<name>]`); `table` is the warehouse table or view to read,
+    the section name unless given, so one warehouse table can feed several syncs.
+    """
+
+    name: str
+    table: str
+    incremental: str | None = None
+    initial_value: Any = None
+    primary_key: tuple[str, ...] | None = None
+    schema: str | None = None
+
+    @classmethod
+    def from_config(cls, name: str, entry: Any) -> TableSource:
+        """Read and check one table entry; errors name the config key to fix."""
+        where = f"sources.warehouse.tables.{name}"
+        if entry is None:
+            entry = {}
+        if not isinstance(entry, Mapping):
+            raise ConfigurationValueError(
+                f"{where} must be a table of keys ({', '.join(TABLE_KEYS)})"
+            )
+        unknown = sorted(set(entry) - set(TABLE_KEYS))
+        if unknown:
+            raise ConfigurationValueError(
+                f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(TABLE_KEYS)}"
+            )
+        for key in ("incremental", "schema", "table"):
+            if entry.get(key) is not None and not (
+                isinstance(entry[key], str) and entry[key].strip()
+            ):
+                raise ConfigurationValueError(f"{where}.{key} must be a non-empty string")
+        primary_key = entry.get("primary_key")
+        if isinstance(primary_key, str):
+            primary_key = [primary_key]
+        if primary_key is not None and not (
+            isinstance(primary_key, Sequence)
+            and primary_key
+            and all(isinstance(c, str) and c for c in primary_key)
+        ):
+            raise ConfigurationValueError(
+                f"{where}.primary_key must be a column name or a list of column names"
+            )
+        if entry.get("initial_value") is not None and not entry.get("incremental"):
+            raise ConfigurationValueError(
+                f"{where}.initial_value needs {where}.incremental (the cursor column)"
+            )
+        return cls(
+            name=name,
+            table=entry.get("table") or name,
+            incremental=entry.get("incremental"),
+            initial_value=entry.get("initial_value"),
+            primary_key=tuple(primary_key) if primary_key else None,
+            schema=entry.get("schema"),
+        )
+
+
+def table_sources(tables: Mapping[str, Any] | None) -> list[TableSource]:
+    """The checked `[sources.warehouse.tables.*]` entries, in config order."""
+    if not tables:
+        raise ConfigurationValueError(
+            "sources.warehouse.tables: no table to sync; declare one as"
+            " [sources.warehouse.tables.<table>] with its cursor column, e.g."
+            ' incremental = "updated_at"'
+        )
+    return [TableSource.from_config(name, entry) for name, entry in tables.items()]
+
+
+def json_as_text(
+    query: Any, table: sa.Table, incremental: Any = None, engine: sa.Engine | None = None
+) -> Any:
+    """A `sql_table` query adapter: select JSON columns as JSON text.
+
+    With the pyarrow backend, dlt turns a column of JSON objects into one Arrow struct whose
+    fields are every key of every row, so each object would reach Customer.io with the keys of
+    the others added as nulls. Read as text, each document arrives exactly as stored. Only on
+    databases whose CAST of a JSON value to text gives its JSON text (`JSON_TEXT_DIALECTS`);
+    elsewhere the query is left as it is.
+    """
+    if engine is not None and engine.dialect.name not in JSON_TEXT_DIALECTS:
+        return query
+    return query.with_only_columns(
+        *(
+            sa.cast(column, sa.Text).label(column.name)
+            if isinstance(column.type, sa.JSON)
+            else column
+            for column in query.selected_columns
+        )
+    )
+
+
+def table_resource(
+    source: TableSource,
+    credentials: ConnectionStringCredentials | str,
+    *,
+    backend: str = "sqlalchemy",
+    chunk_size: int = 50_000,
+    schema: str | None = None,
+) -> DltResource:
+    """A `sql_table` resource for one table entry, named after its config section."""
+    incremental = None
+    if source.incremental:
+        incremental = dlt.sources.incremental(
+            source.incremental, initial_value=source.initial_value
+        )
+    try:
+        resource = sql_table(
+            credentials=credentials,
+            table=source.table,
+            schema=source.schema or schema,
+            backend=backend,  # type: ignore[arg-type]
+            chunk_size=chunk_size,
+            incremental=incremental,
+            primary_key=list(source.primary_key) if source.primary_key else None,
+            query_adapter_callback=json_as_text if backend == "pyarrow" else None,
+        )
+    except NoSuchTableError as error:
+        where = f"sources.warehouse.tables.{source.name}"
+        raise ConfigurationValueError(
+            f"{where}: the warehouse has no table or view {source.table!r} in schema"
+            f" {source.schema or schema or '(the default)'}; name the warehouse table with"
+            f" {where}.table, its schema with {where}.schema"
+        ) from error
+    if source.name != source.table:
+        resource = resource.with_name(source.name)
+    return resource
+
+
+@dlt.source(name="warehouse", section="warehouse")
+def warehouse(
+    credentials: ConnectionStringCredentials = dlt.secrets.value,
+    tables: dict[str, Any] = dlt.config.value,
+    backend: str = "sqlalchemy",
+    chunk_size: int = 50_000,
+    schema: str | None = None,
+) -> list[DltResource]:
+    """The warehouse tables declared under `[sources.warehouse]`, one `sql_table` each.
+
+    Args:
+        credentials: SQLAlchemy URL of the warehouse (a secret: `secrets.toml` or
+            `SOURCES__WAREHOUSE__CREDENTIALS`).
+        tables: `[sources.warehouse.tables.<name>]` entries, see `TableSource`.
+        backend: `sqlalchemy` (rows as dicts) or `pyarrow` (Arrow batches, faster on big tables).
+        chunk_size: rows per batch read from the warehouse.
+        schema: database schema of tables whose entry names none; default: the connection's.
+    """
+    if backend not in BACKENDS:
+        raise ConfigurationValueError(
+            f"sources.warehouse.backend must be one of {', '.join(BACKENDS)}, not {backend!r}"
+        )
+    if chunk_size < 1:
+        raise ConfigurationValueError("sources.warehouse.chunk_size must be >= 1")
+    return [
+        table_resource(t, credentials, backend=backend, chunk_size=chunk_size, schema=schema)
+        for t in table_sources(tables)
+    ]
+
+
+def check_mappings(names: Sequence[str], mappings: Mapping[str, Any] | None) -> None:
+    """Fail before reading anything when a table to sync has no Customer.io mapping in config."""
+    for name in names:
+        if not (mappings or {}).get(name):
+            raise MappingError(
+                name,
+                "action",
+                "the table is declared under [sources.warehouse.tables] but has no Customer.io"
+                " mapping",
+            )
+
+
+@dataclass
+class SyncResult:
+    """What one sync did: dlt's load info, rows per table, and the rows Customer.io refused."""
+
+    pipeline: dlt.Pipeline
+    load_info: LoadInfo
+    """dlt's account of this sync's load of new and changed rows."""
+    resumed_loads: list[str] = field(default_factory=list)
+    """Loads an earlier, failed run left pending, finished before reading anything new."""
+    rows: dict[str, int] = field(default_factory=dict)
+    """New and changed rows per table handed to Customer.io (sent, or rejected and recorded)."""
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    """Rejected rows of every load of this sync, as `rejected_rows(pipeline)` yields them."""
+
+    def summary(self) -> str:
+        """A few lines for a person: rows sent and rejected per table, rejections by reason."""
+        loads = [*self.resumed_loads, *self.load_info.loads_ids]
+        lines = [f"pipeline {self.pipeline.pipeline_name}: loads {', '.join(loads) or 'none'}"]
+        lines += [
+            f"  finished load {load_id}, left pending by an earlier run"
+            for load_id in self.resumed_loads
+        ]
+        new_loads = set(self.load_info.loads_ids)
+        rejected_now = Counter(r["table"] for r in self.rejected if r["load_id"] in new_loads)
+        for table, count in sorted(self.rows.items()):
+            bad = rejected_now[table]
+            lines.append(f"  {table}: {count - bad} sent, {bad} rejected")
+        if not self.rows:
+            lines.append("  nothing new to send")
+        lines.append(f"rejected rows: {len(self.rejected)}")
+        reasons = Counter((r["table"], r["reason"], r["field"]) for r in self.rejected)
+        for (table, reason, column), count in sorted(reasons.items()):
+            lines.append(f"  {table}: {count} x {reason} ({column})")
+        if self.rejected:
+            lines.append(
+                "  inspect them with cio_destination.rejected_rows(pipeline, load_id=...):"
+                " each has row_key, reason, field, message and the row"
+            )
+        return "\n".join(lines)
+
+
+def progress_collector(progress: str) -> Any:
+    """dlt's progress reporter by name (`none`: no reporter); `log` without system stats."""
+    if progress == "none":
+        return None
+    if progress == "log":
+        return dlt.progress.log(dump_system_stats=False)
+    return progress
+
+
+def sync(
+    pipeline_name: str = PIPELINE_NAME,
+    *,
+    tables: Sequence[str] | None = None,
+    full_refresh: bool = False,
+    progress: str = "log",
+    pipelines_dir: str | None = None,
+) -> SyncResult:
+    """Run the sync once: loads a failed run left pending first (resume), then what changed.
+
+    Args:
+        pipeline_name: dlt pipeline name; its working dir keeps the cursors and the rejects.
+        tables: sync only these of the configured tables (default: all).
+        full_refresh: forget the incremental cursors and send every row again (events keep their
+            ids, so Customer.io ignores the ones it has).
+        progress: dlt's progress reporter, `log` by default, `none` for none.
+        pipelines_dir: where pipelines keep their state (default: dlt's, `~/.dlt/pipelines`).
+    """
+    pipeline = dlt.pipeline(
+        pipeline_name,
+        destination=customerio(),
+        pipelines_dir=pipelines_dir,
+        progress=progress_collector(progress),
+    )
+    resumed: list[str] = []
+    if pipeline.has_pending_data:
+        # with pending packages dlt.run() loads only those and drops the new data: finish them
+        # first (that needs no warehouse), then read what changed
+        resumed = pipeline.run().loads_ids
+
+    source = warehouse()
+    names = list(source.resources.keys())
+    if tables:
+        missing = sorted(set(tables) - set(names))
+        if missing:
+            raise ConfigurationValueError(
+                f"table(s) {', '.join(missing)} not declared under [sources.warehouse.tables]"
+            )
+        source = source.with_resources(*tables)
+        names = list(tables)
+    check_mappings(names, dlt.config.get("destination.customerio.tables", dict))
+    refresh = None
+    if full_refresh:
+        # a subset forgets only its own cursors; the whole source also drops its schema
+        refresh = "drop_resources" if tables else "drop_sources"
+    info = pipeline.run(source, refresh=refresh)  # type: ignore[arg-type]
+
+    normalized = pipeline.last_trace.last_normalize_info if pipeline.last_trace else None
+    row_counts = normalized.row_counts if normalized else {}
+    rows = {t: n for t, n in row_counts.items() if not t.startswith("_dlt")}
+    rejected = [
+        r
+        for load_id in [*resumed, *info.loads_ids]
+        for r in rejected_rows(pipeline, load_id=load_id)
+    ]
+    return SyncResult(
+        pipeline=pipeline, load_info=info, resumed_loads=resumed, rows=rows, rejected=rejected
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; returns the process exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pipeline-name", default=PIPELINE_NAME, help="dlt pipeline name")
+    parser.add_argument(
+        "--table",
+        action="append",
+        dest="tables",
+        metavar="NAME",
+        help="sync only this configured table (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--full-refresh",
+        action="store_true",
+        help="forget the incremental cursors and send every row again",
+    )
+    parser.add_argument(
+        "--progress", choices=PROGRESS, default="log", help="dlt progress output (default: log)"
+    )
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", module="duckdb_engine")
+
+    try:
+        result = sync(
+            args.pipeline_name,
+            tables=args.tables,
+            full_refresh=args.full_refresh,
+            progress=args.progress,
+        )
+    except (ConfigurationException, MappingError) as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as error:
+        print(f"warehouse error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
+    except PipelineStepFailed as error:
+        print(f"sync failed: {error}", file=sys.stderr)
+        if error.step == "load":
+            print(
+                "The load package is kept: fix the cause and run the same command again; it"
+                " resumes where it stopped, then reads what changed since.",
+                file=sys.stderr,
+            )
+        return 1
+    print(result.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
