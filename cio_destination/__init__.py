@@ -21,6 +21,7 @@ from cio_destination.exceptions import (
     MappingError,
 )
 from cio_destination.rejects import rejected_rows
+from cio_destination.report import SyncReport, TableReport, dry_run, sync_report
 
 __all__ = [
     "CredentialsError",
@@ -28,8 +29,12 @@ __all__ = [
     "CustomerioTerminalError",
     "CustomerioTransientError",
     "MappingError",
+    "SyncReport",
+    "TableReport",
     "__version__",
     "customerio",
     "customerio_adapter",
+    "dry_run",
     "rejected_rows",
+    "sync_report",
 ]

@@ -11,10 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import dlt
+import orjson
 from dlt.common.configuration.container import Container
 from dlt.common.schema import TTableSchema
 from dlt.common.schema.utils import is_dlt_table_or_column
@@ -33,8 +36,9 @@ from cio_destination.client import (
 from cio_destination.configuration import CustomerioConfiguration
 from cio_destination.exceptions import CustomerioTerminalError, MappingError
 from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
-from cio_destination.operations import RowMapper, rows_from_arrow
+from cio_destination.operations import Entry, Rejection, RowMapper, rows_from_arrow
 from cio_destination.ratelimit import RateLimiter
+from cio_destination.report import MAX_SAMPLES, mask_payload
 from cio_destination.store import store_for
 from cio_destination.transactional import EmailSender
 
@@ -309,6 +313,7 @@ def customerio(
     max_request_bytes: int = 500_000,
     max_concurrent_requests: int = 32,
     resend_uncertain: bool = False,
+    dry_run: bool = False,
     tables: dict[str, Any] | None = None,
 ) -> None:
     """Deliver rows to Customer.io as the table's mapping says (see `customerio_adapter`).
@@ -316,6 +321,7 @@ def customerio(
     Use it as `destination=customerio()` (config from `[destination.customerio]`),
     `customerio(site_id=..., api_key=...)`, or the string `"cio_destination.customerio"`.
     """
+    started = time.time()
     pipeline = dlt.current.pipeline()
     load_id = dlt.current.load_package_state()["load_id"]
     working_dir = pipeline.working_dir
@@ -328,45 +334,77 @@ def customerio(
         items if isinstance(items, list) else rows_from_arrow(items, mapper.compiled.json_columns)
     )
     mapped = mapper.map_rows(rows)
-
-    workspace = workspace_for(
-        site_id=_secret(site_id),
-        api_key=_secret(api_key),
-        app_api_key=_secret(app_api_key),
-        region=region,
-        track_url=track_url,
-        app_url=app_url,
-        requests_per_second=requests_per_second,
-        app_requests_per_second=app_requests_per_second,
-        max_attempts=max_attempts,
-        timeout=timeout,
-        max_request_bytes=max_request_bytes,
-        max_concurrent_requests=max_concurrent_requests,
-    )
-    workspace.begin_load(load_id)
     store = store_for(working_dir)
+
     skipped = 0
-    if action == "send_email":
-        assert workspace.emails is not None  # checked with the mappings, before any request
-        emails = workspace.emails.send(
-            mapped.entries,
-            store=store,
-            table=table["name"],
-            load_id=load_id,
-            resend_uncertain=resend_uncertain,
-        )
-        result: SendResult = emails
-        skipped = emails.skipped
+    if dry_run:
+        result = SendResult()
     else:
-        result = workspace.sender.send(mapped.entries)
+        workspace = workspace_for(
+            site_id=_secret(site_id),
+            api_key=_secret(api_key),
+            app_api_key=_secret(app_api_key),
+            region=region,
+            track_url=track_url,
+            app_url=app_url,
+            requests_per_second=requests_per_second,
+            app_requests_per_second=app_requests_per_second,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            max_request_bytes=max_request_bytes,
+            max_concurrent_requests=max_concurrent_requests,
+        )
+        workspace.begin_load(load_id)
+        if action == "send_email":
+            assert workspace.emails is not None  # checked with the mappings, before any request
+            emails = workspace.emails.send(
+                mapped.entries,
+                store=store,
+                table=table["name"],
+                load_id=load_id,
+                resend_uncertain=resend_uncertain,
+            )
+            result = emails
+            skipped = emails.skipped
+        else:
+            result = workspace.sender.send(mapped.entries)
     rejections = mapped.rejections + result.rejections
-    store.record_rejections(load_id, table["name"], action, rejections)
+    if not dry_run:
+        store.record_rejections(load_id, table["name"], action, rejections)
+    store.record_batch(
+        {
+            "load_id": load_id,
+            "table_name": table["name"],
+            "action": action,
+            "batch_id": _batch_id(mapped.entries, rejections),
+            "dry_run": int(dry_run),
+            "rows_in": mapped.rows_in,
+            "operations": len(mapped.entries),
+            "accepted": result.stats.accepted,
+            "rejected": len(rejections),
+            "skipped": skipped,
+            "requests": result.stats.requests,
+            "retries": result.stats.retries,
+            "throttled": result.stats.throttled,
+            "throttled_seconds": result.stats.throttled_seconds,
+            "started_at": started,
+            "finished_at": time.time(),
+            "reasons": orjson.dumps(Counter(r.reason for r in rejections)).decode(),
+            "samples": orjson.dumps(
+                [mask_payload(orjson.loads(e.data)) for e in mapped.entries[:MAX_SAMPLES]]
+                if dry_run
+                else []
+            ).decode(),
+        }
+    )
     logger.info(
-        "customerio: table %s (%s): %d rows in, %d operations accepted, %d rows rejected,"
+        "customerio: table %s (%s)%s: %d rows in, %d operations, %d accepted, %d rows rejected,"
         " %d skipped as already sent, %d requests, %d retries",
         table["name"],
         action,
+        " [dry run]" if dry_run else "",
         mapped.rows_in,
+        len(mapped.entries),
         result.stats.accepted,
         len(rejections),
         skipped,
@@ -375,3 +413,14 @@ def customerio(
     )
     if result.error is not None:
         raise result.error
+
+
+def _batch_id(entries: list[Entry], rejections: list[Rejection]) -> str:
+    """The same rows give the same id, so a replayed batch replaces its record in the report."""
+    digest = hashlib.blake2b(digest_size=16)
+    for entry in entries:
+        digest.update(entry.data)
+    for rejection in rejections:
+        digest.update(rejection.row_key.encode())
+        digest.update(rejection.reason.encode())
+    return digest.hexdigest()

@@ -37,6 +37,27 @@ CREATE TABLE IF NOT EXISTS rejected_rows (
     rejected_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rejected_rows_load ON rejected_rows (load_id, table_name);
+CREATE TABLE IF NOT EXISTS batch_stats (
+    load_id TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    dry_run INTEGER NOT NULL,
+    rows_in INTEGER NOT NULL,
+    operations INTEGER NOT NULL,
+    accepted INTEGER NOT NULL,
+    rejected INTEGER NOT NULL,
+    skipped INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    retries INTEGER NOT NULL,
+    throttled INTEGER NOT NULL,
+    throttled_seconds REAL NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    reasons TEXT NOT NULL,
+    samples TEXT NOT NULL,
+    PRIMARY KEY (load_id, table_name, batch_id)
+);
 CREATE TABLE IF NOT EXISTS send_ledger (
     send_key TEXT PRIMARY KEY,
     table_name TEXT NOT NULL,
@@ -194,6 +215,52 @@ class StateStore:
         with self._lock:
             return dict(self._db.execute(query, params).fetchall())
 
+    def record_batch(self, record: dict[str, Any]) -> None:
+        """Store one batch's counters; a replayed batch (same id) replaces its earlier record."""
+        columns = (
+            "load_id",
+            "table_name",
+            "action",
+            "batch_id",
+            "dry_run",
+            "rows_in",
+            "operations",
+            "accepted",
+            "rejected",
+            "skipped",
+            "requests",
+            "retries",
+            "throttled",
+            "throttled_seconds",
+            "started_at",
+            "finished_at",
+            "reasons",
+            "samples",
+        )
+        values = [record[c] for c in columns]
+        with self._lock:
+            self._db.execute(
+                f"INSERT OR REPLACE INTO batch_stats ({','.join(columns)})"
+                f" VALUES ({','.join('?' * len(columns))})",
+                values,
+            )
+
+    def batch_records(self, load_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT * FROM batch_stats WHERE load_id = ? ORDER BY table_name, started_at",
+                (load_id,),
+            )
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def latest_load_id(self) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT load_id FROM batch_stats ORDER BY finished_at DESC LIMIT 1"
+            ).fetchone()
+        return row[0] if row else None
+
     def iter_rejections(
         self, load_id: str | None = None, table: str | None = None
     ) -> Iterator[dict[str, Any]]:
@@ -242,3 +309,12 @@ def store_for(working_dir: str | Path) -> StateStore:
                 store.close()  # the working directory was wiped: start a new file
             store = _stores[path] = StateStore(path)
         return store
+
+
+def release_store(working_dir: str | Path) -> None:
+    """Close and forget the store of a working directory that is about to be removed."""
+    path = state_path(working_dir).resolve()
+    with _stores_lock:
+        store = _stores.pop(path, None)
+    if store is not None:
+        store.close()

@@ -1,0 +1,144 @@
+"""Sync reports and dry runs, against the emulator."""
+
+from __future__ import annotations
+
+import dlt
+
+from cio_destination import customerio_adapter, dry_run, sync_report
+from cio_destination.emulator import Emulator
+from cio_destination.report import mask_payload
+
+
+def users(rows: list[dict]):
+    @dlt.resource(name="users")
+    def _users(updated=dlt.sources.incremental("updated")):  # noqa: B008 - dlt's idiom
+        yield from rows
+
+    return customerio_adapter(
+        _users(), action="identify", identifier="email", identifier_type="email"
+    )
+
+
+def orders(count: int):
+    rows = [{"order_id": i, "uid": i % 4, "total": i + 0.5} for i in range(count)]
+    return customerio_adapter(
+        dlt.resource(rows, name="orders"),
+        action="event",
+        identifier="uid",
+        event_name="purchase",
+        event_id="order_id",
+    )
+
+
+USERS = [
+    {"email": "ada@example.com", "plan": "pro", "updated": 1},
+    {"email": "grace@example.com", "plan": "free", "updated": 2},
+    {"email": "not-an-email", "plan": "free", "updated": 3},
+    {"email": "x" * 200 + "@example.com", "plan": "free", "updated": 4},
+]
+
+
+def test_report_counts_each_table_of_a_load(emulator: Emulator, make_pipeline):
+    pipeline = make_pipeline(max_request_bytes=1_000)
+
+    info = pipeline.run([users(USERS), orders(40)])
+
+    report = sync_report(pipeline)
+    assert report.load_id == info.loads_ids[-1]
+    by_table = {t.table: t for t in report.tables}
+    assert set(by_table) == {"users", "orders"}
+    people = by_table["users"]
+    assert (people.action, people.rows_in, people.operations, people.accepted) == (
+        "identify",
+        4,
+        2,
+        2,
+    )
+    assert people.rejected == 2
+    assert people.rejected_by_reason == {"invalid_identifier": 1, "identifier_too_long": 1}
+    events = by_table["orders"]
+    assert (events.action, events.rows_in, events.operations, events.accepted) == (
+        "event",
+        40,
+        40,
+        40,
+    )
+    batch_requests = [r for r in emulator.requests if r.path == "/api/v2/batch"]
+    assert people.requests + events.requests == len(batch_requests)
+    assert events.requests > 1  # 1,000-byte bodies
+    assert events.seconds > 0 and events.requests_per_second > 0
+    assert people.samples == [] and not report.dry_run
+    text = str(report)
+    assert "orders" in text and "rejected 1 x invalid_identifier" in text
+    assert "ada@example.com" not in text
+
+
+def test_dry_run_sends_nothing_and_spends_no_state(emulator: Emulator, make_pipeline):
+    pipeline = make_pipeline()
+
+    report = dry_run(pipeline, [users(USERS), orders(10)])
+
+    assert emulator.requests == []
+    assert report.dry_run
+    by_table = {t.table: t for t in report.tables}
+    assert (by_table["users"].operations, by_table["users"].rejected) == (2, 2)
+    assert by_table["users"].rejected_by_reason == {
+        "invalid_identifier": 1,
+        "identifier_too_long": 1,
+    }
+    assert by_table["orders"].operations == 10
+    assert by_table["users"].samples[0] == {
+        "type": "person",
+        "action": "identify",
+        "identifiers": {"email": "<str>"},
+        "attributes": {"plan": "<str>", "updated": "<int>"},
+    }
+    assert "would send" in str(report) and "ada@example.com" not in str(report)
+
+    # the real run afterwards still sends every row: the dry run consumed no cursor
+    pipeline.run([users(USERS), orders(10)])
+    assert sorted(
+        p["identifiers"]["email"] for p in emulator.people if "email" in p["identifiers"]
+    ) == [
+        "ada@example.com",
+        "grace@example.com",
+    ]
+    assert len(emulator.events) == 10
+    # and the incremental cursor now holds: a second real run sends no user again
+    requests_before = len(emulator.requests)
+    pipeline.run(users(USERS))
+    assert [r.path for r in emulator.requests[requests_before:]] == []
+
+
+def test_dry_run_config_key_sends_nothing(emulator: Emulator, make_pipeline):
+    pipeline = make_pipeline(dry_run=True)
+
+    pipeline.run(orders(5))
+
+    assert emulator.requests == []
+    assert sync_report(pipeline).tables[0].operations == 5
+
+
+def test_masking_keeps_structure_and_hides_values():
+    op = {
+        "type": "person",
+        "action": "event",
+        "identifiers": {"id": "42"},
+        "name": "purchase",
+        "id": "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        "timestamp": 1700000000,
+        "attributes": {"email": "a@b.co", "items": [{"sku": "A", "qty": 2}], "vip": True},
+    }
+    assert mask_payload(op) == {
+        "type": "person",
+        "action": "event",
+        "identifiers": {"id": "<str>"},
+        "name": "purchase",
+        "id": "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        "timestamp": "<int>",
+        "attributes": {
+            "email": "<str>",
+            "items": [{"sku": "<str>", "qty": "<int>"}],
+            "vip": "<bool>",
+        },
+    }
