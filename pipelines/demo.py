@@ -24,7 +24,7 @@ import duckdb
 import httpx
 from dlt.sources.sql_database import sql_table
 
-from cio_destination import customerio, customerio_adapter, rejected_rows
+from cio_destination import customerio, customerio_adapter, rejected_rows, sync_report
 from cio_destination.emulator import Emulator
 
 SITE_ID, API_KEY = "demo-site", "demo-key"
@@ -146,6 +146,7 @@ def report(title: str, state: dict[str, Any], pipeline: dlt.Pipeline, load_id: s
     )
     for event in state["events"]:
         print(f"  {event['name']} id={event['id']} data={sorted(event['attributes'])}")
+    print(sync_report(pipeline, load_id))
     rejected = list(rejected_rows(pipeline, load_id=load_id))
     print(f"rejected rows in this load: {len(rejected)}")
     for item in rejected:

@@ -41,7 +41,8 @@ from dlt.sources.credentials import ConnectionStringCredentials
 from dlt.sources.sql_database import sql_table
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
-from cio_destination import MappingError, customerio, rejected_rows
+from cio_destination import MappingError, SyncReport, customerio, rejected_rows, sync_report
+from cio_destination import dry_run as run_dry
 
 PIPELINE_NAME = "warehouse_to_customerio"
 BACKENDS = ("sqlalchemy", "pyarrow")
@@ -230,7 +231,7 @@ class SyncResult:
     """What one sync did: dlt's load info, rows per table, and the rows Customer.io refused."""
 
     pipeline: dlt.Pipeline
-    load_info: LoadInfo
+    load_info: LoadInfo | None
     """dlt's account of this sync's load of new and changed rows."""
     resumed_loads: list[str] = field(default_factory=list)
     """Loads an earlier, failed run left pending, finished before reading anything new."""
@@ -238,9 +239,16 @@ class SyncResult:
     """New and changed rows per table handed to Customer.io (sent, or rejected and recorded)."""
     rejected: list[dict[str, Any]] = field(default_factory=list)
     """Rejected rows of every load of this sync, as `rejected_rows(pipeline)` yields them."""
+    reports: list[SyncReport] = field(default_factory=list)
+    """The destination's report of every load of this sync (one, marked dry run, for a dry run)."""
 
     def summary(self) -> str:
         """A few lines for a person: rows sent and rejected per table, rejections by reason."""
+        if any(report.dry_run for report in self.reports):
+            return "\n".join(str(report) for report in self.reports)
+        return "\n".join([self._rows_summary(), *(str(report) for report in self.reports)])
+
+    def _rows_summary(self) -> str:
         loads = [*self.resumed_loads, *self.load_info.loads_ids]
         lines = [f"pipeline {self.pipeline.pipeline_name}: loads {', '.join(loads) or 'none'}"]
         lines += [
@@ -282,6 +290,7 @@ def sync(
     full_refresh: bool = False,
     progress: str = "log",
     pipelines_dir: str | None = None,
+    dry_run: bool = False,
 ) -> SyncResult:
     """Run the sync once: loads a failed run left pending first (resume), then what changed.
 
@@ -292,6 +301,8 @@ def sync(
             ids, so Customer.io ignores the ones it has).
         progress: dlt's progress reporter, `log` by default, `none` for none.
         pipelines_dir: where pipelines keep their state (default: dlt's, `~/.dlt/pipelines`).
+        dry_run: map, validate and batch everything on a scratch copy of the pipeline, send
+            nothing, and keep every cursor where it is; the result carries the report.
     """
     pipeline = dlt.pipeline(
         pipeline_name,
@@ -300,7 +311,7 @@ def sync(
         progress=progress_collector(progress),
     )
     resumed: list[str] = []
-    if pipeline.has_pending_data:
+    if pipeline.has_pending_data and not dry_run:
         # with pending packages dlt.run() loads only those and drops the new data: finish them
         # first (that needs no warehouse), then read what changed
         resumed = pipeline.run().loads_ids
@@ -320,6 +331,11 @@ def sync(
     if full_refresh:
         # a subset forgets only its own cursors; the whole source also drops its schema
         refresh = "drop_resources" if tables else "drop_sources"
+    if dry_run:
+        report = run_dry(pipeline, source, refresh=refresh)
+        rows = {t.table: t.rows_in for t in report.tables}
+        info = pipeline.last_trace.last_load_info if pipeline.last_trace else None
+        return SyncResult(pipeline=pipeline, load_info=info, rows=rows, reports=[report])
     info = pipeline.run(source, refresh=refresh)  # type: ignore[arg-type]
 
     normalized = pipeline.last_trace.last_normalize_info if pipeline.last_trace else None
@@ -330,8 +346,14 @@ def sync(
         for load_id in [*resumed, *info.loads_ids]
         for r in rejected_rows(pipeline, load_id=load_id)
     ]
+    reports = [sync_report(pipeline, load_id) for load_id in [*resumed, *info.loads_ids]]
     return SyncResult(
-        pipeline=pipeline, load_info=info, resumed_loads=resumed, rows=rows, rejected=rejected
+        pipeline=pipeline,
+        load_info=info,
+        resumed_loads=resumed,
+        rows=rows,
+        rejected=rejected,
+        reports=reports,
     )
 
 
@@ -352,6 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="forget the incremental cursors and send every row again",
     )
     parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="map, validate and batch everything, send nothing, keep the cursors; print the report",
+    )
+    parser.add_argument(
         "--progress", choices=PROGRESS, default="log", help="dlt progress output (default: log)"
     )
     args = parser.parse_args(argv)
@@ -363,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tables=args.tables,
             full_refresh=args.full_refresh,
             progress=args.progress,
+            dry_run=args.dry_run,
         )
     except (ConfigurationException, MappingError) as error:
         print(f"configuration error: {error}", file=sys.stderr)

@@ -276,7 +276,7 @@ def test_command_line_prints_what_it_sent_and_rejected(
 
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("pipeline cli_test: loads ")
-    assert out[1:] == [
+    assert out[1:9] == [
         "  orders: 3 sent, 1 rejected",
         "  signups: 3 sent, 1 rejected",
         "  users: 3 sent, 1 rejected",
@@ -287,11 +287,36 @@ def test_command_line_prints_what_it_sent_and_rejected(
         "  inspect them with cio_destination.rejected_rows(pipeline, load_id=...): each has"
         " row_key, reason, field, message and the row",
     ]
+    # then the destination's own report of the load, per table and action
+    assert out[9].startswith("Customer.io sync report (load ")
+    report_rows = {
+        line.split()[0]: line.split()[1:] for line in out[11:] if not line.startswith(" ")
+    }
+    assert {t: r[:5] for t, r in report_rows.items()} == {
+        "orders": ["event", "4", "3", "3", "1"],
+        "signups": ["event", "4", "3", "3", "1"],
+        "users": ["identify", "4", "3", "3", "1"],
+    }
     assert (tmp_path / "dlt_data" / "pipelines" / "cli_test").is_dir()
     assert len(emulator.people) == 3
 
     assert wh.main(["--pipeline-name", "cli_test", "--progress", "none"]) == 0
     assert capsys.readouterr().out.splitlines()[1:] == ["  nothing new to send", "rejected rows: 0"]
+
+
+def test_dry_run_prints_the_report_sends_nothing_and_keeps_the_cursors(
+    example: Path, tmp_path: Path, emulator: Emulator, monkeypatch, capsys
+):
+    monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path / "dlt_data"))
+
+    assert wh.main(["--pipeline-name", "dry", "--progress", "none", "--dry-run"]) == 0
+
+    out = capsys.readouterr().out
+    assert out.startswith("Customer.io sync report (dry run: nothing was sent)")
+    assert "would send: " in out and "@example.com" not in out
+    assert emulator.requests == []
+    assert wh.main(["--pipeline-name", "dry", "--progress", "none"]) == 0
+    assert len(emulator.people) == 3  # the real run still found every row
 
 
 def test_config_from_environment_alone(
@@ -479,3 +504,28 @@ def test_json_as_text_casts_json_columns_only_where_the_cast_gives_json_text():
 
     bigquery = SimpleNamespace(dialect=SimpleNamespace(name="bigquery"))
     assert wh.json_as_text(query, table, None, bigquery) is query
+
+
+def test_rejected_rows_example_loads_them_into_the_warehouse_without_duplicates(
+    example: Path, tmp_path: Path, emulator: Emulator
+):
+    rejections = _load("rejected_rows_to_warehouse")
+    run(tmp_path)
+    audit = tmp_path / "audit.duckdb"
+    url = f"duckdb:///{audit}"
+    pipelines_dir = str(tmp_path / "dlt_pipelines")
+
+    first = rejections.load_rejections("wh_test", url, pipelines_dir=pipelines_dir)
+    again = rejections.load_rejections("wh_test", url, pipelines_dir=pipelines_dir)
+
+    assert first == again == 3
+    with duckdb.connect(str(audit)) as con:
+        rows = con.execute(
+            'SELECT "table", reason, field FROM customerio_audit.customerio_rejected_rows'
+            ' ORDER BY "table"'
+        ).fetchall()
+    assert rows == [
+        ("orders", "invalid_event_data", "data"),
+        ("signups", "invalid_identifier", "email"),
+        ("users", "invalid_identifier", "email"),
+    ]
