@@ -8,6 +8,7 @@ rejected here with a reason naming the field, and is never sent.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ from cio_destination.mapping import KEYED_ACTIONS, CompiledMapping
 Row = dict[str, Any]
 
 _PHONE = re.compile(r"^\+[1-9][0-9]{1,14}$")
+_VALUE_LIMIT = limits.MAX_ATTRIBUTE_VALUE_BYTES
+_MIN_INT = -(2**63)
+_MAX_INT = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Rejection:
     message: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One serialized operation and the source rows it carries (several for a collapsed identify)."""
 
@@ -126,27 +130,46 @@ class RowMapper:
     def _attributes(self, row: Row, *, per_value_limit: bool) -> dict[str, Any]:
         attributes: dict[str, Any] = {}
         clear = self.mapping.clear_nulls
+        json_columns = self._json_columns
+        # this loop runs for every column of every row: plain str/int/bool/float values, by far
+        # the most common, take a short path that skips the general conversion
         for column in self._attribute_columns:
             value = row.get(column)
             if value is None:
                 if clear:
                     attributes[column] = ""
                 continue
-            if column in self._json_columns and isinstance(value, str):
+            kind = type(value)
+            if kind is str and column not in json_columns:
+                if per_value_limit and len(value) * 4 > _VALUE_LIMIT:
+                    self._check_value_size(column, value)
+                attributes[column] = value
+                continue
+            if kind is bool or (kind is int and _MIN_INT <= value <= _MAX_INT):
+                attributes[column] = value
+                continue
+            if kind is float and math.isfinite(value):
+                attributes[column] = value
+                continue
+            if kind is str:
                 value = _maybe_json(value)
             try:
                 value = to_json_value(value)
             except ValueProblem as exc:
                 raise _Reject("invalid_value", column, str(exc)) from None
-            if per_value_limit and _value_size(value) > limits.MAX_ATTRIBUTE_VALUE_BYTES:
-                raise _Reject(
-                    "attribute_value_too_long",
-                    column,
-                    f"the value is over Customer.io's {limits.MAX_ATTRIBUTE_VALUE_BYTES}-byte"
-                    " attribute value limit",
-                )
+            if per_value_limit:
+                self._check_value_size(column, value)
             attributes[column] = value
         return attributes
+
+    @staticmethod
+    def _check_value_size(column: str, value: Any) -> None:
+        if _value_size(value) > _VALUE_LIMIT:
+            raise _Reject(
+                "attribute_value_too_long",
+                column,
+                f"the value is over Customer.io's {_VALUE_LIMIT}-byte attribute value limit",
+            )
 
     def _row_key(self, row: Row, columns: tuple[str, ...]) -> str:
         if len(columns) == 1:
