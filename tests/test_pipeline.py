@@ -391,3 +391,25 @@ def test_credentials_error_is_terminal_for_dlt():
 
     assert issubclass(CredentialsError, DestinationTerminalException)
     assert issubclass(MappingError, DestinationTerminalException)
+
+
+def test_destination_by_string_reference_with_env_config(
+    emulator: Emulator, tmp_path: Path, monkeypatch
+):
+    monkeypatch.setenv("DESTINATION__CUSTOMERIO__SITE_ID", SITE_ID)
+    monkeypatch.setenv("DESTINATION__CUSTOMERIO__API_KEY", API_KEY)
+    monkeypatch.setenv("DESTINATION__CUSTOMERIO__TRACK_URL", emulator.url)
+    pipeline = dlt.pipeline(
+        "by_string", destination="cio_destination.customerio", pipelines_dir=str(tmp_path)
+    )
+    resource = customerio_adapter(
+        dlt.resource([{"uid": 5, "plan": "pro"}], name="people"),
+        action="identify",
+        identifier="uid",
+    )
+
+    pipeline.run(resource)
+
+    assert [(p["identifiers"]["id"], p["attributes"]) for p in emulator.people] == [
+        ("5", {"plan": "pro"})
+    ]
