@@ -46,18 +46,41 @@ class Rejection:
     message: str
 
 
+class LazyRow:
+    """A row of a RecordBatch, made into a dict only if a rejection needs it."""
+
+    __slots__ = ("batch", "index", "json_columns")
+
+    def __init__(self, batch: Any, index: int, json_columns: frozenset[str]) -> None:
+        self.batch = batch
+        self.index = index
+        self.json_columns = json_columns
+
+    def materialize(self) -> Row:
+        return next(rows_from_arrow(self.batch.slice(self.index, 1), self.json_columns))
+
+
 @dataclass(slots=True)
 class Entry:
     """One serialized operation and the source rows it carries (several for a collapsed identify)."""
 
     data: bytes
     row_key: str
-    rows: list[Row] = field(default_factory=list)
+    rows: list[Row | LazyRow] = field(default_factory=list)
     key: str | None = None
     """The idempotency key (event id, or the send ledger's key), where the action has one."""
 
     def reject(self, reason: str, field: str | None, message: str) -> list[Rejection]:
-        return [Rejection(row, self.row_key, reason, field, message) for row in self.rows]
+        return [
+            Rejection(
+                row.materialize() if isinstance(row, LazyRow) else row,
+                self.row_key,
+                reason,
+                field,
+                message,
+            )
+            for row in self.rows
+        ]
 
 
 @dataclass
