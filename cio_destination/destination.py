@@ -24,6 +24,7 @@ from dlt.common.schema.utils import is_dlt_table_or_column
 from dlt.common.storages.load_package import LoadPackageStateInjectableContext
 from dlt.common.typing import TDataItems
 
+from cio_destination.arrow_path import map_identify_batch
 from cio_destination.client import (
     APP_HOSTS,
     TRACK_HOSTS,
@@ -330,10 +331,12 @@ def customerio(
     )
     mapper = mappings.mapper(table)
     action = mapper.compiled.action
-    rows = (
-        items if isinstance(items, list) else rows_from_arrow(items, mapper.compiled.json_columns)
-    )
-    mapped = mapper.map_rows(rows)
+    if isinstance(items, list):
+        mapped = mapper.map_rows(items)
+    elif action == "identify":
+        mapped = map_identify_batch(mapper, items)
+    else:
+        mapped = mapper.map_rows(rows_from_arrow(items, mapper.compiled.json_columns))
     store = store_for(working_dir)
 
     skipped = 0

@@ -143,3 +143,62 @@ def test_rows_of_accepted_entries_are_built_only_when_rejected():
     assert all(isinstance(row, LazyRow) for e in mapped.entries for row in e.rows)
     rejection = mapped.entries[1].reject("invalid", "identifiers", "no")[0]
     assert rejection.row == {"ident": "b", "n": 2}
+
+
+def test_arrow_rows_rejected_by_customerio_come_back_whole(httpx_mock, tmp_path):
+    import dlt
+    import httpx
+
+    from cio_destination import customerio, customerio_adapter, rejected_rows
+
+    from .conftest import with_region
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        batch = orjson.loads(request.content)["batch"]
+        errors = [
+            {"batch_index": i, "reason": "invalid", "field": "identifiers", "message": "no"}
+            for i, op in enumerate(batch)
+            if op["identifiers"]["id"] in {"u-2", "u-5"}
+        ]
+        return httpx.Response(207 if errors else 200, json={"errors": errors} if errors else {})
+
+    httpx_mock.add_callback(with_region(answer), is_reusable=True)
+    table = pa.table(
+        {
+            "uid": [f"u-{i}" for i in range(8)],
+            "plan": ["pro", None] * 4,
+            "seen": pa.array(
+                [dt.datetime(2024, 1, 1, i, tzinfo=UTC) for i in range(8)],
+                pa.timestamp("us", "UTC"),
+            ),
+        }
+    )
+    resource = customerio_adapter(
+        dlt.resource([table], name="people"), action="identify", identifier="uid", timestamp="seen"
+    )
+    pipeline = dlt.pipeline(
+        "arrow207",
+        destination=customerio(site_id="s", api_key="k", track_url="http://127.0.0.1:1"),
+        pipelines_dir=str(tmp_path),
+        dev_mode=True,
+    )
+
+    pipeline.run(resource)
+
+    rejected = sorted(rejected_rows(pipeline), key=lambda r: r["row_key"])
+    assert [(r["row_key"], r["reason"], r["row"]) for r in rejected] == [
+        ("u-2", "invalid", {"uid": "u-2", "plan": "pro", "seen": "2024-01-01T02:00:00+00:00"}),
+        ("u-5", "invalid", {"uid": "u-5", "seen": "2024-01-01T05:00:00+00:00"}),
+    ]
+    sent = [
+        op
+        for request in httpx_mock.get_requests(method="POST")
+        for op in orjson.loads(request.content)["batch"]
+    ]
+    assert sent[0] == {
+        "type": "person",
+        "action": "identify",
+        "identifiers": {"id": "u-0"},
+        "attributes": {"plan": "pro"},
+        "timestamp": 1704067200,
+    }
