@@ -1,0 +1,283 @@
+"""One measured run, in a fresh process: `python -m tests.benchmarks.runs '<spec as JSON>'`.
+
+The parent (`python -m tests.benchmarks`) starts one of these per measurement, so runs never share
+a heap, a GC state or a peak RSS. The spec names the run:
+
+* `target`: `customerio` (this destination), `nothing` (a do-nothing `@dlt.destination`),
+  `floor` (Arrow -> orjson -> httpx, no dlt) or `per_row` (one v1 identify PUT per row);
+* `kind`: `dict` or `arrow` rows; `rows`; `lazy` (build the data while it is consumed, for memory
+  runs) or not (build it all before the clock starts);
+* `sink`, `site_id`, `api_key`, `requests_per_second`, `max_request_bytes`;
+* `warmup`: rows of an unmeasured run first (imports, first-call set-up, the credential probe);
+* `profile`: a path to write cProfile stats of the measured run to (every thread).
+
+The last line on stdout is the result as JSON: seconds per step, the sink's counters for the
+measured run only, and the process's peak RSS (VmHWM).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
+os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+
+import cProfile
+import pstats
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+from urllib.parse import quote
+
+import dlt
+import httpx
+import orjson
+
+from cio_destination import customerio, customerio_adapter
+from tests.benchmarks import data
+
+DICT_CHUNK = 10_000
+ARROW_CHUNK = 50_000
+
+
+@dlt.destination(batch_size=10_000, name="nothing")
+def nothing(items: Any, table: Any) -> None:
+    """The do-nothing destination: dlt's own cost of extract, normalize and load, and no more."""
+
+
+def proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def sink_stats(spec: dict[str, Any]) -> dict[str, Any]:
+    return orjson.loads(httpx.get(spec["sink"] + "/_sink/stats", timeout=10).content)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+def source_chunks(kind: str, rows: int, lazy: bool) -> Callable[[], Iterator[Any]]:
+    """A factory of the chunks a resource yields: lists of dicts or Arrow tables."""
+    chunk = DICT_CHUNK if kind == "dict" else ARROW_CHUNK
+    build = data.dict_rows if kind == "dict" else data.arrow_table
+    if lazy:
+        return lambda: (build(a, b) for a, b in data.chunk_bounds(rows, chunk))
+    built = [build(a, b) for a, b in data.chunk_bounds(rows, chunk)]
+    return lambda: iter(built)
+
+
+def resource_of(chunks: Callable[[], Iterator[Any]]) -> Any:
+    resource = dlt.resource(chunks(), name=data.TABLE)
+    return customerio_adapter(
+        resource, action="identify", identifier=data.IDENTIFIER, timestamp=data.TIMESTAMP
+    )
+
+
+# -- pipelines ---------------------------------------------------------------------------------------
+
+
+def destination_of(spec: dict[str, Any]) -> Any:
+    if spec["target"] == "nothing":
+        return nothing()
+    return customerio(
+        site_id=spec["site_id"],
+        api_key=spec["api_key"],
+        track_url=spec["sink"],
+        requests_per_second=spec["requests_per_second"],
+        max_request_bytes=spec["max_request_bytes"],
+    )
+
+
+def run_pipeline(spec: dict[str, Any], chunks: Callable[[], Iterator[Any]], pipelines_dir: str):
+    pipeline = dlt.pipeline(
+        f"bench_{spec['target']}",
+        destination=destination_of(spec),
+        pipelines_dir=pipelines_dir,
+        dev_mode=True,
+    )
+    steps = {}
+    started = time.perf_counter()
+    pipeline.extract(resource_of(chunks))
+    steps["extract"] = time.perf_counter() - started
+    mark = time.perf_counter()
+    pipeline.normalize()
+    steps["normalize"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    info = pipeline.load()
+    steps["load"] = time.perf_counter() - mark
+    steps["total"] = time.perf_counter() - started
+    info.raise_on_failed_jobs()
+    return steps
+
+
+# -- the floor: Arrow -> orjson -> httpx, no dlt ------------------------------------------------------
+
+
+def run_floor(spec: dict[str, Any], chunks: Callable[[], Iterator[Any]]) -> dict[str, float]:
+    """The same bodies the destination sends, from the same Arrow tables, with nothing else."""
+    with (
+        httpx.Client(
+            base_url=spec["sink"],
+            auth=(spec["site_id"], spec["api_key"]),
+            headers={"content-type": "application/json"},
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+        ) as client,
+        ThreadPoolExecutor(4) as pool,
+    ):
+        pending: deque[Future[httpx.Response]] = deque()
+
+        def post(body: bytes) -> None:
+            pending.append(pool.submit(client.post, "/api/v2/batch", content=body))
+            while len(pending) > 8:
+                pending.popleft().result().raise_for_status()
+
+        started = time.perf_counter()
+        packer = data.BodyPacker(spec["max_request_bytes"])
+        for table in chunks():
+            for entry in data.floor_entries(table):
+                body = packer.add(entry)
+                if body is not None:
+                    post(body)
+        last = packer.flush()
+        if last is not None:
+            post(last)
+        while pending:
+            pending.popleft().result().raise_for_status()
+        elapsed = time.perf_counter() - started
+    return {"total": elapsed}
+
+
+# -- Customer.io's official client's pattern: one v1 identify per row ---------------------------------
+
+
+def run_per_row(spec: dict[str, Any], chunks: Callable[[], Iterator[Any]]) -> dict[str, float]:
+    """`PUT /api/v1/customers/{id}` per row on a keep-alive client, as customerio-python does."""
+    with httpx.Client(
+        base_url=spec["sink"],
+        auth=(spec["site_id"], spec["api_key"]),
+        headers={"content-type": "application/json"},
+    ) as client:
+        started = time.perf_counter()
+        for rows in chunks():
+            for row in rows:
+                attributes = {k: v for k, v in row.items() if k != data.IDENTIFIER}
+                attributes[data.TIMESTAMP] = int(attributes[data.TIMESTAMP].timestamp())
+                path = "/api/v1/customers/" + quote(row[data.IDENTIFIER], safe="")
+                client.put(path, content=orjson.dumps(attributes)).raise_for_status()
+        elapsed = time.perf_counter() - started
+    return {"total": elapsed}
+
+
+# -- profiling every thread -------------------------------------------------------------------------
+
+
+class ThreadProfiles:
+    """cProfile of the calling thread and of every thread started while it is on."""
+
+    def __init__(self) -> None:
+        self.profiles: list[cProfile.Profile] = []
+        self.lock = threading.Lock()
+
+    def _start_in_thread(self, *_: Any) -> None:
+        profile = cProfile.Profile()
+        with self.lock:
+            self.profiles.append(profile)
+        profile.enable()
+
+    def __enter__(self) -> ThreadProfiles:
+        threading.setprofile(self._start_in_thread)
+        self._start_in_thread()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        threading.setprofile(None)  # type: ignore[arg-type]
+        self.profiles[0].disable()
+
+    def dump(self, path: str) -> None:
+        merged = pstats.Stats(self.profiles[0])
+        for profile in self.profiles[1:]:
+            try:
+                merged.add(profile)
+            except TypeError:
+                continue  # a thread that recorded nothing
+        merged.dump_stats(path)
+
+
+# -- one run ----------------------------------------------------------------------------------------
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    target, kind = spec["target"], spec["kind"]
+    pipelines_dir = tempfile.mkdtemp(prefix="cio-bench-")
+    try:
+        if spec.get("warmup"):
+            warm = source_chunks(kind, spec["warmup"], lazy=True)
+            if target == "floor":
+                run_floor(spec, warm)
+            elif target == "per_row":
+                run_per_row(spec, warm)
+            else:
+                run_pipeline(spec, warm, pipelines_dir)
+        chunks = source_chunks(kind, spec["rows"], spec.get("lazy", False))
+        rss_before = proc_status_kb("VmRSS")
+        before = sink_stats(spec)
+        profiles = ThreadProfiles() if spec.get("profile") else None
+        if profiles is not None:
+            profiles.__enter__()
+        if target == "floor":
+            steps = run_floor(spec, chunks)
+        elif target == "per_row":
+            steps = run_per_row(spec, chunks)
+        else:
+            steps = run_pipeline(spec, chunks, pipelines_dir)
+        if profiles is not None:
+            profiles.__exit__(None, None, None)
+            profiles.dump(spec["profile"])
+        after = sink_stats(spec)
+    finally:
+        shutil.rmtree(pipelines_dir, ignore_errors=True)
+    delta = {
+        key: after[key] - before[key]
+        for key in (
+            "batch_requests",
+            "v1_requests",
+            "region_requests",
+            "ops",
+            "body_bytes",
+            "unauthorized",
+            "not_found",
+            "malformed",
+        )
+    }
+    delta["max_body_bytes"] = after["max_body_bytes"]
+    delta["max_in_flight"] = after["max_in_flight"]
+    if after["first_request"] is not None and after["last_answer"] is not None:
+        delta["sink_span"] = after["last_answer"] - after["first_request"]
+    return {
+        "spec": spec,
+        "seconds": steps,
+        "sink": delta,
+        "rss_before_kb": rss_before,
+        "peak_rss_kb": proc_status_kb("VmHWM"),
+    }
+
+
+def main() -> None:
+    spec = orjson.loads(sys.argv[1])
+    result = measure(spec)
+    sys.stdout.write("\n" + orjson.dumps(result).decode() + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
