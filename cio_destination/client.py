@@ -68,6 +68,8 @@ class SendResult:
     rejections: list[Rejection] = field(default_factory=list)
     stats: SendStats = field(default_factory=SendStats)
     error: BaseException | None = None
+    delivered: list[Entry] = field(default_factory=list)
+    """Entries Customer.io accepted (its 200, or a 207 that did not name them)."""
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,7 @@ class TrackClient(ApiClient):
         status = response.status_code
         if status == 200:
             result.stats.accepted += len(entries)
+            result.delivered.extend(entries)
         elif status == 207:
             self._partial(entries, response, result)
         elif status in NARROWABLE_STATUS and len(entries) > 1:
@@ -315,6 +318,7 @@ class TrackClient(ApiClient):
                 )
             )
         result.stats.accepted += len(entries) - len(failed)
+        result.delivered.extend(e for i, e in enumerate(entries) if i not in failed)
 
 
 class Sender:
@@ -376,6 +380,7 @@ class Sender:
                 total.error = exc
             return
         total.rejections.extend(part.rejections)
+        total.delivered.extend(part.delivered)
         total.stats.add(part.stats)
 
 

@@ -82,6 +82,8 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     """Requests in flight at once per workspace, so latency does not cut throughput."""
     resend_uncertain: bool = False
     """Send again rows whose earlier send an interrupted load left with an unknown outcome."""
+    fingerprints_url: TSecretStrValue | None = None
+    """SQLAlchemy URL of a database that keeps `changes_only` fingerprints (default: local state)."""
     dry_run: bool = False
     """Map, validate and batch everything, send nothing; see `cio_destination.dry_run`."""
     tables: dict[str, Any] | None = None

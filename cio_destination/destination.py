@@ -25,6 +25,7 @@ from dlt.common.storages.load_package import LoadPackageStateInjectableContext
 from dlt.common.typing import TDataItems
 
 from cio_destination.arrow_path import map_identify_batch
+from cio_destination.changes import Changes, only_changes, sql_fingerprints
 from cio_destination.client import (
     APP_HOSTS,
     TRACK_HOSTS,
@@ -315,6 +316,7 @@ def customerio(
     max_concurrent_requests: int = 32,
     resend_uncertain: bool = False,
     dry_run: bool = False,
+    fingerprints_url: str | None = None,
     tables: dict[str, Any] | None = None,
 ) -> None:
     """Deliver rows to Customer.io as the table's mapping says (see `customerio_adapter`).
@@ -340,6 +342,14 @@ def customerio(
     store = store_for(working_dir)
 
     skipped = 0
+    entries = mapped.entries
+    changes: Changes | None = None
+    if mapper.mapping.changes_only:
+        fingerprints = sql_fingerprints(_secret(fingerprints_url)) if fingerprints_url else store
+        scope = f"{pipeline.pipeline_name}/{table['name']}"
+        changes = only_changes(entries, mapper.compiled.attribute_columns, fingerprints, scope)
+        entries = changes.entries
+        skipped = changes.unchanged
     if dry_run:
         result = SendResult()
     else:
@@ -361,7 +371,7 @@ def customerio(
         if action == "send_email":
             assert workspace.emails is not None  # checked with the mappings, before any request
             emails = workspace.emails.send(
-                mapped.entries,
+                entries,
                 store=store,
                 table=table["name"],
                 load_id=load_id,
@@ -370,7 +380,9 @@ def customerio(
             result = emails
             skipped = emails.skipped
         else:
-            result = workspace.sender.send(mapped.entries)
+            result = workspace.sender.send(entries)
+        if changes is not None:
+            fingerprints.save(scope, changes.accepted(result.delivered))
     rejections = mapped.rejections + result.rejections
     if not dry_run:
         store.record_rejections(load_id, table["name"], action, rejections)
@@ -382,7 +394,7 @@ def customerio(
             "batch_id": _batch_id(mapped.entries, rejections),
             "dry_run": int(dry_run),
             "rows_in": mapped.rows_in,
-            "operations": len(mapped.entries),
+            "operations": len(entries),
             "accepted": result.stats.accepted,
             "rejected": len(rejections),
             "skipped": skipped,
@@ -394,7 +406,7 @@ def customerio(
             "finished_at": time.time(),
             "reasons": orjson.dumps(Counter(r.reason for r in rejections)).decode(),
             "samples": orjson.dumps(
-                [mask_payload(orjson.loads(e.data)) for e in mapped.entries[:MAX_SAMPLES]]
+                [mask_payload(orjson.loads(e.data)) for e in entries[:MAX_SAMPLES]]
                 if dry_run
                 else []
             ).decode(),
@@ -402,12 +414,12 @@ def customerio(
     )
     logger.info(
         "customerio: table %s (%s)%s: %d rows in, %d operations, %d accepted, %d rows rejected,"
-        " %d skipped as already sent, %d requests, %d retries",
+        " %d skipped (already sent or unchanged), %d requests, %d retries",
         table["name"],
         action,
         " [dry run]" if dry_run else "",
         mapped.rows_in,
-        len(mapped.entries),
+        len(entries),
         result.stats.accepted,
         len(rejections),
         skipped,

@@ -63,7 +63,7 @@ _PERSON = {"identifier", "identifier_type"}
 _NAMED = {"event_name", "event_name_column", "event_data_column", "event_id", "timestamp"}
 _OBJECT = {"object_type_id", "object_type_id_column", "object_id"}
 ACTION_KEYS: dict[str, frozenset[str]] = {
-    "identify": frozenset(_PERSON | {"attributes", "timestamp", "clear_nulls"}),
+    "identify": frozenset(_PERSON | {"attributes", "timestamp", "clear_nulls", "changes_only"}),
     "event": frozenset(_PERSON | _NAMED | {"attributes"}),
     "page": frozenset(_PERSON | _NAMED | {"attributes"}),
     "screen": frozenset(_PERSON | _NAMED | {"attributes"}),
@@ -153,6 +153,7 @@ class TableMapping(BaseModel):
     attributes: tuple[str, ...] | None = None
     timestamp: str | None = None
     clear_nulls: bool = False
+    changes_only: bool = False
     # event, page, screen
     event_name: str | None = None
     event_name_column: str | None = None

@@ -61,7 +61,7 @@ class TableReport:
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
-    """Rows not sent because they already were (transactional sends)."""
+    """Rows not sent: already sent (transactional sends) or unchanged (`changes_only`)."""
     requests: int = 0
     retries: int = 0
     throttled: int = 0

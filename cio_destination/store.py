@@ -11,7 +11,7 @@ import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS batch_stats (
     reasons TEXT NOT NULL,
     samples TEXT NOT NULL,
     PRIMARY KEY (load_id, table_name, batch_id)
+);
+CREATE TABLE IF NOT EXISTS fingerprints (
+    scope TEXT NOT NULL,
+    identifier TEXT NOT NULL,
+    fingerprint BLOB NOT NULL,
+    PRIMARY KEY (scope, identifier)
 );
 CREATE TABLE IF NOT EXISTS send_ledger (
     send_key TEXT PRIMARY KEY,
@@ -260,6 +266,32 @@ class StateStore:
                 "SELECT load_id FROM batch_stats ORDER BY finished_at DESC LIMIT 1"
             ).fetchone()
         return row[0] if row else None
+
+    def load(self, scope: str, identifiers: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Fingerprints of `identifiers` (see `cio_destination.changes`)."""
+        found: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for start in range(0, len(identifiers), 500):
+                chunk = list(identifiers[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                for identifier, blob in self._db.execute(
+                    "SELECT identifier, fingerprint FROM fingerprints"
+                    f" WHERE scope = ? AND identifier IN ({marks})",
+                    [scope, *chunk],
+                ):
+                    found[identifier] = orjson.loads(blob)
+        return found
+
+    def save(self, scope: str, fingerprints: Mapping[str, dict[str, int]]) -> None:
+        if not fingerprints:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO fingerprints VALUES (?,?,?)",
+                [(scope, k, orjson.dumps(v)) for k, v in fingerprints.items()],
+            )
+            self._db.execute("COMMIT")
 
     def iter_rejections(
         self, load_id: str | None = None, table: str | None = None

@@ -1,0 +1,150 @@
+"""Change detection for identify tables (`changes_only=True`): send only what changed.
+
+For every person Customer.io accepted, a fingerprint is kept: a 64-bit hash of each mapped
+attribute's value. The next time the person comes by, only attributes whose hash differs are
+sent, an attribute that became empty is cleared on purpose, and a person with no change is not
+sent at all. A fingerprint is written only after Customer.io accepted the operation, so a
+rejected or failed send is tried again in full next time.
+
+Fingerprints live in the pipeline's local state, or in any SQL database given by URL
+(`fingerprints_url`), so runners with no persistent disk keep them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from cio_destination.operations import Entry
+
+Fingerprint = dict[str, int]
+
+
+def value_hash(value: Any) -> int:
+    data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
+
+
+class FingerprintStore(Protocol):
+    def load(self, scope: str, identifiers: Sequence[str]) -> dict[str, Fingerprint]: ...
+
+    def save(self, scope: str, fingerprints: Mapping[str, Fingerprint]) -> None: ...
+
+
+class SqlFingerprints:
+    """Fingerprints in a SQL database reached through SQLAlchemy (any dialect it supports)."""
+
+    TABLE = "customerio_fingerprints"
+
+    def __init__(self, url: str) -> None:
+        try:
+            import sqlalchemy as sa
+        except ImportError as exc:  # pragma: no cover - dlt's sql extras bring it
+            raise RuntimeError("fingerprints_url needs SQLAlchemy: pip install sqlalchemy") from exc
+        self._sa = sa
+        self._engine = sa.create_engine(url, pool_pre_ping=True)
+        metadata = sa.MetaData()
+        self._table = sa.Table(
+            self.TABLE,
+            metadata,
+            sa.Column("scope", sa.String(300), primary_key=True),
+            sa.Column("identifier", sa.String(300), primary_key=True),
+            sa.Column("fingerprint", sa.Text, nullable=False),
+        )
+        metadata.create_all(self._engine, checkfirst=True)
+
+    def load(self, scope: str, identifiers: Sequence[str]) -> dict[str, Fingerprint]:
+        table, found = self._table, {}
+        with self._engine.connect() as connection:
+            for start in range(0, len(identifiers), 500):
+                chunk = list(identifiers[start : start + 500])
+                query = self._sa.select(table.c.identifier, table.c.fingerprint).where(
+                    table.c.scope == scope, table.c.identifier.in_(chunk)
+                )
+                for identifier, blob in connection.execute(query):
+                    found[identifier] = orjson.loads(blob)
+        return found
+
+    def save(self, scope: str, fingerprints: Mapping[str, Fingerprint]) -> None:
+        if not fingerprints:
+            return
+        table = self._table
+        rows = [
+            {"scope": scope, "identifier": k, "fingerprint": orjson.dumps(v).decode()}
+            for k, v in fingerprints.items()
+        ]
+        with self._engine.begin() as connection:
+            keys = list(fingerprints)
+            for start in range(0, len(keys), 500):
+                connection.execute(
+                    table.delete().where(
+                        table.c.scope == scope, table.c.identifier.in_(keys[start : start + 500])
+                    )
+                )
+            connection.execute(table.insert(), rows)
+
+
+_sql_stores: dict[str, SqlFingerprints] = {}
+_sql_lock = threading.Lock()
+
+
+def sql_fingerprints(url: str) -> SqlFingerprints:
+    with _sql_lock:
+        store = _sql_stores.get(url)
+        if store is None:
+            store = _sql_stores[url] = SqlFingerprints(url)
+        return store
+
+
+@dataclass
+class Changes:
+    """The operations to send after the diff, and what to remember once they are accepted."""
+
+    entries: list[Entry]
+    unchanged: int = 0
+    pending: dict[int, tuple[str, Fingerprint]] = field(default_factory=dict)
+
+    def accepted(self, delivered: Iterable[Entry]) -> dict[str, Fingerprint]:
+        """Fingerprints to save for the entries Customer.io accepted."""
+        saved = {}
+        for entry in delivered:
+            found = self.pending.get(id(entry))
+            if found is not None:
+                saved[found[0]] = found[1]
+        return saved
+
+
+def only_changes(
+    entries: Sequence[Entry],
+    attribute_columns: Sequence[str],
+    store: FingerprintStore,
+    scope: str,
+) -> Changes:
+    """Keep, per identify entry, only the attributes that differ from the stored fingerprint."""
+    ops = [orjson.loads(entry.data) for entry in entries]
+    identifiers = [next(iter(op["identifiers"].values())) for op in ops]
+    previous = store.load(scope, identifiers)
+    mapped = set(attribute_columns)
+    changes = Changes(entries=[])
+    for entry, op, identifier in zip(entries, ops, identifiers, strict=True):
+        attributes = op.get("attributes", {})
+        current = {name: value_hash(value) for name, value in attributes.items()}
+        before = previous.get(identifier)
+        if before is not None:
+            changed = {k: v for k, v in attributes.items() if before.get(k) != current[k]}
+            for name in before:
+                if name in mapped and name not in attributes:
+                    changed[name] = ""  # the value became empty: clear it on purpose
+            if not changed:
+                changes.unchanged += len(entry.rows)
+                continue
+            op["attributes"] = changed
+            entry = Entry(orjson.dumps(op), entry.row_key, entry.rows, entry.key)
+        changes.entries.append(entry)
+        changes.pending[id(entry)] = (identifier, current)
+    return changes

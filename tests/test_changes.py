@@ -1,0 +1,150 @@
+"""changes_only: send only the attributes that changed since Customer.io last accepted them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dlt
+import httpx
+import orjson
+from pytest_httpx import HTTPXMock
+
+from cio_destination import customerio, customerio_adapter, sync_report
+from cio_destination.emulator import Emulator
+
+from .conftest import API_KEY, SITE_ID, with_region
+
+
+def people(rows: list[dict]):
+    return customerio_adapter(
+        dlt.resource(rows, name="people"), action="identify", identifier="uid", changes_only=True
+    )
+
+
+ROWS = [
+    {"uid": 1, "plan": "pro", "city": "Oslo", "score": 10},
+    {"uid": 2, "plan": "free", "city": "Lima", "score": 20},
+    {"uid": 3, "plan": "team", "city": "Pune", "score": 30},
+]
+
+
+def batch_ops(emulator: Emulator, since: int = 0) -> int:
+    return sum(r.ops for r in emulator.requests[since:] if r.path == "/api/v2/batch")
+
+
+def test_unchanged_rows_send_nothing_and_changes_send_only_what_changed(
+    emulator: Emulator, make_pipeline
+):
+    pipeline = make_pipeline()
+    pipeline.run(people(ROWS))
+    assert batch_ops(emulator) == 3
+
+    mark = len(emulator.requests)
+    pipeline.run(people(ROWS))
+    assert batch_ops(emulator, mark) == 0
+    assert sync_report(pipeline).tables[0].skipped == 3
+
+    changed = [
+        {"uid": 1, "plan": "team", "city": "Oslo", "score": 10},  # plan changed
+        {"uid": 2, "plan": "free", "score": 20},  # city became empty
+        {"uid": 3, "plan": "team", "city": "Pune", "score": 30},  # unchanged
+    ]
+    mark = len(emulator.requests)
+    pipeline.run(people(changed))
+
+    assert batch_ops(emulator, mark) == 2
+    found = {p["identifiers"]["id"]: p["attributes"] for p in emulator.people}
+    assert found == {
+        "1": {"plan": "team", "city": "Oslo", "score": 10},
+        "2": {"plan": "free", "score": 20},
+        "3": {"plan": "team", "city": "Pune", "score": 30},
+    }
+
+
+def test_exact_bodies_carry_only_changed_attributes(httpx_mock: HTTPXMock, tmp_path: Path):
+    sent: list[dict] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.extend(orjson.loads(request.content)["batch"])
+        return httpx.Response(200, json={})
+
+    httpx_mock.add_callback(with_region(answer), is_reusable=True)
+    pipeline = dlt.pipeline(
+        "exact",
+        destination=customerio(site_id="s", api_key="k"),
+        pipelines_dir=str(tmp_path),
+    )
+    pipeline.run(people(ROWS))
+    sent.clear()
+
+    pipeline.run(people([{"uid": 1, "plan": "pro", "score": 11}, *ROWS[1:]]))
+
+    assert sent == [
+        {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": "1"},
+            "attributes": {"score": 11, "city": ""},
+        }
+    ]
+
+
+def test_a_rejected_send_records_no_fingerprint(httpx_mock: HTTPXMock, tmp_path: Path):
+    refuse = {"2"}
+    sent: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        batch = orjson.loads(request.content)["batch"]
+        sent.extend(op["identifiers"]["id"] for op in batch)
+        errors = [
+            {"batch_index": i, "reason": "invalid", "field": "attributes"}
+            for i, op in enumerate(batch)
+            if op["identifiers"]["id"] in refuse
+        ]
+        return httpx.Response(207 if errors else 200, json={"errors": errors})
+
+    httpx_mock.add_callback(with_region(answer), is_reusable=True)
+    pipeline = dlt.pipeline(
+        "refused", destination=customerio(site_id="s", api_key="k"), pipelines_dir=str(tmp_path)
+    )
+    pipeline.run(people(ROWS))
+    sent.clear()
+    refuse.clear()
+
+    pipeline.run(people(ROWS))
+
+    assert sent == ["2"]  # only the row Customer.io refused is sent again, in full
+
+
+def test_fingerprints_in_a_sql_store_survive_a_wiped_working_directory(
+    emulator: Emulator, tmp_path: Path
+):
+    url = f"sqlite:///{tmp_path / 'fingerprints.db'}"
+
+    def pipeline(workdir: str) -> dlt.Pipeline:
+        destination = customerio(
+            site_id=SITE_ID, api_key=API_KEY, track_url=emulator.url, fingerprints_url=url
+        )
+        return dlt.pipeline("wiped", destination=destination, pipelines_dir=str(tmp_path / workdir))
+
+    pipeline("first").run(people(ROWS))
+    assert batch_ops(emulator) == 3
+    mark = len(emulator.requests)
+
+    pipeline("second").run(people(ROWS))  # a new runner: no local state at all
+
+    assert batch_ops(emulator, mark) == 0
+
+
+def test_a_dry_run_records_no_fingerprint(emulator: Emulator, tmp_path: Path):
+    def pipeline(**options) -> dlt.Pipeline:
+        destination = customerio(
+            site_id=SITE_ID, api_key=API_KEY, track_url=emulator.url, **options
+        )
+        return dlt.pipeline("dry", destination=destination, pipelines_dir=str(tmp_path))
+
+    pipeline(dry_run=True).run(people(ROWS))
+    assert sync_report(pipeline()).tables[0].operations == 3  # it would send all three
+    pipeline().run(people(ROWS))
+
+    assert batch_ops(emulator) == 3  # so the real run still sends all three
