@@ -121,26 +121,33 @@ class Workspace:
 
     def _preflight(self) -> None:
         key = self._key
-        if self._sender is not None:
-            self._sender.client.account_region()
-            self._sender.forget_refusal()
-            return
         configured = "us" if key.region == "auto" else key.region
-        client = self._track_client(key.track_url or TRACK_HOSTS[configured])
+        if self._sender is not None:
+            client = self._sender.client
+        else:
+            client = self._track_client(key.track_url or TRACK_HOSTS[configured])
         found = client.account_region()
         region = configured
         if key.region == "auto":
-            region = found or configured
-            if key.track_url is None and region != configured:
-                client.close()
-                client = self._track_client(TRACK_HOSTS[region])
+            region = found or self.region or configured
         elif found and found != configured and key.track_url is None:
-            client.close()
+            if self._sender is None:
+                client.close()
             raise CustomerioTerminalError(
                 f"the Customer.io workspace is in the '{found}' region but"
                 f" destination.customerio.region is '{configured}': set region = \"{found}\""
                 ' (or "auto")'
             )
+        if self._sender is not None and (region == self.region or key.track_url is not None):
+            self.region = region
+            self._sender.forget_refusal()
+            return
+        if self._sender is not None:
+            self._sender.close()  # region="auto" and the workspace moved: new hosts
+            client = self._track_client(TRACK_HOSTS[region])
+        elif key.track_url is None and region != configured:
+            client.close()
+            client = self._track_client(TRACK_HOSTS[region])
         self.region = region
         self._sender = Sender(
             client,

@@ -26,7 +26,7 @@ def accept(request: httpx.Request) -> httpx.Response:
 
 
 def pipeline_for(tmp_path: Path, **options) -> dlt.Pipeline:
-    destination = customerio(site_id="s", api_key="k", **options)
+    destination = customerio(**{"site_id": "s", "api_key": "k", **options})
     return dlt.pipeline(
         "preflight", destination=destination, pipelines_dir=str(tmp_path), dev_mode=True
     )
@@ -86,3 +86,23 @@ def test_bad_credentials_cost_one_request(emulator: Emulator, tmp_path: Path):
     )
     fixed.run()
     assert len(emulator.people) == 100
+
+
+def test_the_region_is_checked_on_every_load(httpx_mock: HTTPXMock, tmp_path: Path):
+    region = {"now": "us"}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/accounts/region":
+            return httpx.Response(200, json={"region": region["now"]})
+        return httpx.Response(200, json={})
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+    pipeline = pipeline_for(tmp_path, region="us", api_key="moved-workspace-key")
+    pipeline.run(people("a", 5))
+    region["now"] = "eu"
+
+    with pytest.raises(PipelineStepFailed) as raised:
+        pipeline.run(people("b", 5))
+
+    assert 'set region = "eu"' in str(raised.value)
+    assert len(httpx_mock.get_requests(method="POST")) == 1  # only the first load's batch
