@@ -35,6 +35,8 @@ class FingerprintStore(Protocol):
 
     def save(self, scope: str, fingerprints: Mapping[str, Fingerprint]) -> None: ...
 
+    def forget(self, scope: str, identifiers: Sequence[str]) -> None: ...
+
 
 class SqlFingerprints:
     """Fingerprints in a SQL database reached through SQLAlchemy (any dialect it supports)."""
@@ -87,6 +89,15 @@ class SqlFingerprints:
                     )
                 )
             connection.execute(table.insert(), rows)
+
+    def forget(self, scope: str, identifiers: Sequence[str]) -> None:
+        table = self._table
+        with self._engine.begin() as connection:
+            for start in range(0, len(identifiers), 500):
+                chunk = list(identifiers[start : start + 500])
+                connection.execute(
+                    table.delete().where(table.c.scope == scope, table.c.identifier.in_(chunk))
+                )
 
 
 _sql_stores: dict[str, SqlFingerprints] = {}

@@ -38,10 +38,11 @@ from cio_destination.client import (
 from cio_destination.configuration import CustomerioConfiguration
 from cio_destination.exceptions import CustomerioTerminalError, MappingError
 from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
+from cio_destination.mirror import MirrorPlan, plan_mirror
 from cio_destination.operations import Entry, Rejection, RowMapper, rows_from_arrow
 from cio_destination.ratelimit import RateLimiter
 from cio_destination.report import MAX_SAMPLES, mask_payload
-from cio_destination.store import store_for
+from cio_destination.store import StateStore, store_for
 from cio_destination.transactional import EmailSender
 
 logger = logging.getLogger("cio_destination")
@@ -213,10 +214,16 @@ class LoadMappings:
         self._compiled: dict[str, CompiledMapping] = {}
         self._mappers: dict[str, RowMapper] = {}
         self._error: MappingError | None = None
+        self._mirrors: dict[str, MirrorPlan] = {}
         self._lock = threading.Lock()
 
-    def check_package(self, context: LoadPackageStateInjectableContext) -> None:
-        """Compile the mapping of every data table with a job in the package; keep the first error."""
+    def check_package(
+        self, context: LoadPackageStateInjectableContext, store: StateStore, pipeline_name: str
+    ) -> None:
+        """Compile the mapping of every data table with a job in the package; keep the first error.
+
+        Mirror tables also get their removal plan here, and its guard, before any request.
+        """
         schema = context.storage.load_schema(context.load_id)
         names = sorted(
             {
@@ -234,10 +241,26 @@ class LoadMappings:
                 if not is_dlt_table_or_column(c, schema._dlt_tables_prefix)
             }
             try:
-                self._compile(name, table, columns)
+                compiled = self._compile(name, table, columns)
+                plan = plan_mirror(compiled, context, store, pipeline_name)
             except MappingError as error:
                 self._error = error
                 return
+            if plan is not None:
+                self._mirrors[name] = plan
+
+    def take_mirror(self, table: str) -> MirrorPlan | None:
+        """The table's mirror plan, handed out once (given back with `return_mirror` on failure)."""
+        with self._lock:
+            plan = self._mirrors.get(table)
+            if plan is None or plan.taken:
+                return None
+            plan.taken = True
+            return plan
+
+    def return_mirror(self, plan: MirrorPlan) -> None:
+        with self._lock:
+            plan.taken = False
 
     def _compile(self, name: str, table: Any, columns: dict[str, Any]) -> CompiledMapping:
         mapping = resolve_mapping(name, table, self._config.get(name))
@@ -276,9 +299,14 @@ def _load_context() -> LoadPackageStateInjectableContext | None:
 
 
 def mappings_for_load(
-    working_dir: str, load_id: str, tables_config: dict[str, Any] | None, *, can_send_email: bool
+    pipeline: dlt.Pipeline,
+    load_id: str,
+    tables_config: dict[str, Any] | None,
+    *,
+    can_send_email: bool,
 ) -> LoadMappings:
     """The load's mappings, checked against the whole package on first use, before any request."""
+    working_dir = pipeline.working_dir
     key = (working_dir, load_id)
     with _loads_lock:
         mappings = _loads.get(key)
@@ -286,7 +314,7 @@ def mappings_for_load(
             mappings = LoadMappings(tables_config, can_send_email=can_send_email)
             context = _load_context()
             if context is not None and context.load_id == load_id:
-                mappings.check_package(context)
+                mappings.check_package(context, store_for(working_dir), pipeline.pipeline_name)
             for stale in [k for k in _loads if k[0] == working_dir]:
                 del _loads[stale]  # only the current load of a pipeline is needed again
             _loads[key] = mappings
@@ -336,7 +364,7 @@ def customerio(
     load_id = dlt.current.load_package_state()["load_id"]
     working_dir = pipeline.working_dir
     mappings = mappings_for_load(
-        working_dir, load_id, tables, can_send_email=bool(_secret(app_api_key))
+        pipeline, load_id, tables, can_send_email=bool(_secret(app_api_key))
     )
     mapper = mappings.mapper(table)
     action = mapper.compiled.action
@@ -357,6 +385,9 @@ def customerio(
         changes = only_changes(entries, mapper.compiled.attribute_columns, fingerprints, scope)
         entries = changes.entries
         skipped = changes.unchanged
+    mirror = mappings.take_mirror(table["name"])
+    if mirror is not None:
+        entries = entries + mirror.removal_entries()
     if dry_run:
         result = SendResult()
     else:
@@ -390,6 +421,13 @@ def customerio(
             result = workspace.sender.send(entries)
         if changes is not None:
             fingerprints.save(scope, changes.accepted(result.delivered))
+        if mirror is not None:
+            if result.error is None:
+                store.record_mirror_snapshot(mirror.scope, mirror.current)
+                if changes is not None:
+                    fingerprints.forget(scope, mirror.removed)  # a comeback is sent in full
+            else:
+                mappings.return_mirror(mirror)
     rejections = mapped.rejections + result.rejections
     if not dry_run:
         store.record_rejections(load_id, table["name"], action, rejections)

@@ -63,7 +63,17 @@ _PERSON = {"identifier", "identifier_type"}
 _NAMED = {"event_name", "event_name_column", "event_data_column", "event_id", "timestamp"}
 _OBJECT = {"object_type_id", "object_type_id_column", "object_id"}
 ACTION_KEYS: dict[str, frozenset[str]] = {
-    "identify": frozenset(_PERSON | {"attributes", "timestamp", "clear_nulls", "changes_only"}),
+    "identify": frozenset(
+        _PERSON
+        | {
+            "attributes",
+            "timestamp",
+            "clear_nulls",
+            "changes_only",
+            "mirror",
+            "max_removed_fraction",
+        }
+    ),
     "event": frozenset(_PERSON | _NAMED | {"attributes"}),
     "page": frozenset(_PERSON | _NAMED | {"attributes"}),
     "screen": frozenset(_PERSON | _NAMED | {"attributes"}),
@@ -154,6 +164,8 @@ class TableMapping(BaseModel):
     timestamp: str | None = None
     clear_nulls: bool = False
     changes_only: bool = False
+    mirror: Literal["delete", "suppress"] | None = None
+    max_removed_fraction: float = 0.1
     # event, page, screen
     event_name: str | None = None
     event_name_column: str | None = None
@@ -202,6 +214,8 @@ class TableMapping(BaseModel):
                 raise ValueError(f"{key}: only applies to action {', '.join(users)}")
         if action not in OBJECT_ACTIONS and self.identifier is None:
             raise ValueError("identifier: required (the column holding the person's identifier)")
+        if not 0 <= self.max_removed_fraction <= 1:
+            raise ValueError("max_removed_fraction: must be between 0 and 1")
         if action == "merge":
             if self.identifier_type == "phone":
                 raise ValueError("identifier_type: merge takes id, email or cio_id")

@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS fingerprints (
     fingerprint BLOB NOT NULL,
     PRIMARY KEY (scope, identifier)
 );
+CREATE TABLE IF NOT EXISTS mirror_members (
+    scope TEXT NOT NULL,
+    identifier TEXT NOT NULL,
+    PRIMARY KEY (scope, identifier)
+);
 CREATE TABLE IF NOT EXISTS send_ledger (
     send_key TEXT PRIMARY KEY,
     table_name TEXT NOT NULL,
@@ -290,6 +295,33 @@ class StateStore:
             self._db.executemany(
                 "INSERT OR REPLACE INTO fingerprints VALUES (?,?,?)",
                 [(scope, k, orjson.dumps(v)) for k, v in fingerprints.items()],
+            )
+            self._db.execute("COMMIT")
+
+    def forget(self, scope: str, identifiers: Sequence[str]) -> None:
+        """Drop fingerprints (the people were removed from Customer.io)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "DELETE FROM fingerprints WHERE scope = ? AND identifier = ?",
+                [(scope, i) for i in identifiers],
+            )
+            self._db.execute("COMMIT")
+
+    def mirror_snapshot(self, scope: str) -> set[str]:
+        """The identifiers of the last recorded complete snapshot of a mirror table."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT identifier FROM mirror_members WHERE scope = ?", (scope,)
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def record_mirror_snapshot(self, scope: str, members: set[str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM mirror_members WHERE scope = ?", (scope,))
+            self._db.executemany(
+                "INSERT INTO mirror_members VALUES (?, ?)", [(scope, m) for m in members]
             )
             self._db.execute("COMMIT")
 

@@ -1,0 +1,138 @@
+"""Mirror syncs (`mirror="delete"` or `"suppress"` on an identify table read in full every run).
+
+When a load starts, the identifiers of the table's rows in the whole load package are read from
+its job files: that is this run's snapshot. People in the last recorded snapshot but not in this
+one have left the table and are deleted (or suppressed) in Customer.io. If that would remove more
+than `max_removed_fraction` of the last snapshot, which almost always means a broken or partial
+source, the load stops before any request. The new snapshot is recorded once the removals are
+delivered, so a crash in between only repeats idempotent deletes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from cio_destination.exceptions import MappingError
+from cio_destination.mapping import CompiledMapping
+from cio_destination.operations import Entry, _id_text, _Reject
+
+
+class MirrorGuardError(MappingError):
+    """A mirror sync would remove more of the table's people than `max_removed_fraction` allows."""
+
+    def __init__(self, table: str, removed: int, previous: int, fraction: float) -> None:
+        super().__init__(
+            table,
+            "max_removed_fraction",
+            f"this run would remove {removed} of the {previous} people of the last complete"
+            f" snapshot ({removed / previous:.0%}), over the {fraction:.0%} allowed; nothing was"
+            " sent. Check the source; raise max_removed_fraction if the removal is real",
+        )
+
+
+@dataclass
+class MirrorPlan:
+    """What a load does for one mirror table: the removals to send and the snapshot to record."""
+
+    table: str
+    scope: str
+    action: str
+    identifier_type: str
+    current: set[str]
+    removed: list[str]
+    taken: bool = False
+
+    column: str = ""
+
+    def removal_entries(self) -> list[Entry]:
+        entries = []
+        for identifier in self.removed:
+            op = {
+                "type": "person",
+                "action": self.action,
+                "identifiers": {self.identifier_type: identifier},
+            }
+            # the "row" of a removal, should Customer.io reject it: the identifier that left
+            entries.append(Entry(orjson.dumps(op), identifier, [{self.column: identifier}]))
+        return entries
+
+
+def _job_rows(path: str, column: str) -> Iterator[Any]:
+    """The values of `column` in one load-package job file (typed-jsonl, gzipped or not, or parquet)."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        if column not in pq.read_schema(path).names:
+            return
+        yield from pq.read_table(path, columns=[column]).column(column).to_pylist()
+        return
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gzipped else open
+    with opener(path, "rb") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            parsed = orjson.loads(line)
+            # dlt writes one object per line, or a list of objects per line
+            for row in parsed if isinstance(parsed, list) else (parsed,):
+                if isinstance(row, dict):
+                    yield row.get(column)
+
+
+def snapshot_of(context: Any, table: str, identifier: str) -> set[str]:
+    """The identifiers of every row of `table` in the load package, as the mapper writes them."""
+    storage, load_id = context.storage, context.load_id
+    root = storage.storage.storage_path
+    found: set[str] = set()
+    for state, job in storage.list_all_jobs_with_states(load_id):
+        if job.table_name != table:
+            continue
+        path = os.path.join(root, storage.get_job_file_path(load_id, state, job.file_name()))
+        for value in _job_rows(path, identifier):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                continue
+            try:
+                found.add(_id_text(value, identifier, "identifier"))
+            except _Reject:
+                continue
+    return found
+
+
+def plan_mirror(
+    compiled: CompiledMapping, context: Any, store: Any, pipeline_name: str
+) -> MirrorPlan | None:
+    """Compare this package's snapshot with the last one; raise when the guard trips."""
+    mapping = compiled.mapping
+    if mapping.mirror is None or mapping.identifier is None:
+        return None
+    scope = f"{pipeline_name}/{compiled.table}"
+    try:
+        current = snapshot_of(context, compiled.table, mapping.identifier)
+    except (OSError, ValueError, ImportError) as exc:
+        raise MappingError(
+            compiled.table,
+            "mirror",
+            f"the load package's rows could not be read for the snapshot ({type(exc).__name__})",
+        ) from None
+    previous = store.mirror_snapshot(scope)
+    removed = sorted(previous - current)
+    if previous and len(removed) > mapping.max_removed_fraction * len(previous):
+        raise MirrorGuardError(
+            compiled.table, len(removed), len(previous), mapping.max_removed_fraction
+        )
+    return MirrorPlan(
+        table=compiled.table,
+        scope=scope,
+        action=mapping.mirror,
+        identifier_type=mapping.identifier_type,
+        current=current,
+        removed=removed,
+        column=mapping.identifier,
+    )

@@ -1,0 +1,97 @@
+"""Mirror syncs: people who left a table read in full are deleted or suppressed, with a guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dlt
+import pyarrow as pa
+import pytest
+from dlt.pipeline.exceptions import PipelineStepFailed
+
+from cio_destination import customerio, customerio_adapter, rejected_rows, sync_report
+from cio_destination.emulator import Emulator
+
+from .conftest import API_KEY, SITE_ID
+
+
+def members(ids, *, arrow: bool = False, **mapping):
+    rows = [{"uid": f"u{i}", "plan": "pro"} for i in ids]
+    data = [pa.Table.from_pylist(rows)] if arrow else rows
+    keys = {"mirror": "delete", **mapping}
+    return customerio_adapter(
+        dlt.resource(data, name="members"), action="identify", identifier="uid", **keys
+    )
+
+
+def pipeline_for(emulator: Emulator, tmp_path: Path) -> dlt.Pipeline:
+    destination = customerio(site_id=SITE_ID, api_key=API_KEY, track_url=emulator.url)
+    return dlt.pipeline("mirror", destination=destination, pipelines_dir=str(tmp_path))
+
+
+def ids(emulator: Emulator) -> set[str]:
+    return {p["identifiers"]["id"] for p in emulator.people if not p.get("suppressed")}
+
+
+@pytest.mark.parametrize("arrow", [False, True], ids=["jsonl", "parquet"])
+def test_people_who_left_are_deleted(emulator: Emulator, tmp_path: Path, arrow: bool):
+    pipeline = pipeline_for(emulator, tmp_path)
+    pipeline.run(members(range(20), arrow=arrow))
+    assert len(ids(emulator)) == 20
+
+    pipeline.run(members(range(1, 20), arrow=arrow))  # u0 left: 1 of 20, under the 10% guard
+
+    assert ids(emulator) == {f"u{i}" for i in range(1, 20)}
+    deletes = [r for r in emulator.requests if r.path == "/api/v2/batch"]
+    assert sum(r.ops for r in deletes) == 20 + 19 + 1
+    pipeline.run(members(range(1, 20), arrow=arrow))  # nobody left since: nothing removed
+    assert ids(emulator) == {f"u{i}" for i in range(1, 20)}
+
+
+def test_the_guard_stops_a_mass_removal_before_any_request(emulator: Emulator, tmp_path: Path):
+    pipeline = pipeline_for(emulator, tmp_path)
+    pipeline.run(members(range(20)))
+    before = len(emulator.requests)
+
+    with pytest.raises(PipelineStepFailed) as raised:
+        pipeline.run(members(range(10)))  # half the table gone: a broken source
+
+    message = str(raised.value)
+    assert "key 'max_removed_fraction'" in message
+    assert "remove 10 of the 20 people" in message
+    assert len(emulator.requests) == before
+    assert len(ids(emulator)) == 20
+
+
+def test_a_raised_guard_lets_a_real_mass_removal_through(emulator: Emulator, tmp_path: Path):
+    pipeline = pipeline_for(emulator, tmp_path)
+    pipeline.run(members(range(20)))
+
+    pipeline.run(members(range(5), max_removed_fraction=1.0))
+
+    assert ids(emulator) == {f"u{i}" for i in range(5)}
+
+
+def test_mirror_suppress_suppresses_who_left(emulator: Emulator, tmp_path: Path):
+    pipeline = pipeline_for(emulator, tmp_path)
+    pipeline.run(members(range(12), mirror="suppress"))
+
+    pipeline.run(members(range(1, 12), mirror="suppress"))
+
+    suppressed = [p["identifiers"]["id"] for p in emulator.people if p.get("suppressed")]
+    assert suppressed == ["u0"]
+    assert list(rejected_rows(pipeline)) == []
+
+
+def test_with_changes_only_a_removed_person_who_returns_is_sent_in_full(
+    emulator: Emulator, tmp_path: Path
+):
+    pipeline = pipeline_for(emulator, tmp_path)
+    pipeline.run(members(range(12), changes_only=True))
+    pipeline.run(members(range(1, 12), changes_only=True))
+    assert "u0" not in ids(emulator)
+
+    pipeline.run(members(range(12), changes_only=True))
+
+    assert emulator.find_person(id="u0")["attributes"] == {"plan": "pro"}
+    assert sync_report(pipeline).tables[0].operations == 1
