@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,12 +23,20 @@ import orjson
 
 from cio_destination.operations import Entry
 
-Fingerprint = dict[str, int]
+# A person's fingerprint: {"r": hash of the whole operation, "a": {attribute: hash of its value}}.
+# The whole-operation hash settles the common case (nothing changed) with one hash per row; the
+# attribute hashes are computed only for people new or changed.
+Fingerprint = dict[str, Any]
+
+
+def _hash(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
 
 
 def value_hash(value: Any) -> int:
+    """A stable 64-bit hash of one attribute value (crc32 and adler32 of its JSON, side by side)."""
     data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
+    return (zlib.crc32(data) << 32 | zlib.adler32(data)) - (1 << 63)
 
 
 class FingerprintStore(Protocol):
@@ -119,10 +128,13 @@ class Changes:
     entries: list[Entry]
     unchanged: int = 0
     pending: dict[int, tuple[str, Fingerprint]] = field(default_factory=dict)
+    pending_only: dict[str, Fingerprint] = field(default_factory=dict)
+    """People whose attributes did not change though their operation did (e.g. a new timestamp):
+    nothing is sent, and their whole-operation hash is refreshed."""
 
     def accepted(self, delivered: Iterable[Entry]) -> dict[str, Fingerprint]:
         """Fingerprints to save for the entries Customer.io accepted."""
-        saved = {}
+        saved = dict(self.pending_only)
         for entry in delivered:
             found = self.pending.get(id(entry))
             if found is not None:
@@ -136,26 +148,35 @@ def only_changes(
     store: FingerprintStore,
     scope: str,
 ) -> Changes:
-    """Keep, per identify entry, only the attributes that differ from the stored fingerprint."""
-    ops = [orjson.loads(entry.data) for entry in entries]
-    identifiers = [next(iter(op["identifiers"].values())) for op in ops]
-    previous = store.load(scope, identifiers)
+    """Keep, per identify entry, only the attributes that differ from the stored fingerprint.
+
+    Identify entries carry the identifier as their `row_key`.
+    """
+    previous = store.load(scope, [entry.row_key for entry in entries])
     mapped = set(attribute_columns)
     changes = Changes(entries=[])
-    for entry, op, identifier in zip(entries, ops, identifiers, strict=True):
+    for entry in entries:
+        identifier = entry.row_key
+        row_hash = _hash(entry.data)
+        before = previous.get(identifier)
+        if before is not None and before.get("r") == row_hash:
+            changes.unchanged += len(entry.rows)
+            continue
+        op = orjson.loads(entry.data)
         attributes = op.get("attributes", {})
         current = {name: value_hash(value) for name, value in attributes.items()}
-        before = previous.get(identifier)
         if before is not None:
-            changed = {k: v for k, v in attributes.items() if before.get(k) != current[k]}
-            for name in before:
+            seen = before.get("a", {})
+            changed = {k: v for k, v in attributes.items() if seen.get(k) != current[k]}
+            for name in seen:
                 if name in mapped and name not in attributes:
                     changed[name] = ""  # the value became empty: clear it on purpose
             if not changed:
                 changes.unchanged += len(entry.rows)
+                changes.pending_only[identifier] = {"r": row_hash, "a": current}
                 continue
             op["attributes"] = changed
             entry = Entry(orjson.dumps(op), entry.row_key, entry.rows, entry.key)
         changes.entries.append(entry)
-        changes.pending[id(entry)] = (identifier, current)
+        changes.pending[id(entry)] = (identifier, {"r": row_hash, "a": current})
     return changes

@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS batch_stats (
 CREATE TABLE IF NOT EXISTS fingerprints (
     scope TEXT NOT NULL,
     identifier TEXT NOT NULL,
-    fingerprint BLOB NOT NULL,
+    row_hash INTEGER NOT NULL,
+    attributes BLOB NOT NULL,
     PRIMARY KEY (scope, identifier)
 );
 CREATE TABLE IF NOT EXISTS mirror_members (
@@ -95,6 +96,19 @@ def _json_default(value: Any) -> Any:
 
 def row_to_json(row: dict[str, Any]) -> bytes:
     return orjson.dumps(row, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+class _LazyFingerprint(dict):  # type: ignore[type-arg]
+    """A stored fingerprint whose attribute hashes are parsed only when asked for."""
+
+    def __init__(self, row_hash: int, blob: bytes) -> None:
+        super().__init__(r=row_hash)
+        self._blob = blob
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "a" and "a" not in self:
+            self["a"] = orjson.loads(self._blob)
+        return super().get(key, default)
 
 
 def state_path(working_dir: str | Path) -> Path:
@@ -272,29 +286,32 @@ class StateStore:
             ).fetchone()
         return row[0] if row else None
 
-    def load(self, scope: str, identifiers: Sequence[str]) -> dict[str, dict[str, int]]:
-        """Fingerprints of `identifiers` (see `cio_destination.changes`)."""
-        found: dict[str, dict[str, int]] = {}
+    def load(self, scope: str, identifiers: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Fingerprints of `identifiers` (see `cio_destination.changes`).
+
+        The attribute hashes are parsed lazily: most people are settled by the row hash alone.
+        """
+        found: dict[str, dict[str, Any]] = {}
         with self._lock:
-            for start in range(0, len(identifiers), 500):
-                chunk = list(identifiers[start : start + 500])
+            for start in range(0, len(identifiers), 5_000):
+                chunk = list(identifiers[start : start + 5_000])
                 marks = ",".join("?" * len(chunk))
-                for identifier, blob in self._db.execute(
-                    "SELECT identifier, fingerprint FROM fingerprints"
+                for identifier, row_hash, blob in self._db.execute(
+                    "SELECT identifier, row_hash, attributes FROM fingerprints"
                     f" WHERE scope = ? AND identifier IN ({marks})",
                     [scope, *chunk],
                 ):
-                    found[identifier] = orjson.loads(blob)
+                    found[identifier] = _LazyFingerprint(row_hash, blob)
         return found
 
-    def save(self, scope: str, fingerprints: Mapping[str, dict[str, int]]) -> None:
+    def save(self, scope: str, fingerprints: Mapping[str, dict[str, Any]]) -> None:
         if not fingerprints:
             return
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT OR REPLACE INTO fingerprints VALUES (?,?,?)",
-                [(scope, k, orjson.dumps(v)) for k, v in fingerprints.items()],
+                "INSERT OR REPLACE INTO fingerprints VALUES (?,?,?,?)",
+                [(scope, k, v["r"], orjson.dumps(v["a"])) for k, v in fingerprints.items()],
             )
             self._db.execute("COMMIT")
 
