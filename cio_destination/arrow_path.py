@@ -174,3 +174,52 @@ def map_identify_batch(mapper: RowMapper, batch: Any) -> Mapped:
         entries.extend(rest.entries)
         rejections = rest.rejections
     return Mapped(entries, rejections, batch.num_rows)
+
+
+def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list[Any], list[int]] | None:
+    """Per row of an identify batch: its identifier text and a 64-bit hash of its mapped values.
+
+    `changes_only` compares these with the hashes stored when the person was last accepted and
+    maps only the rows that differ. None when a column's type has no plain text form here, or
+    an identifier repeats in the batch (then the order of the rows matters: map them all).
+    """
+    import hashlib
+
+    mapping = mapper.mapping
+    names = set(batch.schema.names)
+    columns = [mapping.identifier, *mapper.compiled.attribute_columns]
+    if mapping.timestamp:
+        columns.append(mapping.timestamp)
+    texts = []
+    for name in columns:
+        if name not in names:
+            continue
+        column = batch.column(name)
+        kind = column.type
+        if _is_temporal(kind):
+            column = pc.cast(column, pa.int64()) if pa.types.is_timestamp(kind) else column
+        elif not (
+            _is_text(kind)
+            or pa.types.is_integer(kind)
+            or pa.types.is_floating(kind)
+            or pa.types.is_boolean(kind)
+            or pa.types.is_decimal(kind)
+        ):
+            return None
+        text = pc.cast(column, pa.string()) if not _is_text(column.type) else column
+        # "\x00" marks a null, distinct from an empty string
+        texts.append(pc.binary_join_element_wise("\x01", text, "").fill_null("\x00"))
+    ident = batch.column(mapping.identifier)
+    ident = pc.cast(ident, pa.string()) if pa.types.is_integer(ident.type) else ident
+    if not _is_text(ident.type):
+        return None
+    counts = pc.value_counts(ident)
+    if pc.any(pc.greater(counts.field("counts"), 1)).as_py():
+        return None
+    joined = pc.binary_join_element_wise(*texts, "\x1f") if len(texts) > 1 else texts[0]
+    blake = hashlib.blake2b
+    hashes = [
+        int.from_bytes(blake(row.encode(), digest_size=8).digest(), "big", signed=True)
+        for row in joined.to_pylist()
+    ]
+    return ident.to_pylist(), hashes

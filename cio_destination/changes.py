@@ -46,6 +46,8 @@ class FingerprintStore(Protocol):
 
     def forget(self, scope: str, identifiers: Sequence[str]) -> None: ...
 
+    def load_source_hashes(self, scope: str, identifiers: Sequence[str]) -> dict[str, int]: ...
+
 
 class SqlFingerprints:
     """Fingerprints in a SQL database reached through SQLAlchemy (any dialect it supports)."""
@@ -99,6 +101,11 @@ class SqlFingerprints:
                 )
             connection.execute(table.insert(), rows)
 
+    def load_source_hashes(self, scope: str, identifiers: Sequence[str]) -> dict[str, int]:
+        return {
+            k: v["s"] for k, v in self.load(scope, identifiers).items() if v.get("s") is not None
+        }
+
     def forget(self, scope: str, identifiers: Sequence[str]) -> None:
         table = self._table
         with self._engine.begin() as connection:
@@ -147,11 +154,14 @@ def only_changes(
     attribute_columns: Sequence[str],
     store: FingerprintStore,
     scope: str,
+    source_hashes: Mapping[str, int] | None = None,
 ) -> Changes:
     """Keep, per identify entry, only the attributes that differ from the stored fingerprint.
 
-    Identify entries carry the identifier as their `row_key`.
+    Identify entries carry the identifier as their `row_key`. `source_hashes` (Arrow input) are
+    kept with the fingerprints, to skip unchanged rows before mapping next time.
     """
+    sources = source_hashes or {}
     previous = store.load(scope, [entry.row_key for entry in entries])
     mapped = set(attribute_columns)
     changes = Changes(entries=[])
@@ -161,6 +171,13 @@ def only_changes(
         before = previous.get(identifier)
         if before is not None and before.get("r") == row_hash:
             changes.unchanged += len(entry.rows)
+            source = sources.get(identifier)
+            if source is not None and before.get("s") != source:
+                changes.pending_only[identifier] = {
+                    "r": row_hash,
+                    "a": before.get("a"),
+                    "s": source,
+                }
             continue
         op = orjson.loads(entry.data)
         attributes = op.get("attributes", {})
@@ -173,10 +190,17 @@ def only_changes(
                     changed[name] = ""  # the value became empty: clear it on purpose
             if not changed:
                 changes.unchanged += len(entry.rows)
-                changes.pending_only[identifier] = {"r": row_hash, "a": current}
+                changes.pending_only[identifier] = {
+                    "r": row_hash,
+                    "a": current,
+                    "s": sources.get(identifier),
+                }
                 continue
             op["attributes"] = changed
             entry = Entry(orjson.dumps(op), entry.row_key, entry.rows, entry.key)
         changes.entries.append(entry)
-        changes.pending[id(entry)] = (identifier, {"r": row_hash, "a": current})
+        changes.pending[id(entry)] = (
+            identifier,
+            {"r": row_hash, "a": current, "s": sources.get(identifier)},
+        )
     return changes

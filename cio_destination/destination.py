@@ -12,19 +12,21 @@ import hashlib
 import logging
 import threading
 import time
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import dlt
 import orjson
+import pyarrow as pa
 from dlt.common.configuration.container import Container
 from dlt.common.schema import TTableSchema
 from dlt.common.schema.utils import is_dlt_table_or_column
 from dlt.common.storages.load_package import LoadPackageStateInjectableContext
 from dlt.common.typing import TDataItems
 
-from cio_destination.arrow_path import map_identify_batch
+from cio_destination.arrow_path import map_identify_batch, source_row_hashes
 from cio_destination.changes import Changes, only_changes, sql_fingerprints
 from cio_destination.client import (
     APP_HOSTS,
@@ -368,23 +370,29 @@ def customerio(
     )
     mapper = mappings.mapper(table)
     action = mapper.compiled.action
+    store = store_for(working_dir)
+    skipped = 0
+    changes: Changes | None = None
+    source_hashes: dict[str, int] | None = None
+    if mapper.mapping.changes_only:
+        fingerprints = sql_fingerprints(_secret(fingerprints_url)) if fingerprints_url else store
+        scope = f"{pipeline.pipeline_name}/{table['name']}"
+        if not isinstance(items, list):
+            items, source_hashes, skipped = _skip_unchanged_rows(mapper, items, fingerprints, scope)
     if isinstance(items, list):
         mapped = mapper.map_rows(items)
     elif action == "identify":
         mapped = map_identify_batch(mapper, items)
     else:
         mapped = mapper.map_rows(rows_from_arrow(items, mapper.compiled.json_columns))
-    store = store_for(working_dir)
-
-    skipped = 0
+    mapped.rows_in += skipped
     entries = mapped.entries
-    changes: Changes | None = None
     if mapper.mapping.changes_only:
-        fingerprints = sql_fingerprints(_secret(fingerprints_url)) if fingerprints_url else store
-        scope = f"{pipeline.pipeline_name}/{table['name']}"
-        changes = only_changes(entries, mapper.compiled.attribute_columns, fingerprints, scope)
+        changes = only_changes(
+            entries, mapper.compiled.attribute_columns, fingerprints, scope, source_hashes
+        )
         entries = changes.entries
-        skipped = changes.unchanged
+        skipped += changes.unchanged
     mirror = mappings.take_mirror(table["name"])
     if mirror is not None:
         entries = entries + mirror.removal_entries()
@@ -436,7 +444,7 @@ def customerio(
             "load_id": load_id,
             "table_name": table["name"],
             "action": action,
-            "batch_id": _batch_id(mapped.entries, rejections),
+            "batch_id": _batch_id(mapped.entries, rejections, source_hashes),
             "dry_run": int(dry_run),
             "rows_in": mapped.rows_in,
             "operations": len(entries),
@@ -475,9 +483,37 @@ def customerio(
         raise result.error
 
 
-def _batch_id(entries: list[Entry], rejections: list[Rejection]) -> str:
+def _skip_unchanged_rows(
+    mapper: RowMapper, batch: Any, fingerprints: Any, scope: str
+) -> tuple[Any, dict[str, int] | None, int]:
+    """Drop the rows of an Arrow batch whose source values hash as when last accepted.
+
+    Returns the rows left, the source hashes to keep with their fingerprints, and how many rows
+    were dropped. Batches this cannot hash (see `source_row_hashes`) are kept whole.
+    """
+    hashed = source_row_hashes(mapper, batch)
+    if hashed is None:
+        return batch, None, 0
+    identifiers, hashes = hashed
+    known = fingerprints.load_source_hashes(scope, [i for i in identifiers if i is not None])
+    keep = [
+        index
+        for index, (identifier, row_hash) in enumerate(zip(identifiers, hashes, strict=True))
+        if identifier is None or known.get(identifier) != row_hash
+    ]
+    sources = {i: h for i, h in zip(identifiers, hashes, strict=True) if i is not None}
+    if len(keep) == batch.num_rows:
+        return batch, sources, 0
+    return batch.take(pa.array(keep, pa.int64())), sources, batch.num_rows - len(keep)
+
+
+def _batch_id(
+    entries: list[Entry], rejections: list[Rejection], source_hashes: dict[str, int] | None
+) -> str:
     """The same rows give the same id, so a replayed batch replaces its record in the report."""
     digest = hashlib.blake2b(digest_size=16)
+    if source_hashes:  # rows skipped before mapping are part of the batch too
+        digest.update(array("q", source_hashes.values()).tobytes())
     for entry in entries:
         digest.update(entry.data)
     for rejection in rejections:

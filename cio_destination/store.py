@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS fingerprints (
     identifier TEXT NOT NULL,
     row_hash INTEGER NOT NULL,
     attributes BLOB NOT NULL,
+    source_hash INTEGER,
     PRIMARY KEY (scope, identifier)
 );
 CREATE TABLE IF NOT EXISTS mirror_members (
@@ -310,10 +311,29 @@ class StateStore:
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT OR REPLACE INTO fingerprints VALUES (?,?,?,?)",
-                [(scope, k, v["r"], orjson.dumps(v["a"])) for k, v in fingerprints.items()],
+                "INSERT OR REPLACE INTO fingerprints VALUES (?,?,?,?,?)",
+                [
+                    (scope, k, v["r"], orjson.dumps(v["a"]), v.get("s"))
+                    for k, v in fingerprints.items()
+                ],
             )
             self._db.execute("COMMIT")
+
+    def load_source_hashes(self, scope: str, identifiers: Sequence[str]) -> dict[str, int]:
+        """The source-row hashes stored with the fingerprints of `identifiers`, where known."""
+        found: dict[str, int] = {}
+        with self._lock:
+            for start in range(0, len(identifiers), 5_000):
+                chunk = list(identifiers[start : start + 5_000])
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    self._db.execute(
+                        "SELECT identifier, source_hash FROM fingerprints WHERE scope = ?"
+                        f" AND identifier IN ({marks}) AND source_hash IS NOT NULL",
+                        [scope, *chunk],
+                    ).fetchall()
+                )
+        return found
 
     def forget(self, scope: str, identifiers: Sequence[str]) -> None:
         """Drop fingerprints (the people were removed from Customer.io)."""

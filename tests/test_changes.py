@@ -148,3 +148,73 @@ def test_a_dry_run_records_no_fingerprint(emulator: Emulator, tmp_path: Path):
     pipeline().run(people(ROWS))
 
     assert batch_ops(emulator) == 3  # so the real run still sends all three
+
+
+def arrow_people(rows: list[dict]):
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("uid", pa.int64()),
+                ("plan", pa.string()),
+                ("city", pa.string()),
+                ("score", pa.int64()),
+            ]
+        ),
+    )
+    return customerio_adapter(
+        dlt.resource([table], name="people"),
+        action="identify",
+        identifier="uid",
+        changes_only=True,
+    )
+
+
+def test_arrow_rows_that_did_not_change_are_skipped_before_mapping(
+    httpx_mock: HTTPXMock, tmp_path: Path
+):
+    sent: list[dict] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.extend(orjson.loads(request.content)["batch"])
+        return httpx.Response(200, json={})
+
+    httpx_mock.add_callback(with_region(answer), is_reusable=True)
+    pipeline = dlt.pipeline(
+        "arrow_changes",
+        destination=customerio(site_id="s", api_key="k"),
+        pipelines_dir=str(tmp_path),
+    )
+    pipeline.run(arrow_people(ROWS))
+    assert len(sent) == 3
+    sent.clear()
+
+    pipeline.run(arrow_people(ROWS))
+    assert sent == []
+    report = sync_report(pipeline).tables[0]
+    assert (report.rows_in, report.skipped, report.operations) == (3, 3, 0)
+
+    pipeline.run(arrow_people([ROWS[0], {"uid": 2, "plan": "free", "score": 20}, ROWS[2]]))
+
+    assert sent == [
+        {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": "2"},
+            "attributes": {"city": ""},
+        }
+    ]
+    report = sync_report(pipeline).tables[0]
+    assert (report.rows_in, report.skipped, report.operations) == (3, 2, 1)
+
+
+def test_repeated_identifiers_in_an_arrow_batch_keep_row_order(emulator: Emulator, make_pipeline):
+    pipeline = make_pipeline()
+    pipeline.run(arrow_people(ROWS))
+
+    pipeline.run(arrow_people([{"uid": 1, "plan": "team", "city": "Oslo", "score": 10}, ROWS[0]]))
+
+    # the later row wins, as if the rows were sent one by one: back to "pro"
+    assert emulator.find_person(id="1")["attributes"]["plan"] == "pro"
