@@ -95,3 +95,47 @@ def test_with_changes_only_a_removed_person_who_returns_is_sent_in_full(
 
     assert emulator.find_person(id="u0")["attributes"] == {"plan": "pro"}
     assert sync_report(pipeline).tables[0].operations == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlalchemy", "pyarrow"])
+def test_a_changing_duckdb_table_sends_changes_and_removes_who_left(
+    emulator: Emulator, tmp_path: Path, backend: str
+):
+    import duckdb
+    from dlt.sources.sql_database import sql_table
+
+    database = tmp_path / "warehouse.duckdb"
+    with duckdb.connect(str(database)) as con:
+        con.execute(
+            "CREATE TABLE users AS SELECT 'u' || i AS uid, 'plan' || (i % 3) AS plan,"
+            " i * 10 AS score FROM range(40) t(i)"
+        )
+
+    def users():
+        table = sql_table(credentials=f"duckdb:///{database}", table="users", backend=backend)
+        return customerio_adapter(
+            table, action="identify", identifier="uid", changes_only=True, mirror="delete"
+        )
+
+    pipeline = pipeline_for(emulator, tmp_path)
+    pipeline.run(users())
+    assert len(ids(emulator)) == 40
+    mark = len(emulator.requests)
+
+    with duckdb.connect(str(database)) as con:
+        con.execute("UPDATE users SET score = -1 WHERE uid IN ('u1', 'u2')")
+        con.execute("DELETE FROM users WHERE uid IN ('u3', 'u4')")
+    pipeline.run(users())
+
+    ops = sum(r.ops for r in emulator.requests[mark:] if r.path == "/api/v2/batch")
+    assert ops == 4  # two changed people, two removed
+    assert ids(emulator) == {f"u{i}" for i in range(40)} - {"u3", "u4"}
+    assert emulator.find_person(id="u1")["attributes"] == {"plan": "plan1", "score": -1}
+    report = sync_report(pipeline).tables[0]
+    assert (report.rows_in, report.skipped, report.operations) == (38, 36, 4)
+
+    with duckdb.connect(str(database)) as con:
+        con.execute("DELETE FROM users WHERE uid >= 'u2'")  # most of the table: a broken source
+    with pytest.raises(PipelineStepFailed):
+        pipeline.run(users())
+    assert len(ids(emulator)) == 38
