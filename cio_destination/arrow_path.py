@@ -26,6 +26,7 @@ from cio_destination.operations import (
     Mapped,
     RowMapper,
     _utf8_len,
+    identify_op,
     rows_from_arrow,
 )
 
@@ -151,16 +152,7 @@ def map_identify_batch(mapper: RowMapper, batch: Any) -> Mapped:
             }
         else:
             attributes = dict(zip(attribute_columns, values, strict=True))
-        op: dict[str, Any] = {
-            "type": "person",
-            "action": "identify",
-            "identifiers": {kind: identifier},
-        }
-        if attributes:
-            op["attributes"] = attributes
-        if timestamp is not None:
-            op["timestamp"] = timestamp
-        data = dumps(op)
+        data = dumps(identify_op(kind, identifier, attributes, timestamp))
         if len(data) > limits.MAX_ENTRY_BYTES:
             slow.add(index)
             continue

@@ -171,35 +171,8 @@ _workspaces: dict[_WorkspaceKey, Workspace] = {}
 _workspaces_lock = threading.Lock()
 
 
-def workspace_for(
-    *,
-    site_id: str,
-    api_key: str,
-    app_api_key: str,
-    region: str,
-    track_url: str | None,
-    app_url: str | None,
-    requests_per_second: float,
-    app_requests_per_second: float,
-    max_attempts: int,
-    timeout: float,
-    max_request_bytes: int,
-    max_concurrent_requests: int,
-) -> Workspace:
-    key = _WorkspaceKey(
-        region=region,
-        track_url=track_url,
-        app_url=app_url,
-        site_id=site_id,
-        api_key_digest=_digest(api_key),
-        app_api_key_digest=_digest(app_api_key),
-        requests_per_second=requests_per_second,
-        app_requests_per_second=app_requests_per_second,
-        max_attempts=max_attempts,
-        timeout=timeout,
-        max_request_bytes=max_request_bytes,
-        max_concurrent_requests=max_concurrent_requests,
-    )
+def workspace_for(key: _WorkspaceKey, api_key: str, app_api_key: str) -> Workspace:
+    """The one shared workspace of a destination config, created on first use."""
     with _workspaces_lock:
         workspace = _workspaces.get(key)
         if workspace is None:
@@ -399,13 +372,13 @@ def customerio(
     if dry_run:
         result = SendResult()
     else:
-        workspace = workspace_for(
-            site_id=_secret(site_id),
-            api_key=_secret(api_key),
-            app_api_key=_secret(app_api_key),
+        key = _WorkspaceKey(
             region=region,
             track_url=track_url,
             app_url=app_url,
+            site_id=_secret(site_id),
+            api_key_digest=_digest(_secret(api_key)),
+            app_api_key_digest=_digest(_secret(app_api_key)),
             requests_per_second=requests_per_second,
             app_requests_per_second=app_requests_per_second,
             max_attempts=max_attempts,
@@ -413,6 +386,7 @@ def customerio(
             max_request_bytes=max_request_bytes,
             max_concurrent_requests=max_concurrent_requests,
         )
+        workspace = workspace_for(key, _secret(api_key), _secret(app_api_key))
         workspace.begin_load(load_id)
         if action == "send_email":
             assert workspace.emails is not None  # checked with the mappings, before any request

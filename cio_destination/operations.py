@@ -231,16 +231,7 @@ class RowMapper:
                 continue
             seen = people.get(identifier)
             if seen is None:
-                op: dict[str, Any] = {
-                    "type": "person",
-                    "action": "identify",
-                    "identifiers": {kind: identifier},
-                }
-                if attributes:
-                    op["attributes"] = attributes
-                if timestamp is not None:
-                    op["timestamp"] = timestamp
-                people[identifier] = (op, [row])
+                people[identifier] = (identify_op(kind, identifier, attributes, timestamp), [row])
                 continue
             op, carried = seen
             merged = {**op.get("attributes", {}), **attributes}
@@ -590,6 +581,18 @@ class RowMapper:
             )
             return
         entries.append(Entry(data, row_key, rows, key))
+
+
+def identify_op(
+    kind: str, identifier: str, attributes: dict[str, Any], timestamp: int | None
+) -> dict[str, Any]:
+    """A person identify operation; empty attributes and a missing timestamp are left out."""
+    op: dict[str, Any] = {"type": "person", "action": "identify", "identifiers": {kind: identifier}}
+    if attributes:
+        op["attributes"] = attributes
+    if timestamp is not None:
+        op["timestamp"] = timestamp
+    return op
 
 
 def _id_text(value: Any, column: str, kind: str) -> str:
