@@ -156,7 +156,7 @@ def report(title: str, state: dict[str, Any], pipeline: dlt.Pipeline, load_id: s
         )
 
 
-def run(emulator_url: str, backend: str, workdir: Path) -> int:
+def run(emulator_url: str, backend: str, workdir: Path, progress: str = "none") -> int:
     warehouse_url = build_warehouse(workdir / "warehouse.duckdb")
     destination = customerio(site_id=SITE_ID, api_key=API_KEY, track_url=emulator_url)
     pipeline = dlt.pipeline(
@@ -164,6 +164,7 @@ def run(emulator_url: str, backend: str, workdir: Path) -> int:
         destination=destination,
         pipelines_dir=str(workdir / "pipelines"),
         dataset_name="demo",
+        progress=None if progress == "none" else progress,
     )
     info = pipeline.run(resources(warehouse_url, backend))
     first = emulator_state(emulator_url)
@@ -189,16 +190,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=["sqlalchemy", "pyarrow"], default="sqlalchemy")
     parser.add_argument("--emulator-url", help="use a running emulator instead of starting one")
     parser.add_argument("--workdir", type=Path, help="where the warehouse and pipeline state go")
+    parser.add_argument(
+        "--progress",
+        choices=["none", "log", "tqdm", "enlighten", "alive_progress"],
+        default="none",
+        help="dlt's progress output (default: none; the demo is short)",
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", module="duckdb_engine")
 
     with tempfile.TemporaryDirectory(prefix="cio-demo-") as scratch:
         workdir = args.workdir or Path(scratch)
         if args.emulator_url:
-            return run(args.emulator_url.rstrip("/"), args.backend, workdir)
+            return run(args.emulator_url.rstrip("/"), args.backend, workdir, args.progress)
         with Emulator(site_id=SITE_ID, api_key=API_KEY) as emulator:
             print(f"Customer.io emulator on {emulator.url}")
-            return run(emulator.url, args.backend, workdir)
+            return run(emulator.url, args.backend, workdir, args.progress)
 
 
 if __name__ == "__main__":
