@@ -164,7 +164,13 @@ def run(emulator_url: str, backend: str, workdir: Path, progress: str = "none") 
         destination=destination,
         pipelines_dir=str(workdir / "pipelines"),
         dataset_name="demo",
-        progress=None if progress == "none" else progress,
+        progress=(
+            None
+            if progress == "none"
+            else dlt.progress.log(dump_system_stats=False)
+            if progress == "log"
+            else progress
+        ),
     )
     info = pipeline.run(resources(warehouse_url, backend))
     first = emulator_state(emulator_url)
