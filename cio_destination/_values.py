@@ -41,7 +41,7 @@ class ValueProblem(ValueError):
 def datetime_to_unix(value: dt.datetime) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=_UTC)
-    return int((value - _EPOCH).total_seconds() // 1)
+    return math.floor(value.timestamp())
 
 
 def _epoch_number_to_unix(number: float) -> int:

@@ -26,6 +26,7 @@ from cio_destination.operations import (
     Mapped,
     RowMapper,
     _utf8_len,
+    gc_paused,
     identify_op,
     rows_from_arrow,
 )
@@ -63,6 +64,11 @@ def _flagged(mask: Any) -> list[int]:
 
 def map_identify_batch(mapper: RowMapper, batch: Any) -> Mapped:
     """Identify operations for a RecordBatch, identical to `mapper.map_rows` on its rows."""
+    with gc_paused():
+        return _map_identify_batch(mapper, batch)
+
+
+def _map_identify_batch(mapper: RowMapper, batch: Any) -> Mapped:
     mapping = mapper.mapping
     json_columns = mapper.compiled.json_columns
     names = set(batch.schema.names)

@@ -7,10 +7,14 @@ rejected here with a reason naming the field, and is never sent.
 
 from __future__ import annotations
 
+import datetime as dt
+import gc
 import hashlib
 import math
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,8 +22,10 @@ import orjson
 
 from cio_destination import limits
 from cio_destination._values import (
+    _MAX_UNIX,
     ValueProblem,
     canonical_key,
+    datetime_to_unix,
     deterministic_ulid,
     parse_json_object,
     to_json_value,
@@ -31,6 +37,8 @@ Row = dict[str, Any]
 
 _PHONE = re.compile(r"^\+[1-9][0-9]{1,14}$")
 _VALUE_LIMIT = limits.MAX_ATTRIBUTE_VALUE_BYTES
+# at most 4 bytes a character: an identifier this short is under the byte limit whatever it holds
+_SHORT_IDENTIFIER = limits.MAX_IDENTIFIER_BYTES // 4
 _MIN_INT = -(2**63)
 _MAX_INT = 2**64 - 1
 
@@ -44,6 +52,35 @@ class Rejection:
     reason: str
     field: str | None
     message: str
+
+
+_gc_lock = threading.Lock()
+_gc_depth = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector while a batch's operations are built.
+
+    Mapping allocates several containers per row and keeps them until the batch is sent; inside a
+    dlt pipeline's large heap that sets off full collections that find nothing (operations hold
+    no cycles) and cost as much as the mapping itself. Reference counting still frees everything;
+    when the last thread leaves, the collector is back as it was before the first came in.
+    """
+    global _gc_depth, _gc_was_enabled
+    with _gc_lock:
+        if _gc_depth == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_depth += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_depth -= 1
+            if _gc_depth == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 class LazyRow:
@@ -132,6 +169,13 @@ class RowMapper:
         kind = kind or self.mapping.identifier_type
         assert column is not None
         value = row.get(column)
+        if (
+            type(value) is str
+            and 0 < len(value) <= _SHORT_IDENTIFIER
+            and not value.isspace()
+            and (kind == "id" or kind == "cio_id" or (kind == "email" and "@" in value))
+        ):
+            return value  # the common case: a short, plain identifier that passes every check
         if value is None or (isinstance(value, str) and not value.strip()):
             raise _Reject("missing_identifier", column, f"the {kind} identifier is empty")
         text = _id_text(value, column, kind)
@@ -205,6 +249,10 @@ class RowMapper:
     # -- actions ---------------------------------------------------------------------------
 
     def map_rows(self, rows: Iterable[Row]) -> Mapped:
+        with gc_paused():
+            return self._map_rows(rows)
+
+    def _map_rows(self, rows: Iterable[Row]) -> Mapped:
         action = self.mapping.action
         if action == "identify":
             return self._map_identify(rows)
@@ -241,21 +289,26 @@ class RowMapper:
                 op["timestamp"] = max(timestamp, op.get("timestamp", timestamp))
             carried.append(row)
         entries: list[Entry] = []
+        dumps = orjson.dumps
         for identifier, (op, carried) in people.items():
-            if len(op.get("attributes", ())) > limits.MAX_ATTRIBUTES_PER_IDENTIFY:
-                for row in carried:
-                    rejections.append(
-                        Rejection(
-                            row,
-                            identifier,
-                            "too_many_attributes",
-                            "attributes",
-                            f"over Customer.io's {limits.MAX_ATTRIBUTES_PER_IDENTIFY} attributes"
-                            " per identify",
-                        )
-                    )
+            if len(op.get("attributes", ())) <= limits.MAX_ATTRIBUTES_PER_IDENTIFY:
+                data = dumps(op)
+                if len(data) <= limits.MAX_ENTRY_BYTES:
+                    entries.append(Entry(data, identifier, carried))
+                else:
+                    self._add_entry(entries, rejections, op, identifier, carried)  # rejects it
                 continue
-            self._add_entry(entries, rejections, op, identifier, carried)
+            for row in carried:
+                rejections.append(
+                    Rejection(
+                        row,
+                        identifier,
+                        "too_many_attributes",
+                        "attributes",
+                        f"over Customer.io's {limits.MAX_ATTRIBUTES_PER_IDENTIFY} attributes"
+                        " per identify",
+                    )
+                )
         return Mapped(entries, rejections, rows_in)
 
     def _safe_identifier_key(self, row: Row) -> str:
@@ -486,6 +539,10 @@ class RowMapper:
         value = row.get(column)
         if value is None:
             return None
+        if type(value) is dt.datetime:  # the common case, without the general dispatch
+            seconds = datetime_to_unix(value)
+            if 0 <= seconds <= _MAX_UNIX:
+                return seconds
         try:
             return to_unix_seconds(value)
         except ValueProblem as exc:
