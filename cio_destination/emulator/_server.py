@@ -193,20 +193,22 @@ def _region(backend: Backend, param: str, body: bytes, doc: Any) -> Result:
     return 200, orjson.dumps({"url": backend.url, "region": backend.region, "environment_id": 1})
 
 
-def _batch(backend: Backend, param: str, body: bytes, doc: Any) -> Result:
-    size = len(body)
-    if size > MAX_BATCH_BYTES:
-        return 400, _errors(
-            OpError(
-                "too_large",
-                "body",
-                f"the request body is {size} bytes; the limit is {MAX_BATCH_BYTES} bytes",
-            ).to_dict()
-        )
+def _body_problem(body: bytes, doc: Any, limit: int) -> Result | None:
+    """The 400 for a body over `limit` bytes or not JSON, the checks before any operation."""
+    if len(body) > limit:
+        message = f"the request body is {len(body)} bytes; the limit is {limit} bytes"
+        return 400, _errors(OpError("too_large", "body", message).to_dict())
     if doc is _NOT_JSON:
         return 400, _errors(
             OpError("invalid", "body", "the request body is not valid JSON").to_dict()
         )
+    return None
+
+
+def _batch(backend: Backend, param: str, body: bytes, doc: Any) -> Result:
+    problem = _body_problem(body, doc, MAX_BATCH_BYTES)
+    if problem is not None:
+        return problem
     if not isinstance(doc, dict):
         return 400, _errors(
             OpError(
@@ -249,19 +251,9 @@ def _batch(backend: Backend, param: str, body: bytes, doc: Any) -> Result:
 
 
 def _entity(backend: Backend, param: str, body: bytes, doc: Any) -> Result:
-    size = len(body)
-    if size > MAX_ENTRY_BYTES:
-        return 400, _errors(
-            OpError(
-                "too_large",
-                "body",
-                f"the request body is {size} bytes; the limit is {MAX_ENTRY_BYTES} bytes",
-            ).to_dict()
-        )
-    if doc is _NOT_JSON:
-        return 400, _errors(
-            OpError("invalid", "body", "the request body is not valid JSON").to_dict()
-        )
+    problem = _body_problem(body, doc, MAX_ENTRY_BYTES)
+    if problem is not None:
+        return problem
     try:
         check_op(doc)
     except Invalid as exc:
