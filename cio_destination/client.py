@@ -333,7 +333,6 @@ class Sender:
     def __init__(self, client: TrackClient, *, max_in_flight: int, max_request_bytes: int) -> None:
         self.client = client
         self.max_request_bytes = max_request_bytes
-        self.max_in_flight = max_in_flight
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="customerio-send")
         self._probe_lock = threading.Lock()
         self._verified = False

@@ -186,7 +186,6 @@ class LoadMappings:
     def __init__(self, tables_config: dict[str, Any] | None, *, can_send_email: bool) -> None:
         self._config = tables_config or {}
         self._can_send_email = can_send_email
-        self._compiled: dict[str, CompiledMapping] = {}
         self._mappers: dict[str, RowMapper] = {}
         self._error: MappingError | None = None
         self._mirrors: dict[str, MirrorPlan] = {}
@@ -246,7 +245,6 @@ class LoadMappings:
                 "send_email needs the App API key: set destination.customerio.app_api_key",
             )
         compiled = compile_mapping(name, mapping, columns)
-        self._compiled[name] = compiled
         self._mappers[name] = RowMapper(compiled)
         return compiled
 
