@@ -1,16 +1,18 @@
 """A columnar fast path for identify rows that arrive as a `pyarrow.RecordBatch`.
 
-Checks that the row path makes value by value are made here column by column with
-`pyarrow.compute` (text lengths, finite floats, timestamps to unix seconds, their range), and
-values are taken out of Arrow one column at a time. Any row a check flags, any identifier seen
-twice in the batch, and any column of a type this path does not convert itself go through the
-row path instead, so what is sent and what is rejected is exactly what the row path would give;
-only the cost differs. Source rows are built from the batch only when a rejection needs them.
+The JSON of every operation is written by Arrow kernels, column by column: strings are escaped
+only where a byte needs it (a scan of the batch's text buffer finds none in the common case),
+numbers take Arrow's text where it is the text orjson writes and orjson's where it is not, and
+one element-wise join puts each row's operation together. The checks the row path makes value by
+value (identifier text and length, value sizes, finite floats, timestamp range) are made on
+whole columns. Any row a check flags, any identifier seen twice in the batch, and any column of
+a type this path does not convert itself go through the row path instead, so what is sent and
+what is rejected is byte for byte what the row path would give; only the cost differs. The
+operations stay in Arrow (an `EntryBlock`) until the request bodies are joined.
 """
 
 from __future__ import annotations
 
-from itertools import repeat
 from typing import Any
 
 import orjson
@@ -19,15 +21,12 @@ import pyarrow.compute as pc
 
 from cio_destination import limits
 from cio_destination._values import _MAX_UNIX, ValueProblem, to_unix_seconds
+from cio_destination.blocks import EntryBlock
 from cio_destination.operations import (
     _PHONE,
-    Entry,
-    LazyRow,
     Mapped,
     RowMapper,
-    _utf8_len,
     gc_paused,
-    identify_op,
     rows_from_arrow,
 )
 
@@ -59,11 +58,125 @@ def _floor_seconds(column: Any) -> Any:
 
 
 def _flagged(mask: Any) -> list[int]:
-    return pc.indices_nonzero(mask.fill_null(False)).to_pylist()
+    return pc.indices_nonzero(mask.fill_null(False)).to_pylist()  # type: ignore[no-any-return]
+
+
+# -- JSON text of whole columns ------------------------------------------------------------------
+
+# orjson writes these bytes of a string escaped (and every other byte as it is)
+_ESCAPED = bytes(range(0x20)) + b'"\\'
+_UNESCAPED = bytes(b for b in range(256) if b not in _ESCAPED)
+_ESCAPED_PATTERN = r'[\x00-\x1f"\\]'
+# bytes that can be part of a character Python's str.isspace() calls whitespace
+_SPACE_BYTES = bytes([*range(0x09, 0x0E), *range(0x1C, 0x21), *range(0x80, 0x100)])
+_NOT_SPACE = bytes(b for b in range(256) if b not in _SPACE_BYTES)
+# Arrow's float text matches orjson's (after ".0" on whole numbers) without an exponent and away
+# from zero; below this magnitude orjson switches to exponents sooner than Arrow does
+_PLAIN_FLOAT_FROM = 1e-4
+_NULL_TEXT = pa.scalar(None, pa.string())
+
+
+def _value_bytes(column: Any) -> bytes:
+    """The bytes of all values of a string array (its slice of the data buffer)."""
+    if len(column) == 0 or column.buffers()[2] is None:
+        return b""
+    width = "q" if pa.types.is_large_string(column.type) else "i"
+    offsets = memoryview(column.buffers()[1]).cast(width)
+    start, stop = offsets[column.offset], offsets[column.offset + len(column)]
+    return column.buffers()[2].to_pybytes()[start:stop]
+
+
+def _any_byte_outside(column: Any, allowed: bytes) -> bool:
+    return bool(_value_bytes(column).translate(None, allowed))
+
+
+def _json_string_body(column: Any) -> Any:
+    """A string column's values as the inside of JSON strings, escaped exactly as orjson does."""
+    if not _any_byte_outside(column, _UNESCAPED):
+        return column  # the common case: nothing to escape anywhere in the batch
+    needs = pc.match_substring_regex(column, _ESCAPED_PATTERN).fill_null(False)
+    escaped = [orjson.dumps(text)[1:-1].decode() for text in column.filter(needs).to_pylist()]
+    return pc.replace_with_mask(column, needs, pa.array(escaped, column.type))
+
+
+def _float_text(column: Any) -> Any:
+    """A float column's values as orjson writes them (finite values; others are flagged)."""
+    values = pc.cast(column, pa.float64())
+    whole = pc.if_else(pc.equal(pc.floor(values), values), ".0", "")
+    text = pc.binary_join_element_wise(pc.cast(values, pa.string()), whole, "")
+    unlike = pc.and_(pc.less(pc.abs(values), _PLAIN_FLOAT_FROM), pc.not_equal(values, 0.0))
+    if b"e" in _value_bytes(text):
+        unlike = pc.or_(unlike, pc.match_substring(text, "e"))
+    unlike = unlike.fill_null(False)
+    if not pc.any(unlike).as_py():
+        return text
+    written = [orjson.dumps(value).decode() for value in values.filter(unlike).to_pylist()]
+    return pc.replace_with_mask(text, unlike, pa.array(written, pa.string()))
+
+
+def _join(pieces: list[Any]) -> Any:
+    """Concatenate constants and columns row by row; a null piece is left out of its row.
+
+    Adjacent constants are merged first. The pieces must hold a constant: with columns only,
+    pyarrow 26 drops rows in which every piece is null instead of giving an empty string.
+    """
+    merged: list[Any] = []
+    for piece in pieces:
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    assert any(isinstance(piece, str) for piece in merged)
+    return pc.binary_join_element_wise(*merged, "", null_handling="skip")
+
+
+def _attribute_pieces(attributes: list[tuple[str, Any, str, bool]]) -> list[Any]:
+    """The pieces of `,"attributes":{...}` for (prefix, values, suffix, has nulls) per column.
+
+    A column with nulls becomes one piece per row (null where the value is), so its key goes
+    too. Commas go after the columns before the first column without nulls and before the
+    columns after it, so no row gets a stray one; with nulls in every column, the object is
+    built on its own and left out of rows where every value is null, as the row path does.
+    """
+    anchor = next((i for i, (_, _, _, nullable) in enumerate(attributes) if not nullable), None)
+    if anchor is None:
+        fragments = [
+            pc.binary_join_element_wise("," + prefix, values, suffix, "")
+            for prefix, values, suffix, _ in attributes
+        ]
+        joined = _join(["", *fragments])
+        inside = pc.utf8_slice_codeunits(joined, 1)  # without the first fragment's comma
+        wrapped = pc.binary_join_element_wise(',"attributes":{', inside, "}", "")
+        return [pc.if_else(pc.equal(pc.binary_length(joined), 0), _NULL_TEXT, wrapped)]
+    pieces: list[Any] = [',"attributes":{']
+    for index, (prefix, values, suffix, nullable) in enumerate(attributes):
+        lead = "," if index > anchor else ""
+        trail = "," if index < anchor else ""
+        if nullable:
+            pieces.append(pc.binary_join_element_wise(lead + prefix, values, suffix + trail, ""))
+        else:
+            pieces += [lead + prefix, values, suffix + trail]
+    pieces.append("}")
+    return pieces
+
+
+def _as_binary(text: Any) -> Any:
+    return text.view(pa.large_binary() if pa.types.is_large_string(text.type) else pa.binary())
+
+
+# -- the columnar identify path ------------------------------------------------------------------
 
 
 def map_identify_batch(mapper: RowMapper, batch: Any) -> Mapped:
-    """Identify operations for a RecordBatch, identical to `mapper.map_rows` on its rows."""
+    """Identify operations for a RecordBatch, identical to `mapper.map_rows` on its rows.
+
+    The operations of rows the columns' checks pass come back as an `EntryBlock` (`block`);
+    the rest go through the row path (`entries`, `rejections`).
+    """
+    if isinstance(batch, pa.Table):
+        batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
+        if batch is None:
+            return Mapped([], [], 0)
     with gc_paused():
         return _map_identify_batch(mapper, batch)
 
@@ -74,104 +187,138 @@ def _map_identify_batch(mapper: RowMapper, batch: Any) -> Mapped:
     names = set(batch.schema.names)
     attribute_columns = [c for c in mapper.compiled.attribute_columns if c in names]
     id_column = mapping.identifier
+    rows = batch.num_rows
+
+    def by_row_path() -> Mapped:
+        return mapper.map_rows(rows_from_arrow(batch, json_columns))
+
     if (
         mapping.clear_nulls
         or id_column not in names
         or len(attribute_columns) > limits.MAX_ATTRIBUTES_PER_IDENTIFY
         or (mapping.timestamp is not None and mapping.timestamp not in names)
+        or any(name in json_columns for name in attribute_columns)
     ):
-        return mapper.map_rows(rows_from_arrow(batch, json_columns))
+        return by_row_path()
     ident = batch.column(id_column)
-    if pa.types.is_integer(ident.type):
-        ident = pc.cast(ident, pa.string())
-    elif not _is_text(ident.type):
-        return mapper.map_rows(rows_from_arrow(batch, json_columns))
-    identifiers = ident.to_pylist()
+    if not (pa.types.is_integer(ident.type) or _is_text(ident.type)):
+        return by_row_path()
+    try:
+        ident = pc.cast(ident, pa.string())  # integers as their text; one offset width
+    except pa.ArrowInvalid:
+        return by_row_path()  # over 2 GiB of identifiers in one batch
     kind = mapping.identifier_type
 
-    slow: set[int] = set()
+    # rows the row path must see: every check it makes, made on whole columns
+    flags: list[Any] = [ident.is_null()]
     counts = pc.value_counts(ident)
     repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
-    duplicated = set(repeated.to_pylist())
-    for index, text in enumerate(identifiers):
-        if (
-            text is None
-            or text in duplicated
-            or not text.strip()
-            or _utf8_len(text, limits.MAX_IDENTIFIER_BYTES) > limits.MAX_IDENTIFIER_BYTES
-            or (kind == "email" and "@" not in text)
-            or (kind == "phone" and not _PHONE.match(text))
-        ):
-            slow.add(index)
+    if len(repeated):
+        flags.append(pc.is_in(ident, value_set=repeated))  # collapsed in row order there
+    length = pc.binary_length(ident)
+    flags.append(pc.equal(length, 0))
+    flags.append(pc.greater(length, limits.MAX_IDENTIFIER_BYTES))
+    if _any_byte_outside(ident, _NOT_SPACE):
+        flags.append(pa.array([text is not None and text.isspace() for text in ident.to_pylist()]))
+    if kind == "email":
+        flags.append(pc.invert(pc.match_substring(ident, "@")))
+    elif kind == "phone":
+        flags.append(pc.invert(pc.match_substring_regex(ident, _PHONE.pattern)))
+    pieces: list[Any] = [
+        '{"type":"person","action":"identify","identifiers":{' + orjson.dumps(kind).decode(),
+        ':"',
+        _json_string_body(ident),
+        '"}',
+    ]
 
-    timestamps: list[Any] = [None] * batch.num_rows
+    attributes: list[tuple[str, Any, str, bool]] = []
+    for name in attribute_columns:
+        column = batch.column(name)
+        kind_ = column.type
+        key = orjson.dumps(name).decode() + ":"
+        if pa.types.is_null(kind_):
+            continue  # every value is null: the row path leaves the attribute out
+        if _is_text(kind_):
+            if pa.types.is_large_string(kind_):
+                try:
+                    column = pc.cast(column, pa.string())  # one offset width for the joins
+                except pa.ArrowInvalid:
+                    return by_row_path()  # over 2 GiB of text in one batch
+            flags.append(pc.greater(pc.binary_length(column), limits.MAX_ATTRIBUTE_VALUE_BYTES))
+            attributes.append((key + '"', _json_string_body(column), '"', column.null_count > 0))
+            continue
+        if pa.types.is_floating(kind_):
+            flags.append(pc.invert(pc.is_finite(column)))
+            text = _float_text(column)
+        elif _is_temporal(kind_):
+            seconds = _floor_seconds(column)
+            flags.append(pc.or_(pc.less(seconds, 0), pc.greater(seconds, _MAX_UNIX)))
+            text = pc.cast(seconds, pa.string())
+        elif pa.types.is_integer(kind_):
+            text = pc.cast(column, pa.string())
+        elif pa.types.is_boolean(kind_):
+            text = pc.if_else(column, "true", "false")
+        else:
+            return by_row_path()  # decimals, nested and other types: the row path converts them
+        attributes.append((key, text, "", column.null_count > 0))
+    if attributes:
+        pieces += _attribute_pieces(attributes)
+
     if mapping.timestamp is not None:
         column = batch.column(mapping.timestamp)
         if _is_temporal(column.type):
             seconds = _floor_seconds(column)
-            slow.update(_flagged(pc.or_(pc.less(seconds, 0), pc.greater(seconds, _MAX_UNIX))))
-            timestamps = seconds.to_pylist()
+            flags.append(pc.or_(pc.less(seconds, 0), pc.greater(seconds, _MAX_UNIX)))
         else:
-            for index, value in enumerate(column.to_pylist()):
-                if value is not None:
-                    try:
-                        timestamps[index] = to_unix_seconds(value)
-                    except ValueProblem:
-                        slow.add(index)
-
-    columns: list[list[Any]] = []
-    has_nulls = False
-    for name in attribute_columns:
-        column = batch.column(name)
-        kind_ = column.type
-        if name in json_columns:
-            return mapper.map_rows(rows_from_arrow(batch, json_columns))
-        if _is_text(kind_):
-            too_long = pc.greater(pc.binary_length(column), limits.MAX_ATTRIBUTE_VALUE_BYTES)
-            slow.update(_flagged(too_long))
-        elif pa.types.is_floating(kind_):
-            slow.update(_flagged(pc.invert(pc.is_finite(column))))
-        elif _is_temporal(kind_):
-            column = _floor_seconds(column)
-            slow.update(_flagged(pc.or_(pc.less(column, 0), pc.greater(column, _MAX_UNIX))))
-        elif not (pa.types.is_integer(kind_) or pa.types.is_boolean(kind_)):
-            # decimals, nested and other types: the row path converts them
-            return mapper.map_rows(rows_from_arrow(batch, json_columns))
-        has_nulls = has_nulls or column.null_count > 0
-        columns.append(column.to_pylist())
-
-    entries: list[Entry] = []
-    dumps = orjson.dumps
-    for index, (identifier, timestamp, values) in enumerate(
-        zip(
-            identifiers,
-            timestamps,
-            zip(*columns, strict=True) if columns else repeat(()),
-            strict=False,
-        )
-    ):
-        if index in slow:
-            continue
-        if has_nulls:
-            attributes = {
-                k: v for k, v in zip(attribute_columns, values, strict=True) if v is not None
-            }
+            converted: list[int | None] = []
+            unconvertible: list[bool] = []
+            for value in column.to_pylist():
+                try:
+                    converted.append(None if value is None else to_unix_seconds(value))
+                    unconvertible.append(False)
+                except ValueProblem:
+                    converted.append(None)
+                    unconvertible.append(True)
+            seconds = pa.array(converted, pa.int64())
+            flags.append(pa.array(unconvertible))
+        text = pc.cast(seconds, pa.string())
+        if text.null_count:
+            pieces.append(pc.binary_join_element_wise(',"timestamp":', text, ""))
         else:
-            attributes = dict(zip(attribute_columns, values, strict=True))
-        data = dumps(identify_op(kind, identifier, attributes, timestamp))
-        if len(data) > limits.MAX_ENTRY_BYTES:
-            slow.add(index)
-            continue
-        entries.append(Entry(data, identifier, [LazyRow(batch, index, json_columns)]))
+            pieces += [',"timestamp":', text]
+    pieces.append("}")
 
-    rejections = []
-    if slow:
+    operations = _join(pieces)
+    if len(operations) != rows:  # never expected; the row path is always right
+        return by_row_path()
+    flags.append(pc.greater(pc.binary_length(operations), limits.MAX_ENTRY_BYTES))
+    slow = flags[0]
+    for flag in flags[1:]:
+        slow = pc.or_kleene(slow, flag)
+    slow = slow.fill_null(False)
+
+    block = None
+    mapped = Mapped([], [], rows)
+    if not pc.any(slow).as_py():
+        positions = pa.array(range(rows), pa.int64())
+        block = EntryBlock(_as_binary(operations), ident, batch, positions, json_columns)
+    else:
+        fast = pc.invert(slow)
+        if pc.any(fast).as_py():
+            block = EntryBlock(
+                _as_binary(operations.filter(fast)),
+                ident.filter(fast),
+                batch,
+                pc.indices_nonzero(fast),
+                json_columns,
+            )
         rest = mapper.map_rows(
-            rows_from_arrow(batch.take(pa.array(sorted(slow), pa.int64())), json_columns)
+            rows_from_arrow(batch.filter(slow), json_columns)  # in row order, as the row path
         )
-        entries.extend(rest.entries)
-        rejections = rest.rejections
-    return Mapped(entries, rejections, batch.num_rows)
+        mapped.entries = rest.entries
+        mapped.rejections = rest.rejections
+    mapped.block = block
+    return mapped
 
 
 def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list[Any], list[int]] | None:

@@ -25,22 +25,30 @@ def body_size(entry_sizes: Sequence[int]) -> int:
     return ENVELOPE_BYTES + sum(entry_sizes) + max(len(entry_sizes) - 1, 0)
 
 
-def pack(items: Sequence[T], sizes: Sequence[int], max_bytes: int) -> Iterator[list[T]]:
-    """Split `items` (with serialized sizes) into consecutive groups whose body fits `max_bytes`.
+def pack_bounds(sizes: Sequence[int], max_bytes: int) -> Iterator[tuple[int, int]]:
+    """Split entries (given by their serialized sizes) into consecutive `(start, stop)` ranges
+    whose bodies fit `max_bytes`, filling each body as far as it goes.
 
-    An item that cannot fit even alone still forms a group of its own; callers reject such entries
-    before packing (Customer.io's per-entry limit is far below any body limit).
+    An entry that cannot fit even alone still forms a range of its own; callers reject such
+    entries before packing (Customer.io's per-entry limit is far below any body limit).
     """
-    group: list[T] = []
+    start = 0
     used = ENVELOPE_BYTES
-    for item, size in zip(items, sizes, strict=True):
-        extra = size + (1 if group else 0)
-        if group and used + extra > max_bytes:
-            yield group
-            group = []
+    for index, size in enumerate(sizes):
+        extra = size + (1 if index > start else 0)
+        if index > start and used + extra > max_bytes:
+            yield start, index
+            start = index
             used = ENVELOPE_BYTES
             extra = size
-        group.append(item)
         used += extra
-    if group:
-        yield group
+    if start < len(sizes):
+        yield start, len(sizes)
+
+
+def pack(items: Sequence[T], sizes: Sequence[int], max_bytes: int) -> Iterator[list[T]]:
+    """`items` (with serialized sizes) in consecutive groups whose body fits `max_bytes`."""
+    if len(items) != len(sizes):
+        raise ValueError(f"{len(items)} items but {len(sizes)} sizes")
+    for start, stop in pack_bounds(sizes, max_bytes):
+        yield list(items[start:stop])

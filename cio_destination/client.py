@@ -15,16 +15,17 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import httpx
 import orjson
 
 from cio_destination import __version__
-from cio_destination.batching import body_of, pack
+from cio_destination.blocks import pack_entries, request_body
 from cio_destination.exceptions import (
     CredentialsError,
     CustomerioTerminalError,
@@ -68,8 +69,11 @@ class SendResult:
     rejections: list[Rejection] = field(default_factory=list)
     stats: SendStats = field(default_factory=SendStats)
     error: BaseException | None = None
-    delivered: list[Entry] = field(default_factory=list)
-    """Entries Customer.io accepted (its 200, or a 207 that did not name them)."""
+    delivered: list[Sequence[Entry]] = field(default_factory=list)
+    """Groups of entries Customer.io accepted (its 200, or a 207 that did not name them)."""
+
+    def delivered_entries(self) -> Iterator[Entry]:
+        return chain.from_iterable(self.delivered)
 
 
 @dataclass(frozen=True)
@@ -267,15 +271,15 @@ class TrackClient(ApiClient):
     def send_batch(self, entries: Sequence[Entry]) -> SendResult:
         """Deliver entries in one `/api/v2/batch` request (more if the request must be narrowed)."""
         result = SendResult()
-        self._send(list(entries), result)
+        self._send(entries, result)
         return result
 
-    def _send(self, entries: list[Entry], result: SendResult) -> None:
-        response = self.post("/api/v2/batch", body_of([e.data for e in entries]), result.stats)
+    def _send(self, entries: Sequence[Entry], result: SendResult) -> None:
+        response = self.post("/api/v2/batch", request_body(entries), result.stats)
         status = response.status_code
         if status == 200:
             result.stats.accepted += len(entries)
-            result.delivered.extend(entries)
+            result.delivered.append(entries)
         elif status == 207:
             self._partial(entries, response, result)
         elif status in NARROWABLE_STATUS and len(entries) > 1:
@@ -294,7 +298,9 @@ class TrackClient(ApiClient):
                 )
             )
 
-    def _partial(self, entries: list[Entry], response: httpx.Response, result: SendResult) -> None:
+    def _partial(
+        self, entries: Sequence[Entry], response: httpx.Response, result: SendResult
+    ) -> None:
         errors = _server_errors(response)
         failed: dict[int, dict[str, Any]] = {}
         for error in errors:
@@ -318,7 +324,7 @@ class TrackClient(ApiClient):
                 )
             )
         result.stats.accepted += len(entries) - len(failed)
-        result.delivered.extend(e for i, e in enumerate(entries) if i not in failed)
+        result.delivered.append([e for i, e in enumerate(entries) if i not in failed])
 
 
 class Sender:
@@ -347,7 +353,12 @@ class Sender:
         self._refused = None
 
     def send(self, entries: Sequence[Entry]) -> SendResult:
-        groups = list(pack(entries, [len(e.data) for e in entries], self.max_request_bytes))
+        return self.send_parts([entries])
+
+    def send_parts(self, parts: Sequence[Sequence[Entry]]) -> SendResult:
+        """Send several sequences of entries (lists, or blocks still in Arrow) as one: bodies
+        are packed within each part, and all of them share the in-flight requests."""
+        groups = [g for part in parts for g in pack_entries(part, self.max_request_bytes)]
         total = SendResult()
         if not groups:
             return total

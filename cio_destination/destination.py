@@ -14,7 +14,9 @@ import threading
 import time
 from array import array
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain, islice
 from typing import Any
 
 import dlt
@@ -27,6 +29,7 @@ from dlt.common.storages.load_package import LoadPackageStateInjectableContext
 from dlt.common.typing import TDataItems
 
 from cio_destination.arrow_path import map_identify_batch, source_row_hashes
+from cio_destination.blocks import EntryBlock, entry_sizes
 from cio_destination.changes import Changes, only_changes, sql_fingerprints
 from cio_destination.client import (
     APP_HOSTS,
@@ -357,16 +360,21 @@ def customerio(
     else:
         mapped = mapper.map_rows(rows_from_arrow(items, mapper.compiled.json_columns))
     mapped.rows_in += skipped
-    entries = mapped.entries
+    parts = mapped.parts()
     if mapper.mapping.changes_only:
         changes = only_changes(
-            entries, mapper.compiled.attribute_columns, fingerprints, scope, source_hashes
+            mapped.all_entries(),
+            mapper.compiled.attribute_columns,
+            fingerprints,
+            scope,
+            source_hashes,
         )
-        entries = changes.entries
+        parts = [changes.entries]
         skipped += changes.unchanged
     mirror = mappings.take_mirror(table["name"])
     if mirror is not None:
-        entries = entries + mirror.removal_entries()
+        parts.append(mirror.removal_entries())
+    operations = sum(len(part) for part in parts)
     if dry_run:
         result = SendResult()
     else:
@@ -389,7 +397,7 @@ def customerio(
         if action == "send_email":
             assert workspace.emails is not None  # checked with the mappings, before any request
             emails = workspace.emails.send(
-                entries,
+                [entry for part in parts for entry in part],
                 store=store,
                 table=table["name"],
                 load_id=load_id,
@@ -398,9 +406,9 @@ def customerio(
             result = emails
             skipped = emails.skipped
         else:
-            result = workspace.sender.send(entries)
+            result = workspace.sender.send_parts(parts)
         if changes is not None:
-            fingerprints.save(scope, changes.accepted(result.delivered))
+            fingerprints.save(scope, changes.accepted(result.delivered_entries()))
         if mirror is not None:
             if result.error is None:
                 store.record_mirror_snapshot(mirror.scope, mirror.current)
@@ -416,10 +424,10 @@ def customerio(
             "load_id": load_id,
             "table_name": table["name"],
             "action": action,
-            "batch_id": _batch_id(mapped.entries, rejections, source_hashes),
+            "batch_id": _batch_id(mapped.parts(), rejections, source_hashes),
             "dry_run": int(dry_run),
             "rows_in": mapped.rows_in,
-            "operations": len(entries),
+            "operations": operations,
             "accepted": result.stats.accepted,
             "rejected": len(rejections),
             "skipped": skipped,
@@ -431,7 +439,10 @@ def customerio(
             "finished_at": time.time(),
             "reasons": orjson.dumps(Counter(r.reason for r in rejections)).decode(),
             "samples": orjson.dumps(
-                [mask_payload(orjson.loads(e.data)) for e in entries[:MAX_SAMPLES]]
+                [
+                    mask_payload(orjson.loads(e.data))
+                    for e in islice(chain.from_iterable(parts), MAX_SAMPLES)
+                ]
                 if dry_run
                 else []
             ).decode(),
@@ -444,7 +455,7 @@ def customerio(
         action,
         " [dry run]" if dry_run else "",
         mapped.rows_in,
-        len(entries),
+        operations,
         result.stats.accepted,
         len(rejections),
         skipped,
@@ -480,15 +491,24 @@ def _skip_unchanged_rows(
 
 
 def _batch_id(
-    entries: list[Entry], rejections: list[Rejection], source_hashes: dict[str, int] | None
+    parts: list[Sequence[Entry]],
+    rejections: list[Rejection],
+    source_hashes: dict[str, int] | None,
 ) -> str:
     """The same rows give the same id, so a replayed batch replaces its record in the report."""
     digest = hashlib.blake2b(digest_size=16)
     if source_hashes:  # rows skipped before mapping are part of the batch too
         digest.update(array("q", source_hashes.values()).tobytes())
     # the row keys and sizes of the entries tell a batch apart, without hashing every payload
-    digest.update("\x1f".join(entry.row_key for entry in entries).encode())
-    digest.update(array("q", [len(entry.data) for entry in entries]).tobytes())
+    keys = [
+        part.row_key_text()
+        if isinstance(part, EntryBlock)
+        else "\x1f".join(entry.row_key for entry in part)
+        for part in parts
+    ]
+    digest.update("\x1f".join(keys).encode())
+    for part in parts:
+        digest.update(array("q", entry_sizes(part)).tobytes())
     for rejection in rejections:
         digest.update(rejection.row_key.encode())
         digest.update(rejection.reason.encode())

@@ -13,10 +13,10 @@ import hashlib
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
@@ -32,6 +32,9 @@ from cio_destination._values import (
     to_unix_seconds,
 )
 from cio_destination.mapping import KEYED_ACTIONS, CompiledMapping
+
+if TYPE_CHECKING:
+    from cio_destination.blocks import EntryBlock
 
 Row = dict[str, Any]
 
@@ -125,6 +128,19 @@ class Mapped:
     entries: list[Entry]
     rejections: list[Rejection]
     rows_in: int
+    block: EntryBlock | None = None
+    """Operations still in Arrow (the columnar identify path); they come before `entries`."""
+
+    def parts(self) -> list[Sequence[Entry]]:
+        """The operations, as the sender takes them: the block (if any), then the list."""
+        return [part for part in (self.block, self.entries) if part]
+
+    def all_entries(self) -> list[Entry]:
+        """Every operation as an `Entry` (makes the block's entries: for the slower paths)."""
+        return [*(self.block or ()), *self.entries]
+
+    def count(self) -> int:
+        return len(self.entries) + (len(self.block) if self.block is not None else 0)
 
 
 class _Reject(Exception):
