@@ -279,9 +279,17 @@ class RowMapper:
     def _map_identify(self, rows: Iterable[Row]) -> Mapped:
         # Several rows for one person in a batch collapse into one operation, merged in row order:
         # the same end state as sending them one by one, but immune to requests being reordered.
-        people: dict[str, tuple[dict[str, Any], list[Row]]] = {}
+        # Each operation is serialized as soon as it is built, so its dicts are freed while the
+        # next row reuses their memory (fresh pages cost more than the mapping itself); only a
+        # person seen again is read back from its bytes (a lossless round trip) and merged.
+        built: list[Entry] = []
+        positions: dict[str, int] = {}
+        merged: dict[int, dict[str, Any]] = {}
+        too_many: set[int] = set()
         rejections: list[Rejection] = []
         kind = self.mapping.identifier_type
+        most = limits.MAX_ATTRIBUTES_PER_IDENTIFY
+        dumps = orjson.dumps
         rows_in = 0
         for row in rows:
             rows_in += 1
@@ -293,38 +301,43 @@ class RowMapper:
                 key = self._safe_identifier_key(row)
                 rejections.append(Rejection(row, key, reject.reason, reject.field, reject.message))
                 continue
-            seen = people.get(identifier)
-            if seen is None:
-                people[identifier] = (identify_op(kind, identifier, attributes, timestamp), [row])
+            position = positions.get(identifier)
+            if position is None:
+                position = positions[identifier] = len(built)
+                if len(attributes) > most:
+                    too_many.add(position)
+                op = identify_op(kind, identifier, attributes, timestamp)
+                built.append(Entry(dumps(op), identifier, [row]))
                 continue
-            op, carried = seen
-            merged = {**op.get("attributes", {}), **attributes}
-            if merged:
-                op["attributes"] = merged
+            entry = built[position]
+            op = merged.get(position) or merged.setdefault(position, orjson.loads(entry.data))
+            combined = {**op.get("attributes", {}), **attributes}
+            if combined:
+                op["attributes"] = combined
+            if len(combined) > most:
+                too_many.add(position)
             if timestamp is not None:
                 op["timestamp"] = max(timestamp, op.get("timestamp", timestamp))
-            carried.append(row)
+            entry.rows.append(row)
+        for position, op in merged.items():
+            built[position].data = dumps(op)
         entries: list[Entry] = []
-        dumps = orjson.dumps
-        for identifier, (op, carried) in people.items():
-            if len(op.get("attributes", ())) <= limits.MAX_ATTRIBUTES_PER_IDENTIFY:
-                data = dumps(op)
-                if len(data) <= limits.MAX_ENTRY_BYTES:
-                    entries.append(Entry(data, identifier, carried))
-                else:
-                    self._add_entry(entries, rejections, op, identifier, carried)  # rejects it
-                continue
-            for row in carried:
-                rejections.append(
+        for position, entry in enumerate(built):
+            if position in too_many:
+                rejections.extend(
                     Rejection(
                         row,
-                        identifier,
+                        entry.row_key,
                         "too_many_attributes",
                         "attributes",
-                        f"over Customer.io's {limits.MAX_ATTRIBUTES_PER_IDENTIFY} attributes"
-                        " per identify",
+                        f"over Customer.io's {most} attributes per identify",
                     )
+                    for row in entry.rows
                 )
+            elif len(entry.data) > limits.MAX_ENTRY_BYTES:
+                rejections.extend(_too_large(entry.rows, entry.row_key, len(entry.data)))
+            else:
+                entries.append(entry)
         return Mapped(entries, rejections, rows_in)
 
     def _safe_identifier_key(self, row: Row) -> str:
@@ -641,19 +654,23 @@ class RowMapper:
     ) -> None:
         data = orjson.dumps(op)
         if len(data) > limits.MAX_ENTRY_BYTES:
-            rejections.extend(
-                Rejection(
-                    row,
-                    row_key,
-                    "entry_too_large",
-                    None,
-                    f"the operation is {len(data)} bytes, over Customer.io's"
-                    f" {limits.MAX_ENTRY_BYTES}-byte limit per entry",
-                )
-                for row in rows
-            )
+            rejections.extend(_too_large(rows, row_key, len(data)))
             return
         entries.append(Entry(data, row_key, rows, key))
+
+
+def _too_large(rows: list[Row], row_key: str, size: int) -> list[Rejection]:
+    return [
+        Rejection(
+            row,
+            row_key,
+            "entry_too_large",
+            None,
+            f"the operation is {size} bytes, over Customer.io's"
+            f" {limits.MAX_ENTRY_BYTES}-byte limit per entry",
+        )
+        for row in rows
+    ]
 
 
 def identify_op(
