@@ -25,6 +25,7 @@ from cio_destination.blocks import EntryBlock
 from cio_destination.operations import (
     _PHONE,
     Mapped,
+    Row,
     RowMapper,
     gc_paused,
     rows_from_arrow,
@@ -167,21 +168,69 @@ def _as_binary(text: Any) -> Any:
 # -- the columnar identify path ------------------------------------------------------------------
 
 
-def map_identify_batch(mapper: RowMapper, batch: Any) -> Mapped:
+def map_identify_batch(
+    mapper: RowMapper, batch: Any, source_rows: list[Row] | None = None
+) -> Mapped:
     """Identify operations for a RecordBatch, identical to `mapper.map_rows` on its rows.
 
     The operations of rows the columns' checks pass come back as an `EntryBlock` (`block`);
-    the rest go through the row path (`entries`, `rejections`).
+    the rest go through the row path (`entries`, `rejections`). With `source_rows` (the dicts
+    the batch was made of), the row path and rejections get those rows themselves.
     """
     if isinstance(batch, pa.Table):
         batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
         if batch is None:
             return Mapped([], [], 0)
     with gc_paused():
-        return _map_identify_batch(mapper, batch)
+        return _map_identify_batch(mapper, batch, source_rows)
 
 
-def _map_identify_batch(mapper: RowMapper, batch: Any) -> Mapped:
+# the Arrow type pyarrow must infer for a column of each dlt data type, for the columnar path
+_INFERRED = {
+    "text": pa.types.is_string,
+    "bigint": pa.types.is_int64,
+    "double": pa.types.is_float64,
+    "bool": pa.types.is_boolean,
+    "timestamp": pa.types.is_timestamp,  # naive values are UTC there, as in the row path
+    "date": pa.types.is_date32,
+}
+
+
+def map_identify_rows(mapper: RowMapper, rows: list[Row], columns: dict[str, Any]) -> Mapped:
+    """Identify operations for dict rows (as dlt's typed-jsonl gives them), identical to
+    `mapper.map_rows(rows)`.
+
+    When the identifier, attribute and timestamp columns have plain dlt types, each becomes an
+    Arrow array (pyarrow's C++ conversion) and the batch goes through the columnar path. The
+    type pyarrow infers must be the column's own: a value of another kind (a float in a bigint
+    column, bytes in a text one) sends the batch down the row path rather than be converted.
+    """
+    mapping = mapper.mapping
+    if mapping.clear_nulls or not rows:
+        return mapper.map_rows(rows)
+    wanted = [mapping.identifier, *mapper.compiled.attribute_columns, mapping.timestamp]
+    names: list[str] = []
+    arrays = []
+    with gc_paused():
+        for name in dict.fromkeys(n for n in wanted if n is not None):
+            if name not in columns:
+                continue  # no row has a value for it
+            expected = _INFERRED.get(columns[name].get("data_type") or "")
+            if expected is None or name in mapper.compiled.json_columns:
+                return mapper.map_rows(rows)
+            try:
+                array = pa.array([row.get(name) for row in rows])
+            except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                return mapper.map_rows(rows)
+            if not (expected(array.type) or pa.types.is_null(array.type)):
+                return mapper.map_rows(rows)
+            names.append(name)
+            arrays.append(array)
+    batch = pa.RecordBatch.from_arrays(arrays, names=names)
+    return map_identify_batch(mapper, batch, source_rows=rows)
+
+
+def _map_identify_batch(mapper: RowMapper, batch: Any, source_rows: list[Row] | None) -> Mapped:
     mapping = mapper.mapping
     json_columns = mapper.compiled.json_columns
     names = set(batch.schema.names)
@@ -190,6 +239,8 @@ def _map_identify_batch(mapper: RowMapper, batch: Any) -> Mapped:
     rows = batch.num_rows
 
     def by_row_path() -> Mapped:
+        if source_rows is not None:
+            return mapper.map_rows(source_rows)
         return mapper.map_rows(rows_from_arrow(batch, json_columns))
 
     if (
@@ -301,7 +352,9 @@ def _map_identify_batch(mapper: RowMapper, batch: Any) -> Mapped:
     mapped = Mapped([], [], rows)
     if not pc.any(slow).as_py():
         positions = pa.array(range(rows), pa.int64())
-        block = EntryBlock(_as_binary(operations), ident, batch, positions, json_columns)
+        block = EntryBlock(
+            _as_binary(operations), ident, batch, positions, json_columns, source_rows
+        )
     else:
         fast = pc.invert(slow)
         if pc.any(fast).as_py():
@@ -311,10 +364,12 @@ def _map_identify_batch(mapper: RowMapper, batch: Any) -> Mapped:
                 batch,
                 pc.indices_nonzero(fast),
                 json_columns,
+                source_rows,
             )
-        rest = mapper.map_rows(
-            rows_from_arrow(batch.filter(slow), json_columns)  # in row order, as the row path
-        )
+        if source_rows is not None:
+            rest = mapper.map_rows([source_rows[i] for i in pc.indices_nonzero(slow).to_pylist()])
+        else:
+            rest = mapper.map_rows(rows_from_arrow(batch.filter(slow), json_columns))
         mapped.entries = rest.entries
         mapped.rejections = rest.rejections
     mapped.block = block

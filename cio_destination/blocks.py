@@ -5,7 +5,8 @@ kernels. An `EntryBlock` carries those operations to the sender as three Arrow a
 serialized bytes, the row keys, the source row numbers) instead of one Python object per row:
 packing reads the sizes as one array and a request body is one join of a slice. It is still a
 `Sequence[Entry]`, so a 207 or a 400 that needs single entries gets them, made on demand; the
-source row of an entry is read out of the batch only if that entry is rejected.
+source row of an entry is read out of the batch only if that entry is rejected (or, for a batch
+made of dict rows, is that dict).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cio_destination.batching import body_of, pack_bounds
-from cio_destination.operations import Entry, LazyRow
+from cio_destination.operations import Entry, LazyRow, Row
 
 _HEAD = b'{"batch":['
 _TAIL = b"]}"
@@ -26,7 +27,7 @@ _TAIL = b"]}"
 class EntryBlock(Sequence[Entry]):
     """Identify operations of rows of one RecordBatch, in Arrow until they are sent."""
 
-    __slots__ = ("batch", "data", "json_columns", "row_keys", "rows")
+    __slots__ = ("batch", "data", "json_columns", "row_keys", "rows", "source_rows")
 
     def __init__(
         self,
@@ -35,12 +36,14 @@ class EntryBlock(Sequence[Entry]):
         batch: Any,
         rows: pa.Array,
         json_columns: frozenset[str],
+        source_rows: list[Row] | None = None,
     ) -> None:
         self.data = data  # binary, no nulls: one serialized operation per entry
         self.row_keys = row_keys  # string: the row key of each entry
         self.batch = batch
         self.rows = rows  # int64: each entry's row number in `batch`
         self.json_columns = json_columns
+        self.source_rows = source_rows  # the rows the batch was made of, if it was made of rows
 
     def __len__(self) -> int:
         return len(self.data)
@@ -64,11 +67,17 @@ class EntryBlock(Sequence[Entry]):
                 self.batch,
                 self.rows.slice(start, length),
                 self.json_columns,
+                self.source_rows,
             )
         position = index + size if index < 0 else index
         if not 0 <= position < size:
             raise IndexError("entry index out of range")
-        row = LazyRow(self.batch, self.rows[position].as_py(), self.json_columns)
+        number = self.rows[position].as_py()
+        row: Row | LazyRow = (
+            self.source_rows[number]
+            if self.source_rows is not None
+            else LazyRow(self.batch, number, self.json_columns)
+        )
         return Entry(self.data[position].as_py(), self.row_keys[position].as_py(), [row])
 
     def __iter__(self) -> Iterator[Entry]:

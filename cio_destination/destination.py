@@ -28,7 +28,7 @@ from dlt.common.schema.utils import is_dlt_table_or_column
 from dlt.common.storages.load_package import LoadPackageStateInjectableContext
 from dlt.common.typing import TDataItems
 
-from cio_destination.arrow_path import map_identify_batch, source_row_hashes
+from cio_destination.arrow_path import map_identify_batch, map_identify_rows, source_row_hashes
 from cio_destination.blocks import EntryBlock, entry_sizes
 from cio_destination.changes import Changes, only_changes, sql_fingerprints
 from cio_destination.client import (
@@ -354,7 +354,10 @@ def customerio(
         if not isinstance(items, list):
             items, source_hashes, skipped = _skip_unchanged_rows(mapper, items, fingerprints, scope)
     if isinstance(items, list):
-        mapped = mapper.map_rows(items)
+        if action == "identify":
+            mapped = map_identify_rows(mapper, items, table.get("columns") or {})
+        else:
+            mapped = mapper.map_rows(items)
     elif action == "identify":
         mapped = map_identify_batch(mapper, items)
     else:

@@ -10,7 +10,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from cio_destination.arrow_path import map_identify_batch
+from cio_destination.arrow_path import map_identify_batch, map_identify_rows
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.operations import LazyRow, RowMapper, rows_from_arrow
 
@@ -351,3 +351,75 @@ def test_columns_without_a_value_and_odd_timestamps_match_the_row_path():
         "identifiers": {"id": "a"},
         "timestamp": 1704067200,
     }
+
+
+# -- dict rows (typed-jsonl) made columnar first -------------------------------------------------
+
+DLT_TYPES = {
+    "ident": "text",
+    "name": "text",
+    "note": "text",
+    "score": "bigint",
+    "ratio": "double",
+    "active": "bool",
+    "seen": "timestamp",
+    "born": "date",
+    "updated": "timestamp",
+}
+
+
+def dict_mapper(columns: dict[str, dict], **mapping) -> RowMapper:
+    declared = {"action": "identify", "identifier": "ident", **mapping}
+    return RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+
+
+def dlt_rows(rng: random.Random, count: int, nulls: str) -> list[dict]:
+    """Rows as dlt's typed-jsonl gives them: nulls left out, uint64 and float32 columns gone."""
+    return [
+        {k: v for k, v in row.items() if v is not None and k not in ("big", "small")}
+        for row in fast_rows(rng, count, nulls, bad_share=0.02)
+    ]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("nulls", ["none", "some", "all"])
+@pytest.mark.parametrize("mapping", [{}, {"timestamp": "updated"}], ids=["defaults", "timestamp"])
+def test_dict_rows_through_the_columnar_path_equal_the_row_path(
+    seed: int, nulls: str, mapping: dict
+):
+    rows = dlt_rows(random.Random(seed), 400, nulls)
+    columns = {name: {"name": name, "data_type": kind} for name, kind in DLT_TYPES.items()}
+    mapper = dict_mapper(columns, **mapping)
+
+    fast = map_identify_rows(mapper, rows, columns)
+
+    assert outcome(fast) == outcome(mapper.map_rows(rows))
+    assert fast.block is not None and len(fast.block) >= 350
+    # an entry's source row is the dict itself, not a copy rebuilt from Arrow
+    first = fast.block[0]
+    assert any(first.rows[0] is row for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        ("bigint", 2.5),  # pyarrow would truncate it to 2
+        ("bigint", 2**64 - 1),  # over int64
+        ("bool", 1),
+        ("text", b"bytes"),  # pyarrow would decode it
+        ("json", {"a": 1}),  # not a plain type
+        ("decimal", Decimal("1.50")),
+    ],
+)
+def test_dict_rows_the_columnar_path_cannot_hold_take_the_row_path(kind: str, value):
+    rows = [{"ident": "a", "x": value}, {"ident": "b", "x": value}]
+    columns = {
+        "ident": {"name": "ident", "data_type": "text"},
+        "x": {"name": "x", "data_type": kind},
+    }
+    mapper = dict_mapper(columns)
+
+    mapped = map_identify_rows(mapper, rows, columns)
+
+    assert mapped.block is None
+    assert outcome(mapped) == outcome(mapper.map_rows(rows))
