@@ -115,7 +115,7 @@ def _float_text(column: Any) -> Any:
     return pc.replace_with_mask(text, unlike, pa.array(written, pa.string()))
 
 
-def _join(pieces: list[Any]) -> Any:
+def join_pieces(pieces: list[Any]) -> Any:
     """Concatenate constants and columns row by row; a null piece is left out of its row.
 
     Adjacent constants are merged first. The pieces must hold a constant: with columns only,
@@ -145,7 +145,7 @@ def _attribute_pieces(attributes: list[tuple[str, Any, str, bool]]) -> list[Any]
             pc.binary_join_element_wise("," + prefix, values, suffix, "")
             for prefix, values, suffix, _ in attributes
         ]
-        joined = _join(["", *fragments])
+        joined = join_pieces(["", *fragments])
         inside = pc.utf8_slice_codeunits(joined, 1)  # without the first fragment's comma
         wrapped = pc.binary_join_element_wise(',"attributes":{', inside, "}", "")
         return [pc.if_else(pc.equal(pc.binary_length(joined), 0), _NULL_TEXT, wrapped)]
@@ -230,150 +230,196 @@ def map_identify_rows(mapper: RowMapper, rows: list[Row], columns: dict[str, Any
     return map_identify_batch(mapper, batch, source_rows=rows)
 
 
-def _map_identify_batch(mapper: RowMapper, batch: Any, source_rows: list[Row] | None) -> Mapped:
-    mapping = mapper.mapping
-    json_columns = mapper.compiled.json_columns
-    names = set(batch.schema.names)
-    attribute_columns = [c for c in mapper.compiled.attribute_columns if c in names]
-    id_column = mapping.identifier
-    rows = batch.num_rows
+def by_row_path(mapper: RowMapper, batch: Any, source_rows: list[Row] | None) -> Mapped:
+    if source_rows is not None:
+        return mapper.map_rows(source_rows)
+    return mapper.map_rows(rows_from_arrow(batch, mapper.compiled.json_columns))
 
-    def by_row_path() -> Mapped:
-        if source_rows is not None:
-            return mapper.map_rows(source_rows)
-        return mapper.map_rows(rows_from_arrow(batch, json_columns))
 
-    if (
-        mapping.clear_nulls
-        or id_column not in names
-        or len(attribute_columns) > limits.MAX_ATTRIBUTES_PER_IDENTIFY
-        or (mapping.timestamp is not None and mapping.timestamp not in names)
-        or any(name in json_columns for name in attribute_columns)
-    ):
-        return by_row_path()
-    ident = batch.column(id_column)
+def identifier_text(batch: Any, column: str | None) -> Any | None:
+    """The identifier column as text (integers as their digits), or None if it has no such form."""
+    if column is None or column not in batch.schema.names:
+        return None
+    ident = batch.column(column)
     if not (pa.types.is_integer(ident.type) or _is_text(ident.type)):
-        return by_row_path()
+        return None
     try:
-        ident = pc.cast(ident, pa.string())  # integers as their text; one offset width
+        return pc.cast(ident, pa.string())  # one offset width for the joins
     except pa.ArrowInvalid:
-        return by_row_path()  # over 2 GiB of identifiers in one batch
-    kind = mapping.identifier_type
+        return None  # over 2 GiB of identifiers in one batch
 
-    # rows the row path must see: every check it makes, made on whole columns
+
+def identifier_flags(ident: Any, kind: str) -> list[Any]:
+    """Rows whose identifier the row path rejects (or might: it decides those)."""
     flags: list[Any] = [ident.is_null()]
-    counts = pc.value_counts(ident)
-    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
-    if len(repeated):
-        flags.append(pc.is_in(ident, value_set=repeated))  # collapsed in row order there
     length = pc.binary_length(ident)
     flags.append(pc.equal(length, 0))
     flags.append(pc.greater(length, limits.MAX_IDENTIFIER_BYTES))
     if _any_byte_outside(ident, _NOT_SPACE):
-        flags.append(pa.array([text is not None and text.isspace() for text in ident.to_pylist()]))
+        flags.append(blank_texts(ident))
     if kind == "email":
         flags.append(pc.invert(pc.match_substring(ident, "@")))
     elif kind == "phone":
         flags.append(pc.invert(pc.match_substring_regex(ident, _PHONE.pattern)))
-    pieces: list[Any] = [
-        '{"type":"person","action":"identify","identifiers":{' + orjson.dumps(kind).decode(),
-        ':"',
-        _json_string_body(ident),
-        '"}',
-    ]
+    return flags
 
+
+def blank_texts(column: Any) -> Any:
+    """Whether each text is whitespace only, as Python's str.isspace() says."""
+    return pa.array([text is not None and text.isspace() for text in column.to_pylist()])
+
+
+def attribute_texts(
+    batch: Any, columns: list[str], flags: list[Any], *, value_limit: bool
+) -> list[tuple[str, Any, str, bool]] | None:
+    """(prefix, JSON text of the values, suffix, has nulls) per attribute column, as the row
+    path's `_attributes` writes them; rows it treats otherwise are added to `flags`. None when
+    a column's type is one this path does not convert (the row path then maps the batch)."""
     attributes: list[tuple[str, Any, str, bool]] = []
-    for name in attribute_columns:
+    for name in columns:
         column = batch.column(name)
-        kind_ = column.type
+        kind = column.type
         key = orjson.dumps(name).decode() + ":"
-        if pa.types.is_null(kind_):
+        if pa.types.is_null(kind):
             continue  # every value is null: the row path leaves the attribute out
-        if _is_text(kind_):
-            if pa.types.is_large_string(kind_):
+        if _is_text(kind):
+            if pa.types.is_large_string(kind):
                 try:
                     column = pc.cast(column, pa.string())  # one offset width for the joins
                 except pa.ArrowInvalid:
-                    return by_row_path()  # over 2 GiB of text in one batch
-            flags.append(pc.greater(pc.binary_length(column), limits.MAX_ATTRIBUTE_VALUE_BYTES))
+                    return None  # over 2 GiB of text in one batch
+            if value_limit:
+                too_long = pc.greater(pc.binary_length(column), limits.MAX_ATTRIBUTE_VALUE_BYTES)
+                flags.append(too_long)
             attributes.append((key + '"', _json_string_body(column), '"', column.null_count > 0))
             continue
-        if pa.types.is_floating(kind_):
+        if pa.types.is_floating(kind):
             flags.append(pc.invert(pc.is_finite(column)))
             text = _float_text(column)
-        elif _is_temporal(kind_):
+        elif _is_temporal(kind):
             seconds = _floor_seconds(column)
             flags.append(pc.or_(pc.less(seconds, 0), pc.greater(seconds, _MAX_UNIX)))
             text = pc.cast(seconds, pa.string())
-        elif pa.types.is_integer(kind_):
+        elif pa.types.is_integer(kind):
             text = pc.cast(column, pa.string())
-        elif pa.types.is_boolean(kind_):
+        elif pa.types.is_boolean(kind):
             text = pc.if_else(column, "true", "false")
         else:
-            return by_row_path()  # decimals, nested and other types: the row path converts them
+            return None  # decimals, nested and other types: the row path converts them
         attributes.append((key, text, "", column.null_count > 0))
-    if attributes:
-        pieces += _attribute_pieces(attributes)
+    return attributes
 
-    if mapping.timestamp is not None:
-        column = batch.column(mapping.timestamp)
-        if _is_temporal(column.type):
-            seconds = _floor_seconds(column)
-            flags.append(pc.or_(pc.less(seconds, 0), pc.greater(seconds, _MAX_UNIX)))
-        else:
-            converted: list[int | None] = []
-            unconvertible: list[bool] = []
-            for value in column.to_pylist():
-                try:
-                    converted.append(None if value is None else to_unix_seconds(value))
-                    unconvertible.append(False)
-                except ValueProblem:
-                    converted.append(None)
-                    unconvertible.append(True)
-            seconds = pa.array(converted, pa.int64())
-            flags.append(pa.array(unconvertible))
-        text = pc.cast(seconds, pa.string())
-        if text.null_count:
-            pieces.append(pc.binary_join_element_wise(',"timestamp":', text, ""))
-        else:
-            pieces += [',"timestamp":', text]
-    pieces.append("}")
 
-    operations = _join(pieces)
+def timestamp_pieces(batch: Any, name: str | None, flags: list[Any]) -> list[Any]:
+    """The `,"timestamp":N` pieces (left out of rows without one) for the mapped column."""
+    if name is None:
+        return []
+    column = batch.column(name)
+    if _is_temporal(column.type):
+        seconds = _floor_seconds(column)
+        flags.append(pc.or_(pc.less(seconds, 0), pc.greater(seconds, _MAX_UNIX)))
+    else:
+        converted: list[int | None] = []
+        unconvertible: list[bool] = []
+        for value in column.to_pylist():
+            try:
+                converted.append(None if value is None else to_unix_seconds(value))
+                unconvertible.append(False)
+            except ValueProblem:
+                converted.append(None)
+                unconvertible.append(True)
+        seconds = pa.array(converted, pa.int64())
+        flags.append(pa.array(unconvertible))
+    text = pc.cast(seconds, pa.string())
+    if text.null_count:
+        return [pc.binary_join_element_wise(',"timestamp":', text, "")]
+    return [',"timestamp":', text]
+
+
+def finish(
+    mapper: RowMapper,
+    batch: Any,
+    source_rows: list[Row] | None,
+    pieces: list[Any],
+    flags: list[Any],
+    row_keys: Any | None,
+    keys: Any | None = None,
+) -> Mapped:
+    """Join the operations; rows any flag marks (or over the entry size limit) go through the
+    row path, the rest become an `EntryBlock`."""
+    rows = batch.num_rows
+    operations = join_pieces(pieces)
     if len(operations) != rows:  # never expected; the row path is always right
-        return by_row_path()
+        return by_row_path(mapper, batch, source_rows)
     flags.append(pc.greater(pc.binary_length(operations), limits.MAX_ENTRY_BYTES))
     slow = flags[0]
     for flag in flags[1:]:
         slow = pc.or_kleene(slow, flag)
     slow = slow.fill_null(False)
 
-    block = None
+    json_columns = mapper.compiled.json_columns
     mapped = Mapped([], [], rows)
     if not pc.any(slow).as_py():
         positions = pa.array(range(rows), pa.int64())
-        block = EntryBlock(
-            _as_binary(operations), ident, batch, positions, json_columns, source_rows
+        mapped.block = EntryBlock(
+            _as_binary(operations), row_keys, batch, positions, json_columns, source_rows, keys
         )
+        return mapped
+    fast = pc.invert(slow)
+    if pc.any(fast).as_py():
+        mapped.block = EntryBlock(
+            _as_binary(operations.filter(fast)),
+            None if row_keys is None else row_keys.filter(fast),
+            batch,
+            pc.indices_nonzero(fast),
+            json_columns,
+            source_rows,
+            None if keys is None else keys.filter(fast),
+        )
+    if source_rows is not None:
+        rest = mapper.map_rows([source_rows[i] for i in pc.indices_nonzero(slow).to_pylist()])
     else:
-        fast = pc.invert(slow)
-        if pc.any(fast).as_py():
-            block = EntryBlock(
-                _as_binary(operations.filter(fast)),
-                ident.filter(fast),
-                batch,
-                pc.indices_nonzero(fast),
-                json_columns,
-                source_rows,
-            )
-        if source_rows is not None:
-            rest = mapper.map_rows([source_rows[i] for i in pc.indices_nonzero(slow).to_pylist()])
-        else:
-            rest = mapper.map_rows(rows_from_arrow(batch.filter(slow), json_columns))
-        mapped.entries = rest.entries
-        mapped.rejections = rest.rejections
-    mapped.block = block
+        rest = mapper.map_rows(rows_from_arrow(batch.filter(slow), json_columns))
+    mapped.entries = rest.entries
+    mapped.rejections = rest.rejections
     return mapped
+
+
+def _map_identify_batch(mapper: RowMapper, batch: Any, source_rows: list[Row] | None) -> Mapped:
+    mapping = mapper.mapping
+    names = set(batch.schema.names)
+    attribute_columns = [c for c in mapper.compiled.attribute_columns if c in names]
+    ident = identifier_text(batch, mapping.identifier)
+    if (
+        ident is None
+        or mapping.clear_nulls
+        or len(attribute_columns) > limits.MAX_ATTRIBUTES_PER_IDENTIFY
+        or (mapping.timestamp is not None and mapping.timestamp not in names)
+        or any(name in mapper.compiled.json_columns for name in attribute_columns)
+    ):
+        return by_row_path(mapper, batch, source_rows)
+    kind = mapping.identifier_type
+
+    # rows the row path must see: every check it makes, made on whole columns
+    flags = identifier_flags(ident, kind)
+    counts = pc.value_counts(ident)
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        flags.append(pc.is_in(ident, value_set=repeated))  # collapsed in row order there
+    pieces: list[Any] = [
+        '{"type":"person","action":"identify","identifiers":{' + orjson.dumps(kind).decode(),
+        ':"',
+        _json_string_body(ident),
+        '"}',
+    ]
+    attributes = attribute_texts(batch, attribute_columns, flags, value_limit=True)
+    if attributes is None:
+        return by_row_path(mapper, batch, source_rows)
+    if attributes:
+        pieces += _attribute_pieces(attributes)
+    pieces += timestamp_pieces(batch, mapping.timestamp, flags)
+    pieces.append("}")
+    return finish(mapper, batch, source_rows, pieces, flags, ident)
 
 
 def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list[Any], list[int]] | None:

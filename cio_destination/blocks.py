@@ -11,7 +11,7 @@ made of dict rows, is that dict).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
 import pyarrow as pa
@@ -27,7 +27,16 @@ _TAIL = b"]}"
 class EntryBlock(Sequence[Entry]):
     """Identify operations of rows of one RecordBatch, in Arrow until they are sent."""
 
-    __slots__ = ("batch", "data", "json_columns", "row_keys", "rows", "source_rows")
+    __slots__ = (
+        "batch",
+        "data",
+        "json_columns",
+        "keys",
+        "row_key_of",
+        "row_keys",
+        "rows",
+        "source_rows",
+    )
 
     def __init__(
         self,
@@ -37,9 +46,14 @@ class EntryBlock(Sequence[Entry]):
         rows: pa.Array,
         json_columns: frozenset[str],
         source_rows: list[Row] | None = None,
+        keys: pa.Array | None = None,
+        row_key_of: Callable[[Row], str] | None = None,
     ) -> None:
         self.data = data  # binary, no nulls: one serialized operation per entry
-        self.row_keys = row_keys  # string: the row key of each entry
+        # string: the row key of each entry; None: made from the entry's row by `row_key_of`
+        self.row_keys = row_keys
+        self.row_key_of = row_key_of
+        self.keys = keys  # string: each entry's idempotency key (an event id), if it has one
         self.batch = batch
         self.rows = rows  # int64: each entry's row number in `batch`
         self.json_columns = json_columns
@@ -63,26 +77,44 @@ class EntryBlock(Sequence[Entry]):
             length = max(stop - start, 0)
             return EntryBlock(
                 self.data.slice(start, length),
-                self.row_keys.slice(start, length),
+                None if self.row_keys is None else self.row_keys.slice(start, length),
                 self.batch,
                 self.rows.slice(start, length),
                 self.json_columns,
                 self.source_rows,
+                None if self.keys is None else self.keys.slice(start, length),
+                self.row_key_of,
             )
         position = index + size if index < 0 else index
         if not 0 <= position < size:
             raise IndexError("entry index out of range")
-        number = self.rows[position].as_py()
-        row: Row | LazyRow = (
-            self.source_rows[number]
-            if self.source_rows is not None
-            else LazyRow(self.batch, number, self.json_columns)
+        return self._entry(
+            self.data[position].as_py(),
+            None if self.row_keys is None else self.row_keys[position].as_py(),
+            self.rows[position].as_py(),
+            None if self.keys is None else self.keys[position].as_py(),
         )
-        return Entry(self.data[position].as_py(), self.row_keys[position].as_py(), [row])
 
     def __iter__(self) -> Iterator[Entry]:
-        for position in range(len(self.data)):
-            yield self[position]
+        # whole columns out of Arrow at once: an element at a time costs a scalar object each
+        size = len(self.data)
+        row_keys = [None] * size if self.row_keys is None else self.row_keys.to_pylist()
+        keys = [None] * size if self.keys is None else self.keys.to_pylist()
+        for data, row_key, number, key in zip(
+            self.data.to_pylist(), row_keys, self.rows.to_pylist(), keys, strict=True
+        ):
+            yield self._entry(data, row_key, number, key)
+
+    def _entry(self, data: bytes, row_key: str | None, number: int, key: str | None) -> Entry:
+        row: Row | LazyRow
+        if self.source_rows is not None:
+            row = self.source_rows[number]
+        else:
+            row = LazyRow(self.batch, number, self.json_columns)
+        if row_key is None:
+            assert self.row_key_of is not None
+            row_key = self.row_key_of(row.materialize() if isinstance(row, LazyRow) else row)
+        return Entry(data, row_key, [row], key)
 
     def sizes(self) -> list[int]:
         """The byte size of each serialized operation."""
@@ -95,8 +127,11 @@ class EntryBlock(Sequence[Entry]):
         return _HEAD + _joined(self.data, b",") + _TAIL
 
     def row_key_text(self) -> str:
-        """The row keys joined by the unit separator (what the batch id hashes)."""
-        return _joined(self.row_keys, "\x1f").decode() if len(self.row_keys) else ""
+        """What tells the entries apart, joined by the unit separator (for the batch id): their
+        row keys, or their idempotency keys when the row keys are made only on demand."""
+        texts = self.row_keys if self.row_keys is not None else self.keys
+        assert texts is not None
+        return _joined(texts, "\x1f").decode() if len(texts) else ""
 
 
 def _joined(values: pa.Array, separator: bytes | str) -> bytes:

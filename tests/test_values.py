@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import random
 import string
 from decimal import Decimal
@@ -12,12 +13,14 @@ import pyarrow as pa
 import pytest
 
 from cio_destination._values import (
+    ULID_PERSON,
     ValueProblem,
     canonical_key,
     deterministic_ulid,
     parse_json_object,
     to_json_value,
     to_unix_seconds,
+    ulids_text,
 )
 
 UTC = dt.timezone.utc
@@ -323,6 +326,27 @@ def _random_inputs(count: int) -> list[tuple[str, bytes]]:
         namespace = "".join(rng.choices(string.ascii_lowercase + "_", k=rng.randint(1, 20)))
         inputs.append((namespace, rng.randbytes(rng.randint(0, 64))))
     return inputs
+
+
+def _ulid_by_arithmetic(namespace: str, key: bytes) -> str:
+    """The derivation written out: 128 hash bits as 26 Crockford chars, top two bits zero."""
+    digest = hashlib.blake2b(digest_size=16, person=b"cio-dest-ulid-v1")
+    digest.update(namespace.encode() + b"\x00" + key)
+    number = int.from_bytes(digest.digest(), "big")
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    return "".join(alphabet[(number >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+def test_deterministic_ulid_equals_the_arithmetic_derivation_and_the_batch_form():
+    inputs = _random_inputs(2_000)
+    expected = [_ulid_by_arithmetic(n, k) for n, k in inputs]
+
+    assert [deterministic_ulid(n, k) for n, k in inputs] == expected
+    digests = [
+        hashlib.blake2b(n.encode() + b"\x00" + k, digest_size=16, person=ULID_PERSON).digest()
+        for n, k in inputs
+    ]
+    assert ulids_text(digests).decode() == "".join(expected)
 
 
 @pytest.mark.parametrize(("namespace", "key"), _random_inputs(40))
