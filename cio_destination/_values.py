@@ -163,7 +163,10 @@ def parse_json_object(value: Any) -> dict[str, Any]:
 
 def canonical_key(values: list[Any]) -> bytes:
     """Stable bytes for an idempotency key, equal for the same row in dict and Arrow form."""
-    return orjson.dumps([_canonical(v) for v in values], option=orjson.OPT_SORT_KEYS)
+    try:
+        return orjson.dumps([_canonical(v) for v in values], option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        raise ValueProblem("an integer outside the 64-bit range JSON consumers accept") from None
 
 
 def _canonical(value: Any) -> Any:
@@ -194,23 +197,11 @@ def deterministic_ulid(namespace: str, key: bytes) -> str:
     digest.update(namespace.encode("utf-8"))
     digest.update(b"\x00")
     digest.update(key)
-    return ulids_text([digest.digest()]).decode()
+    number = int.from_bytes(digest.digest(), "big")
+    return "".join([ULID_PAIRS[(number >> shift) & 1023] for shift in ULID_PAIR_SHIFTS])
 
 
 ULID_PERSON = b"cio-dest-ulid-v1"
-_RFC4648 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-_TO_CROCKFORD = bytes.maketrans(_RFC4648, _CROCKFORD.encode())
-_ULID_PAD = b"\x00" * 4
-
-
-def ulids_text(digests: list[bytes]) -> bytes:
-    """The 26-char ULID text of each 16-byte digest, concatenated, in one base32 pass.
-
-    Four zero bytes ahead of a digest make 160 bits: exactly 32 base32 chars, so digests never
-    share a char, and the first 6 chars (30 zero bits) drop off to leave the 130-bit ULID.
-    """
-    encoded = base64.b32encode(b"".join(_ULID_PAD + digest for digest in digests))
-    text = encoded.translate(_TO_CROCKFORD)
-    if len(digests) == 1:
-        return text[6:]
-    return b"".join(text[start + 6 : start + 32] for start in range(0, len(text), 32))
+# two Crockford chars per 10 bits: 13 lookups write the 26 chars of a 130-bit number
+ULID_PAIRS = [high + low for high in _CROCKFORD for low in _CROCKFORD]
+ULID_PAIR_SHIFTS = tuple(range(120, -1, -10))

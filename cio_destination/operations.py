@@ -638,9 +638,15 @@ class RowMapper:
                     ",".join(columns),
                     "the event id columns are all empty, so the event cannot be de-duplicated",
                 )
-            key = canonical_key(values)
+            try:
+                key = canonical_key(values)
+            except ValueProblem as exc:  # a NaN, an integer orjson cannot write, ...
+                raise _Reject("invalid_event_id", ",".join(columns), str(exc)) from None
         else:
-            key = _whole_row_key(row)
+            try:
+                key = _whole_row_key(row)
+            except ValueProblem as exc:
+                raise _Reject("invalid_event_id", None, str(exc)) from None
         return deterministic_ulid(self._table, key)
 
     def _add_entry(

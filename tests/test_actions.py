@@ -1594,3 +1594,21 @@ def test_bad_mapping_of_these_actions_stops_the_load_before_any_request(
 
     assert f"Customer.io mapping of table 'bad', key '{key}'" in str(raised.value)
     assert emulator.requests == []
+
+
+@pytest.mark.parametrize("key", [float("nan"), 2**70, 1e300], ids=["nan", "huge-int", "huge-float"])
+def test_an_event_id_value_json_cannot_hold_rejects_the_row(key: Any):
+    rows = [{"uid": 1, "k": key}, {"uid": 2, "k": 5}]
+
+    mapped = map_rows(
+        "orders",
+        cols(uid="bigint", k="double"),
+        rows,
+        action="event",
+        identifier="uid",
+        event_name="placed",
+        event_id=["k"],
+    )
+
+    assert [(r.reason, r.field) for r in mapped.rejections] == [("invalid_event_id", "k")]
+    assert len(mapped.entries) == 1
