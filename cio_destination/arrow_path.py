@@ -13,6 +13,7 @@ operations stay in Arrow (an `EntryBlock`) until the request bodies are joined.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -198,17 +199,26 @@ _INFERRED = {
 
 def map_identify_rows(mapper: RowMapper, rows: list[Row], columns: dict[str, Any]) -> Mapped:
     """Identify operations for dict rows (as dlt's typed-jsonl gives them), identical to
-    `mapper.map_rows(rows)`.
-
-    When the identifier, attribute and timestamp columns have plain dlt types, each becomes an
-    Arrow array (pyarrow's C++ conversion) and the batch goes through the columnar path. The
-    type pyarrow infers must be the column's own: a value of another kind (a float in a bigint
-    column, bytes in a text one) sends the batch down the row path rather than be converted.
-    """
+    `mapper.map_rows(rows)`: through the columnar path when `rows_to_batch` can make them a
+    batch of the mapped columns."""
     mapping = mapper.mapping
-    if mapping.clear_nulls or not rows:
-        return mapper.map_rows(rows)
     wanted = [mapping.identifier, *mapper.compiled.attribute_columns, mapping.timestamp]
+    batch = None if mapping.clear_nulls else rows_to_batch(mapper, rows, columns, wanted)
+    if batch is None:
+        return mapper.map_rows(rows)
+    return map_identify_batch(mapper, batch, source_rows=rows)
+
+
+def rows_to_batch(
+    mapper: RowMapper, rows: list[Row], columns: dict[str, Any], wanted: list[str | None]
+) -> Any | None:
+    """The `wanted` columns of dict rows as a RecordBatch, or None when they cannot all be.
+
+    Each column must have a plain dlt type, and the type pyarrow infers from the values must
+    be that type: a value of another kind (a float in a bigint column, bytes in a text one)
+    makes None rather than be converted."""
+    if not rows:
+        return None
     names: list[str] = []
     arrays = []
     with gc_paused():
@@ -217,17 +227,16 @@ def map_identify_rows(mapper: RowMapper, rows: list[Row], columns: dict[str, Any
                 continue  # no row has a value for it
             expected = _INFERRED.get(columns[name].get("data_type") or "")
             if expected is None or name in mapper.compiled.json_columns:
-                return mapper.map_rows(rows)
+                return None
             try:
                 array = pa.array([row.get(name) for row in rows])
             except (pa.ArrowException, TypeError, ValueError, OverflowError):
-                return mapper.map_rows(rows)
+                return None
             if not (expected(array.type) or pa.types.is_null(array.type)):
-                return mapper.map_rows(rows)
+                return None
             names.append(name)
             arrays.append(array)
-    batch = pa.RecordBatch.from_arrays(arrays, names=names)
-    return map_identify_batch(mapper, batch, source_rows=rows)
+    return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
 def by_row_path(mapper: RowMapper, batch: Any, source_rows: list[Row] | None) -> Mapped:
@@ -344,6 +353,7 @@ def finish(
     flags: list[Any],
     row_keys: Any | None,
     keys: Any | None = None,
+    row_key_of: Callable[[Row], str] | None = None,
 ) -> Mapped:
     """Join the operations; rows any flag marks (or over the entry size limit) go through the
     row path, the rest become an `EntryBlock`."""
@@ -362,7 +372,14 @@ def finish(
     if not pc.any(slow).as_py():
         positions = pa.array(range(rows), pa.int64())
         mapped.block = EntryBlock(
-            _as_binary(operations), row_keys, batch, positions, json_columns, source_rows, keys
+            _as_binary(operations),
+            row_keys,
+            batch,
+            positions,
+            json_columns,
+            source_rows,
+            keys,
+            row_key_of,
         )
         return mapped
     fast = pc.invert(slow)
@@ -375,6 +392,7 @@ def finish(
             json_columns,
             source_rows,
             None if keys is None else keys.filter(fast),
+            row_key_of,
         )
     if source_rows is not None:
         rest = mapper.map_rows([source_rows[i] for i in pc.indices_nonzero(slow).to_pylist()])

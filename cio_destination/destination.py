@@ -28,6 +28,7 @@ from dlt.common.schema.utils import is_dlt_table_or_column
 from dlt.common.storages.load_package import LoadPackageStateInjectableContext
 from dlt.common.typing import TDataItems
 
+from cio_destination.arrow_events import NAMED_ACTIONS, map_named_batch, map_named_rows
 from cio_destination.arrow_path import map_identify_batch, map_identify_rows, source_row_hashes
 from cio_destination.blocks import EntryBlock, entry_sizes
 from cio_destination.changes import Changes, only_changes, sql_fingerprints
@@ -356,10 +357,14 @@ def customerio(
     if isinstance(items, list):
         if action == "identify":
             mapped = map_identify_rows(mapper, items, table.get("columns") or {})
+        elif action in NAMED_ACTIONS:
+            mapped = map_named_rows(mapper, items, table.get("columns") or {})
         else:
             mapped = mapper.map_rows(items)
     elif action == "identify":
         mapped = map_identify_batch(mapper, items)
+    elif action in NAMED_ACTIONS:
+        mapped = map_named_batch(mapper, items)
     else:
         mapped = mapper.map_rows(rows_from_arrow(items, mapper.compiled.json_columns))
     mapped.rows_in += skipped
