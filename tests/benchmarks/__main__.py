@@ -27,12 +27,14 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 SITE_ID = "bench-site"
 API_KEY = "bench-key"
-SECTIONS = ("dict", "arrow", "per_row", "memory", "latency", "changes", "profile")
+SECTIONS = ("dict", "arrow", "per_row", "events", "memory", "latency", "changes", "profile")
 
 FULL = {
     "dict_rows": 200_000,
     "changes_rows": 1_000_000,
     "arrow_rows": 1_000_000,
+    "events_arrow_rows": 1_000_000,
+    "events_dict_rows": 200_000,
     "per_row_rows": 5_000,
     "memory_small": 100_000,
     "memory_large": 1_000_000,
@@ -47,6 +49,8 @@ TARGETS = {
     "dict_ratio": (">=", 0.8),
     "arrow_ratio": (">=", 0.5),
     "arrow_mb_per_s": (">", 50.0),
+    "events_arrow_mb_per_s": (">", 50.0),
+    "events_dict_ratio": (">=", 0.8),
     "per_row_speedup_dict": (">=", 20.0),
     "per_row_speedup_arrow": (">=", 20.0),
     "memory_ratio_arrow": ("<=", 1.5),
@@ -251,6 +255,44 @@ class Bench:
             self.figure(
                 "per_row_speedup_arrow", self.figures["arrow_rows_per_s"]["value"] / per_row, "x"
             )
+
+    def section_events(self) -> None:
+        """Events, the highest-volume sync: Arrow and dict rows, one event each, with ids."""
+        rows = self.sizes["events_arrow_rows"]
+        warm = self.sizes["warmup_rows"]
+        print(f"\n[events] {rows:,} event rows as Arrow tables; dicts against do-nothing")
+        arrow = self.side_by_side(
+            {
+                "events arrow customerio": self.spec(
+                    "customerio", "arrow", rows, warmup=warm, action="event"
+                )
+            }
+        )["events arrow customerio"]
+        fastest = min(arrow, key=lambda r: r["seconds"]["total"])
+        self.figure("events_arrow_rows_per_s", best(arrow), "rows/s", runs=rates(arrow))
+        self.figure(
+            "events_arrow_mb_per_s",
+            fastest["sink"]["body_bytes"] / 1e6 / fastest["seconds"]["total"],
+            "MB/s",
+        )
+        self.figure("events_body_bytes_per_row", fastest["sink"]["body_bytes"] / rows, "B")
+        rows = self.sizes["events_dict_rows"]
+        results = self.side_by_side(
+            {
+                "events dict customerio": self.spec(
+                    "customerio", "dict", rows, warmup=warm, action="event"
+                ),
+                "events dict do-nothing": self.spec(
+                    "nothing", "dict", rows, warmup=warm, action="event"
+                ),
+            }
+        )
+        ours = best(results["events dict customerio"])
+        nothing = best(results["events dict do-nothing"])
+        self.figure(
+            "events_dict_rows_per_s", ours, "rows/s", runs=rates(results["events dict customerio"])
+        )
+        self.figure("events_dict_ratio", ours / nothing, "x")
 
     def section_memory(self) -> None:
         small, large = self.sizes["memory_small"], self.sizes["memory_large"]

@@ -5,7 +5,7 @@ a heap, a GC state or a peak RSS. The spec names the run:
 
 * `target`: `customerio` (this destination), `nothing` (a do-nothing `@dlt.destination`),
   `floor` (Arrow -> orjson -> httpx, no dlt) or `per_row` (one v1 identify PUT per row);
-* `kind`: `dict` or `arrow` rows; `rows`; `lazy` (build the data while it is consumed, for memory
+* `kind`: `dict` or `arrow` rows; `rows`; `action`: `identify` (default) or `event`; `lazy` (build the data while it is consumed, for memory
   runs) or not (build it all before the clock starts);
 * `sink`, `site_id`, `api_key`, `requests_per_second`, `max_request_bytes`;
 * `warmup`: rows of an unmeasured run first (imports, first-call set-up, the credential probe);
@@ -76,8 +76,17 @@ def source_chunks(kind: str, rows: int, lazy: bool) -> Callable[[], Iterator[Any
     return lambda: iter(built)
 
 
-def resource_of(chunks: Callable[[], Iterator[Any]]) -> Any:
+def resource_of(chunks: Callable[[], Iterator[Any]], action: str = "identify") -> Any:
     resource = dlt.resource(chunks(), name=data.TABLE)
+    if action == "event":  # one event per row, keyed (de-duplicated) by person and time
+        return customerio_adapter(
+            resource,
+            action="event",
+            identifier=data.IDENTIFIER,
+            timestamp=data.TIMESTAMP,
+            event_name="purchase",
+            event_id=[data.IDENTIFIER, data.TIMESTAMP],
+        )
     return customerio_adapter(
         resource, action="identify", identifier=data.IDENTIFIER, timestamp=data.TIMESTAMP
     )
@@ -107,7 +116,7 @@ def run_pipeline(spec: dict[str, Any], chunks: Callable[[], Iterator[Any]], pipe
     )
     steps = {}
     started = time.perf_counter()
-    pipeline.extract(resource_of(chunks))
+    pipeline.extract(resource_of(chunks, spec.get("action", "identify")))
     steps["extract"] = time.perf_counter() - started
     mark = time.perf_counter()
     pipeline.normalize()
