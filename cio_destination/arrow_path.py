@@ -14,6 +14,7 @@ operations stay in Arrow (an `EntryBlock`) until the request bodies are joined.
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -116,6 +117,25 @@ def _float_text(column: Any) -> Any:
     return pc.replace_with_mask(text, unlike, pa.array(written, pa.string()))
 
 
+def _decimal_text(column: Any, flags: list[Any]) -> Any:
+    """`decimal_to_number`'s JSON of each decimal: whole values as integers, others as the
+    nearest double (parsed from the decimal's exact text, as `float(Decimal)` does)."""
+    # room for the integer digits `floor` may add (decimal(2, 2) cannot hold 1)
+    if pa.types.is_decimal128(column.type) and column.type.scale < 38:
+        column = pc.cast(column, pa.decimal128(38, column.type.scale))
+    else:
+        column = pc.cast(column, pa.decimal256(76, column.type.scale))
+    kind = column.type
+    whole = pc.equal(pc.floor(column), column)
+    zero = pa.scalar(Decimal(0), kind)
+    scaled = (pa.decimal256 if pa.types.is_decimal256(kind) else pa.decimal128)(kind.precision, 0)
+    digits = pc.cast(pc.cast(pc.if_else(whole, column, zero), scaled), pa.string())
+    # whole values from 18 digits up may leave the 64-bit range: the row path decides those
+    flags.append(pc.and_(whole, pc.greater_equal(pc.binary_length(digits), 19)))
+    nearest = _float_text(pc.cast(pc.cast(column, pa.string()), pa.float64()))
+    return pc.if_else(whole, digits, nearest)
+
+
 def join_pieces(pieces: list[Any]) -> Any:
     """Concatenate constants and columns row by row; a null piece is left out of its row.
 
@@ -194,6 +214,7 @@ _INFERRED = {
     "bool": pa.types.is_boolean,
     "timestamp": pa.types.is_timestamp,  # naive values are UTC there, as in the row path
     "date": pa.types.is_date32,
+    "decimal": pa.types.is_decimal,
 }
 
 
@@ -313,8 +334,14 @@ def attribute_texts(
             text = pc.cast(column, pa.string())
         elif pa.types.is_boolean(kind):
             text = pc.if_else(column, "true", "false")
+        elif pa.types.is_decimal(kind):
+            try:
+                text = _decimal_text(column, flags)
+            except pa.ArrowException:
+                return None  # a decimal type the kernels cannot take
+
         else:
-            return None  # decimals, nested and other types: the row path converts them
+            return None  # nested and other types: the row path converts them
         attributes.append((key, text, "", column.null_count > 0))
     return attributes
 
