@@ -5,7 +5,7 @@ any check flags go through the row path, which decides them. The event id, what 
 de-duplicates on, must be the one the row path gives for the same row, or a rerun that took the
 other path would create the event twice: the key's canonical JSON is written column by column
 exactly as `canonical_key` writes it (column types without a proven columnar form send the
-batch down the row path), each key is hashed, and all ids are base32-encoded in one pass.
+batch down the row path), each key is hashed, and Arrow kernels write the ids' base32 text.
 """
 
 from __future__ import annotations
