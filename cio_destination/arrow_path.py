@@ -13,6 +13,8 @@ operations stay in Arrow (an `EntryBlock`) until the request bodies are joined.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -509,8 +511,10 @@ def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list[Any], list[in
         return None
     joined = pc.binary_join_element_wise(*texts, "\x1f") if len(texts) > 1 else texts[0]
     blake = hashlib.blake2b
-    hashes = [
-        int.from_bytes(blake(row.encode(), digest_size=8).digest(), "big", signed=True)
-        for row in joined.to_pylist()
-    ]
-    return ident.to_pylist(), hashes
+    digests = b"".join(
+        [blake(row, digest_size=8).digest() for row in _as_binary(joined).to_pylist()]
+    )
+    hashes = array("q", digests)  # each digest read as a signed big-endian 64-bit number
+    if sys.byteorder == "little":
+        hashes.byteswap()
+    return ident.to_pylist(), hashes.tolist()
