@@ -62,10 +62,6 @@ def _floor_seconds(column: Any) -> Any:
     return pc.subtract(quotient, pc.cast(behind, pa.int64()))
 
 
-def _flagged(mask: Any) -> list[int]:
-    return pc.indices_nonzero(mask.fill_null(False)).to_pylist()  # type: ignore[no-any-return]
-
-
 # -- JSON text of whole columns ------------------------------------------------------------------
 
 # orjson writes these bytes of a string escaped (and every other byte as it is)
