@@ -27,6 +27,7 @@ from cio_destination.arrow_path import (
     _float_text,
     _is_text,
     _json_string_body,
+    as_record_batch,
     attribute_texts,
     blank_texts,
     by_row_path,
@@ -47,10 +48,9 @@ _MAX_EXACT_INT = 2**53  # floats up to here are whole numbers Arrow casts to int
 def map_named_batch(mapper: RowMapper, batch: Any, source_rows: list[Row] | None = None) -> Mapped:
     """Event / page / screen operations for a RecordBatch, identical to `mapper.map_rows` on
     its rows (or on `source_rows`, the dicts the batch was made of)."""
-    if isinstance(batch, pa.Table):
-        if not batch.num_rows:
-            return Mapped([], [], 0)
-        batch = batch.combine_chunks().to_batches()[0]
+    batch = as_record_batch(batch)
+    if batch is None:
+        return Mapped([], [], 0)
     with gc_paused():
         return _map_named_batch(mapper, batch, source_rows)
 

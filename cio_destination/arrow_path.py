@@ -196,12 +196,18 @@ def map_identify_batch(
     the rest go through the row path (`entries`, `rejections`). With `source_rows` (the dicts
     the batch was made of), the row path and rejections get those rows themselves.
     """
-    if isinstance(batch, pa.Table):
-        batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
-        if batch is None:
-            return Mapped([], [], 0)
+    batch = as_record_batch(batch)
+    if batch is None:
+        return Mapped([], [], 0)
     with gc_paused():
         return _map_identify_batch(mapper, batch, source_rows)
+
+
+def as_record_batch(items: Any) -> Any | None:
+    """One RecordBatch of a batch or a table (its chunks combined); None for an empty table."""
+    if not isinstance(items, pa.Table):
+        return items
+    return items.combine_chunks().to_batches()[0] if items.num_rows else None
 
 
 # the Arrow type pyarrow must infer for a column of each dlt data type, for the columnar path

@@ -6,6 +6,7 @@ from typing import Any
 
 import dlt
 import httpx
+import orjson
 import pytest
 
 from cio_destination import customerio
@@ -58,3 +59,26 @@ def with_region(callback: Callable[[httpx.Request], httpx.Response], region: str
         return callback(request)
 
     return answer
+
+
+def mapped_outcome(mapped: Any) -> tuple[list, list]:
+    """What a `Mapped` amounts to, order aside: each entry's bytes, row key and source rows,
+    and each rejection. The columnar paths must give exactly the row path's outcome."""
+    from cio_destination.operations import LazyRow
+
+    entries = sorted(
+        (
+            e.data,
+            e.row_key,
+            tuple(
+                orjson.dumps(r.materialize() if isinstance(r, LazyRow) else r, default=str)
+                for r in e.rows
+            ),
+        )
+        for e in mapped.all_entries()
+    )
+    rejections = sorted(
+        (r.row_key, r.reason, r.field or "", orjson.dumps(r.row, default=str))
+        for r in mapped.rejections
+    )
+    return entries, rejections

@@ -13,7 +13,9 @@ import pytest
 from cio_destination._values import canonical_key, deterministic_ulid
 from cio_destination.arrow_events import map_named_batch, map_named_rows
 from cio_destination.mapping import compile_mapping, parse_mapping
-from cio_destination.operations import LazyRow, RowMapper, rows_from_arrow
+from cio_destination.operations import RowMapper, rows_from_arrow
+
+from .conftest import mapped_outcome as outcome
 
 UTC = dt.timezone.utc
 PLUS_TWO = dt.timezone(dt.timedelta(hours=2))
@@ -73,25 +75,6 @@ def event_rows(rng: random.Random, count: int, nulls: bool) -> list[dict]:
 def mapper_for(columns, **mapping) -> RowMapper:
     declared = {"action": "event", "identifier": "uid", **mapping}
     return RowMapper(compile_mapping("orders", parse_mapping("orders", declared), columns))
-
-
-def outcome(mapped) -> tuple[list, list]:
-    entries = sorted(
-        (
-            e.data,
-            e.row_key,
-            tuple(
-                orjson.dumps(r.materialize() if isinstance(r, LazyRow) else r, default=str)
-                for r in e.rows
-            ),
-        )
-        for e in mapped.all_entries()
-    )
-    rejections = sorted(
-        (r.row_key, r.reason, r.field or "", orjson.dumps(r.row, default=str))
-        for r in mapped.rejections
-    )
-    return entries, rejections
 
 
 MAPPINGS = {

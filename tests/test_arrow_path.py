@@ -14,6 +14,8 @@ from cio_destination.arrow_path import map_identify_batch, map_identify_rows
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.operations import LazyRow, RowMapper, rows_from_arrow
 
+from .conftest import mapped_outcome as outcome
+
 UTC = dt.timezone.utc
 TEXTS = ["plain", 'quo"te', "back\\slash", "ctrl\x01\n", "ünïcødé ✓", "😀" * 300, "x" * 1_200, ""]
 FLOATS = [1.5, -0.0, 3.0, 1e300, float("nan"), float("inf")]
@@ -70,25 +72,6 @@ def mapper_for(batch: pa.RecordBatch, **mapping) -> RowMapper:
     columns = {name: {"name": name} for name in batch.schema.names}
     declared = {"action": "identify", "identifier": "ident", **mapping}
     return RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
-
-
-def outcome(mapped) -> tuple[list, list]:
-    entries = sorted(
-        (
-            e.data,
-            e.row_key,
-            tuple(
-                orjson.dumps(r.materialize() if isinstance(r, LazyRow) else r, default=str)
-                for r in e.rows
-            ),
-        )
-        for e in mapped.all_entries()
-    )
-    rejections = sorted(
-        (r.row_key, r.reason, r.field or "", orjson.dumps(r.row, default=str))
-        for r in mapped.rejections
-    )
-    return entries, rejections
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -487,3 +470,15 @@ def test_source_row_hashes_are_the_stored_form():
     assert identifiers == ["a", "b"]
     assert hashes == expected
     assert source_row_hashes(mapper, batch.slice(1, 1))[1] == expected[1:]
+
+
+def test_a_chunked_table_maps_as_its_rows_and_an_empty_one_as_nothing():
+    first = pa.RecordBatch.from_pylist([{"ident": "a", "n": 1}])
+    table = pa.Table.from_batches([first, pa.RecordBatch.from_pylist([{"ident": "b", "n": 2}])])
+    mapper = mapper_for(first)
+
+    mapped = map_identify_batch(mapper, table)
+
+    assert outcome(mapped) == outcome(mapper.map_rows(rows_from_arrow(table, frozenset())))
+    assert mapped.rows_in == 2 and mapped.block is not None
+    assert map_identify_batch(mapper, table.slice(0, 0)).rows_in == 0
