@@ -31,6 +31,7 @@ from cio_destination.arrow_path import (
     attribute_texts,
     blank_texts,
     by_row_path,
+    comma_listed,
     finish,
     identifier_flags,
     identifier_text,
@@ -218,17 +219,7 @@ def _event_keys(batch: Any, id_columns: tuple[str, ...], flags: list[Any]) -> An
         items.append(("[" + orjson.dumps(name).decode() + ",", text, "]", column.null_count > 0))
     if not items:
         return pa.array(["[]"] * rows, pa.string())
-    return join_pieces(["[", _listed(items), "]"])
-
-
-def _listed(items: list[tuple[str, Any, str, bool]]) -> Any:
-    """Per row, the items (prefix, values, suffix, has nulls) joined by commas, nulls left out."""
-    fragments = [
-        pc.binary_join_element_wise("," + prefix, values, suffix, "")
-        for prefix, values, suffix, _ in items
-    ]
-    joined = join_pieces(["", *fragments])
-    return pc.utf8_slice_codeunits(joined, 1)  # without the first item's comma
+    return join_pieces(["[", comma_listed(items), "]"])
 
 
 def _canonical_text(column: Any, flags: list[Any]) -> Any | None:

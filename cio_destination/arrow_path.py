@@ -150,6 +150,17 @@ def join_pieces(pieces: list[Any]) -> Any:
     return pc.binary_join_element_wise(*merged, "", null_handling="skip")
 
 
+def comma_listed(items: list[tuple[str, Any, str, bool]]) -> Any:
+    """Per row, the items (prefix, values, suffix, has nulls) joined by commas, nulls left out
+    ("" where every value is null)."""
+    fragments = [
+        pc.binary_join_element_wise("," + prefix, values, suffix, "")
+        for prefix, values, suffix, _ in items
+    ]
+    joined = join_pieces(["", *fragments])
+    return pc.utf8_slice_codeunits(joined, 1)  # without the first item's comma
+
+
 def _attribute_pieces(attributes: list[tuple[str, Any, str, bool]]) -> list[Any]:
     """The pieces of `,"attributes":{...}` for (prefix, values, suffix, has nulls) per column.
 
@@ -160,14 +171,9 @@ def _attribute_pieces(attributes: list[tuple[str, Any, str, bool]]) -> list[Any]
     """
     anchor = next((i for i, (_, _, _, nullable) in enumerate(attributes) if not nullable), None)
     if anchor is None:
-        fragments = [
-            pc.binary_join_element_wise("," + prefix, values, suffix, "")
-            for prefix, values, suffix, _ in attributes
-        ]
-        joined = join_pieces(["", *fragments])
-        inside = pc.utf8_slice_codeunits(joined, 1)  # without the first fragment's comma
+        inside = comma_listed(attributes)
         wrapped = pc.binary_join_element_wise(',"attributes":{', inside, "}", "")
-        return [pc.if_else(pc.equal(pc.binary_length(joined), 0), _NULL_TEXT, wrapped)]
+        return [pc.if_else(pc.equal(pc.binary_length(inside), 0), _NULL_TEXT, wrapped)]
     pieces: list[Any] = [',"attributes":{']
     for index, (prefix, values, suffix, nullable) in enumerate(attributes):
         lead = "," if index > anchor else ""

@@ -18,7 +18,12 @@ T = TypeVar("T")
 
 def body_of(entries: Sequence[bytes]) -> bytes:
     """The request body for serialized entries."""
-    return _HEAD + b",".join(entries) + _TAIL
+    return enveloped(b",".join(entries))
+
+
+def enveloped(joined: bytes) -> bytes:
+    """The request body around entries already joined by commas."""
+    return _HEAD + joined + _TAIL
 
 
 def body_size(entry_sizes: Sequence[int]) -> int:

@@ -17,11 +17,8 @@ from typing import Any, overload
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cio_destination.batching import body_of, pack_bounds
+from cio_destination.batching import body_of, enveloped, pack_bounds
 from cio_destination.operations import Entry, LazyRow, Row
-
-_HEAD = b'{"batch":['
-_TAIL = b"]}"
 
 
 class EntryBlock(Sequence[Entry]):
@@ -124,7 +121,7 @@ class EntryBlock(Sequence[Entry]):
         """The `/api/v2/batch` request body of every entry of the block."""
         if not len(self.data):
             return body_of([])
-        return _HEAD + _joined(self.data, b",") + _TAIL
+        return enveloped(_joined(self.data, b","))
 
     def row_key_text(self) -> str:
         """What tells the entries apart, joined by the unit separator (for the batch id): their

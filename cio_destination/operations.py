@@ -129,7 +129,7 @@ class Mapped:
     rejections: list[Rejection]
     rows_in: int
     block: EntryBlock | None = None
-    """Operations still in Arrow (the columnar identify path); they come before `entries`."""
+    """Operations still in Arrow (the columnar paths); they come before `entries`."""
 
     def parts(self) -> list[Sequence[Entry]]:
         """The operations, as the sender takes them: the block (if any), then the list."""
@@ -138,9 +138,6 @@ class Mapped:
     def all_entries(self) -> list[Entry]:
         """Every operation as an `Entry` (makes the block's entries: for the slower paths)."""
         return [*(self.block or ()), *self.entries]
-
-    def count(self) -> int:
-        return len(self.entries) + (len(self.block) if self.block is not None else 0)
 
 
 class _Reject(Exception):
@@ -310,7 +307,9 @@ class RowMapper:
                 built.append(Entry(dumps(op), identifier, [row]))
                 continue
             entry = built[position]
-            op = merged.get(position) or merged.setdefault(position, orjson.loads(entry.data))
+            op = merged.get(position)
+            if op is None:
+                op = merged[position] = orjson.loads(entry.data)
             combined = {**op.get("attributes", {}), **attributes}
             if combined:
                 op["attributes"] = combined
