@@ -22,6 +22,7 @@ from cio_destination._values import _MAX_UNIX, ULID_PAIR_SHIFTS, ULID_PAIRS, ULI
 from cio_destination.arrow_path import (
     _NOT_SPACE,
     _UNITS,
+    COLUMNAR_PATH,
     _any_byte_outside,
     _attribute_pieces,
     _float_text,
@@ -52,6 +53,8 @@ def map_named_batch(mapper: RowMapper, batch: Any, source_rows: list[Row] | None
     batch = as_record_batch(batch)
     if batch is None:
         return Mapped([], [], 0)
+    if not COLUMNAR_PATH.enabled:
+        return by_row_path(mapper, batch, source_rows)
     with gc_paused():
         return _map_named_batch(mapper, batch, source_rows)
 
@@ -59,6 +62,8 @@ def map_named_batch(mapper: RowMapper, batch: Any, source_rows: list[Row] | None
 def map_named_rows(mapper: RowMapper, rows: list[Row], columns: dict[str, Any]) -> Mapped:
     """Event / page / screen operations for dict rows, identical to `mapper.map_rows(rows)`:
     through the columnar path when `rows_to_batch` can make them a batch of the columns used."""
+    if not COLUMNAR_PATH.enabled:
+        return mapper.map_rows(rows)
     mapping = mapper.mapping
     compiled = mapper.compiled
     wanted: list[str | None]

@@ -13,7 +13,9 @@ operations stay in Arrow (an `EntryBlock`) until the request bodies are joined.
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from array import array
 from collections.abc import Callable
 from decimal import Decimal
@@ -36,6 +38,32 @@ from cio_destination.operations import (
 )
 
 _UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+class ColumnarPath:
+    """Whether the columnar paths run, and how many rows' operations they have written.
+
+    Switched off (`enabled = False`, or `CIO_DESTINATION_COLUMNAR=0` in the environment of the
+    process), every row takes the row path, which must give the same operations and rejections
+    byte for byte; tests compare the two and read `rows` to know the columnar path really ran.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = os.environ.get("CIO_DESTINATION_COLUMNAR", "1") != "0"
+        self._rows = 0
+        self._lock = threading.Lock()
+
+    @property
+    def rows(self) -> int:
+        """Rows whose operations Arrow kernels wrote, since the process started."""
+        return self._rows
+
+    def wrote(self, rows: int) -> None:
+        with self._lock:
+            self._rows += rows
+
+
+COLUMNAR_PATH = ColumnarPath()
 
 
 def _is_text(kind: pa.DataType) -> bool:
@@ -205,6 +233,8 @@ def map_identify_batch(
     batch = as_record_batch(batch)
     if batch is None:
         return Mapped([], [], 0)
+    if not COLUMNAR_PATH.enabled:
+        return by_row_path(mapper, batch, source_rows)
     with gc_paused():
         return _map_identify_batch(mapper, batch, source_rows)
 
@@ -232,6 +262,8 @@ def map_identify_rows(mapper: RowMapper, rows: list[Row], columns: dict[str, Any
     """Identify operations for dict rows (as dlt's typed-jsonl gives them), identical to
     `mapper.map_rows(rows)`: through the columnar path when `rows_to_batch` can make them a
     batch of the mapped columns."""
+    if not COLUMNAR_PATH.enabled:
+        return mapper.map_rows(rows)
     mapping = mapper.mapping
     wanted = [mapping.identifier, *mapper.compiled.attribute_columns, mapping.timestamp]
     batch = None if mapping.clear_nulls else rows_to_batch(mapper, rows, columns, wanted)
@@ -418,6 +450,7 @@ def finish(
             keys,
             row_key_of,
         )
+        COLUMNAR_PATH.wrote(rows)
         return mapped
     fast = pc.invert(slow)
     if pc.any(fast).as_py():
@@ -431,6 +464,7 @@ def finish(
             None if keys is None else keys.filter(fast),
             row_key_of,
         )
+        COLUMNAR_PATH.wrote(len(mapped.block))
     if source_rows is not None:
         rest = mapper.map_rows([source_rows[i] for i in pc.indices_nonzero(slow).to_pylist()])
     else:

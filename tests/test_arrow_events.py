@@ -158,6 +158,7 @@ def test_event_data_over_the_limit_is_rejected_as_the_row_path_does():
 
     assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch, frozenset())))
     assert [r.reason for r in fast.rejections] == ["event_data_too_large"]
+    assert fast.block is not None and len(fast.block) == 1  # the other row, written by Arrow
 
 
 DLT_TYPES = {
@@ -208,4 +209,10 @@ def test_dict_rows_with_a_column_outside_the_schema_keep_the_whole_row_key_exact
     mapped = map_named_rows(mapper, rows, columns)
 
     assert mapped.block is None
+    assert outcome(mapped) == outcome(mapper.map_rows(rows))
+    # with the column in the schema, the same row is written by Arrow, to the same outcome
+    columns["extra"] = {"name": "extra", "data_type": "bigint"}
+    mapper = mapper_for(columns, event_name="seen")
+    mapped = map_named_rows(mapper, rows, columns)
+    assert mapped.block is not None and len(mapped.block) == 1
     assert outcome(mapped) == outcome(mapper.map_rows(rows))
