@@ -18,6 +18,7 @@ import orjson
 
 _UTC = dt.timezone.utc
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+_NAIVE_EPOCH = dt.datetime(1970, 1, 1)
 
 # Epoch numbers are told apart by magnitude: seconds stay below 1e11 until the year 5138, and
 # ms / us / ns values of any date after 1973 are above the next threshold.
@@ -39,9 +40,17 @@ class ValueProblem(ValueError):
 
 
 def datetime_to_unix(value: dt.datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=_UTC)
-    return math.floor(value.timestamp())
+    """The unix second a datetime (naive ones are UTC) falls in, as the columnar path counts it.
+
+    Integer arithmetic: a float `timestamp()` of a far-future time keeps too few digits, and
+    rounds 999,999 microseconds up into the next second (9999-12-31T23:59:59.999999 left the
+    range Customer.io takes).
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        delta = value - _NAIVE_EPOCH
+    else:
+        delta = value - _EPOCH
+    return delta.days * 86_400 + delta.seconds
 
 
 def _epoch_number_to_unix(number: float) -> int:

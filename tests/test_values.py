@@ -15,6 +15,7 @@ import pytest
 from cio_destination._values import (
     ValueProblem,
     canonical_key,
+    datetime_to_unix,
     deterministic_ulid,
     parse_json_object,
     to_json_value,
@@ -68,6 +69,29 @@ def _assert_value_not_in_message(value: object, exc: BaseException) -> None:
 )
 def test_to_unix_seconds_datetimes_give_the_same_instant(value):
     assert to_unix_seconds(value) == T
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(dt.datetime(9999, 12, 31, 23, 59, 59, 999_999), 253_402_300_799, id="last-us"),
+        pytest.param(
+            dt.datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC), 253_402_300_799, id="aware"
+        ),
+        pytest.param(dt.datetime(4147, 8, 20, 7, 32, 16, 999_993), 68_719_476_736, id="past-2**36"),
+        pytest.param(
+            dt.datetime(2500, 1, 1, 5, 30, 0, 999_999, tzinfo=IST), 16_725_225_600, id="offset"
+        ),
+        pytest.param(dt.datetime(1969, 12, 31, 23, 59, 59, 999_999), -1, id="before-1970"),
+    ],
+)
+def test_datetimes_are_floored_to_the_second_they_are_in(value, expected):
+    """Far-future datetimes hold more digits than a float timestamp() keeps: 999,999 us must
+    not round up into the next second (the columnar path's integer arithmetic never does)."""
+    assert datetime_to_unix(value) == expected
+    assert to_json_value(value) == expected
+    if expected >= 0:  # a timestamp column takes 1970 to the end of 9999
+        assert to_unix_seconds(value) == expected
 
 
 @pytest.mark.parametrize(
