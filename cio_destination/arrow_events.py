@@ -40,7 +40,7 @@ from cio_destination.arrow_path import (
     rows_to_batch,
     timestamp_pieces,
 )
-from cio_destination.operations import Mapped, Row, RowMapper, gc_paused
+from cio_destination.operations import Mapped, Row, RowMapper, floor_divide, gc_paused
 
 NAMED_ACTIONS = ("event", "page", "screen")
 _ATTRIBUTES_HEAD = ',"attributes":'
@@ -252,14 +252,19 @@ def _canonical_text(column: Any, flags: list[Any]) -> Any | None:
         flags.append(pc.and_(pc.equal(pc.floor(values), values), pc.invert(whole)))
         as_int = pc.cast(pc.cast(pc.if_else(whole, values, 0.0), pa.int64()), pa.string())
         return pc.if_else(whole, as_int, _float_text(values))  # whole floats key as integers
-    if pa.types.is_timestamp(kind) and kind.unit in ("s", "ms", "us"):
+    if pa.types.is_timestamp(kind):
         return _iso_text(column, flags)
     return None
 
 
 def _iso_text(column: Any, flags: list[Any]) -> Any:
-    """`datetime.astimezone(UTC).isoformat()` of each timestamp (naive ones are UTC), in quotes."""
-    micros = pc.multiply(pc.cast(column, pa.int64()), 1_000_000 // _UNITS[column.type.unit])
+    """`datetime.astimezone(UTC).isoformat()` of each timestamp (naive ones are UTC), in quotes;
+    nanoseconds are rounded down to the microsecond, as the row path's datetimes are."""
+    raw = pc.cast(column, pa.int64())
+    if column.type.unit == "ns":
+        micros = floor_divide(raw, 1_000)
+    else:
+        micros = pc.multiply(raw, 1_000_000 // _UNITS[column.type.unit])
     seconds = pc.divide(micros, 1_000_000)
     # 1970 to 9999 only: integer division and four-digit years need no care there
     flags.append(pc.or_(pc.less(micros, 0), pc.greater(seconds, _MAX_UNIX)))

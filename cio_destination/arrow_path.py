@@ -30,14 +30,16 @@ from cio_destination._values import _MAX_UNIX, ValueProblem, to_unix_seconds
 from cio_destination.blocks import EntryBlock
 from cio_destination.operations import (
     _PHONE,
+    UNITS_PER_SECOND,
     Mapped,
     Row,
     RowMapper,
+    floor_divide,
     gc_paused,
     rows_from_arrow,
 )
 
-_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+_UNITS = UNITS_PER_SECOND
 
 
 class ColumnarPath:
@@ -83,11 +85,7 @@ def _floor_seconds(column: Any) -> Any:
         raw, unit = pc.cast(pc.cast(column, pa.timestamp("ms")), pa.int64()), 1_000
     else:
         raw, unit = pc.cast(column, pa.int64()), _UNITS[kind.unit]
-    if unit == 1:
-        return raw
-    quotient = pc.divide(raw, unit)  # integer division truncates toward zero
-    behind = pc.and_(pc.less(raw, 0), pc.not_equal(pc.multiply(quotient, unit), raw))
-    return pc.subtract(quotient, pc.cast(behind, pa.int64()))
+    return raw if unit == 1 else floor_divide(raw, unit)
 
 
 # -- JSON text of whole columns ------------------------------------------------------------------

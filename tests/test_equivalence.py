@@ -10,6 +10,8 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from cio_destination._values import canonical_key, deterministic_ulid
+from cio_destination.arrow_events import map_named_batch
 from cio_destination.arrow_path import map_identify_batch
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.operations import Mapped, RowMapper, rows_from_arrow
@@ -55,3 +57,68 @@ def test_the_last_microsecond_of_9999_is_its_last_second_on_both_paths():
         68_719_476_736,
     ]
     assert orjson.loads(columnar.all_entries()[0].data)["timestamp"] == 253_402_300_799
+
+
+def test_nanosecond_timestamps_reach_the_row_path_floored_to_the_microsecond():
+    """A datetime holds no nanoseconds: the row form of a timestamp[ns] value is its microsecond,
+    rounded down as unix seconds are, instead of an error that failed the whole load."""
+    at = pa.array([1_700_000_000_123_456_789, -1, 5, None], pa.timestamp("ns", tz="UTC"))
+    batch = pa.RecordBatch.from_arrays([pa.array(["a", "b", "", "d"]), at], names=["ident", "at"])
+    mapper = mapper_for(
+        "people", {"action": "identify", "identifier": "ident"}, {"ident": {}, "at": {}}
+    )
+
+    assert [row.get("at") for row in rows_from_arrow(batch, frozenset())] == [
+        dt.datetime(2023, 11, 14, 22, 13, 20, 123_456, tzinfo=UTC),
+        dt.datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        dt.datetime(1970, 1, 1, tzinfo=UTC),
+        None,
+    ]
+    columnar = map_identify_batch(mapper, batch)
+    assert_same(columnar, mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    assert columnar.block is not None and len(columnar.block) == 2  # the row path decides b and ""
+
+
+def test_nanosecond_event_id_columns_key_as_their_microsecond_on_both_paths():
+    at = pa.array([1_700_000_000_123_456_789, 1_700_000_000_123_456_001], pa.timestamp("ns"))
+    batch = pa.RecordBatch.from_arrays([pa.array(["a", "b"]), at], names=["ident", "at"])
+    declared = {"action": "event", "identifier": "ident", "event_name": "x", "event_id": ["at"]}
+    mapper = mapper_for("orders", declared, {"ident": {}, "at": {}})
+
+    columnar = map_named_batch(mapper, batch)
+
+    assert_same(columnar, mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    assert columnar.block is not None and len(columnar.block) == 2
+    same_microsecond = dt.datetime(2023, 11, 14, 22, 13, 20, 123_456)
+    expected = deterministic_ulid("orders", canonical_key([same_microsecond]))
+    assert [entry.key for entry in columnar.block] == [expected, expected]
+
+
+def test_zoned_timestamps_at_the_ends_of_year_1_and_9999_reach_the_row_path():
+    """9999-12-31T23:59:59Z in Berlin is 10000-01-01 there: pyarrow could not make a datetime
+    of it, so a batch with such a value failed the whole load as soon as one row took the row
+    path. Those columns reach it in UTC (the same instants)."""
+    last = 253_402_300_799_999_999
+    first = -62_135_596_800_000_000
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array(["a", "b", ""]),
+            pa.array([last, first + 1, 0], pa.timestamp("us", tz="Europe/Berlin")),
+            pa.array([first, last, 0], pa.timestamp("us", tz="-05:00")),
+        ],
+        names=["ident", "valid_to", "valid_from"],
+    )
+    columns = {"ident": {}, "valid_to": {}, "valid_from": {}}
+    mapper = mapper_for("people", {"action": "identify", "identifier": "ident"}, columns)
+
+    columnar = map_identify_batch(mapper, batch)
+
+    assert_same(columnar, mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    assert [r.reason for r in columnar.rejections] == ["missing_identifier"]
+    rows = list(rows_from_arrow(batch, frozenset()))
+    # in UTC only where the zone's local time is no year a datetime holds
+    assert rows[0]["valid_to"] == dt.datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+    assert rows[0]["valid_to"].utcoffset() == dt.timedelta(0)
+    assert str(rows[2]["valid_to"].tzinfo) == "Europe/Berlin"
+    assert rows[1]["valid_from"].utcoffset() == dt.timedelta(hours=-5)
+    assert rows[0]["valid_from"].utcoffset() == dt.timedelta(0)
