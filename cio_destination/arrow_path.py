@@ -18,7 +18,6 @@ import sys
 import threading
 from array import array
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -141,22 +140,27 @@ def _float_text(column: Any) -> Any:
     return pc.replace_with_mask(text, unlike, pa.array(written, pa.string()))
 
 
-def _decimal_text(column: Any, flags: list[Any]) -> Any:
+# Arrow's text of a decimal: plain digits, or below 1e-6 an exponent, where only 0 is whole
+_WHOLE_DECIMAL = r"^-?[0-9]+(\.0+)?$|^0E-[0-9]+$"
+_WHOLE_DECIMAL_TAIL = r"\.0+$|E-[0-9]+$"
+
+
+def _decimal_text(column: Any, flags: list[Any]) -> Any | None:
     """`decimal_to_number`'s JSON of each decimal: whole values as integers, others as the
-    nearest double (parsed from the decimal's exact text, as `float(Decimal)` does)."""
-    # room for the integer digits `floor` may add (decimal(2, 2) cannot hold 1)
-    if pa.types.is_decimal128(column.type) and column.type.scale < 38:
-        column = pc.cast(column, pa.decimal128(38, column.type.scale))
-    else:
-        column = pc.cast(column, pa.decimal256(76, column.type.scale))
-    kind = column.type
-    whole = pc.equal(pc.floor(column), column)
-    zero = pa.scalar(Decimal(0), kind)
-    scaled = (pa.decimal256 if pa.types.is_decimal256(kind) else pa.decimal128)(kind.precision, 0)
-    digits = pc.cast(pc.cast(pc.if_else(whole, column, zero), scaled), pa.string())
+    nearest double (parsed from the decimal's exact text, as `float(Decimal)` does); None for
+    a negative scale (the row path writes those).
+
+    Both are read from the exact text: Arrow's decimal arithmetic is not exact everywhere
+    (its floor of a decimal128(38, 18) near 2**64 is off by billions).
+    """
+    if column.type.scale < 0:
+        return None
+    text = pc.cast(column, pa.string())
+    whole = pc.match_substring_regex(text, _WHOLE_DECIMAL)
+    digits = pc.replace_substring_regex(text, _WHOLE_DECIMAL_TAIL, "")
     # whole values from 18 digits up may leave the 64-bit range: the row path decides those
     flags.append(pc.and_(whole, pc.greater_equal(pc.binary_length(digits), 19)))
-    nearest = _float_text(pc.cast(pc.cast(column, pa.string()), pa.float64()))
+    nearest = _float_text(pc.cast(text, pa.float64()))
     return pc.if_else(whole, digits, nearest)
 
 
@@ -375,11 +379,9 @@ def attribute_texts(
         elif pa.types.is_boolean(kind):
             text = pc.if_else(column, "true", "false")
         elif pa.types.is_decimal(kind):
-            try:
-                text = _decimal_text(column, flags)
-            except pa.ArrowException:
-                return None  # a decimal type the kernels cannot take
-
+            text = _decimal_text(column, flags)
+            if text is None:
+                return None
         else:
             return None  # nested and other types: the row path converts them
         attributes.append((key, text, "", column.null_count > 0))

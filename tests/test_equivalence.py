@@ -5,10 +5,12 @@ values they once disagreed on."""
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Any
 
 import orjson
 import pyarrow as pa
+import pytest
 
 from cio_destination._values import canonical_key, deterministic_ulid
 from cio_destination.arrow_events import map_named_batch
@@ -122,3 +124,63 @@ def test_zoned_timestamps_at_the_ends_of_year_1_and_9999_reach_the_row_path():
     assert str(rows[2]["valid_to"].tzinfo) == "Europe/Berlin"
     assert rows[1]["valid_from"].utcoffset() == dt.timedelta(hours=-5)
     assert rows[0]["valid_from"].utcoffset() == dt.timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "kind", [pa.decimal128(38, 18), pa.decimal256(76, 50), pa.decimal128(30, 2)], ids=str
+)
+def test_whole_decimals_near_2_64_at_any_scale_are_exact_integers_on_both_paths(kind):
+    """Arrow's floor of a decimal128(38, 18) near 2**64 is wrong (18446744073709551615 floors to
+    18446744068757791457), so the columnar path took a whole value for a fraction and sent the
+    nearest double where the row path sends the exact integer."""
+    values = [
+        Decimal("18446744073709551615"),  # 2**64 - 1: the largest integer JSON consumers take
+        Decimal("-9223372036854775808"),
+        Decimal("9007199254740993"),  # 2**53 + 1: no double holds it
+        Decimal("18446744073709551616"),  # 2**64: beyond, the nearest double
+        Decimal("12.5"),
+        Decimal(0),
+    ]
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array([f"p{i}" for i in range(len(values))]), pa.array(values, kind)],
+        names=["ident", "amount"],
+    )
+    mapper = mapper_for(
+        "people", {"action": "identify", "identifier": "ident"}, {"ident": {}, "amount": {}}
+    )
+
+    columnar = map_identify_batch(mapper, batch)
+
+    assert_same(columnar, mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    sent = {e.row_key: e.data for e in columnar.all_entries()}
+    assert b'"amount":18446744073709551615}' in sent["p0"]
+    assert b'"amount":-9223372036854775808}' in sent["p1"]
+    assert b'"amount":9007199254740993}' in sent["p2"]
+    assert b'"amount":1.8446744073709552e+19}' in sent["p3"]
+    assert b'"amount":12.5}' in sent["p4"]
+    assert b'"amount":0}' in sent["p5"]
+    assert columnar.block is not None and {e.row_key for e in columnar.block} >= {"p2", "p4", "p5"}
+
+
+def test_a_zero_decimal_of_a_high_scale_is_the_integer_0_on_both_paths():
+    """Arrow writes decimals under 1e-6 with an exponent ("0E-37"): zero is still whole."""
+    kind = pa.decimal128(38, 37)
+    values = [Decimal(0), Decimal("1E-10"), Decimal("-0.0000001"), Decimal("0.5")]
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array([f"p{i}" for i in range(len(values))]), pa.array(values, kind)],
+        names=["ident", "amount"],
+    )
+    mapper = mapper_for(
+        "people", {"action": "identify", "identifier": "ident"}, {"ident": {}, "amount": {}}
+    )
+
+    columnar = map_identify_batch(mapper, batch)
+
+    assert_same(columnar, mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    assert columnar.block is not None and len(columnar.block) == 4
+    assert [orjson.loads(e.data)["attributes"]["amount"] for e in columnar.block] == [
+        0,
+        1e-10,
+        -1e-7,
+        0.5,
+    ]
