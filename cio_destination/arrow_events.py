@@ -37,6 +37,7 @@ from cio_destination.arrow_path import (
     identifier_flags,
     identifier_text,
     join_pieces,
+    midnight_seconds,
     rows_to_batch,
     timestamp_pieces,
 )
@@ -241,10 +242,10 @@ def _canonical_text(column: Any, flags: list[Any]) -> Any | None:
         return pc.cast(column, pa.string())
     if pa.types.is_boolean(kind):
         return pc.if_else(column, "true", "false")
-    if pa.types.is_date32(kind):  # a date is its midnight's unix seconds
-        return pc.cast(
-            pc.multiply(pc.cast(pc.cast(column, pa.int32()), pa.int64()), 86_400), pa.string()
-        )
+    if pa.types.is_date32(kind) or pa.types.is_date64(kind):  # its midnight's unix seconds
+        return pc.cast(midnight_seconds(column), pa.string())
+    if pa.types.is_null(kind):
+        return pa.nulls(len(column), pa.string())
     if pa.types.is_floating(kind):
         values = pc.cast(column, pa.float64())
         flags.append(pc.invert(pc.is_finite(values)))

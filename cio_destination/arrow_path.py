@@ -75,15 +75,25 @@ def _is_temporal(kind: pa.DataType) -> bool:
     return pa.types.is_timestamp(kind) or pa.types.is_date32(kind) or pa.types.is_date64(kind)
 
 
+def midnight_seconds(column: Any) -> Any:
+    """Unix seconds of the midnight (UTC) of each date of a date32 or date64 column.
+
+    A date64 holds milliseconds and may hold a time of day (Arrow's spec says it should not):
+    the row path's `datetime.date` is the day it falls in, so whole days are counted here too.
+    """
+    if pa.types.is_date32(column.type):
+        days = pc.cast(pc.cast(column, pa.int32()), pa.int64())
+    else:
+        days = floor_divide(pc.cast(pc.cast(column, pa.timestamp("ms")), pa.int64()), 86_400_000)
+    return pc.multiply(days, 86_400)
+
+
 def _floor_seconds(column: Any) -> Any:
     """Unix seconds (floored, as the row path floors) of a timestamp or date column."""
     kind = column.type
-    if pa.types.is_date32(kind):
-        return pc.multiply(pc.cast(pc.cast(column, pa.int32()), pa.int64()), 86_400)
-    if pa.types.is_date64(kind):
-        raw, unit = pc.cast(pc.cast(column, pa.timestamp("ms")), pa.int64()), 1_000
-    else:
-        raw, unit = pc.cast(column, pa.int64()), _UNITS[kind.unit]
+    if not pa.types.is_timestamp(kind):
+        return midnight_seconds(column)
+    raw, unit = pc.cast(column, pa.int64()), _UNITS[kind.unit]
     return raw if unit == 1 else floor_divide(raw, unit)
 
 

@@ -184,3 +184,28 @@ def test_a_zero_decimal_of_a_high_scale_is_the_integer_0_on_both_paths():
         -1e-7,
         0.5,
     ]
+
+
+def test_a_date64_with_a_time_of_day_is_its_date_on_both_paths():
+    """Arrow's spec wants date64 values at midnight, but files carry others: the row path gets
+    the date (pyarrow rounds down to the day), so the columnar path must count whole days."""
+    day = 86_400_000
+    ms = [3 * day + 5_000_000, 20_000 * day + day - 1, 19_000 * day]
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(["a", "b", "c"]), pa.array(ms, pa.int64()).cast(pa.date64())],
+        names=["ident", "day"],
+    )
+    columns = {"ident": {}, "day": {}}
+    identify = mapper_for("people", {"action": "identify", "identifier": "ident"}, columns)
+    declared = {"action": "event", "identifier": "ident", "event_name": "x", "event_id": ["day"]}
+    event = mapper_for("orders", declared, columns)
+
+    for mapper, columnar in (
+        (identify, map_identify_batch(identify, batch)),
+        (event, map_named_batch(event, batch)),
+    ):
+        assert_same(columnar, mapper.map_rows(rows_from_arrow(batch, frozenset())))
+        assert columnar.block is not None and len(columnar.block) == 3
+    entries = map_identify_batch(identify, batch).all_entries()
+    sent = [orjson.loads(e.data)["attributes"]["day"] for e in entries]
+    assert sent == [3 * 86_400, 20_000 * 86_400, 19_000 * 86_400]
