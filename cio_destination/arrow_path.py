@@ -13,11 +13,13 @@ operations stay in Arrow (an `EntryBlock`) until the request bodies are joined.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 import threading
 from array import array
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -268,6 +270,27 @@ _INFERRED = {
     "date": pa.types.is_date32,
     "decimal": pa.types.is_decimal,
 }
+# the Python type (and its subtypes but these) typed-jsonl gives for each of those dlt types:
+# pyarrow converts a value of another type to fit the column (1 to 1.0 in a double column, a
+# datetime to its date in a date one), where the row path sends the value as it is
+_PYTHON_TYPES: dict[str, tuple[type, tuple[type, ...]]] = {
+    "text": (str, ()),
+    "bigint": (int, (bool,)),
+    "double": (float, ()),
+    "bool": (bool, ()),
+    "timestamp": (dt.datetime, ()),
+    "date": (dt.date, (dt.datetime,)),
+    "decimal": (Decimal, ()),
+}
+
+
+def _of_type(values: list[Any], data_type: str) -> bool:
+    """Whether every value (or None) has the Python type typed-jsonl gives for `data_type`."""
+    allowed, excluded = _PYTHON_TYPES[data_type]
+    return all(
+        kind is type(None) or (issubclass(kind, allowed) and not issubclass(kind, excluded))
+        for kind in set(map(type, values))
+    )
 
 
 def map_identify_rows(mapper: RowMapper, rows: list[Row], columns: dict[str, Any]) -> Mapped:
@@ -289,9 +312,9 @@ def rows_to_batch(
 ) -> Any | None:
     """The `wanted` columns of dict rows as a RecordBatch, or None when they cannot all be.
 
-    Each column must have a plain dlt type, and the type pyarrow infers from the values must
-    be that type: a value of another kind (a float in a bigint column, bytes in a text one)
-    makes None rather than be converted."""
+    Each column must have a plain dlt type, its values the Python type typed-jsonl gives for
+    it, and the type pyarrow infers from them that type: a value of another kind (an int in a
+    double column, bytes in a text one) makes None rather than be converted."""
     if not rows:
         return None
     names: list[str] = []
@@ -300,11 +323,15 @@ def rows_to_batch(
         for name in dict.fromkeys(n for n in wanted if n is not None):
             if name not in columns:
                 continue  # no row has a value for it
-            expected = _INFERRED.get(columns[name].get("data_type") or "")
+            data_type = columns[name].get("data_type") or ""
+            expected = _INFERRED.get(data_type)
             if expected is None or name in mapper.compiled.json_columns:
                 return None
+            values = [row.get(name) for row in rows]
+            if not _of_type(values, data_type):
+                return None
             try:
-                array = pa.array([row.get(name) for row in rows])
+                array = pa.array(values)
             except (pa.ArrowException, TypeError, ValueError, OverflowError):
                 return None
             if not (expected(array.type) or pa.types.is_null(array.type)):

@@ -14,7 +14,7 @@ import pytest
 
 from cio_destination._values import canonical_key, deterministic_ulid
 from cio_destination.arrow_events import map_named_batch
-from cio_destination.arrow_path import map_identify_batch
+from cio_destination.arrow_path import map_identify_batch, map_identify_rows
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.operations import Mapped, RowMapper, rows_from_arrow
 
@@ -209,3 +209,32 @@ def test_a_date64_with_a_time_of_day_is_its_date_on_both_paths():
     entries = map_identify_batch(identify, batch).all_entries()
     sent = [orjson.loads(e.data)["attributes"]["day"] for e in entries]
     assert sent == [3 * 86_400, 20_000 * 86_400, 19_000 * 86_400]
+
+
+@pytest.mark.parametrize(
+    ("data_type", "values"),
+    [
+        ("double", [2.5, 1]),  # pyarrow makes the 1 a 1.0, the row path sends 1
+        ("date", [dt.date(2024, 5, 1), dt.datetime(2024, 5, 1, 12, 30)]),  # keeps the date only
+        ("decimal", [Decimal("1.5"), 2]),  # makes 2 a Decimal("2.0")
+        ("bigint", [3, True]),
+        ("text", ["a", 1]),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_dict_rows_pyarrow_would_convert_take_the_row_path(data_type: str, values: list):
+    """`rows_to_batch` takes a column only if every value has the Python type typed-jsonl gives
+    for its dlt type: pyarrow converts others to fit silently, and the columnar path then wrote
+    what the row path does not (1.0 for 1, a date for a datetime)."""
+    rows = [{"ident": f"p{i}", "x": value} for i, value in enumerate(values)]
+    columns = {"ident": {"data_type": "text"}, "x": {"data_type": data_type}}
+    mapper = mapper_for("people", {"action": "identify", "identifier": "ident"}, columns)
+
+    mapped = map_identify_rows(mapper, rows, columns)
+
+    assert mapped.block is None
+    assert_same(mapped, mapper.map_rows(rows))
+    # either value alone is a column of one type: the columnar path writes it as the row path
+    for row in rows:
+        alone = map_identify_rows(mapper, [row], columns)
+        assert_same(alone, mapper.map_rows([row]))
