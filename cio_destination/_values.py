@@ -26,7 +26,8 @@ _US_FROM = 1e14
 _NS_FROM = 1e17
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_DIGITS = re.compile(r"^[0-9]+$")
+# used with fullmatch: `$` would also match before a trailing newline
+_DIGITS = re.compile(r"[0-9]+")
 # Customer.io timestamps are unix seconds from 1970 up to the end of year 9999.
 _MAX_UNIX = 253_402_300_799
 # orjson (and JSON consumers in general) take integers in the signed/unsigned 64-bit range.
@@ -93,7 +94,7 @@ def to_unix_seconds(value: Any) -> int:
         seconds = _epoch_number_to_unix(value)
     elif isinstance(value, str):
         stripped = value.strip()
-        if _DIGITS.match(stripped):
+        if _DIGITS.fullmatch(stripped):
             seconds = _epoch_number_to_unix(int(stripped))
         else:
             seconds = datetime_to_unix(_parse_iso(stripped))

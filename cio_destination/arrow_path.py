@@ -300,7 +300,8 @@ def identifier_flags(ident: Any, kind: str) -> list[Any]:
     if kind == "email":
         flags.append(pc.invert(pc.match_substring(ident, "@")))
     elif kind == "phone":
-        flags.append(pc.invert(pc.match_substring_regex(ident, _PHONE.pattern)))
+        # RE2's `$` is the end of the text only (Python's also matches before a final newline)
+        flags.append(pc.invert(pc.match_substring_regex(ident, f"^{_PHONE.pattern}$")))
     return flags
 
 

@@ -22,6 +22,7 @@ import orjson
 
 from cio_destination import limits
 from cio_destination._values import (
+    _DIGITS,
     _MAX_UNIX,
     ValueProblem,
     canonical_key,
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
 
 Row = dict[str, Any]
 
-_PHONE = re.compile(r"^\+[1-9][0-9]{1,14}$")
+# used with fullmatch: `$` would also match before a trailing newline
+_PHONE = re.compile(r"\+[1-9][0-9]{1,14}")
 _VALUE_LIMIT = limits.MAX_ATTRIBUTE_VALUE_BYTES
 # at most 4 bytes a character: an identifier this short is under the byte limit whatever it holds
 _SHORT_IDENTIFIER = limits.MAX_IDENTIFIER_BYTES // 4
@@ -200,7 +202,7 @@ class RowMapper:
             )
         if kind == "email" and "@" not in text:
             raise _Reject("invalid_identifier", column, "not an email address")
-        if kind == "phone" and not _PHONE.match(text):
+        if kind == "phone" and not _PHONE.fullmatch(text):
             raise _Reject("invalid_identifier", column, "not an E.164 phone number (+ and digits)")
         return text
 
@@ -559,7 +561,7 @@ class RowMapper:
         if isinstance(value, int):
             return value
         text = str(value)
-        return int(text) if text.isdigit() else text
+        return int(text) if _DIGITS.fullmatch(text) else text
 
     def _unix(self, row: Row, column: str | None) -> int | None:
         if column is None:

@@ -482,3 +482,22 @@ def test_a_chunked_table_maps_as_its_rows_and_an_empty_one_as_nothing():
     assert outcome(mapped) == outcome(mapper.map_rows(rows_from_arrow(table, frozenset())))
     assert mapped.rows_in == 2 and mapped.block is not None
     assert map_identify_batch(mapper, table.slice(0, 0)).rows_in == 0
+
+
+@pytest.mark.parametrize("phone", ["+14155550100\n", "\n+14155550100", "+1415555\n0100"])
+def test_phone_with_a_newline_is_rejected_on_both_paths(phone: str):
+    batch = pa.RecordBatch.from_pylist(
+        [{"ident": "+14155550100", "name": "ok"}, {"ident": phone, "name": "bad"}],
+        schema=pa.schema([("ident", pa.string()), ("name", pa.string())]),
+    )
+    mapper = mapper_for(batch, identifier_type="phone")
+
+    fast = map_identify_batch(mapper, batch)
+
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    assert [(r.reason, r.field, r.row["name"]) for r in fast.rejections] == [
+        ("invalid_identifier", "ident", "bad")
+    ]
+    assert [orjson.loads(e.data)["identifiers"] for e in fast.all_entries()] == [
+        {"phone": "+14155550100"}
+    ]

@@ -719,6 +719,16 @@ REJECTIONS = [
         id="phone-with-spaces",
     ),
     pytest.param(
+        {**IDENTIFY, "identifier": "phone", "identifier_type": "phone"},
+        columns("phone", "name"),
+        _identify_ok,
+        {"phone": "+14155550100\n", "name": "Ann"},
+        "invalid_identifier",
+        "phone",
+        "+14155550100",
+        id="phone-with-trailing-newline",
+    ),
+    pytest.param(
         IDENTIFY,
         USERS,
         _identify_ok,
