@@ -26,9 +26,11 @@ from cio_destination._values import (
     _MAX_UNIX,
     ValueProblem,
     canonical_key,
+    canonical_row_key,
     datetime_to_unix,
     deterministic_ulid,
     parse_json_object,
+    recordable_json,
     to_json_value,
     to_unix_seconds,
 )
@@ -254,12 +256,16 @@ class RowMapper:
             )
 
     def _row_key(self, row: Row, columns: tuple[str, ...]) -> str:
+        """The text that names a row in reports; made of any values, it never raises."""
         if len(columns) == 1:
-            value = row.get(columns[0])
-            return "" if value is None else str(value)
+            return _key_text(row.get(columns[0]))
         if columns:
-            return orjson.dumps([row.get(c) for c in columns], default=str).decode()
-        return "row:" + hashlib.blake2b(_whole_row_key(row), digest_size=8).hexdigest()
+            return recordable_json([row.get(c) for c in columns]).decode()
+        try:
+            whole = canonical_row_key(row)
+        except ValueProblem:  # a row that cannot be an event's key still needs a name
+            whole = recordable_json(row)
+        return "row:" + hashlib.blake2b(whole, digest_size=8).hexdigest()
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -342,8 +348,7 @@ class RowMapper:
         return Mapped(entries, rejections, rows_in)
 
     def _safe_identifier_key(self, row: Row) -> str:
-        value = row.get(self.mapping.identifier or "")
-        return "" if value is None else str(value)[: limits.MAX_IDENTIFIER_BYTES]
+        return _key_text(row.get(self.mapping.identifier or ""))[: limits.MAX_IDENTIFIER_BYTES]
 
     def _map_keyed(self, rows: Iterable[Row]) -> Mapped:
         """event / page / screen / send_email: each row carries an id derived from its key."""
@@ -645,9 +650,14 @@ class RowMapper:
                 raise _Reject("invalid_event_id", ",".join(columns), str(exc)) from None
         else:
             try:
-                key = _whole_row_key(row)
+                key = canonical_row_key(row)
             except ValueProblem as exc:
-                raise _Reject("invalid_event_id", None, str(exc)) from None
+                raise _Reject(
+                    "invalid_event_id",
+                    _unkeyable_column(row),
+                    f"the event's key is the whole row (no event_id, no primary key), and this"
+                    f" column's value has none: {exc}",
+                ) from None
         return deterministic_ulid(self._table, key)
 
     def _add_entry(
@@ -718,8 +728,24 @@ def _maybe_json(text: str) -> Any:
         return text
 
 
-def _whole_row_key(row: Row) -> bytes:
-    return canonical_key([[k, row[k]] for k in sorted(row) if row[k] is not None])
+def _key_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        return recordable_json(value).decode()  # str() recurses, and is Python's, not JSON
+    return str(value)
+
+
+def _unkeyable_column(row: Row) -> str | None:
+    """The first column (by name, as keys are written) whose value has no canonical key."""
+    for name in sorted(row):
+        try:
+            canonical_key([row[name]])
+        except ValueProblem:
+            return name
+    return None
 
 
 def rows_from_arrow(batch: Any, json_columns: frozenset[str]) -> Iterator[Row]:

@@ -6,18 +6,17 @@ to deliver people and events correctly: losing it loses history, never correctne
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from cio_destination._values import recordable_json
 from cio_destination.operations import Rejection
 
 STATE_DIR = "customerio"
@@ -87,16 +86,9 @@ PENDING = "pending"
 SENT = "sent"
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    return str(value)
-
-
 def row_to_json(row: dict[str, Any]) -> bytes:
-    return orjson.dumps(row, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+    """The JSON a rejected row is kept as: any row can be recorded (see `recordable_json`)."""
+    return recordable_json(row)
 
 
 class _LazyFingerprint(dict):  # type: ignore[type-arg]

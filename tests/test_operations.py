@@ -974,3 +974,185 @@ def test_entries_are_entry_objects():
     assert all(
         isinstance(entry, Entry) and isinstance(entry.data, bytes) for entry in mapped.entries
     )
+
+
+# --- values JSON cannot carry never fail a load ---------------------------------------------------
+
+
+def _nested(levels: int) -> Any:
+    """An object holding lists: `levels` containers in all, two bytes of JSON each."""
+    value: Any = 1
+    for _ in range(levels - 1):
+        value = [value]
+    return {"k": value}
+
+
+def _nested_text(levels: int) -> str:
+    return '{"k":' + "[" * (levels - 1) + "1" + "]" * (levels - 1) + "}"
+
+
+WHOLE_ROW_EVENT = {"action": "event", "identifier": "user_id", "event_name": "x"}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 2.0**64, 1e300])
+@pytest.mark.parametrize("attributes", [None, ["user_id"]], ids=["sent", "not-sent"])
+def test_whole_row_keyed_event_with_a_value_without_a_key_is_rejected(value, attributes):
+    """No event_id, no primary key: the row is the key, and NaN has no stable key, nor has a
+    whole float beyond 64 bits (whole floats key as integers), as with an explicit event_id."""
+    declared = dict(WHOLE_ROW_EVENT, **({"attributes": attributes} if attributes else {}))
+    row_mapper = mapper("orders", columns("user_id", "score"), **declared)
+    bad = {"user_id": 8, "score": value}
+
+    mapped = row_mapper.map_rows([{"user_id": 7, "score": 1.5}, bad, {"user_id": 9}])
+
+    assert [(r.row, r.reason, r.field) for r in mapped.rejections] == [
+        (bad, "invalid_event_id", "score")
+    ]
+    assert mapped.rejections[0].row_key.startswith("row:")
+    assert [orjson.loads(e.data)["identifiers"] for e in mapped.entries] == [
+        {"id": "7"},
+        {"id": "9"},
+    ]
+
+
+DEEP = 300  # past orjson's 254 levels
+DEEPER = 1_100  # past Python's recursion limit
+DEEPEST = 2_000  # past what orjson reads
+
+
+@pytest.mark.parametrize("levels", [DEEP, DEEPER, DEEPEST])
+@pytest.mark.parametrize(
+    ("declared", "table_columns", "bad_row", "reason", "field"),
+    [
+        pytest.param(
+            {"action": "event", "event_name": "x", "event_data_column": "data", "event_id": "k"},
+            columns("k", "user_id", "data"),
+            lambda n: {"k": 2, "user_id": 8, "data": _nested_text(n)},
+            "invalid_event_data",
+            "data",
+            id="event-data-text",
+        ),
+        pytest.param(
+            {"action": "event", "event_name": "x", "event_data_column": "data"},
+            columns("user_id", "data"),
+            lambda n: {"user_id": 8, "data": _nested_text(n)},
+            "invalid_event_data",
+            "data",
+            id="event-data-text-whole-row-key",
+        ),
+        pytest.param(
+            {"action": "event", "event_name": "x", "attributes": ["user_id"]},
+            columns("user_id", "data", json=("data",)),
+            lambda n: {"user_id": 8, "data": _nested(n)},
+            "invalid_event_id",
+            "data",
+            id="whole-row-key-json-column",
+        ),
+        pytest.param(
+            {"action": "event", "event_name": "x", "event_id": ["k", "data"]},
+            columns("k", "user_id", "data", json=("data",)),
+            lambda n: {"k": 2, "user_id": 8, "data": _nested(n)},
+            "invalid_event_id",
+            "k,data",
+            id="composite-event-id",
+        ),
+        pytest.param(
+            {"action": "identify"},
+            columns("user_id", "data", json=("data",)),
+            lambda n: {"user_id": 8, "data": _nested(n)},
+            "invalid_value",
+            "data",
+            id="identify-json-attribute",
+        ),
+        pytest.param(
+            {
+                "action": "send_email",
+                "transactional_message_id": 3,
+                "message_data_column": "data",
+                "event_id": "k",
+            },
+            columns("k", "user_id", "data"),
+            lambda n: {"k": 2, "user_id": 8, "data": _nested_text(n)},
+            "invalid_event_data",
+            "data",
+            id="send-email-message-data",
+        ),
+        pytest.param(
+            {"action": "object_identify", "object_type_id": "1", "object_id": "user_id"},
+            columns("user_id", "data", json=("data",)),
+            lambda n: {"user_id": 8, "data": _nested(n)},
+            "invalid_value",
+            "data",
+            id="object-attribute",
+        ),
+        pytest.param(
+            {"action": "add_relationships", "object_type_id": "1", "object_id": "k"},
+            columns("k", "user_id", "data", json=("data",)),
+            lambda n: {"k": 2, "user_id": 8, "data": _nested(n)},
+            "invalid_value",
+            "data",
+            id="relationship-attribute",
+        ),
+    ],
+)
+def test_deeply_nested_value_rejects_its_row_and_the_rest_go_out(
+    declared, table_columns, bad_row, reason, field, levels
+):
+    from cio_destination.store import row_to_json
+
+    if not declared["action"].startswith("object_"):
+        declared = {"identifier": "user_id", **declared}
+    row_mapper = mapper("t", table_columns, **declared)
+    good = [
+        {"k": 1, "user_id": 7, "data": '{"a": 1}'},
+        {"k": 3, "user_id": 9, "data": '{"b": 2}'},
+    ]
+    bad = bad_row(levels)
+
+    mapped = row_mapper.map_rows([good[0], bad, good[1]])
+
+    assert [(r.row, r.reason, r.field) for r in mapped.rejections] == [(bad, reason, field)]
+    assert "nested deeper than 250 levels" in mapped.rejections[0].message
+    assert len(mapped.entries) == 2
+    assert orjson.loads(row_to_json(mapped.rejections[0].row))["user_id"] == 8  # recordable
+
+
+@pytest.mark.parametrize(("levels", "sent"), [(250, True), (251, False)])
+def test_nesting_limit_is_the_same_for_event_data_and_attributes(levels, sent):
+    event = mapper(
+        "t",
+        columns("k", "user_id", "data", "extra"),
+        action="event",
+        identifier="user_id",
+        event_name="x",
+        event_id="k",
+        event_data_column="data",
+        attributes=["extra"],
+    )
+    from_text = event.map_rows([{"k": 1, "user_id": 7, "data": _nested_text(levels)}])
+    from_attribute = event.map_rows([{"k": 1, "user_id": 7, "extra": _nested(levels)}])
+    person = mapper("t", columns("user_id", "extra"), action="identify", identifier="user_id")
+    identify = person.map_rows([{"user_id": 7, "extra": _nested(levels)}])
+
+    assert [len(m.entries) for m in (from_text, from_attribute, identify)] == [int(sent)] * 3
+
+
+@pytest.mark.parametrize(
+    "value",
+    [2**70, float("nan"), {1: "int key"}, b"\x00", _nested(DEEP)],
+    ids=["huge-int", "nan", "int-key", "bytes", "deep"],
+)
+def test_row_keys_are_made_of_any_value(value):
+    """The row key of a rejection is made for every row, whatever its values hold."""
+    row_mapper = mapper(
+        "t",
+        columns("k", "j", "user_id"),
+        action="event",
+        identifier="user_id",
+        event_name="x",
+        event_id=["k", "j"],
+    )
+    mapped = row_mapper.map_rows([{"k": value, "j": "j-1"}])  # no identifier: rejected
+
+    assert len(mapped.rejections) == 1
+    assert orjson.loads(mapped.rejections[0].row_key)[1] == "j-1"  # the values, as JSON

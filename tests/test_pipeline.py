@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import dlt
 import duckdb
 import httpx
 import orjson
+import pyarrow as pa
 import pytest
 from dlt.pipeline.exceptions import PipelineStepFailed
 from dlt.sources.sql_database import sql_table
@@ -413,3 +415,61 @@ def test_destination_by_string_reference_with_env_config(
     assert [(p["identifiers"]["id"], p["attributes"]) for p in emulator.people] == [
         ("5", {"plan": "pro"})
     ]
+
+
+def _deep_json_text(levels: int) -> str:
+    return '{"k":' + "[" * (levels - 1) + "1" + "]" * (levels - 1) + "}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", ["dicts", "arrow"])
+def test_rows_json_cannot_carry_are_rejected_and_the_load_completes(
+    shape: str, emulator: Emulator, make_pipeline
+):
+    """An event table keyed by the whole row (no event_id, no primary key): a NaN or infinite
+    score (Arrow keeps them; dlt's JSONL writer makes them null), a whole float beyond 64 bits
+    (whole floats key as integers), and event data nested deeper than JSON writers go each
+    reject their own row only."""
+    rows = [
+        {"user_id": 1, "score": 1.5, "data": '{"a": 1}'},
+        {"user_id": 2, "score": 2.0**64, "data": None},
+        {"user_id": 3, "score": 2.5, "data": _deep_json_text(300)},
+        {"user_id": 4, "score": 3.5, "data": _deep_json_text(2_000)},
+        {"user_id": 5, "score": float("nan"), "data": None},
+        {"user_id": 6, "score": float("inf"), "data": None},
+    ]
+    data: Any = rows if shape == "dicts" else pa.Table.from_pylist(rows)
+    resource = customerio_adapter(
+        dlt.resource(data, name="scores"),
+        action="event",
+        identifier="user_id",
+        event_name="scored",
+        event_data_column="data",
+    )
+    pipeline = make_pipeline()
+
+    info = pipeline.run(resource)
+
+    assert not info.has_failed_jobs
+    assert not pipeline.has_pending_data
+    sent = sorted((e["identifiers"]["id"], e["attributes"]) for e in emulator.events)
+    rejected = sorted(
+        (r["row"]["user_id"], r["reason"], r["field"]) for r in rejected_rows(pipeline)
+    )
+    bad_data = [
+        (2, "invalid_event_id", "score"),
+        (3, "invalid_event_data", "data"),
+        (4, "invalid_event_data", "data"),
+    ]
+    good = [("1", {"a": 1, "score": 1.5})]
+    if shape == "arrow":
+        assert sent == good
+        assert rejected == [
+            *bad_data,
+            (5, "invalid_event_id", "score"),
+            (6, "invalid_event_id", "score"),
+        ]
+    else:  # dlt's JSONL writer turns NaN and inf into nulls: those rows arrive without a score
+        assert sent == [*good, ("5", {}), ("6", {})]
+        assert rejected == bad_data
+    assert all(r["row_key"].startswith("row:") for r in rejected_rows(pipeline))
