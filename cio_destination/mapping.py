@@ -341,6 +341,7 @@ class CompiledMapping:
     attribute_columns: tuple[str, ...]
     event_id_columns: tuple[str, ...]  # empty: the whole row is the key
     json_columns: frozenset[str]
+    primary_key: tuple[str, ...] = ()
 
     @property
     def action(self) -> str:
@@ -369,12 +370,10 @@ def compile_mapping(
                 f"a column name is over Customer.io's {limits.MAX_ATTRIBUTE_NAME_BYTES}-byte"
                 " attribute name limit; leave it out with `attributes` or rename it",
             )
+    primary_key = tuple(c for c, s in columns.items() if s.get("primary_key"))
     event_id_columns: Sequence[str] = ()
     if mapping.action in KEYED_ACTIONS:
-        if mapping.event_id:
-            event_id_columns = mapping.event_id
-        else:
-            event_id_columns = tuple(c for c, s in columns.items() if s.get("primary_key"))
+        event_id_columns = mapping.event_id or primary_key
     json_columns = frozenset(c for c, s in columns.items() if s.get("data_type") == "json")
     return CompiledMapping(
         table=table,
@@ -382,4 +381,5 @@ def compile_mapping(
         attribute_columns=attribute_columns,
         event_id_columns=tuple(event_id_columns),
         json_columns=json_columns,
+        primary_key=primary_key,
     )

@@ -256,7 +256,16 @@ class RowMapper:
             )
 
     def _row_key(self, row: Row, columns: tuple[str, ...]) -> str:
-        """The text that names a row in reports; made of any values, it never raises."""
+        """The text that names a row in reports: its values of `columns` (the table's primary
+        key's where the row has none of them); made of any values, it never raises."""
+        primary_key = self.compiled.primary_key
+        if (
+            primary_key
+            and columns
+            and columns != primary_key
+            and all(row.get(c) is None for c in columns)
+        ):
+            columns = primary_key
         if len(columns) == 1:
             return _key_text(row.get(columns[0]))
         if columns:
@@ -348,7 +357,8 @@ class RowMapper:
         return Mapped(entries, rejections, rows_in)
 
     def _safe_identifier_key(self, row: Row) -> str:
-        return _key_text(row.get(self.mapping.identifier or ""))[: limits.MAX_IDENTIFIER_BYTES]
+        key = self._row_key(row, (self.mapping.identifier or "",))
+        return key[: limits.MAX_IDENTIFIER_BYTES]
 
     def _map_keyed(self, rows: Iterable[Row]) -> Mapped:
         """event / page / screen / send_email: each row carries an id derived from its key."""

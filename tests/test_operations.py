@@ -1156,3 +1156,58 @@ def test_row_keys_are_made_of_any_value(value):
 
     assert len(mapped.rejections) == 1
     assert orjson.loads(mapped.rejections[0].row_key)[1] == "j-1"  # the values, as JSON
+
+
+# --- row keys of rows without their key -------------------------------------------------------
+
+KEYED_USERS = columns("id", "email", "plan", "order_id", "token", pk=("id",))
+
+
+@pytest.mark.parametrize(
+    ("declared", "row", "reason"),
+    [
+        pytest.param(
+            {"action": "identify", "identifier": "email", "identifier_type": "email"},
+            {"id": 42, "plan": "pro"},
+            "missing_identifier",
+            id="identify",
+        ),
+        pytest.param(
+            {"action": "event", "identifier": "email", "event_name": "x", "event_id": "order_id"},
+            {"id": 42, "email": "a@example.com"},
+            "missing_event_id",
+            id="event-without-its-event-id",
+        ),
+        pytest.param(
+            {"action": "delete", "identifier": "email"},
+            {"id": 42},
+            "missing_identifier",
+            id="delete",
+        ),
+        pytest.param(
+            {"action": "delete_device", "identifier": "email", "device_token": "token"},
+            {"id": 42},
+            "missing_identifier",
+            id="device",
+        ),
+    ],
+)
+def test_row_without_its_key_is_named_by_the_primary_key(declared, row, reason):
+    mapped = mapper("users", KEYED_USERS, **declared).map_rows([row])
+
+    assert [(r.reason, r.row_key) for r in mapped.rejections] == [(reason, "42")]
+
+
+def test_row_without_its_key_and_without_a_primary_key_has_an_empty_row_key():
+    mapped = mapper("users", USERS, **IDENTIFY).map_rows([{"name": "Ann"}])
+
+    assert [(r.reason, r.row_key) for r in mapped.rejections] == [("missing_identifier", "")]
+
+
+def test_composite_primary_key_names_the_row_as_json():
+    table = columns("tenant", "n", "email", pk=("tenant", "n"))
+    row_mapper = mapper("users", table, action="identify", identifier="email")
+
+    mapped = row_mapper.map_rows([{"tenant": "acme", "n": 7}])
+
+    assert [r.row_key for r in mapped.rejections] == ['["acme",7]']

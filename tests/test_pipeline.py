@@ -473,3 +473,23 @@ def test_rows_json_cannot_carry_are_rejected_and_the_load_completes(
         assert sent == [*good, ("5", {}), ("6", {})]
         assert rejected == bad_data
     assert all(r["row_key"].startswith("row:") for r in rejected_rows(pipeline))
+
+
+@pytest.mark.slow
+def test_rejected_row_without_an_identifier_is_named_by_its_primary_key(
+    emulator: Emulator, make_pipeline
+):
+    rows = [{"id": 1, "email": "ada@example.com"}, {"id": 2, "email": None, "plan": "pro"}]
+    resource = customerio_adapter(
+        dlt.resource(rows, name="users", primary_key="id"),
+        action="identify",
+        identifier="email",
+        identifier_type="email",
+    )
+    pipeline = make_pipeline()
+
+    pipeline.run(resource)
+
+    assert [(r["row_key"], r["reason"], r["field"]) for r in rejected_rows(pipeline)] == [
+        ("2", "missing_identifier", "email")
+    ]
