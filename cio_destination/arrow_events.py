@@ -195,13 +195,12 @@ def _event_keys(batch: Any, id_columns: tuple[str, ...], flags: list[Any]) -> An
                 return None
             texts.append(text.fill_null("null"))
             present.append(batch.column(name).is_valid())
-        if present:
-            any_value = present[0]
-            for more in present[1:]:
-                any_value = pc.or_(any_value, more)
-            flags.append(pc.invert(any_value))  # the row path rejects: nothing to key on
-        else:
-            flags.append(pa.array([True] * rows))
+        if not present:
+            return None  # no key column in the batch (NULL in every row): the row path rejects
+        any_value = present[0]
+        for more in present[1:]:
+            any_value = pc.or_(any_value, more)
+        flags.append(pc.invert(any_value))  # the row path rejects: nothing to key on
         pieces: list[Any] = ["["]
         for index, text in enumerate(texts):
             pieces += ["," if index else "", text]

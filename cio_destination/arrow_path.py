@@ -489,6 +489,8 @@ def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list[Any], list[in
 
     mapping = mapper.mapping
     names = set(batch.schema.names)
+    if mapping.identifier not in names:
+        return None  # every row is rejected: nothing to skip
     columns = [mapping.identifier, *mapper.compiled.attribute_columns]
     if mapping.timestamp:
         columns.append(mapping.timestamp)

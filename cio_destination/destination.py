@@ -249,6 +249,15 @@ class LoadMappings:
                 "send_email needs the App API key: set destination.customerio.app_api_key",
             )
         compiled = compile_mapping(name, mapping, columns)
+        for key, column in compiled.absent_columns:
+            logger.warning(
+                "customerio: table %s: %s column '%s' is not in the table's schema (dlt leaves"
+                " out a column that is NULL in every row; or is the name misspelled?): it is"
+                " mapped as NULL",
+                name,
+                key,
+                column,
+            )
         self._mappers[name] = RowMapper(compiled)
         return compiled
 

@@ -3,7 +3,8 @@
 A mapping is declared with `customerio_adapter` (as `x-customerio-*` table hints) or in config under
 `[destination.customerio.tables.<table>]`. Both are read into one `TableMapping`, then compiled
 against the table's columns into a `CompiledMapping` that the row mapper uses. Every problem is a
-`MappingError` naming the table and the key, raised before any request is made.
+`MappingError` naming the table and the key, raised before any request is made. A column the
+table does not have (yet) is no problem: dlt leaves out columns that are NULL in every row.
 """
 
 from __future__ import annotations
@@ -342,6 +343,9 @@ class CompiledMapping:
     event_id_columns: tuple[str, ...]  # empty: the whole row is the key
     json_columns: frozenset[str]
     primary_key: tuple[str, ...] = ()
+    absent_columns: tuple[tuple[str, str], ...] = ()
+    """(key, column) of mapped columns the table's schema does not have: dlt leaves a column out
+    while it is NULL in every row, so they are mapped as NULL."""
 
     @property
     def action(self) -> str:
@@ -351,10 +355,14 @@ class CompiledMapping:
 def compile_mapping(
     table: str, mapping: TableMapping, columns: Mapping[str, Mapping[str, Any]]
 ) -> CompiledMapping:
-    """Check a mapping against the table's columns and resolve its defaults."""
-    for key, column in mapping.named_columns():
-        if column not in columns:
-            raise MappingError(table, key, f"column '{column}' is not in the table")
+    """Check a mapping against the table's columns and resolve its defaults.
+
+    A named column the table does not have is not an error (see `absent_columns`): rows then
+    have no value for it, as when it is NULL.
+    """
+    absent = tuple(
+        (key, column) for key, column in mapping.named_columns() if column not in columns
+    )
     used = set(mapping.used_columns())
     if mapping.action in BARE_ACTIONS:
         attribute_columns: tuple[str, ...] = ()
@@ -382,4 +390,5 @@ def compile_mapping(
         event_id_columns=tuple(event_id_columns),
         json_columns=json_columns,
         primary_key=primary_key,
+        absent_columns=absent,
     )

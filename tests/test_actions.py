@@ -1579,7 +1579,7 @@ def test_independent_actions_load_together_in_one_run(emulator: Emulator, make_p
             },
             "identifier_type",
         ),
-        ({"action": "object_delete", "object_type_id": "1", "object_id": "org"}, "object_id"),
+        ({"action": "object_delete", "object_type_id": "1"}, "object_id"),
     ],
 )
 def test_bad_mapping_of_these_actions_stops_the_load_before_any_request(

@@ -209,3 +209,31 @@ def test_dict_rows_with_a_column_outside_the_schema_keep_the_whole_row_key_exact
 
     assert mapped.block is None
     assert outcome(mapped) == outcome(mapper.map_rows(rows))
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        {"event_name": "x", "event_id": "order_id"},
+        {"event_name": "x", "event_id": ["k", "order_id"], "attributes": ["plan"]},
+        {"event_name_column": "kind", "event_id": "k"},
+        {"event_name": "x", "event_id": "k", "timestamp": "at"},
+    ],
+    ids=["event-id", "part-of-event-id-and-attribute", "name-column", "timestamp"],
+)
+def test_a_mapped_column_missing_from_the_batch_maps_as_null(mapping: dict):
+    batch = pa.RecordBatch.from_pylist(
+        [{"k": "e-1", "uid": "a"}, {"k": "e-2", "uid": "b"}],
+        schema=pa.schema([("k", pa.string()), ("uid", pa.string())]),
+    )
+    columns = {"k": {"name": "k"}, "uid": {"name": "uid"}}
+    declared = {"action": "event", "identifier": "uid", **mapping}
+    mapper = RowMapper(compile_mapping("events", parse_mapping("events", declared), columns))
+
+    fast = map_named_batch(mapper, batch)
+    rows = [{k: v for k, v in row.items() if v is not None} for row in batch.to_pylist()]
+    from_dicts = map_named_rows(mapper, rows, columns)
+
+    slow = mapper.map_rows(rows_from_arrow(batch, frozenset()))
+    assert outcome(fast) == outcome(from_dicts) == outcome(slow)
+    assert len(fast.all_entries()) + len(fast.rejections) == 2

@@ -501,3 +501,42 @@ def test_phone_with_a_newline_is_rejected_on_both_paths(phone: str):
     assert [orjson.loads(e.data)["identifiers"] for e in fast.all_entries()] == [
         {"phone": "+14155550100"}
     ]
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        {"attributes": ["name", "plan"]},
+        {"timestamp": "seen_at"},
+        {"identifier": "email", "identifier_type": "email"},
+    ],
+    ids=["attribute", "timestamp", "identifier"],
+)
+def test_a_mapped_column_missing_from_the_batch_maps_as_null(mapping: dict):
+    """dlt leaves a column out of the schema (and the batch) while it is NULL in every row."""
+    batch = pa.RecordBatch.from_pylist(
+        [{"ident": "a", "name": "Ann"}, {"ident": "b", "name": None}],
+        schema=pa.schema([("ident", pa.string()), ("name", pa.string())]),
+    )
+    columns = {"ident": {"name": "ident"}, "name": {"name": "name"}}
+    declared = {"action": "identify", "identifier": "ident", **mapping}
+    mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+
+    fast = map_identify_batch(mapper, batch)
+    rows = [{k: v for k, v in row.items() if v is not None} for row in batch.to_pylist()]
+    from_dicts = map_identify_rows(mapper, rows, columns)
+
+    slow = mapper.map_rows(rows_from_arrow(batch, frozenset()))
+    assert outcome(fast) == outcome(from_dicts) == outcome(slow)
+    assert len(fast.all_entries()) + len(fast.rejections) == 2
+
+
+def test_source_row_hashes_without_the_identifier_column_hash_nothing():
+    from cio_destination.arrow_path import source_row_hashes
+
+    batch = pa.RecordBatch.from_pylist([{"name": "Ann"}])
+    columns = {"name": {"name": "name"}}
+    declared = {"action": "identify", "identifier": "ident", "changes_only": True}
+    mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+
+    assert source_row_hashes(mapper, batch) is None

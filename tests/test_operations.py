@@ -1211,3 +1211,78 @@ def test_composite_primary_key_names_the_row_as_json():
     mapped = row_mapper.map_rows([{"tenant": "acme", "n": 7}])
 
     assert [r.row_key for r in mapped.rejections] == ['["acme",7]']
+
+
+# --- a mapped column dlt left out of the schema (NULL in every row so far) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("declared", "rows", "expected_ops", "reasons"),
+    [
+        pytest.param(
+            {"action": "identify", "identifier": "id", "attributes": ["name", "plan"]},
+            [{"id": 1, "name": "Ann"}],
+            [{"identifiers": {"id": "1"}, "attributes": {"name": "Ann"}}],
+            [],
+            id="attribute-is-simply-absent",
+        ),
+        pytest.param(
+            {"action": "identify", "identifier": "id", "timestamp": "seen_at"},
+            [{"id": 1, "name": "Ann"}],
+            [{"identifiers": {"id": "1"}, "attributes": {"name": "Ann"}}],
+            [],
+            id="timestamp-absent",
+        ),
+        pytest.param(
+            {"action": "identify", "identifier": "email", "identifier_type": "email"},
+            [{"id": 1, "name": "Ann"}, {"id": 2}],
+            [],
+            [("1", "missing_identifier", "email"), ("2", "missing_identifier", "email")],
+            id="identifier-absent-rejects-every-row",
+        ),
+        pytest.param(
+            {"action": "event", "identifier": "id", "event_name": "x", "event_id": "order_id"},
+            [{"id": 1}],
+            [],
+            [("1", "missing_event_id", "order_id")],
+            id="event-id-absent",
+        ),
+        pytest.param(
+            {"action": "event", "identifier": "id", "event_name_column": "kind", "event_id": "id"},
+            [{"id": 1}],
+            [],
+            [("1", "missing_event_name", "kind")],
+            id="event-name-column-absent",
+        ),
+        pytest.param(
+            {"action": "event", "identifier": "id", "event_name": "x", "event_data_column": "p"},
+            [{"id": 1, "name": "Ann"}],
+            [{"identifiers": {"id": "1"}, "name": "x", "attributes": {"name": "Ann"}}],
+            [],
+            id="event-data-column-absent",
+        ),
+        pytest.param(
+            {
+                "action": "add_device",
+                "identifier": "id",
+                "device_token": "tok",
+                "device_platform": "ios",
+            },
+            [{"id": 1}],
+            [],
+            [("[1,null]", "missing_device_token", "tok")],
+            id="device-token-absent",
+        ),
+    ],
+)
+def test_absent_column_maps_as_null(declared, rows, expected_ops, reasons):
+    row_mapper = mapper("t", columns("id", "name", pk=("id",)), **declared)
+
+    mapped = row_mapper.map_rows(rows)
+
+    sent = [
+        {k: v for k, v in op.items() if k in ("identifiers", "name", "attributes")}
+        for op in ops(mapped)
+    ]
+    assert sent == expected_ops
+    assert [(r.row_key, r.reason, r.field) for r in mapped.rejections] == reasons

@@ -220,12 +220,9 @@ def test_mapping_from_env_config(emulator: Emulator, make_pipeline, monkeypatch)
     [
         (None, "action"),
         ({"action": "upsert", "identifier": "uid"}, "action"),
-        ({"action": "identify", "identifier": "user_id"}, "identifier"),
-        ({"action": "identify", "identifier": "uid", "attributes": ["nope"]}, "attributes"),
-        (
-            {"action": "event", "identifier": "uid", "event_name": "x", "timestamp": "ts"},
-            "timestamp",
-        ),
+        ({"action": "identify"}, "identifier"),
+        ({"action": "identify", "identifier": "uid", "event_name": "x"}, "event_name"),
+        ({"action": "event", "identifier": "uid", "timestamp": "ts"}, "event_name"),
     ],
 )
 def test_bad_mapping_stops_the_load_before_any_request(
@@ -493,3 +490,74 @@ def test_rejected_row_without_an_identifier_is_named_by_its_primary_key(
     assert [(r["row_key"], r["reason"], r["field"]) for r in rejected_rows(pipeline)] == [
         ("2", "missing_identifier", "email")
     ]
+
+
+def _absent_column_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "cio_destination" and "is not in the table's schema" in r.getMessage()
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", ["dicts", "arrow"])
+def test_a_mapped_column_null_in_every_row_is_not_a_mapping_error(
+    shape: str, emulator: Emulator, make_pipeline, caplog: pytest.LogCaptureFixture
+):
+    """dlt leaves a column out of the schema while it is NULL in every row of a load: the
+    load still completes, run after run, and warns once per load naming key and column."""
+    caplog.set_level("WARNING", logger="cio_destination")
+    pipeline = make_pipeline()
+
+    def users(names: list[str]) -> Any:
+        rows = [{"uid": i, "name": n, "plan": None, "seen": None} for i, n in enumerate(names)]
+        data: Any = rows if shape == "dicts" else pa.Table.from_pylist(rows)
+        return customerio_adapter(
+            dlt.resource(data, name="users"),
+            action="identify",
+            identifier="uid",
+            attributes=["name", "plan"],
+            timestamp="seen",
+        )
+
+    for run, names in enumerate((["Ada", "Grace"], ["Alan"])):
+        info = pipeline.run(users(names))
+
+        assert not info.has_failed_jobs
+        assert not pipeline.has_pending_data
+        assert len(_absent_column_warnings(caplog)) == 2 * (run + 1)
+    assert sorted((p["identifiers"]["id"], p["attributes"]) for p in emulator.people) == [
+        ("0", {"name": "Alan"}),
+        ("1", {"name": "Grace"}),
+    ]
+    warnings = _absent_column_warnings(caplog)
+    assert "table users: timestamp column 'seen'" in warnings[0]
+    assert "table users: attributes column 'plan'" in warnings[1]
+    assert not any(name in w for w in warnings for name in ("Ada", "Grace", "Alan"))
+
+
+@pytest.mark.slow
+def test_an_identifier_null_in_every_row_rejects_the_rows_and_later_runs_go_on(
+    emulator: Emulator, make_pipeline
+):
+    pipeline = make_pipeline()
+
+    def signups(rows: list[dict]) -> Any:
+        return customerio_adapter(
+            dlt.resource(rows, name="signups", primary_key="id"),
+            action="event",
+            identifier="email",
+            identifier_type="email",
+            event_name="signed_up",
+        )
+
+    first = pipeline.run(signups([{"id": 1, "email": None}, {"id": 2, "email": None}]))
+    second = pipeline.run(signups([{"id": 3, "email": "ada@example.com"}]))
+
+    assert not first.has_failed_jobs and not second.has_failed_jobs
+    assert sorted((r["row_key"], r["reason"], r["field"]) for r in rejected_rows(pipeline)) == [
+        ("1", "missing_identifier", "email"),
+        ("2", "missing_identifier", "email"),
+    ]
+    assert [e["identifiers"] for e in emulator.events] == [{"email": "ada@example.com"}]
