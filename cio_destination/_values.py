@@ -168,26 +168,27 @@ def _json_ready(value: Any, level: int) -> Any:
     return str(value)
 
 
+def parse_json_text(text: str | bytes) -> Any:
+    """The value a JSON text holds; `ValueProblem` when it is not JSON (or nests too deep)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        # orjson reads at most 1024 levels and says so only in its message
+        if exc.msg.startswith("depth limit"):
+            raise _too_deep() from None
+        raise ValueProblem("not valid JSON") from None
+
+
 def parse_json_object(value: Any) -> dict[str, Any]:
     """Event data from a JSON column: a dict, or a string holding a JSON object."""
     if isinstance(value, dict):
         return value
     if isinstance(value, (str, bytes)):
-        try:
-            parsed = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise _json_problem(exc) from None
+        parsed = parse_json_text(value)
         if isinstance(parsed, dict):
             return parsed
         raise ValueProblem(f"JSON holds a {type(parsed).__name__}, not an object")
     raise ValueProblem(f"a {type(value).__name__} is not a JSON object")
-
-
-def _json_problem(exc: orjson.JSONDecodeError) -> ValueProblem:
-    # orjson reads at most 1024 levels and says so only in its message
-    if exc.msg.startswith("depth limit"):
-        return _too_deep()
-    return ValueProblem("not valid JSON")
 
 
 def canonical_key(values: list[Any]) -> bytes:

@@ -250,6 +250,9 @@ def rows_to_batch(
     makes None rather than be converted."""
     if not rows:
         return None
+    variants = [variant for variant, _ in mapper.compiled.variants]
+    if variants and any(variant in row for row in rows for variant in variants):
+        return None  # the row path reads those values back into their columns
     names: list[str] = []
     arrays = []
     with gc_paused():
@@ -273,7 +276,7 @@ def rows_to_batch(
 def by_row_path(mapper: RowMapper, batch: Any, source_rows: list[Row] | None) -> Mapped:
     if source_rows is not None:
         return mapper.map_rows(source_rows)
-    return mapper.map_rows(rows_from_arrow(batch, mapper.compiled.json_columns))
+    return mapper.map_rows(rows_from_arrow(batch))
 
 
 def identifier_text(batch: Any, column: str | None) -> Any | None:
@@ -405,7 +408,6 @@ def finish(
         slow = pc.or_kleene(slow, flag)
     slow = slow.fill_null(False)
 
-    json_columns = mapper.compiled.json_columns
     mapped = Mapped([], [], rows)
     if not pc.any(slow).as_py():
         positions = pa.array(range(rows), pa.int64())
@@ -414,7 +416,6 @@ def finish(
             row_keys,
             batch,
             positions,
-            json_columns,
             source_rows,
             keys,
             row_key_of,
@@ -427,7 +428,6 @@ def finish(
             None if row_keys is None else row_keys.filter(fast),
             batch,
             pc.indices_nonzero(fast),
-            json_columns,
             source_rows,
             None if keys is None else keys.filter(fast),
             row_key_of,
@@ -435,7 +435,7 @@ def finish(
     if source_rows is not None:
         rest = mapper.map_rows([source_rows[i] for i in pc.indices_nonzero(slow).to_pylist()])
     else:
-        rest = mapper.map_rows(rows_from_arrow(batch.filter(slow), json_columns))
+        rest = mapper.map_rows(rows_from_arrow(batch.filter(slow)))
     mapped.entries = rest.entries
     mapped.rejections = rest.rejections
     return mapped

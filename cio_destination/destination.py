@@ -375,7 +375,7 @@ def customerio(
     elif action in NAMED_ACTIONS:
         mapped = map_named_batch(mapper, items)
     else:
-        mapped = mapper.map_rows(rows_from_arrow(items, mapper.compiled.json_columns))
+        mapped = mapper.map_rows(rows_from_arrow(items))
     mapped.rows_in += skipped
     parts = mapped.parts()
     if mapper.mapping.changes_only:

@@ -68,6 +68,7 @@ ACTION_KEYS: dict[str, frozenset[str]] = {
         _PERSON
         | {
             "attributes",
+            "json_columns",
             "timestamp",
             "clear_nulls",
             "changes_only",
@@ -75,9 +76,9 @@ ACTION_KEYS: dict[str, frozenset[str]] = {
             "max_removed_fraction",
         }
     ),
-    "event": frozenset(_PERSON | _NAMED | {"attributes"}),
-    "page": frozenset(_PERSON | _NAMED | {"attributes"}),
-    "screen": frozenset(_PERSON | _NAMED | {"attributes"}),
+    "event": frozenset(_PERSON | _NAMED | {"attributes", "json_columns"}),
+    "page": frozenset(_PERSON | _NAMED | {"attributes", "json_columns"}),
+    "screen": frozenset(_PERSON | _NAMED | {"attributes", "json_columns"}),
     "delete": frozenset(_PERSON),
     "suppress": frozenset(_PERSON),
     "unsuppress": frozenset(_PERSON),
@@ -90,12 +91,13 @@ ACTION_KEYS: dict[str, frozenset[str]] = {
             "device_platform_column",
             "device_last_used",
             "attributes",
+            "json_columns",
         }
     ),
     "delete_device": frozenset(_PERSON | {"device_token"}),
-    "add_relationships": frozenset(_PERSON | _OBJECT | {"attributes"}),
+    "add_relationships": frozenset(_PERSON | _OBJECT | {"attributes", "json_columns"}),
     "delete_relationships": frozenset(_PERSON | _OBJECT),
-    "object_identify": frozenset(_OBJECT | {"attributes", "clear_nulls"}),
+    "object_identify": frozenset(_OBJECT | {"attributes", "clear_nulls", "json_columns"}),
     "object_delete": frozenset(_OBJECT),
     "send_email": frozenset(
         _PERSON
@@ -104,6 +106,7 @@ ACTION_KEYS: dict[str, frozenset[str]] = {
             "transactional_message_id_column",
             "to",
             "attributes",
+            "json_columns",
             "message_data_column",
             "send_at",
             "event_id",
@@ -135,6 +138,9 @@ MESSAGE_OVERRIDE_FIELDS = frozenset(
 )
 
 HINT_PREFIX = "x-customerio-"
+# dlt stores a value that does not fit its column's type in a variant column named
+# `<column>\u25b6v_<type>` (with the direct naming convention this destination uses)
+VARIANT_INFIX = "\u25b6v_"
 
 
 def hint_name(key: str) -> str:
@@ -162,6 +168,7 @@ class TableMapping(BaseModel):
     identifier: str | None = None
     identifier_type: TIdentifierType = "id"
     attributes: tuple[str, ...] | None = None
+    json_columns: tuple[str, ...] | None = None
     timestamp: str | None = None
     clear_nulls: bool = False
     changes_only: bool = False
@@ -195,7 +202,7 @@ class TableMapping(BaseModel):
     queue_draft: bool | None = None
     message_overrides: dict[str, str] | None = None
 
-    @field_validator("attributes", "event_id", mode="before")
+    @field_validator("attributes", "event_id", "json_columns", mode="before")
     @classmethod
     def _columns(cls, value: Any) -> Any:
         return _as_column_list(value)
@@ -283,6 +290,7 @@ class TableMapping(BaseModel):
         named = [(key, getattr(self, key)) for key in self._ROLE_KEYS if getattr(self, key)]
         named.extend(("event_id", c) for c in self.event_id or ())
         named.extend(("attributes", c) for c in self.attributes or ())
+        named.extend(("json_columns", c) for c in self.json_columns or ())
         named.extend(("message_overrides", c) for c in (self.message_overrides or {}).values())
         return named
 
@@ -342,10 +350,15 @@ class CompiledMapping:
     attribute_columns: tuple[str, ...]
     event_id_columns: tuple[str, ...]  # empty: the whole row is the key
     json_columns: frozenset[str]
+    """Columns whose text is JSON: the mapping's `json_columns` and those dlt types as json."""
     primary_key: tuple[str, ...] = ()
     absent_columns: tuple[tuple[str, str], ...] = ()
     """(key, column) of mapped columns the table's schema does not have: dlt leaves a column out
     while it is NULL in every row, so they are mapped as NULL."""
+    variants: tuple[tuple[str, str], ...] = ()
+    """(variant, column) of dlt's variant columns: a row's value there is its column's value."""
+    declared_json: frozenset[str] = frozenset()
+    """The mapping's own `json_columns`: their text is JSON wherever dlt stored it."""
 
     @property
     def action(self) -> str:
@@ -360,16 +373,21 @@ def compile_mapping(
     A named column the table does not have is not an error (see `absent_columns`): rows then
     have no value for it, as when it is NULL.
     """
-    absent = tuple(
-        (key, column) for key, column in mapping.named_columns() if column not in columns
+    variants = tuple(
+        (name, name.rpartition(VARIANT_INFIX)[0])
+        for name, schema in columns.items()
+        if schema.get("variant") and VARIANT_INFIX in name
     )
+    # a row's value in a variant column is its column's value: the variant is not a column
+    names = list(dict.fromkeys(dict(variants).get(c, c) for c in columns))
+    absent = tuple((key, column) for key, column in mapping.named_columns() if column not in names)
     used = set(mapping.used_columns())
     if mapping.action in BARE_ACTIONS:
         attribute_columns: tuple[str, ...] = ()
     elif mapping.attributes is not None:
         attribute_columns = tuple(mapping.attributes)
     else:
-        attribute_columns = tuple(c for c in columns if c not in used)
+        attribute_columns = tuple(c for c in names if c not in used)
     for column in attribute_columns:
         if len(column.encode("utf-8")) > limits.MAX_ATTRIBUTE_NAME_BYTES:
             raise MappingError(
@@ -382,7 +400,8 @@ def compile_mapping(
     event_id_columns: Sequence[str] = ()
     if mapping.action in KEYED_ACTIONS:
         event_id_columns = mapping.event_id or primary_key
-    json_columns = frozenset(c for c, s in columns.items() if s.get("data_type") == "json")
+    typed_json = (c for c, s in columns.items() if s.get("data_type") == "json")
+    json_columns = frozenset((*(mapping.json_columns or ()), *typed_json))
     return CompiledMapping(
         table=table,
         mapping=mapping,
@@ -391,4 +410,6 @@ def compile_mapping(
         json_columns=json_columns,
         primary_key=primary_key,
         absent_columns=absent,
+        variants=variants,
+        declared_json=frozenset(mapping.json_columns or ()),
     )

@@ -30,6 +30,7 @@ from cio_destination._values import (
     datetime_to_unix,
     deterministic_ulid,
     parse_json_object,
+    parse_json_text,
     recordable_json,
     to_json_value,
     to_unix_seconds,
@@ -93,15 +94,14 @@ def gc_paused() -> Iterator[None]:
 class LazyRow:
     """A row of a RecordBatch, made into a dict only if a rejection needs it."""
 
-    __slots__ = ("batch", "index", "json_columns")
+    __slots__ = ("batch", "index")
 
-    def __init__(self, batch: Any, index: int, json_columns: frozenset[str]) -> None:
+    def __init__(self, batch: Any, index: int) -> None:
         self.batch = batch
         self.index = index
-        self.json_columns = json_columns
 
     def materialize(self) -> Row:
-        return next(rows_from_arrow(self.batch.slice(self.index, 1), self.json_columns))
+        return next(rows_from_arrow(self.batch.slice(self.index, 1)))
 
 
 @dataclass(slots=True)
@@ -178,6 +178,11 @@ class RowMapper:
         self._table = compiled.table
         self._attribute_columns = compiled.attribute_columns
         self._json_columns = compiled.json_columns
+        self._variants = compiled.variants
+        self._declared_json = compiled.declared_json
+        self._reads = bool(compiled.json_columns or compiled.variants)
+        data_columns = (self.mapping.event_data_column, self.mapping.message_data_column)
+        self._data_columns = frozenset(c for c in data_columns if c)
 
     # -- shared pieces ---------------------------------------------------------------------
 
@@ -211,10 +216,47 @@ class RowMapper:
     def _timestamp(self, row: Row) -> int | None:
         return self._unix(row, self.mapping.timestamp)
 
+    def _decoded(self, row: Row) -> Row:
+        """The row as the mapping reads it: JSON text read as the value it holds, and values
+        dlt stored in a variant column (one that did not fit the column's type) back in their
+        column.
+
+        Done once, before anything reads the row, so keys, attributes and data see one value
+        whether the row came as a dict (JSON already decoded) or from Arrow (JSON as text).
+        """
+        if not self._reads:
+            return row
+        decoded = dict(row)
+        for column in self._json_columns:
+            value = row.get(column)
+            if isinstance(value, str):
+                self._read_json(decoded, column, value)
+        for variant, column in self._variants:
+            value = decoded.pop(variant, None)
+            if value is None:
+                continue
+            # dlt decoded a JSON column's scalars itself (a string is no JSON text), but text
+            # in a column the mapping declares as JSON is JSON wherever dlt stored it
+            if isinstance(value, str) and column in self._declared_json:
+                self._read_json(decoded, column, value)
+            else:
+                decoded[column] = value
+        return decoded
+
+    def _read_json(self, row: Row, column: str, text: str) -> None:
+        try:
+            value = parse_json_text(text)
+        except ValueProblem as exc:
+            reason = "invalid_event_data" if column in self._data_columns else "invalid_json"
+            raise _Reject(reason, column, str(exc)) from None
+        if value is None:
+            row.pop(column, None)  # a JSON null is a NULL
+        else:
+            row[column] = value
+
     def _attributes(self, row: Row, *, per_value_limit: bool) -> dict[str, Any]:
         attributes: dict[str, Any] = {}
         clear = self.mapping.clear_nulls
-        json_columns = self._json_columns
         # this loop runs for every column of every row: plain str/int/bool/float values, by far
         # the most common, take a short path that skips the general conversion
         for column in self._attribute_columns:
@@ -224,7 +266,7 @@ class RowMapper:
                     attributes[column] = ""
                 continue
             kind = type(value)
-            if kind is str and column not in json_columns:
+            if kind is str:
                 if per_value_limit and len(value) * 4 > _VALUE_LIMIT:
                     self._check_value_size(column, value)
                 attributes[column] = value
@@ -235,8 +277,6 @@ class RowMapper:
             if kind is float and math.isfinite(value):
                 attributes[column] = value
                 continue
-            if kind is str:
-                value = _maybe_json(value)
             try:
                 value = to_json_value(value)
             except ValueProblem as exc:
@@ -304,15 +344,19 @@ class RowMapper:
         kind = self.mapping.identifier_type
         most = limits.MAX_ATTRIBUTES_PER_IDENTIFY
         dumps = orjson.dumps
+        decode = self._reads
         rows_in = 0
         for row in rows:
             rows_in += 1
+            values = row
             try:
-                identifier = self._identifier(row)
-                timestamp = self._timestamp(row)
-                attributes = self._attributes(row, per_value_limit=True)
+                if decode:
+                    values = self._decoded(row)
+                identifier = self._identifier(values)
+                timestamp = self._timestamp(values)
+                attributes = self._attributes(values, per_value_limit=True)
             except _Reject as reject:
-                key = self._safe_identifier_key(row)
+                key = self._safe_identifier_key(values)
                 rejections.append(Rejection(row, key, reject.reason, reject.field, reject.message))
                 continue
             position = positions.get(identifier)
@@ -369,16 +413,18 @@ class RowMapper:
         rows_in = 0
         for row in rows:
             rows_in += 1
-            row_key = self._row_key(row, id_columns)
+            values = row
             try:
-                key = self._event_id(row, id_columns)
-                op = build(row, key)
+                values = self._decoded(row)
+                key = self._event_id(values, id_columns)
+                op = build(values, key)
             except _Reject as reject:
+                row_key = self._row_key(values, id_columns)
                 rejections.append(
                     Rejection(row, row_key, reject.reason, reject.field, reject.message)
                 )
                 continue
-            self._add_entry(entries, rejections, op, row_key, [row], key)
+            self._add_entry(entries, rejections, op, self._row_key(values, id_columns), [row], key)
         return Mapped(entries, rejections, rows_in)
 
     def _named_op(self, row: Row, event_id: str) -> dict[str, Any]:
@@ -406,15 +452,17 @@ class RowMapper:
         rows_in = 0
         for row in rows:
             rows_in += 1
-            row_key = self._natural_key(row)
+            values = row
             try:
-                op = build(self, row)
+                values = self._decoded(row)
+                op = build(self, values)
             except _Reject as reject:
+                row_key = self._natural_key(values)
                 rejections.append(
                     Rejection(row, row_key, reject.reason, reject.field, reject.message)
                 )
                 continue
-            self._add_entry(entries, rejections, op, row_key, [row])
+            self._add_entry(entries, rejections, op, self._natural_key(values), [row])
         return Mapped(entries, rejections, rows_in)
 
     def _natural_key(self, row: Row) -> str:
@@ -731,13 +779,6 @@ def _id_text(value: Any, column: str, kind: str) -> str:
     raise _Reject("invalid_identifier", column, f"a {type(value).__name__} is not a valid {kind}")
 
 
-def _maybe_json(text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return text
-
-
 def _key_text(value: Any) -> str:
     if value is None:
         return ""
@@ -758,14 +799,10 @@ def _unkeyable_column(row: Row) -> str | None:
     return None
 
 
-def rows_from_arrow(batch: Any, json_columns: frozenset[str]) -> Iterator[Row]:
-    """Rows of a pyarrow RecordBatch in the same shape typed-jsonl gives (nulls left out)."""
+def rows_from_arrow(batch: Any) -> Iterator[Row]:
+    """Rows of a pyarrow RecordBatch in the same shape typed-jsonl gives (nulls left out).
+
+    JSON columns keep their text: the mapper reads it (`RowMapper._decoded`).
+    """
     for row in batch.to_pylist():
-        out = {}
-        for key, value in row.items():
-            if value is None:
-                continue
-            if key in json_columns and isinstance(value, str):
-                value = _maybe_json(value)
-            out[key] = value
-        yield out
+        yield {key: value for key, value in row.items() if value is not None}

@@ -581,7 +581,7 @@ def test_rows_from_arrow_give_the_same_entries(declared):
     from_dicts = row_mapper.map_rows(DICT_ROWS)
     batch = _arrow_batch(DICT_ROWS)
     assert isinstance(batch.column(batch.schema.get_field_index("props"))[0].as_py(), str)
-    from_arrow = row_mapper.map_rows(rows_from_arrow(batch, row_mapper.compiled.json_columns))
+    from_arrow = row_mapper.map_rows(rows_from_arrow(batch))
     assert from_dicts.rejections == from_arrow.rejections == []
     assert from_dicts.rows_in == from_arrow.rows_in == len(DICT_ROWS)
     assert [(e.data, e.row_key) for e in from_arrow.entries] == [
@@ -590,8 +590,8 @@ def test_rows_from_arrow_give_the_same_entries(declared):
 
 
 def test_rows_from_arrow_shape():
-    rows = list(rows_from_arrow(_arrow_batch(DICT_ROWS[1:3]), frozenset({"props"})))
-    assert rows[0]["props"] == {"sku": "B2", "tags": ["x", "y"], "gift": None}
+    rows = list(rows_from_arrow(_arrow_batch(DICT_ROWS[1:3])))
+    assert rows[0]["props"] == '{"sku":"B2","tags":["x","y"],"gift":null}'  # the mapper reads it
     assert rows[0]["total"] == Decimal("5.50")
     assert rows[0]["created_at"] == dt.datetime(2024, 1, 16, 10, 30, tzinfo=UTC)
     # nulls are left out, as typed-jsonl leaves them
@@ -1286,3 +1286,208 @@ def test_absent_column_maps_as_null(declared, rows, expected_ops, reasons):
     ]
     assert sent == expected_ops
     assert [(r.row_key, r.reason, r.field) for r in mapped.rejections] == reasons
+
+
+# --- JSON text columns (json_columns, and columns dlt types as json) ------------------------------
+
+PEOPLE = columns("id", "prefs", "plan")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"theme": "dark", "n": [1, 2]}', {"theme": "dark", "n": [1, 2]}),
+        ("[1, 2]", [1, 2]),
+        ("42", 42),
+        ('"{\\"a\\": 1}"', '{"a": 1}'),  # a JSON string holding JSON: parsed once, not twice
+        ("null", None),
+    ],
+)
+def test_json_column_text_is_sent_as_the_value_it_holds(text: str, expected: Any):
+    row_mapper = mapper("people", PEOPLE, **IDENTIFY, json_columns=["prefs"])
+
+    mapped = row_mapper.map_rows([{"id": 1, "prefs": text, "plan": '{"not": "json_columns"}'}])
+
+    attributes = ops(mapped)[0]["attributes"]
+    assert attributes["plan"] == '{"not": "json_columns"}'  # other text columns stay text
+    assert attributes.get("prefs") == expected
+
+
+@pytest.mark.parametrize("table_columns", [PEOPLE, columns("id", "prefs", "plan", json=("prefs",))])
+def test_json_column_text_that_is_not_json_rejects_the_row(table_columns):
+    declared = {**IDENTIFY, "json_columns": ["prefs"]} if table_columns is PEOPLE else IDENTIFY
+    row_mapper = mapper("people", table_columns, **declared)
+    bad = {"id": 2, "prefs": '{"theme": "SECRET'}
+
+    mapped = row_mapper.map_rows([{"id": 1, "prefs": "{}"}, bad])
+
+    assert [(r.row, r.row_key, r.reason, r.field) for r in mapped.rejections] == [
+        (bad, "2", "invalid_json", "prefs")
+    ]
+    assert "SECRET" not in mapped.rejections[0].message
+    assert len(mapped.entries) == 1
+
+
+def test_json_column_already_decoded_passes_as_it_is():
+    row_mapper = mapper("people", PEOPLE, **IDENTIFY, json_columns=["prefs"])
+
+    mapped = row_mapper.map_rows([{"id": 1, "prefs": {"theme": "dark"}}])
+
+    assert ops(mapped)[0]["attributes"] == {"prefs": {"theme": "dark"}}
+
+
+def test_json_columns_in_event_data_and_in_message_data():
+    table = columns("k", "user_id", "meta", "data")
+    event = mapper(
+        "t",
+        table,
+        action="event",
+        identifier="user_id",
+        event_name="x",
+        event_id="k",
+        event_data_column="data",
+        json_columns=["meta"],
+    )
+    send = mapper(
+        "t",
+        table,
+        action="send_email",
+        identifier="user_id",
+        transactional_message_id=3,
+        event_id="k",
+        message_data_column="data",
+        json_columns=["meta"],
+    )
+    row = {"k": 1, "user_id": 7, "meta": '{"tier": 2}', "data": '{"sku": "A"}'}
+
+    event_op = ops(event.map_rows([row]))[0]
+    send_body = ops(send.map_rows([row]))[0]
+
+    assert event_op["attributes"] == {"sku": "A", "k": 1, "meta": {"tier": 2}}
+    assert send_body["message_data"] == {"sku": "A", "k": 1, "meta": {"tier": 2}}
+
+
+def test_bad_json_in_a_json_typed_event_data_column_is_still_invalid_event_data():
+    table = columns("k", "user_id", "data", json=("data",))
+    event = mapper(
+        "t",
+        table,
+        action="event",
+        identifier="user_id",
+        event_name="x",
+        event_id="k",
+        event_data_column="data",
+    )
+
+    mapped = event.map_rows([{"k": 1, "user_id": 7, "data": "{oops"}])
+
+    assert [(r.reason, r.field) for r in mapped.rejections] == [("invalid_event_data", "data")]
+
+
+@pytest.mark.parametrize("declared", [{"event_id": "k"}, {}], ids=["event-id", "whole-row"])
+def test_json_column_as_text_or_decoded_gives_one_event_id(declared):
+    """Arrow rows carry JSON columns as text, dict rows as objects: one row, one event id."""
+    table = columns("k", "user_id", "meta", json=("meta",))
+    event = mapper("t", table, action="event", identifier="user_id", event_name="x", **declared)
+    as_text = {"k": 1, "user_id": 7, "meta": '{"b": 1, "a": [1, 2]}'}
+    decoded = {"k": 1, "user_id": 7, "meta": {"a": [1, 2], "b": 1}}
+
+    assert ops(event.map_rows([as_text])) == ops(event.map_rows([decoded]))
+
+
+def test_rows_from_arrow_keep_json_text_for_the_mapper_to_read():
+    batch = pa.RecordBatch.from_pylist([{"id": 1, "prefs": '"quoted"'}])
+
+    assert list(rows_from_arrow(batch)) == [{"id": 1, "prefs": '"quoted"'}]
+    mapped = mapper("people", PEOPLE, **IDENTIFY, json_columns=["prefs"]).map_rows(
+        rows_from_arrow(batch)
+    )
+    assert ops(mapped)[0]["attributes"] == {"prefs": "quoted"}
+
+
+# --- dlt's variant columns: a value that did not fit its column's type ----------------------------
+
+
+def variant_columns(*names: str, **typed: str) -> dict[str, Any]:
+    """Columns as dlt's schema has them once it stored values in variant columns."""
+    out = columns(*names)
+    for name, data_type in typed.items():
+        out[name] = {"name": name, "data_type": data_type}
+        for kind in ("text", "bigint"):
+            variant = f"{name}\u25b6v_{kind}"
+            out[variant] = {"name": variant, "data_type": kind, "variant": True}
+    return out
+
+
+@pytest.mark.parametrize(
+    ("declared", "row", "expected"),
+    [
+        pytest.param(
+            {"attributes": ["age"]},
+            {"id": 1, "age\u25b6v_text": "unknown"},
+            {"age": "unknown"},
+            id="chosen-attribute",
+        ),
+        pytest.param(
+            {},
+            {"id": 1, "age\u25b6v_text": "unknown", "name": "Ann"},
+            {"age": "unknown", "name": "Ann"},
+            id="default-attributes-name-the-column-not-its-variant",
+        ),
+        pytest.param(
+            {},
+            {"id": 1, "prefs\u25b6v_text": "plain", "age": 3},
+            {"prefs": "plain", "age": 3},  # a JSON string scalar, already decoded: not re-read
+            id="json-scalar-string",
+        ),
+        pytest.param(
+            {},
+            {"id": 1, "prefs\u25b6v_bigint": 42},
+            {"prefs": 42},
+            id="json-scalar-number",
+        ),
+    ],
+)
+def test_a_value_dlt_stored_in_a_variant_column_is_its_column_s_value(declared, row, expected):
+    table = variant_columns("id", "name", age="bigint", prefs="json")
+    row_mapper = mapper("people", table, **IDENTIFY, **declared)
+
+    mapped = row_mapper.map_rows([row])
+
+    assert ops(mapped)[0]["attributes"] == expected
+
+
+def test_an_identifier_in_a_variant_column_identifies_the_row():
+    table = variant_columns("name", id="bigint")
+    mapped = mapper("people", table, **IDENTIFY).map_rows([{"id\u25b6v_text": "u-7", "name": "A"}])
+
+    assert ops(mapped) == [
+        {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": "u-7"},
+            "attributes": {"name": "A"},
+        }
+    ]
+
+
+def test_declared_json_column_text_in_a_variant_column_is_read_as_json():
+    table = variant_columns("id", prefs="json")
+    row_mapper = mapper("people", table, **IDENTIFY, json_columns=["prefs"])
+
+    mapped = row_mapper.map_rows([{"id": 1, "prefs\u25b6v_text": '{"theme": "dark"}'}])
+
+    assert ops(mapped)[0]["attributes"] == {"prefs": {"theme": "dark"}}
+
+
+def test_whole_row_key_of_a_row_with_a_variant_is_the_key_of_the_row_it_stands_for():
+    table = variant_columns("user_id", score="bigint")
+    event = mapper("t", table, action="event", identifier="user_id", event_name="x")
+    plain = mapper(
+        "t", columns("user_id", "score"), action="event", identifier="user_id", event_name="x"
+    )
+
+    as_variant = ops(event.map_rows([{"user_id": 7, "score\u25b6v_text": "n/a"}]))
+    as_column = ops(plain.map_rows([{"user_id": 7, "score": "n/a"}]))
+
+    assert as_variant == as_column

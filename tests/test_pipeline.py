@@ -69,6 +69,7 @@ def warehouse_resources(url: str, backend: str) -> list:
         identifier="email",
         identifier_type="email",
         timestamp="updated_at",
+        json_columns=["tags"],  # DuckDB's JSON reflects as text through duckdb_engine
     )
     orders = sql_table(credentials=url, table="orders", backend=backend)
     customerio_adapter(
@@ -110,7 +111,7 @@ def test_warehouse_tables_become_people_and_events(
         "plan": "pro",
         "ltv": 1250.5,
         "signed_up": 1704272400,
-        "tags": '["a", "b"]',  # DuckDB's JSON type reflects as text through SQLAlchemy
+        "tags": ["a", "b"],
     }
     assert people[1]["attributes"] == {
         "account_no": 2,
