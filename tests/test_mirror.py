@@ -141,6 +141,7 @@ def test_a_changing_duckdb_table_sends_changes_and_removes_who_left(
     assert len(ids(emulator)) == 38
 
 
+@pytest.mark.slow
 def test_a_person_whose_identifier_dlt_stored_in_a_variant_column_is_mirrored(
     emulator: Emulator, tmp_path: Path
 ):
