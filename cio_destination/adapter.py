@@ -24,8 +24,8 @@ def customerio_adapter(data: Any, action: str, **mapping: Any) -> DltResource:
         data: a dlt resource, a source with one resource, or plain data (wrapped into a resource).
         action: the Customer.io operation, e.g. "identify" or "event".
         **mapping: the mapping keys of the action (the README's "Mapping keys"), e.g.
-            identifier, identifier_type, attributes, json_columns, event_name,
-            event_name_column, event_data_column, event_id, timestamp, clear_nulls.
+            identifier, identifier_type, attributes, json_columns, oversized_attribute,
+            event_name, event_name_column, event_data_column, event_id, timestamp, clear_nulls.
 
     Returns:
         The resource, with the hints applied.

@@ -438,6 +438,7 @@ def finish(
         rest = mapper.map_rows(rows_from_arrow(batch.filter(slow)))
     mapped.entries = rest.entries
     mapped.rejections = rest.rejections
+    mapped.dropped = rest.dropped
     return mapped
 
 

@@ -434,8 +434,10 @@ def customerio(
             else:
                 mappings.return_mirror(mirror)
     rejections = mapped.rejections + result.rejections
+    # rows sent without an oversized attribute: recorded with the rejections, counted apart
+    records = rejections + mapped.dropped
     if not dry_run:
-        store.record_rejections(load_id, table["name"], action, rejections)
+        store.record_rejections(load_id, table["name"], action, records)
     store.record_batch(
         {
             "load_id": load_id,
@@ -454,7 +456,7 @@ def customerio(
             "throttled_seconds": result.stats.throttled_seconds,
             "started_at": started,
             "finished_at": time.time(),
-            "reasons": orjson.dumps(Counter(r.reason for r in rejections)).decode(),
+            "reasons": orjson.dumps(Counter(r.reason for r in records)).decode(),
             "samples": orjson.dumps(
                 [
                     mask_payload(orjson.loads(e.data))

@@ -69,6 +69,7 @@ ACTION_KEYS: dict[str, frozenset[str]] = {
         | {
             "attributes",
             "json_columns",
+            "oversized_attribute",
             "timestamp",
             "clear_nulls",
             "changes_only",
@@ -92,6 +93,7 @@ ACTION_KEYS: dict[str, frozenset[str]] = {
             "device_last_used",
             "attributes",
             "json_columns",
+            "oversized_attribute",
         }
     ),
     "delete_device": frozenset(_PERSON | {"device_token"}),
@@ -169,6 +171,7 @@ class TableMapping(BaseModel):
     identifier_type: TIdentifierType = "id"
     attributes: tuple[str, ...] | None = None
     json_columns: tuple[str, ...] | None = None
+    oversized_attribute: Literal["reject_row", "drop_attribute"] = "reject_row"
     timestamp: str | None = None
     clear_nulls: bool = False
     changes_only: bool = False

@@ -134,6 +134,9 @@ class Mapped:
     rows_in: int
     block: EntryBlock | None = None
     """Operations still in Arrow (the columnar paths); they come before `entries`."""
+    dropped: list[Rejection] = field(default_factory=list)
+    """Attributes left out of rows that are sent (`oversized_attribute = "drop_attribute"`),
+    one record each (reason `attribute_dropped`): kept with the rejections, counted apart."""
 
     def parts(self) -> list[Sequence[Entry]]:
         """The operations, as the sender takes them: the block (if any), then the list."""
@@ -167,6 +170,9 @@ def _value_size(value: Any) -> int:
     if isinstance(value, (dict, list)):
         return len(orjson.dumps(value))
     return 0  # numbers and booleans are far below any limit
+
+
+_Builder = Callable[["RowMapper", Row, "list[str] | None"], dict[str, Any]]
 
 
 class RowMapper:
@@ -254,7 +260,11 @@ class RowMapper:
         else:
             row[column] = value
 
-    def _attributes(self, row: Row, *, per_value_limit: bool) -> dict[str, Any]:
+    def _attributes(
+        self, row: Row, *, per_value_limit: bool, dropped: list[str] | None = None
+    ) -> dict[str, Any]:
+        """The row's attributes. With `per_value_limit`, a value over Customer.io's limit
+        rejects the row, or, given a `dropped` list, is left out and its column listed there."""
         attributes: dict[str, Any] = {}
         clear = self.mapping.clear_nulls
         # this loop runs for every column of every row: plain str/int/bool/float values, by far
@@ -267,8 +277,12 @@ class RowMapper:
                 continue
             kind = type(value)
             if kind is str:
-                if per_value_limit and len(value) * 4 > _VALUE_LIMIT:
-                    self._check_value_size(column, value)
+                if (
+                    per_value_limit
+                    and len(value) * 4 > _VALUE_LIMIT
+                    and _oversized(column, value, dropped)
+                ):
+                    continue
                 attributes[column] = value
                 continue
             if kind is bool or (kind is int and _MIN_INT <= value <= _MAX_INT):
@@ -281,19 +295,14 @@ class RowMapper:
                 value = to_json_value(value)
             except ValueProblem as exc:
                 raise _Reject("invalid_value", column, str(exc)) from None
-            if per_value_limit:
-                self._check_value_size(column, value)
+            if per_value_limit and _oversized(column, value, dropped):
+                continue
             attributes[column] = value
         return attributes
 
-    @staticmethod
-    def _check_value_size(column: str, value: Any) -> None:
-        if _value_size(value) > _VALUE_LIMIT:
-            raise _Reject(
-                "attribute_value_too_long",
-                column,
-                f"the value is over Customer.io's {_VALUE_LIMIT}-byte attribute value limit",
-            )
+    def _dropped_list(self) -> list[str] | None:
+        """A list to collect a row's oversized attributes in, when the mapping drops them."""
+        return [] if self.mapping.oversized_attribute == "drop_attribute" else None
 
     def _row_key(self, row: Row, columns: tuple[str, ...]) -> str:
         """The text that names a row in reports: its values of `columns` (the table's primary
@@ -341,6 +350,7 @@ class RowMapper:
         merged: dict[int, dict[str, Any]] = {}
         too_many: set[int] = set()
         rejections: list[Rejection] = []
+        dropped_at: dict[int, list[Rejection]] = {}
         kind = self.mapping.identifier_type
         most = limits.MAX_ATTRIBUTES_PER_IDENTIFY
         dumps = orjson.dumps
@@ -349,17 +359,21 @@ class RowMapper:
         for row in rows:
             rows_in += 1
             values = row
+            dropped = self._dropped_list()
             try:
                 if decode:
                     values = self._decoded(row)
                 identifier = self._identifier(values)
                 timestamp = self._timestamp(values)
-                attributes = self._attributes(values, per_value_limit=True)
+                attributes = self._attributes(values, per_value_limit=True, dropped=dropped)
             except _Reject as reject:
                 key = self._safe_identifier_key(values)
                 rejections.append(Rejection(row, key, reject.reason, reject.field, reject.message))
                 continue
             position = positions.get(identifier)
+            if dropped:
+                at = len(built) if position is None else position
+                dropped_at.setdefault(at, []).extend(_dropped(row, identifier, dropped))
             if position is None:
                 position = positions[identifier] = len(built)
                 if len(attributes) > most:
@@ -382,6 +396,7 @@ class RowMapper:
         for position, op in merged.items():
             built[position].data = dumps(op)
         entries: list[Entry] = []
+        sent_without: list[Rejection] = []
         for position, entry in enumerate(built):
             if position in too_many:
                 rejections.extend(
@@ -398,7 +413,8 @@ class RowMapper:
                 rejections.extend(_too_large(entry.rows, entry.row_key, len(entry.data)))
             else:
                 entries.append(entry)
-        return Mapped(entries, rejections, rows_in)
+                sent_without.extend(dropped_at.get(position, ()))
+        return Mapped(entries, rejections, rows_in, dropped=sent_without)
 
     def _safe_identifier_key(self, row: Row) -> str:
         key = self._row_key(row, (self.mapping.identifier or "",))
@@ -443,27 +459,29 @@ class RowMapper:
             op["attributes"] = data
         return op
 
-    def _map_each(
-        self, rows: Iterable[Row], build: Callable[[RowMapper, Row], dict[str, Any]]
-    ) -> Mapped:
+    def _map_each(self, rows: Iterable[Row], build: _Builder) -> Mapped:
         """Actions with one operation per row and no idempotency key of their own."""
         entries: list[Entry] = []
         rejections: list[Rejection] = []
+        sent_without: list[Rejection] = []
         rows_in = 0
         for row in rows:
             rows_in += 1
             values = row
+            dropped = self._dropped_list()
             try:
                 values = self._decoded(row)
-                op = build(self, values)
+                op = build(self, values, dropped)
             except _Reject as reject:
                 row_key = self._natural_key(values)
                 rejections.append(
                     Rejection(row, row_key, reject.reason, reject.field, reject.message)
                 )
                 continue
-            self._add_entry(entries, rejections, op, self._natural_key(values), [row])
-        return Mapped(entries, rejections, rows_in)
+            row_key = self._natural_key(values)
+            if self._add_entry(entries, rejections, op, row_key, [row]) and dropped:
+                sent_without.extend(_dropped(row, row_key, dropped))
+        return Mapped(entries, rejections, rows_in, dropped=sent_without)
 
     def _natural_key(self, row: Row) -> str:
         columns = [c for c in (self.mapping.identifier, self.mapping.object_id) if c]
@@ -471,14 +489,14 @@ class RowMapper:
             columns.append(self.mapping.device_token)
         return self._row_key(row, tuple(columns)) if columns else self._row_key(row, ())
 
-    def _person(self, row: Row) -> dict[str, Any]:
+    def _person(self, row: Row, dropped: list[str] | None = None) -> dict[str, Any]:
         return {
             "type": "person",
             "action": self.mapping.action,
             "identifiers": {self.mapping.identifier_type: self._identifier(row)},
         }
 
-    def _merge(self, row: Row) -> dict[str, Any]:
+    def _merge(self, row: Row, dropped: list[str] | None = None) -> dict[str, Any]:
         mapping = self.mapping
         return {
             "type": "person",
@@ -491,7 +509,7 @@ class RowMapper:
             },
         }
 
-    def _device(self, row: Row) -> dict[str, Any]:
+    def _device(self, row: Row, dropped: list[str] | None = None) -> dict[str, Any]:
         op = self._person(row)
         column = self.mapping.device_token
         assert column is not None
@@ -504,7 +522,7 @@ class RowMapper:
             last_used = self._unix(row, self.mapping.device_last_used)
             if last_used is not None:
                 device["last_used"] = last_used
-            attributes = self._attributes(row, per_value_limit=True)
+            attributes = self._attributes(row, per_value_limit=True, dropped=dropped)
             if attributes:
                 # device attributes are strings in Customer.io's API
                 device["attributes"] = {
@@ -550,7 +568,7 @@ class RowMapper:
             )
         return {"object_type_id": type_id, "object_id": text}
 
-    def _relationship(self, row: Row) -> dict[str, Any]:
+    def _relationship(self, row: Row, dropped: list[str] | None = None) -> dict[str, Any]:
         op = self._person(row)
         relationship: dict[str, Any] = {"identifiers": self._object_identifiers(row)}
         attributes = self._attributes(row, per_value_limit=False)
@@ -560,7 +578,7 @@ class RowMapper:
         op["cio_relationships"] = [relationship]
         return op
 
-    def _object(self, row: Row) -> dict[str, Any]:
+    def _object(self, row: Row, dropped: list[str] | None = None) -> dict[str, Any]:
         op: dict[str, Any] = {
             "type": "object",
             "action": "identify" if self.mapping.action == "object_identify" else "delete",
@@ -641,7 +659,9 @@ class RowMapper:
         except ValueProblem as exc:
             raise _Reject("invalid_timestamp", column, str(exc)) from None
 
-    _BUILDERS: ClassVar[dict[str, Callable[[RowMapper, Row], dict[str, Any]]]] = {
+    # each builder is given the list that collects the row's attributes left out for their size
+    # (only add_device has a per-value limit among them)
+    _BUILDERS: ClassVar[dict[str, _Builder]] = {
         "delete": _person,
         "suppress": _person,
         "unsuppress": _person,
@@ -726,12 +746,41 @@ class RowMapper:
         row_key: str,
         rows: list[Row],
         key: str | None = None,
-    ) -> None:
+    ) -> bool:
+        """Serialize `op` into `entries`, or reject its rows when it is over the entry limit."""
         data = orjson.dumps(op)
         if len(data) > limits.MAX_ENTRY_BYTES:
             rejections.extend(_too_large(rows, row_key, len(data)))
-            return
+            return False
         entries.append(Entry(data, row_key, rows, key))
+        return True
+
+
+ATTRIBUTE_DROPPED = "attribute_dropped"
+"""The reason of the record of an attribute left out of a row that was sent."""
+_DROPPED_MESSAGE = (
+    f"the value is over Customer.io's {_VALUE_LIMIT}-byte attribute value limit; the row was"
+    " sent without this attribute (oversized_attribute = drop_attribute)"
+)
+
+
+def _oversized(column: str, value: Any, dropped: list[str] | None) -> bool:
+    """Whether a value is over the attribute value limit and is to be left out (listed in
+    `dropped`); without a `dropped` list such a value rejects its row."""
+    if _value_size(value) <= _VALUE_LIMIT:
+        return False
+    if dropped is None:
+        raise _Reject(
+            "attribute_value_too_long",
+            column,
+            f"the value is over Customer.io's {_VALUE_LIMIT}-byte attribute value limit",
+        )
+    dropped.append(column)
+    return True
+
+
+def _dropped(row: Row, row_key: str, columns: list[str]) -> list[Rejection]:
+    return [Rejection(row, row_key, ATTRIBUTE_DROPPED, c, _DROPPED_MESSAGE) for c in columns]
 
 
 def _too_large(rows: list[Row], row_key: str, size: int) -> list[Rejection]:

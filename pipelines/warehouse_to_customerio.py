@@ -293,16 +293,24 @@ class SyncResult:
             for load_id in self.resumed_loads
         ]
         new_loads = set(self.load_info.loads_ids)
-        rejected_now = Counter(r["table"] for r in self.rejected if r["load_id"] in new_loads)
+        # an attribute dropped for its size is recorded with the rejections, but its row was sent
+        rejected = [r for r in self.rejected if r["reason"] != "attribute_dropped"]
+        dropped = [r for r in self.rejected if r["reason"] == "attribute_dropped"]
+        rejected_now = Counter(r["table"] for r in rejected if r["load_id"] in new_loads)
         for table, count in sorted(self.rows.items()):
             bad = rejected_now[table]
             lines.append(f"  {table}: {count - bad} sent, {bad} rejected")
         if not self.rows:
             lines.append("  nothing new to send")
-        lines.append(f"rejected rows: {len(self.rejected)}")
-        reasons = Counter((r["table"], r["reason"], r["field"]) for r in self.rejected)
+        lines.append(f"rejected rows: {len(rejected)}")
+        reasons = Counter((r["table"], r["reason"], r["field"]) for r in rejected)
         for (table, reason, column), count in sorted(reasons.items()):
             lines.append(f"  {table}: {count} x {reason} ({column})")
+        if dropped:
+            lines.append(f"attributes dropped from rows sent without them: {len(dropped)}")
+            columns = Counter((r["table"], r["field"]) for r in dropped)
+            for (table, column), count in sorted(columns.items()):
+                lines.append(f"  {table}: {count} x {column} (over the 1000-byte value limit)")
         if self.rejected:
             lines.append(
                 "  inspect them with cio_destination.rejected_rows(pipeline, load_id=...):"

@@ -559,3 +559,23 @@ def test_dict_rows_with_a_variant_column_take_the_row_path_and_fold_it():
         {"age": 5},
         {"age": "unknown"},
     ]
+
+
+def test_drop_attribute_on_the_columnar_path_is_the_row_path_s():
+    long = "y" * 1_001
+    batch = pa.RecordBatch.from_pylist(
+        [{"ident": "a", "name": long}, {"ident": "b", "name": "ok"}, {"ident": "c", "name": None}],
+        schema=pa.schema([("ident", pa.string()), ("name", pa.string())]),
+    )
+    mapper = mapper_for(batch, oversized_attribute="drop_attribute")
+
+    fast = map_identify_batch(mapper, batch)
+    slow = mapper.map_rows(rows_from_arrow(batch))
+
+    assert outcome(fast) == outcome(slow)
+    assert [(d.row_key, d.reason, d.field) for d in fast.dropped] == [
+        ("a", "attribute_dropped", "name")
+    ]
+    assert [(d.row_key, d.field) for d in fast.dropped] == [
+        (d.row_key, d.field) for d in slow.dropped
+    ]

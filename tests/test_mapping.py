@@ -655,3 +655,39 @@ def test_compile_mapping_json_column_not_in_the_table_is_absent():
     )
 
     assert compile_mapping("orders", mapping, ORDERS).absent_columns == (("json_columns", "meta"),)
+
+
+# --- oversized_attribute -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        {"action": "identify", "identifier": "id"},
+        {"action": "add_device", "identifier": "id", "device_token": "t", "device_platform": "ios"},
+    ],
+    ids=lambda declared: declared["action"],
+)
+def test_oversized_attribute_applies_where_the_value_limit_does(declared: dict[str, Any]):
+    assert parse_mapping("t", declared).oversized_attribute == "reject_row"
+    mapping = parse_mapping("t", {**declared, "oversized_attribute": "drop_attribute"})
+    assert mapping.oversized_attribute == "drop_attribute"
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        {
+            "action": "event",
+            "identifier": "id",
+            "event_name": "x",
+            "oversized_attribute": "drop_attribute",
+        },
+        {"action": "identify", "identifier": "id", "oversized_attribute": "truncate"},
+    ],
+    ids=["event-has-no-value-limit", "unknown-choice"],
+)
+def test_oversized_attribute_errors_name_the_key(declared: dict[str, Any]):
+    with pytest.raises(MappingError) as info:
+        parse_mapping("t", declared)
+    assert_mapping_error(info, "t", "oversized_attribute")

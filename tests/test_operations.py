@@ -1491,3 +1491,94 @@ def test_whole_row_key_of_a_row_with_a_variant_is_the_key_of_the_row_it_stands_f
     as_column = ops(plain.map_rows([{"user_id": 7, "score": "n/a"}]))
 
     assert as_variant == as_column
+
+
+# --- oversized_attribute = "drop_attribute" -----------------------------------------------------
+
+BIOS = columns("id", "bio", "plan", "prefs")
+LONG = "x" * (limits.MAX_ATTRIBUTE_VALUE_BYTES + 1)
+
+
+def test_an_oversized_attribute_rejects_the_person_by_default():
+    mapped = mapper("people", BIOS, **IDENTIFY).map_rows([{"id": 1, "bio": LONG, "plan": "pro"}])
+
+    assert [(r.reason, r.field) for r in mapped.rejections] == [("attribute_value_too_long", "bio")]
+    assert mapped.entries == [] and mapped.dropped == []
+
+
+def test_drop_attribute_sends_the_person_without_it_and_records_what_was_dropped():
+    row_mapper = mapper("people", BIOS, **IDENTIFY, oversized_attribute="drop_attribute")
+    row = {"id": 1, "bio": LONG, "plan": "pro", "prefs": {"long": LONG}}
+
+    mapped = row_mapper.map_rows([row, {"id": 2, "bio": "short"}])
+
+    assert ops(mapped) == [
+        {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": "1"},
+            "attributes": {"plan": "pro"},
+        },
+        {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": "2"},
+            "attributes": {"bio": "short"},
+        },
+    ]
+    assert mapped.rejections == []
+    assert [(d.row, d.row_key, d.reason, d.field) for d in mapped.dropped] == [
+        (row, "1", "attribute_dropped", "bio"),
+        (row, "1", "attribute_dropped", "prefs"),
+    ]
+    assert all(LONG not in d.message and "1000-byte" in d.message for d in mapped.dropped)
+
+
+def test_drop_attribute_in_a_collapsed_person_keeps_the_other_row_s_value():
+    row_mapper = mapper("people", BIOS, **IDENTIFY, oversized_attribute="drop_attribute")
+    rows = [
+        {"id": 1, "bio": LONG, "plan": "pro"},
+        {"id": 1, "bio": "short"},
+        {"id": 1, "bio": LONG},
+    ]
+
+    mapped = row_mapper.map_rows(rows)
+
+    assert ops(mapped)[0]["attributes"] == {"plan": "pro", "bio": "short"}
+    assert [(d.row, d.field) for d in mapped.dropped] == [(rows[0], "bio"), (rows[2], "bio")]
+
+
+def test_a_person_rejected_anyway_has_its_rejection_and_no_dropped_record():
+    wide = columns("id", "bio", *(f"a{i}" for i in range(301)))
+    row_mapper = mapper("people", wide, **IDENTIFY, oversized_attribute="drop_attribute")
+    row = {"id": 1, "bio": LONG, **{f"a{i}": i for i in range(301)}}
+
+    mapped = row_mapper.map_rows([row])
+
+    assert [r.reason for r in mapped.rejections] == ["too_many_attributes"]
+    assert mapped.dropped == []
+
+
+def test_drop_attribute_for_device_attributes():
+    row_mapper = mapper(
+        "devices",
+        columns("id", "tok", "model", "notes"),
+        action="add_device",
+        identifier="id",
+        device_token="tok",
+        device_platform="ios",
+        oversized_attribute="drop_attribute",
+    )
+    row = {"id": 1, "tok": "t-1", "model": "X", "notes": LONG}
+
+    mapped = row_mapper.map_rows([row])
+
+    assert ops(mapped)[0]["device"] == {
+        "token": "t-1",
+        "platform": "ios",
+        "attributes": {"model": "X"},
+    }
+    assert [(d.row, d.reason, d.field) for d in mapped.dropped] == [
+        (row, "attribute_dropped", "notes")
+    ]
+    assert mapped.rejections == []

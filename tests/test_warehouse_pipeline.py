@@ -590,3 +590,31 @@ def test_duckdb_json_columns_reach_customerio_as_json(
         "alan@example.com": {"prefs": "plain"},
     }
     assert [e["attributes"] for e in emulator.events] == [{"id": 7, "page": {"path": "/pricing"}}]
+
+
+def test_summary_counts_rows_sent_without_a_dropped_attribute_as_sent():
+    def record(reason: str, field: str) -> dict[str, Any]:
+        return {"table": "users", "load_id": "1", "reason": reason, "field": field}
+
+    result = wh.SyncResult(
+        pipeline=SimpleNamespace(pipeline_name="wh"),  # type: ignore[arg-type]
+        load_info=SimpleNamespace(loads_ids=["1"]),  # type: ignore[arg-type]
+        rows={"users": 3},
+        rejected=[
+            record("attribute_dropped", "bio"),
+            record("attribute_dropped", "bio"),
+            record("invalid_identifier", "email"),
+        ],
+    )
+
+    summary = result.summary().splitlines()
+
+    assert summary[1:] == [
+        "  users: 2 sent, 1 rejected",
+        "rejected rows: 1",
+        "  users: 1 x invalid_identifier (email)",
+        "attributes dropped from rows sent without them: 2",
+        "  users: 2 x bio (over the 1000-byte value limit)",
+        "  inspect them with cio_destination.rejected_rows(pipeline, load_id=...):"
+        " each has row_key, reason, field, message and the row",
+    ]
