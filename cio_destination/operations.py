@@ -307,6 +307,10 @@ class RowMapper:
     def _row_key(self, row: Row, columns: tuple[str, ...]) -> str:
         """The text that names a row in reports: its values of `columns` (the table's primary
         key's where the row has none of them); made of any values, it never raises."""
+        if len(columns) == 1:
+            value = row.get(columns[0])
+            if type(value) is str:  # the common case, once per row of every keyed table
+                return value
         primary_key = self.compiled.primary_key
         if (
             primary_key
@@ -355,11 +359,12 @@ class RowMapper:
         most = limits.MAX_ATTRIBUTES_PER_IDENTIFY
         dumps = orjson.dumps
         decode = self._reads
+        dropping = self.mapping.oversized_attribute == "drop_attribute"
         rows_in = 0
         for row in rows:
             rows_in += 1
             values = row
-            dropped = self._dropped_list()
+            dropped: list[str] | None = [] if dropping else None
             try:
                 if decode:
                     values = self._decoded(row)
@@ -426,12 +431,14 @@ class RowMapper:
         rejections: list[Rejection] = []
         id_columns = self.compiled.event_id_columns
         build = self._send_body if self.mapping.action == "send_email" else self._named_op
+        decode = self._reads
         rows_in = 0
         for row in rows:
             rows_in += 1
             values = row
             try:
-                values = self._decoded(row)
+                if decode:
+                    values = self._decoded(row)
                 key = self._event_id(values, id_columns)
                 op = build(values, key)
             except _Reject as reject:
