@@ -1336,7 +1336,8 @@ def test_json_column_already_decoded_passes_as_it_is():
     assert ops(mapped)[0]["attributes"] == {"prefs": {"theme": "dark"}}
 
 
-def test_json_columns_in_event_data_and_in_message_data():
+@pytest.mark.parametrize("shape", ["dict", "arrow"])
+def test_json_columns_in_event_data_and_in_message_data(shape: str):
     table = columns("k", "user_id", "meta", "data")
     event = mapper(
         "t",
@@ -1360,8 +1361,11 @@ def test_json_columns_in_event_data_and_in_message_data():
     )
     row = {"k": 1, "user_id": 7, "meta": '{"tier": 2}', "data": '{"sku": "A"}'}
 
-    event_op = ops(event.map_rows([row]))[0]
-    send_body = ops(send.map_rows([row]))[0]
+    def rows() -> Any:
+        return [row] if shape == "dict" else rows_from_arrow(pa.RecordBatch.from_pylist([row]))
+
+    event_op = ops(event.map_rows(rows()))[0]
+    send_body = ops(send.map_rows(rows()))[0]
 
     assert event_op["attributes"] == {"sku": "A", "k": 1, "meta": {"tier": 2}}
     assert send_body["message_data"] == {"sku": "A", "k": 1, "meta": {"tier": 2}}
