@@ -124,7 +124,15 @@ class Workspace:
 
     def _track_client(self, url: str) -> TrackClient:
         key = self._key
-        return TrackClient(url, key.site_id, self._api_key, limiter=self.limiter, **self._options)
+        source = "track_url" if key.track_url else "region"
+        return TrackClient(
+            url,
+            key.site_id,
+            self._api_key,
+            limiter=self.limiter,
+            url_source=source,
+            **self._options,
+        )
 
     def _preflight(self) -> None:
         key = self._key
@@ -166,6 +174,7 @@ class Workspace:
                 key.app_url or APP_HOSTS[region],
                 self._app_api_key,
                 limiter=RateLimiter(key.app_requests_per_second),
+                url_source="app_url" if key.app_url else "region",
                 **self._options,
             )
             self.emails = EmailSender(app, max_in_flight=key.max_concurrent_requests)

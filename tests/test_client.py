@@ -10,7 +10,14 @@ import orjson
 import pytest
 from pytest_httpx import HTTPXMock
 
-from cio_destination.client import TRACK_HOSTS, RetryPolicy, Sender, TrackClient
+from cio_destination.client import (
+    TRACK_HOSTS,
+    AppClient,
+    RetryPolicy,
+    Sender,
+    SendStats,
+    TrackClient,
+)
 from cio_destination.exceptions import (
     CredentialsError,
     CustomerioTerminalError,
@@ -260,3 +267,118 @@ def test_sender_keeps_partial_rejections_when_another_body_fails(httpx_mock: HTT
     assert isinstance(result.error, CustomerioTransientError)
     assert [r.row_key for r in result.rejections] == ["0"]
     sender.close()
+
+
+# Every status a Track request can be answered with, by the class it belongs to.
+DELIVERED_STATUS = [200, 201, 202, 203, 204, 206, 226, 299]
+NARROWED_STATUS = [400, 413, 422]
+REJECTED_STATUS = [402, 406, 409, 410, 411, 415, 418, 421, 425, 426, 428, 431, 451, 499]
+MISDIRECTED_STATUS = [300, 301, 302, 303, 304, 305, 307, 308, 399, 404, 405]
+REFUSED_STATUS = [401, 403]
+RETRIED_STATUS = [100, 101, 103, 199, 408, 429, 500, 501, 502, 503, 504, 505, 507, 520, 524, 599]
+
+
+@pytest.mark.parametrize(
+    "status",
+    DELIVERED_STATUS
+    + NARROWED_STATUS
+    + REJECTED_STATUS
+    + MISDIRECTED_STATUS
+    + REFUSED_STATUS
+    + RETRIED_STATUS,
+)
+def test_every_status_accounts_for_every_entry_of_the_batch(httpx_mock: HTTPXMock, status: int):
+    headers = {"location": "https://elsewhere.example/api/v2/batch"} if status // 100 == 3 else {}
+    httpx_mock.add_response(
+        url="https://track.customer.io/api/v2/batch",
+        status_code=status,
+        headers=headers,
+        json={},
+        is_reusable=True,
+    )
+    client = make_client(FakeClock(), max_attempts=2)
+    entries = [entry(i) for i in range(4)]
+    keys = {e.row_key for e in entries}
+
+    raised: Exception | None = None
+    try:
+        result = client.send_batch(entries)
+    except Exception as error:  # every entry is in the raised error: dlt keeps the package
+        raised = error
+    requests = httpx_mock.get_requests()
+    assert all(r.url.host == "track.customer.io" for r in requests)  # never followed
+
+    if status in DELIVERED_STATUS:
+        assert raised is None
+        assert [e.row_key for e in result.delivered_entries()] == sorted(keys)
+        assert result.rejections == [] and result.stats.accepted == 4
+    elif status in NARROWED_STATUS or status in REJECTED_STATUS:
+        assert raised is None
+        assert list(result.delivered_entries()) == []
+        reason = "entry_too_large" if status == 413 else f"http_{status}"
+        assert sorted((r.row_key, r.reason) for r in result.rejections) == [
+            (k, reason) for k in sorted(keys)
+        ]
+        if status in REJECTED_STATUS:
+            assert len(requests) == 1  # the whole request was refused: no narrowing
+    elif status in MISDIRECTED_STATUS:
+        assert type(raised) is CustomerioTerminalError
+        assert "destination.customerio.track_url" in str(raised)
+        assert f"HTTP {status}" in str(raised)
+        assert len(requests) == 1
+    elif status in REFUSED_STATUS:
+        assert isinstance(raised, CredentialsError)
+        assert len(requests) == 1
+    else:
+        assert isinstance(raised, CustomerioTransientError)
+        assert len(requests) == 2
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_never_followed_and_names_the_url_and_region_keys(
+    httpx_mock: HTTPXMock, status: int
+):
+    httpx_mock.add_response(
+        url="https://track.customer.io/api/v2/batch",
+        status_code=status,
+        headers={"location": "https://track-eu.customer.io/api/v2/batch"},
+    )
+    client = make_client(FakeClock())
+
+    with pytest.raises(CustomerioTerminalError) as raised:
+        client.send_batch([entry(1), entry(2)])
+
+    message = str(raised.value)
+    assert "redirect" in message and "track-eu.customer.io" in message
+    assert "destination.customerio.track_url" in message
+    assert "destination.customerio.region" in message
+    assert "key-1" not in message
+    assert len(httpx_mock.get_requests()) == 1
+
+
+def test_a_misdirected_request_names_region_when_the_host_came_from_the_region(
+    httpx_mock: HTTPXMock,
+):
+    httpx_mock.add_response(status_code=404)
+    limiter = RateLimiter(1000, clock=FakeClock(), sleep=FakeClock().sleep)
+    client = TrackClient(TRACK_HOSTS["eu"], "site-1", "key-1", limiter=limiter, url_source="region")
+
+    with pytest.raises(CustomerioTerminalError) as raised:
+        client.send_batch([entry(1)])
+
+    assert "destination.customerio.region" in str(raised.value)
+    assert "track_url" not in str(raised.value)
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204])
+def test_any_2xx_answer_to_a_send_counts_as_sent(httpx_mock: HTTPXMock, status: int):
+    httpx_mock.add_response(status_code=status, json={"delivery_id": "d-1"})
+    clock = FakeClock()
+    limiter = RateLimiter(1000, clock=clock, sleep=clock.sleep)
+    client = AppClient("https://api.customer.io", "app-key-1", limiter=limiter, sleep=clock.sleep)
+    stats = SendStats()
+
+    outcome = client.send_email(b'{"to": "a@example.com"}', stats)
+
+    assert outcome.rejection is None and outcome.delivery_id == "d-1"
+    assert stats.accepted == 1
