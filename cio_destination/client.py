@@ -24,9 +24,11 @@ network faults                         `Retry-After`, at most `max_attempts` per
                                        `CustomerioTransientError` (the package stays pending)
 =====================================  ==========================================================
 
-A request that must not be repeated (a transactional send, `repeatable=False`) is not retried
-after a transport error once its body may have left (a read timeout, a dropped connection): that
-is UNCERTAIN, and `OutcomeUnknown` is raised after that one attempt.
+A request that must not be repeated (a transactional send, `repeatable=False`) is retried only
+when the answer proves Customer.io did not take it: a connect error, a connect or pool timeout,
+or a 429. Every other RETRY answer (408, 1xx, 5xx, a timeout or a dropped connection after the
+body left) is UNCERTAIN instead, since a gateway may answer after the origin took the request:
+`OutcomeUnknown` is raised after that one attempt.
 """
 
 from __future__ import annotations
@@ -102,8 +104,9 @@ def classify(answer: httpx.Response | httpx.RequestError, *, repeatable: bool = 
         return Verdict.NARROW
     if 400 <= status < 500 and status != 408:
         return Verdict.REJECTED
-    # 408, 1xx, 5xx and anything outside the registered ranges: the server may be fine later
-    return Verdict.RETRY
+    # 408, 1xx, 5xx and anything outside the registered ranges: the server may be fine later,
+    # but a gateway may answer so after the origin took the request
+    return Verdict.RETRY if repeatable else Verdict.UNCERTAIN
 
 
 @dataclass
@@ -517,9 +520,15 @@ class AppClient(ApiClient):
     def __init__(self, base_url: str, app_api_key: str, **options: Any) -> None:
         super().__init__(base_url, _BearerAuth(app_api_key), **options)
 
-    def send_email(self, body: bytes, stats: SendStats) -> SendOutcome:
-        """POST one `/v1/send/email`. Never retries once the request may have been delivered."""
-        response = self.post("/v1/send/email", body, stats, repeatable=False)
+    def send_email(
+        self, body: bytes, stats: SendStats, *, resend_uncertain: bool = False
+    ) -> SendOutcome:
+        """POST one `/v1/send/email`.
+
+        Retried only after failures that prove the send was not taken; `OutcomeUnknown` when
+        it may have been, unless `resend_uncertain`, which retries it like any other request.
+        """
+        response = self.post("/v1/send/email", body, stats, repeatable=resend_uncertain)
         if classify(response) in (Verdict.DELIVERED, Verdict.PARTIAL):
             try:
                 delivery_id = orjson.loads(response.content).get("delivery_id")

@@ -81,7 +81,8 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     max_concurrent_requests: int = 32
     """Requests in flight at once per workspace, so latency does not cut throughput."""
     resend_uncertain: bool = False
-    """Send again rows whose earlier send an interrupted load left with an unknown outcome."""
+    """Send again rows whose earlier send was left with an unknown outcome, and retry a send
+    after an answer that leaves its outcome unknown (a 5xx, a timeout) like any other request."""
     fingerprints_url: TSecretStrValue | None = None
     """SQLAlchemy URL of a database that keeps `changes_only` fingerprints (default: local state)."""
     dry_run: bool = False

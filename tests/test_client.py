@@ -13,6 +13,7 @@ from pytest_httpx import HTTPXMock
 from cio_destination.client import (
     TRACK_HOSTS,
     AppClient,
+    OutcomeUnknown,
     RetryPolicy,
     Sender,
     SendStats,
@@ -382,3 +383,95 @@ def test_any_2xx_answer_to_a_send_counts_as_sent(httpx_mock: HTTPXMock, status: 
 
     assert outcome.rejection is None and outcome.delivery_id == "d-1"
     assert stats.accepted == 1
+
+
+def make_app_client(clock: FakeClock, **retry: float) -> AppClient:
+    limiter = RateLimiter(1000, clock=clock, sleep=clock.sleep)
+    return AppClient(
+        "https://api.customer.io",
+        "app-key-1",
+        limiter=limiter,
+        retry=RetryPolicy(**retry) if retry else RetryPolicy(),
+        sleep=clock.sleep,
+        rng=random.Random(7),
+    )
+
+
+SEND = b'{"transactional_message_id": 1, "to": "a@example.com"}'
+# Answers after which Customer.io may already have taken the send.
+MAYBE_TAKEN = [
+    httpx.Response(408),
+    httpx.Response(500),
+    httpx.Response(502),
+    httpx.Response(503),
+    httpx.Response(504),
+    httpx.Response(520),
+    httpx.Response(524),
+    httpx.Response(599),
+    httpx.Response(101),
+    httpx.ReadTimeout("no answer"),
+    httpx.WriteTimeout("half sent"),
+    httpx.RemoteProtocolError("dropped"),
+    httpx.ReadError("reset"),
+]
+# Answers that prove the send never reached Customer.io.
+NOT_TAKEN = [
+    httpx.Response(429, headers={"Retry-After": "0"}),
+    httpx.ConnectError("refused"),
+    httpx.ConnectTimeout("no route"),
+    httpx.PoolTimeout("pool full"),
+]
+
+
+def _name(answer: httpx.Response | Exception) -> str:
+    if isinstance(answer, httpx.Response):
+        return f"http_{answer.status_code}"
+    return type(answer).__name__
+
+
+def _answer(httpx_mock: HTTPXMock, answer: httpx.Response | Exception) -> None:
+    if isinstance(answer, Exception):
+        httpx_mock.add_exception(answer)
+    else:
+        httpx_mock.add_response(status_code=answer.status_code, headers=answer.headers)
+
+
+@pytest.mark.parametrize("answer", MAYBE_TAKEN, ids=_name)
+def test_a_send_that_may_have_been_taken_is_uncertain_and_not_retried(
+    httpx_mock: HTTPXMock, answer: httpx.Response | Exception
+):
+    _answer(httpx_mock, answer)
+    client = make_app_client(FakeClock())
+
+    with pytest.raises(OutcomeUnknown):
+        client.send_email(SEND, SendStats())
+
+    assert len(httpx_mock.get_requests()) == 1
+
+
+@pytest.mark.parametrize("answer", NOT_TAKEN, ids=_name)
+def test_a_send_that_never_arrived_is_retried(
+    httpx_mock: HTTPXMock, answer: httpx.Response | Exception
+):
+    _answer(httpx_mock, answer)
+    httpx_mock.add_response(json={"delivery_id": "d-1"})
+    client = make_app_client(FakeClock())
+
+    outcome = client.send_email(SEND, SendStats())
+
+    assert outcome.delivery_id == "d-1"
+    assert len(httpx_mock.get_requests()) == 2
+
+
+@pytest.mark.parametrize("answer", MAYBE_TAKEN, ids=_name)
+def test_resend_uncertain_retries_a_send_like_any_request(
+    httpx_mock: HTTPXMock, answer: httpx.Response | Exception
+):
+    _answer(httpx_mock, answer)
+    httpx_mock.add_response(json={"delivery_id": "d-1"})
+    client = make_app_client(FakeClock())
+
+    outcome = client.send_email(SEND, SendStats(), resend_uncertain=True)
+
+    assert outcome.delivery_id == "d-1"
+    assert len(httpx_mock.get_requests()) == 2
