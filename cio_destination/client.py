@@ -19,8 +19,10 @@ must not travel to another host),      `region`, when the host came from it)
 other 4xx (402, 409, 410, 451, ...)    REJECTED: every entry of that request is rejected with
                                        reason `http_<status>`; not narrowed, as such answers
                                        come from proxies for a whole request
+a connection refused (or a host that   UNREACHABLE: terminal at once, naming the URL and the
+does not resolve) at the preflight     key that set it; retrying a closed port only hides it
 408, 429, 1xx, 5xx, any other status,  RETRY: exponential backoff with jitter, honouring
-network faults                         `Retry-After`, at most `max_attempts` per request; then
+other network faults                   `Retry-After`, at most `max_attempts` per request; then
                                        `CustomerioTransientError` (the package stays pending)
 =====================================  ==========================================================
 
@@ -75,6 +77,7 @@ class Verdict(enum.Enum):
     REJECTED = "rejected"
     REFUSED = "refused"
     MISDIRECTED = "misdirected"
+    UNREACHABLE = "unreachable"
     RETRY = "retry"
     UNCERTAIN = "uncertain"
 
@@ -83,9 +86,13 @@ class Verdict(enum.Enum):
 _NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-def classify(answer: httpx.Response | httpx.RequestError, *, repeatable: bool = True) -> Verdict:
+def classify(
+    answer: httpx.Response | httpx.RequestError, *, repeatable: bool = True, preflight: bool = False
+) -> Verdict:
     """The one decision of what an answer (or a transport error) means; see the module table."""
     if isinstance(answer, httpx.RequestError):
+        if preflight and isinstance(answer, httpx.ConnectError):
+            return Verdict.UNREACHABLE
         if repeatable or isinstance(answer, _NOT_SENT_ERRORS):
             return Verdict.RETRY
         return Verdict.UNCERTAIN
@@ -252,12 +259,14 @@ class ApiClient:
         stats: SendStats,
         *,
         repeatable: bool = True,
+        preflight: bool = False,
     ) -> httpx.Response:
         """A request with retries; returns the first answer `classify` does not retry.
 
-        Raises `CredentialsError` or `CustomerioTerminalError` for a REFUSED or MISDIRECTED
-        answer, `CustomerioTransientError` when attempts run out, and, with `repeatable=False`
-        (a transactional send), `OutcomeUnknown` for an UNCERTAIN one.
+        Raises `CredentialsError` or `CustomerioTerminalError` for a REFUSED, MISDIRECTED or
+        (with `preflight`) UNREACHABLE answer, `CustomerioTransientError` when attempts run out,
+        and, with `repeatable=False` (a transactional send), `OutcomeUnknown` for an UNCERTAIN
+        one.
         """
         attempt = 0
         waited = 0.0
@@ -270,7 +279,13 @@ class ApiClient:
                 answer = self._http.request(method, path, content=body)
             except httpx.RequestError as exc:
                 answer = exc
-            verdict = classify(answer, repeatable=repeatable)
+            verdict = classify(answer, repeatable=repeatable, preflight=preflight)
+            if verdict is Verdict.UNREACHABLE:
+                raise CustomerioTerminalError(
+                    f"cannot connect to Customer.io {self.api_name} at {self.base_url}"
+                    f" ({str(answer)[:120] or type(answer).__name__}): check"
+                    f" destination.customerio.{self.url_source} and this machine's network"
+                )
             if verdict is Verdict.UNCERTAIN:
                 raise OutcomeUnknown(_problem(answer))
             if verdict is Verdict.REFUSED:
@@ -355,8 +370,12 @@ class TrackClient(ApiClient):
         super().__init__(base_url, httpx.BasicAuth(site_id, api_key), **options)
 
     def account_region(self) -> str | None:
-        """`GET /api/v1/accounts/region`: checks the credentials; returns `us`, `eu` or None."""
-        response = self.request("GET", "/api/v1/accounts/region", None, SendStats())
+        """`GET /api/v1/accounts/region`: checks the credentials; returns `us`, `eu` or None.
+
+        A refused connection stops the load at once (`CustomerioTerminalError` naming the URL):
+        the first request of a load that cannot connect means a wrong URL or no network.
+        """
+        response = self.request("GET", "/api/v1/accounts/region", None, SendStats(), preflight=True)
         if classify(response) is not Verdict.DELIVERED:
             raise CustomerioTerminalError(
                 f"Customer.io Track API at {self.base_url} answered HTTP {response.status_code}"

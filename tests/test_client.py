@@ -475,3 +475,30 @@ def test_resend_uncertain_retries_a_send_like_any_request(
 
     assert outcome.delivery_id == "d-1"
     assert len(httpx_mock.get_requests()) == 2
+
+
+@pytest.mark.parametrize("key", ["track_url", "region"])
+def test_a_refused_region_check_stops_at_once_naming_the_url_and_its_key(
+    httpx_mock: HTTPXMock, key: str
+):
+    httpx_mock.add_exception(httpx.ConnectError("[Errno 111] Connection refused"))
+    clock = FakeClock()
+    limiter = RateLimiter(1000, clock=clock, sleep=clock.sleep)
+    client = TrackClient(
+        "https://track-eu.customer.io",
+        "site-1",
+        "key-1",
+        limiter=limiter,
+        sleep=clock.sleep,
+        url_source=key,
+    )
+
+    with pytest.raises(CustomerioTerminalError) as raised:
+        client.account_region()
+
+    message = str(raised.value)
+    assert "https://track-eu.customer.io" in message
+    assert f"destination.customerio.{key}" in message
+    assert "Connection refused" in message
+    assert len(httpx_mock.get_requests()) == 1
+    assert clock.sleeps == []
