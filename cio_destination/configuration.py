@@ -80,7 +80,8 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     """App API bearer key, only needed for transactional sends."""
     region: str = "us"
     """`us`, `eu` or `auto` (asks Customer.io): picks the hosts unless `track_url` / `app_url`
-    override them. A wrong region stops the load with a message saying which one to set."""
+    override them. A wrong region stops the load with a message saying which one to set, with
+    `track_url` set too (`auto` then adopts the reported region and keeps the URL)."""
     track_url: str | None = None
     """Base URL override for the Track API (the local emulator or a proxy)."""
     app_url: str | None = None

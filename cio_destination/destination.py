@@ -141,35 +141,43 @@ class Workspace:
             client = self._sender.client
         else:
             client = self._track_client(key.track_url or TRACK_HOSTS[configured])
-        found = client.account_region()
-        region = configured
-        if key.region == "auto":
-            region = found or self.region or configured
-        elif found and found != configured and key.track_url is None:
+        try:
+            found = client.account_region()
+            if found and key.region != "auto" and found != configured:
+                # compared with track_url set too: a proxy or the emulator can be in either region
+                raise CustomerioTerminalError(
+                    f"the Customer.io workspace is in the '{found}' region but"
+                    f" destination.customerio.region is '{configured}': set region = \"{found}\""
+                    ' (or "auto")'
+                )
+        except BaseException:
             if self._sender is None:
                 client.close()
-            raise CustomerioTerminalError(
-                f"the Customer.io workspace is in the '{found}' region but"
-                f" destination.customerio.region is '{configured}': set region = \"{found}\""
-                ' (or "auto")'
-            )
-        if self._sender is not None and (region == self.region or key.track_url is not None):
-            self.region = region
+            raise
+        region = (found or self.region or configured) if key.region == "auto" else configured
+        if self._sender is not None and region == self.region:
             self._sender.forget_refusal()
             return
-        if self._sender is not None:
-            self._sender.close()  # region="auto" and the workspace moved: new hosts
-            client = self._track_client(TRACK_HOSTS[region])
-        elif key.track_url is None and region != configured:
-            client.close()
-            client = self._track_client(TRACK_HOSTS[region])
+        url = key.track_url or TRACK_HOSTS[region]
+        if client.base_url != url.rstrip("/"):  # region="auto" found another region
+            if self._sender is not None:
+                self._sender.close()
+                self._sender = None
+            else:
+                client.close()
+            client = self._track_client(url)
         self.region = region
-        self._sender = Sender(
-            client,
-            max_in_flight=key.max_concurrent_requests,
-            max_request_bytes=key.max_request_bytes,
-        )
+        if self._sender is None:
+            self._sender = Sender(
+                client,
+                max_in_flight=key.max_concurrent_requests,
+                max_request_bytes=key.max_request_bytes,
+            )
+        else:
+            self._sender.forget_refusal()
         if self._app_api_key:
+            if self.emails is not None:
+                self.emails.close()
             app = AppClient(
                 key.app_url or APP_HOSTS[region],
                 self._app_api_key,

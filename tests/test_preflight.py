@@ -133,3 +133,26 @@ def test_an_unreachable_customerio_stops_the_load_at_the_first_refusal(
     assert f"cannot connect to Customer.io Track API at {url} (" in message
     assert "check destination.customerio.track_url" in message
     assert [r for r in caplog.records if r.name == "cio_destination"] == []  # no retries
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("region", ["us", "eu", "auto"])
+def test_the_region_is_compared_with_track_url_set(tmp_path: Path, region: str):
+    with Emulator(site_id=SITE_ID, api_key=API_KEY, region="eu") as eu:
+        pipeline = dlt.pipeline(
+            f"wrong_region_{region}",
+            destination=customerio(
+                site_id=SITE_ID, api_key=API_KEY, track_url=eu.url, region=region
+            ),
+            pipelines_dir=str(tmp_path),
+            dev_mode=True,
+        )
+        if region == "us":
+            with pytest.raises(PipelineStepFailed) as raised:
+                pipeline.run(people("a", 5))
+            assert "in the 'eu' region" in str(raised.value)
+            assert 'set region = "eu"' in str(raised.value)
+            assert [r.path for r in eu.requests] == ["/api/v1/accounts/region"]
+        else:  # "auto" adopts the workspace's region and keeps the URL
+            pipeline.run(people("a", 5))
+            assert len(eu.people) == 5
