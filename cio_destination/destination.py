@@ -42,7 +42,7 @@ from cio_destination.client import (
     TrackClient,
 )
 from cio_destination.configuration import CustomerioConfiguration
-from cio_destination.exceptions import CustomerioTerminalError, MappingError
+from cio_destination.exceptions import CustomerioTerminalError
 from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
 from cio_destination.mirror import MirrorPlan, plan_mirror
 from cio_destination.operations import Entry, Rejection, RowMapper, rows_from_arrow
@@ -208,7 +208,7 @@ class LoadMappings:
         self._config = tables_config or {}
         self._can_send_email = can_send_email
         self._mappers: dict[str, RowMapper] = {}
-        self._error: MappingError | None = None
+        self._error: CustomerioTerminalError | None = None
         self._mirrors: dict[str, MirrorPlan] = {}
         self._lock = threading.Lock()
 
@@ -238,7 +238,7 @@ class LoadMappings:
             try:
                 compiled = self._compile(name, table, columns)
                 plan = plan_mirror(compiled, context, store, pipeline_name)
-            except MappingError as error:
+            except CustomerioTerminalError as error:  # a mapping, or a setting it needs
                 self._error = error
                 return
             if plan is not None:
@@ -260,10 +260,10 @@ class LoadMappings:
     def _compile(self, name: str, table: Any, columns: dict[str, Any]) -> CompiledMapping:
         mapping = resolve_mapping(name, table, self._config.get(name))
         if mapping.action == "send_email" and not self._can_send_email:
-            raise MappingError(
-                name,
-                "action",
-                "send_email needs the App API key: set destination.customerio.app_api_key",
+            # the mapping is right; the setting is missing, so name only the setting
+            raise CustomerioTerminalError(
+                f"table '{name}' sends emails (action send_email), which needs the App API key:"
+                " set destination.customerio.app_api_key"
             )
         compiled = compile_mapping(name, mapping, columns)
         self._mappers[name] = RowMapper(compiled)

@@ -141,7 +141,12 @@ def test_send_email_without_app_api_key_stops_before_any_request(
     with pytest.raises(PipelineStepFailed) as raised:
         pipeline.run(receipts_resource(receipts(3)))
 
-    assert "destination.customerio.app_api_key" in str(raised.value)
+    message = str(raised.value)
+    assert (
+        "table 'receipts' sends emails (action send_email), which needs the App API key:"
+        " set destination.customerio.app_api_key" in message
+    )
+    assert "customerio_adapter" not in message and "tables.receipts" not in message
     assert emulator.requests == []
 
 
