@@ -31,6 +31,9 @@ when the answer proves Customer.io did not take it: a connect error, a connect o
 or a 429. Every other RETRY answer (408, 1xx, 5xx, a timeout or a dropped connection after the
 body left) is UNCERTAIN instead, since a gateway may answer after the origin took the request:
 `OutcomeUnknown` is raised after that one attempt.
+
+A rejection keeps Customer.io's `reason` and `field`; its free-text `message` passes through
+`ServerText`, which masks every value of the rejected operation, so it never holds one.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -185,10 +189,70 @@ def _server_errors(response: httpx.Response) -> list[dict[str, Any]]:
     return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return str(value)[:_MAX_SERVER_MESSAGE]
+_MASK = "<value>"
+_EMAIL = re.compile(r"[^\s@'\"`<>()\[\],;:]+@[^\s@'\"`<>()\[\],;:]+")
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"|`([^`]*)`")
+_STRUCTURE = frozenset({"type", "action"})  # the mapping's, not the row's
+
+
+class ServerText:
+    """Customer.io's free text about one operation (a 207 item, a 400, a send's error), made safe
+    to store: Customer.io may echo what it was sent, and a rejection never holds a row's value.
+
+    Every value of the operation (case-insensitively, as a whole token), every e-mail address
+    and every quoted text that is not a name of the operation (an attribute, an identifier
+    kind) becomes `<value>`; the result is capped at 300 characters. Codes and field paths such
+    as `invalid` or `attributes.plan` pass unchanged.
+    """
+
+    def __init__(self, operation: bytes) -> None:
+        values: set[str] = set()
+        self._names: set[str] = set()
+        self._readable = True
+        try:
+            self._walk(orjson.loads(operation), values, top=True)
+        except orjson.JSONDecodeError:
+            self._readable = False  # values unknown: no free text can be shown safely
+        alternatives = sorted(values, key=len, reverse=True)
+        self._values = (
+            re.compile(
+                "(?<![0-9A-Za-z])(?:" + "|".join(map(re.escape, alternatives)) + ")(?![0-9A-Za-z])",
+                re.IGNORECASE,
+            )
+            if alternatives
+            else None
+        )
+
+    def _walk(self, value: Any, values: set[str], *, top: bool = False) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                self._names.add(str(key))
+                if not (top and key in _STRUCTURE):
+                    self._walk(item, values)
+        elif isinstance(value, list):
+            for item in value:
+                self._walk(item, values)
+        elif isinstance(value, str | int | float) and not isinstance(value, bool):
+            text = str(value)
+            if text.strip():
+                values.add(text)
+
+    def __call__(self, value: Any) -> str | None:
+        if value is None or not self._readable:
+            return None
+        text = str(value)[: _MAX_SERVER_MESSAGE * 8]  # bounds the work on a huge answer
+        if self._values is not None:
+            text = self._values.sub(_MASK, text)
+        text = _EMAIL.sub(_MASK, text)
+        text = _QUOTED.sub(self._quoted, text)
+        return text[:_MAX_SERVER_MESSAGE]
+
+    def _quoted(self, match: re.Match[str]) -> str:
+        inner = next(g for g in match.groups() if g is not None)
+        if inner == _MASK or inner in self._names:
+            return match.group(0)
+        quote = match.group(0)[0]
+        return f"{quote}{_MASK}{quote}"
 
 
 class OutcomeUnknown(Exception):
@@ -411,12 +475,13 @@ class TrackClient(ApiClient):
         elif verdict is Verdict.NARROW:
             errors = _server_errors(response)
             first = errors[0] if errors else {}
-            reason = "entry_too_large" if status == 413 else _text(first.get("reason"))
+            text = ServerText(entries[0].data)
+            reason = "entry_too_large" if status == 413 else text(first.get("reason"))
             result.rejections.extend(
                 entries[0].reject(
                     reason or f"http_{status}",
-                    _text(first.get("field")),
-                    _text(first.get("message")) or f"Customer.io answered HTTP {status}",
+                    text(first.get("field")),
+                    text(first.get("message")) or f"Customer.io answered HTTP {status}",
                 )
             )
         else:
@@ -443,11 +508,12 @@ class TrackClient(ApiClient):
                 )
             return
         for index, error in failed.items():
+            text = ServerText(entries[index].data)
             result.rejections.extend(
                 entries[index].reject(
-                    _text(error.get("reason")) or "rejected",
-                    _text(error.get("field")),
-                    _text(error.get("message")) or "rejected by Customer.io",
+                    text(error.get("reason")) or "rejected",
+                    text(error.get("field")),
+                    text(error.get("message")) or "rejected by Customer.io",
                 )
             )
         result.stats.accepted += len(entries) - len(failed)
@@ -558,7 +624,7 @@ class AppClient(ApiClient):
         message = f"Customer.io answered HTTP {response.status_code}"
         try:
             meta = orjson.loads(response.content).get("meta", {})
-            message = _text(meta.get("error")) or message
+            message = ServerText(body)(meta.get("error")) or message
         except (orjson.JSONDecodeError, AttributeError):
             pass
         return SendOutcome(rejection=(f"http_{response.status_code}", None, message))

@@ -502,3 +502,74 @@ def test_a_refused_region_check_stops_at_once_naming_the_url_and_its_key(
     assert "Connection refused" in message
     assert len(httpx_mock.get_requests()) == 1
     assert clock.sleeps == []
+
+
+def person(email: str, **attributes: object) -> Entry:
+    op = {
+        "type": "person",
+        "action": "identify",
+        "identifiers": {"email": email},
+        "attributes": attributes,
+    }
+    return Entry(orjson.dumps(op), email, [{"email": email, **attributes}])
+
+
+ECHO = (
+    "attribute 'plan' has value 'Gold-7731' for ADA.L@example.com (score 12345);"
+    ' "Ada Lovelace" is not allowed; id 8 ok; contact bob@elsewhere.example'
+)
+MASKED = (
+    "attribute 'plan' has value '<value>' for <value> (score <value>);"
+    ' "<value>" is not allowed; id 8 ok; contact <value>'
+)
+
+
+def test_a_207_message_keeps_reason_and_field_and_masks_every_value(httpx_mock: HTTPXMock):
+    error = {"batch_index": 1, "reason": "invalid_value", "field": "attributes.plan"}
+    httpx_mock.add_response(status_code=207, json={"errors": [{**error, "message": ECHO}]})
+    client = make_client(FakeClock())
+    echoed = person("ada.l@example.com", plan="Gold-7731", score=12345, name="Ada Lovelace")
+
+    result = client.send_batch([person("x@example.com", plan="a"), echoed])
+
+    [rejection] = result.rejections
+    assert (rejection.reason, rejection.field) == ("invalid_value", "attributes.plan")
+    assert rejection.message == MASKED
+
+
+def test_a_narrowed_400_message_masks_the_values_of_its_entry(httpx_mock: HTTPXMock):
+    error = {"reason": "invalid", "field": "identifiers.email", "message": ECHO}
+    httpx_mock.add_response(status_code=400, json={"errors": [error]})
+    client = make_client(FakeClock())
+    echoed = person("ada.l@example.com", plan="Gold-7731", score=12345, name="Ada Lovelace")
+
+    result = client.send_batch([echoed])
+
+    [rejection] = result.rejections
+    assert (rejection.reason, rejection.field) == ("invalid", "identifiers.email")
+    assert rejection.message == MASKED
+
+
+def test_a_refused_send_message_masks_the_values_of_its_body(httpx_mock: HTTPXMock):
+    httpx_mock.add_response(status_code=400, json={"meta": {"error": ECHO}})
+    client = make_app_client(FakeClock())
+    body = {
+        "transactional_message_id": 3,
+        "to": "ada.l@example.com",
+        "identifiers": {"email": "ada.l@example.com"},
+        "message_data": {"plan": "Gold-7731", "score": 12345, "name": "Ada Lovelace"},
+    }
+
+    outcome = client.send_email(orjson.dumps(body), SendStats())
+
+    assert outcome.rejection == ("http_400", None, MASKED)
+
+
+def test_a_long_server_message_is_capped(httpx_mock: HTTPXMock):
+    error = {"batch_index": 0, "reason": "r", "message": "too long " * 500}
+    httpx_mock.add_response(status_code=207, json={"errors": [error]})
+    client = make_client(FakeClock())
+
+    result = client.send_batch([entry(1)])
+
+    assert 0 < len(result.rejections[0].message) <= 300
