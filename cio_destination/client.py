@@ -30,7 +30,8 @@ A request that must not be repeated (a transactional send, `repeatable=False`) i
 when the answer proves Customer.io did not take it: a connect error, a connect or pool timeout,
 or a 429. Every other RETRY answer (408, 1xx, 5xx, a timeout or a dropped connection after the
 body left) is UNCERTAIN instead, since a gateway may answer after the origin took the request:
-`OutcomeUnknown` is raised after that one attempt.
+`OutcomeUnknown` is raised after that one attempt. A send carries one row, so NARROW and
+REJECTED answers to it reject that row.
 
 A rejection keeps Customer.io's `reason` and `field`; its free-text `message` passes through
 `ServerText`, which masks every value of the rejected operation, so it never holds one.
@@ -146,7 +147,7 @@ class SendResult:
     stats: SendStats = field(default_factory=SendStats)
     error: BaseException | None = None
     delivered: list[Sequence[Entry]] = field(default_factory=list)
-    """Groups of entries Customer.io accepted (its 200, or a 207 that did not name them)."""
+    """Groups of entries Customer.io accepted (a 2xx, or a 207 that did not name them)."""
 
     def delivered_entries(self) -> Iterator[Entry]:
         return chain.from_iterable(self.delivered)
