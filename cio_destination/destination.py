@@ -42,7 +42,7 @@ from cio_destination.client import (
     TrackClient,
 )
 from cio_destination.configuration import CustomerioConfiguration
-from cio_destination.exceptions import CustomerioTerminalError, MappingError
+from cio_destination.exceptions import CustomerioTerminalError
 from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
 from cio_destination.mirror import MirrorPlan, plan_mirror
 from cio_destination.operations import Entry, Rejection, RowMapper, rows_from_arrow
@@ -124,7 +124,15 @@ class Workspace:
 
     def _track_client(self, url: str) -> TrackClient:
         key = self._key
-        return TrackClient(url, key.site_id, self._api_key, limiter=self.limiter, **self._options)
+        source = "track_url" if key.track_url else "region"
+        return TrackClient(
+            url,
+            key.site_id,
+            self._api_key,
+            limiter=self.limiter,
+            url_source=source,
+            **self._options,
+        )
 
     def _preflight(self) -> None:
         key = self._key
@@ -133,39 +141,48 @@ class Workspace:
             client = self._sender.client
         else:
             client = self._track_client(key.track_url or TRACK_HOSTS[configured])
-        found = client.account_region()
-        region = configured
-        if key.region == "auto":
-            region = found or self.region or configured
-        elif found and found != configured and key.track_url is None:
+        try:
+            found = client.account_region()
+            if found and key.region != "auto" and found != configured:
+                # compared with track_url set too: a proxy or the emulator can be in either region
+                raise CustomerioTerminalError(
+                    f"the Customer.io workspace is in the '{found}' region but"
+                    f" destination.customerio.region is '{configured}': set region = \"{found}\""
+                    ' (or "auto")'
+                )
+        except BaseException:
             if self._sender is None:
                 client.close()
-            raise CustomerioTerminalError(
-                f"the Customer.io workspace is in the '{found}' region but"
-                f" destination.customerio.region is '{configured}': set region = \"{found}\""
-                ' (or "auto")'
-            )
-        if self._sender is not None and (region == self.region or key.track_url is not None):
-            self.region = region
+            raise
+        region = (found or self.region or configured) if key.region == "auto" else configured
+        if self._sender is not None and region == self.region:
             self._sender.forget_refusal()
             return
-        if self._sender is not None:
-            self._sender.close()  # region="auto" and the workspace moved: new hosts
-            client = self._track_client(TRACK_HOSTS[region])
-        elif key.track_url is None and region != configured:
-            client.close()
-            client = self._track_client(TRACK_HOSTS[region])
+        url = key.track_url or TRACK_HOSTS[region]
+        if client.base_url != url.rstrip("/"):  # region="auto" found another region
+            if self._sender is not None:
+                self._sender.close()
+                self._sender = None
+            else:
+                client.close()
+            client = self._track_client(url)
         self.region = region
-        self._sender = Sender(
-            client,
-            max_in_flight=key.max_concurrent_requests,
-            max_request_bytes=key.max_request_bytes,
-        )
+        if self._sender is None:
+            self._sender = Sender(
+                client,
+                max_in_flight=key.max_concurrent_requests,
+                max_request_bytes=key.max_request_bytes,
+            )
+        else:
+            self._sender.forget_refusal()
         if self._app_api_key:
+            if self.emails is not None:
+                self.emails.close()
             app = AppClient(
                 key.app_url or APP_HOSTS[region],
                 self._app_api_key,
                 limiter=RateLimiter(key.app_requests_per_second),
+                url_source="app_url" if key.app_url else "region",
                 **self._options,
             )
             self.emails = EmailSender(app, max_in_flight=key.max_concurrent_requests)
@@ -191,7 +208,7 @@ class LoadMappings:
         self._config = tables_config or {}
         self._can_send_email = can_send_email
         self._mappers: dict[str, RowMapper] = {}
-        self._error: MappingError | None = None
+        self._error: CustomerioTerminalError | None = None
         self._mirrors: dict[str, MirrorPlan] = {}
         self._lock = threading.Lock()
 
@@ -221,7 +238,7 @@ class LoadMappings:
             try:
                 compiled = self._compile(name, table, columns)
                 plan = plan_mirror(compiled, context, store, pipeline_name)
-            except MappingError as error:
+            except CustomerioTerminalError as error:  # a mapping, or a setting it needs
                 self._error = error
                 return
             if plan is not None:
@@ -243,10 +260,10 @@ class LoadMappings:
     def _compile(self, name: str, table: Any, columns: dict[str, Any]) -> CompiledMapping:
         mapping = resolve_mapping(name, table, self._config.get(name))
         if mapping.action == "send_email" and not self._can_send_email:
-            raise MappingError(
-                name,
-                "action",
-                "send_email needs the App API key: set destination.customerio.app_api_key",
+            # the mapping is right; the setting is missing, so name only the setting
+            raise CustomerioTerminalError(
+                f"table '{name}' sends emails (action send_email), which needs the App API key:"
+                " set destination.customerio.app_api_key"
             )
         compiled = compile_mapping(name, mapping, columns)
         self._mappers[name] = RowMapper(compiled)

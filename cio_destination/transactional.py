@@ -66,18 +66,22 @@ class EmailSender:
                 result.rejections.extend(entry.reject(UNKNOWN_REASON, None, UNKNOWN_MESSAGE))
             else:
                 to_send.append(entry)
-        futures = [(e, self._pool.submit(self._send_one, e, store)) for e in to_send]
+        futures = [
+            (e, self._pool.submit(self._send_one, e, store, resend_uncertain)) for e in to_send
+        ]
         released: list[str] = []
         for entry, future in futures:
             self._collect(entry, future, result, released)
         store.release_sends(released)
         return result
 
-    def _send_one(self, entry: Entry, store: StateStore) -> tuple[SendStats, SendOutcome | None]:
+    def _send_one(
+        self, entry: Entry, store: StateStore, resend_uncertain: bool
+    ) -> tuple[SendStats, SendOutcome | None]:
         """Send one row; `None` as outcome means it may or may not have been delivered."""
         stats = SendStats()
         try:
-            outcome = self.client.send_email(entry.data, stats)
+            outcome = self.client.send_email(entry.data, stats, resend_uncertain=resend_uncertain)
         except OutcomeUnknown:
             return stats, None
         if outcome.delivery_id is not None:
@@ -106,7 +110,10 @@ class EmailSender:
             return
         result.stats.add(stats)
         if outcome is None:
-            message = "the connection failed after the send may have reached Customer.io"
+            message = (
+                "a gateway error, a timeout or a dropped connection came after the send may have"
+                " reached Customer.io; it is not sent again unless resend_uncertain is set"
+            )
             result.rejections.extend(entry.reject(UNKNOWN_REASON, None, message))
         elif outcome.rejection is not None:
             released.append(entry.key or "")

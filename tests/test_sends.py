@@ -141,7 +141,12 @@ def test_send_email_without_app_api_key_stops_before_any_request(
     with pytest.raises(PipelineStepFailed) as raised:
         pipeline.run(receipts_resource(receipts(3)))
 
-    assert "destination.customerio.app_api_key" in str(raised.value)
+    message = str(raised.value)
+    assert (
+        "table 'receipts' sends emails (action send_email), which needs the App API key:"
+        " set destination.customerio.app_api_key" in message
+    )
+    assert "customerio_adapter" not in message and "tables.receipts" not in message
     assert emulator.requests == []
 
 
@@ -201,11 +206,23 @@ def test_a_400_rejects_the_row_and_a_429_is_retried(httpx_mock: HTTPXMock, tmp_p
     ]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "lost",
+    [
+        httpx.ReadTimeout("no answer"),
+        httpx.Response(502),
+        httpx.Response(504),
+        httpx.Response(524),
+        httpx.Response(500),
+    ],
+    ids=["read-timeout", "502", "504", "524", "500"],
+)
 def test_a_send_whose_answer_is_lost_is_reported_and_never_repeated(
-    httpx_mock: HTTPXMock, tmp_path: Path
+    httpx_mock: HTTPXMock, tmp_path: Path, lost: httpx.Response | Exception
 ):
     sent: list[str] = []
-    answers: dict = {"buyer1@example.com": httpx.ReadTimeout("no answer")}
+    answers: dict = {"buyer1@example.com": lost}
     httpx_mock.add_callback(with_region(_app_callback(answers, sent)), is_reusable=True)
     pipeline = send_pipeline(tmp_path, "http://127.0.0.1:1")
 
