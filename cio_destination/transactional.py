@@ -1,23 +1,28 @@
 """Transactional emails, sent at most once per row through a durable ledger.
 
 Customer.io has no idempotency key for sends, so the guarantee lives here: a row's send key is
-written `pending` (and synced to disk) before its request and `sent` after the answer. A later
-load skips `sent` keys, and does not repeat a key an interrupted load left `pending`, whose
-outcome is unknown: it reports it instead (`send_outcome_unknown`), unless `resend_uncertain`
-is set.
+written `pending` (and synced to disk) right before its request may leave the machine, and `sent`
+after the answer. A later load skips `sent` keys, and does not repeat a key an interrupted load
+left `pending`, whose outcome is unknown: it reports it instead (`send_outcome_unknown`), unless
+`resend_uncertain` is set. Keys are claimed one request at a time, after the request's rate-limit
+slot, so a crash leaves uncertain only the requests that were in flight; claims of concurrent
+requests share one fsync.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from cio_destination.client import AppClient, OutcomeUnknown, SendOutcome, SendResult, SendStats
 from cio_destination.exceptions import CredentialsError, CustomerioTerminalError
 from cio_destination.operations import Entry
-from cio_destination.store import PENDING, SENT, StateStore
+from cio_destination.ratelimit import RateLimiter
+from cio_destination.store import PENDING, StateStore
 
 logger = logging.getLogger("cio_destination")
 
@@ -31,7 +36,49 @@ UNKNOWN_MESSAGE = (
 @dataclass
 class EmailResult(SendResult):
     skipped: int = 0
-    """Rows whose send key was already sent: never sent twice."""
+    """Rows whose send key was already sent (or is being sent right now): never sent twice."""
+
+
+class _SlotFirst:
+    """The App API's rate limiter as the client sees it, with the first slot of a send taken
+    before its key is claimed: a key still waiting for its turn is not pending yet."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+        self._held = threading.local()
+
+    def take(self) -> float:
+        """Wait for the slot of this thread's next request; returns the seconds waited."""
+        waited = self._limiter.acquire()
+        self._held.slot = True
+        return waited
+
+    def drop(self) -> None:
+        self._held.slot = False
+
+    def acquire(self) -> float:
+        if getattr(self._held, "slot", False):
+            self._held.slot = False
+            return 0.0  # waited for in `take`
+        return self._limiter.acquire()
+
+    def throttled(self, pause: float = 0.0) -> None:
+        self._limiter.throttled(pause)
+
+    def succeeded(self) -> None:
+        self._limiter.succeeded()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._limiter, name)
+
+
+@dataclass
+class _Sent:
+    stats: SendStats
+    outcome: SendOutcome | None = None
+    """None: the request may or may not have been delivered."""
+    blocked_by: str | None = None
+    """Not sent: the key was sent, or is being sent, or was left uncertain meanwhile."""
 
 
 class EmailSender:
@@ -39,6 +86,8 @@ class EmailSender:
 
     def __init__(self, client: AppClient, *, max_in_flight: int) -> None:
         self.client = client
+        self._slots = _SlotFirst(client.limiter)
+        client.limiter = self._slots  # type: ignore[assignment]
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="customerio-email")
 
     def close(self) -> None:
@@ -56,46 +105,64 @@ class EmailSender:
     ) -> EmailResult:
         result = EmailResult()
         keys = [e.key for e in entries if e.key]
-        known = store.claim_sends(table, keys, load_id, reclaim_pending=resend_uncertain)
+        blockers = store.send_blockers(keys, reclaim_pending=resend_uncertain)
         to_send: list[Entry] = []
         for entry in entries:
-            state = known.get(entry.key or "")
-            if state == SENT:
-                result.skipped += len(entry.rows)
-            elif state == PENDING:
-                result.rejections.extend(entry.reject(UNKNOWN_REASON, None, UNKNOWN_MESSAGE))
-            else:
+            if not self._blocked(entry, blockers.get(entry.key or ""), result):
                 to_send.append(entry)
-        futures = [(e, self._pool.submit(self._send_one, e, store)) for e in to_send]
-        released: list[str] = []
+        futures = [
+            (e, self._pool.submit(self._send_one, e, store, table, load_id, resend_uncertain))
+            for e in to_send
+        ]
         for entry, future in futures:
-            self._collect(entry, future, result, released)
-        store.release_sends(released)
+            self._collect(entry, future, result)
         return result
 
-    def _send_one(self, entry: Entry, store: StateStore) -> tuple[SendStats, SendOutcome | None]:
-        """Send one row; `None` as outcome means it may or may not have been delivered."""
+    @staticmethod
+    def _blocked(entry: Entry, blocker: str | None, result: EmailResult) -> bool:
+        if blocker is None:
+            return False
+        if blocker == PENDING:
+            result.rejections.extend(entry.reject(UNKNOWN_REASON, None, UNKNOWN_MESSAGE))
+        else:  # sent, or the same key being sent right now by another row
+            result.skipped += len(entry.rows)
+        return True
+
+    def _send_one(
+        self, entry: Entry, store: StateStore, table: str, load_id: str, reclaim: bool
+    ) -> _Sent:
+        key = entry.key or ""
         stats = SendStats()
+        stats.throttled_seconds += self._slots.take()
+        try:
+            blocked_by = store.claim_send(table, key, load_id, reclaim_pending=reclaim)
+        except BaseException:
+            self._slots.drop()
+            raise
+        if blocked_by is not None:
+            self._slots.drop()
+            return _Sent(stats, blocked_by=blocked_by)
         try:
             outcome = self.client.send_email(entry.data, stats)
         except OutcomeUnknown:
-            return stats, None
-        if outcome.delivery_id is not None:
-            store.mark_sent(entry.key or "", outcome.delivery_id)
-        return stats, outcome
-
-    def _collect(
-        self,
-        entry: Entry,
-        future: Future[tuple[SendStats, SendOutcome | None]],
-        result: EmailResult,
-        released: list[str],
-    ) -> None:
-        try:
-            stats, outcome = future.result()
-        except BaseException as exc:
+            store.keep_pending(key)
+            return _Sent(stats)
+        except BaseException:
             # refused or out of retries: Customer.io did not take it, so a later load may send it
-            released.append(entry.key or "")
+            store.release_send(key)
+            raise
+        if outcome.delivery_id is not None:
+            store.mark_sent(key, outcome.delivery_id)
+        elif outcome.rejection is not None:
+            store.release_send(key)
+        else:
+            store.keep_pending(key)
+        return _Sent(stats, outcome)
+
+    def _collect(self, entry: Entry, future: Future[_Sent], result: EmailResult) -> None:
+        try:
+            sent = future.result()
+        except BaseException as exc:
             if result.error is None or (
                 isinstance(exc, CustomerioTerminalError)
                 and not isinstance(result.error, CustomerioTerminalError)
@@ -104,10 +171,14 @@ class EmailSender:
             if isinstance(exc, CredentialsError):
                 logger.error("Customer.io App API refused the credentials")
             return
-        result.stats.add(stats)
-        if outcome is None:
+        result.stats.add(sent.stats)
+        if sent.blocked_by is not None:
+            self._blocked(entry, sent.blocked_by, result)
+        elif sent.outcome is None:
             message = "the connection failed after the send may have reached Customer.io"
             result.rejections.extend(entry.reject(UNKNOWN_REASON, None, message))
-        elif outcome.rejection is not None:
-            released.append(entry.key or "")
-            result.rejections.extend(entry.reject(*outcome.rejection))
+        elif sent.outcome.rejection is not None:
+            result.rejections.extend(entry.reject(*sent.outcome.rejection))
+        elif sent.outcome.delivery_id is None:
+            message = "Customer.io's answer did not say whether the send was taken"
+            result.rejections.extend(entry.reject(UNKNOWN_REASON, None, message))
