@@ -82,6 +82,9 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     """Requests in flight at once per workspace, so latency does not cut throughput."""
     resend_uncertain: bool = False
     """Send again rows whose earlier send an interrupted load left with an unknown outcome."""
+    accept_new_send_ledger: bool = False
+    """Let `send_email` tables go on with a send ledger that is not the one earlier loads sent
+    through (its file was deleted, emptied, replaced or restored): set it for one run only."""
     fingerprints_url: TSecretStrValue | None = None
     """SQLAlchemy URL of a database that keeps `changes_only` fingerprints (default: local state)."""
     dry_run: bool = False

@@ -1,7 +1,9 @@
 """The destination's local state: one SQLite file in the pipeline's working directory.
 
-It holds rejected rows (and, later, the send ledger and per-load reports). Nothing in it is needed
-to deliver people and events correctly: losing it loses history, never correctness.
+It holds rejected rows, per-load reports, fingerprints, mirror snapshots and the send ledger.
+Losing it loses history, never the correctness of people and events; the send ledger is what
+keeps emails at most once, which is why it has an identity that loads record (see
+`cio_destination.transactional`). Any SQLite failure surfaces as a `StateFileError` naming the file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from cio_destination.exceptions import StateFileError
 from cio_destination.operations import Rejection
 
 STATE_DIR = "customerio"
@@ -80,6 +84,10 @@ CREATE TABLE IF NOT EXISTS send_ledger (
     delivery_id TEXT,
     load_id TEXT NOT NULL,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_meta (
+    name TEXT PRIMARY KEY,
+    value NOT NULL
 );
 """
 
@@ -147,12 +155,29 @@ class StateStore:
         self._ledger_queue: list[_LedgerWrite] = []
         self._ledger_leader = False
         self._in_flight: set[str] = set()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a ledger entry must be on disk before the send it guards leaves the machine
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        db: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a ledger entry must be on disk before the send it guards leaves the machine
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            # a ledger that already holds keys (a file older than the identity) starts at 1, so
+            # a load that records it protects those keys too
+            db.execute(
+                "INSERT OR IGNORE INTO ledger_meta VALUES ('ledger_id', ?),"
+                " ('generation', (SELECT count(*) > 0 FROM send_ledger))",
+                (uuid.uuid4().hex,),
+            )
+            stat = self.path.stat()
+        except (sqlite3.Error, OSError) as exc:
+            if db is not None:
+                db.close()
+            raise StateFileError.unusable(self.path, exc) from None
+        self._db = db
+        self.file_id = (stat.st_dev, stat.st_ino)
+        """The file this store opened: a file replaced under it is another store."""
 
     def close(self) -> None:
         with self._lock:
@@ -161,7 +186,10 @@ class StateStore:
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            yield self._db
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise StateFileError.unusable(self.path, exc) from None
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -329,7 +357,14 @@ class StateStore:
                         (write.key, PENDING),
                     )
                     in_flight.discard(write.key)
+            db.execute("UPDATE ledger_meta SET value = value + 1 WHERE name = 'generation'")
             self._in_flight = in_flight
+
+    def ledger_identity(self) -> tuple[str, int]:
+        """The ledger's id (new with every new file) and its generation (counts its commits)."""
+        with self._connection() as db:
+            meta = dict(db.execute("SELECT name, value FROM ledger_meta").fetchall())
+        return str(meta["ledger_id"]), int(meta["generation"])
 
     def send_states(self, table: str | None = None) -> dict[str, str]:
         query, params = "SELECT send_key, state FROM send_ledger", []
@@ -493,15 +528,28 @@ _stores_lock = threading.Lock()
 
 
 def store_for(working_dir: str | Path) -> StateStore:
-    """The one shared store of a pipeline working directory."""
+    """The one shared store of a pipeline working directory.
+
+    A file deleted, emptied or replaced since it was opened is opened anew, never written through
+    the old handle: its send ledger is then a new one, which `send_email` loads refuse until told.
+    """
     path = state_path(working_dir).resolve()
     with _stores_lock:
         store = _stores.get(path)
-        if store is None or not path.exists():
-            if store is not None:
-                store.close()  # the working directory was wiped: start a new file
+        if store is not None and not _still_open(store, path):
+            store.close()
+            store = None
+        if store is None:
             store = _stores[path] = StateStore(path)
         return store
+
+
+def _still_open(store: StateStore, path: Path) -> bool:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return False
+    return stat.st_size > 0 and (stat.st_dev, stat.st_ino) == store.file_id
 
 
 def release_store(working_dir: str | Path) -> None:

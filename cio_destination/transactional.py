@@ -7,19 +7,29 @@ left `pending`, whose outcome is unknown: it reports it instead (`send_outcome_u
 `resend_uncertain` is set. Keys are claimed one request at a time, after the request's rate-limit
 slot, so a crash leaves uncertain only the requests that were in flight; claims of concurrent
 requests share one fsync.
+
+The ledger only protects if it is the one earlier loads sent through: `SendLedgerGuard` stops a
+load that finds another one (see there).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import dlt
+from dlt.common.storages.exceptions import LoadPackageNotFound
+
 from cio_destination.client import AppClient, OutcomeUnknown, SendOutcome, SendResult, SendStats
-from cio_destination.exceptions import CredentialsError, CustomerioTerminalError
+from cio_destination.exceptions import (
+    CredentialsError,
+    CustomerioTerminalError,
+    SendLedgerLostError,
+)
 from cio_destination.operations import Entry
 from cio_destination.ratelimit import RateLimiter
 from cio_destination.store import PENDING, StateStore
@@ -182,3 +192,84 @@ class EmailSender:
         elif sent.outcome.delivery_id is None:
             message = "Customer.io's answer did not say whether the send was taken"
             result.rejections.extend(entry.reject(UNKNOWN_REASON, None, message))
+
+
+LEDGER_MARK = "customerio_send_ledger"
+"""The load package state key under which a load with `send_email` tables records its ledger."""
+
+
+class SendLedgerGuard:
+    """Keeps one load's emails on the send ledger that earlier loads of the pipeline sent through.
+
+    A load with `send_email` tables records, in its load package state, the identity of the ledger
+    it sends through: the ledger's id (new with every new file) and its generation (a count of its
+    commits). dlt keeps that state with the package, and keeps completed packages under the
+    pipeline's `load/loaded/` folder, apart from the state file, so the record survives the file's
+    loss. Before any email, the ledger found is compared with the newest record (this package's
+    own, if the load is resumed, else the newest completed package's): another id (the file was
+    deleted, emptied or replaced) or an older generation (restored from an older copy) stops the
+    load with `SendLedgerLostError`, unless `accept_new_send_ledger` is set. A pipeline with no
+    such record (a new one, a `dev_mode` one, one that never sent) has nothing to lose.
+    """
+
+    def __init__(
+        self,
+        package_state: dict[str, Any],
+        commit: Callable[[], None],
+        *,
+        accept_new: bool,
+    ) -> None:
+        self._state = package_state
+        self._commit = commit
+        self._accept_new = accept_new
+        self._lock = threading.Lock()
+
+    def check(self, store: StateStore, pipeline: dlt.Pipeline) -> None:
+        """Raise `SendLedgerLostError` unless `store` holds the ledger of the newest record;
+        then record it for this load, on disk before any email of the load."""
+        with self._lock:
+            mark = self._state.get(LEDGER_MARK) or _newest_completed_mark(pipeline)
+            ledger_id, generation = store.ledger_identity()
+            if not _holds(mark, ledger_id, generation):
+                if not self._accept_new:
+                    raise SendLedgerLostError(store.path)
+                logger.warning(
+                    "accept_new_send_ledger: sending through a new send ledger in %s; emails"
+                    " of earlier loads may go out again",
+                    store.path,
+                )
+            if self._state.get(LEDGER_MARK) != mark or mark is None or mark["id"] != ledger_id:
+                self._state[LEDGER_MARK] = {"id": ledger_id, "generation": generation}
+                self._commit()
+
+    def record(self, store: StateStore) -> None:
+        """Note how far this load took the ledger (dlt saves it with the load's progress)."""
+        ledger_id, generation = store.ledger_identity()
+        with self._lock:
+            mark = self._state.get(LEDGER_MARK)
+            if mark is not None and mark["id"] == ledger_id:
+                mark["generation"] = max(int(mark["generation"]), generation)
+
+
+def _holds(mark: dict[str, Any] | None, ledger_id: str, generation: int) -> bool:
+    if mark is None or not mark.get("generation"):
+        return True  # the ledger recorded had never been written to: nothing to lose
+    return mark.get("id") == ledger_id and int(mark["generation"]) <= generation
+
+
+def _newest_completed_mark(pipeline: dlt.Pipeline) -> dict[str, Any] | None:
+    for load_id in sorted(pipeline.list_completed_load_packages(), key=_load_order, reverse=True):
+        try:
+            mark = pipeline.get_load_package_state(load_id).get(LEDGER_MARK)
+        except LoadPackageNotFound:
+            continue
+        if mark:
+            return dict(mark)
+    return None
+
+
+def _load_order(load_id: str) -> tuple[float, str]:
+    try:
+        return float(load_id), load_id
+    except ValueError:
+        return 0.0, load_id
