@@ -194,15 +194,8 @@ class StateStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One transaction: committed (and synced) as a whole, or rolled back."""
-        with self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                with suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
+        with self._connection() as db, _atomic(db):
+            yield db
 
     def record_rejections(
         self, load_id: str, table: str, action: str, rejections: Sequence[Rejection]
@@ -328,37 +321,43 @@ class StateStore:
 
     def _apply_ledger(self, batch: list[_LedgerWrite]) -> None:
         now = time.time()
-        with self._transaction() as db:
+        with self._connection() as db:
             in_flight = set(self._in_flight)
-            for write in batch:
-                if write.op == _CLAIM:
-                    row = db.execute(
-                        "SELECT state FROM send_ledger WHERE send_key = ?", (write.key,)
-                    ).fetchone()
-                    write.blocked_by = self._blocker(
-                        write.key, row[0] if row else None, write.reclaim, in_flight
-                    )
-                    if write.blocked_by is None:
-                        db.execute(
-                            "INSERT OR REPLACE INTO send_ledger VALUES (?,?,?,?,?,?)",
-                            (write.key, write.table, PENDING, None, write.load_id, now),
-                        )
-                        in_flight.add(write.key)
-                elif write.op == _SENT:
+            with _atomic(db):
+                self._write_ledger(db, batch, in_flight, now)
+            self._in_flight = in_flight  # only once the changes are on disk
+
+    def _write_ledger(
+        self, db: sqlite3.Connection, batch: list[_LedgerWrite], in_flight: set[str], now: float
+    ) -> None:
+        for write in batch:
+            if write.op == _CLAIM:
+                row = db.execute(
+                    "SELECT state FROM send_ledger WHERE send_key = ?", (write.key,)
+                ).fetchone()
+                write.blocked_by = self._blocker(
+                    write.key, row[0] if row else None, write.reclaim, in_flight
+                )
+                if write.blocked_by is None:
                     db.execute(
-                        "UPDATE send_ledger SET state = ?, delivery_id = ?, updated_at = ?"
-                        " WHERE send_key = ?",
-                        (SENT, write.delivery_id, now, write.key),
+                        "INSERT OR REPLACE INTO send_ledger VALUES (?,?,?,?,?,?)",
+                        (write.key, write.table, PENDING, None, write.load_id, now),
                     )
-                    in_flight.discard(write.key)
-                else:
-                    db.execute(
-                        "DELETE FROM send_ledger WHERE send_key = ? AND state = ?",
-                        (write.key, PENDING),
-                    )
-                    in_flight.discard(write.key)
-            db.execute("UPDATE ledger_meta SET value = value + 1 WHERE name = 'generation'")
-            self._in_flight = in_flight
+                    in_flight.add(write.key)
+            elif write.op == _SENT:
+                db.execute(
+                    "UPDATE send_ledger SET state = ?, delivery_id = ?, updated_at = ?"
+                    " WHERE send_key = ?",
+                    (SENT, write.delivery_id, now, write.key),
+                )
+                in_flight.discard(write.key)
+            else:
+                db.execute(
+                    "DELETE FROM send_ledger WHERE send_key = ? AND state = ?",
+                    (write.key, PENDING),
+                )
+                in_flight.discard(write.key)
+        db.execute("UPDATE ledger_meta SET value = value + 1 WHERE name = 'generation'")
 
     def ledger_identity(self) -> tuple[str, int]:
         """The ledger's id (new with every new file) and its generation (counts its commits)."""
@@ -521,6 +520,18 @@ class StateStore:
                 "row": orjson.loads(row_json),
                 "rejected_at": at,
             }
+
+
+@contextmanager
+def _atomic(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        with suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
 
 
 _stores: dict[Path, StateStore] = {}

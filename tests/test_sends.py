@@ -6,6 +6,7 @@ import random
 import sqlite3
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -225,6 +226,30 @@ def test_a_send_key_is_pending_only_once_its_request_may_leave(tmp_path: Path):
     # no key is pending before its own request started: the ones waiting for their turn are not
     assert seen_pending == [set()] * 12
     assert ledger_on_disk(store.path) == {f"key-{i}": "sent" for i in range(12)}
+
+
+def test_claims_queued_while_the_ledger_commits_share_the_next_commit(tmp_path: Path):
+    store = StateStore(tmp_path / "state.sqlite")
+    _, generation = store.ledger_identity()
+    claimed: list[str | None] = []
+
+    def claim(i: int) -> None:
+        claimed.append(store.claim_send("t", f"key-{i}", "1"))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    with store._lock:  # the first claim's commit is under way: the other seven queue up
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60  # only a broken queue gets here
+        while len(store._ledger_queue) < 7:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    for thread in threads:
+        thread.join()
+
+    assert claimed == [None] * 8
+    assert store.ledger_identity()[1] == generation + 2  # two commits, not eight
+    assert ledger_on_disk(store.path) == {f"key-{i}": "pending" for i in range(8)}
 
 
 def test_a_key_twice_in_one_call_is_sent_once(tmp_path: Path):
