@@ -146,17 +146,22 @@ class EmailSender:
         stats.throttled_seconds += self._slots.take()
         try:
             blocked_by = store.claim_send(table, key, load_id, reclaim_pending=reclaim)
-        except BaseException:
-            self._slots.drop()
-            raise
-        if blocked_by is not None:
-            self._slots.drop()
-            return _Sent(stats, blocked_by=blocked_by)
+            if blocked_by is not None:
+                return _Sent(stats, blocked_by=blocked_by)
+            outcome = self._request(entry, key, store, stats)
+        finally:
+            self._slots.drop()  # a slot not spent on a request is not kept for the next one
+        return _Sent(stats, outcome)
+
+    def _request(
+        self, entry: Entry, key: str, store: StateStore, stats: SendStats
+    ) -> SendOutcome | None:
+        """The request of a claimed key, and the ledger's record of what came of it."""
         try:
             outcome = self.client.send_email(entry.data, stats)
         except OutcomeUnknown:
             store.keep_pending(key)
-            return _Sent(stats)
+            return None
         except BaseException:
             # refused or out of retries: Customer.io did not take it, so a later load may send it
             store.release_send(key)
@@ -167,7 +172,7 @@ class EmailSender:
             store.release_send(key)
         else:
             store.keep_pending(key)
-        return _Sent(stats, outcome)
+        return outcome
 
     def _collect(self, entry: Entry, future: Future[_Sent], result: EmailResult) -> None:
         try:
