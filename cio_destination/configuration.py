@@ -101,6 +101,9 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     resend_uncertain: bool = False
     """Send again rows whose earlier send was left with an unknown outcome, and retry a send
     after an answer that leaves its outcome unknown (a 5xx, a timeout) like any other request."""
+    accept_new_send_ledger: bool = False
+    """Let `send_email` tables go on with a send ledger that is not the one earlier loads sent
+    through (its file was deleted, emptied, replaced or restored): set it for one run only."""
     fingerprints_url: TSecretStrValue | None = None
     """SQLAlchemy URL of a database that keeps `changes_only` fingerprints (default: local state)."""
     dry_run: bool = False

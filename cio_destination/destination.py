@@ -49,7 +49,7 @@ from cio_destination.operations import Entry, Rejection, RowMapper, rows_from_ar
 from cio_destination.ratelimit import RateLimiter
 from cio_destination.report import MAX_SAMPLES, mask_payload
 from cio_destination.store import StateStore, store_for
-from cio_destination.transactional import EmailSender
+from cio_destination.transactional import EmailSender, SendLedgerGuard
 
 logger = logging.getLogger("cio_destination")
 
@@ -204,20 +204,31 @@ def workspace_for(key: _WorkspaceKey, api_key: str, app_api_key: str) -> Workspa
 class LoadMappings:
     """The compiled mappings of one load, checked for every table of the package up front."""
 
-    def __init__(self, tables_config: dict[str, Any] | None, *, can_send_email: bool) -> None:
+    def __init__(
+        self,
+        tables_config: dict[str, Any] | None,
+        *,
+        can_send_email: bool,
+        accept_new_send_ledger: bool = False,
+    ) -> None:
         self._config = tables_config or {}
         self._can_send_email = can_send_email
+        self._accept_new_send_ledger = accept_new_send_ledger
         self._mappers: dict[str, RowMapper] = {}
         self._error: CustomerioTerminalError | None = None
         self._mirrors: dict[str, MirrorPlan] = {}
+        self._ledger: SendLedgerGuard | None = None
         self._lock = threading.Lock()
+        self.context: LoadPackageStateInjectableContext | None = None
+        """The load package context (one per attempt at the package) this was checked in."""
 
     def check_package(
-        self, context: LoadPackageStateInjectableContext, store: StateStore, pipeline_name: str
+        self, context: LoadPackageStateInjectableContext, store: StateStore, pipeline: dlt.Pipeline
     ) -> None:
         """Compile the mapping of every data table with a job in the package; keep the first error.
 
-        Mirror tables also get their removal plan here, and its guard, before any request.
+        Mirror tables also get their removal plan here, and its guard, and a package with
+        `send_email` tables its send ledger check, before any request.
         """
         schema = context.storage.load_schema(context.load_id)
         names = sorted(
@@ -226,6 +237,7 @@ class LoadMappings:
                 for _, job in context.storage.list_all_jobs_with_states(context.load_id)
             }
         )
+        sends_email = False
         for name in names:
             if is_dlt_table_or_column(name, schema._dlt_tables_prefix) or name not in schema.tables:
                 continue
@@ -237,12 +249,29 @@ class LoadMappings:
             }
             try:
                 compiled = self._compile(name, table, columns)
-                plan = plan_mirror(compiled, context, store, pipeline_name)
-            except CustomerioTerminalError as error:  # a mapping, or a setting it needs
+                plan = plan_mirror(compiled, context, store, pipeline.pipeline_name)
+            except (
+                CustomerioTerminalError
+            ) as error:  # a mapping or a setting it needs, or the state file
                 self._error = error
                 return
+            sends_email = sends_email or compiled.action == "send_email"
             if plan is not None:
                 self._mirrors[name] = plan
+        if sends_email:
+            try:
+                self.send_ledger(context).check(store, pipeline)
+            except CustomerioTerminalError as error:
+                self._error = error
+
+    def send_ledger(self, context: LoadPackageStateInjectableContext) -> SendLedgerGuard:
+        """The load's send ledger guard, recording into the load package's state."""
+        with self._lock:
+            if self._ledger is None:
+                self._ledger = SendLedgerGuard(
+                    context.state, context.commit, accept_new=self._accept_new_send_ledger
+                )
+            return self._ledger
 
     def take_mirror(self, table: str) -> MirrorPlan | None:
         """The table's mirror plan, handed out once (given back with `return_mirror` on failure)."""
@@ -298,17 +327,27 @@ def mappings_for_load(
     tables_config: dict[str, Any] | None,
     *,
     can_send_email: bool,
+    accept_new_send_ledger: bool = False,
 ) -> LoadMappings:
-    """The load's mappings, checked against the whole package on first use, before any request."""
+    """The load's mappings, checked against the whole package on first use, before any request.
+
+    Checked again when dlt loads the package anew (a new load package context: a rerun of a
+    pending package), so a setting fixed since is seen and an earlier error is not repeated.
+    """
     working_dir = pipeline.working_dir
     key = (working_dir, load_id)
+    context = _load_context()
     with _loads_lock:
         mappings = _loads.get(key)
-        if mappings is None:
-            mappings = LoadMappings(tables_config, can_send_email=can_send_email)
-            context = _load_context()
+        if mappings is None or (context is not None and mappings.context is not context):
+            mappings = LoadMappings(
+                tables_config,
+                can_send_email=can_send_email,
+                accept_new_send_ledger=accept_new_send_ledger,
+            )
             if context is not None and context.load_id == load_id:
-                mappings.check_package(context, store_for(working_dir), pipeline.pipeline_name)
+                mappings.context = context
+                mappings.check_package(context, store_for(working_dir), pipeline)
             for stale in [k for k in _loads if k[0] == working_dir]:
                 del _loads[stale]  # only the current load of a pipeline is needed again
             _loads[key] = mappings
@@ -344,6 +383,7 @@ def customerio(
     max_request_bytes: int = 500_000,
     max_concurrent_requests: int = 32,
     resend_uncertain: bool = False,
+    accept_new_send_ledger: bool = False,
     dry_run: bool = False,
     fingerprints_url: str | None = None,
     tables: dict[str, Any] | None = None,
@@ -358,7 +398,11 @@ def customerio(
     load_id = dlt.current.load_package_state()["load_id"]
     working_dir = pipeline.working_dir
     mappings = mappings_for_load(
-        pipeline, load_id, tables, can_send_email=bool(_secret(app_api_key))
+        pipeline,
+        load_id,
+        tables,
+        can_send_email=bool(_secret(app_api_key)),
+        accept_new_send_ledger=accept_new_send_ledger,
     )
     mapper = mappings.mapper(table)
     action = mapper.compiled.action
@@ -421,6 +465,10 @@ def customerio(
         workspace.begin_load(load_id)
         if action == "send_email":
             assert workspace.emails is not None  # checked with the mappings, before any request
+            context = _load_context()
+            assert context is not None  # dlt runs the callable inside its load package context
+            ledger = mappings.send_ledger(context)
+            ledger.check(store, pipeline)  # the file may have gone since the load started
             emails = workspace.emails.send(
                 [entry for part in parts for entry in part],
                 store=store,
@@ -428,6 +476,7 @@ def customerio(
                 load_id=load_id,
                 resend_uncertain=resend_uncertain,
             )
+            ledger.record(store)
             result = emails
             skipped = emails.skipped
         else:
