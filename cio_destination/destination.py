@@ -250,9 +250,7 @@ class LoadMappings:
             try:
                 compiled = self._compile(name, table, columns)
                 plan = plan_mirror(compiled, context, store, pipeline.pipeline_name)
-            except (
-                CustomerioTerminalError
-            ) as error:  # a mapping or a setting it needs, or the state file
+            except CustomerioTerminalError as error:  # a mapping, a setting, the state file
                 self._error = error
                 return
             sends_email = sends_email or compiled.action == "send_email"
