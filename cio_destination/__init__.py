@@ -19,6 +19,8 @@ from cio_destination.exceptions import (
     CustomerioTerminalError,
     CustomerioTransientError,
     MappingError,
+    SendLedgerLostError,
+    StateFileError,
 )
 from cio_destination.rejects import rejected_rows
 from cio_destination.report import SyncReport, TableReport, dry_run, sync_report
@@ -29,6 +31,8 @@ __all__ = [
     "CustomerioTerminalError",
     "CustomerioTransientError",
     "MappingError",
+    "SendLedgerLostError",
+    "StateFileError",
     "SyncReport",
     "TableReport",
     "__version__",
