@@ -43,7 +43,8 @@ from cio_destination.client import (
     TrackClient,
 )
 from cio_destination.configuration import CustomerioConfiguration
-from cio_destination.exceptions import CustomerioTerminalError, MappingError
+from cio_destination.exceptions import CustomerioError, CustomerioTerminalError, MappingError
+from cio_destination.failures import shorten_job_error_logs
 from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
 from cio_destination.mirror import MirrorPlan, plan_mirror
 from cio_destination.operations import Entry, Rejection, RowMapper, rows_from_arrow
@@ -114,7 +115,7 @@ class Workspace:
         with self._lock:
             if load_id == self._load_id:
                 if self._load_error is not None:
-                    raise self._load_error
+                    raise self._load_error.again()
                 return
             try:
                 self._preflight()
@@ -255,7 +256,7 @@ class LoadMappings:
 
     def mapper(self, table: TTableSchema) -> RowMapper:
         if self._error is not None:
-            raise self._error
+            raise self._error.again()
         name = table["name"]
         with self._lock:
             mapper = self._mappers.get(name)
@@ -338,6 +339,7 @@ def customerio(
     `customerio(site_id=..., api_key=...)`, or the string `"cio_destination.customerio"`.
     """
     started = time.time()
+    shorten_job_error_logs()
     pipeline = dlt.current.pipeline()
     load_id = dlt.current.load_package_state()["load_id"]
     working_dir = pipeline.working_dir
@@ -472,7 +474,8 @@ def customerio(
         result.stats.retries,
     )
     if result.error is not None:
-        raise result.error
+        # the error may be shared with other calls (a refusal stops them all): raise a twin
+        raise result.error.again() if isinstance(result.error, CustomerioError) else result.error
 
 
 def _skip_unchanged_rows(
