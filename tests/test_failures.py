@@ -207,6 +207,25 @@ def test_the_destination_error_is_found_behind_dlts_wrappers(
 
 
 @pytest.mark.slow
+def test_the_mirror_guard_is_a_mapping_to_fix(emulator: Emulator, make_pipeline):
+    pipeline = make_pipeline()
+    rows = [{"uid": f"u{i}", "plan": "pro"} for i in range(20)]
+
+    def members(count: int):
+        resource = dlt.resource(rows[:count], name="members")
+        return customerio_adapter(resource, action="identify", identifier="uid", mirror="delete")
+
+    pipeline.run(members(20))
+    with pytest.raises(PipelineStepFailed) as raised:
+        pipeline.run(members(10))  # half the table gone: a broken source
+
+    assert isinstance(customerio_error(raised.value), MappingError)
+    code, line = exit_status(raised.value)
+    assert code == 2
+    assert "key 'max_removed_fraction'" in line and "\n" not in line
+
+
+@pytest.mark.slow
 def test_dlt_logs_each_failed_job_in_one_line_without_a_traceback(
     emulator: Emulator, make_pipeline, dlt_records: list[str]
 ):
