@@ -19,6 +19,8 @@ from cio_destination.exceptions import (
     CustomerioTerminalError,
     CustomerioTransientError,
     MappingError,
+    SendLedgerLostError,
+    StateFileError,
 )
 from cio_destination.failures import customerio_error, exit_status, run_command
 from cio_destination.rejects import rejected_rows
@@ -30,6 +32,8 @@ __all__ = [
     "CustomerioTerminalError",
     "CustomerioTransientError",
     "MappingError",
+    "SendLedgerLostError",
+    "StateFileError",
     "SyncReport",
     "TableReport",
     "__version__",

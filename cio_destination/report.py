@@ -172,6 +172,7 @@ _CONFIG_KEYS = (
     "max_request_bytes",
     "max_concurrent_requests",
     "resend_uncertain",
+    "accept_new_send_ledger",
     "tables",
 )
 

@@ -20,6 +20,7 @@ from cio_destination import (
     customerio,
     customerio_adapter,
     rejected_rows,
+    sync_report,
 )
 from cio_destination._values import canonical_key, deterministic_ulid
 from cio_destination.emulator import Emulator
@@ -413,3 +414,49 @@ def test_destination_by_string_reference_with_env_config(
     assert [(p["identifiers"]["id"], p["attributes"]) for p in emulator.people] == [
         ("5", {"plan": "pro"})
     ]
+
+
+@pytest.mark.slow
+def test_a_status_nobody_documents_rejects_every_row_of_its_request(
+    httpx_mock: HTTPXMock, tmp_path: Path
+):
+    def answer(request: httpx.Request) -> httpx.Response:
+        ids = {op["identifiers"]["id"] for op in orjson.loads(request.content)["batch"]}
+        return httpx.Response(409 if "3" in ids else 200, json={})
+
+    httpx_mock.add_callback(with_region(answer), is_reusable=True)
+    resource = customerio_adapter(
+        dlt.resource([{"uid": i, "pad": "x" * 200} for i in range(10)], name="people"),
+        action="identify",
+        identifier="uid",
+    )
+    pipeline = dlt.pipeline(
+        "p409",
+        destination=customerio(
+            site_id="s", api_key="k", track_url="http://127.0.0.1:1", max_request_bytes=1_000
+        ),
+        pipelines_dir=str(tmp_path),
+        dev_mode=True,
+    )
+
+    info = pipeline.run(resource)
+
+    assert not info.has_failed_jobs
+    sent = [
+        op["identifiers"]["id"]
+        for r in httpx_mock.get_requests(method="POST")
+        for op in orjson.loads(r.content)["batch"]
+    ]
+    assert sorted(sent, key=int) == [str(i) for i in range(10)]
+    refused = {
+        op["identifiers"]["id"]
+        for r in httpx_mock.get_requests(method="POST")
+        if "3" in {o["identifiers"]["id"] for o in orjson.loads(r.content)["batch"]}
+        for op in orjson.loads(r.content)["batch"]
+    }
+    rejected = list(rejected_rows(pipeline))
+    assert sorted(r["row_key"] for r in rejected) == sorted(refused)
+    assert {r["reason"] for r in rejected} == {"http_409"}
+    assert 0 < len(refused) < 10
+    report = sync_report(pipeline).tables[0]
+    assert (report.accepted, report.rejected) == (10 - len(refused), len(refused))
