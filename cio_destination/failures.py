@@ -39,6 +39,7 @@ from cio_destination.exceptions import (
     CustomerioError,
     CustomerioTerminalError,
     CustomerioTransientError,
+    StateFileError,
 )
 
 __all__ = ["customerio_error", "exit_status", "run_command"]
@@ -128,7 +129,10 @@ def _status(error: BaseException) -> tuple[int, str] | None:
             line = _first_line(cause)
             if step == "load":
                 line = f"{line.rstrip('.')}; the load package is kept: run again once fixed"
-            return 2, f"configuration error: {line}"
+            label = (
+                "state file error" if isinstance(cause, StateFileError) else "configuration error"
+            )
+            return 2, f"{label}: {line}"
         if isinstance(cause, ConfigFieldMissingException):
             return 2, f"configuration error: {_missing_keys(cause)}"
         if isinstance(
@@ -153,8 +157,8 @@ def exit_status(error: BaseException) -> tuple[int, str] | None:
     """The exit code and one line for a command-line run that raised `error`.
 
     2: a setting or mapping to fix (dlt config, `MappingError` and the mirror guard,
-    `CredentialsError`, any `CustomerioTerminalError`, an unknown pipeline); the line names the
-    key. 1: a failure a rerun resumes (Customer.io kept failing, the warehouse could not be read,
+    `CredentialsError`, a `StateFileError`, any `CustomerioTerminalError`, an unknown pipeline);
+    the line names the key or the file. 1: a failure a rerun resumes (Customer.io kept failing, the warehouse could not be read,
     any other failed dlt step). None: an unexpected error, to be raised with its traceback. The
     line never holds a password, even one inside a URL.
     """

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import dlt
+import duckdb
 import pytest
 from dlt.common.configuration.exceptions import ConfigurationValueError
 from dlt.pipeline.exceptions import PipelineStepFailed
@@ -379,6 +380,42 @@ def test_sync_exits_2_with_one_line_for_a_missing_secret(project: Path, emulator
         "configuration error: destination.customerio.api_key is not set",
         "DESTINATION__CUSTOMERIO__API_KEY",
     )
+
+
+@pytest.mark.slow
+def test_sync_exits_2_with_one_line_naming_the_url_customerio_cannot_be_reached_at(
+    project: Path, emulator: Emulator
+):
+    url = f"http://127.0.0.1:{closed_port()}"
+
+    result = run_script(
+        "warehouse_to_customerio.py",
+        project,
+        emulator,
+        "--progress",
+        "none",
+        DESTINATION__CUSTOMERIO__TRACK_URL=url,
+    )
+
+    assert_one_line(result, 2, "configuration error:", url, "destination.customerio.track_url")
+
+
+@pytest.mark.slow
+def test_sync_exits_2_with_one_line_naming_a_state_file_it_cannot_use(
+    project: Path, emulator: Emulator
+):
+    first = run_script("warehouse_to_customerio.py", project, emulator, "--progress", "none")
+    assert first.returncode == 0, first.stderr
+    state = project.parent / "dlt_data" / "pipelines" / "warehouse_to_customerio" / "customerio"
+    (state / "state.sqlite").write_bytes(b"not a database" * 100)
+    for leftover in state.glob("state.sqlite-*"):
+        leftover.unlink()
+    with duckdb.connect(str(project.parent / "demo_data" / "warehouse.duckdb")) as con:
+        con.execute("UPDATE users SET updated_at = '2024-07-01 08:00:00+00' WHERE id = 2")
+
+    result = run_script("warehouse_to_customerio.py", project, emulator, "--progress", "none")
+
+    assert_one_line(result, 2, "state file error:", str(state / "state.sqlite"))
 
 
 @pytest.mark.slow
