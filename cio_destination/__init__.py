@@ -22,6 +22,7 @@ from cio_destination.exceptions import (
     SendLedgerLostError,
     StateFileError,
 )
+from cio_destination.failures import customerio_error, exit_status, run_command
 from cio_destination.rejects import rejected_rows
 from cio_destination.report import SyncReport, TableReport, dry_run, sync_report
 
@@ -38,7 +39,10 @@ __all__ = [
     "__version__",
     "customerio",
     "customerio_adapter",
+    "customerio_error",
     "dry_run",
+    "exit_status",
     "rejected_rows",
+    "run_command",
     "sync_report",
 ]

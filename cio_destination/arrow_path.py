@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cio_destination import limits
+from cio_destination._framing import frame_column
 from cio_destination._values import _MAX_UNIX, ValueProblem, to_unix_seconds
 from cio_destination.blocks import EntryBlock
 from cio_destination.operations import (
@@ -485,6 +486,13 @@ def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list[Any], list[in
     `changes_only` compares these with the hashes stored when the person was last accepted and
     maps only the rows that differ. None when a column's type has no plain text form here, or
     an identifier repeats in the batch (then the order of the rows matters: map them all).
+
+    Two rows hash alike only if they are the same row under the same mapping: each value is
+    framed by its length (see `cio_destination._framing`), and the hash is salted with the
+    mapping and with the name and type of every column hashed, so no value can pass for a
+    separator, a null, another column or another type (`0`, `"0"` and `0.0`; seconds and
+    milliseconds). Hashes stored by an older encoding simply differ: such a row is mapped
+    again, and the whole-operation hash of its fingerprint settles that it is unchanged.
     """
     import hashlib
 
@@ -495,7 +503,7 @@ def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list[Any], list[in
     columns = [mapping.identifier, *mapper.compiled.attribute_columns]
     if mapping.timestamp:
         columns.append(mapping.timestamp)
-    texts = []
+    framed, layout = [], []
     for name in columns:
         if name not in names:
             continue
@@ -512,8 +520,8 @@ def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list[Any], list[in
         ):
             return None
         text = pc.cast(column, pa.string()) if not _is_text(column.type) else column
-        # "\x00" marks a null, distinct from an empty string
-        texts.append(pc.binary_join_element_wise("\x01", text, "").fill_null("\x00"))
+        framed.append(frame_column(text))
+        layout.append([name, "text" if _is_text(kind) else str(kind)])
     ident = batch.column(mapping.identifier)
     ident = pc.cast(ident, pa.string()) if pa.types.is_integer(ident.type) else ident
     if not _is_text(ident.type):
@@ -521,12 +529,27 @@ def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list[Any], list[in
     counts = pc.value_counts(ident)
     if pc.any(pc.greater(counts.field("counts"), 1)).as_py():
         return None
-    joined = pc.binary_join_element_wise(*texts, "\x1f") if len(texts) > 1 else texts[0]
-    blake = hashlib.blake2b
-    digests = b"".join(
-        [blake(row, digest_size=8).digest() for row in _as_binary(joined).to_pylist()]
-    )
+    if len({column.type for column in framed}) > 1:  # string and large_string: join as large
+        framed = [pc.cast(column, pa.large_string()) for column in framed]
+    joined = framed[0]
+    if len(framed) > 1:
+        joined = pc.binary_join_element_wise(*framed, pa.scalar("", joined.type))
+    settings = [
+        mapping.model_dump(mode="json", exclude_defaults=True),
+        sorted(mapper.compiled.json_columns),
+        layout,
+    ]
+    salt = hashlib.blake2b(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), digest_size=16)
+    base = hashlib.blake2b(digest_size=8, salt=salt.digest(), person=_SOURCE_HASH_PERSON)
+    digests = bytearray()
+    for row in _as_binary(joined).to_pylist():
+        digest = base.copy()  # cheaper than a new salted hash per row
+        digest.update(row)
+        digests += digest.digest()
     hashes = array("q", digests)  # each digest read as a signed big-endian 64-bit number
     if sys.byteorder == "little":
         hashes.byteswap()
     return ident.to_pylist(), hashes.tolist()
+
+
+_SOURCE_HASH_PERSON = b"cio-source-row-2"

@@ -17,6 +17,7 @@ from typing import Any, overload
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cio_destination._framing import frame_texts
 from cio_destination.batching import body_of, enveloped, pack_bounds
 from cio_destination.operations import Entry, LazyRow, Row
 
@@ -119,12 +120,12 @@ class EntryBlock(Sequence[Entry]):
             return body_of([])
         return enveloped(_joined(self.data, b","))
 
-    def row_key_text(self) -> str:
-        """What tells the entries apart, joined by the unit separator (for the batch id): their
+    def row_key_frame(self) -> bytes:
+        """What tells the entries apart, each framed by its length (for the batch id): their
         row keys, or their idempotency keys when the row keys are made only on demand."""
         texts = self.row_keys if self.row_keys is not None else self.keys
         assert texts is not None
-        return _joined(texts, "\x1f").decode() if len(texts) else ""
+        return frame_texts(texts)
 
 
 def _joined(values: pa.Array, separator: bytes | str) -> bytes:

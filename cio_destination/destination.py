@@ -28,6 +28,7 @@ from dlt.common.schema.utils import is_dlt_table_or_column
 from dlt.common.storages.load_package import LoadPackageStateInjectableContext
 from dlt.common.typing import TDataItems
 
+from cio_destination._framing import frame
 from cio_destination.arrow_events import NAMED_ACTIONS, map_named_batch, map_named_rows
 from cio_destination.arrow_path import map_identify_batch, map_identify_rows, source_row_hashes
 from cio_destination.blocks import EntryBlock, entry_sizes
@@ -42,7 +43,8 @@ from cio_destination.client import (
     TrackClient,
 )
 from cio_destination.configuration import CustomerioConfiguration
-from cio_destination.exceptions import CustomerioTerminalError
+from cio_destination.exceptions import CustomerioError, CustomerioTerminalError
+from cio_destination.failures import shorten_job_error_logs
 from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
 from cio_destination.mirror import MirrorPlan, plan_mirror
 from cio_destination.operations import Entry, Rejection, RowMapper, rows_from_arrow
@@ -113,7 +115,7 @@ class Workspace:
         with self._lock:
             if load_id == self._load_id:
                 if self._load_error is not None:
-                    raise self._load_error
+                    raise self._load_error.again()
                 return
             try:
                 self._preflight()
@@ -307,7 +309,7 @@ class LoadMappings:
 
     def mapper(self, table: TTableSchema) -> RowMapper:
         if self._error is not None:
-            raise self._error
+            raise self._error.again()
         name = table["name"]
         with self._lock:
             mapper = self._mappers.get(name)
@@ -401,6 +403,7 @@ def customerio(
     `customerio(site_id=..., api_key=...)`, or the string `"cio_destination.customerio"`.
     """
     started = time.time()
+    shorten_job_error_logs()
     pipeline = dlt.current.pipeline()
     load_id = dlt.current.load_package_state()["load_id"]
     working_dir = pipeline.working_dir
@@ -546,7 +549,8 @@ def customerio(
         result.stats.retries,
     )
     if result.error is not None:
-        raise result.error
+        # the error may be shared with other calls (a refusal stops them all): raise a twin
+        raise result.error.again() if isinstance(result.error, CustomerioError) else result.error
 
 
 def _skip_unchanged_rows(
@@ -578,21 +582,23 @@ def _batch_id(
     rejections: list[Rejection],
     source_hashes: dict[str, int] | None,
 ) -> str:
-    """The same rows give the same id, so a replayed batch replaces its record in the report."""
-    digest = hashlib.blake2b(digest_size=16)
-    if source_hashes:  # rows skipped before mapping are part of the batch too
-        digest.update(array("q", source_hashes.values()).tobytes())
-    # the row keys and sizes of the entries tell a batch apart, without hashing every payload
-    keys = [
-        part.row_key_text()
-        if isinstance(part, EntryBlock)
-        else "\x1f".join(entry.row_key for entry in part)
-        for part in parts
+    """The same rows give the same id, so a replayed batch replaces its record in the report.
+
+    Every piece is framed by its length (`cio_destination._framing`), and the number of parts
+    leads, so two different batches never read alike, whatever bytes their row keys hold.
+    """
+    pieces: list[bytes | None] = [
+        # rows skipped before mapping are part of the batch too
+        array("q", source_hashes.values()).tobytes() if source_hashes else None,
+        b"%d" % len(parts),
     ]
-    digest.update("\x1f".join(keys).encode())
     for part in parts:
-        digest.update(array("q", entry_sizes(part)).tobytes())
+        # the row keys and sizes of the entries tell a batch apart, without hashing every payload
+        if isinstance(part, EntryBlock):
+            pieces.append(part.row_key_frame())
+        else:
+            pieces.append(frame(entry.row_key for entry in part))
+        pieces.append(array("q", entry_sizes(part)).tobytes())
     for rejection in rejections:
-        digest.update(rejection.row_key.encode())
-        digest.update(rejection.reason.encode())
-    return digest.hexdigest()
+        pieces += [rejection.row_key.encode(), rejection.reason.encode()]
+    return hashlib.blake2b(frame(pieces), digest_size=16, person=b"cio-batch-id-2").hexdigest()

@@ -10,12 +10,15 @@
     dlt retries the job and a later run resumes the package.
 
 A single bad row is never an exception: it becomes a rejection (see `rejected_rows`) and the load goes
-on. No message here ever carries a secret, a payload or an attribute value.
+on. No message here ever carries a secret, a payload or an attribute value, and each is one line.
+Raised inside a load, these reach the caller wrapped in dlt's `PipelineStepFailed`:
+`cio_destination.customerio_error` finds them there (see `cio_destination.failures`).
 """
 
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 from dlt.common.destination.exceptions import (
     DestinationException,
@@ -32,8 +35,18 @@ __all__ = [
 ]
 
 
+_E = TypeVar("_E", bound="CustomerioError")
+
+
 class CustomerioError(DestinationException):
     """Base of every error raised by the Customer.io destination."""
+
+    def again(self: _E) -> _E:
+        """A new error of the same kind and message, for raising once more (in another load job
+        or thread): raising the same object again would pile each raise's traceback onto it."""
+        twin = type(self).__new__(type(self), *self.args)
+        twin.__dict__.update(self.__dict__)
+        return twin
 
 
 class CustomerioTerminalError(CustomerioError, DestinationTerminalException):

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from cio_destination._framing import frame
 from cio_destination._values import recordable_json
 from cio_destination.exceptions import StateFileError
 from cio_destination.operations import Rejection
@@ -120,6 +121,24 @@ def row_to_json(row: dict[str, Any]) -> bytes:
     return recordable_json(row)
 
 
+def _reject_id(load_id: str, table: str, reason: str, field: str | None, row_json: bytes) -> str:
+    """The same rejection of the same row in the same load gets the same id; any other, another.
+
+    Ids were first made by joining the parts with \x00. That join is unambiguous while no part
+    but the row holds \x00 and no field is "" (it stood for None): load ids and reasons never
+    do, so the join is kept for those ids, and a rejection recorded before an upgrade is
+    replaced, not doubled, when its batch is replayed. A table or column name holding \x00
+    (dlt's direct naming keeps one) or an empty field name is framed instead
+    (`cio_destination._framing`), behind a byte that never starts the joined form.
+    """
+    head = [load_id.encode(), table.encode(), reason.encode()]
+    if field == "" or any(b"\x00" in part for part in head) or (field and "\x00" in field):
+        data = b"\xff" + frame([*head, None if field is None else field.encode(), row_json])
+    else:
+        data = b"\x00".join([*head, (field or "").encode(), row_json])
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 class _LazyFingerprint(dict):  # type: ignore[type-arg]
     """A stored fingerprint whose attribute hashes are parsed only when asked for."""
 
@@ -199,18 +218,7 @@ class StateStore:
         records = []
         for rejection in rejections:
             row_json = row_to_json(rejection.row)
-            reject_id = hashlib.blake2b(
-                b"\x00".join(
-                    [
-                        load_id.encode(),
-                        table.encode(),
-                        rejection.reason.encode(),
-                        (rejection.field or "").encode(),
-                        row_json,
-                    ]
-                ),
-                digest_size=16,
-            ).hexdigest()
+            reject_id = _reject_id(load_id, table, rejection.reason, rejection.field, row_json)
             records.append(
                 (
                     reject_id,

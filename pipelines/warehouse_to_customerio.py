@@ -33,15 +33,21 @@ from typing import Any
 
 import dlt
 import sqlalchemy as sa
-from dlt.common.configuration.exceptions import ConfigurationException, ConfigurationValueError
+from dlt.common.configuration.exceptions import ConfigurationValueError
 from dlt.common.pipeline import LoadInfo
 from dlt.extract import DltResource
-from dlt.pipeline.exceptions import PipelineStepFailed
 from dlt.sources.credentials import ConnectionStringCredentials
 from dlt.sources.sql_database import sql_table
-from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+from sqlalchemy.exc import NoSuchTableError
 
-from cio_destination import MappingError, SyncReport, customerio, rejected_rows, sync_report
+from cio_destination import (
+    MappingError,
+    SyncReport,
+    customerio,
+    rejected_rows,
+    run_command,
+    sync_report,
+)
 from cio_destination import dry_run as run_dry
 
 PIPELINE_NAME = "warehouse_to_customerio"
@@ -403,7 +409,7 @@ def sync(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; returns the process exit code."""
+    """Command line entry point; returns the process exit code (see `run_command`)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline-name", default=PIPELINE_NAME, help="dlt pipeline name")
     parser.add_argument(
@@ -429,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", module="duckdb_engine")
 
-    try:
+    def run() -> int:
         result = sync(
             args.pipeline_name,
             tables=args.tables,
@@ -437,23 +443,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=args.progress,
             dry_run=args.dry_run,
         )
-    except (ConfigurationException, MappingError) as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return 2
-    except SQLAlchemyError as error:
-        print(f"warehouse error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 1
-    except PipelineStepFailed as error:
-        print(f"sync failed: {error}", file=sys.stderr)
-        if error.step == "load":
-            print(
-                "The load package is kept: fix the cause and run the same command again; it"
-                " resumes where it stopped, then reads what changed since.",
-                file=sys.stderr,
-            )
-        return 1
-    print(result.summary())
-    return 0
+        print(result.summary())
+        return 0
+
+    # 0 done (rejected rows included), 1 failed: run again to resume, 2 a setting or mapping
+    # to fix; a failure is one line on stderr
+    return run_command(run)
 
 
 if __name__ == "__main__":

@@ -447,9 +447,69 @@ def test_decimals_of_any_precision_map_as_the_row_path_maps_them(kind):
     assert fast.block is not None
 
 
+def _one_row(ident: str = "a", **columns: pa.Array) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({"ident": pa.array([ident]), **columns})
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "mappings"),
+    [
+        (  # a value holding the old column separator
+            _one_row(p=pa.array(["x\x1f\x01y"]), q=pa.array(["z"])),
+            _one_row(p=pa.array(["x"]), q=pa.array(["y\x1f\x01z"])),
+            ({}, {}),
+        ),
+        (  # a value holding the old null marker
+            _one_row(
+                p=pa.array(["a"]), q=pa.array([None], pa.string()), r=pa.array(["b\x1f\x01c"])
+            ),
+            _one_row(p=pa.array(["a\x1f\x00"]), q=pa.array(["b"]), r=pa.array(["c"])),
+            ({}, {}),
+        ),
+        (_one_row(n=pa.array([0])), _one_row(n=pa.array(["0"])), ({}, {})),
+        (_one_row(n=pa.array([1.0])), _one_row(n=pa.array([1])), ({}, {})),
+        (_one_row(n=pa.array([Decimal(1)])), _one_row(n=pa.array([1])), ({}, {})),
+        (_one_row(n=pa.array([True])), _one_row(n=pa.array(["true"])), ({}, {})),
+        (
+            _one_row(t=pa.array([1_000], pa.timestamp("s"))),
+            _one_row(t=pa.array([1_000], pa.timestamp("ms"))),
+            ({}, {}),
+        ),
+        (_one_row(p=pa.array(["q"])), _one_row(r=pa.array(["q"])), ({}, {})),
+        (
+            _one_row(p=pa.array(["q"])),
+            _one_row(p=pa.array(["q"])),
+            ({}, {"identifier_type": "email"}),
+        ),
+    ],
+    ids=[
+        "separator",
+        "null-marker",
+        "int-or-text",
+        "float-or-int",
+        "decimal-or-int",
+        "bool-or-text",
+        "seconds-or-millis",
+        "other-column",
+        "other-mapping",
+    ],
+)
+def test_source_row_hashes_tell_apart_rows_whose_text_once_read_alike(first, second, mappings):
+    """`changes_only` skips a row whose source hash matches the stored one: rows that differ
+    in a value, its type, its column or their mapping must never hash alike."""
+    from cio_destination.arrow_path import source_row_hashes
+
+    one = source_row_hashes(mapper_for(first, **mappings[0]), first)
+    other = source_row_hashes(mapper_for(second, **mappings[1]), second)
+
+    assert one is not None and other is not None
+    assert one[1] != other[1]
+
+
 def test_source_row_hashes_are_the_stored_form():
-    """Hashes kept by earlier versions must still match: blake2b-64 of the row's text, read as
-    a signed big-endian number, and unchanged rows must hash alike across batches."""
+    """The form stored with fingerprints: blake2b-64 of the row's values framed by their lengths
+    (a null as "-"), salted with the mapping and the columns' names and types, read as a signed
+    big-endian number. The same row hashes alike in any batch, as string or large_string."""
     import hashlib
 
     from cio_destination.arrow_path import source_row_hashes
@@ -461,15 +521,31 @@ def test_source_row_hashes_are_the_stored_form():
 
     identifiers, hashes = source_row_hashes(mapper, batch)
 
-    # each value behind \x01 (a null as \x00), the columns joined by \x1f
-    texts = ["\x01a\x1f\x011\x1f\x01x", "\x01b\x1f\x00\x1f\x01ü"]
+    settings = [
+        {"action": "identify", "identifier": "ident"},
+        [],
+        [["ident", "text"], ["n", "int64"], ["s", "text"]],
+    ]
+    salt = hashlib.blake2b(orjson.dumps(settings), digest_size=16).digest()
+    texts = ["1:a1:11:x", "1:b-2:ü"]
     expected = [
-        int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "big", signed=True)
+        int.from_bytes(
+            hashlib.blake2b(
+                t.encode(), digest_size=8, salt=salt, person=b"cio-source-row-2"
+            ).digest(),
+            "big",
+            signed=True,
+        )
         for t in texts
     ]
     assert identifiers == ["a", "b"]
     assert hashes == expected
     assert source_row_hashes(mapper, batch.slice(1, 1))[1] == expected[1:]
+    large = pa.RecordBatch.from_arrays(
+        [batch.column(0).cast(pa.large_string()), batch.column(1), batch.column(2)],
+        names=batch.schema.names,
+    )
+    assert source_row_hashes(mapper, large) == (identifiers, expected)
 
 
 def test_a_chunked_table_maps_as_its_rows_and_an_empty_one_as_nothing():

@@ -426,11 +426,11 @@ def test_a_failed_load_resumes_on_the_next_run_then_reads_what_changed(
     monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path / "dlt_data"))
     monkeypatch.setenv("DESTINATION__CUSTOMERIO__API_KEY", "revoked-key")
 
-    assert wh.main(["--progress", "none"]) == 1
+    assert wh.main(["--progress", "none"]) == 2  # a setting to fix
     err = capsys.readouterr().err
     assert "destination.customerio.api_key" in err
     assert "revoked-key" not in err
-    assert "run the same command again; it resumes where it stopped" in err
+    assert "the load package is kept: run again once fixed" in err
     assert emulator.people == []
 
     # meanwhile Grace changes plan; the fixed run sends the pending load, then the change
