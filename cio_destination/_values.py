@@ -208,7 +208,10 @@ def _canonical_json(items: list[Any]) -> bytes:
     try:
         return orjson.dumps(items, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:
-        raise ValueProblem("an integer outside the 64-bit range JSON consumers accept") from None
+        # a big int, or a whole float keyed as one
+        raise ValueProblem(
+            "a whole number outside the 64-bit range JSON consumers accept"
+        ) from None
 
 
 def _canonical(value: Any, level: int) -> Any:
@@ -266,30 +269,30 @@ def _recordable_leaf(value: Any) -> Any:
     return str(value)
 
 
+class _Piece(str):
+    """Text `_json_text` has already written as JSON (a bracket, a comma, a key)."""
+
+
 def _json_text(value: Any) -> str:
     """The JSON text of a container of any depth, written without recursion."""
-
-    class Piece(str):
-        """Text already written as JSON (a bracket, a comma, a key)."""
-
     out: list[str] = []
     stack: list[Any] = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, Piece):
+        if isinstance(item, _Piece):
             out.append(item)
         elif isinstance(item, dict):
-            pieces: list[Any] = [Piece("{")]
+            pieces: list[Any] = [_Piece("{")]
             for index, (key, child) in enumerate(item.items()):
                 name = orjson.dumps(str(key)).decode()
-                pieces += [Piece(("," if index else "") + name + ":"), child]
-            stack.extend(reversed([*pieces, Piece("}")]))
+                pieces += [_Piece(("," if index else "") + name + ":"), child]
+            stack.extend(reversed([*pieces, _Piece("}")]))
         elif isinstance(item, (list, tuple)):
-            pieces = [Piece("[")]
+            pieces = [_Piece("[")]
             for index, child in enumerate(item):
-                pieces += [Piece(",")] if index else []
+                pieces += [_Piece(",")] if index else []
                 pieces.append(child)
-            stack.extend(reversed([*pieces, Piece("]")]))
+            stack.extend(reversed([*pieces, _Piece("]")]))
         else:
             out.append(orjson.dumps(_recordable_leaf(item)).decode())
     return "".join(out)
