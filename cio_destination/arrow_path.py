@@ -251,6 +251,9 @@ def rows_to_batch(
     makes None rather than be converted."""
     if not rows:
         return None
+    variants = [variant for variant, _ in mapper.compiled.variants]
+    if variants and any(variant in row for row in rows for variant in variants):
+        return None  # the row path reads those values back into their columns
     names: list[str] = []
     arrays = []
     with gc_paused():
@@ -274,7 +277,7 @@ def rows_to_batch(
 def by_row_path(mapper: RowMapper, batch: Any, source_rows: list[Row] | None) -> Mapped:
     if source_rows is not None:
         return mapper.map_rows(source_rows)
-    return mapper.map_rows(rows_from_arrow(batch, mapper.compiled.json_columns))
+    return mapper.map_rows(rows_from_arrow(batch))
 
 
 def identifier_text(batch: Any, column: str | None) -> Any | None:
@@ -301,7 +304,8 @@ def identifier_flags(ident: Any, kind: str) -> list[Any]:
     if kind == "email":
         flags.append(pc.invert(pc.match_substring(ident, "@")))
     elif kind == "phone":
-        flags.append(pc.invert(pc.match_substring_regex(ident, _PHONE.pattern)))
+        # RE2's `$` is the end of the text only (Python's also matches before a final newline)
+        flags.append(pc.invert(pc.match_substring_regex(ident, f"^{_PHONE.pattern}$")))
     return flags
 
 
@@ -405,7 +409,6 @@ def finish(
         slow = pc.or_kleene(slow, flag)
     slow = slow.fill_null(False)
 
-    json_columns = mapper.compiled.json_columns
     mapped = Mapped([], [], rows)
     if not pc.any(slow).as_py():
         positions = pa.array(range(rows), pa.int64())
@@ -414,7 +417,6 @@ def finish(
             row_keys,
             batch,
             positions,
-            json_columns,
             source_rows,
             keys,
             row_key_of,
@@ -427,7 +429,6 @@ def finish(
             None if row_keys is None else row_keys.filter(fast),
             batch,
             pc.indices_nonzero(fast),
-            json_columns,
             source_rows,
             None if keys is None else keys.filter(fast),
             row_key_of,
@@ -435,9 +436,10 @@ def finish(
     if source_rows is not None:
         rest = mapper.map_rows([source_rows[i] for i in pc.indices_nonzero(slow).to_pylist()])
     else:
-        rest = mapper.map_rows(rows_from_arrow(batch.filter(slow), json_columns))
+        rest = mapper.map_rows(rows_from_arrow(batch.filter(slow)))
     mapped.entries = rest.entries
     mapped.rejections = rest.rejections
+    mapped.dropped = rest.dropped
     return mapped
 
 
@@ -496,6 +498,8 @@ def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list[Any], list[in
 
     mapping = mapper.mapping
     names = set(batch.schema.names)
+    if mapping.identifier not in names:
+        return None  # every row is rejected: nothing to skip
     columns = [mapping.identifier, *mapper.compiled.attribute_columns]
     if mapping.timestamp:
         columns.append(mapping.timestamp)

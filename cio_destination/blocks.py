@@ -28,7 +28,6 @@ class EntryBlock(Sequence[Entry]):
     __slots__ = (
         "batch",
         "data",
-        "json_columns",
         "keys",
         "row_key_of",
         "row_keys",
@@ -42,7 +41,6 @@ class EntryBlock(Sequence[Entry]):
         row_keys: pa.Array,
         batch: Any,
         rows: pa.Array,
-        json_columns: frozenset[str],
         source_rows: list[Row] | None = None,
         keys: pa.Array | None = None,
         row_key_of: Callable[[Row], str] | None = None,
@@ -54,7 +52,6 @@ class EntryBlock(Sequence[Entry]):
         self.keys = keys  # string: each entry's idempotency key (an event id), if it has one
         self.batch = batch
         self.rows = rows  # int64: each entry's row number in `batch`
-        self.json_columns = json_columns
         self.source_rows = source_rows  # the rows the batch was made of, if it was made of rows
 
     def __len__(self) -> int:
@@ -78,7 +75,6 @@ class EntryBlock(Sequence[Entry]):
                 None if self.row_keys is None else self.row_keys.slice(start, length),
                 self.batch,
                 self.rows.slice(start, length),
-                self.json_columns,
                 self.source_rows,
                 None if self.keys is None else self.keys.slice(start, length),
                 self.row_key_of,
@@ -108,7 +104,7 @@ class EntryBlock(Sequence[Entry]):
         if self.source_rows is not None:
             row = self.source_rows[number]
         else:
-            row = LazyRow(self.batch, number, self.json_columns)
+            row = LazyRow(self.batch, number)
         if row_key is None:
             assert self.row_key_of is not None
             row_key = self.row_key_of(row.materialize() if isinstance(row, LazyRow) else row)

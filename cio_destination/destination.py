@@ -295,6 +295,15 @@ class LoadMappings:
                 " set destination.customerio.app_api_key"
             )
         compiled = compile_mapping(name, mapping, columns)
+        for key, column in compiled.absent_columns:
+            logger.warning(
+                "customerio: table %s: %s column '%s' is not in the table's schema (dlt leaves"
+                " out a column that is NULL in every row; or is the name misspelled?): it is"
+                " mapped as NULL",
+                name,
+                key,
+                column,
+            )
         self._mappers[name] = RowMapper(compiled)
         return compiled
 
@@ -428,7 +437,7 @@ def customerio(
     elif action in NAMED_ACTIONS:
         mapped = map_named_batch(mapper, items)
     else:
-        mapped = mapper.map_rows(rows_from_arrow(items, mapper.compiled.json_columns))
+        mapped = mapper.map_rows(rows_from_arrow(items))
     mapped.rows_in += skipped
     parts = mapped.parts()
     if mapper.mapping.changes_only:
@@ -492,8 +501,10 @@ def customerio(
             else:
                 mappings.return_mirror(mirror)
     rejections = mapped.rejections + result.rejections
+    # rows sent without an oversized attribute: recorded with the rejections, counted apart
+    records = rejections + mapped.dropped
     if not dry_run:
-        store.record_rejections(load_id, table["name"], action, rejections)
+        store.record_rejections(load_id, table["name"], action, records)
     store.record_batch(
         {
             "load_id": load_id,
@@ -512,7 +523,7 @@ def customerio(
             "throttled_seconds": result.stats.throttled_seconds,
             "started_at": started,
             "finished_at": time.time(),
-            "reasons": orjson.dumps(Counter(r.reason for r in rejections)).decode(),
+            "reasons": orjson.dumps(Counter(r.reason for r in records)).decode(),
             "samples": orjson.dumps(
                 [
                     mask_payload(orjson.loads(e.data))

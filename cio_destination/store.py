@@ -8,7 +8,6 @@ keeps emails at most once, which is why it has an identity that loads record (se
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import sqlite3
 import threading
@@ -17,13 +16,13 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from cio_destination._framing import frame
+from cio_destination._values import recordable_json
 from cio_destination.exceptions import StateFileError
 from cio_destination.operations import Rejection
 
@@ -117,16 +116,9 @@ class _LedgerWrite:
     error: BaseException | None = None
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    return str(value)
-
-
 def row_to_json(row: dict[str, Any]) -> bytes:
-    return orjson.dumps(row, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+    """The JSON a rejected row is kept as: any row can be recorded (see `recordable_json`)."""
+    return recordable_json(row)
 
 
 def _reject_id(load_id: str, table: str, reason: str, field: str | None, row_json: bytes) -> str:

@@ -92,7 +92,7 @@ def test_columnar_identify_equals_the_row_path(seed: int, mapping: dict):
     mapper = mapper_for(batch, **mapping)
 
     fast = map_identify_batch(mapper, batch)
-    slow = mapper.map_rows(rows_from_arrow(batch, frozenset()))
+    slow = mapper.map_rows(rows_from_arrow(batch))
 
     assert fast.rows_in == slow.rows_in == 300
     assert outcome(fast) == outcome(slow)
@@ -107,7 +107,7 @@ def test_integer_identifiers_and_unconverted_types_take_the_right_path():
     mapper = mapper_for(batch)
 
     assert outcome(map_identify_batch(mapper, batch)) == outcome(
-        mapper.map_rows(rows_from_arrow(batch, frozenset()))
+        mapper.map_rows(rows_from_arrow(batch))
     )
     assert orjson.loads(map_identify_batch(mapper, batch).all_entries()[1].data) == {
         "type": "person",
@@ -299,7 +299,7 @@ def test_columnar_serialization_equals_the_row_path(seed: int, nulls: str, mappi
 
     fast = map_identify_batch(mapper, batch)
 
-    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert fast.block is not None and len(fast.block) >= 300  # serialized by Arrow kernels
     assert fast.rejections  # the bad identifiers still come back as rejections
 
@@ -313,7 +313,7 @@ def test_a_sliced_batch_maps_as_its_rows():
 
     fast = map_identify_batch(mapper, part)
 
-    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(part, frozenset())))
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(part)))
     keys = sorted((e.row_key for e in fast.all_entries()), key=lambda k: int(k[3:]))
     assert keys == [f"id-{i}" for i in range(100, 220)]
 
@@ -324,7 +324,7 @@ def test_identifier_kinds_checked_on_columns_as_in_the_row_path():
     for kind in ("email", "phone", "id", "cio_id"):
         mapper = mapper_for(batch, identifier_type=kind)
         fast = map_identify_batch(mapper, batch)
-        assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch, frozenset())))
+        assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
 
 
 def test_columns_without_a_value_and_odd_timestamps_match_the_row_path():
@@ -341,7 +341,7 @@ def test_columns_without_a_value_and_odd_timestamps_match_the_row_path():
 
     fast = map_identify_batch(mapper, batch)
 
-    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert [r.reason for r in fast.rejections] == ["invalid_timestamp"]
     assert orjson.loads(fast.all_entries()[0].data) == {
         "type": "person",
@@ -443,7 +443,7 @@ def test_decimals_of_any_precision_map_as_the_row_path_maps_them(kind):
 
     fast = map_identify_batch(mapper, batch)
 
-    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert fast.block is not None
 
 
@@ -555,6 +555,103 @@ def test_a_chunked_table_maps_as_its_rows_and_an_empty_one_as_nothing():
 
     mapped = map_identify_batch(mapper, table)
 
-    assert outcome(mapped) == outcome(mapper.map_rows(rows_from_arrow(table, frozenset())))
+    assert outcome(mapped) == outcome(mapper.map_rows(rows_from_arrow(table)))
     assert mapped.rows_in == 2 and mapped.block is not None
     assert map_identify_batch(mapper, table.slice(0, 0)).rows_in == 0
+
+
+@pytest.mark.parametrize("phone", ["+14155550100\n", "\n+14155550100", "+1415555\n0100"])
+def test_phone_with_a_newline_is_rejected_on_both_paths(phone: str):
+    batch = pa.RecordBatch.from_pylist(
+        [{"ident": "+14155550100", "name": "ok"}, {"ident": phone, "name": "bad"}],
+        schema=pa.schema([("ident", pa.string()), ("name", pa.string())]),
+    )
+    mapper = mapper_for(batch, identifier_type="phone")
+
+    fast = map_identify_batch(mapper, batch)
+
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
+    assert [(r.reason, r.field, r.row["name"]) for r in fast.rejections] == [
+        ("invalid_identifier", "ident", "bad")
+    ]
+    assert [orjson.loads(e.data)["identifiers"] for e in fast.all_entries()] == [
+        {"phone": "+14155550100"}
+    ]
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        {"attributes": ["name", "plan"]},
+        {"timestamp": "seen_at"},
+        {"identifier": "email", "identifier_type": "email"},
+    ],
+    ids=["attribute", "timestamp", "identifier"],
+)
+def test_a_mapped_column_missing_from_the_batch_maps_as_null(mapping: dict):
+    """dlt leaves a column out of the schema (and the batch) while it is NULL in every row."""
+    batch = pa.RecordBatch.from_pylist(
+        [{"ident": "a", "name": "Ann"}, {"ident": "b", "name": None}],
+        schema=pa.schema([("ident", pa.string()), ("name", pa.string())]),
+    )
+    columns = {"ident": {"name": "ident"}, "name": {"name": "name"}}
+    declared = {"action": "identify", "identifier": "ident", **mapping}
+    mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+
+    fast = map_identify_batch(mapper, batch)
+    rows = [{k: v for k, v in row.items() if v is not None} for row in batch.to_pylist()]
+    from_dicts = map_identify_rows(mapper, rows, columns)
+
+    slow = mapper.map_rows(rows_from_arrow(batch))
+    assert outcome(fast) == outcome(from_dicts) == outcome(slow)
+    assert len(fast.all_entries()) + len(fast.rejections) == 2
+
+
+def test_source_row_hashes_without_the_identifier_column_hash_nothing():
+    from cio_destination.arrow_path import source_row_hashes
+
+    batch = pa.RecordBatch.from_pylist([{"name": "Ann"}])
+    columns = {"name": {"name": "name"}}
+    declared = {"action": "identify", "identifier": "ident", "changes_only": True}
+    mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+
+    assert source_row_hashes(mapper, batch) is None
+
+
+def test_dict_rows_with_a_variant_column_take_the_row_path_and_fold_it():
+    columns = {
+        "ident": {"name": "ident", "data_type": "text"},
+        "age": {"name": "age", "data_type": "bigint"},
+        "age\u25b6v_text": {"name": "age\u25b6v_text", "data_type": "text", "variant": True},
+    }
+    rows = [{"ident": "a", "age": 5}, {"ident": "b", "age\u25b6v_text": "unknown"}]
+    declared = {"action": "identify", "identifier": "ident", "attributes": ["age"]}
+    mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+
+    mapped = map_identify_rows(mapper, rows, columns)
+
+    assert outcome(mapped) == outcome(mapper.map_rows(rows))
+    assert [orjson.loads(e.data)["attributes"] for e in mapped.all_entries()] == [
+        {"age": 5},
+        {"age": "unknown"},
+    ]
+
+
+def test_drop_attribute_on_the_columnar_path_is_the_row_path_s():
+    long = "y" * 1_001
+    batch = pa.RecordBatch.from_pylist(
+        [{"ident": "a", "name": long}, {"ident": "b", "name": "ok"}, {"ident": "c", "name": None}],
+        schema=pa.schema([("ident", pa.string()), ("name", pa.string())]),
+    )
+    mapper = mapper_for(batch, oversized_attribute="drop_attribute")
+
+    fast = map_identify_batch(mapper, batch)
+    slow = mapper.map_rows(rows_from_arrow(batch))
+
+    assert outcome(fast) == outcome(slow)
+    assert [(d.row_key, d.reason, d.field) for d in fast.dropped] == [
+        ("a", "attribute_dropped", "name")
+    ]
+    assert [(d.row_key, d.field) for d in fast.dropped] == [
+        (d.row_key, d.field) for d in slow.dropped
+    ]

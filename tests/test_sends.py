@@ -404,3 +404,32 @@ def test_sigkill_mid_send_leaves_only_requests_in_flight_uncertain_and_reruns_se
     assert marker.exists()
     assert killed == kills
     assert state_path(pipeline.working_dir).exists()
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("42", 42),
+        (" 42", " 42"),
+        ("42\n", "42\n"),
+        ("²", "²"),  # a digit to str.isdigit(), not to int()
+        ("\uff14\uff12", "\uff14\uff12"),  # fullwidth digits: a trigger name, not 42
+        ("order_receipt", "order_receipt"),
+    ],
+)
+def test_message_id_from_a_column_is_a_number_only_when_it_is_ascii_digits(template, expected):
+    mapping = parse_mapping(
+        "receipts",
+        {
+            "action": "send_email",
+            "identifier": "user_id",
+            "transactional_message_id_column": "template",
+            "event_id": "receipt_id",
+        },
+    )
+    columns = {c: {"name": c} for c in ("receipt_id", "user_id", "template")}
+    mapper = RowMapper(compile_mapping("receipts", mapping, columns))
+
+    mapped = mapper.map_rows([{"receipt_id": 1, "user_id": 7, "template": template}])
+
+    assert orjson.loads(mapped.entries[0].data)["transactional_message_id"] == expected
