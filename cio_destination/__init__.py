@@ -19,7 +19,10 @@ from cio_destination.exceptions import (
     CustomerioTerminalError,
     CustomerioTransientError,
     MappingError,
+    SendLedgerLostError,
+    StateFileError,
 )
+from cio_destination.failures import customerio_error, exit_status, run_command
 from cio_destination.rejects import rejected_rows
 from cio_destination.report import SyncReport, TableReport, dry_run, sync_report
 
@@ -29,12 +32,17 @@ __all__ = [
     "CustomerioTerminalError",
     "CustomerioTransientError",
     "MappingError",
+    "SendLedgerLostError",
+    "StateFileError",
     "SyncReport",
     "TableReport",
     "__version__",
     "customerio",
     "customerio_adapter",
+    "customerio_error",
     "dry_run",
+    "exit_status",
     "rejected_rows",
+    "run_command",
     "sync_report",
 ]

@@ -27,12 +27,16 @@ _US_FROM = 1e14
 _NS_FROM = 1e17
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_DIGITS = re.compile(r"^[0-9]+$")
+# used with fullmatch: `$` would also match before a trailing newline
+_DIGITS = re.compile(r"[0-9]+")
 # Customer.io timestamps are unix seconds from 1970 up to the end of year 9999.
 _MAX_UNIX = 253_402_300_799
 # orjson (and JSON consumers in general) take integers in the signed/unsigned 64-bit range.
 _MIN_INT = -(2**63)
 _MAX_INT = 2**64 - 1
+MAX_NESTING = 250
+"""The most containers a value may nest. orjson writes at most 254 levels in all, and an
+operation (or a key, or a stored rejection read back by dlt) wraps a value in up to four."""
 
 
 class ValueProblem(ValueError):
@@ -96,13 +100,13 @@ def to_unix_seconds(value: Any) -> int:
         if isinstance(value, Decimal):
             if not value.is_finite():
                 raise ValueProblem("not a finite number")
-            value = float(value)
-        elif isinstance(value, float) and not math.isfinite(value):
+            value = float(value)  # a Decimal beyond the double range becomes inf
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueProblem("not a finite number")
         seconds = _epoch_number_to_unix(value)
     elif isinstance(value, str):
         stripped = value.strip()
-        if _DIGITS.match(stripped):
+        if _DIGITS.fullmatch(stripped):
             seconds = _epoch_number_to_unix(int(stripped))
         else:
             seconds = datetime_to_unix(_parse_iso(stripped))
@@ -120,11 +124,27 @@ def decimal_to_number(value: Decimal) -> int | float:
         number = int(value)
         if _MIN_INT <= number <= _MAX_INT:
             return number
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):  # beyond the double range: orjson would write null
+        raise ValueProblem("not a finite number")
+    return number
+
+
+def _too_deep() -> ValueProblem:
+    return ValueProblem(f"nested deeper than {MAX_NESTING} levels")
 
 
 def to_json_value(value: Any) -> Any:
-    """Make one attribute value JSON-ready for orjson (which handles str/int/float/bool/None)."""
+    """Make one attribute value JSON-ready for orjson (which handles str/int/float/bool/None).
+
+    Raises `ValueProblem` for a value JSON cannot carry: a non-finite number, an integer beyond
+    64 bits, containers nested deeper than `MAX_NESTING`.
+    """
+    return _json_ready(value, 0)
+
+
+def _json_ready(value: Any, level: int) -> Any:
+    """`to_json_value` of a value inside `level` containers."""
     if value is None or isinstance(value, (str, bool)):
         return value
     if isinstance(value, int):
@@ -141,10 +161,12 @@ def to_json_value(value: Any) -> Any:
         return datetime_to_unix(dt.datetime(value.year, value.month, value.day))
     if isinstance(value, Decimal):
         return decimal_to_number(value)
-    if isinstance(value, dict):
-        return {str(k): to_json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json_value(v) for v in value]
+    if isinstance(value, (dict, list, tuple)):
+        if level >= MAX_NESTING:
+            raise _too_deep()
+        if isinstance(value, dict):
+            return {str(k): _json_ready(v, level + 1) for k, v in value.items()}
+        return [_json_ready(v, level + 1) for v in value]
     if isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, dt.time):
@@ -155,15 +177,23 @@ def to_json_value(value: Any) -> Any:
     return str(value)
 
 
+def parse_json_text(text: str | bytes) -> Any:
+    """The value a JSON text holds; `ValueProblem` when it is not JSON (or nests too deep)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        # orjson reads at most 1024 levels and says so only in its message
+        if exc.msg.startswith("depth limit"):
+            raise _too_deep() from None
+        raise ValueProblem("not valid JSON") from None
+
+
 def parse_json_object(value: Any) -> dict[str, Any]:
     """Event data from a JSON column: a dict, or a string holding a JSON object."""
     if isinstance(value, dict):
         return value
     if isinstance(value, (str, bytes)):
-        try:
-            parsed = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise ValueProblem("not valid JSON") from exc
+        parsed = parse_json_text(value)
         if isinstance(parsed, dict):
             return parsed
         raise ValueProblem(f"JSON holds a {type(parsed).__name__}, not an object")
@@ -171,14 +201,29 @@ def parse_json_object(value: Any) -> dict[str, Any]:
 
 
 def canonical_key(values: list[Any]) -> bytes:
-    """Stable bytes for an idempotency key, equal for the same row in dict and Arrow form."""
+    """Stable bytes for an idempotency key, equal for the same row in dict and Arrow form.
+
+    Raises `ValueProblem` for a value with no stable JSON (see `to_json_value`).
+    """
+    return _canonical_json([_canonical(v, 0) for v in values])
+
+
+def canonical_row_key(row: dict[str, Any]) -> bytes:
+    """The idempotency key of a whole row: `[[name, value], ...]` by name, nulls left out."""
+    return _canonical_json([[k, _canonical(row[k], 0)] for k in sorted(row) if row[k] is not None])
+
+
+def _canonical_json(items: list[Any]) -> bytes:
     try:
-        return orjson.dumps([_canonical(v) for v in values], option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(items, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:
-        raise ValueProblem("an integer outside the 64-bit range JSON consumers accept") from None
+        # a big int, or a whole float keyed as one
+        raise ValueProblem(
+            "a whole number outside the 64-bit range JSON consumers accept"
+        ) from None
 
 
-def _canonical(value: Any) -> Any:
+def _canonical(value: Any, level: int) -> Any:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=_UTC)
@@ -186,14 +231,80 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value.normalize()) if value.is_finite() else str(value)
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
+        return int(value)  # beyond 64 bits, canonical_key refuses it
+    if isinstance(value, (dict, list, tuple)):
+        if level >= MAX_NESTING:
+            raise _too_deep()
+        if isinstance(value, dict):
+            return {str(k): _canonical(v, level + 1) for k, v in value.items()}
+        return [_canonical(v, level + 1) for v in value]
     if isinstance(value, (str, int, bool)) or value is None:
         return value
     return to_json_value(value)
+
+
+def recordable_json(value: Any) -> bytes:
+    """JSON of any value or row, for rejection records and row keys: it never raises.
+
+    What orjson refuses or would blur is written as text: integers beyond 64 bits as their
+    digits, non-finite floats as `nan`/`inf`, Decimals as their digits, bytes in base64, other
+    objects as `str()`. Containers nested deeper than `MAX_NESTING` below the top become a
+    string holding their JSON, so a record stays readable (and writable again by dlt).
+    """
+    return orjson.dumps(_recordable(value, 0))
+
+
+def _recordable(value: Any, level: int) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        if level > MAX_NESTING:
+            return _json_text(value)
+        if isinstance(value, dict):
+            return {str(k): _recordable(v, level + 1) for k, v in value.items()}
+        return [_recordable(v, level + 1) for v in value]
+    return _recordable_leaf(value)
+
+
+def _recordable_leaf(value: Any) -> Any:
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        return value if _MIN_INT <= value <= _MAX_INT else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (dt.date, dt.time)):
+        return value  # orjson writes them as ISO-8601 text
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return str(value)
+
+
+class _Piece(str):
+    """Text `_json_text` has already written as JSON (a bracket, a comma, a key)."""
+
+
+def _json_text(value: Any) -> str:
+    """The JSON text of a container of any depth, written without recursion."""
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Piece):
+            out.append(item)
+        elif isinstance(item, dict):
+            pieces: list[Any] = [_Piece("{")]
+            for index, (key, child) in enumerate(item.items()):
+                name = orjson.dumps(str(key)).decode()
+                pieces += [_Piece(("," if index else "") + name + ":"), child]
+            stack.extend(reversed([*pieces, _Piece("}")]))
+        elif isinstance(item, (list, tuple)):
+            pieces = [_Piece("[")]
+            for index, child in enumerate(item):
+                pieces += [_Piece(",")] if index else []
+                pieces.append(child)
+            stack.extend(reversed([*pieces, _Piece("]")]))
+        else:
+            out.append(orjson.dumps(_recordable_leaf(item)).decode())
+    return "".join(out)
 
 
 def deterministic_ulid(namespace: str, key: bytes) -> str:

@@ -17,13 +17,15 @@ def customerio_adapter(data: Any, action: str, **mapping: Any) -> DltResource:
 
     The mapping is checked now (unknown keys or actions raise `MappingError`) and stored as
     `x-customerio-*` hints on the resource's table, so it travels with the schema to the destination.
-    Columns are checked against the table when the load starts.
+    Columns are checked against the table when the load starts: one the table does not have
+    (dlt leaves out a column that is NULL in every row) is mapped as NULL, with a warning.
 
     Args:
         data: a dlt resource, a source with one resource, or plain data (wrapped into a resource).
         action: the Customer.io operation, e.g. "identify" or "event".
-        **mapping: the mapping keys: identifier, identifier_type, attributes, event_name,
-            event_name_column, event_data_column, event_id, timestamp, clear_nulls.
+        **mapping: the mapping keys of the action (the README's "Mapping keys"), e.g.
+            identifier, identifier_type, attributes, json_columns, oversized_attribute,
+            event_name, event_name_column, event_data_column, event_id, timestamp, clear_nulls.
 
     Returns:
         The resource, with the hints applied.

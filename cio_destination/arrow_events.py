@@ -94,6 +94,8 @@ def _map_named_batch(mapper: RowMapper, batch: Any, source_rows: list[Row] | Non
     attribute_columns = [c for c in compiled.attribute_columns if c in names]
     ident = identifier_text(batch, mapping.identifier)
     name_column = mapping.event_name_column
+    # JSON text keys and travels as the value it holds: the row path reads it
+    read_as_json = [*attribute_columns, *(compiled.event_id_columns or names)]
     if (
         ident is None
         or mapping.action not in NAMED_ACTIONS
@@ -101,7 +103,7 @@ def _map_named_batch(mapper: RowMapper, batch: Any, source_rows: list[Row] | Non
         or mapping.event_data_column is not None
         or (mapping.timestamp is not None and mapping.timestamp not in names)
         or (name_column is not None and name_column not in names)
-        or any(name in compiled.json_columns for name in attribute_columns)
+        or any(name in compiled.json_columns for name in read_as_json)
     ):
         return by_row_path(mapper, batch, source_rows)
     kind = mapping.identifier_type
@@ -201,13 +203,12 @@ def _event_keys(batch: Any, id_columns: tuple[str, ...], flags: list[Any]) -> An
                 return None
             texts.append(text.fill_null("null"))
             present.append(batch.column(name).is_valid())
-        if present:
-            any_value = present[0]
-            for more in present[1:]:
-                any_value = pc.or_(any_value, more)
-            flags.append(pc.invert(any_value))  # the row path rejects: nothing to key on
-        else:
-            flags.append(pa.array([True] * rows))
+        if not present:
+            return None  # no key column in the batch (NULL in every row): the row path rejects
+        any_value = present[0]
+        for more in present[1:]:
+            any_value = pc.or_(any_value, more)
+        flags.append(pc.invert(any_value))  # the row path rejects: nothing to key on
         pieces: list[Any] = ["["]
         for index, text in enumerate(texts):
             pieces += ["," if index else "", text]

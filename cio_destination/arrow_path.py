@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cio_destination import limits
+from cio_destination._framing import frame_column
 from cio_destination._values import _MAX_UNIX, ValueProblem, to_unix_seconds
 from cio_destination.blocks import EntryBlock
 from cio_destination.operations import (
@@ -317,6 +318,9 @@ def rows_to_batch(
     double column, bytes in a text one) makes None rather than be converted."""
     if not rows:
         return None
+    variants = [variant for variant, _ in mapper.compiled.variants]
+    if variants and any(variant in row for row in rows for variant in variants):
+        return None  # the row path reads those values back into their columns
     names: list[str] = []
     arrays = []
     with gc_paused():
@@ -344,7 +348,7 @@ def rows_to_batch(
 def by_row_path(mapper: RowMapper, batch: Any, source_rows: list[Row] | None) -> Mapped:
     if source_rows is not None:
         return mapper.map_rows(source_rows)
-    return mapper.map_rows(rows_from_arrow(batch, mapper.compiled.json_columns))
+    return mapper.map_rows(rows_from_arrow(batch))
 
 
 def identifier_text(batch: Any, column: str | None) -> Any | None:
@@ -371,7 +375,8 @@ def identifier_flags(ident: Any, kind: str) -> list[Any]:
     if kind == "email":
         flags.append(pc.invert(pc.match_substring(ident, "@")))
     elif kind == "phone":
-        flags.append(pc.invert(pc.match_substring_regex(ident, _PHONE.pattern)))
+        # RE2's `$` is the end of the text only (Python's also matches before a final newline)
+        flags.append(pc.invert(pc.match_substring_regex(ident, f"^{_PHONE.pattern}$")))
     return flags
 
 
@@ -473,7 +478,6 @@ def finish(
         slow = pc.or_kleene(slow, flag)
     slow = slow.fill_null(False)
 
-    json_columns = mapper.compiled.json_columns
     mapped = Mapped([], [], rows)
     if not pc.any(slow).as_py():
         positions = pa.array(range(rows), pa.int64())
@@ -482,7 +486,6 @@ def finish(
             row_keys,
             batch,
             positions,
-            json_columns,
             source_rows,
             keys,
             row_key_of,
@@ -496,7 +499,6 @@ def finish(
             None if row_keys is None else row_keys.filter(fast),
             batch,
             pc.indices_nonzero(fast),
-            json_columns,
             source_rows,
             None if keys is None else keys.filter(fast),
             row_key_of,
@@ -505,9 +507,10 @@ def finish(
     if source_rows is not None:
         rest = mapper.map_rows([source_rows[i] for i in pc.indices_nonzero(slow).to_pylist()])
     else:
-        rest = mapper.map_rows(rows_from_arrow(batch.filter(slow), json_columns))
+        rest = mapper.map_rows(rows_from_arrow(batch.filter(slow)))
     mapped.entries = rest.entries
     mapped.rejections = rest.rejections
+    mapped.dropped = rest.dropped
     return mapped
 
 
@@ -554,15 +557,24 @@ def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list[Any], list[in
     `changes_only` compares these with the hashes stored when the person was last accepted and
     maps only the rows that differ. None when a column's type has no plain text form here, or
     an identifier repeats in the batch (then the order of the rows matters: map them all).
+
+    Two rows hash alike only if they are the same row under the same mapping: each value is
+    framed by its length (see `cio_destination._framing`), and the hash is salted with the
+    mapping and with the name and type of every column hashed, so no value can pass for a
+    separator, a null, another column or another type (`0`, `"0"` and `0.0`; seconds and
+    milliseconds). Hashes stored by an older encoding simply differ: such a row is mapped
+    again, and the whole-operation hash of its fingerprint settles that it is unchanged.
     """
     import hashlib
 
     mapping = mapper.mapping
     names = set(batch.schema.names)
+    if mapping.identifier not in names:
+        return None  # every row is rejected: nothing to skip
     columns = [mapping.identifier, *mapper.compiled.attribute_columns]
     if mapping.timestamp:
         columns.append(mapping.timestamp)
-    texts = []
+    framed, layout = [], []
     for name in columns:
         if name not in names:
             continue
@@ -579,8 +591,8 @@ def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list[Any], list[in
         ):
             return None
         text = pc.cast(column, pa.string()) if not _is_text(column.type) else column
-        # "\x00" marks a null, distinct from an empty string
-        texts.append(pc.binary_join_element_wise("\x01", text, "").fill_null("\x00"))
+        framed.append(frame_column(text))
+        layout.append([name, "text" if _is_text(kind) else str(kind)])
     ident = batch.column(mapping.identifier)
     ident = pc.cast(ident, pa.string()) if pa.types.is_integer(ident.type) else ident
     if not _is_text(ident.type):
@@ -588,12 +600,27 @@ def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list[Any], list[in
     counts = pc.value_counts(ident)
     if pc.any(pc.greater(counts.field("counts"), 1)).as_py():
         return None
-    joined = pc.binary_join_element_wise(*texts, "\x1f") if len(texts) > 1 else texts[0]
-    blake = hashlib.blake2b
-    digests = b"".join(
-        [blake(row, digest_size=8).digest() for row in _as_binary(joined).to_pylist()]
-    )
+    if len({column.type for column in framed}) > 1:  # string and large_string: join as large
+        framed = [pc.cast(column, pa.large_string()) for column in framed]
+    joined = framed[0]
+    if len(framed) > 1:
+        joined = pc.binary_join_element_wise(*framed, pa.scalar("", joined.type))
+    settings = [
+        mapping.model_dump(mode="json", exclude_defaults=True),
+        sorted(mapper.compiled.json_columns),
+        layout,
+    ]
+    salt = hashlib.blake2b(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), digest_size=16)
+    base = hashlib.blake2b(digest_size=8, salt=salt.digest(), person=_SOURCE_HASH_PERSON)
+    digests = bytearray()
+    for row in _as_binary(joined).to_pylist():
+        digest = base.copy()  # cheaper than a new salted hash per row
+        digest.update(row)
+        digests += digest.digest()
     hashes = array("q", digests)  # each digest read as a signed big-endian 64-bit number
     if sys.byteorder == "little":
         hashes.byteswap()
     return ident.to_pylist(), hashes.tolist()
+
+
+_SOURCE_HASH_PERSON = b"cio-source-row-2"

@@ -17,6 +17,7 @@ from typing import Any, overload
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cio_destination._framing import frame_texts
 from cio_destination.batching import body_of, enveloped, pack_bounds
 from cio_destination.operations import Entry, LazyRow, Row
 
@@ -27,7 +28,6 @@ class EntryBlock(Sequence[Entry]):
     __slots__ = (
         "batch",
         "data",
-        "json_columns",
         "keys",
         "row_key_of",
         "row_keys",
@@ -41,7 +41,6 @@ class EntryBlock(Sequence[Entry]):
         row_keys: pa.Array,
         batch: Any,
         rows: pa.Array,
-        json_columns: frozenset[str],
         source_rows: list[Row] | None = None,
         keys: pa.Array | None = None,
         row_key_of: Callable[[Row], str] | None = None,
@@ -53,7 +52,6 @@ class EntryBlock(Sequence[Entry]):
         self.keys = keys  # string: each entry's idempotency key (an event id), if it has one
         self.batch = batch
         self.rows = rows  # int64: each entry's row number in `batch`
-        self.json_columns = json_columns
         self.source_rows = source_rows  # the rows the batch was made of, if it was made of rows
 
     def __len__(self) -> int:
@@ -77,7 +75,6 @@ class EntryBlock(Sequence[Entry]):
                 None if self.row_keys is None else self.row_keys.slice(start, length),
                 self.batch,
                 self.rows.slice(start, length),
-                self.json_columns,
                 self.source_rows,
                 None if self.keys is None else self.keys.slice(start, length),
                 self.row_key_of,
@@ -107,7 +104,7 @@ class EntryBlock(Sequence[Entry]):
         if self.source_rows is not None:
             row = self.source_rows[number]
         else:
-            row = LazyRow(self.batch, number, self.json_columns)
+            row = LazyRow(self.batch, number)
         if row_key is None:
             assert self.row_key_of is not None
             row_key = self.row_key_of(row.materialize() if isinstance(row, LazyRow) else row)
@@ -123,12 +120,12 @@ class EntryBlock(Sequence[Entry]):
             return body_of([])
         return enveloped(_joined(self.data, b","))
 
-    def row_key_text(self) -> str:
-        """What tells the entries apart, joined by the unit separator (for the batch id): their
+    def row_key_frame(self) -> bytes:
+        """What tells the entries apart, each framed by its length (for the batch id): their
         row keys, or their idempotency keys when the row keys are made only on demand."""
         texts = self.row_keys if self.row_keys is not None else self.keys
         assert texts is not None
-        return _joined(texts, "\x1f").decode() if len(texts) else ""
+        return frame_texts(texts)
 
 
 def _joined(values: pa.Array, separator: bytes | str) -> bytes:

@@ -1,18 +1,48 @@
 """The only module that talks HTTP: Track API batches, auth, regions, retries and the shared rate.
 
-Status codes are classified in one place (`_classify`):
-* 200 accepted; 207 accepted except the entries its `batch_index` values name;
-* 400/413/422 for a whole request: narrowed by halving until the offending entries stand alone,
-  which are rejected; the rest are delivered;
-* 401/403 terminal (`CredentialsError`); 404/405 terminal (the base URL is wrong);
-* 408/429/5xx and network faults: retried with exponential backoff and jitter, honouring
-  `Retry-After`, at most `max_attempts` times per request; then `CustomerioTransientError`.
+Every answer (a response, or a transport error) is classified in one place, `classify`, into a
+`Verdict`; the rest of the module only acts on verdicts:
+
+=====================================  ==========================================================
+answer                                 verdict and what happens
+=====================================  ==========================================================
+2xx but 207                            DELIVERED: every entry of the request was accepted
+207                                    PARTIAL: accepted except the entries its `batch_index`
+                                       values name, which are rejected (a 207 that names none:
+                                       every entry is rejected as `unreadable_207`)
+400, 413, 422                          NARROW: split in halves until the offending entries stand
+                                       alone; those are rejected, the rest delivered
+401, 403                               REFUSED: terminal, `CredentialsError` names the keys
+3xx (never followed: credentials       MISDIRECTED: terminal, names `track_url`/`app_url` (or
+must not travel to another host),      `region`, when the host came from it)
+404, 405
+other 4xx (402, 409, 410, 451, ...)    REJECTED: every entry of that request is rejected with
+                                       reason `http_<status>`; not narrowed, as such answers
+                                       come from proxies for a whole request
+a connection refused (or a host that   UNREACHABLE: terminal at once, naming the URL and the
+does not resolve) at the preflight     key that set it; retrying a closed port only hides it
+408, 429, 1xx, 5xx, any other status,  RETRY: exponential backoff with jitter, honouring
+other network faults                   `Retry-After`, at most `max_attempts` per request; then
+                                       `CustomerioTransientError` (the package stays pending)
+=====================================  ==========================================================
+
+A request that must not be repeated (a transactional send, `repeatable=False`) is retried only
+when the answer proves Customer.io did not take it: a connect error, a connect or pool timeout,
+or a 429. Every other RETRY answer (408, 1xx, 5xx, a timeout or a dropped connection after the
+body left) is UNCERTAIN instead, since a gateway may answer after the origin took the request:
+`OutcomeUnknown` is raised after that one attempt. A send carries one row, so NARROW and
+REJECTED answers to it reject that row.
+
+A rejection keeps Customer.io's `reason` and `field`; its free-text `message` passes through
+`ServerText`, which masks every value of the rejected operation, so it never holds one.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,9 +69,56 @@ logger = logging.getLogger("cio_destination")
 TRACK_HOSTS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 APP_HOSTS = {"us": "https://api.customer.io", "eu": "https://api-eu.customer.io"}
 
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504, 520, 522, 524})
 NARROWABLE_STATUS = frozenset({400, 413, 422})
 _MAX_SERVER_MESSAGE = 300
+
+
+class Verdict(enum.Enum):
+    """What an answer from Customer.io means for the entries of its request (see the table)."""
+
+    DELIVERED = "delivered"
+    PARTIAL = "partial"
+    NARROW = "narrow"
+    REJECTED = "rejected"
+    REFUSED = "refused"
+    MISDIRECTED = "misdirected"
+    UNREACHABLE = "unreachable"
+    RETRY = "retry"
+    UNCERTAIN = "uncertain"
+
+
+# Failures that prove the request never left this machine: safe to retry even for a send.
+_NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def classify(
+    answer: httpx.Response | httpx.RequestError, *, repeatable: bool = True, preflight: bool = False
+) -> Verdict:
+    """The one decision of what an answer (or a transport error) means; see the module table."""
+    if isinstance(answer, httpx.RequestError):
+        if preflight and isinstance(answer, httpx.ConnectError):
+            return Verdict.UNREACHABLE
+        if repeatable or isinstance(answer, _NOT_SENT_ERRORS):
+            return Verdict.RETRY
+        return Verdict.UNCERTAIN
+    status = answer.status_code
+    if status == 207:
+        return Verdict.PARTIAL
+    if 200 <= status < 300:
+        return Verdict.DELIVERED
+    if 300 <= status < 400 or status in (404, 405):
+        return Verdict.MISDIRECTED
+    if status in (401, 403):
+        return Verdict.REFUSED
+    if status == 429:
+        return Verdict.RETRY  # a 429 proves the request was not taken
+    if status in NARROWABLE_STATUS:
+        return Verdict.NARROW
+    if 400 <= status < 500 and status != 408:
+        return Verdict.REJECTED
+    # 408, 1xx, 5xx and anything outside the registered ranges: the server may be fine later,
+    # but a gateway may answer so after the origin took the request
+    return Verdict.RETRY if repeatable else Verdict.UNCERTAIN
 
 
 @dataclass
@@ -70,7 +147,7 @@ class SendResult:
     stats: SendStats = field(default_factory=SendStats)
     error: BaseException | None = None
     delivered: list[Sequence[Entry]] = field(default_factory=list)
-    """Groups of entries Customer.io accepted (its 200, or a 207 that did not name them)."""
+    """Groups of entries Customer.io accepted (a 2xx, or a 207 that did not name them)."""
 
     def delivered_entries(self) -> Iterator[Entry]:
         return chain.from_iterable(self.delivered)
@@ -113,24 +190,82 @@ def _server_errors(response: httpx.Response) -> list[dict[str, Any]]:
     return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return str(value)[:_MAX_SERVER_MESSAGE]
+_MASK = "<value>"
+_EMAIL = re.compile(r"[^\s@'\"`<>()\[\],;:]+@[^\s@'\"`<>()\[\],;:]+")
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"|`([^`]*)`")
+_STRUCTURE = frozenset({"type", "action"})  # the mapping's, not the row's
+
+
+class ServerText:
+    """Customer.io's free text about one operation (a 207 item, a 400, a send's error), made safe
+    to store: Customer.io may echo what it was sent, and a rejection never holds a row's value.
+
+    Every value of the operation (case-insensitively, as a whole token), every e-mail address
+    and every quoted text that is not a name of the operation (an attribute, an identifier
+    kind) becomes `<value>`; the result is capped at 300 characters. Codes and field paths such
+    as `invalid` or `attributes.plan` pass unchanged.
+    """
+
+    def __init__(self, operation: bytes) -> None:
+        values: set[str] = set()
+        self._names: set[str] = set()
+        self._readable = True
+        try:
+            self._walk(orjson.loads(operation), values, top=True)
+        except orjson.JSONDecodeError:
+            self._readable = False  # values unknown: no free text can be shown safely
+        alternatives = sorted(values, key=len, reverse=True)
+        self._values = (
+            re.compile(
+                "(?<![0-9A-Za-z])(?:" + "|".join(map(re.escape, alternatives)) + ")(?![0-9A-Za-z])",
+                re.IGNORECASE,
+            )
+            if alternatives
+            else None
+        )
+
+    def _walk(self, value: Any, values: set[str], *, top: bool = False) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                self._names.add(str(key))
+                if not (top and key in _STRUCTURE):
+                    self._walk(item, values)
+        elif isinstance(value, list):
+            for item in value:
+                self._walk(item, values)
+        elif isinstance(value, str | int | float) and not isinstance(value, bool):
+            text = str(value)
+            if text.strip():
+                values.add(text)
+
+    def __call__(self, value: Any) -> str | None:
+        if value is None or not self._readable:
+            return None
+        text = str(value)[: _MAX_SERVER_MESSAGE * 8]  # bounds the work on a huge answer
+        if self._values is not None:
+            text = self._values.sub(_MASK, text)
+        text = _EMAIL.sub(_MASK, text)
+        text = _QUOTED.sub(self._quoted, text)
+        return text[:_MAX_SERVER_MESSAGE]
+
+    def _quoted(self, match: re.Match[str]) -> str:
+        inner = next(g for g in match.groups() if g is not None)
+        if inner == _MASK or inner in self._names:
+            return match.group(0)
+        quote = match.group(0)[0]
+        return f"{quote}{_MASK}{quote}"
 
 
 class OutcomeUnknown(Exception):
     """A request that is not safe to repeat may have reached Customer.io: its effect is unknown."""
 
 
-# Failures that prove the request never left this machine: safe to retry even for a send.
-_NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
 class ApiClient:
     """One Customer.io API (Track or App) with its auth, shared rate limit and retry policy.
 
-    Thread-safe; create one per destination config.
+    `url_source` is the config key that chose `base_url` (`track_url`/`app_url`, or `region`
+    for Customer.io's own hosts): errors about the URL name it. Thread-safe; create one per
+    destination config.
     """
 
     api_name = "API"
@@ -149,8 +284,10 @@ class ApiClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        url_source: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.url_source = url_source or self.url_key
         self.limiter = limiter
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
@@ -161,6 +298,7 @@ class ApiClient:
             auth=auth,
             timeout=timeout,
             transport=transport,
+            follow_redirects=False,
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
@@ -186,11 +324,14 @@ class ApiClient:
         stats: SendStats,
         *,
         repeatable: bool = True,
+        preflight: bool = False,
     ) -> httpx.Response:
-        """A request with retries. Returns a response that is not retryable; raises when attempts run out.
+        """A request with retries; returns the first answer `classify` does not retry.
 
-        With `repeatable=False` (a transactional send), a network failure after the request may
-        have been sent raises `OutcomeUnknown` instead of being retried.
+        Raises `CredentialsError` or `CustomerioTerminalError` for a REFUSED, MISDIRECTED or
+        (with `preflight`) UNREACHABLE answer, `CustomerioTransientError` when attempts run out,
+        and, with `repeatable=False` (a transactional send), `OutcomeUnknown` for an UNCERTAIN
+        one.
         """
         attempt = 0
         waited = 0.0
@@ -198,31 +339,37 @@ class ApiClient:
             attempt += 1
             stats.requests += 1
             stats.throttled_seconds += self.limiter.acquire()
-            problem: str
-            retry_after: float | None = None
+            answer: httpx.Response | httpx.RequestError
             try:
-                response = self._http.request(method, path, content=body)
-            except httpx.TransportError as exc:
-                if not repeatable and not isinstance(exc, _NOT_SENT_ERRORS):
-                    raise OutcomeUnknown(type(exc).__name__) from None
-                problem = type(exc).__name__
-            else:
-                status = response.status_code
-                if status in (401, 403):
-                    raise CredentialsError(self.api_name, status, self.credential_keys)
-                if status in (404, 405):
-                    raise CustomerioTerminalError(
-                        f"Customer.io {self.api_name} answered HTTP {status} for {path}: check"
-                        f" destination.customerio.{self.url_key} / region"
-                    )
-                if status not in RETRYABLE_STATUS:
-                    self.limiter.succeeded()
-                    return response
-                retry_after = _retry_after(response)
-                problem = f"HTTP {status}"
-                if status == 429:
+                answer = self._http.request(method, path, content=body)
+            except httpx.RequestError as exc:
+                answer = exc
+            verdict = classify(answer, repeatable=repeatable, preflight=preflight)
+            if verdict is Verdict.UNREACHABLE:
+                raise CustomerioTerminalError(
+                    f"cannot connect to Customer.io {self.api_name} at {self.base_url}"
+                    f" ({str(answer)[:120] or type(answer).__name__}): check"
+                    f" destination.customerio.{self.url_source} and this machine's network"
+                )
+            if verdict is Verdict.UNCERTAIN:
+                raise OutcomeUnknown(_problem(answer))
+            if verdict is Verdict.REFUSED:
+                assert isinstance(answer, httpx.Response)
+                raise CredentialsError(self.api_name, answer.status_code, self.credential_keys)
+            if verdict is Verdict.MISDIRECTED:
+                assert isinstance(answer, httpx.Response)
+                raise self._misdirected(answer, path)
+            if verdict is not Verdict.RETRY:
+                assert isinstance(answer, httpx.Response)
+                self.limiter.succeeded()
+                return answer
+            retry_after: float | None = None
+            if isinstance(answer, httpx.Response):
+                retry_after = _retry_after(answer)
+                if answer.status_code == 429:
                     stats.throttled += 1
                     self.limiter.throttled(min(retry_after or 0.0, self.retry.retry_after_cap))
+            problem = _problem(answer)
             with self._rng_lock:
                 delay = self.retry.delay(attempt, self._rng, retry_after)
             if attempt >= self.retry.max_attempts or waited + delay > self.retry.budget:
@@ -242,6 +389,40 @@ class ApiClient:
             )
             self._sleep(delay)
 
+    def _misdirected(self, response: httpx.Response, path: str) -> CustomerioTerminalError:
+        status = response.status_code
+        keys = f"destination.customerio.{self.url_source}"
+        if 300 <= status < 400:
+            if self.url_source != "region":
+                keys += " and destination.customerio.region"
+            target = _host_of(response.headers.get("location"))
+            to = f" to {target}" if target else ""
+            return CustomerioTerminalError(
+                f"Customer.io {self.api_name} at {self.base_url} answered HTTP {status}, a"
+                f" redirect{to}, for {path}; redirects are never followed, so credentials stay"
+                f" on the configured host: check {keys}"
+            )
+        return CustomerioTerminalError(
+            f"Customer.io {self.api_name} at {self.base_url} answered HTTP {status} for {path}:"
+            f" check {keys}"
+        )
+
+
+def _problem(answer: httpx.Response | httpx.RequestError) -> str:
+    if isinstance(answer, httpx.Response):
+        return f"HTTP {answer.status_code}"
+    return type(answer).__name__
+
+
+def _host_of(url: str | None) -> str | None:
+    """Only the host of a redirect target: its path or query may carry anything."""
+    if not url:
+        return None
+    try:
+        return httpx.URL(url).host or None
+    except httpx.InvalidURL:
+        return None
+
 
 class TrackClient(ApiClient):
     """Sends batches to one workspace's Track API (HTTP Basic: site id and API key)."""
@@ -254,11 +435,16 @@ class TrackClient(ApiClient):
         super().__init__(base_url, httpx.BasicAuth(site_id, api_key), **options)
 
     def account_region(self) -> str | None:
-        """`GET /api/v1/accounts/region`: checks the credentials; returns `us`, `eu` or None."""
-        response = self.request("GET", "/api/v1/accounts/region", None, SendStats())
-        if response.status_code != 200:
+        """`GET /api/v1/accounts/region`: checks the credentials; returns `us`, `eu` or None.
+
+        A refused connection stops the load at once (`CustomerioTerminalError` naming the URL):
+        the first request of a load that cannot connect means a wrong URL or no network.
+        """
+        response = self.request("GET", "/api/v1/accounts/region", None, SendStats(), preflight=True)
+        if classify(response) is not Verdict.DELIVERED:
             raise CustomerioTerminalError(
-                f"Customer.io Track API answered HTTP {response.status_code} to the region check"
+                f"Customer.io Track API at {self.base_url} answered HTTP {response.status_code}"
+                f" to the region check: check destination.customerio.{self.url_source}"
             )
         try:
             region = orjson.loads(response.content).get("region")
@@ -276,27 +462,34 @@ class TrackClient(ApiClient):
 
     def _send(self, entries: Sequence[Entry], result: SendResult) -> None:
         response = self.post("/api/v2/batch", request_body(entries), result.stats)
+        verdict = classify(response)
         status = response.status_code
-        if status == 200:
+        if verdict is Verdict.DELIVERED:
             result.stats.accepted += len(entries)
             result.delivered.append(entries)
-        elif status == 207:
+        elif verdict is Verdict.PARTIAL:
             self._partial(entries, response, result)
-        elif status in NARROWABLE_STATUS and len(entries) > 1:
+        elif verdict is Verdict.NARROW and len(entries) > 1:
             middle = len(entries) // 2
             self._send(entries[:middle], result)
             self._send(entries[middle:], result)
-        else:
+        elif verdict is Verdict.NARROW:
             errors = _server_errors(response)
             first = errors[0] if errors else {}
-            reason = "entry_too_large" if status == 413 else _text(first.get("reason"))
+            text = ServerText(entries[0].data)
+            reason = "entry_too_large" if status == 413 else text(first.get("reason"))
             result.rejections.extend(
                 entries[0].reject(
                     reason or f"http_{status}",
-                    _text(first.get("field")),
-                    _text(first.get("message")) or f"Customer.io answered HTTP {status}",
+                    text(first.get("field")),
+                    text(first.get("message")) or f"Customer.io answered HTTP {status}",
                 )
             )
+        else:
+            # REJECTED: the whole request was refused, so every entry of it is
+            message = f"Customer.io answered HTTP {status} to the request that carried this row"
+            for entry in entries:
+                result.rejections.extend(entry.reject(f"http_{status}", None, message))
 
     def _partial(
         self, entries: Sequence[Entry], response: httpx.Response, result: SendResult
@@ -316,11 +509,12 @@ class TrackClient(ApiClient):
                 )
             return
         for index, error in failed.items():
+            text = ServerText(entries[index].data)
             result.rejections.extend(
                 entries[index].reject(
-                    _text(error.get("reason")) or "rejected",
-                    _text(error.get("field")),
-                    _text(error.get("message")) or "rejected by Customer.io",
+                    text(error.get("reason")) or "rejected",
+                    text(error.get("field")),
+                    text(error.get("message")) or "rejected by Customer.io",
                 )
             )
         result.stats.accepted += len(entries) - len(failed)
@@ -412,10 +606,16 @@ class AppClient(ApiClient):
     def __init__(self, base_url: str, app_api_key: str, **options: Any) -> None:
         super().__init__(base_url, _BearerAuth(app_api_key), **options)
 
-    def send_email(self, body: bytes, stats: SendStats) -> SendOutcome:
-        """POST one `/v1/send/email`. Never retries once the request may have been delivered."""
-        response = self.post("/v1/send/email", body, stats, repeatable=False)
-        if response.status_code == 200:
+    def send_email(
+        self, body: bytes, stats: SendStats, *, resend_uncertain: bool = False
+    ) -> SendOutcome:
+        """POST one `/v1/send/email`.
+
+        Retried only after failures that prove the send was not taken; `OutcomeUnknown` when
+        it may have been, unless `resend_uncertain`, which retries it like any other request.
+        """
+        response = self.post("/v1/send/email", body, stats, repeatable=resend_uncertain)
+        if classify(response) in (Verdict.DELIVERED, Verdict.PARTIAL):
             try:
                 delivery_id = orjson.loads(response.content).get("delivery_id")
             except (orjson.JSONDecodeError, AttributeError):
@@ -425,7 +625,7 @@ class AppClient(ApiClient):
         message = f"Customer.io answered HTTP {response.status_code}"
         try:
             meta = orjson.loads(response.content).get("meta", {})
-            message = _text(meta.get("error")) or message
+            message = ServerText(body)(meta.get("error")) or message
         except (orjson.JSONDecodeError, AttributeError):
             pass
         return SendOutcome(rejection=(f"http_{response.status_code}", None, message))

@@ -23,7 +23,9 @@ REGIONS = (*TRACK_HOSTS, "auto")
 
 
 def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+    """`localhost` itself or a literal loopback address; a name that merely ends in `.localhost`
+    resolves however the machine's resolver says, so it does not count."""
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -32,19 +34,34 @@ def is_loopback(host: str) -> bool:
 
 
 def check_base_url(key: str, url: str) -> str:
-    """A base URL must be https, or plain http to a loopback host (the emulator, a local proxy)."""
+    """A base URL must be https, or plain http to a loopback host (the emulator, a local proxy).
+
+    It must carry no secret: credentials (`user:password@`), a query or a fragment are refused,
+    because httpx logs every request's URL. The messages never repeat the URL.
+    """
     try:
         parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise ConfigurationValueError(f"destination.customerio.{key} is not a valid URL") from exc
+    except httpx.InvalidURL:
+        # not chained: httpx's message may quote the URL, credentials and all
+        raise ConfigurationValueError(f"destination.customerio.{key} is not a valid URL") from None
+    if parsed.userinfo:
+        raise ConfigurationValueError(
+            f"destination.customerio.{key} must not carry credentials (user:password@): set"
+            " them as site_id / api_key / app_api_key secrets instead"
+        )
+    if parsed.query or parsed.fragment:
+        raise ConfigurationValueError(
+            f"destination.customerio.{key} must be a base URL without a query (?...) or a"
+            " fragment (#...)"
+        )
     if parsed.scheme == "https" and parsed.host:
         return url.rstrip("/")
     if parsed.scheme == "http" and parsed.host and is_loopback(parsed.host):
         return url.rstrip("/")
     raise ConfigurationValueError(
         f"destination.customerio.{key} must use https:// (plain http:// is only allowed to"
-        " loopback hosts such as the local emulator), so credentials never cross a network"
-        " unencrypted"
+        " localhost or a loopback address such as the local emulator), so credentials never"
+        " cross a network unencrypted"
     )
 
 
@@ -63,7 +80,8 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     """App API bearer key, only needed for transactional sends."""
     region: str = "us"
     """`us`, `eu` or `auto` (asks Customer.io): picks the hosts unless `track_url` / `app_url`
-    override them. A wrong region stops the load with a message saying which one to set."""
+    override them. A wrong region stops the load with a message saying which one to set, with
+    `track_url` set too (`auto` then adopts the reported region and keeps the URL)."""
     track_url: str | None = None
     """Base URL override for the Track API (the local emulator or a proxy)."""
     app_url: str | None = None
@@ -81,7 +99,11 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     max_concurrent_requests: int = 32
     """Requests in flight at once per workspace, so latency does not cut throughput."""
     resend_uncertain: bool = False
-    """Send again rows whose earlier send an interrupted load left with an unknown outcome."""
+    """Send again rows whose earlier send was left with an unknown outcome, and retry a send
+    after an answer that leaves its outcome unknown (a 5xx, a timeout) like any other request."""
+    accept_new_send_ledger: bool = False
+    """Let `send_email` tables go on with a send ledger that is not the one earlier loads sent
+    through (its file was deleted, emptied, replaced or restored): set it for one run only."""
     fingerprints_url: TSecretStrValue | None = None
     """SQLAlchemy URL of a database that keeps `changes_only` fingerprints (default: local state)."""
     dry_run: bool = False

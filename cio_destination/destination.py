@@ -28,6 +28,7 @@ from dlt.common.schema.utils import is_dlt_table_or_column
 from dlt.common.storages.load_package import LoadPackageStateInjectableContext
 from dlt.common.typing import TDataItems
 
+from cio_destination._framing import frame
 from cio_destination.arrow_events import NAMED_ACTIONS, map_named_batch, map_named_rows
 from cio_destination.arrow_path import map_identify_batch, map_identify_rows, source_row_hashes
 from cio_destination.blocks import EntryBlock, entry_sizes
@@ -42,14 +43,15 @@ from cio_destination.client import (
     TrackClient,
 )
 from cio_destination.configuration import CustomerioConfiguration
-from cio_destination.exceptions import CustomerioTerminalError, MappingError
+from cio_destination.exceptions import CustomerioError, CustomerioTerminalError
+from cio_destination.failures import shorten_job_error_logs
 from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
 from cio_destination.mirror import MirrorPlan, plan_mirror
 from cio_destination.operations import Entry, Rejection, RowMapper, rows_from_arrow
 from cio_destination.ratelimit import RateLimiter
 from cio_destination.report import MAX_SAMPLES, mask_payload
 from cio_destination.store import StateStore, store_for
-from cio_destination.transactional import EmailSender
+from cio_destination.transactional import EmailSender, SendLedgerGuard
 
 logger = logging.getLogger("cio_destination")
 
@@ -113,7 +115,7 @@ class Workspace:
         with self._lock:
             if load_id == self._load_id:
                 if self._load_error is not None:
-                    raise self._load_error
+                    raise self._load_error.again()
                 return
             try:
                 self._preflight()
@@ -124,7 +126,15 @@ class Workspace:
 
     def _track_client(self, url: str) -> TrackClient:
         key = self._key
-        return TrackClient(url, key.site_id, self._api_key, limiter=self.limiter, **self._options)
+        source = "track_url" if key.track_url else "region"
+        return TrackClient(
+            url,
+            key.site_id,
+            self._api_key,
+            limiter=self.limiter,
+            url_source=source,
+            **self._options,
+        )
 
     def _preflight(self) -> None:
         key = self._key
@@ -133,39 +143,48 @@ class Workspace:
             client = self._sender.client
         else:
             client = self._track_client(key.track_url or TRACK_HOSTS[configured])
-        found = client.account_region()
-        region = configured
-        if key.region == "auto":
-            region = found or self.region or configured
-        elif found and found != configured and key.track_url is None:
+        try:
+            found = client.account_region()
+            if found and key.region != "auto" and found != configured:
+                # compared with track_url set too: a proxy or the emulator can be in either region
+                raise CustomerioTerminalError(
+                    f"the Customer.io workspace is in the '{found}' region but"
+                    f" destination.customerio.region is '{configured}': set region = \"{found}\""
+                    ' (or "auto")'
+                )
+        except BaseException:
             if self._sender is None:
                 client.close()
-            raise CustomerioTerminalError(
-                f"the Customer.io workspace is in the '{found}' region but"
-                f" destination.customerio.region is '{configured}': set region = \"{found}\""
-                ' (or "auto")'
-            )
-        if self._sender is not None and (region == self.region or key.track_url is not None):
-            self.region = region
+            raise
+        region = (found or self.region or configured) if key.region == "auto" else configured
+        if self._sender is not None and region == self.region:
             self._sender.forget_refusal()
             return
-        if self._sender is not None:
-            self._sender.close()  # region="auto" and the workspace moved: new hosts
-            client = self._track_client(TRACK_HOSTS[region])
-        elif key.track_url is None and region != configured:
-            client.close()
-            client = self._track_client(TRACK_HOSTS[region])
+        url = key.track_url or TRACK_HOSTS[region]
+        if client.base_url != url.rstrip("/"):  # region="auto" found another region
+            if self._sender is not None:
+                self._sender.close()
+                self._sender = None
+            else:
+                client.close()
+            client = self._track_client(url)
         self.region = region
-        self._sender = Sender(
-            client,
-            max_in_flight=key.max_concurrent_requests,
-            max_request_bytes=key.max_request_bytes,
-        )
+        if self._sender is None:
+            self._sender = Sender(
+                client,
+                max_in_flight=key.max_concurrent_requests,
+                max_request_bytes=key.max_request_bytes,
+            )
+        else:
+            self._sender.forget_refusal()
         if self._app_api_key:
+            if self.emails is not None:
+                self.emails.close()
             app = AppClient(
                 key.app_url or APP_HOSTS[region],
                 self._app_api_key,
                 limiter=RateLimiter(key.app_requests_per_second),
+                url_source="app_url" if key.app_url else "region",
                 **self._options,
             )
             self.emails = EmailSender(app, max_in_flight=key.max_concurrent_requests)
@@ -187,20 +206,31 @@ def workspace_for(key: _WorkspaceKey, api_key: str, app_api_key: str) -> Workspa
 class LoadMappings:
     """The compiled mappings of one load, checked for every table of the package up front."""
 
-    def __init__(self, tables_config: dict[str, Any] | None, *, can_send_email: bool) -> None:
+    def __init__(
+        self,
+        tables_config: dict[str, Any] | None,
+        *,
+        can_send_email: bool,
+        accept_new_send_ledger: bool = False,
+    ) -> None:
         self._config = tables_config or {}
         self._can_send_email = can_send_email
+        self._accept_new_send_ledger = accept_new_send_ledger
         self._mappers: dict[str, RowMapper] = {}
-        self._error: MappingError | None = None
+        self._error: CustomerioTerminalError | None = None
         self._mirrors: dict[str, MirrorPlan] = {}
+        self._ledger: SendLedgerGuard | None = None
         self._lock = threading.Lock()
+        self.context: LoadPackageStateInjectableContext | None = None
+        """The load package context (one per attempt at the package) this was checked in."""
 
     def check_package(
-        self, context: LoadPackageStateInjectableContext, store: StateStore, pipeline_name: str
+        self, context: LoadPackageStateInjectableContext, store: StateStore, pipeline: dlt.Pipeline
     ) -> None:
         """Compile the mapping of every data table with a job in the package; keep the first error.
 
-        Mirror tables also get their removal plan here, and its guard, before any request.
+        Mirror tables also get their removal plan here, and its guard, and a package with
+        `send_email` tables its send ledger check, before any request.
         """
         schema = context.storage.load_schema(context.load_id)
         names = sorted(
@@ -209,6 +239,7 @@ class LoadMappings:
                 for _, job in context.storage.list_all_jobs_with_states(context.load_id)
             }
         )
+        sends_email = False
         for name in names:
             if is_dlt_table_or_column(name, schema._dlt_tables_prefix) or name not in schema.tables:
                 continue
@@ -220,12 +251,27 @@ class LoadMappings:
             }
             try:
                 compiled = self._compile(name, table, columns)
-                plan = plan_mirror(compiled, context, store, pipeline_name)
-            except MappingError as error:
+                plan = plan_mirror(compiled, context, store, pipeline.pipeline_name)
+            except CustomerioTerminalError as error:  # a mapping, a setting, the state file
                 self._error = error
                 return
+            sends_email = sends_email or compiled.action == "send_email"
             if plan is not None:
                 self._mirrors[name] = plan
+        if sends_email:
+            try:
+                self.send_ledger(context).check(store, pipeline)
+            except CustomerioTerminalError as error:
+                self._error = error
+
+    def send_ledger(self, context: LoadPackageStateInjectableContext) -> SendLedgerGuard:
+        """The load's send ledger guard, recording into the load package's state."""
+        with self._lock:
+            if self._ledger is None:
+                self._ledger = SendLedgerGuard(
+                    context.state, context.commit, accept_new=self._accept_new_send_ledger
+                )
+            return self._ledger
 
     def take_mirror(self, table: str) -> MirrorPlan | None:
         """The table's mirror plan, handed out once (given back with `return_mirror` on failure)."""
@@ -243,18 +289,27 @@ class LoadMappings:
     def _compile(self, name: str, table: Any, columns: dict[str, Any]) -> CompiledMapping:
         mapping = resolve_mapping(name, table, self._config.get(name))
         if mapping.action == "send_email" and not self._can_send_email:
-            raise MappingError(
-                name,
-                "action",
-                "send_email needs the App API key: set destination.customerio.app_api_key",
+            # the mapping is right; the setting is missing, so name only the setting
+            raise CustomerioTerminalError(
+                f"table '{name}' sends emails (action send_email), which needs the App API key:"
+                " set destination.customerio.app_api_key"
             )
         compiled = compile_mapping(name, mapping, columns)
+        for key, column in compiled.absent_columns:
+            logger.warning(
+                "customerio: table %s: %s column '%s' is not in the table's schema (dlt leaves"
+                " out a column that is NULL in every row; or is the name misspelled?): it is"
+                " mapped as NULL",
+                name,
+                key,
+                column,
+            )
         self._mappers[name] = RowMapper(compiled)
         return compiled
 
     def mapper(self, table: TTableSchema) -> RowMapper:
         if self._error is not None:
-            raise self._error
+            raise self._error.again()
         name = table["name"]
         with self._lock:
             mapper = self._mappers.get(name)
@@ -281,17 +336,27 @@ def mappings_for_load(
     tables_config: dict[str, Any] | None,
     *,
     can_send_email: bool,
+    accept_new_send_ledger: bool = False,
 ) -> LoadMappings:
-    """The load's mappings, checked against the whole package on first use, before any request."""
+    """The load's mappings, checked against the whole package on first use, before any request.
+
+    Checked again when dlt loads the package anew (a new load package context: a rerun of a
+    pending package), so a setting fixed since is seen and an earlier error is not repeated.
+    """
     working_dir = pipeline.working_dir
     key = (working_dir, load_id)
+    context = _load_context()
     with _loads_lock:
         mappings = _loads.get(key)
-        if mappings is None:
-            mappings = LoadMappings(tables_config, can_send_email=can_send_email)
-            context = _load_context()
+        if mappings is None or (context is not None and mappings.context is not context):
+            mappings = LoadMappings(
+                tables_config,
+                can_send_email=can_send_email,
+                accept_new_send_ledger=accept_new_send_ledger,
+            )
             if context is not None and context.load_id == load_id:
-                mappings.check_package(context, store_for(working_dir), pipeline.pipeline_name)
+                mappings.context = context
+                mappings.check_package(context, store_for(working_dir), pipeline)
             for stale in [k for k in _loads if k[0] == working_dir]:
                 del _loads[stale]  # only the current load of a pipeline is needed again
             _loads[key] = mappings
@@ -327,6 +392,7 @@ def customerio(
     max_request_bytes: int = 500_000,
     max_concurrent_requests: int = 32,
     resend_uncertain: bool = False,
+    accept_new_send_ledger: bool = False,
     dry_run: bool = False,
     fingerprints_url: str | None = None,
     tables: dict[str, Any] | None = None,
@@ -337,11 +403,16 @@ def customerio(
     `customerio(site_id=..., api_key=...)`, or the string `"cio_destination.customerio"`.
     """
     started = time.time()
+    shorten_job_error_logs()
     pipeline = dlt.current.pipeline()
     load_id = dlt.current.load_package_state()["load_id"]
     working_dir = pipeline.working_dir
     mappings = mappings_for_load(
-        pipeline, load_id, tables, can_send_email=bool(_secret(app_api_key))
+        pipeline,
+        load_id,
+        tables,
+        can_send_email=bool(_secret(app_api_key)),
+        accept_new_send_ledger=accept_new_send_ledger,
     )
     mapper = mappings.mapper(table)
     action = mapper.compiled.action
@@ -366,7 +437,7 @@ def customerio(
     elif action in NAMED_ACTIONS:
         mapped = map_named_batch(mapper, items)
     else:
-        mapped = mapper.map_rows(rows_from_arrow(items, mapper.compiled.json_columns))
+        mapped = mapper.map_rows(rows_from_arrow(items))
     mapped.rows_in += skipped
     parts = mapped.parts()
     if mapper.mapping.changes_only:
@@ -404,6 +475,10 @@ def customerio(
         workspace.begin_load(load_id)
         if action == "send_email":
             assert workspace.emails is not None  # checked with the mappings, before any request
+            context = _load_context()
+            assert context is not None  # dlt runs the callable inside its load package context
+            ledger = mappings.send_ledger(context)
+            ledger.check(store, pipeline)  # the file may have gone since the load started
             emails = workspace.emails.send(
                 [entry for part in parts for entry in part],
                 store=store,
@@ -411,6 +486,7 @@ def customerio(
                 load_id=load_id,
                 resend_uncertain=resend_uncertain,
             )
+            ledger.record(store)
             result = emails
             skipped = emails.skipped
         else:
@@ -425,8 +501,10 @@ def customerio(
             else:
                 mappings.return_mirror(mirror)
     rejections = mapped.rejections + result.rejections
+    # rows sent without an oversized attribute: recorded with the rejections, counted apart
+    records = rejections + mapped.dropped
     if not dry_run:
-        store.record_rejections(load_id, table["name"], action, rejections)
+        store.record_rejections(load_id, table["name"], action, records)
     store.record_batch(
         {
             "load_id": load_id,
@@ -445,7 +523,7 @@ def customerio(
             "throttled_seconds": result.stats.throttled_seconds,
             "started_at": started,
             "finished_at": time.time(),
-            "reasons": orjson.dumps(Counter(r.reason for r in rejections)).decode(),
+            "reasons": orjson.dumps(Counter(r.reason for r in records)).decode(),
             "samples": orjson.dumps(
                 [
                     mask_payload(orjson.loads(e.data))
@@ -471,7 +549,8 @@ def customerio(
         result.stats.retries,
     )
     if result.error is not None:
-        raise result.error
+        # the error may be shared with other calls (a refusal stops them all): raise a twin
+        raise result.error.again() if isinstance(result.error, CustomerioError) else result.error
 
 
 def _skip_unchanged_rows(
@@ -503,21 +582,23 @@ def _batch_id(
     rejections: list[Rejection],
     source_hashes: dict[str, int] | None,
 ) -> str:
-    """The same rows give the same id, so a replayed batch replaces its record in the report."""
-    digest = hashlib.blake2b(digest_size=16)
-    if source_hashes:  # rows skipped before mapping are part of the batch too
-        digest.update(array("q", source_hashes.values()).tobytes())
-    # the row keys and sizes of the entries tell a batch apart, without hashing every payload
-    keys = [
-        part.row_key_text()
-        if isinstance(part, EntryBlock)
-        else "\x1f".join(entry.row_key for entry in part)
-        for part in parts
+    """The same rows give the same id, so a replayed batch replaces its record in the report.
+
+    Every piece is framed by its length (`cio_destination._framing`), and the number of parts
+    leads, so two different batches never read alike, whatever bytes their row keys hold.
+    """
+    pieces: list[bytes | None] = [
+        # rows skipped before mapping are part of the batch too
+        array("q", source_hashes.values()).tobytes() if source_hashes else None,
+        b"%d" % len(parts),
     ]
-    digest.update("\x1f".join(keys).encode())
     for part in parts:
-        digest.update(array("q", entry_sizes(part)).tobytes())
+        # the row keys and sizes of the entries tell a batch apart, without hashing every payload
+        if isinstance(part, EntryBlock):
+            pieces.append(part.row_key_frame())
+        else:
+            pieces.append(frame(entry.row_key for entry in part))
+        pieces.append(array("q", entry_sizes(part)).tobytes())
     for rejection in rejections:
-        digest.update(rejection.row_key.encode())
-        digest.update(rejection.reason.encode())
-    return digest.hexdigest()
+        pieces += [rejection.row_key.encode(), rejection.reason.encode()]
+    return hashlib.blake2b(frame(pieces), digest_size=16, person=b"cio-batch-id-2").hexdigest()

@@ -4,14 +4,21 @@
   * CustomerioTerminalError - the load stops; fix something, then run again. The package stays pending.
     * MappingError - a table's mapping is missing or wrong (names the table and the mapping key)
     * CredentialsError - Customer.io refused the credentials (names the config keys to fix)
+    * StateFileError - the local state file cannot be used (names the file)
+      * SendLedgerLostError - earlier loads sent emails through another send ledger than this one
   * CustomerioTransientError - Customer.io was unreachable or kept throttling after every retry;
     dlt retries the job and a later run resumes the package.
 
 A single bad row is never an exception: it becomes a rejection (see `rejected_rows`) and the load goes
-on. No message here ever carries a secret, a payload or an attribute value.
+on. No message here ever carries a secret, a payload or an attribute value, and each is one line.
+Raised inside a load, these reach the caller wrapped in dlt's `PipelineStepFailed`:
+`cio_destination.customerio_error` finds them there (see `cio_destination.failures`).
 """
 
 from __future__ import annotations
+
+import os
+from typing import TypeVar
 
 from dlt.common.destination.exceptions import (
     DestinationException,
@@ -28,8 +35,18 @@ __all__ = [
 ]
 
 
+_E = TypeVar("_E", bound="CustomerioError")
+
+
 class CustomerioError(DestinationException):
     """Base of every error raised by the Customer.io destination."""
+
+    def again(self: _E) -> _E:
+        """A new error of the same kind and message, for raising once more (in another load job
+        or thread): raising the same object again would pile each raise's traceback onto it."""
+        twin = type(self).__new__(type(self), *self.args)
+        twin.__dict__.update(self.__dict__)
+        return twin
 
 
 class CustomerioTerminalError(CustomerioError, DestinationTerminalException):
@@ -60,6 +77,39 @@ class CredentialsError(CustomerioTerminalError):
         super().__init__(
             f"Customer.io {api} refused the credentials (HTTP {status}). Check {names}"
             " (and `region`: a US workspace cannot be reached on the EU host)."
+        )
+
+
+class StateFileError(CustomerioTerminalError):
+    """The destination's state file (send ledger, rejections, reports, fingerprints, snapshots)
+    cannot be used: it is not SQLite, truncated, corrupt or unwritable. Names the file."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = os.fspath(path)
+        super().__init__(f"Customer.io destination state file {self.path}: {problem}")
+
+    @classmethod
+    def unusable(cls, path: str | os.PathLike[str], cause: BaseException) -> StateFileError:
+        return cls(
+            path,
+            f"it cannot be used ({type(cause).__name__}: {cause}). Restore it from a backup, or"
+            " move it aside to start a new one (a pipeline that sends emails then needs"
+            " destination.customerio.accept_new_send_ledger = true for one run)",
+        )
+
+
+class SendLedgerLostError(StateFileError):
+    """A load with `send_email` tables found a send ledger that is not the one earlier loads of
+    the pipeline sent through (deleted, emptied, replaced or restored from an older copy)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(
+            path,
+            "its send ledger is not the one earlier loads of this pipeline sent emails through"
+            " (the file was deleted, emptied, replaced or restored from an older copy), so"
+            " those emails could go out again; no email was sent. Restore the file, or set"
+            " destination.customerio.accept_new_send_ledger = true for one run to go on with"
+            " this ledger",
         )
 
 

@@ -3,7 +3,8 @@
 A mapping is declared with `customerio_adapter` (as `x-customerio-*` table hints) or in config under
 `[destination.customerio.tables.<table>]`. Both are read into one `TableMapping`, then compiled
 against the table's columns into a `CompiledMapping` that the row mapper uses. Every problem is a
-`MappingError` naming the table and the key, raised before any request is made.
+`MappingError` naming the table and the key, raised before any request is made. A column the
+table does not have (yet) is no problem: dlt leaves out columns that are NULL in every row.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ ACTION_KEYS: dict[str, frozenset[str]] = {
         _PERSON
         | {
             "attributes",
+            "json_columns",
+            "oversized_attribute",
             "timestamp",
             "clear_nulls",
             "changes_only",
@@ -74,9 +77,9 @@ ACTION_KEYS: dict[str, frozenset[str]] = {
             "max_removed_fraction",
         }
     ),
-    "event": frozenset(_PERSON | _NAMED | {"attributes"}),
-    "page": frozenset(_PERSON | _NAMED | {"attributes"}),
-    "screen": frozenset(_PERSON | _NAMED | {"attributes"}),
+    "event": frozenset(_PERSON | _NAMED | {"attributes", "json_columns"}),
+    "page": frozenset(_PERSON | _NAMED | {"attributes", "json_columns"}),
+    "screen": frozenset(_PERSON | _NAMED | {"attributes", "json_columns"}),
     "delete": frozenset(_PERSON),
     "suppress": frozenset(_PERSON),
     "unsuppress": frozenset(_PERSON),
@@ -89,12 +92,14 @@ ACTION_KEYS: dict[str, frozenset[str]] = {
             "device_platform_column",
             "device_last_used",
             "attributes",
+            "json_columns",
+            "oversized_attribute",
         }
     ),
     "delete_device": frozenset(_PERSON | {"device_token"}),
-    "add_relationships": frozenset(_PERSON | _OBJECT | {"attributes"}),
+    "add_relationships": frozenset(_PERSON | _OBJECT | {"attributes", "json_columns"}),
     "delete_relationships": frozenset(_PERSON | _OBJECT),
-    "object_identify": frozenset(_OBJECT | {"attributes", "clear_nulls"}),
+    "object_identify": frozenset(_OBJECT | {"attributes", "clear_nulls", "json_columns"}),
     "object_delete": frozenset(_OBJECT),
     "send_email": frozenset(
         _PERSON
@@ -103,6 +108,7 @@ ACTION_KEYS: dict[str, frozenset[str]] = {
             "transactional_message_id_column",
             "to",
             "attributes",
+            "json_columns",
             "message_data_column",
             "send_at",
             "event_id",
@@ -134,6 +140,9 @@ MESSAGE_OVERRIDE_FIELDS = frozenset(
 )
 
 HINT_PREFIX = "x-customerio-"
+# dlt stores a value that does not fit its column's type in a variant column named
+# `<column>\u25b6v_<type>` (with the direct naming convention this destination uses)
+VARIANT_INFIX = "\u25b6v_"
 
 
 def hint_name(key: str) -> str:
@@ -161,6 +170,8 @@ class TableMapping(BaseModel):
     identifier: str | None = None
     identifier_type: TIdentifierType = "id"
     attributes: tuple[str, ...] | None = None
+    json_columns: tuple[str, ...] | None = None
+    oversized_attribute: Literal["reject_row", "drop_attribute"] = "reject_row"
     timestamp: str | None = None
     clear_nulls: bool = False
     changes_only: bool = False
@@ -194,7 +205,7 @@ class TableMapping(BaseModel):
     queue_draft: bool | None = None
     message_overrides: dict[str, str] | None = None
 
-    @field_validator("attributes", "event_id", mode="before")
+    @field_validator("attributes", "event_id", "json_columns", mode="before")
     @classmethod
     def _columns(cls, value: Any) -> Any:
         return _as_column_list(value)
@@ -282,6 +293,7 @@ class TableMapping(BaseModel):
         named = [(key, getattr(self, key)) for key in self._ROLE_KEYS if getattr(self, key)]
         named.extend(("event_id", c) for c in self.event_id or ())
         named.extend(("attributes", c) for c in self.attributes or ())
+        named.extend(("json_columns", c) for c in self.json_columns or ())
         named.extend(("message_overrides", c) for c in (self.message_overrides or {}).values())
         return named
 
@@ -341,6 +353,15 @@ class CompiledMapping:
     attribute_columns: tuple[str, ...]
     event_id_columns: tuple[str, ...]  # empty: the whole row is the key
     json_columns: frozenset[str]
+    """Columns whose text is JSON: the mapping's `json_columns` and those dlt types as json."""
+    primary_key: tuple[str, ...] = ()
+    absent_columns: tuple[tuple[str, str], ...] = ()
+    """(key, column) of mapped columns the table's schema does not have: dlt leaves a column out
+    while it is NULL in every row, so they are mapped as NULL."""
+    variants: tuple[tuple[str, str], ...] = ()
+    """(variant, column) of dlt's variant columns: a row's value there is its column's value."""
+    declared_json: frozenset[str] = frozenset()
+    """The mapping's own `json_columns`: their text is JSON wherever dlt stored it."""
 
     @property
     def action(self) -> str:
@@ -350,17 +371,26 @@ class CompiledMapping:
 def compile_mapping(
     table: str, mapping: TableMapping, columns: Mapping[str, Mapping[str, Any]]
 ) -> CompiledMapping:
-    """Check a mapping against the table's columns and resolve its defaults."""
-    for key, column in mapping.named_columns():
-        if column not in columns:
-            raise MappingError(table, key, f"column '{column}' is not in the table")
+    """Check a mapping against the table's columns and resolve its defaults.
+
+    A named column the table does not have is not an error (see `absent_columns`): rows then
+    have no value for it, as when it is NULL.
+    """
+    variants = tuple(
+        (name, name.rpartition(VARIANT_INFIX)[0])
+        for name, schema in columns.items()
+        if schema.get("variant") and VARIANT_INFIX in name
+    )
+    # a row's value in a variant column is its column's value: the variant is not a column
+    names = list(dict.fromkeys(dict(variants).get(c, c) for c in columns))
+    absent = tuple((key, column) for key, column in mapping.named_columns() if column not in names)
     used = set(mapping.used_columns())
     if mapping.action in BARE_ACTIONS:
         attribute_columns: tuple[str, ...] = ()
     elif mapping.attributes is not None:
         attribute_columns = tuple(mapping.attributes)
     else:
-        attribute_columns = tuple(c for c in columns if c not in used)
+        attribute_columns = tuple(c for c in names if c not in used)
     for column in attribute_columns:
         if len(column.encode("utf-8")) > limits.MAX_ATTRIBUTE_NAME_BYTES:
             raise MappingError(
@@ -369,17 +399,20 @@ def compile_mapping(
                 f"a column name is over Customer.io's {limits.MAX_ATTRIBUTE_NAME_BYTES}-byte"
                 " attribute name limit; leave it out with `attributes` or rename it",
             )
+    primary_key = tuple(c for c, s in columns.items() if s.get("primary_key"))
     event_id_columns: Sequence[str] = ()
     if mapping.action in KEYED_ACTIONS:
-        if mapping.event_id:
-            event_id_columns = mapping.event_id
-        else:
-            event_id_columns = tuple(c for c, s in columns.items() if s.get("primary_key"))
-    json_columns = frozenset(c for c, s in columns.items() if s.get("data_type") == "json")
+        event_id_columns = mapping.event_id or primary_key
+    typed_json = (c for c, s in columns.items() if s.get("data_type") == "json")
+    json_columns = frozenset((*(mapping.json_columns or ()), *typed_json))
     return CompiledMapping(
         table=table,
         mapping=mapping,
         attribute_columns=attribute_columns,
         event_id_columns=tuple(event_id_columns),
         json_columns=json_columns,
+        primary_key=primary_key,
+        absent_columns=absent,
+        variants=variants,
+        declared_json=frozenset(mapping.json_columns or ()),
     )

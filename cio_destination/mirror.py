@@ -14,6 +14,7 @@ import gzip
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -86,8 +87,12 @@ def _job_rows(path: str, column: str) -> Iterator[Any]:
                     yield row.get(column)
 
 
-def snapshot_of(context: Any, table: str, identifier: str) -> set[str]:
-    """The identifiers of every row of `table` in the load package, as the mapper writes them."""
+def snapshot_of(context: Any, table: str, identifier: str, *variants: str) -> set[str]:
+    """The identifiers of every row of `table` in the load package, as the mapper writes them.
+
+    `variants`: dlt's variant columns of the identifier, where it kept values that did not fit
+    the column's type (the mapper reads them as the identifier).
+    """
     storage, load_id = context.storage, context.load_id
     root = storage.storage.storage_path
     found: set[str] = set()
@@ -95,7 +100,7 @@ def snapshot_of(context: Any, table: str, identifier: str) -> set[str]:
         if job.table_name != table:
             continue
         path = os.path.join(root, storage.get_job_file_path(load_id, state, job.file_name()))
-        for value in _job_rows(path, identifier):
+        for value in chain.from_iterable(_job_rows(path, c) for c in (identifier, *variants)):
             if value is None or (isinstance(value, str) and not value.strip()):
                 continue
             try:
@@ -114,7 +119,8 @@ def plan_mirror(
         return None
     scope = f"{pipeline_name}/{compiled.table}"
     try:
-        current = snapshot_of(context, compiled.table, mapping.identifier)
+        variants = [v for v, column in compiled.variants if column == mapping.identifier]
+        current = snapshot_of(context, compiled.table, mapping.identifier, *variants)
     except (OSError, ValueError, ImportError) as exc:
         raise MappingError(
             compiled.table,

@@ -24,12 +24,16 @@ import pyarrow.compute as pc
 
 from cio_destination import limits
 from cio_destination._values import (
+    _DIGITS,
     _MAX_UNIX,
     ValueProblem,
     canonical_key,
+    canonical_row_key,
     datetime_to_unix,
     deterministic_ulid,
     parse_json_object,
+    parse_json_text,
+    recordable_json,
     to_json_value,
     to_unix_seconds,
 )
@@ -40,7 +44,8 @@ if TYPE_CHECKING:
 
 Row = dict[str, Any]
 
-_PHONE = re.compile(r"^\+[1-9][0-9]{1,14}$")
+# used with fullmatch: `$` would also match before a trailing newline
+_PHONE = re.compile(r"\+[1-9][0-9]{1,14}")
 _VALUE_LIMIT = limits.MAX_ATTRIBUTE_VALUE_BYTES
 # at most 4 bytes a character: an identifier this short is under the byte limit whatever it holds
 _SHORT_IDENTIFIER = limits.MAX_IDENTIFIER_BYTES // 4
@@ -91,15 +96,14 @@ def gc_paused() -> Iterator[None]:
 class LazyRow:
     """A row of a RecordBatch, made into a dict only if a rejection needs it."""
 
-    __slots__ = ("batch", "index", "json_columns")
+    __slots__ = ("batch", "index")
 
-    def __init__(self, batch: Any, index: int, json_columns: frozenset[str]) -> None:
+    def __init__(self, batch: Any, index: int) -> None:
         self.batch = batch
         self.index = index
-        self.json_columns = json_columns
 
     def materialize(self) -> Row:
-        return next(rows_from_arrow(self.batch.slice(self.index, 1), self.json_columns))
+        return next(rows_from_arrow(self.batch.slice(self.index, 1)))
 
 
 @dataclass(slots=True)
@@ -132,6 +136,9 @@ class Mapped:
     rows_in: int
     block: EntryBlock | None = None
     """Operations still in Arrow (the columnar paths); they come before `entries`."""
+    dropped: list[Rejection] = field(default_factory=list)
+    """Attributes left out of rows that are sent (`oversized_attribute = "drop_attribute"`),
+    one record each (reason `attribute_dropped`): kept with the rejections, counted apart."""
 
     def parts(self) -> list[Sequence[Entry]]:
         """The operations, as the sender takes them: the block (if any), then the list."""
@@ -167,6 +174,9 @@ def _value_size(value: Any) -> int:
     return 0  # numbers and booleans are far below any limit
 
 
+_Builder = Callable[["RowMapper", Row, "list[str] | None"], dict[str, Any]]
+
+
 class RowMapper:
     """Maps the rows of one table with its compiled mapping."""
 
@@ -176,6 +186,11 @@ class RowMapper:
         self._table = compiled.table
         self._attribute_columns = compiled.attribute_columns
         self._json_columns = compiled.json_columns
+        self._variants = compiled.variants
+        self._declared_json = compiled.declared_json
+        self._reads = bool(compiled.json_columns or compiled.variants)
+        data_columns = (self.mapping.event_data_column, self.mapping.message_data_column)
+        self._data_columns = frozenset(c for c in data_columns if c)
 
     # -- shared pieces ---------------------------------------------------------------------
 
@@ -202,17 +217,58 @@ class RowMapper:
             )
         if kind == "email" and "@" not in text:
             raise _Reject("invalid_identifier", column, "not an email address")
-        if kind == "phone" and not _PHONE.match(text):
+        if kind == "phone" and not _PHONE.fullmatch(text):
             raise _Reject("invalid_identifier", column, "not an E.164 phone number (+ and digits)")
         return text
 
     def _timestamp(self, row: Row) -> int | None:
         return self._unix(row, self.mapping.timestamp)
 
-    def _attributes(self, row: Row, *, per_value_limit: bool) -> dict[str, Any]:
+    def _decoded(self, row: Row) -> Row:
+        """The row as the mapping reads it: JSON text read as the value it holds, and values
+        dlt stored in a variant column (one that did not fit the column's type) back in their
+        column.
+
+        Done once, before anything reads the row, so keys, attributes and data see one value
+        whether the row came as a dict (JSON already decoded) or from Arrow (JSON as text).
+        """
+        if not self._reads:
+            return row
+        decoded = dict(row)
+        for column in self._json_columns:
+            value = row.get(column)
+            if isinstance(value, str):
+                self._read_json(decoded, column, value)
+        for variant, column in self._variants:
+            value = decoded.pop(variant, None)
+            if value is None:
+                continue
+            # dlt decoded a JSON column's scalars itself (a string is no JSON text), but text
+            # in a column the mapping declares as JSON is JSON wherever dlt stored it
+            if isinstance(value, str) and column in self._declared_json:
+                self._read_json(decoded, column, value)
+            else:
+                decoded[column] = value
+        return decoded
+
+    def _read_json(self, row: Row, column: str, text: str) -> None:
+        try:
+            value = parse_json_text(text)
+        except ValueProblem as exc:
+            reason = "invalid_event_data" if column in self._data_columns else "invalid_json"
+            raise _Reject(reason, column, str(exc)) from None
+        if value is None:
+            row.pop(column, None)  # a JSON null is a NULL
+        else:
+            row[column] = value
+
+    def _attributes(
+        self, row: Row, *, per_value_limit: bool, dropped: list[str] | None = None
+    ) -> dict[str, Any]:
+        """The row's attributes. With `per_value_limit`, a value over Customer.io's limit
+        rejects the row, or, given a `dropped` list, is left out and its column listed there."""
         attributes: dict[str, Any] = {}
         clear = self.mapping.clear_nulls
-        json_columns = self._json_columns
         # this loop runs for every column of every row: plain str/int/bool/float values, by far
         # the most common, take a short path that skips the general conversion
         for column in self._attribute_columns:
@@ -222,9 +278,13 @@ class RowMapper:
                     attributes[column] = ""
                 continue
             kind = type(value)
-            if kind is str and column not in json_columns:
-                if per_value_limit and len(value) * 4 > _VALUE_LIMIT:
-                    self._check_value_size(column, value)
+            if kind is str:
+                if (
+                    per_value_limit
+                    and len(value) * 4 > _VALUE_LIMIT
+                    and _oversized(column, value, dropped)
+                ):
+                    continue
                 attributes[column] = value
                 continue
             if kind is bool or (kind is int and _MIN_INT <= value <= _MAX_INT):
@@ -233,33 +293,43 @@ class RowMapper:
             if kind is float and math.isfinite(value):
                 attributes[column] = value
                 continue
-            if kind is str:
-                value = _maybe_json(value)
             try:
                 value = to_json_value(value)
             except ValueProblem as exc:
                 raise _Reject("invalid_value", column, str(exc)) from None
-            if per_value_limit:
-                self._check_value_size(column, value)
+            if per_value_limit and _oversized(column, value, dropped):
+                continue
             attributes[column] = value
         return attributes
 
-    @staticmethod
-    def _check_value_size(column: str, value: Any) -> None:
-        if _value_size(value) > _VALUE_LIMIT:
-            raise _Reject(
-                "attribute_value_too_long",
-                column,
-                f"the value is over Customer.io's {_VALUE_LIMIT}-byte attribute value limit",
-            )
+    def _dropped_list(self) -> list[str] | None:
+        """A list to collect a row's oversized attributes in, when the mapping drops them."""
+        return [] if self.mapping.oversized_attribute == "drop_attribute" else None
 
     def _row_key(self, row: Row, columns: tuple[str, ...]) -> str:
+        """The text that names a row in reports: its values of `columns` (the table's primary
+        key's where the row has none of them); made of any values, it never raises."""
         if len(columns) == 1:
             value = row.get(columns[0])
-            return "" if value is None else str(value)
+            if type(value) is str:  # the common case, once per row of every keyed table
+                return value
+        primary_key = self.compiled.primary_key
+        if (
+            primary_key
+            and columns
+            and columns != primary_key
+            and all(row.get(c) is None for c in columns)
+        ):
+            columns = primary_key
+        if len(columns) == 1:
+            return _key_text(row.get(columns[0]))
         if columns:
-            return orjson.dumps([row.get(c) for c in columns], default=str).decode()
-        return "row:" + hashlib.blake2b(_whole_row_key(row), digest_size=8).hexdigest()
+            return recordable_json([row.get(c) for c in columns]).decode()
+        try:
+            whole = canonical_row_key(row)
+        except ValueProblem:  # a row that cannot be an event's key still needs a name
+            whole = recordable_json(row)
+        return "row:" + hashlib.blake2b(whole, digest_size=8).hexdigest()
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -286,21 +356,31 @@ class RowMapper:
         merged: dict[int, dict[str, Any]] = {}
         too_many: set[int] = set()
         rejections: list[Rejection] = []
+        dropped_at: dict[int, list[Rejection]] = {}
         kind = self.mapping.identifier_type
         most = limits.MAX_ATTRIBUTES_PER_IDENTIFY
         dumps = orjson.dumps
+        decode = self._reads
+        dropping = self.mapping.oversized_attribute == "drop_attribute"
         rows_in = 0
         for row in rows:
             rows_in += 1
+            values = row
+            dropped: list[str] | None = [] if dropping else None
             try:
-                identifier = self._identifier(row)
-                timestamp = self._timestamp(row)
-                attributes = self._attributes(row, per_value_limit=True)
+                if decode:
+                    values = self._decoded(row)
+                identifier = self._identifier(values)
+                timestamp = self._timestamp(values)
+                attributes = self._attributes(values, per_value_limit=True, dropped=dropped)
             except _Reject as reject:
-                key = self._safe_identifier_key(row)
+                key = self._safe_identifier_key(values)
                 rejections.append(Rejection(row, key, reject.reason, reject.field, reject.message))
                 continue
             position = positions.get(identifier)
+            if dropped:
+                at = len(built) if position is None else position
+                dropped_at.setdefault(at, []).extend(_dropped(row, identifier, dropped))
             if position is None:
                 position = positions[identifier] = len(built)
                 if len(attributes) > most:
@@ -323,6 +403,7 @@ class RowMapper:
         for position, op in merged.items():
             built[position].data = dumps(op)
         entries: list[Entry] = []
+        sent_without: list[Rejection] = []
         for position, entry in enumerate(built):
             if position in too_many:
                 rejections.extend(
@@ -339,11 +420,12 @@ class RowMapper:
                 rejections.extend(_too_large(entry.rows, entry.row_key, len(entry.data)))
             else:
                 entries.append(entry)
-        return Mapped(entries, rejections, rows_in)
+                sent_without.extend(dropped_at.get(position, ()))
+        return Mapped(entries, rejections, rows_in, dropped=sent_without)
 
     def _safe_identifier_key(self, row: Row) -> str:
-        value = row.get(self.mapping.identifier or "")
-        return "" if value is None else str(value)[: limits.MAX_IDENTIFIER_BYTES]
+        key = self._row_key(row, (self.mapping.identifier or "",))
+        return key[: limits.MAX_IDENTIFIER_BYTES]
 
     def _map_keyed(self, rows: Iterable[Row]) -> Mapped:
         """event / page / screen / send_email: each row carries an id derived from its key."""
@@ -351,19 +433,23 @@ class RowMapper:
         rejections: list[Rejection] = []
         id_columns = self.compiled.event_id_columns
         build = self._send_body if self.mapping.action == "send_email" else self._named_op
+        decode = self._reads
         rows_in = 0
         for row in rows:
             rows_in += 1
-            row_key = self._row_key(row, id_columns)
+            values = row
             try:
-                key = self._event_id(row, id_columns)
-                op = build(row, key)
+                if decode:
+                    values = self._decoded(row)
+                key = self._event_id(values, id_columns)
+                op = build(values, key)
             except _Reject as reject:
+                row_key = self._row_key(values, id_columns)
                 rejections.append(
                     Rejection(row, row_key, reject.reason, reject.field, reject.message)
                 )
                 continue
-            self._add_entry(entries, rejections, op, row_key, [row], key)
+            self._add_entry(entries, rejections, op, self._row_key(values, id_columns), [row], key)
         return Mapped(entries, rejections, rows_in)
 
     def _named_op(self, row: Row, event_id: str) -> dict[str, Any]:
@@ -382,25 +468,29 @@ class RowMapper:
             op["attributes"] = data
         return op
 
-    def _map_each(
-        self, rows: Iterable[Row], build: Callable[[RowMapper, Row], dict[str, Any]]
-    ) -> Mapped:
+    def _map_each(self, rows: Iterable[Row], build: _Builder) -> Mapped:
         """Actions with one operation per row and no idempotency key of their own."""
         entries: list[Entry] = []
         rejections: list[Rejection] = []
+        sent_without: list[Rejection] = []
         rows_in = 0
         for row in rows:
             rows_in += 1
-            row_key = self._natural_key(row)
+            values = row
+            dropped = self._dropped_list()
             try:
-                op = build(self, row)
+                values = self._decoded(row)
+                op = build(self, values, dropped)
             except _Reject as reject:
+                row_key = self._natural_key(values)
                 rejections.append(
                     Rejection(row, row_key, reject.reason, reject.field, reject.message)
                 )
                 continue
-            self._add_entry(entries, rejections, op, row_key, [row])
-        return Mapped(entries, rejections, rows_in)
+            row_key = self._natural_key(values)
+            if self._add_entry(entries, rejections, op, row_key, [row]) and dropped:
+                sent_without.extend(_dropped(row, row_key, dropped))
+        return Mapped(entries, rejections, rows_in, dropped=sent_without)
 
     def _natural_key(self, row: Row) -> str:
         columns = [c for c in (self.mapping.identifier, self.mapping.object_id) if c]
@@ -408,14 +498,14 @@ class RowMapper:
             columns.append(self.mapping.device_token)
         return self._row_key(row, tuple(columns)) if columns else self._row_key(row, ())
 
-    def _person(self, row: Row) -> dict[str, Any]:
+    def _person(self, row: Row, dropped: list[str] | None = None) -> dict[str, Any]:
         return {
             "type": "person",
             "action": self.mapping.action,
             "identifiers": {self.mapping.identifier_type: self._identifier(row)},
         }
 
-    def _merge(self, row: Row) -> dict[str, Any]:
+    def _merge(self, row: Row, dropped: list[str] | None = None) -> dict[str, Any]:
         mapping = self.mapping
         return {
             "type": "person",
@@ -428,7 +518,7 @@ class RowMapper:
             },
         }
 
-    def _device(self, row: Row) -> dict[str, Any]:
+    def _device(self, row: Row, dropped: list[str] | None = None) -> dict[str, Any]:
         op = self._person(row)
         column = self.mapping.device_token
         assert column is not None
@@ -441,7 +531,7 @@ class RowMapper:
             last_used = self._unix(row, self.mapping.device_last_used)
             if last_used is not None:
                 device["last_used"] = last_used
-            attributes = self._attributes(row, per_value_limit=True)
+            attributes = self._attributes(row, per_value_limit=True, dropped=dropped)
             if attributes:
                 # device attributes are strings in Customer.io's API
                 device["attributes"] = {
@@ -487,7 +577,7 @@ class RowMapper:
             )
         return {"object_type_id": type_id, "object_id": text}
 
-    def _relationship(self, row: Row) -> dict[str, Any]:
+    def _relationship(self, row: Row, dropped: list[str] | None = None) -> dict[str, Any]:
         op = self._person(row)
         relationship: dict[str, Any] = {"identifiers": self._object_identifiers(row)}
         attributes = self._attributes(row, per_value_limit=False)
@@ -497,7 +587,7 @@ class RowMapper:
         op["cio_relationships"] = [relationship]
         return op
 
-    def _object(self, row: Row) -> dict[str, Any]:
+    def _object(self, row: Row, dropped: list[str] | None = None) -> dict[str, Any]:
         op: dict[str, Any] = {
             "type": "object",
             "action": "identify" if self.mapping.action == "object_identify" else "delete",
@@ -561,7 +651,7 @@ class RowMapper:
         if isinstance(value, int):
             return value
         text = str(value)
-        return int(text) if text.isdigit() else text
+        return int(text) if _DIGITS.fullmatch(text) else text
 
     def _unix(self, row: Row, column: str | None) -> int | None:
         if column is None:
@@ -578,7 +668,9 @@ class RowMapper:
         except ValueProblem as exc:
             raise _Reject("invalid_timestamp", column, str(exc)) from None
 
-    _BUILDERS: ClassVar[dict[str, Callable[[RowMapper, Row], dict[str, Any]]]] = {
+    # each builder is given the list that collects the row's attributes left out for their size
+    # (only add_device has a per-value limit among them)
+    _BUILDERS: ClassVar[dict[str, _Builder]] = {
         "delete": _person,
         "suppress": _person,
         "unsuppress": _person,
@@ -645,9 +737,14 @@ class RowMapper:
                 raise _Reject("invalid_event_id", ",".join(columns), str(exc)) from None
         else:
             try:
-                key = _whole_row_key(row)
+                key = canonical_row_key(row)
             except ValueProblem as exc:
-                raise _Reject("invalid_event_id", None, str(exc)) from None
+                raise _Reject(
+                    "invalid_event_id",
+                    _unkeyable_column(row),
+                    f"the event's key is the whole row (no event_id, no primary key), and this"
+                    f" column's value has none: {exc}",
+                ) from None
         return deterministic_ulid(self._table, key)
 
     def _add_entry(
@@ -658,12 +755,41 @@ class RowMapper:
         row_key: str,
         rows: list[Row],
         key: str | None = None,
-    ) -> None:
+    ) -> bool:
+        """Serialize `op` into `entries`, or reject its rows when it is over the entry limit."""
         data = orjson.dumps(op)
         if len(data) > limits.MAX_ENTRY_BYTES:
             rejections.extend(_too_large(rows, row_key, len(data)))
-            return
+            return False
         entries.append(Entry(data, row_key, rows, key))
+        return True
+
+
+ATTRIBUTE_DROPPED = "attribute_dropped"
+"""The reason of the record of an attribute left out of a row that was sent."""
+_DROPPED_MESSAGE = (
+    f"the value is over Customer.io's {_VALUE_LIMIT}-byte attribute value limit; the row was"
+    " sent without this attribute (oversized_attribute = drop_attribute)"
+)
+
+
+def _oversized(column: str, value: Any, dropped: list[str] | None) -> bool:
+    """Whether a value is over the attribute value limit and is to be left out (listed in
+    `dropped`); without a `dropped` list such a value rejects its row."""
+    if _value_size(value) <= _VALUE_LIMIT:
+        return False
+    if dropped is None:
+        raise _Reject(
+            "attribute_value_too_long",
+            column,
+            f"the value is over Customer.io's {_VALUE_LIMIT}-byte attribute value limit",
+        )
+    dropped.append(column)
+    return True
+
+
+def _dropped(row: Row, row_key: str, columns: list[str]) -> list[Rejection]:
+    return [Rejection(row, row_key, ATTRIBUTE_DROPPED, c, _DROPPED_MESSAGE) for c in columns]
 
 
 def _too_large(rows: list[Row], row_key: str, size: int) -> list[Rejection]:
@@ -711,15 +837,24 @@ def _id_text(value: Any, column: str, kind: str) -> str:
     raise _Reject("invalid_identifier", column, f"a {type(value).__name__} is not a valid {kind}")
 
 
-def _maybe_json(text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return text
+def _key_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        return recordable_json(value).decode()  # str() recurses, and is Python's, not JSON
+    return str(value)
 
 
-def _whole_row_key(row: Row) -> bytes:
-    return canonical_key([[k, row[k]] for k in sorted(row) if row[k] is not None])
+def _unkeyable_column(row: Row) -> str | None:
+    """The first column (by name, as keys are written) whose value has no canonical key."""
+    for name in sorted(row):
+        try:
+            canonical_key([row[name]])
+        except ValueProblem:
+            return name
+    return None
 
 
 def floor_divide(values: Any, divisor: int) -> Any:
@@ -768,21 +903,17 @@ def _in_zone(value: dt.datetime, zone: dt.tzinfo) -> dt.datetime:
         return value
 
 
-def rows_from_arrow(batch: Any, json_columns: frozenset[str]) -> Iterator[Row]:
+def rows_from_arrow(batch: Any) -> Iterator[Row]:
     """Rows of a pyarrow RecordBatch in the same shape typed-jsonl gives (nulls left out).
 
-    A timestamp is the datetime pyarrow makes of it, rounded down to the microsecond, and in
-    UTC where the local time of its zone is not a year a datetime holds.
+    JSON columns keep their text: the mapper reads it (`RowMapper._decoded`). A timestamp is
+    the datetime pyarrow makes of it, rounded down to the microsecond, and in UTC where the
+    local time of its zone is not a year a datetime holds.
     """
     batch, zones = _python_ready(batch)
     for row in batch.to_pylist():
-        out = {}
-        for key, value in row.items():
-            if value is None:
-                continue
-            if key in zones:
-                value = _in_zone(value, zones[key])
-            elif key in json_columns and isinstance(value, str):
-                value = _maybe_json(value)
-            out[key] = value
-        yield out
+        yield {
+            key: _in_zone(value, zones[key]) if key in zones else value
+            for key, value in row.items()
+            if value is not None
+        }

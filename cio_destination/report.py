@@ -16,6 +16,7 @@ from typing import Any
 
 import dlt
 
+from cio_destination.operations import ATTRIBUTE_DROPPED
 from cio_destination.store import release_store, state_path, store_for
 
 __all__ = ["SyncReport", "TableReport", "dry_run", "mask_payload", "sync_report"]
@@ -60,6 +61,10 @@ class TableReport:
     accepted: int = 0
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    attributes_dropped: int = 0
+    """Attribute values left out of rows that were sent (`oversized_attribute =
+    "drop_attribute"`). Those rows count as accepted, not rejected; each dropped value is in
+    `rejected_rows` with reason `attribute_dropped`."""
     skipped: int = 0
     """Rows not sent: already sent (transactional sends) or unchanged (`changes_only`)."""
     requests: int = 0
@@ -106,6 +111,11 @@ class SyncReport:
             )
             for reason, count in sorted(t.rejected_by_reason.items()):
                 lines.append(f"    rejected {count} x {reason}")
+            if t.attributes_dropped:
+                lines.append(
+                    f"    sent {t.attributes_dropped} x without an attribute over the value limit"
+                    f" ({ATTRIBUTE_DROPPED})"
+                )
             if t.dry_run:
                 for sample in t.samples:
                     lines.append(f"    would send: {json.dumps(sample, sort_keys=True)}")
@@ -132,7 +142,10 @@ def build_report(load_id: str | None, records: list[dict[str, Any]]) -> SyncRepo
             setattr(report, name, getattr(report, name) + record[name])
         report.throttled_seconds += record["throttled_seconds"]
         reasons = Counter(report.rejected_by_reason)
-        reasons.update(json.loads(record["reasons"]))
+        # the batch's records by reason: rejected rows, and attributes dropped from sent rows
+        counts = json.loads(record["reasons"])
+        report.attributes_dropped += counts.pop(ATTRIBUTE_DROPPED, 0)
+        reasons.update(counts)
         report.rejected_by_reason = dict(reasons)
         if len(report.samples) < MAX_SAMPLES:
             report.samples.extend(
@@ -172,6 +185,7 @@ _CONFIG_KEYS = (
     "max_request_bytes",
     "max_concurrent_requests",
     "resend_uncertain",
+    "accept_new_send_ledger",
     "tables",
 )
 

@@ -24,7 +24,13 @@ import duckdb
 import httpx
 from dlt.sources.sql_database import sql_table
 
-from cio_destination import customerio, customerio_adapter, rejected_rows, sync_report
+from cio_destination import (
+    customerio,
+    customerio_adapter,
+    rejected_rows,
+    run_command,
+    sync_report,
+)
 from cio_destination.emulator import Emulator
 
 SITE_ID, API_KEY = "demo-site", "demo-key"
@@ -205,13 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", module="duckdb_engine")
 
-    with tempfile.TemporaryDirectory(prefix="cio-demo-") as scratch:
-        workdir = args.workdir or Path(scratch)
-        if args.emulator_url:
-            return run(args.emulator_url.rstrip("/"), args.backend, workdir, args.progress)
-        with Emulator(site_id=SITE_ID, api_key=API_KEY) as emulator:
-            print(f"Customer.io emulator on {emulator.url}")
-            return run(emulator.url, args.backend, workdir, args.progress)
+    def demo() -> int:
+        with tempfile.TemporaryDirectory(prefix="cio-demo-") as scratch:
+            workdir = args.workdir or Path(scratch)
+            if args.emulator_url:
+                return run(args.emulator_url.rstrip("/"), args.backend, workdir, args.progress)
+            with Emulator(site_id=SITE_ID, api_key=API_KEY) as emulator:
+                print(f"Customer.io emulator on {emulator.url}")
+                return run(emulator.url, args.backend, workdir, args.progress)
+
+    # 0 done, 1 failed (or the re-sync duplicated an event), 2 a setting to fix: one line
+    return run_command(demo)
 
 
 if __name__ == "__main__":

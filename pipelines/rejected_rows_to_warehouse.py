@@ -24,9 +24,8 @@ import sys
 from collections.abc import Sequence
 
 import dlt
-from dlt.common.configuration.exceptions import ConfigurationException
 
-from cio_destination import rejected_rows
+from cio_destination import rejected_rows, run_command
 
 SYNC_PIPELINE = "warehouse_to_customerio"
 DATASET = "customerio_audit"
@@ -62,15 +61,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--dataset", default=DATASET, help=f"schema to load into ({DATASET})")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         count = load_rejections(args.pipeline_name, args.destination_url, dataset_name=args.dataset)
-    except ConfigurationException as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return 2
-    print(
-        f"{count} rejected rows of {args.pipeline_name} are in {args.dataset}.customerio_rejected_rows"
-    )
-    return 0
+        print(
+            f"{count} rejected rows of {args.pipeline_name} are in"
+            f" {args.dataset}.customerio_rejected_rows"
+        )
+        return 0
+
+    # 0 done, 1 failed (run again), 2 a setting to fix (an unknown pipeline, a missing URL)
+    return run_command(run)
 
 
 if __name__ == "__main__":

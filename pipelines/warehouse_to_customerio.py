@@ -33,15 +33,21 @@ from typing import Any
 
 import dlt
 import sqlalchemy as sa
-from dlt.common.configuration.exceptions import ConfigurationException, ConfigurationValueError
+from dlt.common.configuration.exceptions import ConfigurationValueError
 from dlt.common.pipeline import LoadInfo
 from dlt.extract import DltResource
-from dlt.pipeline.exceptions import PipelineStepFailed
 from dlt.sources.credentials import ConnectionStringCredentials
 from dlt.sources.sql_database import sql_table
-from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+from sqlalchemy.exc import NoSuchTableError
 
-from cio_destination import MappingError, SyncReport, customerio, rejected_rows, sync_report
+from cio_destination import (
+    MappingError,
+    SyncReport,
+    customerio,
+    rejected_rows,
+    run_command,
+    sync_report,
+)
 from cio_destination import dry_run as run_dry
 
 PIPELINE_NAME = "warehouse_to_customerio"
@@ -147,6 +153,42 @@ def json_as_text(
     )
 
 
+def json_typed_metadata(schema: str | None = None) -> sa.MetaData:
+    """A `MetaData` for `sql_table(metadata=...)` whose reflection types DuckDB's JSON columns
+    as JSON.
+
+    duckdb_engine reflects DuckDB's JSON type as VARCHAR (it reads the PostgreSQL-style catalog,
+    where JSON is varchar), so dlt would type the column as text and each document would reach
+    Customer.io as a JSON string. DuckDB's information_schema keeps the type; typed as JSON, the
+    sqlalchemy backend reads documents as objects and `json_as_text` casts them for pyarrow.
+    Other databases reflect their JSON types themselves and are left as they are.
+    """
+    metadata = sa.MetaData(schema=schema)
+    found: dict[tuple[str | None, str], set[str]] = {}
+
+    def json_columns(connection: Any, table: sa.Table) -> set[str]:
+        key = (table.schema, table.name)
+        if key not in found:
+            rows = connection.execute(
+                sa.text(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = :t"
+                    " AND table_schema = COALESCE(:s, current_schema()) AND data_type = 'JSON'"
+                ),
+                {"t": table.name, "s": table.schema},
+            )
+            found[key] = {row[0] for row in rows}
+        return found[key]
+
+    @sa.event.listens_for(metadata, "column_reflect")
+    def _json_type(inspector: Any, table: sa.Table, column: dict[str, Any]) -> None:
+        if inspector.dialect.name != "duckdb":
+            return
+        if column["name"] in json_columns(inspector.bind, table):
+            column["type"] = sa.JSON()
+
+    return metadata
+
+
 def table_resource(
     source: TableSource,
     credentials: ConnectionStringCredentials | str,
@@ -171,6 +213,7 @@ def table_resource(
             incremental=incremental,
             primary_key=list(source.primary_key) if source.primary_key else None,
             query_adapter_callback=json_as_text if backend == "pyarrow" else None,
+            metadata=json_typed_metadata(source.schema or schema),
         )
     except NoSuchTableError as error:
         where = f"sources.warehouse.tables.{source.name}"
@@ -256,16 +299,24 @@ class SyncResult:
             for load_id in self.resumed_loads
         ]
         new_loads = set(self.load_info.loads_ids)
-        rejected_now = Counter(r["table"] for r in self.rejected if r["load_id"] in new_loads)
+        # an attribute dropped for its size is recorded with the rejections, but its row was sent
+        rejected = [r for r in self.rejected if r["reason"] != "attribute_dropped"]
+        dropped = [r for r in self.rejected if r["reason"] == "attribute_dropped"]
+        rejected_now = Counter(r["table"] for r in rejected if r["load_id"] in new_loads)
         for table, count in sorted(self.rows.items()):
             bad = rejected_now[table]
             lines.append(f"  {table}: {count - bad} sent, {bad} rejected")
         if not self.rows:
             lines.append("  nothing new to send")
-        lines.append(f"rejected rows: {len(self.rejected)}")
-        reasons = Counter((r["table"], r["reason"], r["field"]) for r in self.rejected)
+        lines.append(f"rejected rows: {len(rejected)}")
+        reasons = Counter((r["table"], r["reason"], r["field"]) for r in rejected)
         for (table, reason, column), count in sorted(reasons.items()):
             lines.append(f"  {table}: {count} x {reason} ({column})")
+        if dropped:
+            lines.append(f"attributes dropped from rows sent without them: {len(dropped)}")
+            columns = Counter((r["table"], r["field"]) for r in dropped)
+            for (table, column), count in sorted(columns.items()):
+                lines.append(f"  {table}: {count} x {column} (over the 1000-byte value limit)")
         if self.rejected:
             lines.append(
                 "  inspect them with cio_destination.rejected_rows(pipeline, load_id=...):"
@@ -358,7 +409,7 @@ def sync(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; returns the process exit code."""
+    """Command line entry point; returns the process exit code (see `run_command`)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline-name", default=PIPELINE_NAME, help="dlt pipeline name")
     parser.add_argument(
@@ -384,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", module="duckdb_engine")
 
-    try:
+    def run() -> int:
         result = sync(
             args.pipeline_name,
             tables=args.tables,
@@ -392,23 +443,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=args.progress,
             dry_run=args.dry_run,
         )
-    except (ConfigurationException, MappingError) as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return 2
-    except SQLAlchemyError as error:
-        print(f"warehouse error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 1
-    except PipelineStepFailed as error:
-        print(f"sync failed: {error}", file=sys.stderr)
-        if error.step == "load":
-            print(
-                "The load package is kept: fix the cause and run the same command again; it"
-                " resumes where it stopped, then reads what changed since.",
-                file=sys.stderr,
-            )
-        return 1
-    print(result.summary())
-    return 0
+        print(result.summary())
+        return 0
+
+    # 0 done (rejected rows included), 1 failed: run again to resume, 2 a setting or mapping
+    # to fix; a failure is one line on stderr
+    return run_command(run)
 
 
 if __name__ == "__main__":

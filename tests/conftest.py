@@ -70,9 +70,10 @@ def with_region(callback: Callable[[httpx.Request], httpx.Response], region: str
     return answer
 
 
-def mapped_outcome(mapped: Any) -> tuple[list, list]:
+def mapped_outcome(mapped: Any) -> tuple[list, list, list]:
     """What a `Mapped` amounts to, order aside: each entry's bytes, row key and source rows,
-    and each rejection. The columnar paths must give exactly the row path's outcome."""
+    each rejection, and each attribute dropped from a row that is sent. The columnar paths must
+    give exactly the row path's outcome."""
     from cio_destination.operations import LazyRow
 
     entries = sorted(
@@ -86,8 +87,10 @@ def mapped_outcome(mapped: Any) -> tuple[list, list]:
         )
         for e in mapped.all_entries()
     )
-    rejections = sorted(
-        (r.row_key, r.reason, r.field or "", orjson.dumps(r.row, default=str))
-        for r in mapped.rejections
+    rejections, dropped = (
+        sorted(
+            (r.row_key, r.reason, r.field or "", orjson.dumps(r.row, default=str)) for r in records
+        )
+        for records in (mapped.rejections, mapped.dropped)
     )
-    return entries, rejections
+    return entries, rejections, dropped

@@ -1,6 +1,8 @@
 """Transactional sends in their own process, for a test that SIGKILLs it and runs it again.
 
-python -m tests.send_child PIPELINES_DIR EMULATOR_URL ROWS DONE_MARKER
+python -m tests.send_child PIPELINES_DIR EMULATOR_URL ROWS DONE_MARKER [IN_FLIGHT]
+
+IN_FLIGHT is `max_concurrent_requests`: at most that many sends are in flight when it is killed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from cio_destination import customerio, customerio_adapter
 
 def main() -> int:
     pipelines_dir, url, count, marker = sys.argv[1:5]
+    in_flight = int(sys.argv[5]) if len(sys.argv) > 5 else 32
     rows = [
         {"receipt_id": i, "email": f"buyer{i}@example.com", "amount": i % 50 + 0.25}
         for i in range(int(count))
@@ -35,6 +38,7 @@ def main() -> int:
         track_url=url,
         app_url=url,
         app_requests_per_second=400,
+        max_concurrent_requests=in_flight,
     )
     pipeline = dlt.pipeline("killed_sends", destination=destination, pipelines_dir=pipelines_dir)
     if pipeline.list_extracted_load_packages() or pipeline.list_normalized_load_packages():

@@ -105,7 +105,7 @@ def test_columnar_events_equal_the_row_path(seed: int, nulls: bool, mapping: dic
 
     fast = map_named_batch(mapper, batch)
 
-    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert fast.block is not None and len(fast.block) >= 150  # written by Arrow kernels
 
 
@@ -141,7 +141,7 @@ def test_a_rejected_entry_of_an_event_block_gets_the_row_paths_row_key():
 
     assert block is not None and block.row_keys is None  # made only when needed
     rejection = block[0].reject("invalid", None, "no")[0]
-    expected = mapper.map_rows(rows_from_arrow(batch, frozenset())).entries[0].row_key
+    expected = mapper.map_rows(rows_from_arrow(batch)).entries[0].row_key
     assert rejection.row_key == expected
     assert rejection.row == {"uid": "a", "k": 7, "at": dt.datetime(2024, 5, 1, tzinfo=UTC)}
 
@@ -156,7 +156,7 @@ def test_event_data_over_the_limit_is_rejected_as_the_row_path_does():
 
     fast = map_named_batch(mapper, batch)
 
-    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert [r.reason for r in fast.rejections] == ["event_data_too_large"]
     assert fast.block is not None and len(fast.block) == 1  # the other row, written by Arrow
 
@@ -216,3 +216,54 @@ def test_dict_rows_with_a_column_outside_the_schema_keep_the_whole_row_key_exact
     mapped = map_named_rows(mapper, rows, columns)
     assert mapped.block is not None and len(mapped.block) == 1
     assert outcome(mapped) == outcome(mapper.map_rows(rows))
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        {"event_name": "x", "event_id": "order_id"},
+        {"event_name": "x", "event_id": ["k", "order_id"], "attributes": ["plan"]},
+        {"event_name_column": "kind", "event_id": "k"},
+        {"event_name": "x", "event_id": "k", "timestamp": "at"},
+    ],
+    ids=["event-id", "part-of-event-id-and-attribute", "name-column", "timestamp"],
+)
+def test_a_mapped_column_missing_from_the_batch_maps_as_null(mapping: dict):
+    batch = pa.RecordBatch.from_pylist(
+        [{"k": "e-1", "uid": "a"}, {"k": "e-2", "uid": "b"}],
+        schema=pa.schema([("k", pa.string()), ("uid", pa.string())]),
+    )
+    columns = {"k": {"name": "k"}, "uid": {"name": "uid"}}
+    declared = {"action": "event", "identifier": "uid", **mapping}
+    mapper = RowMapper(compile_mapping("events", parse_mapping("events", declared), columns))
+
+    fast = map_named_batch(mapper, batch)
+    rows = [{k: v for k, v in row.items() if v is not None} for row in batch.to_pylist()]
+    from_dicts = map_named_rows(mapper, rows, columns)
+
+    slow = mapper.map_rows(rows_from_arrow(batch))
+    assert outcome(fast) == outcome(from_dicts) == outcome(slow)
+    assert len(fast.all_entries()) + len(fast.rejections) == 2
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [{"attributes": ["plan"]}, {"event_id": ["k", "meta"], "attributes": ["plan"]}],
+    ids=["whole-row-key", "event-id-column"],
+)
+def test_a_json_column_in_the_key_keys_as_the_value_it_holds(mapping: dict):
+    """JSON text in a key column keys as the JSON it holds, as dict rows (decoded) do."""
+    rows = [{"k": "e-1", "uid": "a", "plan": "pro", "meta": '{"b": 1, "a": 2}'}]
+    batch = pa.RecordBatch.from_pylist(rows)
+    columns = {name: {"name": name} for name in rows[0]}
+    columns["meta"]["data_type"] = "json"
+    declared = {"action": "event", "identifier": "uid", "event_name": "x", **mapping}
+    mapper = RowMapper(compile_mapping("events", parse_mapping("events", declared), columns))
+    decoded = [{**rows[0], "meta": {"a": 2, "b": 1}}]
+
+    fast = map_named_batch(mapper, batch)
+
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
+    assert [e.data for e in fast.all_entries()] == [
+        e.data for e in mapper.map_rows(decoded).entries
+    ]

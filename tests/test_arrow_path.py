@@ -92,7 +92,7 @@ def test_columnar_identify_equals_the_row_path(seed: int, mapping: dict):
     mapper = mapper_for(batch, **mapping)
 
     fast = map_identify_batch(mapper, batch)
-    slow = mapper.map_rows(rows_from_arrow(batch, frozenset()))
+    slow = mapper.map_rows(rows_from_arrow(batch))
 
     assert fast.rows_in == slow.rows_in == 300
     assert outcome(fast) == outcome(slow)
@@ -110,7 +110,7 @@ def test_integer_identifiers_and_unconverted_types_take_the_right_path():
 
     fast = map_identify_batch(mapper, batch)
 
-    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert fast.block is not None and len(fast.block) == 10
     assert orjson.loads(fast.all_entries()[1].data) == {
         "type": "person",
@@ -306,7 +306,7 @@ def test_columnar_serialization_equals_the_row_path(seed: int, nulls: str, mappi
 
     fast = map_identify_batch(mapper, batch)
 
-    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert fast.block is not None and len(fast.block) >= 300  # serialized by Arrow kernels
     assert fast.rejections  # the bad identifiers still come back as rejections
 
@@ -320,7 +320,7 @@ def test_a_sliced_batch_maps_as_its_rows():
 
     fast = map_identify_batch(mapper, part)
 
-    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(part, frozenset())))
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(part)))
     assert fast.block is not None and len(fast.block) >= 100  # a few rows break a check
     keys = sorted((e.row_key for e in fast.all_entries()), key=lambda k: int(k[3:]))
     assert keys == [f"id-{i}" for i in range(100, 220)]
@@ -334,7 +334,7 @@ def test_identifier_kinds_checked_on_columns_as_in_the_row_path():
     for kind in ("email", "phone", "id", "cio_id"):
         mapper = mapper_for(batch, identifier_type=kind)
         fast = map_identify_batch(mapper, batch)
-        assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch, frozenset())))
+        assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
         assert fast.block is not None and len(fast.block) == passed[kind], kind
 
 
@@ -352,7 +352,7 @@ def test_columns_without_a_value_and_odd_timestamps_match_the_row_path():
 
     fast = map_identify_batch(mapper, batch)
 
-    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert fast.block is not None and len(fast.block) == 3
     assert [r.reason for r in fast.rejections] == ["invalid_timestamp"]
     assert orjson.loads(fast.all_entries()[0].data) == {
@@ -460,13 +460,73 @@ def test_decimals_of_any_precision_map_as_the_row_path_maps_them(kind):
 
     fast = map_identify_batch(mapper, batch)
 
-    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch, frozenset())))
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert fast.block is not None
 
 
+def _one_row(ident: str = "a", **columns: pa.Array) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({"ident": pa.array([ident]), **columns})
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "mappings"),
+    [
+        (  # a value holding the old column separator
+            _one_row(p=pa.array(["x\x1f\x01y"]), q=pa.array(["z"])),
+            _one_row(p=pa.array(["x"]), q=pa.array(["y\x1f\x01z"])),
+            ({}, {}),
+        ),
+        (  # a value holding the old null marker
+            _one_row(
+                p=pa.array(["a"]), q=pa.array([None], pa.string()), r=pa.array(["b\x1f\x01c"])
+            ),
+            _one_row(p=pa.array(["a\x1f\x00"]), q=pa.array(["b"]), r=pa.array(["c"])),
+            ({}, {}),
+        ),
+        (_one_row(n=pa.array([0])), _one_row(n=pa.array(["0"])), ({}, {})),
+        (_one_row(n=pa.array([1.0])), _one_row(n=pa.array([1])), ({}, {})),
+        (_one_row(n=pa.array([Decimal(1)])), _one_row(n=pa.array([1])), ({}, {})),
+        (_one_row(n=pa.array([True])), _one_row(n=pa.array(["true"])), ({}, {})),
+        (
+            _one_row(t=pa.array([1_000], pa.timestamp("s"))),
+            _one_row(t=pa.array([1_000], pa.timestamp("ms"))),
+            ({}, {}),
+        ),
+        (_one_row(p=pa.array(["q"])), _one_row(r=pa.array(["q"])), ({}, {})),
+        (
+            _one_row(p=pa.array(["q"])),
+            _one_row(p=pa.array(["q"])),
+            ({}, {"identifier_type": "email"}),
+        ),
+    ],
+    ids=[
+        "separator",
+        "null-marker",
+        "int-or-text",
+        "float-or-int",
+        "decimal-or-int",
+        "bool-or-text",
+        "seconds-or-millis",
+        "other-column",
+        "other-mapping",
+    ],
+)
+def test_source_row_hashes_tell_apart_rows_whose_text_once_read_alike(first, second, mappings):
+    """`changes_only` skips a row whose source hash matches the stored one: rows that differ
+    in a value, its type, its column or their mapping must never hash alike."""
+    from cio_destination.arrow_path import source_row_hashes
+
+    one = source_row_hashes(mapper_for(first, **mappings[0]), first)
+    other = source_row_hashes(mapper_for(second, **mappings[1]), second)
+
+    assert one is not None and other is not None
+    assert one[1] != other[1]
+
+
 def test_source_row_hashes_are_the_stored_form():
-    """Hashes kept by earlier versions must still match: blake2b-64 of the row's text, read as
-    a signed big-endian number, and unchanged rows must hash alike across batches."""
+    """The form stored with fingerprints: blake2b-64 of the row's values framed by their lengths
+    (a null as "-"), salted with the mapping and the columns' names and types, read as a signed
+    big-endian number. The same row hashes alike in any batch, as string or large_string."""
     import hashlib
 
     from cio_destination.arrow_path import source_row_hashes
@@ -478,15 +538,31 @@ def test_source_row_hashes_are_the_stored_form():
 
     identifiers, hashes = source_row_hashes(mapper, batch)
 
-    # each value behind \x01 (a null as \x00), the columns joined by \x1f
-    texts = ["\x01a\x1f\x011\x1f\x01x", "\x01b\x1f\x00\x1f\x01ü"]
+    settings = [
+        {"action": "identify", "identifier": "ident"},
+        [],
+        [["ident", "text"], ["n", "int64"], ["s", "text"]],
+    ]
+    salt = hashlib.blake2b(orjson.dumps(settings), digest_size=16).digest()
+    texts = ["1:a1:11:x", "1:b-2:ü"]
     expected = [
-        int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "big", signed=True)
+        int.from_bytes(
+            hashlib.blake2b(
+                t.encode(), digest_size=8, salt=salt, person=b"cio-source-row-2"
+            ).digest(),
+            "big",
+            signed=True,
+        )
         for t in texts
     ]
     assert identifiers == ["a", "b"]
     assert hashes == expected
     assert source_row_hashes(mapper, batch.slice(1, 1))[1] == expected[1:]
+    large = pa.RecordBatch.from_arrays(
+        [batch.column(0).cast(pa.large_string()), batch.column(1), batch.column(2)],
+        names=batch.schema.names,
+    )
+    assert source_row_hashes(mapper, large) == (identifiers, expected)
 
 
 def test_a_chunked_table_maps_as_its_rows_and_an_empty_one_as_nothing():
@@ -496,6 +572,103 @@ def test_a_chunked_table_maps_as_its_rows_and_an_empty_one_as_nothing():
 
     mapped = map_identify_batch(mapper, table)
 
-    assert outcome(mapped) == outcome(mapper.map_rows(rows_from_arrow(table, frozenset())))
+    assert outcome(mapped) == outcome(mapper.map_rows(rows_from_arrow(table)))
     assert mapped.rows_in == 2 and mapped.block is not None
     assert map_identify_batch(mapper, table.slice(0, 0)).rows_in == 0
+
+
+@pytest.mark.parametrize("phone", ["+14155550100\n", "\n+14155550100", "+1415555\n0100"])
+def test_phone_with_a_newline_is_rejected_on_both_paths(phone: str):
+    batch = pa.RecordBatch.from_pylist(
+        [{"ident": "+14155550100", "name": "ok"}, {"ident": phone, "name": "bad"}],
+        schema=pa.schema([("ident", pa.string()), ("name", pa.string())]),
+    )
+    mapper = mapper_for(batch, identifier_type="phone")
+
+    fast = map_identify_batch(mapper, batch)
+
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
+    assert [(r.reason, r.field, r.row["name"]) for r in fast.rejections] == [
+        ("invalid_identifier", "ident", "bad")
+    ]
+    assert [orjson.loads(e.data)["identifiers"] for e in fast.all_entries()] == [
+        {"phone": "+14155550100"}
+    ]
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        {"attributes": ["name", "plan"]},
+        {"timestamp": "seen_at"},
+        {"identifier": "email", "identifier_type": "email"},
+    ],
+    ids=["attribute", "timestamp", "identifier"],
+)
+def test_a_mapped_column_missing_from_the_batch_maps_as_null(mapping: dict):
+    """dlt leaves a column out of the schema (and the batch) while it is NULL in every row."""
+    batch = pa.RecordBatch.from_pylist(
+        [{"ident": "a", "name": "Ann"}, {"ident": "b", "name": None}],
+        schema=pa.schema([("ident", pa.string()), ("name", pa.string())]),
+    )
+    columns = {"ident": {"name": "ident"}, "name": {"name": "name"}}
+    declared = {"action": "identify", "identifier": "ident", **mapping}
+    mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+
+    fast = map_identify_batch(mapper, batch)
+    rows = [{k: v for k, v in row.items() if v is not None} for row in batch.to_pylist()]
+    from_dicts = map_identify_rows(mapper, rows, columns)
+
+    slow = mapper.map_rows(rows_from_arrow(batch))
+    assert outcome(fast) == outcome(from_dicts) == outcome(slow)
+    assert len(fast.all_entries()) + len(fast.rejections) == 2
+
+
+def test_source_row_hashes_without_the_identifier_column_hash_nothing():
+    from cio_destination.arrow_path import source_row_hashes
+
+    batch = pa.RecordBatch.from_pylist([{"name": "Ann"}])
+    columns = {"name": {"name": "name"}}
+    declared = {"action": "identify", "identifier": "ident", "changes_only": True}
+    mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+
+    assert source_row_hashes(mapper, batch) is None
+
+
+def test_dict_rows_with_a_variant_column_take_the_row_path_and_fold_it():
+    columns = {
+        "ident": {"name": "ident", "data_type": "text"},
+        "age": {"name": "age", "data_type": "bigint"},
+        "age\u25b6v_text": {"name": "age\u25b6v_text", "data_type": "text", "variant": True},
+    }
+    rows = [{"ident": "a", "age": 5}, {"ident": "b", "age\u25b6v_text": "unknown"}]
+    declared = {"action": "identify", "identifier": "ident", "attributes": ["age"]}
+    mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+
+    mapped = map_identify_rows(mapper, rows, columns)
+
+    assert outcome(mapped) == outcome(mapper.map_rows(rows))
+    assert [orjson.loads(e.data)["attributes"] for e in mapped.all_entries()] == [
+        {"age": 5},
+        {"age": "unknown"},
+    ]
+
+
+def test_drop_attribute_on_the_columnar_path_is_the_row_path_s():
+    long = "y" * 1_001
+    batch = pa.RecordBatch.from_pylist(
+        [{"ident": "a", "name": long}, {"ident": "b", "name": "ok"}, {"ident": "c", "name": None}],
+        schema=pa.schema([("ident", pa.string()), ("name", pa.string())]),
+    )
+    mapper = mapper_for(batch, oversized_attribute="drop_attribute")
+
+    fast = map_identify_batch(mapper, batch)
+    slow = mapper.map_rows(rows_from_arrow(batch))
+
+    assert outcome(fast) == outcome(slow)
+    assert [(d.row_key, d.reason, d.field) for d in fast.dropped] == [
+        ("a", "attribute_dropped", "name")
+    ]
+    assert [(d.row_key, d.field) for d in fast.dropped] == [
+        (d.row_key, d.field) for d in slow.dropped
+    ]

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 from pytest_httpx import HTTPXMock
 
+from cio_destination._framing import frame
 from cio_destination.arrow_path import map_identify_batch
 from cio_destination.batching import body_of
 from cio_destination.blocks import EntryBlock, pack_entries, request_body
@@ -75,7 +76,7 @@ def test_body_sizes_and_keys_equal_those_of_the_entries():
 
     assert request_body(block) == body_of([e.data for e in entries])
     assert block.sizes() == [len(e.data) for e in entries]
-    assert block.row_key_text() == "\x1f".join(e.row_key for e in entries)
+    assert block.row_key_frame() == frame(e.row_key for e in entries)
     assert request_body(block[0:0]) == body_of([])
 
 

@@ -10,7 +10,15 @@ import orjson
 import pytest
 from pytest_httpx import HTTPXMock
 
-from cio_destination.client import TRACK_HOSTS, RetryPolicy, Sender, TrackClient
+from cio_destination.client import (
+    TRACK_HOSTS,
+    AppClient,
+    OutcomeUnknown,
+    RetryPolicy,
+    Sender,
+    SendStats,
+    TrackClient,
+)
 from cio_destination.exceptions import (
     CredentialsError,
     CustomerioTerminalError,
@@ -260,3 +268,308 @@ def test_sender_keeps_partial_rejections_when_another_body_fails(httpx_mock: HTT
     assert isinstance(result.error, CustomerioTransientError)
     assert [r.row_key for r in result.rejections] == ["0"]
     sender.close()
+
+
+# Every status a Track request can be answered with, by the class it belongs to.
+DELIVERED_STATUS = [200, 201, 202, 203, 204, 206, 226, 299]
+NARROWED_STATUS = [400, 413, 422]
+REJECTED_STATUS = [402, 406, 409, 410, 411, 415, 418, 421, 425, 426, 428, 431, 451, 499]
+MISDIRECTED_STATUS = [300, 301, 302, 303, 304, 305, 307, 308, 399, 404, 405]
+REFUSED_STATUS = [401, 403]
+RETRIED_STATUS = [100, 101, 103, 199, 408, 429, 500, 501, 502, 503, 504, 505, 507, 520, 524, 599]
+
+
+@pytest.mark.parametrize(
+    "status",
+    DELIVERED_STATUS
+    + NARROWED_STATUS
+    + REJECTED_STATUS
+    + MISDIRECTED_STATUS
+    + REFUSED_STATUS
+    + RETRIED_STATUS,
+)
+def test_every_status_accounts_for_every_entry_of_the_batch(httpx_mock: HTTPXMock, status: int):
+    headers = {"location": "https://elsewhere.example/api/v2/batch"} if status // 100 == 3 else {}
+    httpx_mock.add_response(
+        url="https://track.customer.io/api/v2/batch",
+        status_code=status,
+        headers=headers,
+        json={},
+        is_reusable=True,
+    )
+    client = make_client(FakeClock(), max_attempts=2)
+    entries = [entry(i) for i in range(4)]
+    keys = {e.row_key for e in entries}
+
+    raised: Exception | None = None
+    try:
+        result = client.send_batch(entries)
+    except Exception as error:  # every entry is in the raised error: dlt keeps the package
+        raised = error
+    requests = httpx_mock.get_requests()
+    assert all(r.url.host == "track.customer.io" for r in requests)  # never followed
+
+    if status in DELIVERED_STATUS:
+        assert raised is None
+        assert [e.row_key for e in result.delivered_entries()] == sorted(keys)
+        assert result.rejections == [] and result.stats.accepted == 4
+    elif status in NARROWED_STATUS or status in REJECTED_STATUS:
+        assert raised is None
+        assert list(result.delivered_entries()) == []
+        reason = "entry_too_large" if status == 413 else f"http_{status}"
+        assert sorted((r.row_key, r.reason) for r in result.rejections) == [
+            (k, reason) for k in sorted(keys)
+        ]
+        if status in REJECTED_STATUS:
+            assert len(requests) == 1  # the whole request was refused: no narrowing
+    elif status in MISDIRECTED_STATUS:
+        assert type(raised) is CustomerioTerminalError
+        assert "destination.customerio.track_url" in str(raised)
+        assert f"HTTP {status}" in str(raised)
+        assert len(requests) == 1
+    elif status in REFUSED_STATUS:
+        assert isinstance(raised, CredentialsError)
+        assert len(requests) == 1
+    else:
+        assert isinstance(raised, CustomerioTransientError)
+        assert len(requests) == 2
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_never_followed_and_names_the_url_and_region_keys(
+    httpx_mock: HTTPXMock, status: int
+):
+    httpx_mock.add_response(
+        url="https://track.customer.io/api/v2/batch",
+        status_code=status,
+        headers={"location": "https://track-eu.customer.io/api/v2/batch"},
+    )
+    client = make_client(FakeClock())
+
+    with pytest.raises(CustomerioTerminalError) as raised:
+        client.send_batch([entry(1), entry(2)])
+
+    message = str(raised.value)
+    assert "redirect" in message and "track-eu.customer.io" in message
+    assert "destination.customerio.track_url" in message
+    assert "destination.customerio.region" in message
+    assert "key-1" not in message
+    assert len(httpx_mock.get_requests()) == 1
+
+
+def test_a_misdirected_request_names_region_when_the_host_came_from_the_region(
+    httpx_mock: HTTPXMock,
+):
+    httpx_mock.add_response(status_code=404)
+    limiter = RateLimiter(1000, clock=FakeClock(), sleep=FakeClock().sleep)
+    client = TrackClient(TRACK_HOSTS["eu"], "site-1", "key-1", limiter=limiter, url_source="region")
+
+    with pytest.raises(CustomerioTerminalError) as raised:
+        client.send_batch([entry(1)])
+
+    assert "destination.customerio.region" in str(raised.value)
+    assert "track_url" not in str(raised.value)
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204])
+def test_any_2xx_answer_to_a_send_counts_as_sent(httpx_mock: HTTPXMock, status: int):
+    httpx_mock.add_response(status_code=status, json={"delivery_id": "d-1"})
+    clock = FakeClock()
+    limiter = RateLimiter(1000, clock=clock, sleep=clock.sleep)
+    client = AppClient("https://api.customer.io", "app-key-1", limiter=limiter, sleep=clock.sleep)
+    stats = SendStats()
+
+    outcome = client.send_email(b'{"to": "a@example.com"}', stats)
+
+    assert outcome.rejection is None and outcome.delivery_id == "d-1"
+    assert stats.accepted == 1
+
+
+def make_app_client(clock: FakeClock, **retry: float) -> AppClient:
+    limiter = RateLimiter(1000, clock=clock, sleep=clock.sleep)
+    return AppClient(
+        "https://api.customer.io",
+        "app-key-1",
+        limiter=limiter,
+        retry=RetryPolicy(**retry) if retry else RetryPolicy(),
+        sleep=clock.sleep,
+        rng=random.Random(7),
+    )
+
+
+SEND = b'{"transactional_message_id": 1, "to": "a@example.com"}'
+# Answers after which Customer.io may already have taken the send.
+MAYBE_TAKEN = [
+    httpx.Response(408),
+    httpx.Response(500),
+    httpx.Response(502),
+    httpx.Response(503),
+    httpx.Response(504),
+    httpx.Response(520),
+    httpx.Response(524),
+    httpx.Response(599),
+    httpx.Response(101),
+    httpx.ReadTimeout("no answer"),
+    httpx.WriteTimeout("half sent"),
+    httpx.RemoteProtocolError("dropped"),
+    httpx.ReadError("reset"),
+]
+# Answers that prove the send never reached Customer.io.
+NOT_TAKEN = [
+    httpx.Response(429, headers={"Retry-After": "0"}),
+    httpx.ConnectError("refused"),
+    httpx.ConnectTimeout("no route"),
+    httpx.PoolTimeout("pool full"),
+]
+
+
+def _name(answer: httpx.Response | Exception) -> str:
+    if isinstance(answer, httpx.Response):
+        return f"http_{answer.status_code}"
+    return type(answer).__name__
+
+
+def _answer(httpx_mock: HTTPXMock, answer: httpx.Response | Exception) -> None:
+    if isinstance(answer, Exception):
+        httpx_mock.add_exception(answer)
+    else:
+        httpx_mock.add_response(status_code=answer.status_code, headers=answer.headers)
+
+
+@pytest.mark.parametrize("answer", MAYBE_TAKEN, ids=_name)
+def test_a_send_that_may_have_been_taken_is_uncertain_and_not_retried(
+    httpx_mock: HTTPXMock, answer: httpx.Response | Exception
+):
+    _answer(httpx_mock, answer)
+    client = make_app_client(FakeClock())
+
+    with pytest.raises(OutcomeUnknown):
+        client.send_email(SEND, SendStats())
+
+    assert len(httpx_mock.get_requests()) == 1
+
+
+@pytest.mark.parametrize("answer", NOT_TAKEN, ids=_name)
+def test_a_send_that_never_arrived_is_retried(
+    httpx_mock: HTTPXMock, answer: httpx.Response | Exception
+):
+    _answer(httpx_mock, answer)
+    httpx_mock.add_response(json={"delivery_id": "d-1"})
+    client = make_app_client(FakeClock())
+
+    outcome = client.send_email(SEND, SendStats())
+
+    assert outcome.delivery_id == "d-1"
+    assert len(httpx_mock.get_requests()) == 2
+
+
+@pytest.mark.parametrize("answer", MAYBE_TAKEN, ids=_name)
+def test_resend_uncertain_retries_a_send_like_any_request(
+    httpx_mock: HTTPXMock, answer: httpx.Response | Exception
+):
+    _answer(httpx_mock, answer)
+    httpx_mock.add_response(json={"delivery_id": "d-1"})
+    client = make_app_client(FakeClock())
+
+    outcome = client.send_email(SEND, SendStats(), resend_uncertain=True)
+
+    assert outcome.delivery_id == "d-1"
+    assert len(httpx_mock.get_requests()) == 2
+
+
+@pytest.mark.parametrize("key", ["track_url", "region"])
+def test_a_refused_region_check_stops_at_once_naming_the_url_and_its_key(
+    httpx_mock: HTTPXMock, key: str
+):
+    httpx_mock.add_exception(httpx.ConnectError("[Errno 111] Connection refused"))
+    clock = FakeClock()
+    limiter = RateLimiter(1000, clock=clock, sleep=clock.sleep)
+    client = TrackClient(
+        "https://track-eu.customer.io",
+        "site-1",
+        "key-1",
+        limiter=limiter,
+        sleep=clock.sleep,
+        url_source=key,
+    )
+
+    with pytest.raises(CustomerioTerminalError) as raised:
+        client.account_region()
+
+    message = str(raised.value)
+    assert "https://track-eu.customer.io" in message
+    assert f"destination.customerio.{key}" in message
+    assert "Connection refused" in message
+    assert len(httpx_mock.get_requests()) == 1
+    assert clock.sleeps == []
+
+
+def person(email: str, **attributes: object) -> Entry:
+    op = {
+        "type": "person",
+        "action": "identify",
+        "identifiers": {"email": email},
+        "attributes": attributes,
+    }
+    return Entry(orjson.dumps(op), email, [{"email": email, **attributes}])
+
+
+ECHO = (
+    "attribute 'plan' has value 'Gold-7731' for ADA.L@example.com (score 12345);"
+    ' "Ada Lovelace" is not allowed; id 8 ok; contact bob@elsewhere.example'
+)
+MASKED = (
+    "attribute 'plan' has value '<value>' for <value> (score <value>);"
+    ' "<value>" is not allowed; id 8 ok; contact <value>'
+)
+
+
+def test_a_207_message_keeps_reason_and_field_and_masks_every_value(httpx_mock: HTTPXMock):
+    error = {"batch_index": 1, "reason": "invalid_value", "field": "attributes.plan"}
+    httpx_mock.add_response(status_code=207, json={"errors": [{**error, "message": ECHO}]})
+    client = make_client(FakeClock())
+    echoed = person("ada.l@example.com", plan="Gold-7731", score=12345, name="Ada Lovelace")
+
+    result = client.send_batch([person("x@example.com", plan="a"), echoed])
+
+    [rejection] = result.rejections
+    assert (rejection.reason, rejection.field) == ("invalid_value", "attributes.plan")
+    assert rejection.message == MASKED
+
+
+def test_a_narrowed_400_message_masks_the_values_of_its_entry(httpx_mock: HTTPXMock):
+    error = {"reason": "invalid", "field": "identifiers.email", "message": ECHO}
+    httpx_mock.add_response(status_code=400, json={"errors": [error]})
+    client = make_client(FakeClock())
+    echoed = person("ada.l@example.com", plan="Gold-7731", score=12345, name="Ada Lovelace")
+
+    result = client.send_batch([echoed])
+
+    [rejection] = result.rejections
+    assert (rejection.reason, rejection.field) == ("invalid", "identifiers.email")
+    assert rejection.message == MASKED
+
+
+def test_a_refused_send_message_masks_the_values_of_its_body(httpx_mock: HTTPXMock):
+    httpx_mock.add_response(status_code=400, json={"meta": {"error": ECHO}})
+    client = make_app_client(FakeClock())
+    body = {
+        "transactional_message_id": 3,
+        "to": "ada.l@example.com",
+        "identifiers": {"email": "ada.l@example.com"},
+        "message_data": {"plan": "Gold-7731", "score": 12345, "name": "Ada Lovelace"},
+    }
+
+    outcome = client.send_email(orjson.dumps(body), SendStats())
+
+    assert outcome.rejection == ("http_400", None, MASKED)
+
+
+def test_a_long_server_message_is_capped(httpx_mock: HTTPXMock):
+    error = {"batch_index": 0, "reason": "r", "message": "too long " * 500}
+    httpx_mock.add_response(status_code=207, json={"errors": [error]})
+    client = make_client(FakeClock())
+
+    result = client.send_batch([entry(1)])
+
+    assert 0 < len(result.rejections[0].message) <= 300

@@ -150,7 +150,6 @@ def test_batch_identify_merges_attributes(emu: Emulator, track: httpx.Client) ->
     person = {
         "identifiers": {"id": "42", "email": "a@example.com", "cio_id": "cio_1"},
         "attributes": {"flag": True, "email": "a@example.com", "city": "Oslo"},
-        "suppressed": False,
     }
     assert emu.people == [person]
     assert emu.find_person(id="42") == person
@@ -212,7 +211,6 @@ def test_207_names_exactly_the_invalid_entries(emu: Emulator, track: httpx.Clien
     assert emu.find_person(id="ok-1") == {
         "identifiers": {"id": "ok-1", "cio_id": "cio_1"},
         "attributes": {"name": "Ann"},
-        "suppressed": False,
     }
     at_limit = emu.find_person(id="é" * 75)
     assert at_limit is not None
@@ -549,9 +547,7 @@ def test_event_deduplication(emu: Emulator, track: httpx.Client) -> None:
     ]
     assert emu.duplicate_events == 3
     # the event created the person
-    assert emu.people == [
-        {"identifiers": {"id": "1", "cio_id": "cio_1"}, "attributes": {}, "suppressed": False}
-    ]
+    assert emu.people == [{"identifiers": {"id": "1", "cio_id": "cio_1"}, "attributes": {}}]
 
 
 def test_page_and_screen_events(emu: Emulator, track: httpx.Client) -> None:
@@ -568,29 +564,43 @@ def person_op(action: str, pid: str, **extra: Any) -> dict[str, Any]:
     return {"type": "person", "action": action, "identifiers": {"id": pid}, **extra}
 
 
-def test_suppress_blocks_later_operations(emu: Emulator, track: httpx.Client) -> None:
+def test_suppress_deletes_the_profile_and_blocks_its_identifiers(
+    emu: Emulator, track: httpx.Client
+) -> None:
+    """Customer.io deletes a suppressed person's profile, attributes and all, and ignores any
+    later operation naming their id or email until one of them is unsuppressed."""
+    by_email = {"type": "person", "identifiers": {"email": "one@x.io"}}
     ops = [
-        identify("1", a=1),
+        identify("1", a=1, email="one@x.io"),
+        identify("3", a=1),
         person_op("suppress", "1"),
         identify("1", a=2, b=3),
+        {**by_email, "action": "identify", "attributes": {"a": 4}},
+        identify("3", email="one@x.io"),  # an attribute, but not an identifier: still suppressed
         event("1", id=ulid(9)),
         person_op("delete", "1"),
-        person_op("suppress", "2"),  # unknown: a suppressed record keyed by the id
+        person_op("suppress", "2"),  # unknown: the identifier alone is suppressed
         identify("2", a=1),
     ]
     assert batch(track, *ops).status_code == 200
     assert emu.people == [
-        {"identifiers": {"id": "1", "cio_id": "cio_1"}, "attributes": {"a": 1}, "suppressed": True},
-        {"identifiers": {"id": "2", "cio_id": "cio_2"}, "attributes": {}, "suppressed": True},
+        {"identifiers": {"id": "3", "cio_id": "cio_2"}, "attributes": {"a": 1, "email": "one@x.io"}}
     ]
+    assert orjson.loads(track.get("/_emulator/people").content) == emu.people
+    assert emu.find_person(id="1") is None and emu.find_person(email="one@x.io") is None
+    assert emu.suppressions == [{"id": "1", "email": "one@x.io"}, {"id": "2"}]
+    assert orjson.loads(track.get("/_emulator/suppressions").content) == emu.suppressions
     assert emu.events == []
-    assert emu.ignored_ops == 4
-    assert batch(track, person_op("unsuppress", "1"), identify("1", a=5)).status_code == 200
+    assert emu.ignored_ops == 5
+
+    # unsuppressing the email frees the id too; the profile does not come back
+    ops = [{**by_email, "action": "unsuppress"}, identify("1", a=5)]
+    assert batch(track, *ops).status_code == 200
     assert emu.find_person(id="1") == {
-        "identifiers": {"id": "1", "cio_id": "cio_1"},
+        "identifiers": {"id": "1", "cio_id": "cio_3"},
         "attributes": {"a": 5},
-        "suppressed": False,
     }
+    assert emu.suppressions == [{"id": "2"}]
     # the event id was not consumed while suppressed
     assert batch(track, event("1", id=ulid(9))).status_code == 200
     assert len(emu.events) == 1
@@ -624,7 +634,6 @@ def test_merge(emu: Emulator, track: httpx.Client) -> None:
         {
             "identifiers": {"id": "p", "email": "s@x.io", "cio_id": "cio_1"},
             "attributes": {"plan": "pro", "name": "Primary", "city": "Oslo"},
-            "suppressed": False,
         }
     ]
     # merging into a person who does not exist changes nothing
@@ -754,12 +763,10 @@ def test_v1_customers(emu: Emulator, track: httpx.Client) -> None:
         {
             "identifiers": {"id": "7", "cio_id": "cio_1"},
             "attributes": {"created_at": 1700000000, "a": 1},
-            "suppressed": False,
         },
         {
             "identifiers": {"email": "b@x.io", "cio_id": "cio_2"},
             "attributes": {"a": 2},
-            "suppressed": False,
         },
     ]
     posted = track.post(

@@ -386,12 +386,12 @@ def test_compile_mapping_records_json_columns():
         ),
     ],
 )
-def test_compile_mapping_column_not_in_table(declared, key, column):
-    mapping = parse_mapping("users", declared)
-    with pytest.raises(MappingError) as info:
-        compile_mapping("users", mapping, USERS)
-    assert_mapping_error(info, "users", key)
-    assert f"'{column}'" in str(info.value)
+def test_compile_mapping_column_not_in_table_is_absent_not_an_error(declared, key, column):
+    """dlt leaves a column out of the schema while it is NULL in every row: the mapping then
+    maps it as NULL (and the load warns, naming the key and the column)."""
+    compiled = compile_mapping("users", parse_mapping("users", declared), USERS)
+
+    assert compiled.absent_columns == ((key, column),)
 
 
 # --- resolve_mapping ---------------------------------------------------------------------------
@@ -587,3 +587,107 @@ def test_attribute_column_name_over_the_limit_is_a_mapping_error():
         compile_mapping("users", mapping, columns("id", long_name))
     assert_mapping_error(info, "users", "attributes")
     assert long_name not in str(info.value)
+
+
+# --- json_columns ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        {"action": "identify", "identifier": "id"},
+        {"action": "event", "identifier": "id", "event_name": "x"},
+        {"action": "add_device", "identifier": "id", "device_token": "t", "device_platform": "ios"},
+        {
+            "action": "add_relationships",
+            "identifier": "id",
+            "object_type_id": "1",
+            "object_id": "o",
+        },
+        {"action": "object_identify", "object_type_id": "1", "object_id": "o"},
+        {"action": "send_email", "identifier": "id", "transactional_message_id": 7},
+    ],
+    ids=lambda declared: declared["action"],
+)
+def test_json_columns_apply_where_attributes_do(declared: dict[str, Any]):
+    mapping = parse_mapping("t", {**declared, "json_columns": "prefs"})
+
+    assert mapping.json_columns == ("prefs",)
+
+
+@pytest.mark.parametrize("action", ["delete", "merge", "delete_device", "object_delete"])
+def test_json_columns_are_refused_where_nothing_is_sent(action: str):
+    declared = {
+        "action": action,
+        "identifier": "id",
+        "secondary_identifier": "other",
+        "device_token": "t",
+        "object_type_id": "1",
+        "object_id": "o",
+        "json_columns": ["prefs"],
+    }
+    needed = {
+        "delete": ("identifier",),
+        "merge": ("identifier", "secondary_identifier"),
+        "delete_device": ("identifier", "device_token"),
+        "object_delete": ("object_type_id", "object_id"),
+    }[action]
+    with pytest.raises(MappingError) as info:
+        parse_mapping("t", {k: declared[k] for k in ("action", *needed, "json_columns")})
+    assert_mapping_error(info, "t", "json_columns")
+
+
+def test_compile_mapping_json_columns_are_declared_ones_and_json_typed_ones():
+    mapping = parse_mapping(
+        "orders",
+        {"action": "event", "identifier": "user_id", "event_name": "x", "json_columns": ["kind"]},
+    )
+
+    compiled = compile_mapping("orders", mapping, ORDERS)
+
+    assert compiled.json_columns == frozenset({"props", "kind"})
+
+
+def test_compile_mapping_json_column_not_in_the_table_is_absent():
+    mapping = parse_mapping(
+        "orders",
+        {"action": "event", "identifier": "user_id", "event_name": "x", "json_columns": ["meta"]},
+    )
+
+    assert compile_mapping("orders", mapping, ORDERS).absent_columns == (("json_columns", "meta"),)
+
+
+# --- oversized_attribute -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        {"action": "identify", "identifier": "id"},
+        {"action": "add_device", "identifier": "id", "device_token": "t", "device_platform": "ios"},
+    ],
+    ids=lambda declared: declared["action"],
+)
+def test_oversized_attribute_applies_where_the_value_limit_does(declared: dict[str, Any]):
+    assert parse_mapping("t", declared).oversized_attribute == "reject_row"
+    mapping = parse_mapping("t", {**declared, "oversized_attribute": "drop_attribute"})
+    assert mapping.oversized_attribute == "drop_attribute"
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        {
+            "action": "event",
+            "identifier": "id",
+            "event_name": "x",
+            "oversized_attribute": "drop_attribute",
+        },
+        {"action": "identify", "identifier": "id", "oversized_attribute": "truncate"},
+    ],
+    ids=["event-has-no-value-limit", "unknown-choice"],
+)
+def test_oversized_attribute_errors_name_the_key(declared: dict[str, Any]):
+    with pytest.raises(MappingError) as info:
+        parse_mapping("t", declared)
+    assert_mapping_error(info, "t", "oversized_attribute")

@@ -581,7 +581,7 @@ def test_rows_from_arrow_give_the_same_entries(declared):
     from_dicts = row_mapper.map_rows(DICT_ROWS)
     batch = _arrow_batch(DICT_ROWS)
     assert isinstance(batch.column(batch.schema.get_field_index("props"))[0].as_py(), str)
-    from_arrow = row_mapper.map_rows(rows_from_arrow(batch, row_mapper.compiled.json_columns))
+    from_arrow = row_mapper.map_rows(rows_from_arrow(batch))
     assert from_dicts.rejections == from_arrow.rejections == []
     assert from_dicts.rows_in == from_arrow.rows_in == len(DICT_ROWS)
     assert [(e.data, e.row_key) for e in from_arrow.entries] == [
@@ -590,8 +590,8 @@ def test_rows_from_arrow_give_the_same_entries(declared):
 
 
 def test_rows_from_arrow_shape():
-    rows = list(rows_from_arrow(_arrow_batch(DICT_ROWS[1:3]), frozenset({"props"})))
-    assert rows[0]["props"] == {"sku": "B2", "tags": ["x", "y"], "gift": None}
+    rows = list(rows_from_arrow(_arrow_batch(DICT_ROWS[1:3])))
+    assert rows[0]["props"] == '{"sku":"B2","tags":["x","y"],"gift":null}'  # the mapper reads it
     assert rows[0]["total"] == Decimal("5.50")
     assert rows[0]["created_at"] == dt.datetime(2024, 1, 16, 10, 30, tzinfo=UTC)
     # nulls are left out, as typed-jsonl leaves them
@@ -717,6 +717,16 @@ REJECTIONS = [
         "phone",
         "+1 415 555 0100",
         id="phone-with-spaces",
+    ),
+    pytest.param(
+        {**IDENTIFY, "identifier": "phone", "identifier_type": "phone"},
+        columns("phone", "name"),
+        _identify_ok,
+        {"phone": "+14155550100\n", "name": "Ann"},
+        "invalid_identifier",
+        "phone",
+        "+14155550100",
+        id="phone-with-trailing-newline",
     ),
     pytest.param(
         IDENTIFY,
@@ -964,3 +974,615 @@ def test_entries_are_entry_objects():
     assert all(
         isinstance(entry, Entry) and isinstance(entry.data, bytes) for entry in mapped.entries
     )
+
+
+# --- values JSON cannot carry never fail a load ---------------------------------------------------
+
+
+def _nested(levels: int) -> Any:
+    """An object holding lists: `levels` containers in all, two bytes of JSON each."""
+    value: Any = 1
+    for _ in range(levels - 1):
+        value = [value]
+    return {"k": value}
+
+
+def _nested_text(levels: int) -> str:
+    return '{"k":' + "[" * (levels - 1) + "1" + "]" * (levels - 1) + "}"
+
+
+WHOLE_ROW_EVENT = {"action": "event", "identifier": "user_id", "event_name": "x"}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 2.0**64, 1e300])
+@pytest.mark.parametrize("attributes", [None, ["user_id"]], ids=["sent", "not-sent"])
+def test_whole_row_keyed_event_with_a_value_without_a_key_is_rejected(value, attributes):
+    """No event_id, no primary key: the row is the key, and NaN has no stable key, nor has a
+    whole float beyond 64 bits (whole floats key as integers), as with an explicit event_id."""
+    declared = dict(WHOLE_ROW_EVENT, **({"attributes": attributes} if attributes else {}))
+    row_mapper = mapper("orders", columns("user_id", "score"), **declared)
+    bad = {"user_id": 8, "score": value}
+
+    mapped = row_mapper.map_rows([{"user_id": 7, "score": 1.5}, bad, {"user_id": 9}])
+
+    assert [(r.row, r.reason, r.field) for r in mapped.rejections] == [
+        (bad, "invalid_event_id", "score")
+    ]
+    assert mapped.rejections[0].row_key.startswith("row:")
+    assert [orjson.loads(e.data)["identifiers"] for e in mapped.entries] == [
+        {"id": "7"},
+        {"id": "9"},
+    ]
+
+
+DEEP = 300  # past orjson's 254 levels
+DEEPER = 1_100  # past Python's recursion limit
+DEEPEST = 2_000  # past what orjson reads
+
+
+@pytest.mark.parametrize("levels", [DEEP, DEEPER, DEEPEST])
+@pytest.mark.parametrize(
+    ("declared", "table_columns", "bad_row", "reason", "field"),
+    [
+        pytest.param(
+            {"action": "event", "event_name": "x", "event_data_column": "data", "event_id": "k"},
+            columns("k", "user_id", "data"),
+            lambda n: {"k": 2, "user_id": 8, "data": _nested_text(n)},
+            "invalid_event_data",
+            "data",
+            id="event-data-text",
+        ),
+        pytest.param(
+            {"action": "event", "event_name": "x", "event_data_column": "data"},
+            columns("user_id", "data"),
+            lambda n: {"user_id": 8, "data": _nested_text(n)},
+            "invalid_event_data",
+            "data",
+            id="event-data-text-whole-row-key",
+        ),
+        pytest.param(
+            {"action": "event", "event_name": "x", "attributes": ["user_id"]},
+            columns("user_id", "data", json=("data",)),
+            lambda n: {"user_id": 8, "data": _nested(n)},
+            "invalid_event_id",
+            "data",
+            id="whole-row-key-json-column",
+        ),
+        pytest.param(
+            {"action": "event", "event_name": "x", "event_id": ["k", "data"]},
+            columns("k", "user_id", "data", json=("data",)),
+            lambda n: {"k": 2, "user_id": 8, "data": _nested(n)},
+            "invalid_event_id",
+            "k,data",
+            id="composite-event-id",
+        ),
+        pytest.param(
+            {"action": "identify"},
+            columns("user_id", "data", json=("data",)),
+            lambda n: {"user_id": 8, "data": _nested(n)},
+            "invalid_value",
+            "data",
+            id="identify-json-attribute",
+        ),
+        pytest.param(
+            {
+                "action": "send_email",
+                "transactional_message_id": 3,
+                "message_data_column": "data",
+                "event_id": "k",
+            },
+            columns("k", "user_id", "data"),
+            lambda n: {"k": 2, "user_id": 8, "data": _nested_text(n)},
+            "invalid_event_data",
+            "data",
+            id="send-email-message-data",
+        ),
+        pytest.param(
+            {"action": "object_identify", "object_type_id": "1", "object_id": "user_id"},
+            columns("user_id", "data", json=("data",)),
+            lambda n: {"user_id": 8, "data": _nested(n)},
+            "invalid_value",
+            "data",
+            id="object-attribute",
+        ),
+        pytest.param(
+            {"action": "add_relationships", "object_type_id": "1", "object_id": "k"},
+            columns("k", "user_id", "data", json=("data",)),
+            lambda n: {"k": 2, "user_id": 8, "data": _nested(n)},
+            "invalid_value",
+            "data",
+            id="relationship-attribute",
+        ),
+    ],
+)
+def test_deeply_nested_value_rejects_its_row_and_the_rest_go_out(
+    declared, table_columns, bad_row, reason, field, levels
+):
+    from cio_destination.store import row_to_json
+
+    if not declared["action"].startswith("object_"):
+        declared = {"identifier": "user_id", **declared}
+    row_mapper = mapper("t", table_columns, **declared)
+    good = [
+        {"k": 1, "user_id": 7, "data": '{"a": 1}'},
+        {"k": 3, "user_id": 9, "data": '{"b": 2}'},
+    ]
+    bad = bad_row(levels)
+
+    mapped = row_mapper.map_rows([good[0], bad, good[1]])
+
+    assert [(r.row, r.reason, r.field) for r in mapped.rejections] == [(bad, reason, field)]
+    assert "nested deeper than 250 levels" in mapped.rejections[0].message
+    assert len(mapped.entries) == 2
+    assert orjson.loads(row_to_json(mapped.rejections[0].row))["user_id"] == 8  # recordable
+
+
+@pytest.mark.parametrize(("levels", "sent"), [(250, True), (251, False)])
+def test_nesting_limit_is_the_same_for_event_data_and_attributes(levels, sent):
+    event = mapper(
+        "t",
+        columns("k", "user_id", "data", "extra"),
+        action="event",
+        identifier="user_id",
+        event_name="x",
+        event_id="k",
+        event_data_column="data",
+        attributes=["extra"],
+    )
+    from_text = event.map_rows([{"k": 1, "user_id": 7, "data": _nested_text(levels)}])
+    from_attribute = event.map_rows([{"k": 1, "user_id": 7, "extra": _nested(levels)}])
+    person = mapper("t", columns("user_id", "extra"), action="identify", identifier="user_id")
+    identify = person.map_rows([{"user_id": 7, "extra": _nested(levels)}])
+
+    assert [len(m.entries) for m in (from_text, from_attribute, identify)] == [int(sent)] * 3
+
+
+@pytest.mark.parametrize(
+    "value",
+    [2**70, float("nan"), {1: "int key"}, b"\x00", _nested(DEEP)],
+    ids=["huge-int", "nan", "int-key", "bytes", "deep"],
+)
+def test_row_keys_are_made_of_any_value(value):
+    """The row key of a rejection is made for every row, whatever its values hold."""
+    row_mapper = mapper(
+        "t",
+        columns("k", "j", "user_id"),
+        action="event",
+        identifier="user_id",
+        event_name="x",
+        event_id=["k", "j"],
+    )
+    mapped = row_mapper.map_rows([{"k": value, "j": "j-1"}])  # no identifier: rejected
+
+    assert len(mapped.rejections) == 1
+    assert orjson.loads(mapped.rejections[0].row_key)[1] == "j-1"  # the values, as JSON
+
+
+# --- row keys of rows without their key -------------------------------------------------------
+
+KEYED_USERS = columns("id", "email", "plan", "order_id", "token", pk=("id",))
+
+
+@pytest.mark.parametrize(
+    ("declared", "row", "reason"),
+    [
+        pytest.param(
+            {"action": "identify", "identifier": "email", "identifier_type": "email"},
+            {"id": 42, "plan": "pro"},
+            "missing_identifier",
+            id="identify",
+        ),
+        pytest.param(
+            {"action": "event", "identifier": "email", "event_name": "x", "event_id": "order_id"},
+            {"id": 42, "email": "a@example.com"},
+            "missing_event_id",
+            id="event-without-its-event-id",
+        ),
+        pytest.param(
+            {"action": "delete", "identifier": "email"},
+            {"id": 42},
+            "missing_identifier",
+            id="delete",
+        ),
+        pytest.param(
+            {"action": "delete_device", "identifier": "email", "device_token": "token"},
+            {"id": 42},
+            "missing_identifier",
+            id="device",
+        ),
+    ],
+)
+def test_row_without_its_key_is_named_by_the_primary_key(declared, row, reason):
+    mapped = mapper("users", KEYED_USERS, **declared).map_rows([row])
+
+    assert [(r.reason, r.row_key) for r in mapped.rejections] == [(reason, "42")]
+
+
+def test_row_without_its_key_and_without_a_primary_key_has_an_empty_row_key():
+    mapped = mapper("users", USERS, **IDENTIFY).map_rows([{"name": "Ann"}])
+
+    assert [(r.reason, r.row_key) for r in mapped.rejections] == [("missing_identifier", "")]
+
+
+def test_composite_primary_key_names_the_row_as_json():
+    table = columns("tenant", "n", "email", pk=("tenant", "n"))
+    row_mapper = mapper("users", table, action="identify", identifier="email")
+
+    mapped = row_mapper.map_rows([{"tenant": "acme", "n": 7}])
+
+    assert [r.row_key for r in mapped.rejections] == ['["acme",7]']
+
+
+# --- a mapped column dlt left out of the schema (NULL in every row so far) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("declared", "rows", "expected_ops", "reasons"),
+    [
+        pytest.param(
+            {"action": "identify", "identifier": "id", "attributes": ["name", "plan"]},
+            [{"id": 1, "name": "Ann"}],
+            [{"identifiers": {"id": "1"}, "attributes": {"name": "Ann"}}],
+            [],
+            id="attribute-is-simply-absent",
+        ),
+        pytest.param(
+            {"action": "identify", "identifier": "id", "timestamp": "seen_at"},
+            [{"id": 1, "name": "Ann"}],
+            [{"identifiers": {"id": "1"}, "attributes": {"name": "Ann"}}],
+            [],
+            id="timestamp-absent",
+        ),
+        pytest.param(
+            {"action": "identify", "identifier": "email", "identifier_type": "email"},
+            [{"id": 1, "name": "Ann"}, {"id": 2}],
+            [],
+            [("1", "missing_identifier", "email"), ("2", "missing_identifier", "email")],
+            id="identifier-absent-rejects-every-row",
+        ),
+        pytest.param(
+            {"action": "event", "identifier": "id", "event_name": "x", "event_id": "order_id"},
+            [{"id": 1}],
+            [],
+            [("1", "missing_event_id", "order_id")],
+            id="event-id-absent",
+        ),
+        pytest.param(
+            {"action": "event", "identifier": "id", "event_name_column": "kind", "event_id": "id"},
+            [{"id": 1}],
+            [],
+            [("1", "missing_event_name", "kind")],
+            id="event-name-column-absent",
+        ),
+        pytest.param(
+            {"action": "event", "identifier": "id", "event_name": "x", "event_data_column": "p"},
+            [{"id": 1, "name": "Ann"}],
+            [{"identifiers": {"id": "1"}, "name": "x", "attributes": {"name": "Ann"}}],
+            [],
+            id="event-data-column-absent",
+        ),
+        pytest.param(
+            {
+                "action": "add_device",
+                "identifier": "id",
+                "device_token": "tok",
+                "device_platform": "ios",
+            },
+            [{"id": 1}],
+            [],
+            [("[1,null]", "missing_device_token", "tok")],
+            id="device-token-absent",
+        ),
+    ],
+)
+def test_absent_column_maps_as_null(declared, rows, expected_ops, reasons):
+    row_mapper = mapper("t", columns("id", "name", pk=("id",)), **declared)
+
+    mapped = row_mapper.map_rows(rows)
+
+    sent = [
+        {k: v for k, v in op.items() if k in ("identifiers", "name", "attributes")}
+        for op in ops(mapped)
+    ]
+    assert sent == expected_ops
+    assert [(r.row_key, r.reason, r.field) for r in mapped.rejections] == reasons
+
+
+# --- JSON text columns (json_columns, and columns dlt types as json) ------------------------------
+
+PEOPLE = columns("id", "prefs", "plan")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"theme": "dark", "n": [1, 2]}', {"theme": "dark", "n": [1, 2]}),
+        ("[1, 2]", [1, 2]),
+        ("42", 42),
+        ('"{\\"a\\": 1}"', '{"a": 1}'),  # a JSON string holding JSON: parsed once, not twice
+        ("null", None),
+    ],
+)
+def test_json_column_text_is_sent_as_the_value_it_holds(text: str, expected: Any):
+    row_mapper = mapper("people", PEOPLE, **IDENTIFY, json_columns=["prefs"])
+
+    mapped = row_mapper.map_rows([{"id": 1, "prefs": text, "plan": '{"not": "json_columns"}'}])
+
+    attributes = ops(mapped)[0]["attributes"]
+    assert attributes["plan"] == '{"not": "json_columns"}'  # other text columns stay text
+    assert attributes.get("prefs") == expected
+
+
+@pytest.mark.parametrize("table_columns", [PEOPLE, columns("id", "prefs", "plan", json=("prefs",))])
+def test_json_column_text_that_is_not_json_rejects_the_row(table_columns):
+    declared = {**IDENTIFY, "json_columns": ["prefs"]} if table_columns is PEOPLE else IDENTIFY
+    row_mapper = mapper("people", table_columns, **declared)
+    bad = {"id": 2, "prefs": '{"theme": "SECRET'}
+
+    mapped = row_mapper.map_rows([{"id": 1, "prefs": "{}"}, bad])
+
+    assert [(r.row, r.row_key, r.reason, r.field) for r in mapped.rejections] == [
+        (bad, "2", "invalid_json", "prefs")
+    ]
+    assert "SECRET" not in mapped.rejections[0].message
+    assert len(mapped.entries) == 1
+
+
+def test_json_column_already_decoded_passes_as_it_is():
+    row_mapper = mapper("people", PEOPLE, **IDENTIFY, json_columns=["prefs"])
+
+    mapped = row_mapper.map_rows([{"id": 1, "prefs": {"theme": "dark"}}])
+
+    assert ops(mapped)[0]["attributes"] == {"prefs": {"theme": "dark"}}
+
+
+@pytest.mark.parametrize("shape", ["dict", "arrow"])
+def test_json_columns_in_event_data_and_in_message_data(shape: str):
+    table = columns("k", "user_id", "meta", "data")
+    event = mapper(
+        "t",
+        table,
+        action="event",
+        identifier="user_id",
+        event_name="x",
+        event_id="k",
+        event_data_column="data",
+        json_columns=["meta"],
+    )
+    send = mapper(
+        "t",
+        table,
+        action="send_email",
+        identifier="user_id",
+        transactional_message_id=3,
+        event_id="k",
+        message_data_column="data",
+        json_columns=["meta"],
+    )
+    row = {"k": 1, "user_id": 7, "meta": '{"tier": 2}', "data": '{"sku": "A"}'}
+
+    def rows() -> Any:
+        return [row] if shape == "dict" else rows_from_arrow(pa.RecordBatch.from_pylist([row]))
+
+    event_op = ops(event.map_rows(rows()))[0]
+    send_body = ops(send.map_rows(rows()))[0]
+
+    assert event_op["attributes"] == {"sku": "A", "k": 1, "meta": {"tier": 2}}
+    assert send_body["message_data"] == {"sku": "A", "k": 1, "meta": {"tier": 2}}
+
+
+def test_bad_json_in_a_json_typed_event_data_column_is_still_invalid_event_data():
+    table = columns("k", "user_id", "data", json=("data",))
+    event = mapper(
+        "t",
+        table,
+        action="event",
+        identifier="user_id",
+        event_name="x",
+        event_id="k",
+        event_data_column="data",
+    )
+
+    mapped = event.map_rows([{"k": 1, "user_id": 7, "data": "{oops"}])
+
+    assert [(r.reason, r.field) for r in mapped.rejections] == [("invalid_event_data", "data")]
+
+
+@pytest.mark.parametrize("declared", [{"event_id": "k"}, {}], ids=["event-id", "whole-row"])
+def test_json_column_as_text_or_decoded_gives_one_event_id(declared):
+    """Arrow rows carry JSON columns as text, dict rows as objects: one row, one event id."""
+    table = columns("k", "user_id", "meta", json=("meta",))
+    event = mapper("t", table, action="event", identifier="user_id", event_name="x", **declared)
+    as_text = {"k": 1, "user_id": 7, "meta": '{"b": 1, "a": [1, 2]}'}
+    decoded = {"k": 1, "user_id": 7, "meta": {"a": [1, 2], "b": 1}}
+
+    assert ops(event.map_rows([as_text])) == ops(event.map_rows([decoded]))
+
+
+def test_rows_from_arrow_keep_json_text_for_the_mapper_to_read():
+    batch = pa.RecordBatch.from_pylist([{"id": 1, "prefs": '"quoted"'}])
+
+    assert list(rows_from_arrow(batch)) == [{"id": 1, "prefs": '"quoted"'}]
+    mapped = mapper("people", PEOPLE, **IDENTIFY, json_columns=["prefs"]).map_rows(
+        rows_from_arrow(batch)
+    )
+    assert ops(mapped)[0]["attributes"] == {"prefs": "quoted"}
+
+
+# --- dlt's variant columns: a value that did not fit its column's type ----------------------------
+
+
+def variant_columns(*names: str, **typed: str) -> dict[str, Any]:
+    """Columns as dlt's schema has them once it stored values in variant columns."""
+    out = columns(*names)
+    for name, data_type in typed.items():
+        out[name] = {"name": name, "data_type": data_type}
+        for kind in ("text", "bigint"):
+            variant = f"{name}\u25b6v_{kind}"
+            out[variant] = {"name": variant, "data_type": kind, "variant": True}
+    return out
+
+
+@pytest.mark.parametrize(
+    ("declared", "row", "expected"),
+    [
+        pytest.param(
+            {"attributes": ["age"]},
+            {"id": 1, "age\u25b6v_text": "unknown"},
+            {"age": "unknown"},
+            id="chosen-attribute",
+        ),
+        pytest.param(
+            {},
+            {"id": 1, "age\u25b6v_text": "unknown", "name": "Ann"},
+            {"age": "unknown", "name": "Ann"},
+            id="default-attributes-name-the-column-not-its-variant",
+        ),
+        pytest.param(
+            {},
+            {"id": 1, "prefs\u25b6v_text": "plain", "age": 3},
+            {"prefs": "plain", "age": 3},  # a JSON string scalar, already decoded: not re-read
+            id="json-scalar-string",
+        ),
+        pytest.param(
+            {},
+            {"id": 1, "prefs\u25b6v_bigint": 42},
+            {"prefs": 42},
+            id="json-scalar-number",
+        ),
+    ],
+)
+def test_a_value_dlt_stored_in_a_variant_column_is_its_column_s_value(declared, row, expected):
+    table = variant_columns("id", "name", age="bigint", prefs="json")
+    row_mapper = mapper("people", table, **IDENTIFY, **declared)
+
+    mapped = row_mapper.map_rows([row])
+
+    assert ops(mapped)[0]["attributes"] == expected
+
+
+def test_an_identifier_in_a_variant_column_identifies_the_row():
+    table = variant_columns("name", id="bigint")
+    mapped = mapper("people", table, **IDENTIFY).map_rows([{"id\u25b6v_text": "u-7", "name": "A"}])
+
+    assert ops(mapped) == [
+        {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": "u-7"},
+            "attributes": {"name": "A"},
+        }
+    ]
+
+
+def test_declared_json_column_text_in_a_variant_column_is_read_as_json():
+    table = variant_columns("id", prefs="json")
+    row_mapper = mapper("people", table, **IDENTIFY, json_columns=["prefs"])
+
+    mapped = row_mapper.map_rows([{"id": 1, "prefs\u25b6v_text": '{"theme": "dark"}'}])
+
+    assert ops(mapped)[0]["attributes"] == {"prefs": {"theme": "dark"}}
+
+
+def test_whole_row_key_of_a_row_with_a_variant_is_the_key_of_the_row_it_stands_for():
+    table = variant_columns("user_id", score="bigint")
+    event = mapper("t", table, action="event", identifier="user_id", event_name="x")
+    plain = mapper(
+        "t", columns("user_id", "score"), action="event", identifier="user_id", event_name="x"
+    )
+
+    as_variant = ops(event.map_rows([{"user_id": 7, "score\u25b6v_text": "n/a"}]))
+    as_column = ops(plain.map_rows([{"user_id": 7, "score": "n/a"}]))
+
+    assert as_variant == as_column
+
+
+# --- oversized_attribute = "drop_attribute" -----------------------------------------------------
+
+BIOS = columns("id", "bio", "plan", "prefs")
+LONG = "x" * (limits.MAX_ATTRIBUTE_VALUE_BYTES + 1)
+
+
+def test_an_oversized_attribute_rejects_the_person_by_default():
+    mapped = mapper("people", BIOS, **IDENTIFY).map_rows([{"id": 1, "bio": LONG, "plan": "pro"}])
+
+    assert [(r.reason, r.field) for r in mapped.rejections] == [("attribute_value_too_long", "bio")]
+    assert mapped.entries == [] and mapped.dropped == []
+
+
+def test_drop_attribute_sends_the_person_without_it_and_records_what_was_dropped():
+    row_mapper = mapper("people", BIOS, **IDENTIFY, oversized_attribute="drop_attribute")
+    row = {"id": 1, "bio": LONG, "plan": "pro", "prefs": {"long": LONG}}
+
+    mapped = row_mapper.map_rows([row, {"id": 2, "bio": "short"}])
+
+    assert ops(mapped) == [
+        {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": "1"},
+            "attributes": {"plan": "pro"},
+        },
+        {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": "2"},
+            "attributes": {"bio": "short"},
+        },
+    ]
+    assert mapped.rejections == []
+    assert [(d.row, d.row_key, d.reason, d.field) for d in mapped.dropped] == [
+        (row, "1", "attribute_dropped", "bio"),
+        (row, "1", "attribute_dropped", "prefs"),
+    ]
+    assert all(LONG not in d.message and "1000-byte" in d.message for d in mapped.dropped)
+
+
+def test_drop_attribute_in_a_collapsed_person_keeps_the_other_row_s_value():
+    row_mapper = mapper("people", BIOS, **IDENTIFY, oversized_attribute="drop_attribute")
+    rows = [
+        {"id": 1, "bio": LONG, "plan": "pro"},
+        {"id": 1, "bio": "short"},
+        {"id": 1, "bio": LONG},
+    ]
+
+    mapped = row_mapper.map_rows(rows)
+
+    assert ops(mapped)[0]["attributes"] == {"plan": "pro", "bio": "short"}
+    assert [(d.row, d.field) for d in mapped.dropped] == [(rows[0], "bio"), (rows[2], "bio")]
+
+
+def test_a_person_rejected_anyway_has_its_rejection_and_no_dropped_record():
+    wide = columns("id", "bio", *(f"a{i}" for i in range(301)))
+    row_mapper = mapper("people", wide, **IDENTIFY, oversized_attribute="drop_attribute")
+    row = {"id": 1, "bio": LONG, **{f"a{i}": i for i in range(301)}}
+
+    mapped = row_mapper.map_rows([row])
+
+    assert [r.reason for r in mapped.rejections] == ["too_many_attributes"]
+    assert mapped.dropped == []
+
+
+def test_drop_attribute_for_device_attributes():
+    row_mapper = mapper(
+        "devices",
+        columns("id", "tok", "model", "notes"),
+        action="add_device",
+        identifier="id",
+        device_token="tok",
+        device_platform="ios",
+        oversized_attribute="drop_attribute",
+    )
+    row = {"id": 1, "tok": "t-1", "model": "X", "notes": LONG}
+
+    mapped = row_mapper.map_rows([row])
+
+    assert ops(mapped)[0]["device"] == {
+        "token": "t-1",
+        "platform": "ios",
+        "attributes": {"model": "X"},
+    }
+    assert [(d.row, d.reason, d.field) for d in mapped.dropped] == [
+        (row, "attribute_dropped", "notes")
+    ]
+    assert mapped.rejections == []

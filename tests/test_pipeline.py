@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import dlt
 import duckdb
 import httpx
 import orjson
+import pyarrow as pa
 import pytest
 from dlt.pipeline.exceptions import PipelineStepFailed
 from dlt.sources.sql_database import sql_table
@@ -20,6 +22,7 @@ from cio_destination import (
     customerio,
     customerio_adapter,
     rejected_rows,
+    sync_report,
 )
 from cio_destination._values import canonical_key, deterministic_ulid
 from cio_destination.emulator import Emulator
@@ -67,6 +70,7 @@ def warehouse_resources(url: str, backend: str) -> list:
         identifier="email",
         identifier_type="email",
         timestamp="updated_at",
+        json_columns=["tags"],  # DuckDB's JSON reflects as text through duckdb_engine
     )
     orders = sql_table(credentials=url, table="orders", backend=backend)
     customerio_adapter(
@@ -108,7 +112,7 @@ def test_warehouse_tables_become_people_and_events(
         "plan": "pro",
         "ltv": 1250.5,
         "signed_up": 1704272400,
-        "tags": '["a", "b"]',  # DuckDB's JSON type reflects as text through SQLAlchemy
+        "tags": ["a", "b"],
     }
     assert people[1]["attributes"] == {
         "account_no": 2,
@@ -218,12 +222,9 @@ def test_mapping_from_env_config(emulator: Emulator, make_pipeline, monkeypatch)
     [
         (None, "action"),
         ({"action": "upsert", "identifier": "uid"}, "action"),
-        ({"action": "identify", "identifier": "user_id"}, "identifier"),
-        ({"action": "identify", "identifier": "uid", "attributes": ["nope"]}, "attributes"),
-        (
-            {"action": "event", "identifier": "uid", "event_name": "x", "timestamp": "ts"},
-            "timestamp",
-        ),
+        ({"action": "identify"}, "identifier"),
+        ({"action": "identify", "identifier": "uid", "event_name": "x"}, "event_name"),
+        ({"action": "event", "identifier": "uid", "timestamp": "ts"}, "event_name"),
     ],
 )
 def test_bad_mapping_stops_the_load_before_any_request(
@@ -413,3 +414,198 @@ def test_destination_by_string_reference_with_env_config(
     assert [(p["identifiers"]["id"], p["attributes"]) for p in emulator.people] == [
         ("5", {"plan": "pro"})
     ]
+
+
+@pytest.mark.slow
+def test_a_status_nobody_documents_rejects_every_row_of_its_request(
+    httpx_mock: HTTPXMock, tmp_path: Path
+):
+    def answer(request: httpx.Request) -> httpx.Response:
+        ids = {op["identifiers"]["id"] for op in orjson.loads(request.content)["batch"]}
+        return httpx.Response(409 if "3" in ids else 200, json={})
+
+    httpx_mock.add_callback(with_region(answer), is_reusable=True)
+    resource = customerio_adapter(
+        dlt.resource([{"uid": i, "pad": "x" * 200} for i in range(10)], name="people"),
+        action="identify",
+        identifier="uid",
+    )
+    pipeline = dlt.pipeline(
+        "p409",
+        destination=customerio(
+            site_id="s", api_key="k", track_url="http://127.0.0.1:1", max_request_bytes=1_000
+        ),
+        pipelines_dir=str(tmp_path),
+        dev_mode=True,
+    )
+
+    info = pipeline.run(resource)
+
+    assert not info.has_failed_jobs
+    sent = [
+        op["identifiers"]["id"]
+        for r in httpx_mock.get_requests(method="POST")
+        for op in orjson.loads(r.content)["batch"]
+    ]
+    assert sorted(sent, key=int) == [str(i) for i in range(10)]
+    refused = {
+        op["identifiers"]["id"]
+        for r in httpx_mock.get_requests(method="POST")
+        if "3" in {o["identifiers"]["id"] for o in orjson.loads(r.content)["batch"]}
+        for op in orjson.loads(r.content)["batch"]
+    }
+    rejected = list(rejected_rows(pipeline))
+    assert sorted(r["row_key"] for r in rejected) == sorted(refused)
+    assert {r["reason"] for r in rejected} == {"http_409"}
+    assert 0 < len(refused) < 10
+    report = sync_report(pipeline).tables[0]
+    assert (report.accepted, report.rejected) == (10 - len(refused), len(refused))
+
+
+def _deep_json_text(levels: int) -> str:
+    return '{"k":' + "[" * (levels - 1) + "1" + "]" * (levels - 1) + "}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", ["dicts", "arrow"])
+def test_rows_json_cannot_carry_are_rejected_and_the_load_completes(
+    shape: str, emulator: Emulator, make_pipeline
+):
+    """An event table keyed by the whole row (no event_id, no primary key): a NaN or infinite
+    score (Arrow keeps them; dlt's JSONL writer makes them null), a whole float beyond 64 bits
+    (whole floats key as integers), and event data nested deeper than JSON writers go each
+    reject their own row only."""
+    rows = [
+        {"user_id": 1, "score": 1.5, "data": '{"a": 1}'},
+        {"user_id": 2, "score": 2.0**64, "data": None},
+        {"user_id": 3, "score": 2.5, "data": _deep_json_text(300)},
+        {"user_id": 4, "score": 3.5, "data": _deep_json_text(2_000)},
+        {"user_id": 5, "score": float("nan"), "data": None},
+        {"user_id": 6, "score": float("inf"), "data": None},
+    ]
+    data: Any = rows if shape == "dicts" else pa.Table.from_pylist(rows)
+    resource = customerio_adapter(
+        dlt.resource(data, name="scores"),
+        action="event",
+        identifier="user_id",
+        event_name="scored",
+        event_data_column="data",
+    )
+    pipeline = make_pipeline()
+
+    info = pipeline.run(resource)
+
+    assert not info.has_failed_jobs
+    assert not pipeline.has_pending_data
+    sent = sorted((e["identifiers"]["id"], e["attributes"]) for e in emulator.events)
+    rejected = sorted(
+        (r["row"]["user_id"], r["reason"], r["field"]) for r in rejected_rows(pipeline)
+    )
+    bad_data = [
+        (2, "invalid_event_id", "score"),
+        (3, "invalid_event_data", "data"),
+        (4, "invalid_event_data", "data"),
+    ]
+    good = [("1", {"a": 1, "score": 1.5})]
+    if shape == "arrow":
+        assert sent == good
+        assert rejected == [
+            *bad_data,
+            (5, "invalid_event_id", "score"),
+            (6, "invalid_event_id", "score"),
+        ]
+    else:  # dlt's JSONL writer turns NaN and inf into nulls: those rows arrive without a score
+        assert sent == [*good, ("5", {}), ("6", {})]
+        assert rejected == bad_data
+    assert all(r["row_key"].startswith("row:") for r in rejected_rows(pipeline))
+
+
+@pytest.mark.slow
+def test_rejected_row_without_an_identifier_is_named_by_its_primary_key(
+    emulator: Emulator, make_pipeline
+):
+    rows = [{"id": 1, "email": "ada@example.com"}, {"id": 2, "email": None, "plan": "pro"}]
+    resource = customerio_adapter(
+        dlt.resource(rows, name="users", primary_key="id"),
+        action="identify",
+        identifier="email",
+        identifier_type="email",
+    )
+    pipeline = make_pipeline()
+
+    pipeline.run(resource)
+
+    assert [(r["row_key"], r["reason"], r["field"]) for r in rejected_rows(pipeline)] == [
+        ("2", "missing_identifier", "email")
+    ]
+
+
+def _absent_column_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "cio_destination" and "is not in the table's schema" in r.getMessage()
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", ["dicts", "arrow"])
+def test_a_mapped_column_null_in_every_row_is_not_a_mapping_error(
+    shape: str, emulator: Emulator, make_pipeline, caplog: pytest.LogCaptureFixture
+):
+    """dlt leaves a column out of the schema while it is NULL in every row of a load: the
+    load still completes, run after run, and warns once per load naming key and column."""
+    caplog.set_level("WARNING", logger="cio_destination")
+    pipeline = make_pipeline()
+
+    def users(names: list[str]) -> Any:
+        rows = [{"uid": i, "name": n, "plan": None, "seen": None} for i, n in enumerate(names)]
+        data: Any = rows if shape == "dicts" else pa.Table.from_pylist(rows)
+        return customerio_adapter(
+            dlt.resource(data, name="users"),
+            action="identify",
+            identifier="uid",
+            attributes=["name", "plan"],
+            timestamp="seen",
+        )
+
+    for run, names in enumerate((["Ada", "Grace"], ["Alan"])):
+        info = pipeline.run(users(names))
+
+        assert not info.has_failed_jobs
+        assert not pipeline.has_pending_data
+        assert len(_absent_column_warnings(caplog)) == 2 * (run + 1)
+    assert sorted((p["identifiers"]["id"], p["attributes"]) for p in emulator.people) == [
+        ("0", {"name": "Alan"}),
+        ("1", {"name": "Grace"}),
+    ]
+    warnings = _absent_column_warnings(caplog)
+    assert "table users: timestamp column 'seen'" in warnings[0]
+    assert "table users: attributes column 'plan'" in warnings[1]
+    assert not any(name in w for w in warnings for name in ("Ada", "Grace", "Alan"))
+
+
+@pytest.mark.slow
+def test_an_identifier_null_in_every_row_rejects_the_rows_and_later_runs_go_on(
+    emulator: Emulator, make_pipeline
+):
+    pipeline = make_pipeline()
+
+    def signups(rows: list[dict]) -> Any:
+        return customerio_adapter(
+            dlt.resource(rows, name="signups", primary_key="id"),
+            action="event",
+            identifier="email",
+            identifier_type="email",
+            event_name="signed_up",
+        )
+
+    first = pipeline.run(signups([{"id": 1, "email": None}, {"id": 2, "email": None}]))
+    second = pipeline.run(signups([{"id": 3, "email": "ada@example.com"}]))
+
+    assert not first.has_failed_jobs and not second.has_failed_jobs
+    assert sorted((r["row_key"], r["reason"], r["field"]) for r in rejected_rows(pipeline)) == [
+        ("1", "missing_identifier", "email"),
+        ("2", "missing_identifier", "email"),
+    ]
+    assert [e["identifiers"] for e in emulator.events] == [{"email": "ada@example.com"}]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from pathlib import Path
 
 import dlt
 import httpx
 import pytest
+from dlt.common.destination.exceptions import DestinationTerminalException
 from dlt.pipeline.exceptions import PipelineStepFailed
 from pytest_httpx import HTTPXMock
 
@@ -106,3 +109,50 @@ def test_the_region_is_checked_on_every_load(httpx_mock: HTTPXMock, tmp_path: Pa
 
     assert 'set region = "eu"' in str(raised.value)
     assert len(httpx_mock.get_requests(method="POST")) == 1  # only the first load's batch
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_an_unreachable_customerio_stops_the_load_at_the_first_refusal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    url = f"http://127.0.0.1:{closed_port()}"
+    pipeline = pipeline_for(tmp_path, track_url=url)
+    caplog.set_level(logging.DEBUG, logger="cio_destination")
+
+    with pytest.raises(PipelineStepFailed) as raised:
+        pipeline.run([people("a", 5), people("b", 5)])
+
+    assert isinstance(raised.value.exception, DestinationTerminalException)  # dlt did not retry
+    message = str(raised.value)
+    assert f"cannot connect to Customer.io Track API at {url} (" in message
+    assert "check destination.customerio.track_url" in message
+    assert [r for r in caplog.records if r.name == "cio_destination"] == []  # no retries
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("region", ["us", "eu", "auto"])
+def test_the_region_is_compared_with_track_url_set(tmp_path: Path, region: str):
+    with Emulator(site_id=SITE_ID, api_key=API_KEY, region="eu") as eu:
+        pipeline = dlt.pipeline(
+            f"wrong_region_{region}",
+            destination=customerio(
+                site_id=SITE_ID, api_key=API_KEY, track_url=eu.url, region=region
+            ),
+            pipelines_dir=str(tmp_path),
+            dev_mode=True,
+        )
+        if region == "us":
+            with pytest.raises(PipelineStepFailed) as raised:
+                pipeline.run(people("a", 5))
+            assert "in the 'eu' region" in str(raised.value)
+            assert 'set region = "eu"' in str(raised.value)
+            assert [r.path for r in eu.requests] == ["/api/v1/accounts/region"]
+        else:  # "auto" adopts the workspace's region and keeps the URL
+            pipeline.run(people("a", 5))
+            assert len(eu.people) == 5

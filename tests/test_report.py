@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import dlt
+from typing import Any
 
-from cio_destination import customerio_adapter, dry_run, sync_report
+import dlt
+import pyarrow as pa
+import pytest
+
+from cio_destination import customerio_adapter, dry_run, rejected_rows, sync_report
 from cio_destination.emulator import Emulator
 from cio_destination.report import mask_payload
 
@@ -142,3 +146,64 @@ def test_masking_keeps_structure_and_hides_values():
             "vip": "<bool>",
         },
     }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", ["dicts", "arrow"])
+def test_a_row_sent_without_an_oversized_attribute_is_accepted_and_its_drop_recorded(
+    shape: str, emulator: Emulator, make_pipeline
+):
+    rows = [
+        {"email": "ada@example.com", "bio": "b" * 1_001, "plan": "pro"},
+        {"email": "grace@example.com", "bio": "short", "plan": "free"},
+        {"email": "not-an-email", "bio": "short", "plan": "free"},
+    ]
+    data: Any = rows if shape == "dicts" else pa.Table.from_pylist(rows)
+    resource = customerio_adapter(
+        dlt.resource(data, name="people"),
+        action="identify",
+        identifier="email",
+        identifier_type="email",
+        oversized_attribute="drop_attribute",
+    )
+    pipeline = make_pipeline()
+
+    pipeline.run(resource)
+
+    assert {p["identifiers"]["email"]: p["attributes"] for p in emulator.people} == {
+        "ada@example.com": {"plan": "pro"},
+        "grace@example.com": {"bio": "short", "plan": "free"},
+    }
+    records = sorted((r["row_key"], r["reason"], r["field"]) for r in rejected_rows(pipeline))
+    assert records == [
+        ("ada@example.com", "attribute_dropped", "bio"),
+        ("not-an-email", "invalid_identifier", "email"),
+    ]
+    report = sync_report(pipeline).tables[0]
+    assert (report.rows_in, report.accepted, report.rejected) == (3, 2, 1)
+    assert report.rejected_by_reason == {"invalid_identifier": 1}
+    assert report.attributes_dropped == 1
+    assert "sent 1 x without an attribute over the value limit" in str(sync_report(pipeline))
+
+
+@pytest.mark.slow
+def test_with_changes_only_a_dropped_attribute_is_cleared_as_a_null_would_be(
+    emulator: Emulator, make_pipeline
+):
+    def people(bio: str):
+        return customerio_adapter(
+            dlt.resource([{"uid": 1, "bio": bio, "plan": "pro"}], name="people"),
+            action="identify",
+            identifier="uid",
+            changes_only=True,
+            oversized_attribute="drop_attribute",
+        )
+
+    pipeline = make_pipeline()
+    pipeline.run(people("short"))
+    pipeline.run(people("b" * 1_001))
+
+    assert [p["attributes"] for p in emulator.people] == [{"plan": "pro"}]  # bio cleared
+    assert [(r["reason"], r["field"]) for r in rejected_rows(pipeline)] == [
+        ("attribute_dropped", "bio")
+    ]

@@ -9,15 +9,18 @@ import random
 import string
 from decimal import Decimal
 
+import orjson
 import pyarrow as pa
 import pytest
 
 from cio_destination._values import (
+    MAX_NESTING,
     ValueProblem,
     canonical_key,
     datetime_to_unix,
     deterministic_ulid,
     parse_json_object,
+    recordable_json,
     to_json_value,
     to_unix_seconds,
 )
@@ -495,3 +498,117 @@ def test_canonical_key_same_for_dict_and_arrow_rows():
         deterministic_ulid("orders", canonical_key([row[c] for c in key_columns]))
         for row in dict_rows
     ]
+
+
+# --- values JSON cannot carry: non-finite, beyond 64 bits, nested too deep ------------------------
+
+
+def nested(levels: int, leaf: object = 1) -> object:
+    """`levels` containers, dicts and lists in turn, around `leaf` (built without recursion)."""
+    value = leaf
+    for level in range(levels):
+        value = {"k": value} if level % 2 else [value]
+    return value
+
+
+def nested_text(levels: int) -> str:
+    return '{"k":' * levels + "1" + "}" * levels
+
+
+def levels_of(value: object) -> int:
+    depth = 0
+    while isinstance(value, (dict, list)):
+        depth += 1
+        value = value["k"] if isinstance(value, dict) else value[0]
+    return depth
+
+
+def test_to_json_value_takes_values_nested_up_to_the_limit():
+    assert levels_of(to_json_value(nested(MAX_NESTING))) == MAX_NESTING
+    assert levels_of(to_json_value(parse_json_object(nested_text(MAX_NESTING)))) == MAX_NESTING
+
+
+@pytest.mark.parametrize("levels", [MAX_NESTING + 1, 300, 1_100, 5_000])
+def test_to_json_value_refuses_deeper_values_without_recursing_into_them(levels: int):
+    with pytest.raises(ValueProblem, match=f"nested deeper than {MAX_NESTING} levels"):
+        to_json_value(nested(levels))
+
+
+@pytest.mark.parametrize("levels", [300, 1_100, 5_000])
+def test_parse_json_object_of_deep_text_is_a_value_problem(levels: int):
+    with pytest.raises(ValueProblem, match=f"nested deeper than {MAX_NESTING} levels"):
+        to_json_value(parse_json_object(nested_text(levels)))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(2.0**63, b"[9223372036854775808]", id="uint64-range"),
+        pytest.param(-(2.0**63), b"[-9223372036854775808]", id="int64-minimum"),
+    ],
+)
+def test_canonical_key_of_whole_floats_within_64_bits_is_the_integer(value: float, expected):
+    assert canonical_key([value]) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(float("nan"), id="nan"),
+        pytest.param(float("inf"), id="inf"),
+        pytest.param(2**64, id="int-beyond-64-bits"),
+        pytest.param(2.0**64, id="whole-float-beyond-64-bits"),
+        pytest.param(-1e300, id="whole-float-far-beyond-64-bits"),
+        pytest.param(nested(MAX_NESTING + 1), id="too-deep"),
+        pytest.param(nested(5_000), id="far-too-deep"),
+    ],
+)
+def test_canonical_key_of_a_value_without_a_key_is_a_value_problem(value: object):
+    with pytest.raises(ValueProblem):
+        canonical_key([value])
+
+
+def test_decimal_beyond_the_double_range_is_refused_not_sent_as_null():
+    # float(Decimal("1e400")) is inf, which orjson would write as null
+    with pytest.raises(ValueProblem, match="not a finite number"):
+        to_json_value(Decimal("1e400"))
+    with pytest.raises(ValueProblem):
+        to_unix_seconds(Decimal("1e400"))  # a ValueError from int(nan) before
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param({"a": 1, "b": [1.5, None]}, {"a": 1, "b": [1.5, None]}, id="plain"),
+        pytest.param({"big": 2**70, "neg": -(2**70)}, {"big": str(2**70), "neg": str(-(2**70))}),
+        pytest.param(
+            {"x": float("nan"), "y": float("-inf")}, {"x": "nan", "y": "-inf"}, id="non-finite"
+        ),
+        pytest.param({"d": Decimal("1.50"), "b": b"hi"}, {"d": "1.50", "b": "aGk="}, id="types"),
+        pytest.param({7: "int key"}, {"7": "int key"}, id="non-str-key"),
+    ],
+)
+def test_recordable_json_writes_what_orjson_refuses(value: object, expected: object):
+    assert orjson.loads(recordable_json(value)) == expected
+
+
+@pytest.mark.parametrize("levels", [MAX_NESTING, MAX_NESTING + 1, 300, 1_100, 5_000])
+def test_recordable_json_keeps_deep_values_as_text_below_the_limit(levels: int):
+    value = nested(levels)
+
+    record = orjson.loads(recordable_json({"data": value}))
+
+    # readable back, and never deeper than a record written by dlt again can be
+    assert levels_of(record["data"]) <= MAX_NESTING
+    inner = record["data"]
+    for _ in range(min(levels, MAX_NESTING)):
+        if isinstance(inner, str):
+            break
+        inner = inner["k"] if isinstance(inner, dict) else inner[0]
+    if levels <= MAX_NESTING:
+        assert record["data"] == value
+    else:
+        assert isinstance(inner, str)
+        assert inner.startswith(("[", "{")) and inner.count("1") == 1
+        if levels < 1_000:  # orjson reads JSON up to 1024 levels
+            assert levels_of(orjson.loads(inner)) + MAX_NESTING == levels

@@ -11,14 +11,16 @@ What it emulates
 * ``GET /api/v1/accounts/region`` and the App API's ``POST /v1/send/email``.
 * State: people (attribute merge where ``""``/``null`` removes; an ``email`` attribute also sets
   the email identifier), event de-duplication by ULID ``id`` (case-insensitive) across v1 and v2,
-  suppression (later operations for a suppressed person are ignored), merge, devices, objects and
+  suppression (the profile is deleted and later operations naming its ``id``, ``email`` or the
+  suppressed identifier are ignored until unsuppressed), merge, devices, objects and
   relationships, transactional deliveries.  An identify whose ``timestamp`` is older than the
   newest one already applied to that person is dropped while the call still answers 200, as
   Customer.io may do; see :attr:`Emulator.stale_identifies`.
 * Faults (:class:`Faults`): latency, a sliding-window rate limit answered ``429`` with
   ``Retry-After``, random ``429``/``500``/``503``, dropped connections and lost responses.
 * Inspection without auth under ``/_emulator/`` (``state``, ``people``, ``events``,
-  ``deliveries``, ``objects``, ``relationships``, ``requests``, ``faults``, ``reset``).
+  ``deliveries``, ``objects``, ``relationships``, ``suppressions``, ``requests``, ``faults``,
+  ``reset``).
 
 What it does not emulate
 ------------------------

@@ -106,7 +106,10 @@ class Emulator:
 
     @property
     def people(self) -> list[dict[str, Any]]:
-        """People: ``{"identifiers", "attributes", "suppressed"}`` (+ ``"devices"`` when any)."""
+        """People: ``{"identifiers", "attributes"}`` (+ ``"devices"`` when any).
+
+        A suppressed person is not among them: Customer.io deletes the profile (see
+        :attr:`suppressions`)."""
         return self._backend.state.export("people")
 
     def find_person(
@@ -147,6 +150,12 @@ class Emulator:
         return self._backend.state.export("relationships")
 
     @property
+    def suppressions(self) -> list[dict[str, str]]:
+        """Suppressed identifiers, one ``{"id", "email", ...}`` per suppress that named them:
+        operations naming any of them are ignored until one of them is unsuppressed."""
+        return self._backend.state.export("suppressions")
+
+    @property
     def duplicate_events(self) -> int:
         """Events ignored because their ``id`` had been received before."""
         with self._backend.state.lock:
@@ -154,7 +163,7 @@ class Emulator:
 
     @property
     def ignored_ops(self) -> int:
-        """Valid operations that changed nothing: on suppressed people, unknown ``cio_id`` or
+        """Valid operations that changed nothing: on suppressed identifiers, unknown ``cio_id`` or
         ``cio_object_id``, or merges whose people do not both exist."""
         with self._backend.state.lock:
             return self._backend.state.ignored_ops

@@ -586,20 +586,27 @@ class Handler(BaseHTTPRequestHandler):
         return status, payload, "", ops, outcome
 
 
+_COLLECTIONS = (
+    "people",
+    "events",
+    "deliveries",
+    "merges",
+    "objects",
+    "relationships",
+    "suppressions",
+)
+
+
 def _inspect(backend: Backend, method: str, path: str, body: bytes) -> Result:
     """The ``/_emulator/*`` endpoints: no auth, never faulted, not logged."""
     name = path[len("/_emulator/") :].rstrip("/")
     state = backend.state
     if method == "GET":
         if name == "state":
-            doc = orjson.loads(
-                state.export_json(
-                    "people", "events", "deliveries", "merges", "objects", "relationships"
-                )
-            )
+            doc = orjson.loads(state.export_json(*_COLLECTIONS))
             doc["requests"] = backend.record_count()
             return 200, orjson.dumps(doc)
-        if name in ("people", "events", "deliveries", "merges", "objects", "relationships"):
+        if name in _COLLECTIONS:
             return 200, orjson.dumps(state.export(name))
         if name == "requests":
             return 200, orjson.dumps([r.to_dict() for r in backend.records()])

@@ -26,13 +26,12 @@ _EXPORT_KEYS = ("id", "email", "phone", "cio_id")
 
 
 class _Person:
-    __slots__ = ("attributes", "devices", "identifiers", "last_timestamp", "serial", "suppressed")
+    __slots__ = ("attributes", "devices", "identifiers", "last_timestamp", "serial")
 
     def __init__(self, serial: int, identifiers: dict[str, str]) -> None:
         self.serial = serial
         self.identifiers = identifiers
         self.attributes: dict[str, Any] = {}
-        self.suppressed = False
         self.devices: dict[str, dict[str, Any]] = {}
         self.last_timestamp: int | None = None
 
@@ -41,7 +40,6 @@ class _Person:
         out: dict[str, Any] = {
             "identifiers": {k: ids[k] for k in _EXPORT_KEYS if k in ids},
             "attributes": self.attributes,
-            "suppressed": self.suppressed,
         }
         if self.devices:
             out["devices"] = list(self.devices.values())
@@ -99,6 +97,8 @@ class State:
         self._people: dict[int, _Person] = {}
         self._index: dict[str, dict[str, _Person]] = {k: {} for k in PERSON_IDENTIFIER_KEYS}
         self._device_owner: dict[str, _Person] = {}
+        # each suppressed (identifier key, value) -> every identifier suppressed with it
+        self._suppressed: dict[tuple[str, str], dict[str, str]] = {}
         self._objects: dict[tuple[str, str], _Object] = {}
         self._objects_by_cio: dict[str, _Object] = {}
         # (person serial, object_type_id, object_id) -> relationship attributes
@@ -129,9 +129,12 @@ class State:
     def _resolve(self, key: str, value: str, *, create: bool) -> _Person | None:
         """The person the identifier names, created if allowed; ``None`` when the op is ignored.
 
-        Suppressed people ignore operations; an unknown ``cio_id`` cannot be created (Customer.io
-        assigns those).  Both count in :attr:`ignored_ops`.
+        Operations on a suppressed identifier are ignored; an unknown ``cio_id`` cannot be
+        created (Customer.io assigns those).  Both count in :attr:`ignored_ops`.
         """
+        if (key, value) in self._suppressed:
+            self.ignored_ops += 1
+            return None
         person = self._index[key].get(value)
         if person is None:
             if not create or key == "cio_id":
@@ -139,9 +142,6 @@ class State:
                     self.ignored_ops += 1
                 return None
             return self._create(key, value)
-        if person.suppressed:
-            self.ignored_ops += 1
-            return None
         return person
 
     def _set_identifier(self, person: _Person, key: str, value: str) -> None:
@@ -149,7 +149,7 @@ class State:
         if person.identifiers.get(key) == value:
             return
         index = self._index[key]
-        if value in index:
+        if value in index or (key, value) in self._suppressed:
             return  # identifier conflict: Customer.io refuses the change
         old = person.identifiers.get(key)
         if old is not None:
@@ -222,10 +222,10 @@ class State:
         timestamp: int | None,
         attributes: dict[str, Any],
     ) -> None:
-        existing = self._index[key].get(value)
-        if existing is not None and existing.suppressed:
+        if (key, value) in self._suppressed:
             self.ignored_ops += 1
             return
+        existing = self._index[key].get(value)
         if existing is None and key == "cio_id":
             self.ignored_ops += 1
             return
@@ -249,32 +249,43 @@ class State:
         )
 
     def delete_person(self, key: str, value: str) -> None:
+        if (key, value) in self._suppressed:
+            self.ignored_ops += 1
+            return
         person = self._index[key].get(value)
         if person is None:
-            return
-        if person.suppressed:
-            self.ignored_ops += 1
             return
         self._remove_person(person)
 
-    def _suppress(self, key: str, value: str, suppressed: bool) -> None:
+    def _suppress(self, key: str, value: str) -> None:
+        """Customer.io's suppress: the profile is deleted, attributes and all, and its ``id`` and
+        ``email`` (and the identifier named) can never come back until unsuppressed."""
+        if (key, value) in self._suppressed:
+            return
         person = self._index[key].get(value)
-        if person is None:
-            if not suppressed:
-                return
-            if key == "cio_id":
-                self.ignored_ops += 1
-                return
-            person = self._create(key, value)
-        person.suppressed = suppressed
+        if person is None and key == "cio_id":
+            self.ignored_ops += 1
+            return
+        suppressed = {key: value}
+        if person is not None:
+            suppressed.update((k, v) for k, v in person.identifiers.items() if k in ("id", "email"))
+            self._remove_person(person)
+        for pair in suppressed.items():
+            self._suppressed[pair] = suppressed
+
+    def _unsuppress(self, key: str, value: str) -> None:
+        """Every identifier suppressed together becomes available again; the profile stays
+        deleted (a later identify creates a new person)."""
+        suppressed = self._suppressed.get((key, value))
+        if suppressed is None:
+            return
+        for pair in suppressed.items():
+            self._suppressed.pop(pair, None)
 
     def _merge(self, primary_ids: dict[str, Any], secondary_ids: dict[str, Any]) -> None:
         primary = self._lookup(*normalize_person_identifier(primary_ids))
         secondary = self._lookup(*normalize_person_identifier(secondary_ids))
         if primary is None or secondary is None or primary is secondary:
-            self.ignored_ops += 1
-            return
-        if primary.suppressed or secondary.suppressed:
             self.ignored_ops += 1
             return
         for name, value in secondary.attributes.items():
@@ -414,9 +425,9 @@ class State:
         elif action == "delete":
             self.delete_person(key, value)
         elif action == "suppress":
-            self._suppress(key, value, True)
+            self._suppress(key, value)
         elif action == "unsuppress":
-            self._suppress(key, value, False)
+            self._unsuppress(key, value)
         elif action == "add_device":
             person = self._resolve(key, value, create=True)
             if person is not None:
@@ -503,11 +514,14 @@ class State:
             return [o.export() for o in self._objects.values()]
         if what == "relationships":
             return self._export_relationships()
+        if what == "suppressions":
+            groups = {id(group): group for group in self._suppressed.values()}
+            return [{k: g[k] for k in _EXPORT_KEYS if k in g} for g in groups.values()]
         raise KeyError(what)
 
     def export(self, what: str) -> Any:
-        """A deep copy of ``people``, ``events``, ``deliveries``, ``merges``, ``objects`` or
-        ``relationships``."""
+        """A deep copy of ``people``, ``events``, ``deliveries``, ``merges``, ``objects``,
+        ``relationships`` or ``suppressions``."""
         with self.lock:
             data = orjson.dumps(self._exported(what))
         return orjson.loads(data)
