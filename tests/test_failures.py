@@ -182,7 +182,11 @@ def test_dlts_records_of_this_destinations_errors_keep_one_line():
     ("setup", "expected", "key"),
     [
         ({"api_key": "revoked"}, CredentialsError, "destination.customerio.api_key"),
-        ({"mapping": {"identifier": "nope"}}, MappingError, "key 'identifier'"),
+        (
+            {"tables": {"people": {"action": "identify", "identifier": "uid", "bogus_key": 1}}},
+            MappingError,
+            "key 'bogus_key'",
+        ),
         ({"faults": True, "max_attempts": 1}, CustomerioTransientError, "next run resumes it"),
     ],
     ids=["credentials", "mapping", "transient"],
@@ -192,13 +196,12 @@ def test_the_destination_error_is_found_behind_dlts_wrappers(
 ):
     monkeypatch.setenv("LOAD__RAISE_ON_MAX_RETRIES", "1")
     setup = dict(setup)
-    mapping = setup.pop("mapping", {})
     if setup.pop("faults", False):
         emulator.set_faults(Faults(error_rate=1.0))
     pipeline = make_pipeline(**setup)
 
     with pytest.raises(PipelineStepFailed) as raised:
-        pipeline.run(people(**mapping))
+        pipeline.run(people())
 
     error = customerio_error(raised.value)
     assert type(error) is expected
@@ -325,7 +328,7 @@ def unmapped_users(project: Path) -> None:
     text = config.read_text()
     mapped = '[destination.customerio.tables.users]\naction = "identify"\nidentifier = "email"'
     assert mapped in text
-    config.write_text(text.replace(mapped, mapped.replace('"email"', '"no_such_column"')))
+    config.write_text(text.replace(mapped, mapped + '\nno_such_key = "email"'))
 
 
 @pytest.mark.slow
@@ -355,7 +358,7 @@ def test_sync_exits_2_with_one_line_for_a_mapping_error_inside_the_load(
     result = run_script("warehouse_to_customerio.py", project, emulator, "--progress", "none")
 
     assert_one_line(
-        result, 2, "configuration error:", "table 'users', key 'identifier'", "no_such_column"
+        result, 2, "configuration error:", "table 'users', key 'no_such_key'", "not a mapping key"
     )
     assert [r for r in emulator.requests if r.path == "/api/v2/batch"] == []
 
