@@ -137,6 +137,8 @@ def test_to_unix_seconds_iso_strings(value, expected):
         pytest.param(T + 0.75, id="s-float-fraction"),
         pytest.param(Decimal(T), id="s-decimal"),
         pytest.param(Decimal(f"{T}.5"), id="s-decimal-fraction"),
+        # more digits than a double keeps: float() would round up into the next second
+        pytest.param(Decimal(f"{T}.9999999999"), id="s-decimal-last-fraction"),
         pytest.param(str(T), id="s-digits"),
         pytest.param(f" {T} ", id="s-digits-whitespace"),
         # milliseconds
@@ -144,6 +146,7 @@ def test_to_unix_seconds_iso_strings(value, expected):
         pytest.param(T * 1_000 + 999, id="ms-int-fraction"),
         pytest.param(float(T * 1_000 + 123), id="ms-float"),
         pytest.param(Decimal(T * 1_000 + 456), id="ms-decimal"),
+        pytest.param(Decimal(f"{T * 1_000 + 999}.99999999"), id="ms-decimal-last-fraction"),
         pytest.param(str(T * 1_000 + 789), id="ms-digits"),
         # microseconds
         pytest.param(T * 1_000_000, id="us-int"),
@@ -195,6 +198,8 @@ def test_to_unix_seconds_epoch_numbers_in_any_unit(value):
         pytest.param(Decimal("NaN"), id="decimal-nan"),
         pytest.param(Decimal("sNaN"), id="decimal-snan"),
         pytest.param(Decimal("Infinity"), id="decimal-inf"),
+        pytest.param(Decimal("1E+400"), id="decimal-past-double"),
+        pytest.param(Decimal("1E+100000000"), id="decimal-huge-exponent"),
         pytest.param(None, id="none"),
         pytest.param([T], id="list"),
         pytest.param({"t": T}, id="dict"),
