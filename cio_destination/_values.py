@@ -18,6 +18,7 @@ import orjson
 
 _UTC = dt.timezone.utc
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+_NAIVE_EPOCH = dt.datetime(1970, 1, 1)
 
 # Epoch numbers are told apart by magnitude: seconds stay below 1e11 until the year 5138, and
 # ms / us / ns values of any date after 1973 are above the next threshold.
@@ -30,6 +31,9 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _DIGITS = re.compile(r"[0-9]+")
 # Customer.io timestamps are unix seconds from 1970 up to the end of year 9999.
 _MAX_UNIX = 253_402_300_799
+_OUT_OF_RANGE = "outside the years 1970 to 9999 that Customer.io timestamps cover"
+# the integer digits of the largest epoch number of those years (in nanoseconds), less one
+_MOST_EPOCH_DIGITS = len(str(_MAX_UNIX * 1_000_000_000)) - 1
 # orjson (and JSON consumers in general) take integers in the signed/unsigned 64-bit range.
 _MIN_INT = -(2**63)
 _MAX_INT = 2**64 - 1
@@ -43,12 +47,20 @@ class ValueProblem(ValueError):
 
 
 def datetime_to_unix(value: dt.datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=_UTC)
-    return math.floor(value.timestamp())
+    """The unix second a datetime (naive ones are UTC) falls in, as the columnar path counts it.
+
+    Integer arithmetic: a float `timestamp()` of a far-future time keeps too few digits, and
+    rounds 999,999 microseconds up into the next second (9999-12-31T23:59:59.999999 left the
+    range Customer.io takes).
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        delta = value - _NAIVE_EPOCH
+    else:
+        delta = value - _EPOCH
+    return delta.days * 86_400 + delta.seconds
 
 
-def _epoch_number_to_unix(number: float) -> int:
+def _epoch_number_to_unix(number: int | float) -> int:
     magnitude = abs(number)
     if magnitude >= _NS_FROM:
         return int(number // 1_000_000_000)
@@ -91,7 +103,11 @@ def to_unix_seconds(value: Any) -> int:
         if isinstance(value, Decimal):
             if not value.is_finite():
                 raise ValueProblem("not a finite number")
-            value = float(value)  # a Decimal beyond the double range becomes inf
+            if value.adjusted() > _MOST_EPOCH_DIGITS:  # no second of 1970-9999, in any unit
+                raise ValueProblem(_OUT_OF_RANGE)
+            # exact: float() keeps too few digits, 1700000000.9999999999 would round up a
+            # second (and the whole number is all the unit division needs)
+            value = math.floor(value)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueProblem("not a finite number")
         seconds = _epoch_number_to_unix(value)
@@ -104,7 +120,7 @@ def to_unix_seconds(value: Any) -> int:
     else:
         raise ValueProblem(f"a {type(value).__name__} is not a timestamp")
     if not 0 <= seconds <= _MAX_UNIX:
-        raise ValueProblem("outside the years 1970 to 9999 that Customer.io timestamps cover")
+        raise ValueProblem(_OUT_OF_RANGE)
     return seconds
 
 

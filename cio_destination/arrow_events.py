@@ -22,6 +22,7 @@ from cio_destination._values import _MAX_UNIX, ULID_PAIR_SHIFTS, ULID_PAIRS, ULI
 from cio_destination.arrow_path import (
     _NOT_SPACE,
     _UNITS,
+    COLUMNAR_PATH,
     _any_byte_outside,
     _attribute_pieces,
     _float_text,
@@ -36,10 +37,11 @@ from cio_destination.arrow_path import (
     identifier_flags,
     identifier_text,
     join_pieces,
+    midnight_seconds,
     rows_to_batch,
     timestamp_pieces,
 )
-from cio_destination.operations import Mapped, Row, RowMapper, gc_paused
+from cio_destination.operations import Mapped, Row, RowMapper, floor_divide, gc_paused
 
 NAMED_ACTIONS = ("event", "page", "screen")
 _ATTRIBUTES_HEAD = ',"attributes":'
@@ -52,6 +54,8 @@ def map_named_batch(mapper: RowMapper, batch: Any, source_rows: list[Row] | None
     batch = as_record_batch(batch)
     if batch is None:
         return Mapped([], [], 0)
+    if not COLUMNAR_PATH.enabled:
+        return by_row_path(mapper, batch, source_rows)
     with gc_paused():
         return _map_named_batch(mapper, batch, source_rows)
 
@@ -59,6 +63,8 @@ def map_named_batch(mapper: RowMapper, batch: Any, source_rows: list[Row] | None
 def map_named_rows(mapper: RowMapper, rows: list[Row], columns: dict[str, Any]) -> Mapped:
     """Event / page / screen operations for dict rows, identical to `mapper.map_rows(rows)`:
     through the columnar path when `rows_to_batch` can make them a batch of the columns used."""
+    if not COLUMNAR_PATH.enabled:
+        return mapper.map_rows(rows)
     mapping = mapper.mapping
     compiled = mapper.compiled
     wanted: list[str | None]
@@ -237,10 +243,10 @@ def _canonical_text(column: Any, flags: list[Any]) -> Any | None:
         return pc.cast(column, pa.string())
     if pa.types.is_boolean(kind):
         return pc.if_else(column, "true", "false")
-    if pa.types.is_date32(kind):  # a date is its midnight's unix seconds
-        return pc.cast(
-            pc.multiply(pc.cast(pc.cast(column, pa.int32()), pa.int64()), 86_400), pa.string()
-        )
+    if pa.types.is_date32(kind) or pa.types.is_date64(kind):  # its midnight's unix seconds
+        return pc.cast(midnight_seconds(column), pa.string())
+    if pa.types.is_null(kind):
+        return pa.nulls(len(column), pa.string())
     if pa.types.is_floating(kind):
         values = pc.cast(column, pa.float64())
         flags.append(pc.invert(pc.is_finite(values)))
@@ -248,14 +254,19 @@ def _canonical_text(column: Any, flags: list[Any]) -> Any | None:
         flags.append(pc.and_(pc.equal(pc.floor(values), values), pc.invert(whole)))
         as_int = pc.cast(pc.cast(pc.if_else(whole, values, 0.0), pa.int64()), pa.string())
         return pc.if_else(whole, as_int, _float_text(values))  # whole floats key as integers
-    if pa.types.is_timestamp(kind) and kind.unit in ("s", "ms", "us"):
+    if pa.types.is_timestamp(kind):
         return _iso_text(column, flags)
     return None
 
 
 def _iso_text(column: Any, flags: list[Any]) -> Any:
-    """`datetime.astimezone(UTC).isoformat()` of each timestamp (naive ones are UTC), in quotes."""
-    micros = pc.multiply(pc.cast(column, pa.int64()), 1_000_000 // _UNITS[column.type.unit])
+    """`datetime.astimezone(UTC).isoformat()` of each timestamp (naive ones are UTC), in quotes;
+    nanoseconds are rounded down to the microsecond, as the row path's datetimes are."""
+    raw = pc.cast(column, pa.int64())
+    if column.type.unit == "ns":
+        micros = floor_divide(raw, 1_000)
+    else:
+        micros = pc.multiply(raw, 1_000_000 // _UNITS[column.type.unit])
     seconds = pc.divide(micros, 1_000_000)
     # 1970 to 9999 only: integer division and four-digit years need no care there
     flags.append(pc.or_(pc.less(micros, 0), pc.greater(seconds, _MAX_UNIX)))

@@ -13,7 +13,10 @@ operations stay in Arrow (an `EntryBlock`) until the request bodies are joined.
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import sys
+import threading
 from array import array
 from collections.abc import Callable
 from decimal import Decimal
@@ -29,14 +32,42 @@ from cio_destination._values import _MAX_UNIX, ValueProblem, to_unix_seconds
 from cio_destination.blocks import EntryBlock
 from cio_destination.operations import (
     _PHONE,
+    UNITS_PER_SECOND,
     Mapped,
     Row,
     RowMapper,
+    floor_divide,
     gc_paused,
     rows_from_arrow,
 )
 
-_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+_UNITS = UNITS_PER_SECOND
+
+
+class ColumnarPath:
+    """Whether the columnar paths run, and how many rows' operations they have written.
+
+    Switched off (`enabled = False`, or `CIO_DESTINATION_COLUMNAR=0` in the environment of the
+    process), every row takes the row path, which must give the same operations and rejections
+    byte for byte; tests compare the two and read `rows` to know the columnar path really ran.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = os.environ.get("CIO_DESTINATION_COLUMNAR", "1") != "0"
+        self._rows = 0
+        self._lock = threading.Lock()
+
+    @property
+    def rows(self) -> int:
+        """Rows whose operations Arrow kernels wrote, since the process started."""
+        return self._rows
+
+    def wrote(self, rows: int) -> None:
+        with self._lock:
+            self._rows += rows
+
+
+COLUMNAR_PATH = ColumnarPath()
 
 
 def _is_text(kind: pa.DataType) -> bool:
@@ -47,20 +78,26 @@ def _is_temporal(kind: pa.DataType) -> bool:
     return pa.types.is_timestamp(kind) or pa.types.is_date32(kind) or pa.types.is_date64(kind)
 
 
+def midnight_seconds(column: Any) -> Any:
+    """Unix seconds of the midnight (UTC) of each date of a date32 or date64 column.
+
+    A date64 holds milliseconds and may hold a time of day (Arrow's spec says it should not):
+    the row path's `datetime.date` is the day it falls in, so whole days are counted here too.
+    """
+    if pa.types.is_date32(column.type):
+        days = pc.cast(pc.cast(column, pa.int32()), pa.int64())
+    else:
+        days = floor_divide(pc.cast(pc.cast(column, pa.timestamp("ms")), pa.int64()), 86_400_000)
+    return pc.multiply(days, 86_400)
+
+
 def _floor_seconds(column: Any) -> Any:
     """Unix seconds (floored, as the row path floors) of a timestamp or date column."""
     kind = column.type
-    if pa.types.is_date32(kind):
-        return pc.multiply(pc.cast(pc.cast(column, pa.int32()), pa.int64()), 86_400)
-    if pa.types.is_date64(kind):
-        raw, unit = pc.cast(pc.cast(column, pa.timestamp("ms")), pa.int64()), 1_000
-    else:
-        raw, unit = pc.cast(column, pa.int64()), _UNITS[kind.unit]
-    if unit == 1:
-        return raw
-    quotient = pc.divide(raw, unit)  # integer division truncates toward zero
-    behind = pc.and_(pc.less(raw, 0), pc.not_equal(pc.multiply(quotient, unit), raw))
-    return pc.subtract(quotient, pc.cast(behind, pa.int64()))
+    if not pa.types.is_timestamp(kind):
+        return midnight_seconds(column)
+    raw, unit = pc.cast(column, pa.int64()), _UNITS[kind.unit]
+    return raw if unit == 1 else floor_divide(raw, unit)
 
 
 # -- JSON text of whole columns ------------------------------------------------------------------
@@ -116,22 +153,27 @@ def _float_text(column: Any) -> Any:
     return pc.replace_with_mask(text, unlike, pa.array(written, pa.string()))
 
 
-def _decimal_text(column: Any, flags: list[Any]) -> Any:
+# Arrow's text of a decimal: plain digits, or below 1e-6 an exponent, where only 0 is whole
+_WHOLE_DECIMAL = r"^-?[0-9]+(\.0+)?$|^0E-[0-9]+$"
+_WHOLE_DECIMAL_TAIL = r"\.0+$|E-[0-9]+$"
+
+
+def _decimal_text(column: Any, flags: list[Any]) -> Any | None:
     """`decimal_to_number`'s JSON of each decimal: whole values as integers, others as the
-    nearest double (parsed from the decimal's exact text, as `float(Decimal)` does)."""
-    # room for the integer digits `floor` may add (decimal(2, 2) cannot hold 1)
-    if pa.types.is_decimal128(column.type) and column.type.scale < 38:
-        column = pc.cast(column, pa.decimal128(38, column.type.scale))
-    else:
-        column = pc.cast(column, pa.decimal256(76, column.type.scale))
-    kind = column.type
-    whole = pc.equal(pc.floor(column), column)
-    zero = pa.scalar(Decimal(0), kind)
-    scaled = (pa.decimal256 if pa.types.is_decimal256(kind) else pa.decimal128)(kind.precision, 0)
-    digits = pc.cast(pc.cast(pc.if_else(whole, column, zero), scaled), pa.string())
+    nearest double (parsed from the decimal's exact text, as `float(Decimal)` does); None for
+    a negative scale (the row path writes those).
+
+    Both are read from the exact text: Arrow's decimal arithmetic is not exact everywhere
+    (its floor of a decimal128(38, 18) near 2**64 is off by billions).
+    """
+    if column.type.scale < 0:
+        return None
+    text = pc.cast(column, pa.string())
+    whole = pc.match_substring_regex(text, _WHOLE_DECIMAL)
+    digits = pc.replace_substring_regex(text, _WHOLE_DECIMAL_TAIL, "")
     # whole values from 18 digits up may leave the 64-bit range: the row path decides those
     flags.append(pc.and_(whole, pc.greater_equal(pc.binary_length(digits), 19)))
-    nearest = _float_text(pc.cast(pc.cast(column, pa.string()), pa.float64()))
+    nearest = _float_text(pc.cast(text, pa.float64()))
     return pc.if_else(whole, digits, nearest)
 
 
@@ -206,6 +248,8 @@ def map_identify_batch(
     batch = as_record_batch(batch)
     if batch is None:
         return Mapped([], [], 0)
+    if not COLUMNAR_PATH.enabled:
+        return by_row_path(mapper, batch, source_rows)
     with gc_paused():
         return _map_identify_batch(mapper, batch, source_rows)
 
@@ -227,12 +271,35 @@ _INFERRED = {
     "date": pa.types.is_date32,
     "decimal": pa.types.is_decimal,
 }
+# the Python type (and its subtypes but these) typed-jsonl gives for each of those dlt types:
+# pyarrow converts a value of another type to fit the column (1 to 1.0 in a double column, a
+# datetime to its date in a date one), where the row path sends the value as it is
+_PYTHON_TYPES: dict[str, tuple[type, tuple[type, ...]]] = {
+    "text": (str, ()),
+    "bigint": (int, (bool,)),
+    "double": (float, ()),
+    "bool": (bool, ()),
+    "timestamp": (dt.datetime, ()),
+    "date": (dt.date, (dt.datetime,)),
+    "decimal": (Decimal, ()),
+}
+
+
+def _of_type(values: list[Any], data_type: str) -> bool:
+    """Whether every value (or None) has the Python type typed-jsonl gives for `data_type`."""
+    allowed, excluded = _PYTHON_TYPES[data_type]
+    return all(
+        kind is type(None) or (issubclass(kind, allowed) and not issubclass(kind, excluded))
+        for kind in set(map(type, values))
+    )
 
 
 def map_identify_rows(mapper: RowMapper, rows: list[Row], columns: dict[str, Any]) -> Mapped:
     """Identify operations for dict rows (as dlt's typed-jsonl gives them), identical to
     `mapper.map_rows(rows)`: through the columnar path when `rows_to_batch` can make them a
     batch of the mapped columns."""
+    if not COLUMNAR_PATH.enabled:
+        return mapper.map_rows(rows)
     mapping = mapper.mapping
     wanted = [mapping.identifier, *mapper.compiled.attribute_columns, mapping.timestamp]
     batch = None if mapping.clear_nulls else rows_to_batch(mapper, rows, columns, wanted)
@@ -246,9 +313,9 @@ def rows_to_batch(
 ) -> Any | None:
     """The `wanted` columns of dict rows as a RecordBatch, or None when they cannot all be.
 
-    Each column must have a plain dlt type, and the type pyarrow infers from the values must
-    be that type: a value of another kind (a float in a bigint column, bytes in a text one)
-    makes None rather than be converted."""
+    Each column must have a plain dlt type, its values the Python type typed-jsonl gives for
+    it, and the type pyarrow infers from them that type: a value of another kind (an int in a
+    double column, bytes in a text one) makes None rather than be converted."""
     if not rows:
         return None
     variants = [variant for variant, _ in mapper.compiled.variants]
@@ -260,11 +327,15 @@ def rows_to_batch(
         for name in dict.fromkeys(n for n in wanted if n is not None):
             if name not in columns:
                 continue  # no row has a value for it
-            expected = _INFERRED.get(columns[name].get("data_type") or "")
+            data_type = columns[name].get("data_type") or ""
+            expected = _INFERRED.get(data_type)
             if expected is None or name in mapper.compiled.json_columns:
                 return None
+            values = [row.get(name) for row in rows]
+            if not _of_type(values, data_type):
+                return None
             try:
-                array = pa.array([row.get(name) for row in rows])
+                array = pa.array(values)
             except (pa.ArrowException, TypeError, ValueError, OverflowError):
                 return None
             if not (expected(array.type) or pa.types.is_null(array.type)):
@@ -350,11 +421,9 @@ def attribute_texts(
         elif pa.types.is_boolean(kind):
             text = pc.if_else(column, "true", "false")
         elif pa.types.is_decimal(kind):
-            try:
-                text = _decimal_text(column, flags)
-            except pa.ArrowException:
-                return None  # a decimal type the kernels cannot take
-
+            text = _decimal_text(column, flags)
+            if text is None:
+                return None
         else:
             return None  # nested and other types: the row path converts them
         attributes.append((key, text, "", column.null_count > 0))
@@ -421,6 +490,7 @@ def finish(
             keys,
             row_key_of,
         )
+        COLUMNAR_PATH.wrote(rows)
         return mapped
     fast = pc.invert(slow)
     if pc.any(fast).as_py():
@@ -433,6 +503,7 @@ def finish(
             None if keys is None else keys.filter(fast),
             row_key_of,
         )
+        COLUMNAR_PATH.wrote(len(mapped.block))
     if source_rows is not None:
         rest = mapper.map_rows([source_rows[i] for i in pc.indices_nonzero(slow).to_pylist()])
     else:

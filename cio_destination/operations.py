@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from cio_destination import limits
 from cio_destination._values import (
@@ -855,10 +857,63 @@ def _unkeyable_column(row: Row) -> str | None:
     return None
 
 
+def floor_divide(values: Any, divisor: int) -> Any:
+    """`value // divisor` (rounded down, as Python does) of each value of an int64 Arrow array."""
+    quotient = pc.divide(values, divisor)  # integer division truncates toward zero
+    behind = pc.and_(pc.less(values, 0), pc.not_equal(pc.multiply(quotient, divisor), values))
+    return pc.subtract(quotient, pc.cast(behind, pa.int64()))
+
+
+UNITS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+# the unix seconds a datetime holds (years 1 to 9999), a day in from each end: local times of
+# a zone further out may not be years a datetime holds
+_LOCAL_SAFE_SECONDS = (-62_135_596_800 + 86_400, 253_402_300_799 - 86_400)
+
+
+def _python_ready(batch: Any) -> tuple[Any, dict[str, dt.tzinfo]]:
+    """The batch with its timestamps as values pyarrow makes datetimes of, the same instants
+    (it raises on others, for the whole batch): nanoseconds rounded down to the microsecond,
+    and a zoned column with a local time that may be past the years 1 to 9999 in UTC; for
+    those columns, the zone to give back to each value that has a local time."""
+    zones: dict[str, dt.tzinfo] = {}
+    for index, field_ in enumerate(batch.schema):
+        kind = field_.type
+        if not pa.types.is_timestamp(kind) or (kind.unit != "ns" and kind.tz in (None, "UTC")):
+            continue
+        column = batch.column(index)
+        if kind.unit == "ns":
+            micros = floor_divide(pc.cast(column, pa.int64()), 1_000)
+            column = pc.cast(micros, pa.timestamp("us", kind.tz))
+        if kind.tz not in (None, "UTC"):
+            unit = column.type.unit
+            ends = pc.min_max(pc.cast(column, pa.int64()))
+            lowest, highest = ends["min"].as_py(), ends["max"].as_py()
+            first, last = (s * UNITS_PER_SECOND[unit] for s in _LOCAL_SAFE_SECONDS)
+            if lowest is not None and not first <= lowest <= highest <= last:
+                zones[field_.name] = pa.scalar(0, pa.timestamp("s", kind.tz)).as_py().tzinfo
+                column = pc.cast(column, pa.timestamp(unit, "UTC"))
+        batch = batch.set_column(index, field_.with_type(column.type), column)
+    return batch, zones
+
+
+def _in_zone(value: dt.datetime, zone: dt.tzinfo) -> dt.datetime:
+    try:
+        return value.astimezone(zone)
+    except OverflowError:  # its local time is past year 9999 (or before year 1): UTC it is
+        return value
+
+
 def rows_from_arrow(batch: Any) -> Iterator[Row]:
     """Rows of a pyarrow RecordBatch in the same shape typed-jsonl gives (nulls left out).
 
-    JSON columns keep their text: the mapper reads it (`RowMapper._decoded`).
+    JSON columns keep their text: the mapper reads it (`RowMapper._decoded`). A timestamp is
+    the datetime pyarrow makes of it, rounded down to the microsecond, and in UTC where the
+    local time of its zone is not a year a datetime holds.
     """
+    batch, zones = _python_ready(batch)
     for row in batch.to_pylist():
-        yield {key: value for key, value in row.items() if value is not None}
+        yield {
+            key: _in_zone(value, zones[key]) if key in zones else value
+            for key, value in row.items()
+            if value is not None
+        }

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -8,12 +9,20 @@ import dlt
 import httpx
 import orjson
 import pytest
+from hypothesis import HealthCheck, settings
 
 from cio_destination import customerio
 from cio_destination.emulator import Emulator
 
 SITE_ID = "test-site"
 API_KEY = "test-key"
+
+# Property-based tests: a few hundred examples at most locally; .ci/run selects the "ci" profile.
+# No deadline: an example's time depends on the machine, never on the code being right.
+_PROPERTIES = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("dev", max_examples=150, **_PROPERTIES)
+settings.register_profile("ci", max_examples=2_000, print_blob=True, **_PROPERTIES)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture(scope="session")
@@ -61,9 +70,10 @@ def with_region(callback: Callable[[httpx.Request], httpx.Response], region: str
     return answer
 
 
-def mapped_outcome(mapped: Any) -> tuple[list, list]:
+def mapped_outcome(mapped: Any) -> tuple[list, list, list]:
     """What a `Mapped` amounts to, order aside: each entry's bytes, row key and source rows,
-    and each rejection. The columnar paths must give exactly the row path's outcome."""
+    each rejection, and each attribute dropped from a row that is sent. The columnar paths must
+    give exactly the row path's outcome."""
     from cio_destination.operations import LazyRow
 
     entries = sorted(
@@ -77,8 +87,10 @@ def mapped_outcome(mapped: Any) -> tuple[list, list]:
         )
         for e in mapped.all_entries()
     )
-    rejections = sorted(
-        (r.row_key, r.reason, r.field or "", orjson.dumps(r.row, default=str))
-        for r in mapped.rejections
+    rejections, dropped = (
+        sorted(
+            (r.row_key, r.reason, r.field or "", orjson.dumps(r.row, default=str)) for r in records
+        )
+        for records in (mapped.rejections, mapped.dropped)
     )
-    return entries, rejections
+    return entries, rejections, dropped

@@ -158,6 +158,7 @@ def test_event_data_over_the_limit_is_rejected_as_the_row_path_does():
 
     assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert [r.reason for r in fast.rejections] == ["event_data_too_large"]
+    assert fast.block is not None and len(fast.block) == 1  # the other row, written by Arrow
 
 
 DLT_TYPES = {
@@ -209,6 +210,12 @@ def test_dict_rows_with_a_column_outside_the_schema_keep_the_whole_row_key_exact
 
     assert mapped.block is None
     assert outcome(mapped) == outcome(mapper.map_rows(rows))
+    # with the column in the schema, the same row is written by Arrow, to the same outcome
+    columns["extra"] = {"name": "extra", "data_type": "bigint"}
+    mapper = mapper_for(columns, event_name="seen")
+    mapped = map_named_rows(mapper, rows, columns)
+    assert mapped.block is not None and len(mapped.block) == 1
+    assert outcome(mapped) == outcome(mapper.map_rows(rows))
 
 
 @pytest.mark.parametrize(
@@ -237,6 +244,8 @@ def test_a_mapped_column_missing_from_the_batch_maps_as_null(mapping: dict):
     slow = mapper.map_rows(rows_from_arrow(batch))
     assert outcome(fast) == outcome(from_dicts) == outcome(slow)
     assert len(fast.all_entries()) + len(fast.rejections) == 2
+    if "attributes" in mapping:  # with a key column in the batch, Arrow writes the events
+        assert fast.block is not None and len(fast.block) == 2
 
 
 @pytest.mark.parametrize(

@@ -97,6 +97,8 @@ def test_columnar_identify_equals_the_row_path(seed: int, mapping: dict):
     assert fast.rows_in == slow.rows_in == 300
     assert outcome(fast) == outcome(slow)
     assert fast.all_entries() and fast.rejections  # the data exercises both
+    # most rows repeat a person or break a check, but the people seen once are written by Arrow
+    assert fast.block is not None and len(fast.block) >= 5
 
 
 def test_integer_identifiers_and_unconverted_types_take_the_right_path():
@@ -106,10 +108,11 @@ def test_integer_identifiers_and_unconverted_types_take_the_right_path():
     )
     mapper = mapper_for(batch)
 
-    assert outcome(map_identify_batch(mapper, batch)) == outcome(
-        mapper.map_rows(rows_from_arrow(batch))
-    )
-    assert orjson.loads(map_identify_batch(mapper, batch).all_entries()[1].data) == {
+    fast = map_identify_batch(mapper, batch)
+
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
+    assert fast.block is not None and len(fast.block) == 10
+    assert orjson.loads(fast.all_entries()[1].data) == {
         "type": "person",
         "action": "identify",
         "identifiers": {"id": "1"},
@@ -123,6 +126,7 @@ def test_rows_of_accepted_entries_are_built_only_when_rejected():
 
     mapped = map_identify_batch(mapper, batch)
 
+    assert mapped.block is not None and len(mapped.block) == 2
     assert all(isinstance(row, LazyRow) for e in mapped.all_entries() for row in e.rows)
     rejection = mapped.all_entries()[1].reject("invalid", "identifiers", "no")[0]
     assert rejection.row == {"ident": "b", "n": 2}
@@ -133,6 +137,7 @@ def test_arrow_rows_rejected_by_customerio_come_back_whole(httpx_mock, tmp_path)
     import httpx
 
     from cio_destination import customerio, customerio_adapter, rejected_rows
+    from cio_destination.arrow_path import COLUMNAR_PATH
 
     from .conftest import with_region
 
@@ -165,9 +170,11 @@ def test_arrow_rows_rejected_by_customerio_come_back_whole(httpx_mock, tmp_path)
         pipelines_dir=str(tmp_path),
         dev_mode=True,
     )
+    written = COLUMNAR_PATH.rows
 
     pipeline.run(resource)
 
+    assert COLUMNAR_PATH.rows - written == 8  # every row's operation was written by Arrow
     rejected = sorted(rejected_rows(pipeline), key=lambda r: r["row_key"])
     assert [(r["row_key"], r["reason"], r["row"]) for r in rejected] == [
         ("u-2", "invalid", {"uid": "u-2", "plan": "pro", "seen": "2024-01-01T02:00:00+00:00"}),
@@ -314,6 +321,7 @@ def test_a_sliced_batch_maps_as_its_rows():
     fast = map_identify_batch(mapper, part)
 
     assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(part)))
+    assert fast.block is not None and len(fast.block) >= 100  # a few rows break a check
     keys = sorted((e.row_key for e in fast.all_entries()), key=lambda k: int(k[3:]))
     assert keys == [f"id-{i}" for i in range(100, 220)]
 
@@ -321,10 +329,13 @@ def test_a_sliced_batch_maps_as_its_rows():
 def test_identifier_kinds_checked_on_columns_as_in_the_row_path():
     identifiers = ["a@x.io", "no-at", "+14155550100", "+0123", "+1415\n", "b@y.io", "  ", "\u2003"]
     batch = pa.RecordBatch.from_pylist([{"ident": i, "n": 1} for i in identifiers])
+    # the identifiers each kind's column checks pass, written by Arrow; the row path decides the rest
+    passed = {"email": 2, "phone": 1, "id": 6, "cio_id": 6}
     for kind in ("email", "phone", "id", "cio_id"):
         mapper = mapper_for(batch, identifier_type=kind)
         fast = map_identify_batch(mapper, batch)
         assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
+        assert fast.block is not None and len(fast.block) == passed[kind], kind
 
 
 def test_columns_without_a_value_and_odd_timestamps_match_the_row_path():
@@ -342,6 +353,7 @@ def test_columns_without_a_value_and_odd_timestamps_match_the_row_path():
     fast = map_identify_batch(mapper, batch)
 
     assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
+    assert fast.block is not None and len(fast.block) == 3
     assert [r.reason for r in fast.rejections] == ["invalid_timestamp"]
     assert orjson.loads(fast.all_entries()[0].data) == {
         "type": "person",
@@ -400,18 +412,18 @@ def test_dict_rows_through_the_columnar_path_equal_the_row_path(
 
 
 @pytest.mark.parametrize(
-    ("kind", "value"),
+    ("kind", "value", "plain"),
     [
-        ("bigint", 2.5),  # pyarrow would truncate it to 2
-        ("bigint", 2**64 - 1),  # over int64
-        ("bool", 1),
-        ("text", b"bytes"),  # pyarrow would decode it
-        ("json", {"a": 1}),  # not a plain type
-        ("time", dt.time(12, 30)),  # no columnar form
-        ("decimal", Decimal("NaN")),  # pyarrow has no decimal NaN
+        ("bigint", 2.5, 2),  # pyarrow would truncate it to 2
+        ("bigint", 2**64 - 1, 2**63 - 1),  # over int64
+        ("bool", 1, True),
+        ("text", b"bytes", "bytes"),  # pyarrow would decode it
+        ("json", {"a": 1}, None),  # not a plain type
+        ("time", dt.time(12, 30), None),  # no columnar form
+        ("decimal", Decimal("NaN"), Decimal("1.5")),  # pyarrow has no decimal NaN
     ],
 )
-def test_dict_rows_the_columnar_path_cannot_hold_take_the_row_path(kind: str, value):
+def test_dict_rows_the_columnar_path_cannot_hold_take_the_row_path(kind: str, value, plain):
     rows = [{"ident": "a", "x": value}, {"ident": "b", "x": value}]
     columns = {
         "ident": {"name": "ident", "data_type": "text"},
@@ -423,6 +435,11 @@ def test_dict_rows_the_columnar_path_cannot_hold_take_the_row_path(kind: str, va
 
     assert mapped.block is None
     assert outcome(mapped) == outcome(mapper.map_rows(rows))
+    if plain is not None:  # the same column with a value of its own type is written by Arrow
+        rows = [{"ident": "a", "x": plain}, {"ident": "b", "x": plain}]
+        mapped = map_identify_rows(mapper, rows, columns)
+        assert mapped.block is not None and len(mapped.block) == 2
+        assert outcome(mapped) == outcome(mapper.map_rows(rows))
 
 
 @pytest.mark.parametrize(
@@ -571,6 +588,7 @@ def test_phone_with_a_newline_is_rejected_on_both_paths(phone: str):
     fast = map_identify_batch(mapper, batch)
 
     assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
+    assert fast.block is not None and len(fast.block) == 1  # the good phone, written by Arrow
     assert [(r.reason, r.field, r.row["name"]) for r in fast.rejections] == [
         ("invalid_identifier", "ident", "bad")
     ]
@@ -605,6 +623,8 @@ def test_a_mapped_column_missing_from_the_batch_maps_as_null(mapping: dict):
     slow = mapper.map_rows(rows_from_arrow(batch))
     assert outcome(fast) == outcome(from_dicts) == outcome(slow)
     assert len(fast.all_entries()) + len(fast.rejections) == 2
+    if "attributes" in mapping:  # an absent attribute column: Arrow writes the rest
+        assert fast.block is not None and len(fast.block) == 2
 
 
 def test_source_row_hashes_without_the_identifier_column_hash_nothing():
@@ -649,6 +669,7 @@ def test_drop_attribute_on_the_columnar_path_is_the_row_path_s():
     slow = mapper.map_rows(rows_from_arrow(batch))
 
     assert outcome(fast) == outcome(slow)
+    assert fast.block is not None and len(fast.block) == 2  # b and c; the row path decides a
     assert [(d.row_key, d.reason, d.field) for d in fast.dropped] == [
         ("a", "attribute_dropped", "name")
     ]

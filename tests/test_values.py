@@ -17,6 +17,7 @@ from cio_destination._values import (
     MAX_NESTING,
     ValueProblem,
     canonical_key,
+    datetime_to_unix,
     deterministic_ulid,
     parse_json_object,
     recordable_json,
@@ -76,6 +77,29 @@ def test_to_unix_seconds_datetimes_give_the_same_instant(value):
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
+        pytest.param(dt.datetime(9999, 12, 31, 23, 59, 59, 999_999), 253_402_300_799, id="last-us"),
+        pytest.param(
+            dt.datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC), 253_402_300_799, id="aware"
+        ),
+        pytest.param(dt.datetime(4147, 8, 20, 7, 32, 16, 999_993), 68_719_476_736, id="past-2**36"),
+        pytest.param(
+            dt.datetime(2500, 1, 1, 5, 30, 0, 999_999, tzinfo=IST), 16_725_225_600, id="offset"
+        ),
+        pytest.param(dt.datetime(1969, 12, 31, 23, 59, 59, 999_999), -1, id="before-1970"),
+    ],
+)
+def test_datetimes_are_floored_to_the_second_they_are_in(value, expected):
+    """Far-future datetimes hold more digits than a float timestamp() keeps: 999,999 us must
+    not round up into the next second (the columnar path's integer arithmetic never does)."""
+    assert datetime_to_unix(value) == expected
+    assert to_json_value(value) == expected
+    if expected >= 0:  # a timestamp column takes 1970 to the end of 9999
+        assert to_unix_seconds(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
         pytest.param(dt.date(2024, 1, 15), DAY, id="date-midnight-utc"),
         pytest.param(dt.date(1970, 1, 1), 0, id="epoch-date"),
         pytest.param(dt.date(1970, 1, 2), 86_400, id="day-after-epoch"),
@@ -113,6 +137,8 @@ def test_to_unix_seconds_iso_strings(value, expected):
         pytest.param(T + 0.75, id="s-float-fraction"),
         pytest.param(Decimal(T), id="s-decimal"),
         pytest.param(Decimal(f"{T}.5"), id="s-decimal-fraction"),
+        # more digits than a double keeps: float() would round up into the next second
+        pytest.param(Decimal(f"{T}.9999999999"), id="s-decimal-last-fraction"),
         pytest.param(str(T), id="s-digits"),
         pytest.param(f" {T} ", id="s-digits-whitespace"),
         # milliseconds
@@ -120,6 +146,7 @@ def test_to_unix_seconds_iso_strings(value, expected):
         pytest.param(T * 1_000 + 999, id="ms-int-fraction"),
         pytest.param(float(T * 1_000 + 123), id="ms-float"),
         pytest.param(Decimal(T * 1_000 + 456), id="ms-decimal"),
+        pytest.param(Decimal(f"{T * 1_000 + 999}.99999999"), id="ms-decimal-last-fraction"),
         pytest.param(str(T * 1_000 + 789), id="ms-digits"),
         # microseconds
         pytest.param(T * 1_000_000, id="us-int"),
@@ -171,6 +198,8 @@ def test_to_unix_seconds_epoch_numbers_in_any_unit(value):
         pytest.param(Decimal("NaN"), id="decimal-nan"),
         pytest.param(Decimal("sNaN"), id="decimal-snan"),
         pytest.param(Decimal("Infinity"), id="decimal-inf"),
+        pytest.param(Decimal("1E+400"), id="decimal-past-double"),
+        pytest.param(Decimal("1E+100000000"), id="decimal-huge-exponent"),
         pytest.param(None, id="none"),
         pytest.param([T], id="list"),
         pytest.param({"t": T}, id="dict"),
@@ -458,6 +487,22 @@ def test_canonical_key_same_for_dict_and_arrow_rows():
         for column in dict_row:
             assert canonical_key([dict_row[column]]) == canonical_key([arrow_row[column]]), column
         assert canonical_key(list(dict_row.values())) == canonical_key(list(arrow_row.values()))
+
+    # the columnar path writes the keys of the Arrow form itself: the ids are those of the dicts
+    from cio_destination.arrow_events import map_named_batch
+    from cio_destination.mapping import compile_mapping, parse_mapping
+    from cio_destination.operations import RowMapper
+
+    key_columns = ["at", "qty", "code", "naive"]  # the types it writes (decimals it leaves)
+    declared = {"action": "event", "identifier": "code", "event_name": "x", "event_id": key_columns}
+    columns = {name: {"name": name} for name in batch.schema.names}
+    mapper = RowMapper(compile_mapping("orders", parse_mapping("orders", declared), columns))
+    mapped = map_named_batch(mapper, batch)
+    assert mapped.block is not None and len(mapped.block) == 2
+    assert [entry.key for entry in mapped.block] == [
+        deterministic_ulid("orders", canonical_key([row[c] for c in key_columns]))
+        for row in dict_rows
+    ]
 
 
 # --- values JSON cannot carry: non-finite, beyond 64 bits, nested too deep ------------------------

@@ -1,0 +1,337 @@
+"""Hypothesis strategies for the values a warehouse gives, as Arrow batches and as dict rows.
+
+Arrow: every type a warehouse (or a parquet file) gives: string/large_string, int8..uint64,
+float32/float64, decimal32..decimal256 of any precision and scale, date32/date64, timestamps of
+every unit, naive and in fixed and named zones, bool and null. Dict rows: what dlt's typed-jsonl
+gives for each dlt data type (str, int, float, bool, datetime, date, Decimal), plus values of
+another kind than the column's type, which `rows_to_batch` must not let pyarrow convert.
+
+Values lean to the edges where conversions differ: the 64-bit integer limits, -0.0, NaN,
+infinities and subnormals, decimals around 2**53, 2**63 and 2**64, timestamps at 1970 and at the
+end of year 9999 with and without a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+from hypothesis import strategies as st
+
+UTC = dt.timezone.utc
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+# the seconds Python's datetime can hold (what the row path's values are), and Customer.io's last
+MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z
+MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+DAY = 86_400
+UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+INT64 = (-(2**63), 2**63 - 1)
+ZONES = [
+    None,
+    "UTC",
+    "+00:00",
+    "+02:00",
+    "-11:30",
+    "+05:45",
+    "+14:00",
+    "America/New_York",
+    "Asia/Kolkata",
+    "Australia/Lord_Howe",
+    "Etc/GMT+12",
+]
+# seconds where conversions are tested hardest: the epoch, Customer.io's last second, the
+# magnitudes the epoch-number heuristics switch units at, far-future seconds past 2**33
+EDGE_SECONDS = [
+    -1,
+    0,
+    1,
+    1_700_000_000,
+    2**31,
+    2**33,
+    99_999_999_999,
+    100_000_000_000,
+    MAX_SECONDS - 1,
+    MAX_SECONDS,
+    MIN_SECONDS,
+]
+
+
+def rarely(one_in: int) -> st.SearchStrategy[bool]:
+    """True about once in `one_in` draws; False is the simplest draw, the one hypothesis starts
+    from and shrinks to (hypothesis favours a range's ends, so True is a value inside it)."""
+    return st.integers(0, one_in - 1).map(lambda n: n == 1)
+
+
+characters = st.characters(codec="utf-8")  # any code point UTF-8 can hold (no lone surrogates)
+# JSON escapes, whitespace that str.isspace() knows, and multi-byte characters
+TRICKY = '"\\\x00\x01\x1f\x7f \t\n\r\x0b\x0c\x1c\x85\xa0\u2028\u3000é✓😀'
+texts = st.one_of(
+    st.text(characters, max_size=12),
+    st.text(st.sampled_from(TRICKY), max_size=6),
+    # long values: past the 1,000-byte attribute limit and the 32 KB entry limit
+    st.builds(lambda c, n: c * n, st.sampled_from("aé✓😀\n"), st.integers(240, 8_500)),
+)
+
+
+# -- Arrow ---------------------------------------------------------------------------------------
+
+INT_TYPES = [
+    pa.int8(),
+    pa.int16(),
+    pa.int32(),
+    pa.int64(),
+    pa.uint8(),
+    pa.uint16(),
+    pa.uint32(),
+    pa.uint64(),
+]
+
+
+@st.composite
+def decimal_types(draw: st.DrawFn) -> pa.DataType:
+    make, most = draw(
+        st.sampled_from(
+            [(pa.decimal32, 9), (pa.decimal64, 18), (pa.decimal128, 38), (pa.decimal256, 76)]
+        )
+    )
+    precision = draw(st.integers(1, most))
+    # a negative scale (Oracle's NUMBER(5, -2)); pyarrow cannot build those of decimal32/64
+    scale = draw(st.integers(-3 if most > 18 else 0, precision))
+    return make(precision, scale)
+
+
+def temporal_types() -> st.SearchStrategy[pa.DataType]:
+    return st.one_of(
+        st.sampled_from([pa.date32(), pa.date64()]),
+        st.builds(pa.timestamp, st.sampled_from(list(UNITS)), st.sampled_from(ZONES)),
+    )
+
+
+def arrow_types() -> st.SearchStrategy[pa.DataType]:
+    common = st.one_of(
+        st.sampled_from([pa.string(), pa.large_string(), pa.bool_(), pa.null()]),
+        st.sampled_from(INT_TYPES),
+        st.sampled_from([pa.float32(), pa.float64()]),
+        temporal_types(),
+    )
+    # decimals one column in eight: an event key with one takes the row path (by design)
+    return rarely(8).flatmap(lambda decimal: decimal_types() if decimal else common)
+
+
+def _decimal_values(kind: pa.DataType) -> st.SearchStrategy[Decimal]:
+    scale = kind.scale
+    # the largest unscaled value (pyarrow takes those of a negative scale up to 10**precision)
+    most = 10 ** max(kind.precision + min(scale, 0), 0) - 1
+    # whole and almost whole values around the limits JSON numbers and doubles have
+    near = [
+        sign * (edge + offset) * 10 ** max(scale, 0) + tail
+        for edge in (2**53, 2**63, 2**64)
+        for offset in (-1, 0, 1)
+        for sign in (1, -1)
+        for tail in (0, 1)
+    ]
+    near = [unscaled for unscaled in near if abs(unscaled) <= most]
+    unscaled = st.one_of(st.integers(-most, most), st.sampled_from([0, 1, -1, most, -most]))
+    if near:
+        unscaled = st.one_of(unscaled, st.sampled_from(near))
+    return unscaled.map(lambda n: Decimal(f"{n}E{-scale}"))  # exact: scaleb() would round
+
+
+def _seconds(lowest: int, highest: int) -> st.SearchStrategy[int]:
+    edges = [s for s in EDGE_SECONDS if lowest <= s <= highest]
+    return st.one_of(st.integers(lowest, highest), st.sampled_from(edges))
+
+
+def _timestamp_values(kind: pa.DataType) -> st.SearchStrategy[int]:
+    """Timestamps as integers of the type's unit, within the years 1 to 9999 in UTC (the
+    datetimes the row path gets; in a zone, the local time may be past either end)."""
+    per_second = UNITS[kind.unit]
+    lowest = max(MIN_SECONDS, INT64[0] // per_second + 1)
+    highest = min(MAX_SECONDS, INT64[1] // per_second - 1)
+    fraction = st.one_of(
+        st.integers(0, per_second - 1), st.sampled_from(sorted({0, 1 % per_second, per_second - 1}))
+    )
+    return st.builds(lambda s, f: s * per_second + f, _seconds(lowest, highest), fraction)
+
+
+def values_of(kind: pa.DataType) -> st.SearchStrategy[Any]:
+    """Values of one Arrow type, in the form `pa.array(values, kind)` takes."""
+    if pa.types.is_null(kind):
+        return st.none()
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return texts
+    if pa.types.is_boolean(kind):
+        return st.booleans()
+    if pa.types.is_integer(kind):
+        bits = kind.bit_width
+        if pa.types.is_signed_integer(kind):
+            return st.integers(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        return st.integers(0, 2**bits - 1)
+    if pa.types.is_floating(kind):
+        return st.floats(width=kind.bit_width)  # with NaN, infinities, -0.0 and subnormals
+    if pa.types.is_decimal(kind):
+        return _decimal_values(kind)
+    if pa.types.is_date(kind):
+        dates = st.one_of(
+            st.dates(), st.sampled_from([dt.date(1969, 12, 31), dt.date(1970, 1, 1), dt.date.max])
+        )
+        if pa.types.is_date32(kind):
+            return dates
+        # date64: milliseconds, now and then with a time of day (files carry those)
+        days = dates.map(lambda d: (d - EPOCH.date()).days * DAY * 1_000)
+        later = rarely(4).flatmap(
+            lambda odd: st.integers(1, DAY * 1_000 - 1) if odd else st.just(0)
+        )
+        return st.builds(int.__add__, days, later)
+    if pa.types.is_timestamp(kind):
+        return _timestamp_values(kind)
+    raise AssertionError(f"no values for {kind}")
+
+
+def arrow_array(kind: pa.DataType, values: list[Any]) -> pa.Array:
+    if pa.types.is_timestamp(kind) or pa.types.is_date64(kind):
+        return pa.array(values, pa.int64()).cast(kind)
+    return pa.array(values, kind)
+
+
+@st.composite
+def arrow_columns(draw: st.DrawFn, kind: pa.DataType, rows: int) -> pa.Array:
+    """One column of `rows` values of `kind`, with nulls in some columns."""
+    values = values_of(kind)
+    if draw(st.booleans()):
+        values = st.one_of(st.none(), values)
+    return arrow_array(kind, draw(st.lists(values, min_size=rows, max_size=rows)))
+
+
+IDENTIFIER_TYPES = ["id", "email", "cio_id", "phone"]
+
+
+def identifiers(kind: str) -> st.SearchStrategy[Any]:
+    """Identifier texts that pass the kind's checks, and some that do not."""
+    plain = {
+        "id": st.text(characters, min_size=1, max_size=20),
+        "cio_id": st.text(characters, min_size=1, max_size=20),
+        "email": st.builds(
+            "{}@{}".format, st.text(characters, max_size=8), st.text(characters, max_size=8)
+        ),
+        "phone": st.from_regex(r"\+[1-9][0-9]{1,14}", fullmatch=True),
+    }[kind]
+    odd = st.one_of(
+        st.sampled_from(["", " ", "\u3000", "x" * 151, "ü" * 76, "+0123", "+1415\n", "no-at"]),
+        st.text(characters, max_size=6),
+    )
+    return rarely(6).flatmap(lambda pick: odd if pick else plain)
+
+
+@st.composite
+def identifier_columns(draw: st.DrawFn, kind: str, rows: int) -> pa.Array:
+    """The identifier column: text (mostly distinct values) or integers, nulls now and then."""
+    if draw(rarely(5)):
+        type_ = draw(st.sampled_from(INT_TYPES))
+    else:
+        type_ = draw(st.sampled_from([pa.string(), pa.large_string()]))
+    values = values_of(type_) if pa.types.is_integer(type_) else identifiers(kind)
+    repeats = draw(st.booleans()) and draw(st.booleans())
+    drawn = draw(st.lists(values, min_size=rows, max_size=rows, unique=not repeats))
+    if draw(rarely(6)):
+        drawn[draw(st.integers(0, rows - 1))] = None
+    return pa.array(drawn, type_)
+
+
+column_names = st.text(characters, min_size=1, max_size=8).filter(lambda n: n != "ident")
+
+
+@st.composite
+def arrow_batches(draw: st.DrawFn, kind: str, max_columns: int = 5) -> pa.RecordBatch:
+    """A small batch: the identifier column "ident", then columns of any type."""
+    rows = draw(st.integers(1, 6))
+    names = draw(st.lists(column_names, max_size=max_columns, unique=True))
+    arrays = [draw(identifier_columns(kind, rows))]
+    for _ in names:
+        arrays.append(draw(arrow_columns(draw(arrow_types()), rows)))
+    return pa.RecordBatch.from_arrays(arrays, names=["ident", *names])
+
+
+# -- dict rows, as dlt's typed-jsonl gives them ---------------------------------------------------
+
+DLT_TYPES = ["text", "bigint", "double", "bool", "timestamp", "date", "decimal"]
+
+
+@st.composite
+def datetimes(draw: st.DrawFn) -> dt.datetime:
+    """Datetimes of the years 1 to 9999, naive (UTC) or with a fixed offset, at the edges often."""
+    seconds = draw(_seconds(MIN_SECONDS + DAY, MAX_SECONDS - DAY))
+    micros = draw(st.one_of(st.integers(0, 999_999), st.sampled_from([0, 1, 999_999])))
+    instant = EPOCH + dt.timedelta(seconds=seconds, microseconds=micros)
+    offset = draw(st.one_of(st.none(), st.just(0), st.integers(-14 * 60, 14 * 60)))
+    if offset is None:
+        return instant.replace(tzinfo=None)
+    return instant.astimezone(dt.timezone(dt.timedelta(minutes=offset)))
+
+
+def dlt_values(data_type: str) -> st.SearchStrategy[Any]:
+    """Values of a dlt data type as typed-jsonl decodes them."""
+    if data_type == "text":
+        return texts
+    if data_type == "bigint":
+        return st.integers(*INT64)
+    if data_type == "double":
+        return st.floats()
+    if data_type == "bool":
+        return st.booleans()
+    if data_type == "timestamp":
+        return datetimes()
+    if data_type == "date":
+        return st.dates()
+    if data_type == "decimal":
+        return st.one_of(
+            _decimal_values(pa.decimal128(38, 9)),
+            _decimal_values(pa.decimal256(76, 20)),
+            st.decimals(allow_nan=False, allow_infinity=False),  # any exponent
+        )
+    raise AssertionError(data_type)
+
+
+# values another column type could hold: pyarrow would convert them to fit (1 -> 1.0, a
+# datetime -> its date) or refuse them
+STRAYS = st.one_of(
+    st.integers(-5, 5),
+    st.floats(-5, 5),
+    st.booleans(),
+    st.text(max_size=3),
+    st.binary(max_size=3),
+    datetimes(),
+    st.dates(),
+    st.decimals(-5, 5, places=1),
+    st.just(Decimal("NaN")),
+)
+
+
+@st.composite
+def dict_rows(
+    draw: st.DrawFn, kind: str, max_columns: int = 5
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Rows (nulls left out, as typed-jsonl gives them) and the table's columns with dlt types;
+    now and then a value of another kind than its column's type."""
+    count = draw(st.integers(1, 6))
+    names = draw(st.lists(column_names, max_size=max_columns, unique=True))
+    columns = {"ident": {"name": "ident", "data_type": "text"}}
+    ident_values = rarely(6).flatmap(lambda missing: st.none() if missing else identifiers(kind))
+    repeats = draw(st.booleans()) and draw(st.booleans())
+    idents = draw(st.lists(ident_values, min_size=count, max_size=count, unique=not repeats))
+    rows: list[dict[str, Any]] = [{"ident": i} if i is not None else {} for i in idents]
+    for name in names:
+        data_type = draw(st.sampled_from(DLT_TYPES))
+        columns[name] = {"name": name, "data_type": data_type}
+        values = dlt_values(data_type)
+        if draw(rarely(8)):
+            values = st.one_of(values, STRAYS)
+        if draw(st.booleans()):
+            values = st.one_of(st.none(), values)
+        for row in rows:
+            value = draw(values)
+            if value is not None:
+                row[name] = value
+    return rows, columns
