@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import math
 import re
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 import orjson
@@ -236,7 +236,7 @@ def _canonical(value: Any, level: int) -> Any:
             value = value.replace(tzinfo=_UTC)
         return value.astimezone(_UTC).isoformat()
     if isinstance(value, Decimal):
-        return str(value.normalize()) if value.is_finite() else str(value)
+        return _decimal_key(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)  # beyond 64 bits, canonical_key refuses it
     if isinstance(value, (dict, list, tuple)):
@@ -248,6 +248,18 @@ def _canonical(value: Any, level: int) -> Any:
     if isinstance(value, (str, int, bool)) or value is None:
         return value
     return to_json_value(value)
+
+
+def _decimal_key(value: Decimal) -> str:
+    """A decimal's text without trailing zeros, exact at any precision.
+
+    `Decimal.normalize()` rounds to the thread's context (28 digits by default), which would give
+    two decimals differing past that digit one event id, and make ids depend on a setting of the
+    caller's; a context as precise as the value itself changes nothing else.
+    """
+    if not value.is_finite():
+        return str(value)
+    return str(value.normalize(Context(prec=max(28, len(value.as_tuple().digits)))))
 
 
 def recordable_json(value: Any) -> bytes:

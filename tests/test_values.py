@@ -447,10 +447,24 @@ def test_canonical_key_equal_for_equal_values(left, right):
         ),
         pytest.param(["a", "b"], ["b", "a"], id="order-matters"),
         pytest.param([None], [""], id="none-vs-empty"),
+        pytest.param(
+            [Decimal("1234567890123456789012345678901")],
+            [Decimal("1234567890123456789012345678902")],
+            id="decimals-differing-past-28-digits",
+        ),
     ],
 )
 def test_canonical_key_differs_for_different_values(left, right):
     assert canonical_key(left) != canonical_key(right)
+
+
+def test_decimal_keys_do_not_depend_on_the_threads_decimal_context():
+    import decimal
+
+    key = canonical_key([Decimal("12345.6789000")])
+    with decimal.localcontext(decimal.Context(prec=3)):
+        assert canonical_key([Decimal("12345.6789000")]) == key
+    assert key == b'["12345.6789"]'
 
 
 def test_canonical_key_same_for_dict_and_arrow_rows():
