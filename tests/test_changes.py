@@ -15,6 +15,8 @@ from cio_destination.emulator import Emulator
 
 from .conftest import API_KEY, SITE_ID, with_region
 
+pytestmark = pytest.mark.slow  # whole dlt pipelines against the emulator
+
 
 def people(rows: list[dict]):
     return customerio_adapter(
@@ -230,7 +232,6 @@ def arrow_table_people(table):
     )
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("before", "after"),
     [
@@ -275,7 +276,6 @@ def _old_source_hash(row: dict) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-@pytest.mark.slow
 def test_source_hashes_stored_by_an_older_version_resend_nobody(emulator: Emulator, make_pipeline):
     """After an upgrade the stored source hashes no longer match: the rows are mapped again,
     the whole-operation hash finds them unchanged, nothing is sent, and the new source hashes

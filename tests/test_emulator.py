@@ -933,6 +933,7 @@ def test_error_fault(emu: Emulator, track: httpx.Client) -> None:
     assert [r.fault for r in emu.requests] == [f"http{s}" for s in statuses]
 
 
+@pytest.mark.slow
 def test_seeded_faults_are_reproducible() -> None:
     runs = []
     for _ in range(2):
@@ -973,6 +974,7 @@ def test_lost_response_fault(emu: Emulator, track: httpx.Client) -> None:
     assert emu.duplicate_events == 1
 
 
+@pytest.mark.slow
 def test_rate_limit(emu: Emulator, track: httpx.Client) -> None:
     emu.set_faults(Faults(rate_limit=10, retry_after=2))
     statuses: list[int] = []
@@ -996,6 +998,7 @@ def test_rate_limit(emu: Emulator, track: httpx.Client) -> None:
     assert track.get("/api/v1/accounts/region").status_code == 200
 
 
+@pytest.mark.slow
 def test_latency_does_not_serialize_requests(emu: Emulator, track: httpx.Client) -> None:
     latency = 1.0
     emu.set_faults(Faults(latency=latency))
@@ -1090,6 +1093,7 @@ def _read_line(stream: Any, timeout: float) -> str:
         selector.close()
 
 
+@pytest.mark.slow
 def test_cli_serves_and_exits_on_sigint() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
@@ -1133,6 +1137,7 @@ def test_cli_serves_and_exits_on_sigint() -> None:
             proc.wait()
 
 
+@pytest.mark.slow
 def test_cli_refuses_remote_host() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cio_destination.emulator", "--host", "0.0.0.0", "--port", "0"],

@@ -23,6 +23,8 @@ from .in_flight import InFlight
 from .kills import kill_after_progress, run_to_completion
 from .sync_child import event_rows, person_rows, resources
 
+pytestmark = pytest.mark.slow  # whole dlt pipelines under faults, and kills of child processes
+
 
 def batch_requests(emulator: Emulator) -> list:
     return [r for r in emulator.requests if r.path == "/api/v2/batch"]
@@ -193,7 +195,6 @@ def test_faults_lose_nothing_and_double_nothing(emulator: Emulator, make_pipelin
     assert {0, 429, 200} <= statuses and (500 in statuses or 503 in statuses)
 
 
-@pytest.mark.slow
 def test_sigkill_at_random_points_then_rerun_delivers_exactly_once(
     emulator: Emulator, tmp_path: Path
 ):

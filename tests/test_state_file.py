@@ -23,6 +23,8 @@ from cio_destination.store import release_store, state_path
 from .conftest import API_KEY, SITE_ID
 from .test_sends import receipts, receipts_resource, send_pipeline
 
+pytestmark = pytest.mark.slow  # whole dlt pipelines against the emulator
+
 SETTING = "destination.customerio.accept_new_send_ledger"
 
 
@@ -38,7 +40,6 @@ def closed_state_file(pipeline: dlt.Pipeline) -> Path:
     return path
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["emptied", "deleted", "replaced", "restored_older"])
 def test_a_lost_send_ledger_stops_the_next_email_load_before_any_send(
     emulator: Emulator, tmp_path: Path, loss: str
@@ -69,7 +70,6 @@ def test_a_lost_send_ledger_stops_the_next_email_load_before_any_send(
     assert sent_receipts(emulator) == before  # not one email, old or new
 
 
-@pytest.mark.slow
 def test_accept_new_send_ledger_lets_one_run_go_on_and_later_runs_need_nothing(
     emulator: Emulator, tmp_path: Path
 ):
@@ -89,7 +89,6 @@ def test_accept_new_send_ledger_lets_one_run_go_on_and_later_runs_need_nothing(
     assert sent_receipts(emulator) == {0: 2, 1: 2, 2: 2, 3: 1, 4: 1, 5: 1}
 
 
-@pytest.mark.slow
 def test_a_ledger_deleted_while_a_process_keeps_it_open_stops_the_next_email_load(
     emulator: Emulator, tmp_path: Path
 ):
@@ -138,7 +137,6 @@ def assert_names_the_file(error: BaseException, path: Path) -> None:
     assert "sqlite3" not in str(error)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("how", sorted(CORRUPTIONS))
 @pytest.mark.parametrize(
     "mapping",
@@ -159,7 +157,6 @@ def test_a_corrupt_state_file_stops_a_load_naming_the_file(
     assert "StateFileError" in str(raised.value)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("how", sorted(CORRUPTIONS))
 def test_a_corrupt_state_file_stops_an_email_load_naming_the_file(
     emulator: Emulator, tmp_path: Path, how: str
@@ -176,7 +173,6 @@ def test_a_corrupt_state_file_stops_an_email_load_naming_the_file(
     assert len(emulator.deliveries) == 200
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("how", sorted(CORRUPTIONS))
 def test_reading_rejections_and_reports_from_a_corrupt_state_file_names_the_file(
     emulator: Emulator, tmp_path: Path, how: str
