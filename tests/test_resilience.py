@@ -198,7 +198,7 @@ def test_faults_lose_nothing_and_double_nothing(emulator: Emulator, make_pipelin
 def test_sigkill_at_random_points_then_rerun_delivers_exactly_once(
     emulator: Emulator, tmp_path: Path
 ):
-    events, people, kills = 50_000, 3_000, 4
+    events, people, kills = 25_000, 3_000, 4
     marker = tmp_path / "done"
     command = [
         sys.executable,
@@ -213,7 +213,7 @@ def test_sigkill_at_random_points_then_rerun_delivers_exactly_once(
     rng = random.Random(4242)
     killed = 0
     for _ in range(kills):
-        # a load of these rows takes about 550 requests: each run is killed mid-load, after
+        # a load of these rows takes about 260 requests: each run is killed mid-load, after
         # between 10 and 120 more requests reached the emulator
         killed += kill_after_progress(
             command, lambda: len(emulator.requests), step=rng.randint(10, 120)
