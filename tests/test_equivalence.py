@@ -317,7 +317,7 @@ def identify_mappings(
     return declared
 
 
-event_names = cs.texts.filter(lambda n: bool(n.strip()) and len(n.encode()) <= 100)
+event_names = cs.names.filter(lambda n: len(n.encode()) <= 100)
 
 
 @st.composite
