@@ -54,7 +54,6 @@ from typing import Any
 import httpx
 import orjson
 
-from cio_destination import __version__
 from cio_destination.blocks import pack_entries, request_body
 from cio_destination.exceptions import (
     CredentialsError,
@@ -63,6 +62,7 @@ from cio_destination.exceptions import (
 )
 from cio_destination.operations import Entry, Rejection
 from cio_destination.ratelimit import RateLimiter
+from cio_destination.version import __version__
 
 logger = logging.getLogger("cio_destination")
 

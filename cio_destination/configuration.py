@@ -16,8 +16,8 @@ from dlt.common.configuration.exceptions import ConfigurationValueError
 from dlt.common.typing import TSecretStrValue
 from dlt.destinations.impl.destination.configuration import CustomDestinationClientConfiguration
 
-from cio_destination import limits
 from cio_destination.client import APP_HOSTS, TRACK_HOSTS
+from cio_destination.limits import MAX_REQUEST_BYTES
 
 REGIONS = (*TRACK_HOSTS, "auto")
 
@@ -94,7 +94,7 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     """Attempts per request on throttling, 5xx and network faults before the batch fails."""
     timeout: float = 30.0
     """Seconds to wait for one HTTP response."""
-    max_request_bytes: int = limits.MAX_REQUEST_BYTES
+    max_request_bytes: int = MAX_REQUEST_BYTES
     """Upper bound of one batch request body, in serialized bytes (Customer.io allows 500 KB)."""
     max_concurrent_requests: int = 32
     """Requests in flight at once per workspace, so latency does not cut throughput."""
@@ -130,10 +130,10 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
             raise ConfigurationValueError("destination.customerio.max_attempts must be >= 1")
         if self.timeout <= 0:
             raise ConfigurationValueError("destination.customerio.timeout must be > 0")
-        if not 1_000 <= self.max_request_bytes <= limits.MAX_REQUEST_BYTES:
+        if not 1_000 <= self.max_request_bytes <= MAX_REQUEST_BYTES:
             raise ConfigurationValueError(
                 "destination.customerio.max_request_bytes must be between 1000 and"
-                f" {limits.MAX_REQUEST_BYTES}"
+                f" {MAX_REQUEST_BYTES}"
             )
         if self.max_concurrent_requests < 1:
             raise ConfigurationValueError(
