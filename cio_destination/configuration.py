@@ -16,10 +16,8 @@ from dlt.common.configuration.exceptions import ConfigurationValueError
 from dlt.common.typing import TSecretStrValue
 from dlt.destinations.impl.destination.configuration import CustomDestinationClientConfiguration
 
-from cio_destination.client import APP_HOSTS, TRACK_HOSTS
 from cio_destination.limits import MAX_REQUEST_BYTES
-
-REGIONS = (*TRACK_HOSTS, "auto")
+from cio_destination.transport.regions import REGIONS
 
 
 def is_loopback(host: str) -> bool:
@@ -139,11 +137,3 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
             raise ConfigurationValueError(
                 "destination.customerio.max_concurrent_requests must be >= 1"
             )
-
-    @property
-    def resolved_track_url(self) -> str:
-        return self.track_url or TRACK_HOSTS[self.region]
-
-    @property
-    def resolved_app_url(self) -> str:
-        return self.app_url or APP_HOSTS[self.region]

@@ -15,7 +15,6 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Any
 
@@ -32,175 +31,25 @@ from cio_destination._framing import frame
 from cio_destination.arrow_events import NAMED_ACTIONS, map_named_batch, map_named_rows
 from cio_destination.arrow_path import map_identify_batch, map_identify_rows, source_row_hashes
 from cio_destination.blocks import EntryBlock, entry_sizes
-from cio_destination.changes import Changes, only_changes, sql_fingerprints
-from cio_destination.client import (
-    APP_HOSTS,
-    TRACK_HOSTS,
-    AppClient,
-    RetryPolicy,
-    Sender,
-    SendResult,
-    TrackClient,
-)
+from cio_destination.changes import Changes, only_changes
 from cio_destination.configuration import CustomerioConfiguration
 from cio_destination.exceptions import CustomerioError, CustomerioTerminalError
 from cio_destination.failures import shorten_job_error_logs
 from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
 from cio_destination.mirror import MirrorPlan, plan_mirror
 from cio_destination.operations import Entry, Rejection, RowMapper, rows_from_arrow
-from cio_destination.ratelimit import RateLimiter
 from cio_destination.report import MAX_SAMPLES, mask_payload
-from cio_destination.store import StateStore, store_for
-from cio_destination.transactional import EmailSender, SendLedgerGuard
+from cio_destination.state import PipelineState, state_for
+from cio_destination.state.fingerprints import sql_fingerprints
+from cio_destination.state.ledger_guard import SendLedgerGuard
+from cio_destination.transport.results import SendResult
+from cio_destination.transport.workspace import WorkspaceKey, digest, workspace_for
 
 logger = logging.getLogger("cio_destination")
 
 # Rows per call. Large enough that bodies fill close to 500 KB; fixed, because dlt's resume offset
 # of a pending parquet package must stay a multiple of it.
 BATCH_ROWS = 10_000
-
-
-def _digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class _WorkspaceKey:
-    region: str
-    track_url: str | None
-    app_url: str | None
-    site_id: str
-    api_key_digest: str
-    app_api_key_digest: str
-    requests_per_second: float
-    app_requests_per_second: float
-    max_attempts: int
-    timeout: float
-    max_request_bytes: int
-    max_concurrent_requests: int
-
-
-class Workspace:
-    """Everything shared by the calls that send to one Customer.io workspace with one config.
-
-    The first call of every load checks the credentials (and the region) with one
-    `GET /api/v1/accounts/region`, before any data is sent; `region="auto"` takes the host from
-    its answer.
-    """
-
-    def __init__(self, key: _WorkspaceKey, api_key: str, app_api_key: str) -> None:
-        self._key = key
-        self._api_key = api_key
-        self._app_api_key = app_api_key
-        self.limiter = RateLimiter(key.requests_per_second)
-        self._options: dict[str, Any] = {
-            "retry": RetryPolicy(max_attempts=key.max_attempts),
-            "timeout": key.timeout,
-            "max_connections": key.max_concurrent_requests,
-        }
-        self._sender: Sender | None = None
-        self.emails: EmailSender | None = None
-        self.region: str | None = None
-        self._load_id: str | None = None
-        self._load_error: CustomerioTerminalError | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def sender(self) -> Sender:
-        assert self._sender is not None, "begin_load() runs the preflight first"
-        return self._sender
-
-    def begin_load(self, load_id: str) -> None:
-        """Run the load's preflight once; every call of a load whose preflight failed re-raises."""
-        with self._lock:
-            if load_id == self._load_id:
-                if self._load_error is not None:
-                    raise self._load_error.again()
-                return
-            try:
-                self._preflight()
-            except CustomerioTerminalError as error:
-                self._load_id, self._load_error = load_id, error
-                raise
-            self._load_id, self._load_error = load_id, None
-
-    def _track_client(self, url: str) -> TrackClient:
-        key = self._key
-        source = "track_url" if key.track_url else "region"
-        return TrackClient(
-            url,
-            key.site_id,
-            self._api_key,
-            limiter=self.limiter,
-            url_source=source,
-            **self._options,
-        )
-
-    def _preflight(self) -> None:
-        key = self._key
-        configured = "us" if key.region == "auto" else key.region
-        if self._sender is not None:
-            client = self._sender.client
-        else:
-            client = self._track_client(key.track_url or TRACK_HOSTS[configured])
-        try:
-            found = client.account_region()
-            if found and key.region != "auto" and found != configured:
-                # compared with track_url set too: a proxy or the emulator can be in either region
-                raise CustomerioTerminalError(
-                    f"the Customer.io workspace is in the '{found}' region but"
-                    f" destination.customerio.region is '{configured}': set region = \"{found}\""
-                    ' (or "auto")'
-                )
-        except BaseException:
-            if self._sender is None:
-                client.close()
-            raise
-        region = (found or self.region or configured) if key.region == "auto" else configured
-        if self._sender is not None and region == self.region:
-            self._sender.forget_refusal()
-            return
-        url = key.track_url or TRACK_HOSTS[region]
-        if client.base_url != url.rstrip("/"):  # region="auto" found another region
-            if self._sender is not None:
-                self._sender.close()
-                self._sender = None
-            else:
-                client.close()
-            client = self._track_client(url)
-        self.region = region
-        if self._sender is None:
-            self._sender = Sender(
-                client,
-                max_in_flight=key.max_concurrent_requests,
-                max_request_bytes=key.max_request_bytes,
-            )
-        else:
-            self._sender.forget_refusal()
-        if self._app_api_key:
-            if self.emails is not None:
-                self.emails.close()
-            app = AppClient(
-                key.app_url or APP_HOSTS[region],
-                self._app_api_key,
-                limiter=RateLimiter(key.app_requests_per_second),
-                url_source="app_url" if key.app_url else "region",
-                **self._options,
-            )
-            self.emails = EmailSender(app, max_in_flight=key.max_concurrent_requests)
-
-
-_workspaces: dict[_WorkspaceKey, Workspace] = {}
-_workspaces_lock = threading.Lock()
-
-
-def workspace_for(key: _WorkspaceKey, api_key: str, app_api_key: str) -> Workspace:
-    """The one shared workspace of a destination config, created on first use."""
-    with _workspaces_lock:
-        workspace = _workspaces.get(key)
-        if workspace is None:
-            workspace = _workspaces[key] = Workspace(key, api_key, app_api_key)
-        return workspace
 
 
 class LoadMappings:
@@ -225,7 +74,10 @@ class LoadMappings:
         """The load package context (one per attempt at the package) this was checked in."""
 
     def check_package(
-        self, context: LoadPackageStateInjectableContext, store: StateStore, pipeline: dlt.Pipeline
+        self,
+        context: LoadPackageStateInjectableContext,
+        state: PipelineState,
+        pipeline: dlt.Pipeline,
     ) -> None:
         """Compile the mapping of every data table with a job in the package; keep the first error.
 
@@ -251,7 +103,7 @@ class LoadMappings:
             }
             try:
                 compiled = self._compile(name, table, columns)
-                plan = plan_mirror(compiled, context, store, pipeline.pipeline_name)
+                plan = plan_mirror(compiled, context, state.snapshots, pipeline.pipeline_name)
             except CustomerioTerminalError as error:  # a mapping, a setting, the state file
                 self._error = error
                 return
@@ -260,7 +112,7 @@ class LoadMappings:
                 self._mirrors[name] = plan
         if sends_email:
             try:
-                self.send_ledger(context).check(store, pipeline)
+                self.send_ledger(context).check(state.ledger, pipeline)
             except CustomerioTerminalError as error:
                 self._error = error
 
@@ -356,7 +208,7 @@ def mappings_for_load(
             )
             if context is not None and context.load_id == load_id:
                 mappings.context = context
-                mappings.check_package(context, store_for(working_dir), pipeline)
+                mappings.check_package(context, state_for(working_dir), pipeline)
             for stale in [k for k in _loads if k[0] == working_dir]:
                 del _loads[stale]  # only the current load of a pipeline is needed again
             _loads[key] = mappings
@@ -416,12 +268,14 @@ def customerio(
     )
     mapper = mappings.mapper(table)
     action = mapper.compiled.action
-    store = store_for(working_dir)
+    state = state_for(working_dir)
     skipped = 0
     changes: Changes | None = None
     source_hashes: dict[str, int] | None = None
     if mapper.mapping.changes_only:
-        fingerprints = sql_fingerprints(_secret(fingerprints_url)) if fingerprints_url else store
+        fingerprints = (
+            sql_fingerprints(_secret(fingerprints_url)) if fingerprints_url else state.fingerprints
+        )
         scope = f"{pipeline.pipeline_name}/{table['name']}"
         if not isinstance(items, list):
             items, source_hashes, skipped = _skip_unchanged_rows(mapper, items, fingerprints, scope)
@@ -457,13 +311,13 @@ def customerio(
     if dry_run:
         result = SendResult()
     else:
-        key = _WorkspaceKey(
+        key = WorkspaceKey(
             region=region,
             track_url=track_url,
             app_url=app_url,
             site_id=_secret(site_id),
-            api_key_digest=_digest(_secret(api_key)),
-            app_api_key_digest=_digest(_secret(app_api_key)),
+            api_key_digest=digest(_secret(api_key)),
+            app_api_key_digest=digest(_secret(app_api_key)),
             requests_per_second=requests_per_second,
             app_requests_per_second=app_requests_per_second,
             max_attempts=max_attempts,
@@ -478,24 +332,24 @@ def customerio(
             context = _load_context()
             assert context is not None  # dlt runs the callable inside its load package context
             ledger = mappings.send_ledger(context)
-            ledger.check(store, pipeline)  # the file may have gone since the load started
+            ledger.check(state.ledger, pipeline)  # the file may have gone since the load started
             emails = workspace.emails.send(
                 [entry for part in parts for entry in part],
-                store=store,
+                ledger=state.ledger,
                 table=table["name"],
                 load_id=load_id,
                 resend_uncertain=resend_uncertain,
             )
-            ledger.record(store)
+            ledger.record(state.ledger)
             result = emails
-            skipped = emails.skipped
+            skipped += emails.skipped
         else:
             result = workspace.sender.send_parts(parts)
         if changes is not None:
-            fingerprints.save(scope, changes.accepted(result.delivered_entries()))
+            fingerprints.remember(scope, changes.accepted(result.delivered_entries()))
         if mirror is not None:
             if result.error is None:
-                store.record_mirror_snapshot(mirror.scope, mirror.current)
+                state.snapshots.record(mirror.scope, mirror.current)
                 if changes is not None:
                     fingerprints.forget(scope, mirror.removed)  # a comeback is sent in full
             else:
@@ -504,8 +358,8 @@ def customerio(
     # rows sent without an oversized attribute: recorded with the rejections, counted apart
     records = rejections + mapped.dropped
     if not dry_run:
-        store.record_rejections(load_id, table["name"], action, records)
-    store.record_batch(
+        state.rejects.record(load_id, table["name"], action, records)
+    state.reports.record(
         {
             "load_id": load_id,
             "table_name": table["name"],
@@ -565,7 +419,7 @@ def _skip_unchanged_rows(
     if hashed is None:
         return batch, None, 0
     identifiers, hashes = hashed
-    known = fingerprints.load_source_hashes(scope, [i for i in identifiers if i is not None])
+    known = fingerprints.source_hashes_of(scope, [i for i in identifiers if i is not None])
     keep = [
         index
         for index, (identifier, row_hash) in enumerate(zip(identifiers, hashes, strict=True))

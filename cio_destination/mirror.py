@@ -22,6 +22,7 @@ import orjson
 from cio_destination.exceptions import MappingError
 from cio_destination.mapping import CompiledMapping
 from cio_destination.operations import Entry, _id_text, _Reject
+from cio_destination.state.snapshots import MirrorSnapshots
 
 
 class MirrorGuardError(MappingError):
@@ -111,7 +112,7 @@ def snapshot_of(context: Any, table: str, identifier: str, *variants: str) -> se
 
 
 def plan_mirror(
-    compiled: CompiledMapping, context: Any, store: Any, pipeline_name: str
+    compiled: CompiledMapping, context: Any, snapshots: MirrorSnapshots, pipeline_name: str
 ) -> MirrorPlan | None:
     """Compare this package's snapshot with the last one; raise when the guard trips."""
     mapping = compiled.mapping
@@ -127,7 +128,7 @@ def plan_mirror(
             "mirror",
             f"the load package's rows could not be read for the snapshot ({type(exc).__name__})",
         ) from None
-    previous = store.mirror_snapshot(scope)
+    previous = snapshots.snapshot_of(scope)
     removed = sorted(previous - current)
     if previous and len(removed) > mapping.max_removed_fraction * len(previous):
         raise MirrorGuardError(

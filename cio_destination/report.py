@@ -17,7 +17,7 @@ from typing import Any
 import dlt
 
 from cio_destination.operations import ATTRIBUTE_DROPPED
-from cio_destination.store import release_store, state_path, store_for
+from cio_destination.state import release_state, state_for, state_path
 
 __all__ = ["SyncReport", "TableReport", "dry_run", "mask_payload", "sync_report"]
 
@@ -162,11 +162,11 @@ def sync_report(pipeline: dlt.Pipeline, load_id: str | None = None) -> SyncRepor
     """The sync report of a load of `pipeline` (default: its latest load to Customer.io)."""
     if not state_path(pipeline.working_dir).exists():
         return SyncReport(load_id=load_id)
-    store = store_for(pipeline.working_dir)
-    load_id = load_id or store.latest_load_id()
+    reports = state_for(pipeline.working_dir).reports
+    load_id = load_id or reports.latest_load_id()
     if load_id is None:
         return SyncReport(load_id=None)
-    return build_report(load_id, store.batch_records(load_id))
+    return build_report(load_id, reports.of_load(load_id))
 
 
 # Keys of the user's destination config carried over to a dry run's copy.
@@ -221,6 +221,6 @@ def dry_run(pipeline: dlt.Pipeline, data: Any = None, **run_kwargs: Any) -> Sync
             load_id = info.loads_ids[-1] if info.loads_ids else None
             report = sync_report(clone, load_id)
         finally:
-            release_store(clone.working_dir)
+            release_state(clone.working_dir)
             pipeline.activate()
     return report

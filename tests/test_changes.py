@@ -280,15 +280,15 @@ def test_source_hashes_stored_by_an_older_version_resend_nobody(emulator: Emulat
     """After an upgrade the stored source hashes no longer match: the rows are mapped again,
     the whole-operation hash finds them unchanged, nothing is sent, and the new source hashes
     are stored, so the run after skips the rows before mapping again."""
-    from cio_destination.store import store_for
+    from cio_destination.state import state_for
 
     pipeline = make_pipeline()
     pipeline.run(arrow_people(ROWS))
-    store, scope = store_for(pipeline.working_dir), f"{pipeline.pipeline_name}/people"
+    store, scope = state_for(pipeline.working_dir).fingerprints, f"{pipeline.pipeline_name}/people"
     identifiers = [str(row["uid"]) for row in ROWS]
-    current = store.load_source_hashes(scope, identifiers)
-    stored = store.load(scope, identifiers)
-    store.save(
+    current = store.source_hashes_of(scope, identifiers)
+    stored = store.fingerprints_of(scope, identifiers)
+    store.remember(
         scope,
         {
             str(row["uid"]): {
@@ -306,4 +306,4 @@ def test_source_hashes_stored_by_an_older_version_resend_nobody(emulator: Emulat
     assert batch_ops(emulator, mark) == 0
     report = sync_report(pipeline).tables[0]
     assert (report.rows_in, report.skipped, report.operations) == (3, 3, 0)
-    assert store.load_source_hashes(scope, identifiers) == current
+    assert store.source_hashes_of(scope, identifiers) == current
