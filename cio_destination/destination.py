@@ -32,7 +32,7 @@ from cio_destination.arrow_events import NAMED_ACTIONS, map_named_batch, map_nam
 from cio_destination.arrow_path import map_identify_batch, map_identify_rows, source_row_hashes
 from cio_destination.blocks import EntryBlock, entry_sizes
 from cio_destination.changes import Changes, only_changes
-from cio_destination.configuration import CustomerioConfiguration
+from cio_destination.configuration import CustomerioConfiguration, keyword_signature, secret_text
 from cio_destination.exceptions import CustomerioError, CustomerioTerminalError
 from cio_destination.failures import shorten_job_error_logs
 from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
@@ -43,7 +43,7 @@ from cio_destination.state import PipelineState, state_for
 from cio_destination.state.fingerprints import sql_fingerprints
 from cio_destination.state.ledger_guard import SendLedgerGuard
 from cio_destination.transport.results import SendResult
-from cio_destination.transport.workspace import WorkspaceKey, digest, workspace_for
+from cio_destination.transport.workspace import workspace_for
 
 logger = logging.getLogger("cio_destination")
 
@@ -215,10 +215,6 @@ def mappings_for_load(
         return mappings
 
 
-def _secret(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
 @dlt.destination(
     name="customerio",
     batch_size=BATCH_ROWS,
@@ -231,28 +227,13 @@ def _secret(value: Any) -> str:
 def customerio(
     items: TDataItems,
     table: TTableSchema,
-    site_id: str = dlt.secrets.value,
-    api_key: str = dlt.secrets.value,
-    app_api_key: str | None = None,
-    region: str = "us",
-    track_url: str | None = None,
-    app_url: str | None = None,
-    requests_per_second: float = 100.0,
-    app_requests_per_second: float = 10.0,
-    max_attempts: int = 5,
-    timeout: float = 30.0,
-    max_request_bytes: int = 500_000,
-    max_concurrent_requests: int = 32,
-    resend_uncertain: bool = False,
-    accept_new_send_ledger: bool = False,
-    dry_run: bool = False,
-    fingerprints_url: str | None = None,
-    tables: dict[str, Any] | None = None,
+    config: CustomerioConfiguration = dlt.config.value,
 ) -> None:
     """Deliver rows to Customer.io as the table's mapping says (see `customerio_adapter`).
 
     Use it as `destination=customerio()` (config from `[destination.customerio]`),
-    `customerio(site_id=..., api_key=...)`, or the string `"cio_destination.customerio"`.
+    `customerio(site_id=..., api_key=...)`, or the string `"cio_destination.customerio"`. Its
+    keyword arguments are the keys of `CustomerioConfiguration`, as its signature shows.
     """
     started = time.time()
     shorten_job_error_logs()
@@ -262,9 +243,9 @@ def customerio(
     mappings = mappings_for_load(
         pipeline,
         load_id,
-        tables,
-        can_send_email=bool(_secret(app_api_key)),
-        accept_new_send_ledger=accept_new_send_ledger,
+        config.tables,
+        can_send_email=bool(secret_text(config.app_api_key)),
+        accept_new_send_ledger=config.accept_new_send_ledger,
     )
     mapper = mappings.mapper(table)
     action = mapper.compiled.action
@@ -274,7 +255,9 @@ def customerio(
     source_hashes: dict[str, int] | None = None
     if mapper.mapping.changes_only:
         fingerprints = (
-            sql_fingerprints(_secret(fingerprints_url)) if fingerprints_url else state.fingerprints
+            sql_fingerprints(secret_text(config.fingerprints_url))
+            if config.fingerprints_url
+            else state.fingerprints
         )
         scope = f"{pipeline.pipeline_name}/{table['name']}"
         if not isinstance(items, list):
@@ -308,24 +291,10 @@ def customerio(
     if mirror is not None:
         parts.append(mirror.removal_entries())
     operations = sum(len(part) for part in parts)
-    if dry_run:
+    if config.dry_run:
         result = SendResult()
     else:
-        key = WorkspaceKey(
-            region=region,
-            track_url=track_url,
-            app_url=app_url,
-            site_id=_secret(site_id),
-            api_key_digest=digest(_secret(api_key)),
-            app_api_key_digest=digest(_secret(app_api_key)),
-            requests_per_second=requests_per_second,
-            app_requests_per_second=app_requests_per_second,
-            max_attempts=max_attempts,
-            timeout=timeout,
-            max_request_bytes=max_request_bytes,
-            max_concurrent_requests=max_concurrent_requests,
-        )
-        workspace = workspace_for(key, _secret(api_key), _secret(app_api_key))
+        workspace = workspace_for(config)
         workspace.begin_load(load_id)
         if action == "send_email":
             assert workspace.emails is not None  # checked with the mappings, before any request
@@ -338,7 +307,7 @@ def customerio(
                 ledger=state.ledger,
                 table=table["name"],
                 load_id=load_id,
-                resend_uncertain=resend_uncertain,
+                resend_uncertain=config.resend_uncertain,
             )
             ledger.record(state.ledger)
             result = emails
@@ -357,7 +326,7 @@ def customerio(
     rejections = mapped.rejections + result.rejections
     # rows sent without an oversized attribute: recorded with the rejections, counted apart
     records = rejections + mapped.dropped
-    if not dry_run:
+    if not config.dry_run:
         state.rejects.record(load_id, table["name"], action, records)
     state.reports.record(
         {
@@ -365,7 +334,7 @@ def customerio(
             "table_name": table["name"],
             "action": action,
             "batch_id": _batch_id(mapped.parts(), rejections, source_hashes),
-            "dry_run": int(dry_run),
+            "dry_run": int(config.dry_run),
             "rows_in": mapped.rows_in,
             "operations": operations,
             "accepted": result.stats.accepted,
@@ -383,7 +352,7 @@ def customerio(
                     mask_payload(orjson.loads(e.data))
                     for e in islice(chain.from_iterable(parts), MAX_SAMPLES)
                 ]
-                if dry_run
+                if config.dry_run
                 else []
             ).decode(),
         }
@@ -393,7 +362,7 @@ def customerio(
         " %d skipped (already sent or unchanged), %d requests, %d retries",
         table["name"],
         action,
-        " [dry run]" if dry_run else "",
+        " [dry run]" if config.dry_run else "",
         mapped.rows_in,
         operations,
         result.stats.accepted,
@@ -405,6 +374,10 @@ def customerio(
     if result.error is not None:
         # the error may be shared with other calls (a refusal stops them all): raise a twin
         raise result.error.again() if isinstance(result.error, CustomerioError) else result.error
+
+
+# dlt's wrapper shows the callable's parameters (items, table, config); a user passes the keys
+customerio.__signature__ = keyword_signature()  # type: ignore[attr-defined]
 
 
 def _skip_unchanged_rows(

@@ -7,9 +7,6 @@ adds them up per table and action. Payload samples (kept for dry runs) have ever
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +14,9 @@ from typing import Any
 import dlt
 
 from cio_destination.operations import ATTRIBUTE_DROPPED
-from cio_destination.state import release_state, state_for, state_path
+from cio_destination.state import state_for, state_path
 
-__all__ = ["SyncReport", "TableReport", "dry_run", "mask_payload", "sync_report"]
+__all__ = ["SyncReport", "TableReport", "mask_payload", "sync_report"]
 
 MAX_SAMPLES = 3
 # Keys whose values are structure, not customer data: kept in masked samples.
@@ -167,60 +164,3 @@ def sync_report(pipeline: dlt.Pipeline, load_id: str | None = None) -> SyncRepor
     if load_id is None:
         return SyncReport(load_id=None)
     return build_report(load_id, reports.of_load(load_id))
-
-
-# Keys of the user's destination config carried over to a dry run's copy.
-_CONFIG_KEYS = (
-    "destination_name",
-    "site_id",
-    "api_key",
-    "app_api_key",
-    "region",
-    "track_url",
-    "app_url",
-    "requests_per_second",
-    "app_requests_per_second",
-    "max_attempts",
-    "timeout",
-    "max_request_bytes",
-    "max_concurrent_requests",
-    "resend_uncertain",
-    "accept_new_send_ledger",
-    "tables",
-)
-
-
-def dry_run(pipeline: dlt.Pipeline, data: Any = None, **run_kwargs: Any) -> SyncReport:
-    """Run `data` through `pipeline` to Customer.io without sending anything or spending state.
-
-    The pipeline's working directory (incremental cursors, pending packages, the send ledger) is
-    copied into a scratch directory and the run happens there with `dry_run=True`: every row is
-    mapped, validated and batched, nothing is sent, and the real pipeline's state is untouched,
-    so a later real run sends exactly what it would have sent anyway.
-
-    Returns the report: per table and action, what would be sent and rejected (with reasons) and
-    a few sample payloads with every value masked.
-    """
-    from cio_destination.destination import customerio
-
-    params: dict[str, Any] = {}
-    if pipeline.destination is not None:
-        configured = getattr(pipeline.destination, "config_params", {}) or {}
-        params = {k: v for k, v in configured.items() if k in _CONFIG_KEYS}
-    with tempfile.TemporaryDirectory(prefix="cio-dry-run-") as scratch:
-        if os.path.isdir(pipeline.working_dir):
-            shutil.copytree(pipeline.working_dir, os.path.join(scratch, pipeline.pipeline_name))
-        clone = dlt.pipeline(
-            pipeline.pipeline_name,
-            destination=customerio(**params, dry_run=True),
-            pipelines_dir=scratch,
-            dataset_name=pipeline.dataset_name,
-        )
-        try:
-            info = clone.run(data, **run_kwargs)
-            load_id = info.loads_ids[-1] if info.loads_ids else None
-            report = sync_report(clone, load_id)
-        finally:
-            release_state(clone.working_dir)
-            pipeline.activate()
-    return report

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from pytest_httpx import HTTPXMock
 
-from cio_destination import customerio, customerio_adapter, sync_report
+from cio_destination import customerio, customerio_adapter, dry_run, sync_report
 from cio_destination.emulator import Emulator
 
 from .conftest import API_KEY, SITE_ID, with_region
@@ -135,6 +135,25 @@ def test_fingerprints_in_a_sql_store_survive_a_wiped_working_directory(
     pipeline("second").run(people(ROWS))  # a new runner: no local state at all
 
     assert batch_ops(emulator, mark) == 0
+
+
+def test_a_dry_run_reads_the_fingerprints_of_fingerprints_url(emulator: Emulator, tmp_path: Path):
+    """The dry run's copy of the destination had lost `fingerprints_url`: it read the local
+    state, found no fingerprint and reported every unchanged row as one to send."""
+    destination = customerio(
+        site_id=SITE_ID,
+        api_key=API_KEY,
+        track_url=emulator.url,
+        fingerprints_url=f"sqlite:///{tmp_path / 'fingerprints.db'}",
+    )
+    pipeline = dlt.pipeline("dry_url", destination=destination, pipelines_dir=str(tmp_path))
+    pipeline.run(people(ROWS))
+    mark = len(emulator.requests)
+
+    report = dry_run(pipeline, people(ROWS)).tables[0]
+
+    assert (report.operations, report.skipped) == (0, 3)
+    assert emulator.requests[mark:] == []
 
 
 def test_a_dry_run_records_no_fingerprint(emulator: Emulator, tmp_path: Path):

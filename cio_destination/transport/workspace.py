@@ -9,11 +9,10 @@ email sender. The first call of every load runs the preflight, one
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from dataclasses import dataclass
 from typing import Any
 
+from cio_destination.configuration import CustomerioConfiguration, secret_text
 from cio_destination.exceptions import CustomerioTerminalError
 from cio_destination.transport import regions
 from cio_destination.transport.api import RetryPolicy
@@ -24,43 +23,21 @@ from cio_destination.transport.sender import Sender
 from cio_destination.transport.track import TrackClient
 
 
-def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class WorkspaceKey:
-    region: str
-    track_url: str | None
-    app_url: str | None
-    site_id: str
-    api_key_digest: str
-    app_api_key_digest: str
-    requests_per_second: float
-    app_requests_per_second: float
-    max_attempts: int
-    timeout: float
-    max_request_bytes: int
-    max_concurrent_requests: int
-
-
 class Workspace:
     """Everything shared by the calls that send to one Customer.io workspace with one config.
 
     The first call of every load checks the credentials (and the region) with one
     `GET /api/v1/accounts/region`, before any data is sent; `region="auto"` takes the host from
-    its answer.
+    its answer. Reads only the keys that shape a workspace (see `workspace_for`).
     """
 
-    def __init__(self, key: WorkspaceKey, api_key: str, app_api_key: str) -> None:
-        self._key = key
-        self._api_key = api_key
-        self._app_api_key = app_api_key
-        self.limiter = RateLimiter(key.requests_per_second)
+    def __init__(self, config: CustomerioConfiguration) -> None:
+        self._config = config
+        self.limiter = RateLimiter(config.requests_per_second)
         self._options: dict[str, Any] = {
-            "retry": RetryPolicy(max_attempts=key.max_attempts),
-            "timeout": key.timeout,
-            "max_connections": key.max_concurrent_requests,
+            "retry": RetryPolicy(max_attempts=config.max_attempts),
+            "timeout": config.timeout,
+            "max_connections": config.max_concurrent_requests,
         }
         self._sender: Sender | None = None
         self.emails: EmailSender | None = None
@@ -89,24 +66,24 @@ class Workspace:
             self._load_id, self._load_error = load_id, None
 
     def _track_client(self, region: str) -> TrackClient:
-        key = self._key
+        config = self._config
         return TrackClient(
-            regions.track_url(key.track_url, region),
-            key.site_id,
-            self._api_key,
+            regions.track_url(config.track_url, region),
+            secret_text(config.site_id),
+            secret_text(config.api_key),
             limiter=self.limiter,
-            url_source=regions.url_source(key.track_url, "track_url"),
+            url_source=regions.url_source(config.track_url, "track_url"),
             **self._options,
         )
 
     def _preflight(self) -> None:
-        key = self._key
+        config = self._config
         if self._sender is not None:
             client = self._sender.client
         else:
-            client = self._track_client(regions.first_region(key.region))
+            client = self._track_client(regions.first_region(config.region))
         try:
-            region = regions.settled_region(key.region, client.account_region(), self.region)
+            region = regions.settled_region(config.region, client.account_region(), self.region)
         except BaseException:
             if self._sender is None:
                 client.close()
@@ -114,7 +91,7 @@ class Workspace:
         if self._sender is not None and region == self.region:
             self._sender.forget_refusal()
             return
-        if client.base_url != regions.track_url(key.track_url, region).rstrip("/"):
+        if client.base_url != regions.track_url(config.track_url, region).rstrip("/"):
             # region="auto" found another region
             if self._sender is not None:
                 self._sender.close()
@@ -126,36 +103,39 @@ class Workspace:
         if self._sender is None:
             self._sender = Sender(
                 client,
-                max_in_flight=key.max_concurrent_requests,
-                max_request_bytes=key.max_request_bytes,
+                max_in_flight=config.max_concurrent_requests,
+                max_request_bytes=config.max_request_bytes,
             )
         else:
             self._sender.forget_refusal()
-        if self._app_api_key:
+        if secret_text(config.app_api_key):
             self._open_emails(region)
 
     def _open_emails(self, region: str) -> None:
-        key = self._key
+        config = self._config
         if self.emails is not None:
             self.emails.close()
         app = AppClient(
-            regions.app_url(key.app_url, region),
-            self._app_api_key,
-            limiter=RateLimiter(key.app_requests_per_second),
-            url_source=regions.url_source(key.app_url, "app_url"),
+            regions.app_url(config.app_url, region),
+            secret_text(config.app_api_key),
+            limiter=RateLimiter(config.app_requests_per_second),
+            url_source=regions.url_source(config.app_url, "app_url"),
             **self._options,
         )
-        self.emails = EmailSender(app, max_in_flight=key.max_concurrent_requests)
+        self.emails = EmailSender(app, max_in_flight=config.max_concurrent_requests)
 
 
-_workspaces: dict[WorkspaceKey, Workspace] = {}
+_workspaces: dict[tuple[Any, ...], Workspace] = {}
 _workspaces_lock = threading.Lock()
 
 
-def workspace_for(key: WorkspaceKey, api_key: str, app_api_key: str) -> Workspace:
-    """The one shared workspace of a destination config, created on first use."""
+def workspace_for(config: CustomerioConfiguration) -> Workspace:
+    """The one shared workspace of a destination config, created on first use: configs that
+    differ only in keys that do not shape a workspace (`CustomerioConfiguration.workspace_key`),
+    such as their tables, share it, and with it the rate limit."""
+    key = config.workspace_key()
     with _workspaces_lock:
         workspace = _workspaces.get(key)
         if workspace is None:
-            workspace = _workspaces[key] = Workspace(key, api_key, app_api_key)
+            workspace = _workspaces[key] = Workspace(config)
         return workspace
