@@ -75,18 +75,18 @@ def test_batches_whose_keys_once_joined_alike_get_different_ids():
     kept one batch's figures for both."""
     from array import array
 
-    from cio_destination.destination import _batch_id
+    from cio_destination.report import batch_id
 
     def rejected(row_key: str) -> Rejection:
         return Rejection(
             row={}, row_key=row_key, reason="invalid_identifier", field=None, message=""
         )
 
-    two_entries = _batch_id([[Entry(b"0123456789", "a"), Entry(b"012", "b")]], [rejected("")], None)
+    two_entries = batch_id([[Entry(b"0123456789", "a"), Entry(b"012", "b")]], [rejected("")], None)
     # one entry whose key holds the separator, and a rejection whose key holds the bytes the
     # other batch's second size adds
     size = array("q", [3]).tobytes().decode()
-    one_entry = _batch_id([[Entry(b"0123456789", "a\x1fb")]], [rejected(size)], None)
+    one_entry = batch_id([[Entry(b"0123456789", "a\x1fb")]], [rejected(size)], None)
 
     assert one_entry != two_entries
-    assert _batch_id([[Entry(b"0123456789", "a\x1fb")]], [rejected(size)], None) == one_entry
+    assert batch_id([[Entry(b"0123456789", "a\x1fb")]], [rejected(size)], None) == one_entry

@@ -10,12 +10,7 @@ from typing import Any
 
 from cio_destination.state.backend import StateFile
 
-COLUMNS = (
-    "load_id",
-    "table_name",
-    "action",
-    "batch_id",
-    "dry_run",
+COUNTERS = (
     "rows_in",
     "operations",
     "accepted",
@@ -24,6 +19,15 @@ COLUMNS = (
     "requests",
     "retries",
     "throttled",
+)
+"""The whole-number counters of a batch record, added up per table by the report."""
+COLUMNS = (
+    "load_id",
+    "table_name",
+    "action",
+    "batch_id",
+    "dry_run",
+    *COUNTERS,
     "throttled_seconds",
     "started_at",
     "finished_at",
