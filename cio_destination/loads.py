@@ -122,6 +122,7 @@ class LoadMappings:
         return compiled
 
     def mapper(self, table: TTableSchema) -> RowMapper:
+        """The table's row mapper; raises the error the package's check kept, if any."""
         if self._error is not None:
             raise self._error.again()
         name = table["name"]

@@ -25,6 +25,7 @@ from cio_destination.state import PipelineState, state_path
 from cio_destination.transport.app import AppClient
 from cio_destination.transport.emails import EmailSender
 from cio_destination.transport.ratelimit import RateLimiter
+from cio_destination.transport.results import SendStats
 
 from .conftest import API_KEY, SITE_ID, with_region
 from .kills import kill_after_progress, run_to_completion
@@ -186,6 +187,59 @@ class OneStartAtATime:
     def throttled(self, pause: float = 0.0) -> None: ...
 
     def succeeded(self) -> None: ...
+
+
+def test_before_send_runs_once_its_slot_is_taken_and_can_stop_the_request():
+    """The email sender claims a key in `before_send`: after the first attempt's rate-limit
+    slot, never again on a retry, and a claim that raises sends nothing."""
+    events: list[str] = []
+
+    class Slots:
+        def acquire(self) -> float:
+            events.append("slot")
+            return 0.0
+
+        def throttled(self, pause: float = 0.0) -> None: ...
+
+        def succeeded(self) -> None: ...
+
+    answers = iter(
+        [
+            httpx.Response(429, headers={"Retry-After": "0"}),
+            httpx.Response(200, json={"delivery_id": "d"}),
+        ]
+    )
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        events.append("request")
+        return next(answers)
+
+    client = AppClient(
+        "http://127.0.0.1:1",
+        APP_KEY,
+        limiter=Slots(),
+        transport=httpx.MockTransport(answer),
+        sleep=lambda _: None,
+    )
+    stats = SendStats()
+    outcome = client.send_email(b"{}", stats, before_send=lambda: events.append("claim"))
+
+    assert events == ["slot", "claim", "request", "slot", "request"]
+    assert (outcome.delivery_id, stats.requests, stats.retries) == ("d", 2, 1)
+
+    class Blocked(Exception):
+        pass
+
+    def blocked() -> None:
+        raise Blocked
+
+    events.clear()
+    unsent = SendStats()
+    with pytest.raises(Blocked):
+        client.send_email(b"{}", unsent, before_send=blocked)
+    assert events == ["slot"]
+    assert unsent.requests == 0
+    client.close()
 
 
 def send_entries(count: int, *, key=lambda i: f"key-{i}") -> list[Entry]:

@@ -7,7 +7,9 @@ sent at all. A fingerprint is written only after Customer.io accepted the operat
 rejected or failed send is tried again in full next time.
 
 Fingerprints live in the pipeline's local state, or in any SQL database given by URL
-(`fingerprints_url`), so runners with no persistent disk keep them.
+(`fingerprints_url`), so runners with no persistent disk keep them (see
+`cio_destination.state.fingerprints`). `cio_destination.diff.Diff` runs this for each call and
+remembers the fingerprints of what Customer.io accepted.
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ import orjson
 from cio_destination.operations import Entry
 from cio_destination.state.fingerprints import Fingerprint, Fingerprints
 
-# A person's fingerprint: {"r": hash of the whole operation, "a": {attribute: hash of its value},
-# "s": hash of the source row}. The whole-operation hash settles the common case (nothing
-# changed) with one hash per row; the attribute hashes are computed only for people new or changed.
+# The whole-operation hash of a fingerprint settles the common case (nothing changed) with one
+# hash per row; the attribute hashes are computed only for people new or changed.
 
 
 def _hash(data: bytes) -> int:
@@ -62,7 +63,7 @@ class Changes:
 def only_changes(
     entries: Sequence[Entry],
     attribute_columns: Sequence[str],
-    store: Fingerprints,
+    fingerprints: Fingerprints,
     scope: str,
     source_hashes: Mapping[str, int] | None = None,
 ) -> Changes:
@@ -72,7 +73,7 @@ def only_changes(
     kept with the fingerprints, to skip unchanged rows before mapping next time.
     """
     sources = source_hashes or {}
-    previous = store.fingerprints_of(scope, [entry.row_key for entry in entries])
+    previous = fingerprints.fingerprints_of(scope, [entry.row_key for entry in entries])
     mapped = set(attribute_columns)
     changes = Changes(entries=[])
     for entry in entries:

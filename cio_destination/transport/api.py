@@ -245,19 +245,3 @@ def _host_of(url: str | None) -> str | None:
         return httpx.URL(url).host or None
     except httpx.InvalidURL:
         return None
-
-
-def _problem(answer: httpx.Response | httpx.RequestError) -> str:
-    if isinstance(answer, httpx.Response):
-        return f"HTTP {answer.status_code}"
-    return type(answer).__name__
-
-
-def _host_of(url: str | None) -> str | None:
-    """Only the host of a redirect target: its path or query may carry anything."""
-    if not url:
-        return None
-    try:
-        return httpx.URL(url).host or None
-    except httpx.InvalidURL:
-        return None
