@@ -837,6 +837,14 @@ def _id_text(value: Any, column: str, kind: str) -> str:
     raise _Reject("invalid_identifier", column, f"a {type(value).__name__} is not a valid {kind}")
 
 
+def identifier_or_none(value: Any) -> str | None:
+    """The identifier text the mapper writes for `value`, None where it rejects the value."""
+    try:
+        return _id_text(value, "identifier", "identifier")
+    except _Reject:
+        return None
+
+
 def _key_text(value: Any) -> str:
     if value is None:
         return ""

@@ -14,10 +14,12 @@ from cio_destination._framing import frame
 from cio_destination.arrow_path import map_identify_batch
 from cio_destination.batching import body_of
 from cio_destination.blocks import EntryBlock, pack_entries, request_body
-from cio_destination.client import RetryPolicy, Sender, TrackClient
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.operations import LazyRow, RowMapper
-from cio_destination.ratelimit import RateLimiter
+from cio_destination.transport.api import RetryPolicy
+from cio_destination.transport.ratelimit import RateLimiter
+from cio_destination.transport.sender import Sender
+from cio_destination.transport.track import TrackClient
 
 
 def people(count: int, start: int = 0) -> pa.RecordBatch:

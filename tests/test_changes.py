@@ -10,7 +10,7 @@ import orjson
 import pytest
 from pytest_httpx import HTTPXMock
 
-from cio_destination import customerio, customerio_adapter, sync_report
+from cio_destination import customerio, customerio_adapter, dry_run, sync_report
 from cio_destination.emulator import Emulator
 
 from .conftest import API_KEY, SITE_ID, with_region
@@ -135,6 +135,25 @@ def test_fingerprints_in_a_sql_store_survive_a_wiped_working_directory(
     pipeline("second").run(people(ROWS))  # a new runner: no local state at all
 
     assert batch_ops(emulator, mark) == 0
+
+
+def test_a_dry_run_reads_the_fingerprints_of_fingerprints_url(emulator: Emulator, tmp_path: Path):
+    """The dry run's copy of the destination had lost `fingerprints_url`: it read the local
+    state, found no fingerprint and reported every unchanged row as one to send."""
+    destination = customerio(
+        site_id=SITE_ID,
+        api_key=API_KEY,
+        track_url=emulator.url,
+        fingerprints_url=f"sqlite:///{tmp_path / 'fingerprints.db'}",
+    )
+    pipeline = dlt.pipeline("dry_url", destination=destination, pipelines_dir=str(tmp_path))
+    pipeline.run(people(ROWS))
+    mark = len(emulator.requests)
+
+    report = dry_run(pipeline, people(ROWS)).tables[0]
+
+    assert (report.operations, report.skipped) == (0, 3)
+    assert emulator.requests[mark:] == []
 
 
 def test_a_dry_run_records_no_fingerprint(emulator: Emulator, tmp_path: Path):
@@ -280,15 +299,15 @@ def test_source_hashes_stored_by_an_older_version_resend_nobody(emulator: Emulat
     """After an upgrade the stored source hashes no longer match: the rows are mapped again,
     the whole-operation hash finds them unchanged, nothing is sent, and the new source hashes
     are stored, so the run after skips the rows before mapping again."""
-    from cio_destination.store import store_for
+    from cio_destination.state import state_for
 
     pipeline = make_pipeline()
     pipeline.run(arrow_people(ROWS))
-    store, scope = store_for(pipeline.working_dir), f"{pipeline.pipeline_name}/people"
+    store, scope = state_for(pipeline.working_dir).fingerprints, f"{pipeline.pipeline_name}/people"
     identifiers = [str(row["uid"]) for row in ROWS]
-    current = store.load_source_hashes(scope, identifiers)
-    stored = store.load(scope, identifiers)
-    store.save(
+    current = store.source_hashes_of(scope, identifiers)
+    stored = store.fingerprints_of(scope, identifiers)
+    store.remember(
         scope,
         {
             str(row["uid"]): {
@@ -306,4 +325,4 @@ def test_source_hashes_stored_by_an_older_version_resend_nobody(emulator: Emulat
     assert batch_ops(emulator, mark) == 0
     report = sync_report(pipeline).tables[0]
     assert (report.rows_in, report.skipped, report.operations) == (3, 3, 0)
-    assert store.load_source_hashes(scope, identifiers) == current
+    assert store.source_hashes_of(scope, identifiers) == current

@@ -10,22 +10,19 @@ import orjson
 import pytest
 from pytest_httpx import HTTPXMock
 
-from cio_destination.client import (
-    TRACK_HOSTS,
-    AppClient,
-    OutcomeUnknown,
-    RetryPolicy,
-    Sender,
-    SendStats,
-    TrackClient,
-)
 from cio_destination.exceptions import (
     CredentialsError,
     CustomerioTerminalError,
     CustomerioTransientError,
 )
 from cio_destination.operations import Entry
-from cio_destination.ratelimit import RateLimiter
+from cio_destination.transport.api import OutcomeUnknown, RetryPolicy
+from cio_destination.transport.app import AppClient
+from cio_destination.transport.ratelimit import RateLimiter
+from cio_destination.transport.regions import TRACK_HOSTS
+from cio_destination.transport.results import SendStats
+from cio_destination.transport.sender import Sender
+from cio_destination.transport.track import TrackClient
 
 
 class FakeClock:

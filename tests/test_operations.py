@@ -1098,7 +1098,7 @@ DEEPEST = 2_000  # past what orjson reads
 def test_deeply_nested_value_rejects_its_row_and_the_rest_go_out(
     declared, table_columns, bad_row, reason, field, levels
 ):
-    from cio_destination.store import row_to_json
+    from cio_destination.state.rejects import row_to_json
 
     if not declared["action"].startswith("object_"):
         declared = {"identifier": "user_id", **declared}

@@ -18,13 +18,14 @@ from dlt.pipeline.exceptions import PipelineStepFailed
 from pytest_httpx import HTTPXMock
 
 from cio_destination import customerio, customerio_adapter, rejected_rows
-from cio_destination.client import AppClient
 from cio_destination.emulator import Emulator
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.operations import Entry, RowMapper
-from cio_destination.ratelimit import RateLimiter
-from cio_destination.store import StateStore, state_path
-from cio_destination.transactional import EmailSender
+from cio_destination.state import PipelineState, state_path
+from cio_destination.transport.app import AppClient
+from cio_destination.transport.emails import EmailSender
+from cio_destination.transport.ratelimit import RateLimiter
+from cio_destination.transport.results import SendStats
 
 from .conftest import API_KEY, SITE_ID, with_region
 from .kills import kill_after_progress, run_to_completion
@@ -188,6 +189,59 @@ class OneStartAtATime:
     def succeeded(self) -> None: ...
 
 
+def test_before_send_runs_once_its_slot_is_taken_and_can_stop_the_request():
+    """The email sender claims a key in `before_send`: after the first attempt's rate-limit
+    slot, never again on a retry, and a claim that raises sends nothing."""
+    events: list[str] = []
+
+    class Slots:
+        def acquire(self) -> float:
+            events.append("slot")
+            return 0.0
+
+        def throttled(self, pause: float = 0.0) -> None: ...
+
+        def succeeded(self) -> None: ...
+
+    answers = iter(
+        [
+            httpx.Response(429, headers={"Retry-After": "0"}),
+            httpx.Response(200, json={"delivery_id": "d"}),
+        ]
+    )
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        events.append("request")
+        return next(answers)
+
+    client = AppClient(
+        "http://127.0.0.1:1",
+        APP_KEY,
+        limiter=Slots(),
+        transport=httpx.MockTransport(answer),
+        sleep=lambda _: None,
+    )
+    stats = SendStats()
+    outcome = client.send_email(b"{}", stats, before_send=lambda: events.append("claim"))
+
+    assert events == ["slot", "claim", "request", "slot", "request"]
+    assert (outcome.delivery_id, stats.requests, stats.retries) == ("d", 2, 1)
+
+    class Blocked(Exception):
+        pass
+
+    def blocked() -> None:
+        raise Blocked
+
+    events.clear()
+    unsent = SendStats()
+    with pytest.raises(Blocked):
+        client.send_email(b"{}", unsent, before_send=blocked)
+    assert events == ["slot"]
+    assert unsent.requests == 0
+    client.close()
+
+
 def send_entries(count: int, *, key=lambda i: f"key-{i}") -> list[Entry]:
     return [
         Entry(orjson.dumps({"to": f"buyer{i}@example.com", "n": i}), str(i), [{"n": i}], key(i))
@@ -203,7 +257,7 @@ def ledger_on_disk(path: Path) -> dict[str, str]:
 
 def test_a_send_key_is_pending_only_once_its_request_may_leave(tmp_path: Path):
     limiter = OneStartAtATime()
-    store = StateStore(tmp_path / "state.sqlite")
+    ledger = PipelineState(tmp_path / "state.sqlite").ledger
     started: list[str] = []
     seen_pending: list[set[str]] = []
 
@@ -211,9 +265,9 @@ def test_a_send_key_is_pending_only_once_its_request_may_leave(tmp_path: Path):
         key = f"key-{orjson.loads(request.content)['n']}"
         started.append(key)
         seen_pending.append(
-            {k for k, s in ledger_on_disk(store.path).items() if s == "pending"} - set(started)
+            {k for k, s in ledger_on_disk(ledger.path).items() if s == "pending"} - set(started)
         )
-        assert ledger_on_disk(store.path).get(key) == "pending"  # on disk before it leaves
+        assert ledger_on_disk(ledger.path).get(key) == "pending"  # on disk before it leaves
         limiter.answered()
         return httpx.Response(200, json={"delivery_id": f"d-{key}"})
 
@@ -222,7 +276,7 @@ def test_a_send_key_is_pending_only_once_its_request_may_leave(tmp_path: Path):
     )
     sender = EmailSender(client, max_in_flight=4)
     try:
-        result = sender.send(send_entries(12), store=store, table="receipts", load_id="1")
+        result = sender.send(send_entries(12), ledger=ledger, table="receipts", load_id="1")
     finally:
         sender.close()
 
@@ -230,31 +284,32 @@ def test_a_send_key_is_pending_only_once_its_request_may_leave(tmp_path: Path):
     assert len(started) == 12
     # no key is pending before its own request started: the ones waiting for their turn are not
     assert seen_pending == [set()] * 12
-    assert ledger_on_disk(store.path) == {f"key-{i}": "sent" for i in range(12)}
+    assert ledger_on_disk(ledger.path) == {f"key-{i}": "sent" for i in range(12)}
 
 
 def test_claims_queued_while_the_ledger_commits_share_the_next_commit(tmp_path: Path):
-    store = StateStore(tmp_path / "state.sqlite")
-    _, generation = store.ledger_identity()
+    state = PipelineState(tmp_path / "state.sqlite")
+    ledger = state.ledger
+    _, generation = ledger.identity()
     claimed: list[str | None] = []
 
     def claim(i: int) -> None:
-        claimed.append(store.claim_send("t", f"key-{i}", "1"))
+        claimed.append(ledger.claim("t", f"key-{i}", "1"))
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
-    with store._lock:  # the first claim's commit is under way: the other seven queue up
+    with state.file._lock:  # the first claim's commit is under way: the other seven queue up
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 60  # only a broken queue gets here
-        while len(store._ledger_queue) < 7:
+        while len(ledger._queue) < 7:
             assert time.monotonic() < deadline
             time.sleep(0.001)
     for thread in threads:
         thread.join()
 
     assert claimed == [None] * 8
-    assert store.ledger_identity()[1] == generation + 2  # two commits, not eight
-    assert ledger_on_disk(store.path) == {f"key-{i}": "pending" for i in range(8)}
+    assert ledger.identity()[1] == generation + 2  # two commits, not eight
+    assert ledger_on_disk(ledger.path) == {f"key-{i}": "pending" for i in range(8)}
 
 
 def test_a_key_twice_in_one_call_is_sent_once(tmp_path: Path):
@@ -270,11 +325,11 @@ def test_a_key_twice_in_one_call_is_sent_once(tmp_path: Path):
         limiter=RateLimiter(10_000),
         transport=httpx.MockTransport(answer),
     )
-    store = StateStore(tmp_path / "state.sqlite")
+    ledger = PipelineState(tmp_path / "state.sqlite").ledger
     sender = EmailSender(client, max_in_flight=4)
     try:
         result = sender.send(
-            send_entries(6, key=lambda i: f"key-{i % 3}"), store=store, table="t", load_id="1"
+            send_entries(6, key=lambda i: f"key-{i % 3}"), ledger=ledger, table="t", load_id="1"
         )
     finally:
         sender.close()

@@ -18,7 +18,7 @@ from cio_destination import (
     sync_report,
 )
 from cio_destination.emulator import Emulator
-from cio_destination.store import release_store, state_path
+from cio_destination.state import release_state, state_path
 
 from .conftest import API_KEY, SITE_ID
 from .test_sends import receipts, receipts_resource, send_pipeline
@@ -32,7 +32,7 @@ def sent_receipts(emulator: Emulator) -> Counter[int]:
 
 def closed_state_file(pipeline: dlt.Pipeline) -> Path:
     """The pipeline's state file, closed as it is when the next run is another process."""
-    release_store(pipeline.working_dir)
+    release_state(pipeline.working_dir)
     path = state_path(pipeline.working_dir)
     assert path.exists() and not Path(f"{path}-wal").exists()
     return path

@@ -1,0 +1,175 @@
+"""Transactional emails, sent at most once per row through a durable ledger.
+
+Customer.io has no idempotency key for sends, so the guarantee lives here: a row's send key is
+written `pending` (and synced to disk) right before its request may leave the machine, and `sent`
+after the answer. A later load skips `sent` keys, and does not repeat a key an interrupted load
+left `pending`, whose outcome is unknown: it reports it instead (`send_outcome_unknown`), unless
+`resend_uncertain` is set. Keys are claimed one request at a time, once the request's rate-limit
+slot is taken (the client's `before_send`), so a crash leaves uncertain only the requests that
+were in flight; claims of concurrent requests share one fsync.
+
+The ledger only protects if it is the one earlier loads sent through:
+`cio_destination.state.ledger_guard.SendLedgerGuard` stops a load that finds another one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from cio_destination.exceptions import CredentialsError, CustomerioTerminalError
+from cio_destination.operations import Entry
+from cio_destination.state.ledger import PENDING, SendLedger
+from cio_destination.transport.api import OutcomeUnknown
+from cio_destination.transport.app import AppClient, SendOutcome
+from cio_destination.transport.results import SendResult, SendStats
+
+logger = logging.getLogger("cio_destination")
+
+UNKNOWN_REASON = "send_outcome_unknown"
+UNKNOWN_MESSAGE = (
+    "a previous load was interrupted while this send was in flight; it may or may not have been"
+    " delivered, so it is not sent again (set resend_uncertain to send such rows once more)"
+)
+
+
+class _KeyBlocked(Exception):
+    """The claim found the key sent, being sent, or left uncertain meanwhile: no request."""
+
+    def __init__(self, blocker: str) -> None:
+        super().__init__(blocker)
+        self.blocker = blocker
+
+
+class _Claim:
+    """The ledger claim of one send key, made by the client right before the request leaves."""
+
+    def __init__(
+        self, ledger: SendLedger, table: str, key: str, load_id: str, reclaim_pending: bool
+    ) -> None:
+        self._ledger = ledger
+        self._args = (table, key, load_id)
+        self._reclaim_pending = reclaim_pending
+        self.made = False
+
+    def __call__(self) -> None:
+        blocker = self._ledger.claim(*self._args, reclaim_pending=self._reclaim_pending)
+        if blocker is not None:
+            raise _KeyBlocked(blocker)
+        self.made = True
+
+
+@dataclass
+class _Sent:
+    stats: SendStats
+    outcome: SendOutcome | None = None
+    """None: the request may or may not have been delivered."""
+    blocked_by: str | None = None
+    """Not sent: the key was sent, or is being sent, or was left uncertain meanwhile."""
+
+
+class EmailSender:
+    """Sends one request per row through the App API, up to `max_in_flight` at once."""
+
+    def __init__(self, client: AppClient, *, max_in_flight: int) -> None:
+        self.client = client
+        self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="customerio-email")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.client.close()
+
+    def send(
+        self,
+        entries: Sequence[Entry],
+        *,
+        ledger: SendLedger,
+        table: str,
+        load_id: str,
+        resend_uncertain: bool = False,
+    ) -> SendResult:
+        """Send every entry whose key the ledger lets go; `skipped` counts the rows of the
+        keys already sent (or being sent by another row right now)."""
+        result = SendResult()
+        keys = [e.key for e in entries if e.key]
+        blockers = ledger.blockers(keys, reclaim_pending=resend_uncertain)
+        to_send: list[Entry] = []
+        for entry in entries:
+            if not self._blocked(entry, blockers.get(entry.key or ""), result):
+                to_send.append(entry)
+        futures = [
+            (e, self._pool.submit(self._send_one, e, ledger, table, load_id, resend_uncertain))
+            for e in to_send
+        ]
+        for entry, future in futures:
+            self._collect(entry, future, result)
+        return result
+
+    @staticmethod
+    def _blocked(entry: Entry, blocker: str | None, result: SendResult) -> bool:
+        if blocker is None:
+            return False
+        if blocker == PENDING:
+            result.rejections.extend(entry.reject(UNKNOWN_REASON, None, UNKNOWN_MESSAGE))
+        else:  # sent, or the same key being sent right now by another row
+            result.skipped += len(entry.rows)
+        return True
+
+    def _send_one(
+        self, entry: Entry, ledger: SendLedger, table: str, load_id: str, resend_uncertain: bool
+    ) -> _Sent:
+        """The request of one row, its key claimed right before it leaves, and the ledger's
+        record of what came of it."""
+        key = entry.key or ""
+        stats = SendStats()
+        claim = _Claim(ledger, table, key, load_id, resend_uncertain)
+        try:
+            outcome = self.client.send_email(
+                entry.data, stats, resend_uncertain=resend_uncertain, before_send=claim
+            )
+        except _KeyBlocked as blocked:
+            return _Sent(stats, blocked_by=blocked.blocker)
+        except OutcomeUnknown:
+            ledger.keep_pending(key)
+            return _Sent(stats)
+        except BaseException:
+            if claim.made:
+                # refused or out of retries: Customer.io did not take it, so a later load may
+                ledger.release(key)
+            raise
+        if outcome.delivery_id is not None:
+            ledger.mark_sent(key, outcome.delivery_id)
+        elif outcome.rejection is not None:
+            ledger.release(key)
+        else:
+            ledger.keep_pending(key)
+        return _Sent(stats, outcome)
+
+    def _collect(self, entry: Entry, future: Future[_Sent], result: SendResult) -> None:
+        try:
+            sent = future.result()
+        except BaseException as exc:
+            if result.error is None or (
+                isinstance(exc, CustomerioTerminalError)
+                and not isinstance(result.error, CustomerioTerminalError)
+            ):
+                result.error = exc
+            if isinstance(exc, CredentialsError):
+                logger.error("Customer.io App API refused the credentials")
+            return
+        result.stats.add(sent.stats)
+        if sent.blocked_by is not None:
+            self._blocked(entry, sent.blocked_by, result)
+        elif sent.outcome is None:
+            message = (
+                "a gateway error, a timeout or a dropped connection came after the send may have"
+                " reached Customer.io; it is not sent again unless resend_uncertain is set"
+            )
+            result.rejections.extend(entry.reject(UNKNOWN_REASON, None, message))
+        elif sent.outcome.rejection is not None:
+            result.rejections.extend(entry.reject(*sent.outcome.rejection))
+        elif sent.outcome.delivery_id is None:
+            message = "Customer.io's answer did not say whether the send was taken"
+            result.rejections.extend(entry.reject(UNKNOWN_REASON, None, message))
