@@ -27,9 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cio_destination import limits
-from cio_destination._framing import frame_column
-from cio_destination._values import _MAX_UNIX, ValueProblem, to_unix_seconds
 from cio_destination.blocks import EntryBlock
+from cio_destination.framing import frame_column
 from cio_destination.operations import (
     _PHONE,
     UNITS_PER_SECOND,
@@ -40,6 +39,7 @@ from cio_destination.operations import (
     gc_paused,
     rows_from_arrow,
 )
+from cio_destination.values import MAX_UNIX, ValueProblem, to_unix_seconds
 
 _UNITS = UNITS_PER_SECOND
 
@@ -414,7 +414,7 @@ def attribute_texts(
             text = _float_text(column)
         elif _is_temporal(kind):
             seconds = _floor_seconds(column)
-            flags.append(pc.or_(pc.less(seconds, 0), pc.greater(seconds, _MAX_UNIX)))
+            flags.append(pc.or_(pc.less(seconds, 0), pc.greater(seconds, MAX_UNIX)))
             text = pc.cast(seconds, pa.string())
         elif pa.types.is_integer(kind):
             text = pc.cast(column, pa.string())
@@ -437,7 +437,7 @@ def timestamp_pieces(batch: Any, name: str | None, flags: list[Any]) -> list[Any
     column = batch.column(name)
     if _is_temporal(column.type):
         seconds = _floor_seconds(column)
-        flags.append(pc.or_(pc.less(seconds, 0), pc.greater(seconds, _MAX_UNIX)))
+        flags.append(pc.or_(pc.less(seconds, 0), pc.greater(seconds, MAX_UNIX)))
     else:
         converted: list[int | None] = []
         unconvertible: list[bool] = []
@@ -559,7 +559,7 @@ def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list[Any], list[in
     an identifier repeats in the batch (then the order of the rows matters: map them all).
 
     Two rows hash alike only if they are the same row under the same mapping: each value is
-    framed by its length (see `cio_destination._framing`), and the hash is salted with the
+    framed by its length (see `cio_destination.framing`), and the hash is salted with the
     mapping and with the name and type of every column hashed, so no value can pass for a
     separator, a null, another column or another type (`0`, `"0"` and `0.0`; seconds and
     milliseconds). Hashes stored by an older encoding simply differ: such a row is mapped

@@ -17,8 +17,8 @@ from typing import Any, overload
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cio_destination._framing import frame_texts
 from cio_destination.batching import body_of, enveloped, pack_bounds
+from cio_destination.framing import frame_texts
 from cio_destination.operations import Entry, LazyRow, Row
 
 

@@ -28,7 +28,6 @@ from dlt.common.schema.utils import is_dlt_table_or_column
 from dlt.common.storages.load_package import LoadPackageStateInjectableContext
 from dlt.common.typing import TDataItems
 
-from cio_destination._framing import frame
 from cio_destination.arrow_events import NAMED_ACTIONS, map_named_batch, map_named_rows
 from cio_destination.arrow_path import map_identify_batch, map_identify_rows, source_row_hashes
 from cio_destination.blocks import EntryBlock, entry_sizes
@@ -45,6 +44,7 @@ from cio_destination.client import (
 from cio_destination.configuration import CustomerioConfiguration
 from cio_destination.exceptions import CustomerioError, CustomerioTerminalError
 from cio_destination.failures import shorten_job_error_logs
+from cio_destination.framing import frame
 from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
 from cio_destination.mirror import MirrorPlan, plan_mirror
 from cio_destination.operations import Entry, Rejection, RowMapper, rows_from_arrow
@@ -584,7 +584,7 @@ def _batch_id(
 ) -> str:
     """The same rows give the same id, so a replayed batch replaces its record in the report.
 
-    Every piece is framed by its length (`cio_destination._framing`), and the number of parts
+    Every piece is framed by its length (`cio_destination.framing`), and the number of parts
     leads, so two different batches never read alike, whatever bytes their row keys hold.
     """
     pieces: list[bytes | None] = [

@@ -23,21 +23,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cio_destination import limits
-from cio_destination._values import (
-    _DIGITS,
-    _MAX_UNIX,
+from cio_destination.event_ids import canonical_key, canonical_row_key, deterministic_ulid
+from cio_destination.mapping import KEYED_ACTIONS, CompiledMapping
+from cio_destination.values import (
+    DIGITS,
+    MAX_UNIX,
     ValueProblem,
-    canonical_key,
-    canonical_row_key,
     datetime_to_unix,
-    deterministic_ulid,
     parse_json_object,
     parse_json_text,
     recordable_json,
     to_json_value,
     to_unix_seconds,
 )
-from cio_destination.mapping import KEYED_ACTIONS, CompiledMapping
 
 if TYPE_CHECKING:
     from cio_destination.blocks import EntryBlock
@@ -651,7 +649,7 @@ class RowMapper:
         if isinstance(value, int):
             return value
         text = str(value)
-        return int(text) if _DIGITS.fullmatch(text) else text
+        return int(text) if DIGITS.fullmatch(text) else text
 
     def _unix(self, row: Row, column: str | None) -> int | None:
         if column is None:
@@ -661,7 +659,7 @@ class RowMapper:
             return None
         if type(value) is dt.datetime:  # the common case, without the general dispatch
             seconds = datetime_to_unix(value)
-            if 0 <= seconds <= _MAX_UNIX:
+            if 0 <= seconds <= MAX_UNIX:
                 return seconds
         try:
             return to_unix_seconds(value)

@@ -17,8 +17,8 @@ import pytest
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from cio_destination import MappingError, customerio_adapter, rejected_rows
-from cio_destination._values import canonical_key, deterministic_ulid
 from cio_destination.emulator import Emulator
+from cio_destination.event_ids import canonical_key, deterministic_ulid
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.operations import Mapped, RowMapper
 

@@ -10,8 +10,8 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from cio_destination._values import canonical_key, deterministic_ulid
 from cio_destination.arrow_events import map_named_batch, map_named_rows
+from cio_destination.event_ids import canonical_key, deterministic_ulid
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.operations import RowMapper, rows_from_arrow
 

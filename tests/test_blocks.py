@@ -10,11 +10,11 @@ import pyarrow as pa
 import pytest
 from pytest_httpx import HTTPXMock
 
-from cio_destination._framing import frame
 from cio_destination.arrow_path import map_identify_batch
 from cio_destination.batching import body_of
 from cio_destination.blocks import EntryBlock, pack_entries, request_body
 from cio_destination.client import RetryPolicy, Sender, TrackClient
+from cio_destination.framing import frame
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.operations import LazyRow, RowMapper
 from cio_destination.ratelimit import RateLimiter

@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from cio_destination import customerio_adapter, rejected_rows
-from cio_destination._values import canonical_key, deterministic_ulid
 from cio_destination.arrow_events import map_named_batch, map_named_rows
 from cio_destination.arrow_path import COLUMNAR_PATH, map_identify_batch, map_identify_rows
 from cio_destination.emulator import Emulator
+from cio_destination.event_ids import canonical_key, deterministic_ulid
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.operations import Mapped, RowMapper, rows_from_arrow
 

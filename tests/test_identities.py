@@ -9,7 +9,7 @@ import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cio_destination._framing import frame, frame_texts
+from cio_destination.framing import frame, frame_texts
 from cio_destination.operations import Entry, Rejection
 from cio_destination.store import StateStore, row_to_json
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from cio_destination import limits
-from cio_destination._values import canonical_key, deterministic_ulid
+from cio_destination.event_ids import canonical_key, deterministic_ulid
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.operations import Entry, Mapped, Rejection, RowMapper, rows_from_arrow
 

@@ -1,4 +1,4 @@
-"""Pure tests of cio_destination._values: timestamps, JSON values, event data, idempotency keys."""
+"""Pure tests of cio_destination.values and event_ids: timestamps, JSON values, event data, idempotency keys."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from cio_destination._values import (
+from cio_destination.event_ids import canonical_key, deterministic_ulid
+from cio_destination.values import (
     MAX_NESTING,
     ValueProblem,
-    canonical_key,
     datetime_to_unix,
-    deterministic_ulid,
     parse_json_object,
     recordable_json,
     to_json_value,
