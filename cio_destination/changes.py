@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from cio_destination.operations import Entry
+from cio_destination.entries import Entry
 
 # A person's fingerprint: {"r": hash of the whole operation, "a": {attribute: hash of its value}}.
 # The whole-operation hash settles the common case (nothing changed) with one hash per row; the

@@ -55,13 +55,12 @@ import httpx
 import orjson
 
 from cio_destination import __version__
-from cio_destination.blocks import pack_entries, request_body
+from cio_destination.entries import Entry, Rejection, pack_entries, request_body
 from cio_destination.exceptions import (
     CredentialsError,
     CustomerioTerminalError,
     CustomerioTransientError,
 )
-from cio_destination.operations import Entry, Rejection
 from cio_destination.ratelimit import RateLimiter
 
 logger = logging.getLogger("cio_destination")

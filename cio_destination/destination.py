@@ -28,9 +28,7 @@ from dlt.common.schema.utils import is_dlt_table_or_column
 from dlt.common.storages.load_package import LoadPackageStateInjectableContext
 from dlt.common.typing import TDataItems
 
-from cio_destination.arrow_events import NAMED_ACTIONS, map_named_batch, map_named_rows
-from cio_destination.arrow_path import map_identify_batch, map_identify_rows, source_row_hashes
-from cio_destination.blocks import EntryBlock, entry_sizes
+from cio_destination.actions.identify import source_row_hashes
 from cio_destination.changes import Changes, only_changes, sql_fingerprints
 from cio_destination.client import (
     APP_HOSTS,
@@ -42,12 +40,14 @@ from cio_destination.client import (
     TrackClient,
 )
 from cio_destination.configuration import CustomerioConfiguration
+from cio_destination.entries import Entry, EntryBlock, Rejection, entry_sizes
 from cio_destination.exceptions import CustomerioError, CustomerioTerminalError
 from cio_destination.failures import shorten_job_error_logs
 from cio_destination.framing import frame
-from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
+from cio_destination.mapper import RowMapper, map_items
+from cio_destination.mapping import compile_mapping, resolve_mapping
+from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.mirror import MirrorPlan, plan_mirror
-from cio_destination.operations import Entry, Rejection, RowMapper, rows_from_arrow
 from cio_destination.ratelimit import RateLimiter
 from cio_destination.report import MAX_SAMPLES, mask_payload
 from cio_destination.store import StateStore, store_for
@@ -425,19 +425,7 @@ def customerio(
         scope = f"{pipeline.pipeline_name}/{table['name']}"
         if not isinstance(items, list):
             items, source_hashes, skipped = _skip_unchanged_rows(mapper, items, fingerprints, scope)
-    if isinstance(items, list):
-        if action == "identify":
-            mapped = map_identify_rows(mapper, items, table.get("columns") or {})
-        elif action in NAMED_ACTIONS:
-            mapped = map_named_rows(mapper, items, table.get("columns") or {})
-        else:
-            mapped = mapper.map_rows(items)
-    elif action == "identify":
-        mapped = map_identify_batch(mapper, items)
-    elif action in NAMED_ACTIONS:
-        mapped = map_named_batch(mapper, items)
-    else:
-        mapped = mapper.map_rows(rows_from_arrow(items))
+    mapped = map_items(mapper, items, table.get("columns") or {})
     mapped.rows_in += skipped
     parts = mapped.parts()
     if mapper.mapping.changes_only:

@@ -279,7 +279,7 @@ def _in_zone(value: dt.datetime, zone: dt.tzinfo) -> dt.datetime:
 def rows_from_arrow(batch: Any) -> Iterator[Row]:
     """Rows of a pyarrow RecordBatch in the same shape typed-jsonl gives (nulls left out).
 
-    JSON columns keep their text: the mapper reads it (`RowMapper._decoded`). A timestamp is
+    JSON columns keep their text: the row path reads it (`RowReader.decoded`). A timestamp is
     the datetime pyarrow makes of it, rounded down to the microsecond, and in UTC where the
     local time of its zone is not a year a datetime holds.
     """

@@ -19,9 +19,10 @@ from typing import Any
 
 import orjson
 
+from cio_destination.entries import Entry
 from cio_destination.exceptions import MappingError
-from cio_destination.mapping import CompiledMapping
-from cio_destination.operations import Entry, _id_text, _Reject
+from cio_destination.limits import Reject, identifier_text
+from cio_destination.mapping_keys import CompiledMapping
 
 
 class MirrorGuardError(MappingError):
@@ -104,8 +105,8 @@ def snapshot_of(context: Any, table: str, identifier: str, *variants: str) -> se
             if value is None or (isinstance(value, str) and not value.strip()):
                 continue
             try:
-                found.add(_id_text(value, identifier, "identifier"))
-            except _Reject:
+                found.add(identifier_text(value, identifier, "identifier"))
+            except Reject:
                 continue
     return found
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import dlt
 
-from cio_destination.operations import ATTRIBUTE_DROPPED
+from cio_destination.limits import ATTRIBUTE_DROPPED
 from cio_destination.store import release_store, state_path, store_for
 
 __all__ = ["SyncReport", "TableReport", "dry_run", "mask_payload", "sync_report"]

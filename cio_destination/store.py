@@ -21,9 +21,9 @@ from typing import Any
 
 import orjson
 
+from cio_destination.entries import Rejection
 from cio_destination.exceptions import StateFileError
 from cio_destination.framing import frame
-from cio_destination.operations import Rejection
 from cio_destination.values import recordable_json
 
 STATE_DIR = "customerio"

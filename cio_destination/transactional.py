@@ -25,12 +25,12 @@ import dlt
 from dlt.common.storages.exceptions import LoadPackageNotFound
 
 from cio_destination.client import AppClient, OutcomeUnknown, SendOutcome, SendResult, SendStats
+from cio_destination.entries import Entry
 from cio_destination.exceptions import (
     CredentialsError,
     CustomerioTerminalError,
     SendLedgerLostError,
 )
-from cio_destination.operations import Entry
 from cio_destination.ratelimit import RateLimiter
 from cio_destination.store import PENDING, StateStore
 

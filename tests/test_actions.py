@@ -18,9 +18,10 @@ from dlt.pipeline.exceptions import PipelineStepFailed
 
 from cio_destination import MappingError, customerio_adapter, rejected_rows
 from cio_destination.emulator import Emulator
+from cio_destination.entries import Mapped
 from cio_destination.event_ids import canonical_key, deterministic_ulid
+from cio_destination.mapper import RowMapper
 from cio_destination.mapping import compile_mapping, parse_mapping
-from cio_destination.operations import Mapped, RowMapper
 
 UTC = dt.timezone.utc
 T = 1_705_314_600  # 2024-01-15T10:30:00Z

@@ -19,12 +19,12 @@ from cio_destination.client import (
     SendStats,
     TrackClient,
 )
+from cio_destination.entries import Entry
 from cio_destination.exceptions import (
     CredentialsError,
     CustomerioTerminalError,
     CustomerioTransientError,
 )
-from cio_destination.operations import Entry
 from cio_destination.ratelimit import RateLimiter
 
 

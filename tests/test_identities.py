@@ -9,8 +9,8 @@ import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cio_destination.entries import Entry, Rejection
 from cio_destination.framing import frame, frame_texts
-from cio_destination.operations import Entry, Rejection
 from cio_destination.store import StateStore, row_to_json
 
 _parts = st.lists(st.one_of(st.none(), st.text(), st.binary()), max_size=6)

@@ -19,7 +19,7 @@ from pytest_httpx import HTTPXMock
 from cio_destination import customerio, customerio_adapter, rejected_rows
 from cio_destination.client import AppClient, OutcomeUnknown, RetryPolicy, SendStats, TrackClient
 from cio_destination.emulator import Emulator
-from cio_destination.operations import Entry
+from cio_destination.entries import Entry
 from cio_destination.ratelimit import RateLimiter
 
 SITE = "site-Qz81rT"
