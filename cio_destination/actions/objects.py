@@ -8,7 +8,6 @@ from typing import Any
 from cio_destination.actions.rows import RowReader
 from cio_destination.actions.spec import OBJECT_KEYS, OBJECT_REQUIREMENTS, Action
 from cio_destination.entries import Row
-from cio_destination.limits import check_object_data
 
 
 def object_identify_op(reader: RowReader, row: Row, dropped: list[str] | None) -> dict[str, Any]:
@@ -18,9 +17,8 @@ def object_identify_op(reader: RowReader, row: Row, dropped: list[str] | None) -
         "action": "identify",
         "identifiers": reader.object_identifiers(row),
     }
-    attributes = reader.attributes(row, per_value_limit=False)
+    attributes = reader.object_attributes(row)
     if attributes:
-        check_object_data(attributes)
         op["attributes"] = attributes
     return op
 

@@ -14,19 +14,13 @@ from cio_destination.actions.spec import (
     Action,
 )
 from cio_destination.entries import Row
-from cio_destination.limits import check_object_data
 
 
 def relationship_op(reader: RowReader, row: Row, dropped: list[str] | None) -> dict[str, Any]:
     """The row builder: the person's relationship to the mapping's object (with its attributes,
     where the action sends them)."""
     op = person_op(reader, row)
-    relationship: dict[str, Any] = {"identifiers": reader.object_identifiers(row)}
-    attributes = reader.attributes(row, per_value_limit=False)
-    if attributes:
-        check_object_data(attributes)
-        relationship["relationship_attributes"] = attributes
-    op["cio_relationships"] = [relationship]
+    op["cio_relationships"] = [reader.relationship(row, reader.object_identifiers(row))]
     return op
 
 

@@ -25,6 +25,7 @@ from cio_destination.limits import (
     Reject,
     attribute_values,
     check_event_data,
+    check_object_data,
     dropped_records,
     entry_rejections,
     object_id_text,
@@ -183,6 +184,22 @@ class RowReader:
             data.update(attributes)
         check_event_data(data, column or "attributes")
         return data
+
+    def object_attributes(self, row: Row) -> dict[str, Any]:
+        """The row's object (or relationship) attributes, within Customer.io's limit for them."""
+        attributes = self.attributes(row, per_value_limit=False)
+        if attributes:
+            check_object_data(attributes)
+        return attributes
+
+    def relationship(self, row: Row, identifiers: dict[str, Any]) -> dict[str, Any]:
+        """One item of `cio_relationships`: the other side's `identifiers`, and the row's
+        relationship attributes where it has any."""
+        relationship: dict[str, Any] = {"identifiers": identifiers}
+        attributes = self.object_attributes(row)
+        if attributes:
+            relationship["relationship_attributes"] = attributes
+        return relationship
 
     def object_identifiers(self, row: Row) -> dict[str, str]:
         """`{"object_type_id": ..., "object_id": ...}` of the mapping's object."""
