@@ -37,6 +37,7 @@ from cio_destination.values import (
     floor_divide,
     midnight_seconds,
     to_json_value,
+    too_deep,
 )
 
 _UTC = dt.timezone.utc
@@ -86,7 +87,7 @@ def _canonical(value: Any, level: int) -> Any:
         return int(value)  # beyond 64 bits, canonical_key refuses it
     if isinstance(value, (dict, list, tuple)):
         if level >= MAX_NESTING:
-            raise ValueProblem(f"nested deeper than {MAX_NESTING} levels")
+            raise too_deep()
         if isinstance(value, dict):
             return {str(k): _canonical(v, level + 1) for k, v in value.items()}
         return [_canonical(v, level + 1) for v in value]

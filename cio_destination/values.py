@@ -57,6 +57,9 @@ class ValueProblem(ValueError):
     """A value cannot be converted; the message never contains the value itself."""
 
 
+# -- timestamps ----------------------------------------------------------------------------------
+
+
 def datetime_to_unix(value: dt.datetime) -> int:
     """The unix second a datetime (naive ones are UTC) falls in, as the columnar path counts it.
 
@@ -194,7 +197,12 @@ def timestamp_column(column: Any) -> tuple[Any, Any]:
     return pa.array(converted, pa.int64()), pa.array(refused)
 
 
+# -- numbers -------------------------------------------------------------------------------------
+
+
 def decimal_to_number(value: Decimal) -> int | float:
+    """A Decimal as a JSON number: an exact integer where it is whole and within 64 bits, else
+    the nearest double."""
     if not value.is_finite():
         raise ValueProblem("not a finite number")
     if value == value.to_integral_value():
@@ -231,7 +239,11 @@ def decimal_column(column: Any, flags: list[Any]) -> Any | None:
     return pc.if_else(whole, digits, nearest)
 
 
-def _too_deep() -> ValueProblem:
+# -- JSON values ---------------------------------------------------------------------------------
+
+
+def too_deep() -> ValueProblem:
+    """The problem of a value nested deeper than `MAX_NESTING`."""
     return ValueProblem(f"nested deeper than {MAX_NESTING} levels")
 
 
@@ -264,7 +276,7 @@ def _json_ready(value: Any, level: int) -> Any:
         return decimal_to_number(value)
     if isinstance(value, (dict, list, tuple)):
         if level >= MAX_NESTING:
-            raise _too_deep()
+            raise too_deep()
         if isinstance(value, dict):
             return {str(k): _json_ready(v, level + 1) for k, v in value.items()}
         return [_json_ready(v, level + 1) for v in value]
@@ -285,7 +297,7 @@ def parse_json_text(text: str | bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         # orjson reads at most 1024 levels and says so only in its message
         if exc.msg.startswith("depth limit"):
-            raise _too_deep() from None
+            raise too_deep() from None
         raise ValueProblem("not valid JSON") from None
 
 
@@ -299,6 +311,9 @@ def parse_json_object(value: Any) -> dict[str, Any]:
             return parsed
         raise ValueProblem(f"JSON holds a {type(parsed).__name__}, not an object")
     raise ValueProblem(f"a {type(value).__name__} is not a JSON object")
+
+
+# -- records of any value ------------------------------------------------------------------------
 
 
 def recordable_json(value: Any) -> bytes:

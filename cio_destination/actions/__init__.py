@@ -22,6 +22,9 @@ def _discovered() -> dict[str, Action]:
         for action in getattr(declared, "ACTIONS", ()):
             if action.name in found:
                 raise ValueError(f"action {action.name!r} is declared twice")
+            named = {key for requirement in action.requires for key in requirement.keys}
+            if not named | set(action.row_key) <= action.keys:
+                raise ValueError(f"action {action.name!r} needs keys it does not take")
             found[action.name] = action
     return dict(sorted(found.items()))
 
