@@ -113,6 +113,14 @@ def identifier_text(value: Any, column: str, kind: str) -> str:
     raise Reject("invalid_identifier", column, f"a {type(value).__name__} is not a valid {kind}")
 
 
+def identifier_or_none(value: Any) -> str | None:
+    """The identifier text the row path writes for `value`, None where it rejects the value."""
+    try:
+        return identifier_text(value, "identifier", "identifier")
+    except Reject:
+        return None
+
+
 def person_identifier(value: Any, column: str, kind: str) -> str:
     """The text of a person's identifier of `kind` (`id`, `email`, `cio_id`, `phone`) held by
     `column`; a `Reject` when it is empty, too long, or not of its kind."""

@@ -21,7 +21,7 @@ import orjson
 
 from cio_destination.entries import Entry
 from cio_destination.exceptions import MappingError
-from cio_destination.limits import Reject, identifier_text
+from cio_destination.limits import identifier_or_none
 from cio_destination.mapping_keys import CompiledMapping
 
 
@@ -104,10 +104,9 @@ def snapshot_of(context: Any, table: str, identifier: str, *variants: str) -> se
         for value in chain.from_iterable(_job_rows(path, c) for c in (identifier, *variants)):
             if value is None or (isinstance(value, str) and not value.strip()):
                 continue
-            try:
-                found.add(identifier_text(value, identifier, "identifier"))
-            except Reject:
-                continue
+            text = identifier_or_none(value)
+            if text is not None:
+                found.add(text)
     return found
 
 
