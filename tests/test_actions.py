@@ -823,7 +823,7 @@ def test_page_and_screen_rejections(action: str):
         pytest.param(
             {"action": "suppress", "identifier": "uid", "attributes": ["plan"]},
             "attributes",
-            "only applies to action add_device, add_relationships, event, identify, object_identify, page, screen, send_email",
+            "only applies to action add_device, add_relationships, event, identify, object_add_relationships, object_identify, page, screen, send_email",
             id="attributes-on-suppress",
         ),
         pytest.param(
@@ -835,7 +835,7 @@ def test_page_and_screen_rejections(action: str):
         pytest.param(
             {"action": "delete_device", "identifier": "uid", "device_token": "t", "attributes": []},
             "attributes",
-            "only applies to action add_device, add_relationships, event, identify, object_identify, page, screen, send_email",
+            "only applies to action add_device, add_relationships, event, identify, object_add_relationships, object_identify, page, screen, send_email",
             id="attributes-on-delete-device",
         ),
         pytest.param(
@@ -858,7 +858,7 @@ def test_page_and_screen_rejections(action: str):
         pytest.param(
             {"action": "page", "identifier": "uid", "event_name": "p", "object_id": "c"},
             "object_id",
-            "only applies to action add_relationships, delete_relationships, object_delete, object_identify",
+            "only applies to action add_relationships, delete_relationships, object_add_relationships, object_delete, object_delete_relationships, object_identify",
             id="object-id-on-page",
         ),
         pytest.param(
@@ -869,7 +869,7 @@ def test_page_and_screen_rejections(action: str):
                 "object_id": "c",
             },
             "identifier",
-            "only applies to action add_device, add_relationships, delete, delete_device, delete_relationships, event, identify, merge, page, screen, send_email, suppress, unsuppress",
+            "only applies to action add_device, add_relationships, delete, delete_device, delete_relationships, event, identify, merge, object_add_relationships, object_delete_relationships, page, screen, send_email, suppress, unsuppress",
             id="identifier-on-object-identify",
         ),
         pytest.param(
@@ -880,7 +880,7 @@ def test_page_and_screen_rejections(action: str):
                 "attributes": ["name"],
             },
             "attributes",
-            "only applies to action add_device, add_relationships, event, identify, object_identify, page, screen, send_email",
+            "only applies to action add_device, add_relationships, event, identify, object_add_relationships, object_identify, page, screen, send_email",
             id="attributes-on-object-delete",
         ),
         pytest.param(
@@ -892,7 +892,7 @@ def test_page_and_screen_rejections(action: str):
                 "attributes": ["role"],
             },
             "attributes",
-            "only applies to action add_device, add_relationships, event, identify, object_identify, page, screen, send_email",
+            "only applies to action add_device, add_relationships, event, identify, object_add_relationships, object_identify, page, screen, send_email",
             id="attributes-on-delete-relationships",
         ),
         pytest.param(
