@@ -18,13 +18,12 @@ import dlt
 from dlt.common.schema import TTableSchema
 from dlt.common.typing import TDataItems
 
-from cio_destination.arrow_events import NAMED_ACTIONS, map_named_batch, map_named_rows
-from cio_destination.arrow_path import map_identify_batch, map_identify_rows
 from cio_destination.configuration import CustomerioConfiguration, keyword_signature
+from cio_destination.entries import Entry
 from cio_destination.exceptions import CustomerioError
 from cio_destination.failures import shorten_job_error_logs
 from cio_destination.loads import Load, current_load
-from cio_destination.operations import Entry, Mapped, RowMapper, rows_from_arrow
+from cio_destination.mapper import RowMapper, map_items
 from cio_destination.report import record_batch
 from cio_destination.transport.results import SendResult
 from cio_destination.transport.workspace import workspace_for
@@ -59,7 +58,7 @@ def customerio(
     load = current_load(config)
     mapper = load.mappings.mapper(table)
     diff = load.diff(mapper)
-    mapped = map_items(mapper, diff.drop_unchanged_rows(items), table)
+    mapped = map_items(mapper, diff.drop_unchanged_rows(items), table.get("columns") or {})
     parts = diff.to_send(mapped)
     if config.dry_run:
         result = SendResult()
@@ -86,24 +85,6 @@ def customerio(
 
 # dlt's wrapper shows the callable's parameters (items, table, config); a user passes the keys
 customerio.__signature__ = keyword_signature()  # type: ignore[attr-defined]
-
-
-def map_items(mapper: RowMapper, items: TDataItems, table: TTableSchema) -> Mapped:
-    """The operations (and rejections) of a call's rows, dicts or an Arrow batch, on the
-    columnar path where the action has one."""
-    action = mapper.compiled.action
-    if isinstance(items, list):
-        columns = table.get("columns") or {}
-        if action == "identify":
-            return map_identify_rows(mapper, items, columns)
-        if action in NAMED_ACTIONS:
-            return map_named_rows(mapper, items, columns)
-        return mapper.map_rows(items)
-    if action == "identify":
-        return map_identify_batch(mapper, items)
-    if action in NAMED_ACTIONS:
-        return map_named_batch(mapper, items)
-    return mapper.map_rows(rows_from_arrow(items))
 
 
 def deliver(load: Load, mapper: RowMapper, parts: list[Sequence[Entry]]) -> SendResult:

@@ -23,8 +23,9 @@ from cio_destination.configuration import CustomerioConfiguration, secret_text
 from cio_destination.diff import Diff
 from cio_destination.diff.mirror import MirrorPlans, plan_mirror
 from cio_destination.exceptions import CustomerioTerminalError
-from cio_destination.mapping import CompiledMapping, compile_mapping, resolve_mapping
-from cio_destination.operations import RowMapper
+from cio_destination.mapper import RowMapper
+from cio_destination.mapping import compile_mapping, resolve_mapping
+from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.state import PipelineState, state_for
 from cio_destination.state.fingerprints import Fingerprints, sql_fingerprints
 from cio_destination.state.ledger_guard import SendLedgerGuard

@@ -21,9 +21,9 @@ from typing import Any
 import dlt
 import orjson
 
-from cio_destination._framing import frame
-from cio_destination.blocks import EntryBlock, entry_sizes
-from cio_destination.operations import ATTRIBUTE_DROPPED, Entry, Mapped, Rejection
+from cio_destination.entries import Entry, EntryBlock, Mapped, Rejection, entry_sizes
+from cio_destination.framing import frame
+from cio_destination.limits import ATTRIBUTE_DROPPED
 from cio_destination.state import PipelineState, state_for, state_path
 from cio_destination.state.reports import COUNTERS
 from cio_destination.transport.results import SendResult
@@ -250,7 +250,7 @@ def batch_id(
 ) -> str:
     """The same rows give the same id, so a replayed batch replaces its record in the report.
 
-    Every piece is framed by its length (`cio_destination._framing`), and the number of parts
+    Every piece is framed by its length (`cio_destination.framing`), and the number of parts
     leads, so two different batches never read alike, whatever bytes their row keys hold.
     """
     pieces: list[bytes | None] = [

@@ -10,12 +10,12 @@ import orjson
 import pytest
 from pytest_httpx import HTTPXMock
 
+from cio_destination.entries import Entry
 from cio_destination.exceptions import (
     CredentialsError,
     CustomerioTerminalError,
     CustomerioTransientError,
 )
-from cio_destination.operations import Entry
 from cio_destination.transport.api import OutcomeUnknown, RetryPolicy
 from cio_destination.transport.app import AppClient
 from cio_destination.transport.ratelimit import RateLimiter

@@ -9,8 +9,8 @@ import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cio_destination._framing import frame, frame_texts
-from cio_destination.operations import Entry, Rejection
+from cio_destination.entries import Entry, Rejection
+from cio_destination.framing import frame, frame_texts
 from cio_destination.state import PipelineState
 from cio_destination.state.rejects import row_to_json
 

@@ -18,7 +18,7 @@ from pytest_httpx import HTTPXMock
 
 from cio_destination import customerio, customerio_adapter, rejected_rows
 from cio_destination.emulator import Emulator
-from cio_destination.operations import Entry
+from cio_destination.entries import Entry
 from cio_destination.transport.api import OutcomeUnknown, RetryPolicy
 from cio_destination.transport.app import AppClient
 from cio_destination.transport.ratelimit import RateLimiter

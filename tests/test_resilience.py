@@ -12,8 +12,8 @@ import pytest
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from cio_destination import customerio, customerio_adapter, rejected_rows
-from cio_destination._values import canonical_key, deterministic_ulid
 from cio_destination.emulator import Emulator, Faults
+from cio_destination.event_ids import canonical_key, deterministic_ulid
 from cio_destination.transport.ratelimit import RateLimiter
 
 from .conftest import API_KEY, SITE_ID

@@ -19,8 +19,9 @@ from pytest_httpx import HTTPXMock
 
 from cio_destination import customerio, customerio_adapter, rejected_rows
 from cio_destination.emulator import Emulator
+from cio_destination.entries import Entry
+from cio_destination.mapper import RowMapper
 from cio_destination.mapping import compile_mapping, parse_mapping
-from cio_destination.operations import Entry, RowMapper
 from cio_destination.state import PipelineState, state_path
 from cio_destination.transport.app import AppClient
 from cio_destination.transport.emails import EmailSender

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 import pyarrow as pa
 from dlt.common.typing import TDataItems
 
-from cio_destination.arrow_path import source_row_hashes
+from cio_destination.actions.identify import source_row_hashes
 from cio_destination.diff.changes import Changes, only_changes
 from cio_destination.diff.mirror import MirrorPlan, MirrorPlans
-from cio_destination.operations import Entry, Mapped, RowMapper
+from cio_destination.entries import Entry, Mapped
+from cio_destination.mapper import RowMapper
 from cio_destination.state.fingerprints import Fingerprints
 from cio_destination.state.snapshots import MirrorSnapshots
 from cio_destination.transport.results import SendResult

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from cio_destination.operations import Entry
+from cio_destination.entries import Entry
 from cio_destination.state.fingerprints import Fingerprint, Fingerprints
 
 # The whole-operation hash of a fingerprint settles the common case (nothing changed) with one

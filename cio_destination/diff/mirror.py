@@ -20,9 +20,10 @@ from typing import Any
 
 import orjson
 
+from cio_destination.entries import Entry
 from cio_destination.exceptions import MappingError
-from cio_destination.mapping import CompiledMapping
-from cio_destination.operations import Entry, identifier_or_none
+from cio_destination.limits import identifier_or_none
+from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.state.snapshots import MirrorSnapshots
 
 

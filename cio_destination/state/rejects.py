@@ -14,10 +14,10 @@ from typing import Any
 
 import orjson
 
-from cio_destination._framing import frame
-from cio_destination._values import recordable_json
-from cio_destination.operations import Rejection
+from cio_destination.entries import Rejection
+from cio_destination.framing import frame
 from cio_destination.state.backend import StateFile
+from cio_destination.values import recordable_json
 
 
 def row_to_json(row: dict[str, Any]) -> bytes:
@@ -33,7 +33,7 @@ def reject_id(load_id: str, table: str, reason: str, field: str | None, row_json
     do, so the join is kept for those ids, and a rejection recorded before an upgrade is
     replaced, not doubled, when its batch is replayed. A table or column name holding \\x00
     (dlt's direct naming keeps one) or an empty field name is framed instead
-    (`cio_destination._framing`), behind a byte that never starts the joined form.
+    (`cio_destination.framing`), behind a byte that never starts the joined form.
     """
     head = [load_id.encode(), table.encode(), reason.encode()]
     if field == "" or any(b"\x00" in part for part in head) or (field and "\x00" in field):

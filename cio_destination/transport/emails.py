@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from cio_destination.entries import Entry
 from cio_destination.exceptions import CredentialsError, CustomerioTerminalError
-from cio_destination.operations import Entry
 from cio_destination.state.ledger import PENDING, SendLedger
 from cio_destination.transport.api import OutcomeUnknown
 from cio_destination.transport.app import AppClient, SendOutcome

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
-from cio_destination.operations import Entry, Rejection
+from cio_destination.entries import Entry, Rejection
 
 
 @dataclass

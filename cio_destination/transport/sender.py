@@ -6,9 +6,8 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from cio_destination.blocks import pack_entries
+from cio_destination.entries import Entry, pack_entries
 from cio_destination.exceptions import CredentialsError, CustomerioTerminalError
-from cio_destination.operations import Entry
 from cio_destination.transport.results import SendResult
 from cio_destination.transport.track import TrackClient
 

@@ -13,9 +13,8 @@ from typing import Any
 import httpx
 import orjson
 
-from cio_destination.blocks import request_body
+from cio_destination.entries import Entry, request_body
 from cio_destination.exceptions import CustomerioTerminalError
-from cio_destination.operations import Entry
 from cio_destination.transport.answers import ServerText, Verdict, classify, server_errors
 from cio_destination.transport.api import ApiClient
 from cio_destination.transport.regions import known_region
