@@ -474,6 +474,46 @@ def test_resend_uncertain_retries_a_send_like_any_request(
     assert len(httpx_mock.get_requests()) == 2
 
 
+# Requests httpx refuses to write: nothing left the machine, and nothing will.
+UNSENDABLE = [
+    httpx.LocalProtocolError("Illegal header value b'Bearer app-key-1\\n'"),
+    httpx.UnsupportedProtocol("Request URL has an unsupported protocol 'htp://'"),
+]
+
+
+@pytest.mark.parametrize("answer", UNSENDABLE, ids=_name)
+@pytest.mark.parametrize("resend_uncertain", [False, True])
+def test_a_send_httpx_cannot_write_stops_at_once_naming_the_keys_and_not_its_text(
+    httpx_mock: HTTPXMock, answer: Exception, resend_uncertain: bool
+):
+    httpx_mock.add_exception(answer)
+    client = make_app_client(FakeClock())
+
+    with pytest.raises(CustomerioTerminalError) as raised:
+        client.send_email(SEND, SendStats(), resend_uncertain=resend_uncertain)
+
+    message = str(raised.value)
+    assert "destination.customerio.app_api_key" in message
+    assert "destination.customerio.app_url" in message
+    assert "nothing was sent" in message
+    assert "Bearer" not in message and "htp" not in message
+    assert len(httpx_mock.get_requests()) == 1
+
+
+@pytest.mark.parametrize("answer", UNSENDABLE, ids=_name)
+def test_a_batch_httpx_cannot_write_stops_at_once_naming_the_keys(
+    httpx_mock: HTTPXMock, answer: Exception
+):
+    httpx_mock.add_exception(answer)
+    client = make_client(FakeClock())
+
+    with pytest.raises(CustomerioTerminalError) as raised:
+        client.send_batch([entry(1)])
+
+    assert "destination.customerio.site_id and destination.customerio.api_key" in str(raised.value)
+    assert len(httpx_mock.get_requests()) == 1
+
+
 @pytest.mark.parametrize("key", ["track_url", "region"])
 def test_a_refused_region_check_stops_at_once_naming_the_url_and_its_key(
     httpx_mock: HTTPXMock, key: str

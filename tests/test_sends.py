@@ -20,6 +20,7 @@ from pytest_httpx import HTTPXMock
 from cio_destination import customerio, customerio_adapter, rejected_rows
 from cio_destination.emulator import Emulator
 from cio_destination.entries import Entry
+from cio_destination.exceptions import CustomerioTerminalError
 from cio_destination.mapper import RowMapper
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.state import PipelineState, state_path
@@ -339,6 +340,29 @@ def test_a_key_twice_in_one_call_is_sent_once(tmp_path: Path):
     assert len(sent) == 3
     assert result.skipped == 3
     assert result.rejections == []
+
+
+def test_a_send_httpx_refuses_to_write_is_not_sent_and_its_key_stays_free(tmp_path: Path):
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.LocalProtocolError("Illegal header value")
+
+    client = AppClient(
+        "http://127.0.0.1:1",
+        APP_KEY,
+        limiter=RateLimiter(10_000),
+        transport=httpx.MockTransport(refuse),
+    )
+    ledger = PipelineState(tmp_path / "state.sqlite").ledger
+    sender = EmailSender(client, max_in_flight=2)
+    try:
+        result = sender.send(send_entries(3), ledger=ledger, table="t", load_id="1")
+    finally:
+        sender.close()
+
+    assert isinstance(result.error, CustomerioTerminalError)
+    assert "destination.customerio.app_api_key" in str(result.error)
+    assert result.rejections == []  # not uncertain: it never left
+    assert ledger_on_disk(ledger.path) == {}
 
 
 def _app_callback(answers: dict[str, httpx.Response | Exception], sent: list[str]):

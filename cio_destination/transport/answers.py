@@ -22,6 +22,9 @@ other 4xx (402, 409, 410, 451, ...)    REJECTED: every entry of that request is 
                                        come from proxies for a whole request
 a connection refused (or a host that   UNREACHABLE: terminal at once, naming the URL and the
 does not resolve) at the preflight     key that set it; retrying a closed port only hides it
+a request httpx refuses to write       UNSENDABLE: terminal at once, naming the keys; nothing
+(`LocalProtocolError`: a header value  left the machine, and it would be refused the same way
+it cannot send; `UnsupportedProtocol`) every time
 408, 429, 1xx, 5xx, any other status,  RETRY: exponential backoff with jitter, honouring
 other network faults                   `Retry-After`, at most `max_attempts` per request; then
                                        `CustomerioTransientError` (the package stays pending)
@@ -61,12 +64,15 @@ class Verdict(enum.Enum):
     REFUSED = "refused"
     MISDIRECTED = "misdirected"
     UNREACHABLE = "unreachable"
+    UNSENDABLE = "unsendable"
     RETRY = "retry"
     UNCERTAIN = "uncertain"
 
 
 # Failures that prove the request never left this machine: safe to retry even for a send.
 _NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Requests httpx refuses to write at all (before any byte of them leaves): retrying cannot help.
+_UNSENDABLE_ERRORS = (httpx.LocalProtocolError, httpx.UnsupportedProtocol)
 
 
 def classify(
@@ -74,6 +80,8 @@ def classify(
 ) -> Verdict:
     """The one decision of what an answer (or a transport error) means; see the module table."""
     if isinstance(answer, httpx.RequestError):
+        if isinstance(answer, _UNSENDABLE_ERRORS):
+            return Verdict.UNSENDABLE
         if preflight and isinstance(answer, httpx.ConnectError):
             return Verdict.UNREACHABLE
         if repeatable or isinstance(answer, _NOT_SENT_ERRORS):

@@ -130,8 +130,8 @@ class ApiClient:
     ) -> httpx.Response:
         """A request with retries; returns the first answer `classify` does not retry.
 
-        Raises `CredentialsError` or `CustomerioTerminalError` for a REFUSED, MISDIRECTED or
-        (with `preflight`) UNREACHABLE answer, `CustomerioTransientError` when attempts run out,
+        Raises `CredentialsError` or `CustomerioTerminalError` for a REFUSED, MISDIRECTED,
+        UNSENDABLE or (with `preflight`) UNREACHABLE answer, `CustomerioTransientError` when attempts run out,
         and, with `repeatable=False` (a transactional send), `OutcomeUnknown` for an UNCERTAIN
         one.
 
@@ -166,6 +166,16 @@ class ApiClient:
                 f"cannot connect to Customer.io {self.api_name} at {self.base_url}"
                 f" ({str(answer)[:120] or type(answer).__name__}): check"
                 f" destination.customerio.{self.url_source} and this machine's network"
+            )
+        if verdict is Verdict.UNSENDABLE:
+            # httpx's text may quote the header it refused: only its kind is shown
+            keys = " and ".join(
+                f"destination.customerio.{k}" for k in (*self.credential_keys, self.url_source)
+            )
+            raise CustomerioTerminalError(
+                f"Customer.io {self.api_name} request {path} could not be written"
+                f" ({type(answer).__name__}), so nothing was sent: check {keys} for"
+                " whitespace, control or non-ASCII characters"
             )
         if verdict is Verdict.UNCERTAIN:
             raise OutcomeUnknown(_problem(answer))
