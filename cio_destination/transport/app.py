@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +9,7 @@ import httpx
 import orjson
 
 from cio_destination.transport.answers import ServerText, Verdict, classify
-from cio_destination.transport.api import ApiClient
+from cio_destination.transport.api import ApiClient, AttemptWatcher
 from cio_destination.transport.results import SendStats
 
 
@@ -38,16 +37,16 @@ class AppClient(ApiClient):
         stats: SendStats,
         *,
         resend_uncertain: bool = False,
-        before_send: Callable[[], None] | None = None,
+        watcher: AttemptWatcher | None = None,
     ) -> SendOutcome:
         """POST one `/v1/send/email`.
 
         Retried only after failures that prove the send was not taken; `OutcomeUnknown` when
         it may have been, unless `resend_uncertain`, which retries it like any other request.
-        `before_send` runs right before the request first leaves (see `ApiClient.request`).
+        `watcher` is told of each attempt (see `ApiClient.request`).
         """
         response = self.post(
-            "/v1/send/email", body, stats, repeatable=resend_uncertain, before_send=before_send
+            "/v1/send/email", body, stats, repeatable=resend_uncertain, watcher=watcher
         )
         if classify(response) in (Verdict.DELIVERED, Verdict.PARTIAL):
             try:

@@ -5,8 +5,10 @@ written `pending` (and synced to disk) right before its request may leave the ma
 after the answer. A later load skips `sent` keys, and does not repeat a key an interrupted load
 left `pending`, whose outcome is unknown: it reports it instead (`send_outcome_unknown`), unless
 `resend_uncertain` is set. Keys are claimed one request at a time, once the request's rate-limit
-slot is taken (the client's `before_send`), so a crash leaves uncertain only the requests that
-were in flight; claims of concurrent requests share one fsync.
+slot is taken (the client tells its `AttemptWatcher`), and given back while a send waits to
+retry after an answer that proves it was not taken, so a crash leaves uncertain only the
+requests that were in flight or may have been taken; claims of concurrent requests share one
+fsync.
 
 The ledger only protects if it is the one earlier loads sent through:
 `cio_destination.state.ledger_guard.SendLedgerGuard` stops a load that finds another one.
@@ -44,7 +46,14 @@ class _KeyBlocked(Exception):
 
 
 class _Claim:
-    """The ledger claim of one send key, made by the client right before the request leaves."""
+    """The ledger claim of one send key, held exactly while the send may be on its way or may
+    have been taken (an `AttemptWatcher` of the client's attempts).
+
+    Made right before each attempt leaves (once its rate-limit slot has come), given back
+    while the send waits to retry after answers that all prove it was not taken (a 429, a
+    refused connection), so a crash during that wait leaves nothing uncertain; once an
+    answer leaves open whether Customer.io took it, the claim is kept whatever follows.
+    """
 
     def __init__(
         self, ledger: SendLedger, table: str, key: str, load_id: str, reclaim_pending: bool
@@ -53,12 +62,32 @@ class _Claim:
         self._args = (table, key, load_id)
         self._reclaim_pending = reclaim_pending
         self.made = False
+        self.maybe_taken = False
+        """An attempt's answer left open whether Customer.io took the send."""
 
-    def __call__(self) -> None:
+    def leaving(self) -> None:
+        if self.made:
+            return
         blocker = self._ledger.claim(*self._args, reclaim_pending=self._reclaim_pending)
         if blocker is not None:
             raise _KeyBlocked(blocker)
         self.made = True
+
+    def failed(self, maybe_taken: bool) -> None:
+        self.maybe_taken = self.maybe_taken or maybe_taken
+        if self.made and not self.maybe_taken:
+            self._ledger.release(self._args[1])
+            self.made = False
+
+    def abandon(self) -> None:
+        """The request ended without an answer to record (refused, out of retries): forget the
+        key unless the send may have been taken, which then stays uncertain."""
+        if not self.made:
+            return
+        if self.maybe_taken:
+            self._ledger.keep_pending(self._args[1])
+        else:
+            self._ledger.release(self._args[1])
 
 
 @dataclass
@@ -127,7 +156,7 @@ class EmailSender:
         claim = _Claim(ledger, table, key, load_id, resend_uncertain)
         try:
             outcome = self.client.send_email(
-                entry.data, stats, resend_uncertain=resend_uncertain, before_send=claim
+                entry.data, stats, resend_uncertain=resend_uncertain, watcher=claim
             )
         except _KeyBlocked as blocked:
             return _Sent(stats, blocked_by=blocked.blocker)
@@ -135,9 +164,7 @@ class EmailSender:
             ledger.keep_pending(key)
             return _Sent(stats)
         except BaseException:
-            if claim.made:
-                # refused or out of retries: Customer.io did not take it, so a later load may
-                ledger.release(key)
+            claim.abandon()
             raise
         if outcome.delivery_id is not None:
             ledger.mark_sent(key, outcome.delivery_id)
