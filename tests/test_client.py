@@ -267,6 +267,28 @@ def test_sender_keeps_partial_rejections_when_another_body_fails(httpx_mock: HTT
     sender.close()
 
 
+@pytest.mark.parametrize("status", [401, 403, 302, 404, 405])
+def test_a_refused_or_misdirected_batch_stops_every_later_batch_of_the_load(
+    httpx_mock: HTTPXMock, status: int
+):
+    httpx_mock.add_response(
+        status_code=status, headers={"location": "https://elsewhere.example/"}, is_reusable=True
+    )
+    sender = Sender(make_client(FakeClock()), max_in_flight=4, max_request_bytes=1_000)
+
+    first = sender.send([entry(i) for i in range(30)])
+    later = sender.send([entry(i) for i in range(30, 60)])
+    assert len(httpx_mock.get_requests()) == 1
+    sender.forget_refusal()  # the next load tries one request again
+    again = sender.send([entry(i) for i in range(30)])
+    sender.close()
+
+    assert len(httpx_mock.get_requests()) == 2
+    for result in (first, later, again):
+        assert isinstance(result.error, CustomerioTerminalError)
+        assert f"HTTP {status}" in str(result.error)
+
+
 # Every status a Track request can be answered with, by the class it belongs to.
 DELIVERED_STATUS = [200, 201, 202, 203, 204, 206, 226, 299]
 NARROWED_STATUS = [400, 413, 422]

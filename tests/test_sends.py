@@ -156,7 +156,7 @@ def test_send_email_without_app_api_key_stops_before_any_request(
     assert emulator.requests == []
 
 
-def test_bad_app_api_key_names_the_key(emulator: Emulator, tmp_path: Path):
+def test_bad_app_api_key_names_the_key_and_costs_one_request(emulator: Emulator, tmp_path: Path):
     destination = customerio(
         site_id=SITE_ID,
         api_key=API_KEY,
@@ -167,11 +167,94 @@ def test_bad_app_api_key_names_the_key(emulator: Emulator, tmp_path: Path):
     pipeline = dlt.pipeline("badkey", destination=destination, pipelines_dir=str(tmp_path))
 
     with pytest.raises(PipelineStepFailed) as raised:
-        pipeline.run(receipts_resource(receipts(2)))
+        pipeline.run(receipts_resource(receipts(30)))
 
     assert "destination.customerio.app_api_key" in str(raised.value)
     assert "wrong" not in str(raised.value).replace("wrong-", "")
     assert emulator.deliveries == []
+    assert len([r for r in emulator.requests if r.path.startswith("/v1/send/")]) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (401, "destination.customerio.app_api_key"),
+        (403, "Do Not Send"),
+        (302, "destination.customerio.app_url"),
+        (404, "destination.customerio.app_url"),
+        (405, "destination.customerio.app_url"),
+    ],
+)
+def test_a_refused_or_misdirected_send_costs_one_request_and_stops_every_later_send(
+    tmp_path: Path, status: int, error: str
+):
+    requests: list[httpx.Request] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(status, headers={"location": "https://elsewhere.example/"})
+
+    client = AppClient(
+        "http://127.0.0.1:1",
+        APP_KEY,
+        limiter=RateLimiter(10_000),
+        transport=httpx.MockTransport(refuse),
+    )
+    ledger = PipelineState(tmp_path / "state.sqlite").ledger
+    sender = EmailSender(client, max_in_flight=8)
+    try:
+        first = sender.send(send_entries(60), ledger=ledger, table="t", load_id="1")
+        later = sender.send(send_entries(5), ledger=ledger, table="u", load_id="1")
+        assert len(requests) == 1  # the refusal is remembered for the load
+        sender.forget_refusal()  # a new load tries again, one send first
+        again = sender.send(send_entries(5), ledger=ledger, table="t", load_id="2")
+    finally:
+        sender.close()
+
+    assert len(requests) == 2
+    for result in (first, later, again):
+        assert isinstance(result.error, CustomerioTerminalError)
+        assert error in str(result.error)
+        assert result.rejections == []
+    assert ledger_on_disk(ledger.path) == {}
+
+
+def test_sends_go_one_at_a_time_until_customerio_answered_one(tmp_path: Path):
+    """Rows already sent and answers that leave the credentials unproven (a 502) do not
+    open the pool: only an answer of Customer.io's does."""
+    in_flight: list[int] = []
+    now = [0]
+    lock = threading.Lock()
+    answers = {"buyer3@example.com": httpx.Response(502)}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        with lock:
+            now[0] += 1
+            in_flight.append(now[0])
+        time.sleep(0.01)  # a window for a concurrent request to show; none may come
+        with lock:
+            now[0] -= 1
+        to = orjson.loads(request.content)["to"]
+        return answers.get(to, httpx.Response(200, json={"delivery_id": "d"}))
+
+    client = AppClient(
+        "http://127.0.0.1:1",
+        APP_KEY,
+        limiter=RateLimiter(10_000),
+        transport=httpx.MockTransport(answer),
+    )
+    ledger = PipelineState(tmp_path / "state.sqlite").ledger
+    for key in ("key-0", "key-1", "key-2"):
+        ledger.claim("t", key, "0")
+        ledger.mark_sent(key, "d")
+    sender = EmailSender(client, max_in_flight=8)
+    try:
+        result = sender.send(send_entries(5), ledger=ledger, table="t", load_id="1")
+    finally:
+        sender.close()
+
+    assert result.error is None and result.skipped == 3
+    assert in_flight == [1, 1]  # key-3 (502, uncertain) alone, then key-4 alone
 
 
 class OneStartAtATime:

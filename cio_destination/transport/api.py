@@ -197,11 +197,15 @@ class ApiClient:
             raise OutcomeUnknown(_problem(answer))
         assert isinstance(answer, httpx.Response)
         if verdict is Verdict.REFUSED:
-            raise CredentialsError(self.api_name, answer.status_code, self.credential_keys)
+            raise self._refused(answer)
         if verdict is Verdict.MISDIRECTED:
             raise self._misdirected(answer, path)
         self.limiter.succeeded()
         return answer
+
+    def _refused(self, response: httpx.Response) -> CustomerioTerminalError:
+        """The error of a REFUSED answer (401, 403)."""
+        return CredentialsError(self.api_name, response.status_code, self.credential_keys)
 
     def _back_off(
         self,

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import orjson
 
+from cio_destination.exceptions import CustomerioTerminalError
 from cio_destination.transport.answers import ServerText, Verdict, classify
 from cio_destination.transport.api import ApiClient, AttemptWatcher
 from cio_destination.transport.results import SendStats
@@ -62,6 +63,18 @@ class AppClient(ApiClient):
         except (orjson.JSONDecodeError, AttributeError):
             pass
         return SendOutcome(rejection=(f"http_{response.status_code}", None, message))
+
+    def _refused(self, response: httpx.Response) -> CustomerioTerminalError:
+        if response.status_code != 403:
+            return super()._refused(response)
+        # Customer.io documents a send's 403 as the account's or workspace's state, not the key's
+        return CustomerioTerminalError(
+            f"Customer.io App API at {self.base_url} answered HTTP 403 to a transactional send:"
+            " the workspace may not send messages yet (Customer.io names an account owner's"
+            " email address not confirmed, an account not yet approved for sending, or a"
+            ' workspace set to "Do Not Send"); fix that in Customer.io, or check that'
+            " destination.customerio.app_api_key is the App API key of this workspace"
+        )
 
 
 class _BearerAuth(httpx.Auth):

@@ -17,6 +17,7 @@ The ledger only protects if it is the one earlier loads sent through:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -100,15 +101,28 @@ class _Sent:
 
 
 class EmailSender:
-    """Sends one request per row through the App API, up to `max_in_flight` at once."""
+    """Sends one request per row through the App API, up to `max_in_flight` at once.
+
+    Until Customer.io has answered one send, sends go one at a time, so a wrong `app_api_key`
+    or `app_url` costs a single request; a terminal answer (refused credentials, a workspace
+    that may not send, a wrong URL) is remembered, and every later send of the same load stops
+    without a request, as the Track API's `Sender` does.
+    """
 
     def __init__(self, client: AppClient, *, max_in_flight: int) -> None:
         self.client = client
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="customerio-email")
+        self._probe_lock = threading.Lock()
+        self._verified = False
+        self._stopped: CustomerioTerminalError | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.client.close()
+
+    def forget_refusal(self) -> None:
+        """A new load tries again (the setting may have been fixed), one send first."""
+        self._stopped = None
 
     def send(
         self,
@@ -128,10 +142,21 @@ class EmailSender:
         for entry in entries:
             if not self._blocked(entry, blockers.get(entry.key or ""), result):
                 to_send.append(entry)
-        futures = [
-            (e, self._pool.submit(self._send_one, e, ledger, table, load_id, resend_uncertain))
-            for e in to_send
-        ]
+        args = (ledger, table, load_id, resend_uncertain)
+        while to_send and not self._verified and result.error is None:
+            with self._probe_lock:
+                if self._verified or self._stopped is not None:
+                    break
+                entry = to_send.pop(0)
+                sent = self._pool.submit(self._send_one, entry, *args)
+                answered = self._collect(entry, sent, result)
+                self._verified = answered and result.error is None
+        stopped = self._stopped
+        if result.error is None and stopped is not None:
+            result.error = stopped
+        if result.error is not None:
+            return result  # the rows not sent stay in the load package, which stays pending
+        futures = [(e, self._pool.submit(self._send_one, e, *args)) for e in to_send]
         for entry, future in futures:
             self._collect(entry, future, result)
         return result
@@ -151,6 +176,9 @@ class EmailSender:
     ) -> _Sent:
         """The request of one row, its key claimed right before it leaves, and the ledger's
         record of what came of it."""
+        stopped = self._stopped
+        if stopped is not None:
+            raise stopped.again()  # a send of this load was refused: no more requests
         key = entry.key or ""
         stats = SendStats()
         claim = _Claim(ledger, table, key, load_id, resend_uncertain)
@@ -174,7 +202,9 @@ class EmailSender:
             ledger.keep_pending(key)
         return _Sent(stats, outcome)
 
-    def _collect(self, entry: Entry, future: Future[_Sent], result: SendResult) -> None:
+    def _collect(self, entry: Entry, future: Future[_Sent], result: SendResult) -> bool:
+        """Record what came of one row's send; True when Customer.io answered it (it was
+        delivered or rejected), which proves the key and the URL."""
         try:
             sent = future.result()
         except BaseException as exc:
@@ -183,9 +213,11 @@ class EmailSender:
                 and not isinstance(result.error, CustomerioTerminalError)
             ):
                 result.error = exc
-            if isinstance(exc, CredentialsError):
-                logger.error("Customer.io App API refused the credentials")
-            return
+            if isinstance(exc, CustomerioTerminalError) and self._stopped is None:
+                self._stopped, self._verified = exc, False
+                if isinstance(exc, CredentialsError):
+                    logger.error("Customer.io App API refused the credentials")
+            return False
         result.stats.add(sent.stats)
         if sent.blocked_by is not None:
             self._blocked(entry, sent.blocked_by, result)
@@ -200,3 +232,4 @@ class EmailSender:
         elif sent.outcome.delivery_id is None:
             message = "Customer.io's answer did not say whether the send was taken"
             result.rejections.extend(entry.reject(UNKNOWN_REASON, None, message))
+        return sent.blocked_by is None and sent.outcome is not None
