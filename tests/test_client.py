@@ -115,6 +115,65 @@ def test_207_without_readable_errors_records_every_entry(httpx_mock: HTTPXMock):
     assert result.stats.accepted == 0
 
 
+@pytest.mark.parametrize(
+    "errors",
+    [
+        [{"batch_index": 0, "reason": "invalid"}, {"batch_index": 3, "reason": "invalid"}],
+        [{"batch_index": 0, "reason": "invalid"}, {"batch_index": "1", "reason": "invalid"}],
+        [{"batch_index": 0}, {"batch_index": 1.0}],
+        [{"batch_index": True}],
+        [{"batch_index": 0}, {"batch_index": False}],
+        [{"batch_index": 0}, {"batch_index": -1}],
+        [{"batch_index": 0}, {"reason": "invalid"}],
+        [{"batch_index": 0}, {"batch_index": None}],
+        [{"batch_index": 0}, "entry 1 is invalid"],
+        [{"batch_index": 0}, [1]],
+        [],
+    ],
+    ids=[
+        "out_of_range",
+        "string",
+        "float",
+        "true",
+        "false",
+        "negative",
+        "missing",
+        "null",
+        "text_item",
+        "list_item",
+        "none",
+    ],
+)
+def test_a_207_with_any_error_not_naming_an_entry_records_every_entry_as_unreadable(
+    httpx_mock: HTTPXMock, errors: list
+):
+    """Customer.io accepted the entries a 207 does not name; an error that names no entry we
+    sent means we cannot tell which those are, so none is counted as delivered."""
+    httpx_mock.add_response(status_code=207, json={"errors": errors})
+    client = make_client(FakeClock())
+
+    result = client.send_batch([entry(i) for i in range(3)])
+
+    assert [(r.row_key, r.reason) for r in result.rejections] == [
+        (str(i), "unreadable_207") for i in range(3)
+    ]
+    assert list(result.delivered_entries()) == []
+    assert result.stats.accepted == 0
+
+
+@pytest.mark.parametrize("body", [{"errors": "entry 1"}, {"errors": {"batch_index": 1}}, [1]])
+def test_a_207_whose_errors_are_not_a_list_records_every_entry_as_unreadable(
+    httpx_mock: HTTPXMock, body
+):
+    httpx_mock.add_response(status_code=207, json=body)
+    client = make_client(FakeClock())
+
+    result = client.send_batch([entry(i) for i in range(2)])
+
+    assert {r.reason for r in result.rejections} == {"unreadable_207"}
+    assert len(result.rejections) == 2 and result.stats.accepted == 0
+
+
 def test_400_is_narrowed_until_only_the_offending_entry_is_rejected(httpx_mock: HTTPXMock):
     delivered: list[str] = []
 

@@ -9,7 +9,8 @@ answer                                 verdict and what happens
 =====================================  ==========================================================
 2xx but 207                            DELIVERED: every entry of the request was accepted
 207                                    PARTIAL: accepted except the entries its `batch_index`
-                                       values name, which are rejected (a 207 that names none:
+                                       values name, which are rejected (a 207 that names none,
+                                       or any of whose errors names no entry of the request:
                                        every entry is rejected as `unreadable_207`)
 400, 413, 422                          NARROW: split in halves until the offending entries stand
                                        alone; those are rejected, the rest delivered
@@ -126,6 +127,28 @@ def server_errors(response: httpx.Response) -> list[dict[str, Any]]:
         return []
     errors = payload.get("errors") if isinstance(payload, dict) else None
     return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+
+
+def partial_errors(response: httpx.Response, count: int) -> dict[int, dict[str, Any]] | None:
+    """The errors of a 207 by the index of the entry each names (the first error of an entry
+    wins), or None when the answer cannot be read whole: not JSON, no `errors` list, an item
+    that is not an object, or one whose `batch_index` is not an integer naming one of the
+    request's `count` entries (a string, a float, a bool, a negative or missing index). An
+    error we cannot tie to an entry means we cannot tell which entries Customer.io took."""
+    try:
+        payload = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+    errors = payload.get("errors") if isinstance(payload, dict) else None
+    if not isinstance(errors, list):
+        return None
+    failed: dict[int, dict[str, Any]] = {}
+    for error in errors:
+        index = error.get("batch_index") if isinstance(error, dict) else None
+        if type(index) is not int or not 0 <= index < count:
+            return None
+        failed.setdefault(index, error)
+    return failed
 
 
 _MASK = "<value>"
