@@ -21,7 +21,14 @@ from typing import Any
 import dlt
 import orjson
 
-from cio_destination.entries import Entry, EntryBlock, Mapped, Rejection, entry_sizes
+from cio_destination.entries import (
+    DATA_KEYS,
+    Entry,
+    EntryBlock,
+    Mapped,
+    Rejection,
+    entry_sizes,
+)
 from cio_destination.framing import frame
 from cio_destination.limits import ATTRIBUTE_DROPPED
 from cio_destination.mapping_keys import CompiledMapping
@@ -36,8 +43,6 @@ logger = logging.getLogger("cio_destination")
 MAX_SAMPLES = 3
 # Top-level keys whose values are the action's, never a row's: kept in masked samples.
 _STRUCTURAL = frozenset({"type", "action", "id"})
-# Keys whose objects carry a row's data: their keys are column names or the row's own.
-_DATA = frozenset({"attributes", "message_data", "relationship_attributes"})
 # Top-level keys the mapping may give as a literal (`event_name`, `transactional_message_id`)
 # instead of a column: a literal is the mapping's, and kept.
 _LITERALS = {"name": "event_name", "transactional_message_id": "transactional_message_id"}
@@ -63,7 +68,7 @@ def mask_payload(
     return {
         key: value
         if _kept(key, value, literals)
-        else _mask(value, columns if key in _DATA else None, columns)
+        else _mask(value, columns if key in DATA_KEYS else None, columns)
         for key, value in operation.items()
     }
 
@@ -83,7 +88,7 @@ def _mask(value: Any, names: Collection[str] | None, columns: Collection[str]) -
         hidden = 0
         for key, item in value.items():
             if names is None:
-                masked[key] = _mask(item, columns if key in _DATA else None, columns)
+                masked[key] = _mask(item, columns if key in DATA_KEYS else None, columns)
             elif key in names:
                 masked[key] = _mask(item, (), columns)
             else:

@@ -16,6 +16,7 @@ from cio_destination.exceptions import (
     CustomerioTerminalError,
     CustomerioTransientError,
 )
+from cio_destination.transport.answers import ServerText
 from cio_destination.transport.api import OutcomeUnknown, RetryPolicy
 from cio_destination.transport.app import AppClient
 from cio_destination.transport.ratelimit import RateLimiter
@@ -681,6 +682,64 @@ def test_a_refused_send_message_masks_the_values_of_its_body(httpx_mock: HTTPXMo
     outcome = client.send_email(orjson.dumps(body), SendStats())
 
     assert outcome.rejection == ("http_400", None, MASKED)
+
+
+def server_text(attributes: dict) -> ServerText:
+    op = {
+        "type": "person",
+        "action": "identify",
+        "identifiers": {"id": "u1"},
+        "attributes": attributes,
+    }
+    return ServerText(orjson.dumps(op))
+
+
+@pytest.mark.parametrize(
+    ("value", "echoed"),
+    [
+        (1500000.0, "1.5e+06"),
+        (1500000.0, "1500000"),
+        (1500000.0, "1.5E6"),
+        (1500000, "1500000.0"),
+        (12345678901234567890, "1.2345678901234567e+19"),
+        (0.1, "0.10000000000000001"),
+        (-2.5, "-2.50"),
+    ],
+)
+def test_a_number_echoed_in_another_form_is_masked(value: float, echoed: str):
+    text = server_text({"amount": value})
+
+    assert text(f"amount {echoed} is out of range; the limit is 1000 bytes") == (
+        "amount <value> is out of range; the limit is 1000 bytes"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "echoed"),
+    [
+        ('say "hi" now', 'say \\"hi\\" now'),
+        ("line1\nline2", "line1\\nline2"),
+        ("Z\u00fcrich", "Z\\u00fcrich"),
+        ("back\\slash", "back\\\\slash"),
+        ("tab\there", "tab\\there"),
+    ],
+    ids=["quote", "newline", "non_ascii", "backslash", "tab"],
+)
+def test_a_text_echoed_json_escaped_is_masked(value: str, echoed: str):
+    text = server_text({"note": value})
+
+    assert text(f"attribute note: value {echoed} is invalid") == (
+        "attribute note: value <value> is invalid"
+    )
+
+
+def test_keys_inside_a_row_s_json_data_are_values_not_names():
+    text = server_text({"prefs": {"SSN-123-45": {"level": 1}, "Plan Gold": True}})
+
+    assert text("in prefs: key 'SSN-123-45' and key SSN-123-45 and 'Plan Gold' invalid") == (
+        "in prefs: key '<value>' and key <value> and '<value>' invalid"
+    )
+    assert text("attribute 'prefs' is too deep") == "attribute 'prefs' is too deep"
 
 
 def test_a_long_server_message_is_capped(httpx_mock: HTTPXMock):
