@@ -527,6 +527,17 @@ def test_with_resend_uncertain_a_send_that_may_have_been_taken_stays_uncertain_w
     assert ledger == {"key-0": "pending"}  # a run without resend_uncertain does not send it
 
 
+def test_with_resend_uncertain_a_send_that_may_have_been_taken_stays_uncertain_when_refused_next(
+    tmp_path: Path,
+):
+    transport = answering(httpx.Response(502), httpx.Response(401))
+
+    result, ledger = send_through(transport, tmp_path, resend_uncertain=True)
+
+    assert isinstance(result.error, CustomerioTerminalError)
+    assert ledger == {"key-0": "pending"}
+
+
 @pytest.mark.parametrize("resend_uncertain", [False, True])
 @pytest.mark.parametrize(
     "answer", [THROTTLED, httpx.ConnectError("refused")], ids=["429", "refused"]
