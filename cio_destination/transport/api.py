@@ -144,9 +144,9 @@ class ApiClient:
         """A request with retries; returns the first answer `classify` does not retry.
 
         Raises `CredentialsError` or `CustomerioTerminalError` for a REFUSED, MISDIRECTED,
-        UNSENDABLE or (with `preflight`) UNREACHABLE answer, `CustomerioTransientError` when attempts run out,
-        and, with `repeatable=False` (a transactional send), `OutcomeUnknown` for an UNCERTAIN
-        one.
+        UNSENDABLE or (with `preflight`) UNREACHABLE answer, `CustomerioTransientError` when
+        attempts run out, and, with `repeatable=False` (a transactional send), `OutcomeUnknown`
+        for an UNCERTAIN one.
 
         `watcher` is told when each attempt leaves (once its rate-limit slot is taken) and
         when one fails with an answer to retry, saying whether Customer.io may have taken it: a
