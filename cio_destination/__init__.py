@@ -9,10 +9,9 @@ dlt.pipeline("warehouse_to_cio", destination=customerio()).run(users)
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from cio_destination.adapter import customerio_adapter
 from cio_destination.destination import customerio
+from cio_destination.dryrun import dry_run
 from cio_destination.exceptions import (
     CredentialsError,
     CustomerioError,
@@ -24,7 +23,8 @@ from cio_destination.exceptions import (
 )
 from cio_destination.failures import customerio_error, exit_status, run_command
 from cio_destination.rejects import rejected_rows
-from cio_destination.report import SyncReport, TableReport, dry_run, sync_report
+from cio_destination.report import SyncReport, TableReport, sync_report
+from cio_destination.version import __version__
 
 __all__ = [
     "CredentialsError",

@@ -1,25 +1,28 @@
 """Configuration of the `customerio` destination: `[destination.customerio]` in dlt config.
 
 Every key can also be given as an environment variable `DESTINATION__CUSTOMERIO__<KEY>` or as a
-keyword argument to `customerio(...)`.
+keyword argument to `customerio(...)`. `CustomerioConfiguration` declares each key once; every
+other list of keys derives from it: `CUSTOMERIO_KEYS` (the signature `customerio(...)` shows, the
+keys a dry run carries over) and the keys that shape a shared workspace (`workspace_key`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 import ipaddress
 from typing import Any, Final
 
 import httpx
 from dlt.common.configuration import configspec
 from dlt.common.configuration.exceptions import ConfigurationValueError
+from dlt.common.configuration.specs.base_configuration import is_secret_hint
 from dlt.common.typing import TSecretStrValue
 from dlt.destinations.impl.destination.configuration import CustomDestinationClientConfiguration
 
-from cio_destination import limits
-from cio_destination.client import APP_HOSTS, TRACK_HOSTS
-
-REGIONS = (*TRACK_HOSTS, "auto")
+from cio_destination.limits import MAX_REQUEST_BYTES
+from cio_destination.transport.regions import REGIONS
 
 
 def is_loopback(host: str) -> bool:
@@ -65,6 +68,41 @@ def check_base_url(key: str, url: str) -> str:
     )
 
 
+def check_credential(key: str, value: str) -> None:
+    """A Customer.io credential is printable ASCII without spaces, as Customer.io makes them.
+
+    A line break or a space copied with a key would be refused by httpx when it writes the
+    header (or sent, and refused as a wrong key); a non-ASCII character cannot go in a header
+    at all. The message names the key, never its value.
+    """
+    if any(not 33 <= ord(character) <= 126 for character in value):
+        raise ConfigurationValueError(
+            f"destination.customerio.{key} holds whitespace, a control character or a non-ASCII"
+            " character (a line break or a space copied with it?): set it to the key alone"
+        )
+
+
+_SHAPES_WORKSPACE = "shapes_workspace"
+
+
+_CREDENTIAL = "credential"
+
+
+def _shapes_workspace(default: Any, *, credential: bool = False) -> Any:
+    """A key that shapes the workspace (`cio_destination.transport.workspace`): configs that
+    differ in it get their own clients, rate limits and request pool; the other keys do not
+    split one, so every pipeline and table of a workspace shares its rate. A `credential`
+    travels in the requests' headers (see `check_credential`)."""
+    return dataclasses.field(
+        default=default, metadata={_SHAPES_WORKSPACE: True, _CREDENTIAL: credential}
+    )
+
+
+def secret_text(value: Any) -> str:
+    """A secret's text, "" when it is not set."""
+    return "" if value is None else str(value)
+
+
 @configspec
 class CustomerioConfiguration(CustomDestinationClientConfiguration):
     """Settings of the Customer.io destination (see the README for each key)."""
@@ -72,31 +110,31 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     destination_type: Final[str] = dataclasses.field(  # type: ignore[misc]
         default="destination", init=False, repr=False, compare=False
     )
-    site_id: TSecretStrValue = None
+    site_id: TSecretStrValue = _shapes_workspace(None, credential=True)
     """Track API site id (HTTP Basic user)."""
-    api_key: TSecretStrValue = None
+    api_key: TSecretStrValue = _shapes_workspace(None, credential=True)
     """Track API key (HTTP Basic password)."""
-    app_api_key: TSecretStrValue | None = None
+    app_api_key: TSecretStrValue | None = _shapes_workspace(None, credential=True)
     """App API bearer key, only needed for transactional sends."""
-    region: str = "us"
+    region: str = _shapes_workspace("us")
     """`us`, `eu` or `auto` (asks Customer.io): picks the hosts unless `track_url` / `app_url`
     override them. A wrong region stops the load with a message saying which one to set, with
     `track_url` set too (`auto` then adopts the reported region and keeps the URL)."""
-    track_url: str | None = None
+    track_url: str | None = _shapes_workspace(None)
     """Base URL override for the Track API (the local emulator or a proxy)."""
-    app_url: str | None = None
+    app_url: str | None = _shapes_workspace(None)
     """Base URL override for the App API."""
-    requests_per_second: float = 100.0
+    requests_per_second: float = _shapes_workspace(100.0)
     """Track API requests started per second, shared by every table and load thread."""
-    app_requests_per_second: float = 10.0
+    app_requests_per_second: float = _shapes_workspace(10.0)
     """App API (transactional send) requests started per second."""
-    max_attempts: int = 5
+    max_attempts: int = _shapes_workspace(5)
     """Attempts per request on throttling, 5xx and network faults before the batch fails."""
-    timeout: float = 30.0
+    timeout: float = _shapes_workspace(30.0)
     """Seconds to wait for one HTTP response."""
-    max_request_bytes: int = limits.MAX_REQUEST_BYTES
+    max_request_bytes: int = _shapes_workspace(MAX_REQUEST_BYTES)
     """Upper bound of one batch request body, in serialized bytes (Customer.io allows 500 KB)."""
-    max_concurrent_requests: int = 32
+    max_concurrent_requests: int = _shapes_workspace(32)
     """Requests in flight at once per workspace, so latency does not cut throughput."""
     resend_uncertain: bool = False
     """Send again rows whose earlier send was left with an unknown outcome, and retry a send
@@ -112,6 +150,8 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     """Per-table mappings, `[destination.customerio.tables.<table>]`; replace adapter hints."""
 
     def on_resolved(self) -> None:
+        for key in _CREDENTIAL_KEYS:
+            check_credential(key, secret_text(getattr(self, key)))
         if self.region not in REGIONS:
             raise ConfigurationValueError(
                 f"destination.customerio.region must be one of {', '.join(REGIONS)}"
@@ -130,20 +170,50 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
             raise ConfigurationValueError("destination.customerio.max_attempts must be >= 1")
         if self.timeout <= 0:
             raise ConfigurationValueError("destination.customerio.timeout must be > 0")
-        if not 1_000 <= self.max_request_bytes <= limits.MAX_REQUEST_BYTES:
+        if not 1_000 <= self.max_request_bytes <= MAX_REQUEST_BYTES:
             raise ConfigurationValueError(
                 "destination.customerio.max_request_bytes must be between 1000 and"
-                f" {limits.MAX_REQUEST_BYTES}"
+                f" {MAX_REQUEST_BYTES}"
             )
         if self.max_concurrent_requests < 1:
             raise ConfigurationValueError(
                 "destination.customerio.max_concurrent_requests must be >= 1"
             )
 
-    @property
-    def resolved_track_url(self) -> str:
-        return self.track_url or TRACK_HOSTS[self.region]
+    def workspace_key(self) -> tuple[Any, ...]:
+        """The values of the keys that shape a workspace (secrets as digests): configs with the
+        same key share one workspace."""
+        return tuple(
+            hashlib.sha256(secret_text(getattr(self, key)).encode()).hexdigest()
+            if key in _SECRET_KEYS
+            else getattr(self, key)
+            for key in _WORKSPACE_KEYS
+        )
 
-    @property
-    def resolved_app_url(self) -> str:
-        return self.app_url or APP_HOSTS[self.region]
+
+_FIELDS = {field.name: field for field in dataclasses.fields(CustomerioConfiguration)}
+_HINTS = CustomerioConfiguration.get_resolvable_fields()
+CUSTOMERIO_KEYS = tuple(
+    key for key in _HINTS if key not in CustomDestinationClientConfiguration.get_resolvable_fields()
+)
+"""The Customer.io destination's own keys, in the order they are declared."""
+_WORKSPACE_KEYS = tuple(
+    key for key in CUSTOMERIO_KEYS if _FIELDS[key].metadata.get(_SHAPES_WORKSPACE)
+)
+_SECRET_KEYS = frozenset(key for key in CUSTOMERIO_KEYS if is_secret_hint(_HINTS[key]))
+_CREDENTIAL_KEYS = tuple(key for key in CUSTOMERIO_KEYS if _FIELDS[key].metadata.get(_CREDENTIAL))
+
+
+def keyword_signature() -> inspect.Signature:
+    """`customerio(...)`'s signature: one keyword argument per key, with its type and default."""
+    return inspect.Signature(
+        [
+            inspect.Parameter(
+                key,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=_FIELDS[key].default,
+                annotation=_FIELDS[key].type,
+            )
+            for key in CUSTOMERIO_KEYS
+        ]
+    )

@@ -8,7 +8,7 @@ from typing import Any
 import dlt
 from dlt.extract import DltResource
 
-from cio_destination.store import state_path, store_for
+from cio_destination.state import state_for, state_path
 
 __all__ = ["rejected_rows"]
 
@@ -37,7 +37,7 @@ def rejected_rows(
     def _rows() -> Iterator[dict[str, Any]]:
         if not state_path(pipeline.working_dir).exists():
             return
-        yield from store_for(pipeline.working_dir).iter_rejections(load_id=load_id, table=table)
+        yield from state_for(pipeline.working_dir).rejects.rows(load_id=load_id, table=table)
 
     return dlt.resource(
         _rows,

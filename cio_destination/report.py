@@ -1,51 +1,115 @@
 """Per-load sync reports: what each table sent, what Customer.io accepted, what was rejected and why.
 
-Every call of the destination records its batch's counters in the local state; `sync_report`
-adds them up per table and action. Payload samples (kept for dry runs) have every value masked.
+Every call of the destination records its batch (`record_batch`, the glue's last stage): its
+rejections, and its counters in the state's batch reports; `sync_report` adds them up per
+table and action. Payload samples (kept for dry runs) have every value masked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import shutil
-import tempfile
+import logging
+import time
+from array import array
 from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from typing import Any
 
 import dlt
+import orjson
 
-from cio_destination.operations import ATTRIBUTE_DROPPED
-from cio_destination.store import release_store, state_path, store_for
+from cio_destination.entries import (
+    DATA_KEYS,
+    Entry,
+    EntryBlock,
+    Mapped,
+    Rejection,
+    entry_sizes,
+)
+from cio_destination.framing import frame
+from cio_destination.limits import ATTRIBUTE_DROPPED
+from cio_destination.mapping_keys import CompiledMapping
+from cio_destination.state import PipelineState, state_for, state_path
+from cio_destination.state.reports import COUNTERS
+from cio_destination.transport.results import SendResult
 
-__all__ = ["SyncReport", "TableReport", "dry_run", "mask_payload", "sync_report"]
+__all__ = ["SyncReport", "TableReport", "mask_payload", "sync_report"]
+
+logger = logging.getLogger("cio_destination")
 
 MAX_SAMPLES = 3
-# Keys whose values are structure, not customer data: kept in masked samples.
-_STRUCTURAL = frozenset({"type", "action", "name", "id", "transactional_message_id", "platform"})
+# Top-level keys whose values are the action's, never a row's: kept in masked samples.
+_STRUCTURAL = frozenset({"type", "action", "id"})
+# Top-level keys the mapping may give as a literal (`event_name`, `transactional_message_id`)
+# instead of a column: a literal is the mapping's, and kept.
+_LITERALS = {"name": "event_name", "transactional_message_id": "transactional_message_id"}
 
 
-def mask_payload(operation: dict[str, Any]) -> dict[str, Any]:
+def mask_payload(
+    operation: dict[str, Any],
+    *,
+    columns: Collection[str] = (),
+    literals: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """A copy of an operation with every customer value replaced by its type, e.g. `<str>`.
 
-    Only the operation's own top-level structure (type, action, event name, event id, ...) is
-    kept as it is.
+    Kept as they are: the operation's structure (its type, action and event id), a top-level
+    value that equals the mapping's literal for that key (`literals`, e.g. `{"name": "signed_up"}`:
+    a name from `event_name_column`, such as a page's URL, is the row's), Customer.io's field
+    names, and, in the objects that carry a row's data (`attributes`, `message_data`,
+    `relationship_attributes`), the names of the mapping's attribute `columns`. Every other key
+    there, and every key below them (the row's JSON data may be keyed by anything, an e-mail
+    address included), becomes `<key>`, `<key 2>`, ...
     """
+    literals = literals or {}
     return {
-        key: value if key in _STRUCTURAL and isinstance(value, str | int) else _mask(value)
+        key: value
+        if _kept(key, value, literals)
+        else _mask(value, columns if key in DATA_KEYS else None, columns)
         for key, value in operation.items()
     }
 
 
-def _mask(value: Any) -> Any:
+def _kept(key: str, value: Any, literals: Mapping[str, Any]) -> bool:
+    if key in _STRUCTURAL:
+        return isinstance(value, str | int) and not isinstance(value, bool)
+    literal = literals.get(key)
+    return literal is not None and type(literal) is type(value) and literal == value
+
+
+def _mask(value: Any, names: Collection[str] | None, columns: Collection[str]) -> Any:
+    """`names` None: `value` is the operation's structure, whose keys are Customer.io's;
+    else it is a row's data, where only keys in `names` are kept."""
     if isinstance(value, dict):
-        return {k: _mask(v) for k, v in value.items()}
+        masked: dict[str, Any] = {}
+        hidden = 0
+        for key, item in value.items():
+            if names is None:
+                masked[key] = _mask(item, columns if key in DATA_KEYS else None, columns)
+            elif key in names:
+                masked[key] = _mask(item, (), columns)
+            else:
+                hidden += 1
+                masked["<key>" if hidden == 1 else f"<key {hidden}>"] = _mask(item, (), columns)
+        return masked
     if isinstance(value, list):
-        return [_mask(v) for v in value]
+        return [_mask(item, names, columns) for item in value]
     if value is None:
         return None
     return f"<{type(value).__name__}>"
+
+
+def payload_sample(mapping: CompiledMapping, data: bytes) -> dict[str, Any]:
+    """One operation of the table `mapping` maps, masked for a report (see `mask_payload`)."""
+    literals = {
+        key: getattr(mapping.mapping, source)
+        for key, source in _LITERALS.items()
+        if getattr(mapping.mapping, source) is not None
+    }
+    return mask_payload(orjson.loads(data), columns=mapping.attribute_columns, literals=literals)
 
 
 @dataclass
@@ -123,22 +187,14 @@ class SyncReport:
 
 
 def build_report(load_id: str | None, records: list[dict[str, Any]]) -> SyncReport:
+    """The report of one load from its batch records."""
     tables: dict[tuple[str, str], TableReport] = {}
     spans: dict[tuple[str, str], tuple[float, float]] = {}
     for record in records:
         key = (record["table_name"], record["action"])
         report = tables.setdefault(key, TableReport(table=key[0], action=key[1]))
         report.dry_run = report.dry_run or bool(record["dry_run"])
-        for name in (
-            "rows_in",
-            "operations",
-            "accepted",
-            "rejected",
-            "skipped",
-            "requests",
-            "retries",
-            "throttled",
-        ):
+        for name in COUNTERS:
             setattr(report, name, getattr(report, name) + record[name])
         report.throttled_seconds += record["throttled_seconds"]
         reasons = Counter(report.rejected_by_reason)
@@ -162,65 +218,104 @@ def sync_report(pipeline: dlt.Pipeline, load_id: str | None = None) -> SyncRepor
     """The sync report of a load of `pipeline` (default: its latest load to Customer.io)."""
     if not state_path(pipeline.working_dir).exists():
         return SyncReport(load_id=load_id)
-    store = store_for(pipeline.working_dir)
-    load_id = load_id or store.latest_load_id()
+    reports = state_for(pipeline.working_dir).reports
+    load_id = load_id or reports.latest_load_id()
     if load_id is None:
         return SyncReport(load_id=None)
-    return build_report(load_id, store.batch_records(load_id))
+    return build_report(load_id, reports.of_load(load_id))
 
 
-# Keys of the user's destination config carried over to a dry run's copy.
-_CONFIG_KEYS = (
-    "destination_name",
-    "site_id",
-    "api_key",
-    "app_api_key",
-    "region",
-    "track_url",
-    "app_url",
-    "requests_per_second",
-    "app_requests_per_second",
-    "max_attempts",
-    "timeout",
-    "max_request_bytes",
-    "max_concurrent_requests",
-    "resend_uncertain",
-    "accept_new_send_ledger",
-    "tables",
-)
+def record_batch(
+    state: PipelineState,
+    *,
+    load_id: str,
+    mapping: CompiledMapping,
+    dry_run: bool,
+    mapped: Mapped,
+    parts: list[Sequence[Entry]],
+    result: SendResult,
+    skipped: int,
+    source_hashes: dict[str, int] | None,
+    started: float,
+) -> None:
+    """Record one call of the table `mapping` maps: its rejections (none in a dry run), its
+    batch's counters (with masked samples in a dry run), a log line.
 
-
-def dry_run(pipeline: dlt.Pipeline, data: Any = None, **run_kwargs: Any) -> SyncReport:
-    """Run `data` through `pipeline` to Customer.io without sending anything or spending state.
-
-    The pipeline's working directory (incremental cursors, pending packages, the send ledger) is
-    copied into a scratch directory and the run happens there with `dry_run=True`: every row is
-    mapped, validated and batched, nothing is sent, and the real pipeline's state is untouched,
-    so a later real run sends exactly what it would have sent anyway.
-
-    Returns the report: per table and action, what would be sent and rejected (with reasons) and
-    a few sample payloads with every value masked.
+    `mapped` is what the rows mapped to, `parts` what was sent of it, `skipped` how many rows
+    were not sent (unchanged, or already sent); `source_hashes` were hashed before mapping.
     """
-    from cio_destination.destination import customerio
+    table, action = mapping.table, mapping.action
+    rejections = mapped.rejections + result.rejections
+    # rows sent without an oversized attribute: recorded with the rejections, counted apart
+    records = rejections + mapped.dropped
+    if not dry_run:
+        state.rejects.record(load_id, table, action, records)
+    operations = sum(len(part) for part in parts)
+    samples = (
+        [payload_sample(mapping, e.data) for e in islice(chain.from_iterable(parts), MAX_SAMPLES)]
+        if dry_run
+        else []
+    )
+    state.reports.record(
+        {
+            "load_id": load_id,
+            "table_name": table,
+            "action": action,
+            "batch_id": batch_id(mapped.parts(), rejections, source_hashes),
+            "dry_run": int(dry_run),
+            "rows_in": mapped.rows_in,
+            "operations": operations,
+            "accepted": result.stats.accepted,
+            "rejected": len(rejections),
+            "skipped": skipped,
+            "requests": result.stats.requests,
+            "retries": result.stats.retries,
+            "throttled": result.stats.throttled,
+            "throttled_seconds": result.stats.throttled_seconds,
+            "started_at": started,
+            "finished_at": time.time(),
+            "reasons": orjson.dumps(Counter(r.reason for r in records)).decode(),
+            "samples": orjson.dumps(samples).decode(),
+        }
+    )
+    logger.info(
+        "customerio: table %s (%s)%s: %d rows in, %d operations, %d accepted, %d rows rejected,"
+        " %d skipped (already sent or unchanged), %d requests, %d retries",
+        table,
+        action,
+        " [dry run]" if dry_run else "",
+        mapped.rows_in,
+        operations,
+        result.stats.accepted,
+        len(rejections),
+        skipped,
+        result.stats.requests,
+        result.stats.retries,
+    )
 
-    params: dict[str, Any] = {}
-    if pipeline.destination is not None:
-        configured = getattr(pipeline.destination, "config_params", {}) or {}
-        params = {k: v for k, v in configured.items() if k in _CONFIG_KEYS}
-    with tempfile.TemporaryDirectory(prefix="cio-dry-run-") as scratch:
-        if os.path.isdir(pipeline.working_dir):
-            shutil.copytree(pipeline.working_dir, os.path.join(scratch, pipeline.pipeline_name))
-        clone = dlt.pipeline(
-            pipeline.pipeline_name,
-            destination=customerio(**params, dry_run=True),
-            pipelines_dir=scratch,
-            dataset_name=pipeline.dataset_name,
-        )
-        try:
-            info = clone.run(data, **run_kwargs)
-            load_id = info.loads_ids[-1] if info.loads_ids else None
-            report = sync_report(clone, load_id)
-        finally:
-            release_store(clone.working_dir)
-            pipeline.activate()
-    return report
+
+def batch_id(
+    parts: list[Sequence[Entry]],
+    rejections: list[Rejection],
+    source_hashes: dict[str, int] | None,
+) -> str:
+    """The same rows give the same id, so a replayed batch replaces its record in the report.
+
+    Every piece is framed by its length (`cio_destination.framing`), and the number of parts
+    leads, so two different batches never read alike, whatever bytes their row keys hold.
+    """
+    pieces: list[bytes | None] = [
+        # rows skipped before mapping are part of the batch too
+        array("q", source_hashes.values()).tobytes() if source_hashes else None,
+        b"%d" % len(parts),
+    ]
+    for part in parts:
+        # the row keys and sizes of the entries tell a batch apart, without hashing every payload
+        if isinstance(part, EntryBlock):
+            pieces.append(part.row_key_frame())
+        else:
+            pieces.append(frame(entry.row_key for entry in part))
+        pieces.append(array("q", entry_sizes(part)).tobytes())
+    for rejection in rejections:
+        pieces += [rejection.row_key.encode(), rejection.reason.encode()]
+    return hashlib.blake2b(frame(pieces), digest_size=16, person=b"cio-batch-id-2").hexdigest()

@@ -79,7 +79,7 @@ def mapped_outcome(mapped: Any) -> tuple[list, list, list]:
     """What a `Mapped` amounts to, order aside: each entry's bytes, row key and source rows,
     each rejection, and each attribute dropped from a row that is sent. The columnar paths must
     give exactly the row path's outcome."""
-    from cio_destination.operations import LazyRow
+    from cio_destination.entries import LazyRow
 
     entries = sorted(
         (

@@ -17,10 +17,11 @@ import pytest
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from cio_destination import MappingError, customerio_adapter, rejected_rows
-from cio_destination._values import canonical_key, deterministic_ulid
 from cio_destination.emulator import Emulator
+from cio_destination.entries import Mapped
+from cio_destination.event_ids import canonical_key, deterministic_ulid
+from cio_destination.mapper import RowMapper
 from cio_destination.mapping import compile_mapping, parse_mapping
-from cio_destination.operations import Mapped, RowMapper
 
 UTC = dt.timezone.utc
 T = 1_705_314_600  # 2024-01-15T10:30:00Z
@@ -822,7 +823,7 @@ def test_page_and_screen_rejections(action: str):
         pytest.param(
             {"action": "suppress", "identifier": "uid", "attributes": ["plan"]},
             "attributes",
-            "only applies to action add_device, add_relationships, event, identify, object_identify, page, screen, send_email",
+            "only applies to action add_device, add_relationships, event, identify, object_add_relationships, object_identify, page, screen, send_email",
             id="attributes-on-suppress",
         ),
         pytest.param(
@@ -834,7 +835,7 @@ def test_page_and_screen_rejections(action: str):
         pytest.param(
             {"action": "delete_device", "identifier": "uid", "device_token": "t", "attributes": []},
             "attributes",
-            "only applies to action add_device, add_relationships, event, identify, object_identify, page, screen, send_email",
+            "only applies to action add_device, add_relationships, event, identify, object_add_relationships, object_identify, page, screen, send_email",
             id="attributes-on-delete-device",
         ),
         pytest.param(
@@ -857,7 +858,7 @@ def test_page_and_screen_rejections(action: str):
         pytest.param(
             {"action": "page", "identifier": "uid", "event_name": "p", "object_id": "c"},
             "object_id",
-            "only applies to action add_relationships, delete_relationships, object_delete, object_identify",
+            "only applies to action add_relationships, delete_relationships, object_add_relationships, object_delete, object_delete_relationships, object_identify",
             id="object-id-on-page",
         ),
         pytest.param(
@@ -868,7 +869,7 @@ def test_page_and_screen_rejections(action: str):
                 "object_id": "c",
             },
             "identifier",
-            "only applies to action add_device, add_relationships, delete, delete_device, delete_relationships, event, identify, merge, page, screen, send_email, suppress, unsuppress",
+            "only applies to action add_device, add_relationships, delete, delete_device, delete_relationships, event, identify, merge, object_add_relationships, object_delete_relationships, page, screen, send_email, suppress, unsuppress",
             id="identifier-on-object-identify",
         ),
         pytest.param(
@@ -879,7 +880,7 @@ def test_page_and_screen_rejections(action: str):
                 "attributes": ["name"],
             },
             "attributes",
-            "only applies to action add_device, add_relationships, event, identify, object_identify, page, screen, send_email",
+            "only applies to action add_device, add_relationships, event, identify, object_add_relationships, object_identify, page, screen, send_email",
             id="attributes-on-object-delete",
         ),
         pytest.param(
@@ -891,7 +892,7 @@ def test_page_and_screen_rejections(action: str):
                 "attributes": ["role"],
             },
             "attributes",
-            "only applies to action add_device, add_relationships, event, identify, object_identify, page, screen, send_email",
+            "only applies to action add_device, add_relationships, event, identify, object_add_relationships, object_identify, page, screen, send_email",
             id="attributes-on-delete-relationships",
         ),
         pytest.param(

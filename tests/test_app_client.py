@@ -10,20 +10,16 @@ import orjson
 import pytest
 from pytest_httpx import HTTPXMock
 
-from cio_destination.client import (
-    APP_HOSTS,
-    AppClient,
-    OutcomeUnknown,
-    RetryPolicy,
-    SendOutcome,
-    SendStats,
-)
 from cio_destination.exceptions import (
     CredentialsError,
     CustomerioTerminalError,
     CustomerioTransientError,
 )
-from cio_destination.ratelimit import RateLimiter
+from cio_destination.transport.api import OutcomeUnknown, RetryPolicy
+from cio_destination.transport.app import AppClient, SendOutcome
+from cio_destination.transport.ratelimit import RateLimiter
+from cio_destination.transport.regions import APP_HOSTS
+from cio_destination.transport.results import SendStats
 
 APP = APP_HOSTS["us"]
 SEND_URL = f"{APP}/v1/send/email"
@@ -171,20 +167,34 @@ def test_a_refusal_without_a_readable_error_says_the_status(httpx_mock: HTTPXMoc
 # -- refused credentials, wrong URL -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", [401, 403])
-def test_refused_credentials_stop_at_once_naming_the_app_api_key(
-    httpx_mock: HTTPXMock, status: int
-):
-    httpx_mock.add_response(status_code=status, json={"meta": {"error": "unauthorized"}})
+def test_refused_credentials_stop_at_once_naming_the_app_api_key(httpx_mock: HTTPXMock):
+    httpx_mock.add_response(status_code=401, json={"meta": {"error": "unauthorized"}})
     clock = Clock()
 
     with pytest.raises(CredentialsError) as raised:
         app_client(clock).send_email(SEND, SendStats(), resend_uncertain=True)
 
-    assert (raised.value.api, raised.value.status) == ("App API", status)
+    assert (raised.value.api, raised.value.status) == ("App API", 401)
     assert raised.value.keys == ("app_api_key",)
     assert "destination.customerio.app_api_key" in str(raised.value)
     assert "site_id" not in str(raised.value)
+    assert len(httpx_mock.get_requests()) == 1
+    assert clock.retry_waits == []
+
+
+def test_a_403_to_a_send_stops_at_once_naming_the_workspace_state_and_the_key(
+    httpx_mock: HTTPXMock,
+):
+    httpx_mock.add_response(status_code=403, json={"meta": {"error": "forbidden"}})
+    clock = Clock()
+
+    with pytest.raises(CustomerioTerminalError) as raised:
+        app_client(clock).send_email(SEND, SendStats(), resend_uncertain=True)
+
+    message = str(raised.value)
+    assert not isinstance(raised.value, CredentialsError)  # the workspace's state, not the key
+    assert "HTTP 403" in message and "Do Not Send" in message
+    assert "destination.customerio.app_api_key" in message
     assert len(httpx_mock.get_requests()) == 1
     assert clock.retry_waits == []
 

@@ -10,10 +10,10 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from cio_destination._values import canonical_key, deterministic_ulid
-from cio_destination.arrow_events import map_named_batch, map_named_rows
+from cio_destination.entries import rows_from_arrow
+from cio_destination.event_ids import canonical_key, deterministic_ulid
+from cio_destination.mapper import RowMapper, map_items
 from cio_destination.mapping import compile_mapping, parse_mapping
-from cio_destination.operations import RowMapper, rows_from_arrow
 
 from .conftest import mapped_outcome as outcome
 
@@ -103,7 +103,7 @@ def test_columnar_events_equal_the_row_path(seed: int, nulls: bool, mapping: dic
     batch = pa.RecordBatch.from_pylist(event_rows(random.Random(seed), 300, nulls), schema=SCHEMA)
     mapper = mapper_for({n: {"name": n} for n in SCHEMA.names}, **mapping)
 
-    fast = map_named_batch(mapper, batch)
+    fast = map_items(mapper, batch)
 
     assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert fast.block is not None and len(fast.block) >= 150  # written by Arrow kernels
@@ -119,7 +119,7 @@ def test_event_ids_are_the_row_paths_ids():
         {n: {"name": n} for n in ("uid", "k", "at")}, event_name="x", event_id=["k", "at"]
     )
 
-    mapped = map_named_batch(mapper, batch)
+    mapped = map_items(mapper, batch)
 
     assert mapped.block is not None and len(mapped.block) == 2
     ids = [orjson.loads(e.data)["id"] for e in mapped.block]
@@ -137,7 +137,7 @@ def test_a_rejected_entry_of_an_event_block_gets_the_row_paths_row_key():
         {n: {"name": n} for n in ("uid", "k", "at")}, event_name="x", event_id=["k", "at"]
     )
 
-    block = map_named_batch(mapper, batch).block
+    block = map_items(mapper, batch).block
 
     assert block is not None and block.row_keys is None  # made only when needed
     rejection = block[0].reject("invalid", None, "no")[0]
@@ -154,7 +154,7 @@ def test_event_data_over_the_limit_is_rejected_as_the_row_path_does():
         {n: {"name": n} for n in ("uid", "k", "blob", "more")}, event_name="x", event_id=["k"]
     )
 
-    fast = map_named_batch(mapper, batch)
+    fast = map_items(mapper, batch)
 
     assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert [r.reason for r in fast.rejections] == ["event_data_too_large"]
@@ -191,7 +191,7 @@ def test_dict_event_rows_through_the_columnar_path_equal_the_row_path(seed: int,
     columns = {name: {"name": name, "data_type": kind} for name, kind in DLT_TYPES.items()}
     mapper = mapper_for(columns, **mapping)
 
-    fast = map_named_rows(mapper, rows, columns)
+    fast = map_items(mapper, rows, columns)
 
     assert outcome(fast) == outcome(mapper.map_rows(rows))
     assert fast.block is not None and len(fast.block) >= 150
@@ -206,14 +206,14 @@ def test_dict_rows_with_a_column_outside_the_schema_keep_the_whole_row_key_exact
     }
     mapper = mapper_for(columns, event_name="seen")
 
-    mapped = map_named_rows(mapper, rows, columns)
+    mapped = map_items(mapper, rows, columns)
 
     assert mapped.block is None
     assert outcome(mapped) == outcome(mapper.map_rows(rows))
     # with the column in the schema, the same row is written by Arrow, to the same outcome
     columns["extra"] = {"name": "extra", "data_type": "bigint"}
     mapper = mapper_for(columns, event_name="seen")
-    mapped = map_named_rows(mapper, rows, columns)
+    mapped = map_items(mapper, rows, columns)
     assert mapped.block is not None and len(mapped.block) == 1
     assert outcome(mapped) == outcome(mapper.map_rows(rows))
 
@@ -237,9 +237,9 @@ def test_a_mapped_column_missing_from_the_batch_maps_as_null(mapping: dict):
     declared = {"action": "event", "identifier": "uid", **mapping}
     mapper = RowMapper(compile_mapping("events", parse_mapping("events", declared), columns))
 
-    fast = map_named_batch(mapper, batch)
+    fast = map_items(mapper, batch)
     rows = [{k: v for k, v in row.items() if v is not None} for row in batch.to_pylist()]
-    from_dicts = map_named_rows(mapper, rows, columns)
+    from_dicts = map_items(mapper, rows, columns)
 
     slow = mapper.map_rows(rows_from_arrow(batch))
     assert outcome(fast) == outcome(from_dicts) == outcome(slow)
@@ -263,7 +263,7 @@ def test_a_json_column_in_the_key_keys_as_the_value_it_holds(mapping: dict):
     mapper = RowMapper(compile_mapping("events", parse_mapping("events", declared), columns))
     decoded = [{**rows[0], "meta": {"a": 2, "b": 1}}]
 
-    fast = map_named_batch(mapper, batch)
+    fast = map_items(mapper, batch)
 
     assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert [e.data for e in fast.all_entries()] == [

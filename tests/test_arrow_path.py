@@ -10,9 +10,9 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from cio_destination.arrow_path import map_identify_batch, map_identify_rows
+from cio_destination.entries import LazyRow, rows_from_arrow
+from cio_destination.mapper import RowMapper, map_items
 from cio_destination.mapping import compile_mapping, parse_mapping
-from cio_destination.operations import LazyRow, RowMapper, rows_from_arrow
 
 from .conftest import mapped_outcome as outcome
 
@@ -91,7 +91,7 @@ def test_columnar_identify_equals_the_row_path(seed: int, mapping: dict):
     batch = pa.RecordBatch.from_pylist(random_rows(rng, 300, kind), schema=SCHEMA)
     mapper = mapper_for(batch, **mapping)
 
-    fast = map_identify_batch(mapper, batch)
+    fast = map_items(mapper, batch)
     slow = mapper.map_rows(rows_from_arrow(batch))
 
     assert fast.rows_in == slow.rows_in == 300
@@ -108,7 +108,7 @@ def test_integer_identifiers_and_unconverted_types_take_the_right_path():
     )
     mapper = mapper_for(batch)
 
-    fast = map_identify_batch(mapper, batch)
+    fast = map_items(mapper, batch)
 
     assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert fast.block is not None and len(fast.block) == 10
@@ -124,7 +124,7 @@ def test_rows_of_accepted_entries_are_built_only_when_rejected():
     batch = pa.RecordBatch.from_pylist([{"ident": "a", "n": 1}, {"ident": "b", "n": 2}])
     mapper = mapper_for(batch)
 
-    mapped = map_identify_batch(mapper, batch)
+    mapped = map_items(mapper, batch)
 
     assert mapped.block is not None and len(mapped.block) == 2
     assert all(isinstance(row, LazyRow) for e in mapped.all_entries() for row in e.rows)
@@ -138,7 +138,7 @@ def test_arrow_rows_rejected_by_customerio_come_back_whole(httpx_mock, tmp_path)
     import httpx
 
     from cio_destination import customerio, customerio_adapter, rejected_rows
-    from cio_destination.arrow_path import COLUMNAR_PATH
+    from cio_destination.mapper import COLUMNAR_PATH
 
     from .conftest import with_region
 
@@ -305,7 +305,7 @@ def test_columnar_serialization_equals_the_row_path(seed: int, nulls: str, mappi
     batch = pa.RecordBatch.from_pylist(rows, schema=FAST_SCHEMA)
     mapper = mapper_for(batch, **mapping)
 
-    fast = map_identify_batch(mapper, batch)
+    fast = map_items(mapper, batch)
 
     assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert fast.block is not None and len(fast.block) >= 300  # serialized by Arrow kernels
@@ -319,7 +319,7 @@ def test_a_sliced_batch_maps_as_its_rows():
     part = batch.slice(100, 120)
     mapper = mapper_for(part)
 
-    fast = map_identify_batch(mapper, part)
+    fast = map_items(mapper, part)
 
     assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(part)))
     assert fast.block is not None and len(fast.block) >= 100  # a few rows break a check
@@ -334,7 +334,7 @@ def test_identifier_kinds_checked_on_columns_as_in_the_row_path():
     passed = {"email": 2, "phone": 1, "id": 6, "cio_id": 6}
     for kind in ("email", "phone", "id", "cio_id"):
         mapper = mapper_for(batch, identifier_type=kind)
-        fast = map_identify_batch(mapper, batch)
+        fast = map_items(mapper, batch)
         assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
         assert fast.block is not None and len(fast.block) == passed[kind], kind
 
@@ -351,7 +351,7 @@ def test_columns_without_a_value_and_odd_timestamps_match_the_row_path():
     )
     mapper = mapper_for(batch, timestamp="when")
 
-    fast = map_identify_batch(mapper, batch)
+    fast = map_items(mapper, batch)
 
     assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert fast.block is not None and len(fast.block) == 3
@@ -403,7 +403,7 @@ def test_dict_rows_through_the_columnar_path_equal_the_row_path(
     columns = {name: {"name": name, "data_type": kind} for name, kind in DLT_TYPES.items()}
     mapper = dict_mapper(columns, **mapping)
 
-    fast = map_identify_rows(mapper, rows, columns)
+    fast = map_items(mapper, rows, columns)
 
     assert outcome(fast) == outcome(mapper.map_rows(rows))
     assert fast.block is not None and len(fast.block) >= 300
@@ -432,13 +432,13 @@ def test_dict_rows_the_columnar_path_cannot_hold_take_the_row_path(kind: str, va
     }
     mapper = dict_mapper(columns)
 
-    mapped = map_identify_rows(mapper, rows, columns)
+    mapped = map_items(mapper, rows, columns)
 
     assert mapped.block is None
     assert outcome(mapped) == outcome(mapper.map_rows(rows))
     if plain is not None:  # the same column with a value of its own type is written by Arrow
         rows = [{"ident": "a", "x": plain}, {"ident": "b", "x": plain}]
-        mapped = map_identify_rows(mapper, rows, columns)
+        mapped = map_items(mapper, rows, columns)
         assert mapped.block is not None and len(mapped.block) == 2
         assert outcome(mapped) == outcome(mapper.map_rows(rows))
 
@@ -459,7 +459,7 @@ def test_decimals_of_any_precision_map_as_the_row_path_maps_them(kind):
     )
     mapper = mapper_for(batch)
 
-    fast = map_identify_batch(mapper, batch)
+    fast = map_items(mapper, batch)
 
     assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert fast.block is not None
@@ -515,7 +515,7 @@ def _one_row(ident: str = "a", **columns: pa.Array) -> pa.RecordBatch:
 def test_source_row_hashes_tell_apart_rows_whose_text_once_read_alike(first, second, mappings):
     """`changes_only` skips a row whose source hash matches the stored one: rows that differ
     in a value, its type, its column or their mapping must never hash alike."""
-    from cio_destination.arrow_path import source_row_hashes
+    from cio_destination.actions.identify import source_row_hashes
 
     one = source_row_hashes(mapper_for(first, **mappings[0]), first)
     other = source_row_hashes(mapper_for(second, **mappings[1]), second)
@@ -530,7 +530,7 @@ def test_source_row_hashes_are_the_stored_form():
     big-endian number. The same row hashes alike in any batch, as string or large_string."""
     import hashlib
 
-    from cio_destination.arrow_path import source_row_hashes
+    from cio_destination.actions.identify import source_row_hashes
 
     batch = pa.RecordBatch.from_pylist(
         [{"ident": "a", "n": 1, "s": "x"}, {"ident": "b", "n": None, "s": "ü"}]
@@ -571,11 +571,11 @@ def test_a_chunked_table_maps_as_its_rows_and_an_empty_one_as_nothing():
     table = pa.Table.from_batches([first, pa.RecordBatch.from_pylist([{"ident": "b", "n": 2}])])
     mapper = mapper_for(first)
 
-    mapped = map_identify_batch(mapper, table)
+    mapped = map_items(mapper, table)
 
     assert outcome(mapped) == outcome(mapper.map_rows(rows_from_arrow(table)))
     assert mapped.rows_in == 2 and mapped.block is not None
-    assert map_identify_batch(mapper, table.slice(0, 0)).rows_in == 0
+    assert map_items(mapper, table.slice(0, 0)).rows_in == 0
 
 
 @pytest.mark.parametrize("phone", ["+14155550100\n", "\n+14155550100", "+1415555\n0100"])
@@ -586,7 +586,7 @@ def test_phone_with_a_newline_is_rejected_on_both_paths(phone: str):
     )
     mapper = mapper_for(batch, identifier_type="phone")
 
-    fast = map_identify_batch(mapper, batch)
+    fast = map_items(mapper, batch)
 
     assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
     assert fast.block is not None and len(fast.block) == 1  # the good phone, written by Arrow
@@ -617,9 +617,9 @@ def test_a_mapped_column_missing_from_the_batch_maps_as_null(mapping: dict):
     declared = {"action": "identify", "identifier": "ident", **mapping}
     mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
 
-    fast = map_identify_batch(mapper, batch)
+    fast = map_items(mapper, batch)
     rows = [{k: v for k, v in row.items() if v is not None} for row in batch.to_pylist()]
-    from_dicts = map_identify_rows(mapper, rows, columns)
+    from_dicts = map_items(mapper, rows, columns)
 
     slow = mapper.map_rows(rows_from_arrow(batch))
     assert outcome(fast) == outcome(from_dicts) == outcome(slow)
@@ -629,7 +629,7 @@ def test_a_mapped_column_missing_from_the_batch_maps_as_null(mapping: dict):
 
 
 def test_source_row_hashes_without_the_identifier_column_hash_nothing():
-    from cio_destination.arrow_path import source_row_hashes
+    from cio_destination.actions.identify import source_row_hashes
 
     batch = pa.RecordBatch.from_pylist([{"name": "Ann"}])
     columns = {"name": {"name": "name"}}
@@ -649,7 +649,7 @@ def test_dict_rows_with_a_variant_column_take_the_row_path_and_fold_it():
     declared = {"action": "identify", "identifier": "ident", "attributes": ["age"]}
     mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
 
-    mapped = map_identify_rows(mapper, rows, columns)
+    mapped = map_items(mapper, rows, columns)
 
     assert outcome(mapped) == outcome(mapper.map_rows(rows))
     assert [orjson.loads(e.data)["attributes"] for e in mapped.all_entries()] == [
@@ -666,7 +666,7 @@ def test_drop_attribute_on_the_columnar_path_is_the_row_path_s():
     )
     mapper = mapper_for(batch, oversized_attribute="drop_attribute")
 
-    fast = map_identify_batch(mapper, batch)
+    fast = map_items(mapper, batch)
     slow = mapper.map_rows(rows_from_arrow(batch))
 
     assert outcome(fast) == outcome(slow)

@@ -9,8 +9,8 @@ import pytest
 
 from cio_destination import limits
 from cio_destination.batching import ENVELOPE_BYTES, body_of, body_size, pack
+from cio_destination.mapper import RowMapper
 from cio_destination.mapping import compile_mapping, parse_mapping
-from cio_destination.operations import RowMapper
 
 
 def json_entry(size: int, tag: int = 0) -> bytes:

@@ -10,14 +10,15 @@ import pyarrow as pa
 import pytest
 from pytest_httpx import HTTPXMock
 
-from cio_destination._framing import frame
-from cio_destination.arrow_path import map_identify_batch
 from cio_destination.batching import body_of
-from cio_destination.blocks import EntryBlock, pack_entries, request_body
-from cio_destination.client import RetryPolicy, Sender, TrackClient
+from cio_destination.entries import EntryBlock, LazyRow, pack_entries, request_body
+from cio_destination.framing import frame
+from cio_destination.mapper import RowMapper, map_items
 from cio_destination.mapping import compile_mapping, parse_mapping
-from cio_destination.operations import LazyRow, RowMapper
-from cio_destination.ratelimit import RateLimiter
+from cio_destination.transport.api import RetryPolicy
+from cio_destination.transport.ratelimit import RateLimiter
+from cio_destination.transport.sender import Sender
+from cio_destination.transport.track import TrackClient
 
 
 def people(count: int, start: int = 0) -> pa.RecordBatch:
@@ -32,7 +33,7 @@ def people(count: int, start: int = 0) -> pa.RecordBatch:
 def block_of(batch: pa.RecordBatch) -> EntryBlock:
     columns = {name: {"name": name} for name in batch.schema.names}
     mapping = parse_mapping("people", {"action": "identify", "identifier": "uid"})
-    mapped = map_identify_batch(RowMapper(compile_mapping("people", mapping, columns)), batch)
+    mapped = map_items(RowMapper(compile_mapping("people", mapping, columns)), batch)
     assert mapped.block is not None and not mapped.entries and not mapped.rejections
     return mapped.block
 

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from pathlib import Path
 
 import dlt
 import httpx
 import orjson
 import pytest
+from dlt.pipeline.exceptions import PipelineStepFailed
 from pytest_httpx import HTTPXMock
 
-from cio_destination import customerio, customerio_adapter, sync_report
+from cio_destination import (
+    CustomerioTerminalError,
+    CustomerioTransientError,
+    customerio,
+    customerio_adapter,
+    dry_run,
+    exit_status,
+    sync_report,
+)
 from cio_destination.emulator import Emulator
+from cio_destination.state.fingerprints import SqlFingerprints, sql_fingerprints
 
 from .conftest import API_KEY, SITE_ID, with_region
 
@@ -137,6 +149,94 @@ def test_fingerprints_in_a_sql_store_survive_a_wiped_working_directory(
     pipeline("second").run(people(ROWS))  # a new runner: no local state at all
 
     assert batch_ops(emulator, mark) == 0
+
+
+def refuse_inserts(path: Path) -> None:
+    """Make the fingerprints database refuse every new row, as a full disk would."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON customerio_fingerprints"
+            " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+
+
+def test_a_failing_fingerprints_database_names_the_key_and_no_value(tmp_path: Path):
+    path = tmp_path / "fingerprints.db"
+    store = SqlFingerprints(f"sqlite:///{path}")
+    refuse_inserts(path)
+
+    with pytest.raises(CustomerioTransientError) as raised:
+        store.remember("p/people", {"jane.doe@example.com": {"r": 1, "a": {"plan": 2}}})
+
+    message = str(raised.value)
+    assert "destination.customerio.fingerprints_url" in message
+    assert "sqlite3.IntegrityError" in message
+    assert "jane.doe" not in message and "INSERT" not in message and "full" not in message
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["nosuchdialect://loader:Pw-Qz81@db.example/x", "mysql://loader:Pw-Qz81@db.example/x", "db"],
+    ids=["unknown_dialect", "driver_not_installed", "not_a_url"],
+)
+def test_a_fingerprints_url_sqlalchemy_cannot_use_is_a_setting_to_fix(url: str):
+    with pytest.raises(CustomerioTerminalError) as raised:
+        sql_fingerprints(url)
+
+    assert "destination.customerio.fingerprints_url cannot be used" in str(raised.value)
+    assert "Pw-Qz81" not in str(raised.value)
+    assert exit_status(raised.value)[0] == 2
+
+
+@pytest.mark.slow
+def test_a_fingerprints_database_failing_in_a_load_is_named_without_any_identifier(
+    emulator: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog
+):
+    path = tmp_path / "fingerprints.db"
+
+    def run(plan: str) -> None:
+        rows = [{"uid": "jane.doe@example.com", "plan": plan}]
+        destination = customerio(
+            site_id=SITE_ID,
+            api_key=API_KEY,
+            track_url=emulator.url,
+            fingerprints_url=f"sqlite:///{path}",
+        )
+        pipeline = dlt.pipeline("fp_fails", destination=destination, pipelines_dir=str(tmp_path))
+        pipeline.run(people(rows))
+
+    run("pro")
+    refuse_inserts(path)
+    with caplog.at_level(logging.DEBUG), pytest.raises(PipelineStepFailed) as raised:
+        run("enterprise")
+
+    code, line = exit_status(raised.value)
+    assert code == 1
+    assert line.startswith("failed: the changes_only fingerprints database of")
+    assert "destination.customerio.fingerprints_url" in line and "warehouse" not in line
+    assert "jane.doe" not in str(raised.value)
+    output = capfd.readouterr()
+    assert "jane.doe" not in output.out + output.err + caplog.text
+
+
+def test_a_dry_run_reads_the_fingerprints_of_fingerprints_url(emulator: Emulator, tmp_path: Path):
+    """The dry run's copy of the destination had lost `fingerprints_url`: it read the local
+    state, found no fingerprint and reported every unchanged row as one to send."""
+    destination = customerio(
+        site_id=SITE_ID,
+        api_key=API_KEY,
+        track_url=emulator.url,
+        fingerprints_url=f"sqlite:///{tmp_path / 'fingerprints.db'}",
+    )
+    pipeline = dlt.pipeline("dry_url", destination=destination, pipelines_dir=str(tmp_path))
+    pipeline.run(people(ROWS))
+    mark = len(emulator.requests)
+
+    report = dry_run(pipeline, people(ROWS)).tables[0]
+
+    assert (report.operations, report.skipped) == (0, 3)
+    assert emulator.requests[mark:] == []
 
 
 def test_a_dry_run_records_no_fingerprint(emulator: Emulator, tmp_path: Path):
@@ -280,15 +380,15 @@ def test_source_hashes_stored_by_an_older_version_resend_nobody(emulator: Emulat
     """After an upgrade the stored source hashes no longer match: the rows are mapped again,
     the whole-operation hash finds them unchanged, nothing is sent, and the new source hashes
     are stored, so the run after skips the rows before mapping again."""
-    from cio_destination.store import store_for
+    from cio_destination.state import state_for
 
     pipeline = make_pipeline()
     pipeline.run(arrow_people(ROWS))
-    store, scope = store_for(pipeline.working_dir), f"{pipeline.pipeline_name}/people"
+    store, scope = state_for(pipeline.working_dir).fingerprints, f"{pipeline.pipeline_name}/people"
     identifiers = [str(row["uid"]) for row in ROWS]
-    current = store.load_source_hashes(scope, identifiers)
-    stored = store.load(scope, identifiers)
-    store.save(
+    current = store.source_hashes_of(scope, identifiers)
+    stored = store.fingerprints_of(scope, identifiers)
+    store.remember(
         scope,
         {
             str(row["uid"]): {
@@ -306,4 +406,4 @@ def test_source_hashes_stored_by_an_older_version_resend_nobody(emulator: Emulat
     assert batch_ops(emulator, mark) == 0
     report = sync_report(pipeline).tables[0]
     assert (report.rows_in, report.skipped, report.operations) == (3, 3, 0)
-    assert store.load_source_hashes(scope, identifiers) == current
+    assert store.source_hashes_of(scope, identifiers) == current

@@ -22,12 +22,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from cio_destination import customerio_adapter, rejected_rows
-from cio_destination._values import canonical_key, deterministic_ulid
-from cio_destination.arrow_events import map_named_batch, map_named_rows
-from cio_destination.arrow_path import COLUMNAR_PATH, map_identify_batch, map_identify_rows
 from cio_destination.emulator import Emulator
+from cio_destination.entries import Mapped, rows_from_arrow
+from cio_destination.event_ids import canonical_key, deterministic_ulid
+from cio_destination.mapper import COLUMNAR_PATH, RowMapper, map_items
 from cio_destination.mapping import compile_mapping, parse_mapping
-from cio_destination.operations import Mapped, RowMapper, rows_from_arrow
 
 from . import strategies as cs
 from .conftest import mapped_outcome as outcome
@@ -62,7 +61,7 @@ def test_the_last_microsecond_of_9999_is_its_last_second_on_both_paths():
     declared = {"action": "identify", "identifier": "ident", "timestamp": "at"}
     mapper = mapper_for("people", declared, {"ident": {}, "at": {}, "seen": {}})
 
-    columnar = map_identify_batch(mapper, batch)
+    columnar = map_items(mapper, batch)
 
     assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
     assert columnar.block is not None and len(columnar.block) == 2  # None takes the row path
@@ -88,7 +87,7 @@ def test_nanosecond_timestamps_reach_the_row_path_floored_to_the_microsecond():
         dt.datetime(1970, 1, 1, tzinfo=UTC),
         None,
     ]
-    columnar = map_identify_batch(mapper, batch)
+    columnar = map_items(mapper, batch)
     assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
     assert columnar.block is not None and len(columnar.block) == 2  # the row path decides b and ""
 
@@ -99,7 +98,7 @@ def test_nanosecond_event_id_columns_key_as_their_microsecond_on_both_paths():
     declared = {"action": "event", "identifier": "ident", "event_name": "x", "event_id": ["at"]}
     mapper = mapper_for("orders", declared, {"ident": {}, "at": {}})
 
-    columnar = map_named_batch(mapper, batch)
+    columnar = map_items(mapper, batch)
 
     assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
     assert columnar.block is not None and len(columnar.block) == 2
@@ -125,7 +124,7 @@ def test_zoned_timestamps_at_the_ends_of_year_1_and_9999_reach_the_row_path():
     columns = {"ident": {}, "valid_to": {}, "valid_from": {}}
     mapper = mapper_for("people", {"action": "identify", "identifier": "ident"}, columns)
 
-    columnar = map_identify_batch(mapper, batch)
+    columnar = map_items(mapper, batch)
 
     assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
     assert [r.reason for r in columnar.rejections] == ["missing_identifier"]
@@ -161,7 +160,7 @@ def test_whole_decimals_near_2_64_at_any_scale_are_exact_integers_on_both_paths(
         "people", {"action": "identify", "identifier": "ident"}, {"ident": {}, "amount": {}}
     )
 
-    columnar = map_identify_batch(mapper, batch)
+    columnar = map_items(mapper, batch)
 
     assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
     sent = {e.row_key: e.data for e in columnar.all_entries()}
@@ -186,7 +185,7 @@ def test_a_zero_decimal_of_a_high_scale_is_the_integer_0_on_both_paths():
         "people", {"action": "identify", "identifier": "ident"}, {"ident": {}, "amount": {}}
     )
 
-    columnar = map_identify_batch(mapper, batch)
+    columnar = map_items(mapper, batch)
 
     assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
     assert columnar.block is not None and len(columnar.block) == 4
@@ -213,12 +212,12 @@ def test_a_date64_with_a_time_of_day_is_its_date_on_both_paths():
     event = mapper_for("orders", declared, columns)
 
     for mapper, columnar in (
-        (identify, map_identify_batch(identify, batch)),
-        (event, map_named_batch(event, batch)),
+        (identify, map_items(identify, batch)),
+        (event, map_items(event, batch)),
     ):
         assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
         assert columnar.block is not None and len(columnar.block) == 3
-    entries = map_identify_batch(identify, batch).all_entries()
+    entries = map_items(identify, batch).all_entries()
     sent = [orjson.loads(e.data)["attributes"]["day"] for e in entries]
     assert sent == [3 * 86_400, 20_000 * 86_400, 19_000 * 86_400]
 
@@ -242,13 +241,13 @@ def test_dict_rows_pyarrow_would_convert_take_the_row_path(data_type: str, value
     columns = {"ident": {"data_type": "text"}, "x": {"data_type": data_type}}
     mapper = mapper_for("people", {"action": "identify", "identifier": "ident"}, columns)
 
-    mapped = map_identify_rows(mapper, rows, columns)
+    mapped = map_items(mapper, rows, columns)
 
     assert mapped.block is None
     assert_same(mapped, mapper.map_rows(rows))
     # either value alone is a column of one type: the columnar path writes it as the row path
     for row in rows:
-        alone = map_identify_rows(mapper, [row], columns)
+        alone = map_items(mapper, [row], columns)
         assert_same(alone, mapper.map_rows([row]))
 
 
@@ -376,7 +375,7 @@ def test_identify_batches_of_any_arrow_types_map_as_their_rows():
             batch, mapper = case
             share.saw(
                 same_outcome(
-                    lambda: map_identify_batch(mapper, batch),
+                    lambda: map_items(mapper, batch),
                     lambda: mapper.map_rows(rows_from_arrow(batch)),
                 )
             )
@@ -393,7 +392,7 @@ def test_event_batches_of_any_arrow_types_map_as_their_rows():
             batch, mapper = case
             share.saw(
                 same_outcome(
-                    lambda: map_named_batch(mapper, batch),
+                    lambda: map_items(mapper, batch),
                     lambda: mapper.map_rows(rows_from_arrow(batch)),
                 )
             )
@@ -410,7 +409,7 @@ def test_identify_dict_rows_of_any_dlt_types_map_as_the_row_path_maps_them():
             rows, columns, mapper = case
             share.saw(
                 same_outcome(
-                    lambda: map_identify_rows(mapper, rows, columns), lambda: mapper.map_rows(rows)
+                    lambda: map_items(mapper, rows, columns), lambda: mapper.map_rows(rows)
                 )
             )
 
@@ -426,7 +425,7 @@ def test_event_dict_rows_of_any_dlt_types_map_as_the_row_path_maps_them():
             rows, columns, mapper = case
             share.saw(
                 same_outcome(
-                    lambda: map_named_rows(mapper, rows, columns), lambda: mapper.map_rows(rows)
+                    lambda: map_items(mapper, rows, columns), lambda: mapper.map_rows(rows)
                 )
             )
 

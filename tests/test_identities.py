@@ -9,9 +9,10 @@ import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cio_destination._framing import frame, frame_texts
-from cio_destination.operations import Entry, Rejection
-from cio_destination.store import StateStore, row_to_json
+from cio_destination.entries import Entry, Rejection
+from cio_destination.framing import frame, frame_texts
+from cio_destination.state import PipelineState
+from cio_destination.state.rejects import row_to_json
 
 _parts = st.lists(st.one_of(st.none(), st.text(), st.binary()), max_size=6)
 
@@ -38,34 +39,34 @@ def _rejection(row: dict, field: str | None, reason: str = "invalid_identifier")
 def test_rejections_whose_parts_once_joined_alike_are_both_kept(tmp_path: Path):
     """The reject id joined its parts with \\x00, which dlt's direct naming lets a table or
     column name hold: one rejection replaced the other."""
-    store = StateStore(tmp_path / "state.sqlite")
+    rejects = PipelineState(tmp_path / "state.sqlite").rejects
     row = {"uid": 1}
-    store.record_rejections(
+    rejects.record(
         "1.5",
         "t\x00invalid_identifier",
         "identify",
         [_rejection(row, "uid", reason="identifier_too_long")],
     )
-    store.record_rejections("1.5", "t", "identify", [_rejection(row, "identifier_too_long\x00uid")])
-    store.record_rejections("1.5", "u", "identify", [_rejection(row, None)])
-    store.record_rejections("1.5", "u", "identify", [_rejection(row, "")])
+    rejects.record("1.5", "t", "identify", [_rejection(row, "identifier_too_long\x00uid")])
+    rejects.record("1.5", "u", "identify", [_rejection(row, None)])
+    rejects.record("1.5", "u", "identify", [_rejection(row, "")])
 
-    assert len(list(store.iter_rejections())) == 4
+    assert len(list(rejects.rows())) == 4
 
 
 def test_reject_ids_recorded_before_stay_the_same(tmp_path: Path):
     """A batch replayed after an upgrade must replace its rejections, not add them again."""
-    store = StateStore(tmp_path / "state.sqlite")
+    rejects = PipelineState(tmp_path / "state.sqlite").rejects
     row = {"uid": "x" * 200}
-    store.record_rejections("1.5", "people", "identify", [_rejection(row, "uid")])
-    store.record_rejections("1.5", "people", "identify", [_rejection(row, None)])
+    rejects.record("1.5", "people", "identify", [_rejection(row, "uid")])
+    rejects.record("1.5", "people", "identify", [_rejection(row, None)])
 
     parts = [b"1.5", b"people", b"invalid_identifier"]
     expected = {
         hashlib.blake2b(b"\x00".join([*parts, field, row_to_json(row)]), digest_size=16).hexdigest()
         for field in (b"uid", b"")
     }
-    assert {r["reject_id"] for r in store.iter_rejections()} == expected
+    assert {r["reject_id"] for r in rejects.rows()} == expected
 
 
 def test_batches_whose_keys_once_joined_alike_get_different_ids():
@@ -74,18 +75,18 @@ def test_batches_whose_keys_once_joined_alike_get_different_ids():
     kept one batch's figures for both."""
     from array import array
 
-    from cio_destination.destination import _batch_id
+    from cio_destination.report import batch_id
 
     def rejected(row_key: str) -> Rejection:
         return Rejection(
             row={}, row_key=row_key, reason="invalid_identifier", field=None, message=""
         )
 
-    two_entries = _batch_id([[Entry(b"0123456789", "a"), Entry(b"012", "b")]], [rejected("")], None)
+    two_entries = batch_id([[Entry(b"0123456789", "a"), Entry(b"012", "b")]], [rejected("")], None)
     # one entry whose key holds the separator, and a rejection whose key holds the bytes the
     # other batch's second size adds
     size = array("q", [3]).tobytes().decode()
-    one_entry = _batch_id([[Entry(b"0123456789", "a\x1fb")]], [rejected(size)], None)
+    one_entry = batch_id([[Entry(b"0123456789", "a\x1fb")]], [rejected(size)], None)
 
     assert one_entry != two_entries
-    assert _batch_id([[Entry(b"0123456789", "a\x1fb")]], [rejected(size)], None) == one_entry
+    assert batch_id([[Entry(b"0123456789", "a\x1fb")]], [rejected(size)], None) == one_entry

@@ -17,10 +17,13 @@ from dlt.common.configuration.exceptions import ConfigurationValueError
 from pytest_httpx import HTTPXMock
 
 from cio_destination import customerio, customerio_adapter, rejected_rows
-from cio_destination.client import AppClient, OutcomeUnknown, RetryPolicy, SendStats, TrackClient
 from cio_destination.emulator import Emulator
-from cio_destination.operations import Entry
-from cio_destination.ratelimit import RateLimiter
+from cio_destination.entries import Entry
+from cio_destination.transport.api import OutcomeUnknown, RetryPolicy
+from cio_destination.transport.app import AppClient
+from cio_destination.transport.ratelimit import RateLimiter
+from cio_destination.transport.results import SendStats
+from cio_destination.transport.track import TrackClient
 
 SITE = "site-Qz81rT"
 KEY = "key-Xv93pL"

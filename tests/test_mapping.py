@@ -9,14 +9,13 @@ import pytest
 
 from cio_destination import MappingError, customerio_adapter
 from cio_destination.mapping import (
-    CompiledMapping,
-    TableMapping,
     compile_mapping,
     declared_from_hints,
     hint_name,
     parse_mapping,
     resolve_mapping,
 )
+from cio_destination.mapping_keys import CompiledMapping, TableMapping
 
 
 def columns(*names: str, pk: tuple[str, ...] = (), json: tuple[str, ...] = ()) -> dict[str, Any]:

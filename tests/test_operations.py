@@ -1,4 +1,5 @@
-"""Pure tests of cio_destination.operations: rows in, exact Track API v2 operations or rejections out."""
+"""Pure tests of the row path (`cio_destination.mapper.RowMapper`): rows in, exact Track API v2
+operations or rejections out (identify, event and send_email above all; see test_actions)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import pyarrow as pa
 import pytest
 
 from cio_destination import limits
-from cio_destination._values import canonical_key, deterministic_ulid
+from cio_destination.entries import Entry, Mapped, Rejection, rows_from_arrow
+from cio_destination.event_ids import canonical_key, deterministic_ulid
+from cio_destination.mapper import RowMapper
 from cio_destination.mapping import compile_mapping, parse_mapping
-from cio_destination.operations import Entry, Mapped, Rejection, RowMapper, rows_from_arrow
 
 UTC = dt.timezone.utc
 IST = dt.timezone(dt.timedelta(hours=5, minutes=30))
@@ -1098,7 +1100,7 @@ DEEPEST = 2_000  # past what orjson reads
 def test_deeply_nested_value_rejects_its_row_and_the_rest_go_out(
     declared, table_columns, bad_row, reason, field, levels
 ):
-    from cio_destination.store import row_to_json
+    from cio_destination.state.rejects import row_to_json
 
     if not declared["action"].startswith("object_"):
         declared = {"identifier": "user_id", **declared}

@@ -24,8 +24,8 @@ from cio_destination import (
     rejected_rows,
     sync_report,
 )
-from cio_destination._values import canonical_key, deterministic_ulid
 from cio_destination.emulator import Emulator
+from cio_destination.event_ids import canonical_key, deterministic_ulid
 
 from .conftest import API_KEY, SITE_ID, with_region
 

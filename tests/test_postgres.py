@@ -33,8 +33,8 @@ from dlt.common.configuration.specs.pluggable_run_context import PluggableRunCon
 from dlt.sources.sql_database import sql_table
 
 from cio_destination import customerio_adapter, rejected_rows
-from cio_destination._values import canonical_key, deterministic_ulid
 from cio_destination.emulator import Emulator
+from cio_destination.event_ids import canonical_key, deterministic_ulid
 
 from .conftest import API_KEY, SITE_ID
 

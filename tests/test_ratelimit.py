@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from cio_destination.ratelimit import RateLimiter
+from cio_destination.transport.ratelimit import RateLimiter
 
 
 class FakeClock:

@@ -35,3 +35,56 @@ def test_the_use_it_example_defines_every_name_it_uses():
     stores = {n.id: n.lineno for n in used if isinstance(n.ctx, ast.Store)}
     loads = {n.id: n.lineno for n in reversed(used) if isinstance(n.ctx, ast.Load)}
     assert all(stores[name] < loads[name] for name in stores if name in loads)
+
+
+def section(title: str) -> str:
+    """A README section's text, up to the next heading of its level or above."""
+    text = README.read_text(encoding="utf-8")
+    level = title.split(" ", 1)[0]
+    start = text.index(f"\n{title}\n") + len(title) + 2
+    ends = [m.start() for m in re.finditer(rf"\n#{{1,{len(level)}}} ", text[start:])]
+    return text[start : start + ends[0]] if ends else text[start:]
+
+
+def action_table() -> dict[str, list[str]]:
+    """The README's action table (section "Mapping keys"): each action's cell of keys."""
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in section("### Mapping keys").splitlines()
+        if line.startswith("| `")
+    ]
+    return {row[0].strip("`"): row for row in rows if len(row) == 3}
+
+
+def test_the_readme_action_table_lists_every_action_with_exactly_its_keys():
+    """The table is the users' list of actions and keys: it must say what the registry does.
+    A cell "as `event`" takes that action's keys; a quoted word that is no key must be a value
+    a key takes (`id`, `ios`, ...)."""
+    from typing import get_args
+
+    from cio_destination.actions import ACTIONS
+    from cio_destination.mapping_keys import TableMapping
+
+    keys = set(TableMapping.model_fields) - {"action"}
+    literals = {
+        value
+        for field in TableMapping.model_fields.values()
+        for kind in (field.annotation, *get_args(field.annotation))
+        for value in get_args(kind)
+        if isinstance(value, str)
+    }
+    table = action_table()
+    documented: dict[str, set[str]] = {}
+    for action, (_, operation, cell) in table.items():
+        assert operation, action
+        quoted = re.findall(r"`([^`]+)`", cell)
+        if cell.startswith("as `"):
+            documented[action] = set(ACTIONS[quoted[0]].keys)
+            continue
+        assert set(quoted) <= keys | literals, (action, sorted(set(quoted) - keys - literals))
+        documented[action] = set(quoted) & keys
+
+    assert sorted(documented) == sorted(ACTIONS)
+    assert {name: sorted(found) for name, found in documented.items()} == {
+        name: sorted(action.keys) for name, action in ACTIONS.items()
+    }

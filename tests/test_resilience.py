@@ -13,10 +13,10 @@ import pytest
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from cio_destination import customerio, customerio_adapter, rejected_rows
-from cio_destination._values import canonical_key, deterministic_ulid
-from cio_destination.client import ApiClient
 from cio_destination.emulator import Emulator, Faults
-from cio_destination.ratelimit import RateLimiter
+from cio_destination.event_ids import canonical_key, deterministic_ulid
+from cio_destination.transport.api import ApiClient
+from cio_destination.transport.ratelimit import RateLimiter
 
 from .conftest import API_KEY, SITE_ID
 from .in_flight import InFlight

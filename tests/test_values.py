@@ -1,4 +1,4 @@
-"""Pure tests of cio_destination._values: timestamps, JSON values, event data, idempotency keys."""
+"""Pure tests of cio_destination.values and event_ids: timestamps, JSON values, event data, idempotency keys."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from cio_destination._values import (
+from cio_destination.event_ids import canonical_key, deterministic_ulid
+from cio_destination.values import (
     MAX_NESTING,
     ValueProblem,
-    canonical_key,
     datetime_to_unix,
-    deterministic_ulid,
     parse_json_object,
     recordable_json,
     to_json_value,
@@ -503,15 +502,14 @@ def test_canonical_key_same_for_dict_and_arrow_rows():
         assert canonical_key(list(dict_row.values())) == canonical_key(list(arrow_row.values()))
 
     # the columnar path writes the keys of the Arrow form itself: the ids are those of the dicts
-    from cio_destination.arrow_events import map_named_batch
+    from cio_destination.mapper import RowMapper, map_items
     from cio_destination.mapping import compile_mapping, parse_mapping
-    from cio_destination.operations import RowMapper
 
     key_columns = ["at", "qty", "code", "naive"]  # the types it writes (decimals it leaves)
     declared = {"action": "event", "identifier": "code", "event_name": "x", "event_id": key_columns}
     columns = {name: {"name": name} for name in batch.schema.names}
     mapper = RowMapper(compile_mapping("orders", parse_mapping("orders", declared), columns))
-    mapped = map_named_batch(mapper, batch)
+    mapped = map_items(mapper, batch)
     assert mapped.block is not None and len(mapped.block) == 2
     assert [entry.key for entry in mapped.block] == [
         deterministic_ulid("orders", canonical_key([row[c] for c in key_columns]))

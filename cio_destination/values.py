@@ -1,20 +1,29 @@
-"""Turn warehouse values into what Customer.io's Track API accepts.
+"""Warehouse values as Customer.io's Track API takes them, each conversion in its row form (one
+Python value) and, where the columnar paths need it, its column form (a whole Arrow column), side
+by side: a change to one is a change to both, and tests/test_equivalence.py holds them to the
+same bytes.
 
-Pure functions, no I/O. Timestamps become integer unix seconds; Decimals become JSON numbers;
-datetimes inside attributes become unix seconds too (what Customer.io segments compare on).
+Timestamps become integer unix seconds between 1970 and the end of 9999 (the years Customer.io
+timestamps cover); Decimals become JSON numbers (exact integers where whole, else the nearest
+double); datetimes inside attributes become unix seconds too (what Customer.io segments compare
+on); any value becomes JSON-ready or a `ValueProblem`, whose message never holds the value.
+Pure, no I/O.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import math
 import re
-from decimal import Context, Decimal
+from decimal import Decimal
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cio_destination.arrow_json import float_text
 
 _UTC = dt.timezone.utc
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
@@ -26,24 +35,29 @@ _MS_FROM = 1e11
 _US_FROM = 1e14
 _NS_FROM = 1e17
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # used with fullmatch: `$` would also match before a trailing newline
-_DIGITS = re.compile(r"[0-9]+")
-# Customer.io timestamps are unix seconds from 1970 up to the end of year 9999.
-_MAX_UNIX = 253_402_300_799
+DIGITS = re.compile(r"[0-9]+")
+"""Digits only (with `fullmatch`): a string that is a whole number."""
+MAX_UNIX = 253_402_300_799
+"""The last unix second Customer.io timestamps take: they run from 1970 to the end of 9999."""
 _OUT_OF_RANGE = "outside the years 1970 to 9999 that Customer.io timestamps cover"
 # the integer digits of the largest epoch number of those years (in nanoseconds), less one
-_MOST_EPOCH_DIGITS = len(str(_MAX_UNIX * 1_000_000_000)) - 1
+_MOST_EPOCH_DIGITS = len(str(MAX_UNIX * 1_000_000_000)) - 1
 # orjson (and JSON consumers in general) take integers in the signed/unsigned 64-bit range.
-_MIN_INT = -(2**63)
-_MAX_INT = 2**64 - 1
+MIN_INT = -(2**63)
+MAX_INT = 2**64 - 1
 MAX_NESTING = 250
 """The most containers a value may nest. orjson writes at most 254 levels in all, and an
 operation (or a key, or a stored rejection read back by dlt) wraps a value in up to four."""
+UNITS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+"""Ticks per second of each Arrow timestamp unit."""
 
 
 class ValueProblem(ValueError):
     """A value cannot be converted; the message never contains the value itself."""
+
+
+# -- timestamps ----------------------------------------------------------------------------------
 
 
 def datetime_to_unix(value: dt.datetime) -> int:
@@ -113,23 +127,87 @@ def to_unix_seconds(value: Any) -> int:
         seconds = _epoch_number_to_unix(value)
     elif isinstance(value, str):
         stripped = value.strip()
-        if _DIGITS.fullmatch(stripped):
+        if DIGITS.fullmatch(stripped):
             seconds = _epoch_number_to_unix(int(stripped))
         else:
             seconds = datetime_to_unix(_parse_iso(stripped))
     else:
         raise ValueProblem(f"a {type(value).__name__} is not a timestamp")
-    if not 0 <= seconds <= _MAX_UNIX:
+    if not 0 <= seconds <= MAX_UNIX:
         raise ValueProblem(_OUT_OF_RANGE)
     return seconds
 
 
+def is_temporal(kind: pa.DataType) -> bool:
+    """Whether an Arrow type holds timestamps or dates (the types the column forms convert)."""
+    return pa.types.is_timestamp(kind) or pa.types.is_date32(kind) or pa.types.is_date64(kind)
+
+
+def floor_divide(values: Any, divisor: int) -> Any:
+    """`value // divisor` (rounded down, as Python does) of each value of an int64 Arrow array."""
+    quotient = pc.divide(values, divisor)  # integer division truncates toward zero
+    behind = pc.and_(pc.less(values, 0), pc.not_equal(pc.multiply(quotient, divisor), values))
+    return pc.subtract(quotient, pc.cast(behind, pa.int64()))
+
+
+def midnight_seconds(column: Any) -> Any:
+    """Unix seconds of the midnight (UTC) of each date of a date32 or date64 column.
+
+    A date64 holds milliseconds and may hold a time of day (Arrow's spec says it should not):
+    the row form's `datetime.date` is the day it falls in, so whole days are counted here too.
+    """
+    if pa.types.is_date32(column.type):
+        days = pc.cast(pc.cast(column, pa.int32()), pa.int64())
+    else:
+        days = floor_divide(pc.cast(pc.cast(column, pa.timestamp("ms")), pa.int64()), 86_400_000)
+    return pc.multiply(days, 86_400)
+
+
+def floor_seconds(column: Any) -> Any:
+    """`datetime_to_unix` of each value of a timestamp or date column: unix seconds, floored."""
+    kind = column.type
+    if not pa.types.is_timestamp(kind):
+        return midnight_seconds(column)
+    raw, unit = pc.cast(column, pa.int64()), UNITS_PER_SECOND[kind.unit]
+    return raw if unit == 1 else floor_divide(raw, unit)
+
+
+def outside_timestamp_range(seconds: Any) -> Any:
+    """Per value of a column of unix seconds: outside the years Customer.io timestamps cover."""
+    return pc.or_(pc.less(seconds, 0), pc.greater(seconds, MAX_UNIX))
+
+
+def timestamp_column(column: Any) -> tuple[Any, Any]:
+    """`to_unix_seconds` of each value of a column, and the values it refuses (null seconds).
+
+    Timestamp and date columns are converted by kernels; other types value by value.
+    """
+    if is_temporal(column.type):
+        seconds = floor_seconds(column)
+        return seconds, outside_timestamp_range(seconds)
+    converted: list[int | None] = []
+    refused: list[bool] = []
+    for value in column.to_pylist():
+        try:
+            converted.append(None if value is None else to_unix_seconds(value))
+            refused.append(False)
+        except ValueProblem:
+            converted.append(None)
+            refused.append(True)
+    return pa.array(converted, pa.int64()), pa.array(refused)
+
+
+# -- numbers -------------------------------------------------------------------------------------
+
+
 def decimal_to_number(value: Decimal) -> int | float:
+    """A Decimal as a JSON number: an exact integer where it is whole and within 64 bits, else
+    the nearest double."""
     if not value.is_finite():
         raise ValueProblem("not a finite number")
     if value == value.to_integral_value():
         number = int(value)
-        if _MIN_INT <= number <= _MAX_INT:
+        if MIN_INT <= number <= MAX_INT:
             return number
     number = float(value)
     if not math.isfinite(number):  # beyond the double range: orjson would write null
@@ -137,7 +215,35 @@ def decimal_to_number(value: Decimal) -> int | float:
     return number
 
 
-def _too_deep() -> ValueProblem:
+# Arrow's text of a decimal: plain digits, or below 1e-6 an exponent, where only 0 is whole
+_WHOLE_DECIMAL = r"^-?[0-9]+(\.0+)?$|^0E-[0-9]+$"
+_WHOLE_DECIMAL_TAIL = r"\.0+$|E-[0-9]+$"
+
+
+def decimal_column(column: Any, flags: list[Any]) -> Any | None:
+    """`decimal_to_number`'s JSON of each decimal of a column: whole values as integers, others
+    as the nearest double (parsed from the decimal's exact text, as `float(Decimal)` does).
+
+    Whole values of 19 digits or more may leave the 64-bit range: they are added to `flags` for
+    the row form to decide. None for a negative scale (the row form writes those).
+    Both are read from the exact text: Arrow's decimal arithmetic is not exact everywhere
+    (its floor of a decimal128(38, 18) near 2**64 is off by billions).
+    """
+    if column.type.scale < 0:
+        return None
+    text = pc.cast(column, pa.string())
+    whole = pc.match_substring_regex(text, _WHOLE_DECIMAL)
+    digits = pc.replace_substring_regex(text, _WHOLE_DECIMAL_TAIL, "")
+    flags.append(pc.and_(whole, pc.greater_equal(pc.binary_length(digits), 19)))
+    nearest = float_text(pc.cast(text, pa.float64()))
+    return pc.if_else(whole, digits, nearest)
+
+
+# -- JSON values ---------------------------------------------------------------------------------
+
+
+def too_deep() -> ValueProblem:
+    """The problem of a value nested deeper than `MAX_NESTING`."""
     return ValueProblem(f"nested deeper than {MAX_NESTING} levels")
 
 
@@ -155,7 +261,7 @@ def _json_ready(value: Any, level: int) -> Any:
     if value is None or isinstance(value, (str, bool)):
         return value
     if isinstance(value, int):
-        if not _MIN_INT <= value <= _MAX_INT:
+        if not MIN_INT <= value <= MAX_INT:
             raise ValueProblem("an integer outside the 64-bit range JSON consumers accept")
         return value
     if isinstance(value, float):
@@ -170,7 +276,7 @@ def _json_ready(value: Any, level: int) -> Any:
         return decimal_to_number(value)
     if isinstance(value, (dict, list, tuple)):
         if level >= MAX_NESTING:
-            raise _too_deep()
+            raise too_deep()
         if isinstance(value, dict):
             return {str(k): _json_ready(v, level + 1) for k, v in value.items()}
         return [_json_ready(v, level + 1) for v in value]
@@ -191,7 +297,7 @@ def parse_json_text(text: str | bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         # orjson reads at most 1024 levels and says so only in its message
         if exc.msg.startswith("depth limit"):
-            raise _too_deep() from None
+            raise too_deep() from None
         raise ValueProblem("not valid JSON") from None
 
 
@@ -207,59 +313,7 @@ def parse_json_object(value: Any) -> dict[str, Any]:
     raise ValueProblem(f"a {type(value).__name__} is not a JSON object")
 
 
-def canonical_key(values: list[Any]) -> bytes:
-    """Stable bytes for an idempotency key, equal for the same row in dict and Arrow form.
-
-    Raises `ValueProblem` for a value with no stable JSON (see `to_json_value`).
-    """
-    return _canonical_json([_canonical(v, 0) for v in values])
-
-
-def canonical_row_key(row: dict[str, Any]) -> bytes:
-    """The idempotency key of a whole row: `[[name, value], ...]` by name, nulls left out."""
-    return _canonical_json([[k, _canonical(row[k], 0)] for k in sorted(row) if row[k] is not None])
-
-
-def _canonical_json(items: list[Any]) -> bytes:
-    try:
-        return orjson.dumps(items, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError:
-        # a big int, or a whole float keyed as one
-        raise ValueProblem(
-            "a whole number outside the 64-bit range JSON consumers accept"
-        ) from None
-
-
-def _canonical(value: Any, level: int) -> Any:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=_UTC)
-        return value.astimezone(_UTC).isoformat()
-    if isinstance(value, Decimal):
-        return _decimal_key(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)  # beyond 64 bits, canonical_key refuses it
-    if isinstance(value, (dict, list, tuple)):
-        if level >= MAX_NESTING:
-            raise _too_deep()
-        if isinstance(value, dict):
-            return {str(k): _canonical(v, level + 1) for k, v in value.items()}
-        return [_canonical(v, level + 1) for v in value]
-    if isinstance(value, (str, int, bool)) or value is None:
-        return value
-    return to_json_value(value)
-
-
-def _decimal_key(value: Decimal) -> str:
-    """A decimal's text without trailing zeros, exact at any precision.
-
-    `Decimal.normalize()` rounds to the thread's context (28 digits by default), which would give
-    two decimals differing past that digit one event id, and make ids depend on a setting of the
-    caller's; a context as precise as the value itself changes nothing else.
-    """
-    if not value.is_finite():
-        return str(value)
-    return str(value.normalize(Context(prec=max(28, len(value.as_tuple().digits)))))
+# -- records of any value ------------------------------------------------------------------------
 
 
 def recordable_json(value: Any) -> bytes:
@@ -287,7 +341,7 @@ def _recordable_leaf(value: Any) -> Any:
     if value is None or isinstance(value, (str, bool)):
         return value
     if isinstance(value, int):
-        return value if _MIN_INT <= value <= _MAX_INT else str(value)
+        return value if MIN_INT <= value <= MAX_INT else str(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, (dt.date, dt.time)):
@@ -324,23 +378,3 @@ def _json_text(value: Any) -> str:
         else:
             out.append(orjson.dumps(_recordable_leaf(item)).decode())
     return "".join(out)
-
-
-def deterministic_ulid(namespace: str, key: bytes) -> str:
-    """A ULID-formatted id derived from (namespace, key): same input, same id, on any machine.
-
-    Customer.io de-duplicates events by this id and does not use its time part, so all 128 bits
-    come from a hash. 26 Crockford base32 chars carry 130 bits; the top two are zero.
-    """
-    digest = hashlib.blake2b(digest_size=16, person=ULID_PERSON)
-    digest.update(namespace.encode("utf-8"))
-    digest.update(b"\x00")
-    digest.update(key)
-    number = int.from_bytes(digest.digest(), "big")
-    return "".join([ULID_PAIRS[(number >> shift) & 1023] for shift in ULID_PAIR_SHIFTS])
-
-
-ULID_PERSON = b"cio-dest-ulid-v1"
-# two Crockford chars per 10 bits: 13 lookups write the 26 chars of a 130-bit number
-ULID_PAIRS = [high + low for high in _CROCKFORD for low in _CROCKFORD]
-ULID_PAIR_SHIFTS = tuple(range(120, -1, -10))

@@ -7,26 +7,26 @@ sent at all. A fingerprint is written only after Customer.io accepted the operat
 rejected or failed send is tried again in full next time.
 
 Fingerprints live in the pipeline's local state, or in any SQL database given by URL
-(`fingerprints_url`), so runners with no persistent disk keep them.
+(`fingerprints_url`), so runners with no persistent disk keep them (see
+`cio_destination.state.fingerprints`). `cio_destination.diff.Diff` runs this for each call and
+remembers the fingerprints of what Customer.io accepted.
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
-from cio_destination.operations import Entry
+from cio_destination.entries import Entry
+from cio_destination.state.fingerprints import Fingerprint, Fingerprints
 
-# A person's fingerprint: {"r": hash of the whole operation, "a": {attribute: hash of its value}}.
-# The whole-operation hash settles the common case (nothing changed) with one hash per row; the
-# attribute hashes are computed only for people new or changed.
-Fingerprint = dict[str, Any]
+# The whole-operation hash of a fingerprint settles the common case (nothing changed) with one
+# hash per row; the attribute hashes are computed only for people new or changed.
 
 
 def _hash(data: bytes) -> int:
@@ -37,95 +37,6 @@ def value_hash(value: Any) -> int:
     """A stable 64-bit hash of one attribute value (crc32 and adler32 of its JSON, side by side)."""
     data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     return (zlib.crc32(data) << 32 | zlib.adler32(data)) - (1 << 63)
-
-
-class FingerprintStore(Protocol):
-    def load(self, scope: str, identifiers: Sequence[str]) -> dict[str, Fingerprint]: ...
-
-    def save(self, scope: str, fingerprints: Mapping[str, Fingerprint]) -> None: ...
-
-    def forget(self, scope: str, identifiers: Sequence[str]) -> None: ...
-
-    def load_source_hashes(self, scope: str, identifiers: Sequence[str]) -> dict[str, int]: ...
-
-
-class SqlFingerprints:
-    """Fingerprints in a SQL database reached through SQLAlchemy (any dialect it supports)."""
-
-    TABLE = "customerio_fingerprints"
-
-    def __init__(self, url: str) -> None:
-        try:
-            import sqlalchemy as sa
-        except ImportError as exc:  # pragma: no cover - dlt's sql extras bring it
-            raise RuntimeError("fingerprints_url needs SQLAlchemy: pip install sqlalchemy") from exc
-        self._sa = sa
-        self._engine = sa.create_engine(url, pool_pre_ping=True)
-        metadata = sa.MetaData()
-        self._table = sa.Table(
-            self.TABLE,
-            metadata,
-            sa.Column("scope", sa.String(300), primary_key=True),
-            sa.Column("identifier", sa.String(300), primary_key=True),
-            sa.Column("fingerprint", sa.Text, nullable=False),
-        )
-        metadata.create_all(self._engine, checkfirst=True)
-
-    def load(self, scope: str, identifiers: Sequence[str]) -> dict[str, Fingerprint]:
-        table, found = self._table, {}
-        with self._engine.connect() as connection:
-            for start in range(0, len(identifiers), 500):
-                chunk = list(identifiers[start : start + 500])
-                query = self._sa.select(table.c.identifier, table.c.fingerprint).where(
-                    table.c.scope == scope, table.c.identifier.in_(chunk)
-                )
-                for identifier, blob in connection.execute(query):
-                    found[identifier] = orjson.loads(blob)
-        return found
-
-    def save(self, scope: str, fingerprints: Mapping[str, Fingerprint]) -> None:
-        if not fingerprints:
-            return
-        table = self._table
-        rows = [
-            {"scope": scope, "identifier": k, "fingerprint": orjson.dumps(v).decode()}
-            for k, v in fingerprints.items()
-        ]
-        with self._engine.begin() as connection:
-            keys = list(fingerprints)
-            for start in range(0, len(keys), 500):
-                connection.execute(
-                    table.delete().where(
-                        table.c.scope == scope, table.c.identifier.in_(keys[start : start + 500])
-                    )
-                )
-            connection.execute(table.insert(), rows)
-
-    def load_source_hashes(self, scope: str, identifiers: Sequence[str]) -> dict[str, int]:
-        return {
-            k: v["s"] for k, v in self.load(scope, identifiers).items() if v.get("s") is not None
-        }
-
-    def forget(self, scope: str, identifiers: Sequence[str]) -> None:
-        table = self._table
-        with self._engine.begin() as connection:
-            for start in range(0, len(identifiers), 500):
-                chunk = list(identifiers[start : start + 500])
-                connection.execute(
-                    table.delete().where(table.c.scope == scope, table.c.identifier.in_(chunk))
-                )
-
-
-_sql_stores: dict[str, SqlFingerprints] = {}
-_sql_lock = threading.Lock()
-
-
-def sql_fingerprints(url: str) -> SqlFingerprints:
-    with _sql_lock:
-        store = _sql_stores.get(url)
-        if store is None:
-            store = _sql_stores[url] = SqlFingerprints(url)
-        return store
 
 
 @dataclass
@@ -152,7 +63,7 @@ class Changes:
 def only_changes(
     entries: Sequence[Entry],
     attribute_columns: Sequence[str],
-    store: FingerprintStore,
+    fingerprints: Fingerprints,
     scope: str,
     source_hashes: Mapping[str, int] | None = None,
 ) -> Changes:
@@ -162,7 +73,7 @@ def only_changes(
     kept with the fingerprints, to skip unchanged rows before mapping next time.
     """
     sources = source_hashes or {}
-    previous = store.load(scope, [entry.row_key for entry in entries])
+    previous = fingerprints.fingerprints_of(scope, [entry.row_key for entry in entries])
     mapped = set(attribute_columns)
     changes = Changes(entries=[])
     for entry in entries:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -19,9 +20,11 @@ from typing import Any
 
 import orjson
 
+from cio_destination.entries import Entry
 from cio_destination.exceptions import MappingError
-from cio_destination.mapping import CompiledMapping
-from cio_destination.operations import Entry, _id_text, _Reject
+from cio_destination.limits import identifier_or_none
+from cio_destination.mapping_keys import CompiledMapping
+from cio_destination.state.snapshots import MirrorSnapshots
 
 
 class MirrorGuardError(MappingError):
@@ -64,6 +67,32 @@ class MirrorPlan:
         return entries
 
 
+class MirrorPlans:
+    """The mirror plans of one load, each handed out to one call at a time (a table's removals
+    go out with one batch of it, and are recorded once they are delivered)."""
+
+    def __init__(self) -> None:
+        self._plans: dict[str, MirrorPlan] = {}
+        self._lock = threading.Lock()
+
+    def add(self, plan: MirrorPlan) -> None:
+        with self._lock:
+            self._plans[plan.table] = plan
+
+    def take(self, table: str) -> MirrorPlan | None:
+        """The table's plan, handed out once (given back with `give_back` on failure)."""
+        with self._lock:
+            plan = self._plans.get(table)
+            if plan is None or plan.taken:
+                return None
+            plan.taken = True
+            return plan
+
+    def give_back(self, plan: MirrorPlan) -> None:
+        with self._lock:
+            plan.taken = False
+
+
 def _job_rows(path: str, column: str) -> Iterator[Any]:
     """The values of `column` in one load-package job file (typed-jsonl, gzipped or not, or parquet)."""
     if path.endswith(".parquet"):
@@ -103,15 +132,14 @@ def snapshot_of(context: Any, table: str, identifier: str, *variants: str) -> se
         for value in chain.from_iterable(_job_rows(path, c) for c in (identifier, *variants)):
             if value is None or (isinstance(value, str) and not value.strip()):
                 continue
-            try:
-                found.add(_id_text(value, identifier, "identifier"))
-            except _Reject:
-                continue
+            text = identifier_or_none(value)
+            if text is not None:
+                found.add(text)
     return found
 
 
 def plan_mirror(
-    compiled: CompiledMapping, context: Any, store: Any, pipeline_name: str
+    compiled: CompiledMapping, context: Any, snapshots: MirrorSnapshots, pipeline_name: str
 ) -> MirrorPlan | None:
     """Compare this package's snapshot with the last one; raise when the guard trips."""
     mapping = compiled.mapping
@@ -127,7 +155,7 @@ def plan_mirror(
             "mirror",
             f"the load package's rows could not be read for the snapshot ({type(exc).__name__})",
         ) from None
-    previous = store.mirror_snapshot(scope)
+    previous = snapshots.snapshot_of(scope)
     removed = sorted(previous - current)
     if previous and len(removed) > mapping.max_removed_fraction * len(previous):
         raise MirrorGuardError(

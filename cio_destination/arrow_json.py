@@ -1,0 +1,147 @@
+"""Writing JSON with Arrow kernels, a column at a time, exactly as orjson writes it.
+
+The columnar paths put each row's operation together from constants and columns of JSON text:
+strings are escaped only where a byte needs it (a scan of the column's text buffer finds none in
+the common case), floats take Arrow's text where it is the text orjson writes and orjson's where
+it is not, and one element-wise join makes each row's JSON. No Customer.io rule lives here: what
+a value may be, and which rows the row path must decide, is in `values` and `limits`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# orjson writes these bytes of a string escaped (and every other byte as it is)
+_ESCAPED = bytes(range(0x20)) + b'"\\'
+_UNESCAPED = bytes(b for b in range(256) if b not in _ESCAPED)
+_ESCAPED_PATTERN = r'[\x00-\x1f"\\]'
+# Arrow's float text matches orjson's (after ".0" on whole numbers) without an exponent and away
+# from zero; below this magnitude orjson switches to exponents sooner than Arrow does
+_PLAIN_FLOAT_FROM = 1e-4
+NULL_TEXT = pa.scalar(None, pa.string())
+"""A null string: a piece that leaves itself out of its row in `join_pieces`."""
+
+
+def is_text(kind: pa.DataType) -> bool:
+    """Whether an Arrow type holds strings (of either offset width)."""
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def as_string(column: Any) -> Any | None:
+    """A text or integer column as `string` (one offset width for the joins); None when its
+    text is over 2 GiB in one batch."""
+    try:
+        return pc.cast(column, pa.string())
+    except pa.ArrowInvalid:
+        return None
+
+
+def as_binary(text: Any) -> Any:
+    """A string column viewed as binary, without a copy."""
+    return text.view(pa.large_binary() if pa.types.is_large_string(text.type) else pa.binary())
+
+
+def value_bytes(column: Any) -> bytes:
+    """The bytes of all values of a string array (its slice of the data buffer)."""
+    if len(column) == 0 or column.buffers()[2] is None:
+        return b""
+    width = "q" if pa.types.is_large_string(column.type) else "i"
+    offsets = memoryview(column.buffers()[1]).cast(width)
+    start, stop = offsets[column.offset], offsets[column.offset + len(column)]
+    return column.buffers()[2].to_pybytes()[start:stop]
+
+
+def any_byte_outside(column: Any, allowed: bytes) -> bool:
+    """Whether any value of a string array holds a byte that is not in `allowed`."""
+    return bool(value_bytes(column).translate(None, allowed))
+
+
+def json_key(name: str) -> str:
+    """`"name":`, the JSON of an object member's name and its colon."""
+    return orjson.dumps(name).decode() + ":"
+
+
+def json_string_body(column: Any) -> Any:
+    """A string column's values as the inside of JSON strings, escaped exactly as orjson does."""
+    if not any_byte_outside(column, _UNESCAPED):
+        return column  # the common case: nothing to escape anywhere in the batch
+    needs = pc.match_substring_regex(column, _ESCAPED_PATTERN).fill_null(False)
+    escaped = [orjson.dumps(text)[1:-1].decode() for text in column.filter(needs).to_pylist()]
+    return pc.replace_with_mask(column, needs, pa.array(escaped, column.type))
+
+
+def float_text(column: Any) -> Any:
+    """A float column's values as orjson writes them (finite values only: JSON has no others)."""
+    values = pc.cast(column, pa.float64())
+    whole = pc.if_else(pc.equal(pc.floor(values), values), ".0", "")
+    text = pc.binary_join_element_wise(pc.cast(values, pa.string()), whole, "")
+    unlike = pc.and_(pc.less(pc.abs(values), _PLAIN_FLOAT_FROM), pc.not_equal(values, 0.0))
+    if b"e" in value_bytes(text):
+        unlike = pc.or_(unlike, pc.match_substring(text, "e"))
+    unlike = unlike.fill_null(False)
+    if not pc.any(unlike).as_py():
+        return text
+    written = [orjson.dumps(value).decode() for value in values.filter(unlike).to_pylist()]
+    return pc.replace_with_mask(text, unlike, pa.array(written, pa.string()))
+
+
+def join_pieces(pieces: list[Any]) -> Any:
+    """Concatenate constants and columns row by row; a null piece is left out of its row.
+
+    Adjacent constants are merged first. The pieces must hold a constant: with columns only,
+    pyarrow 26 drops rows in which every piece is null instead of giving an empty string.
+    """
+    merged: list[Any] = []
+    for piece in pieces:
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    assert any(isinstance(piece, str) for piece in merged)
+    return pc.binary_join_element_wise(*merged, "", null_handling="skip")
+
+
+Member = tuple[str, Any, str, bool]
+"""One member of a JSON object, per row: (prefix, values, suffix, has nulls); a null value
+leaves the member out of its row."""
+
+
+def comma_listed(items: list[Member]) -> Any:
+    """Per row, the items joined by commas, nulls left out ("" where every value is null)."""
+    fragments = [
+        pc.binary_join_element_wise("," + prefix, values, suffix, "")
+        for prefix, values, suffix, _ in items
+    ]
+    joined = join_pieces(["", *fragments])
+    return pc.utf8_slice_codeunits(joined, 1)  # without the first item's comma
+
+
+def object_pieces(name: str, members: list[Member]) -> list[Any]:
+    """The pieces of `,"name":{...}` for the members of an object.
+
+    A member with nulls becomes one piece per row (null where the value is), so its key goes
+    too. Commas go after the members before the first member without nulls and before the
+    members after it, so no row gets a stray one; with nulls in every member, the object is
+    built on its own and left out of rows where every value is null, as orjson would be given
+    no such key.
+    """
+    head = "," + json_key(name) + "{"
+    anchor = next((i for i, (_, _, _, nullable) in enumerate(members) if not nullable), None)
+    if anchor is None:
+        inside = comma_listed(members)
+        wrapped = pc.binary_join_element_wise(head, inside, "}", "")
+        return [pc.if_else(pc.equal(pc.binary_length(inside), 0), NULL_TEXT, wrapped)]
+    pieces: list[Any] = [head]
+    for index, (prefix, values, suffix, nullable) in enumerate(members):
+        lead = "," if index > anchor else ""
+        trail = "," if index < anchor else ""
+        if nullable:
+            pieces.append(pc.binary_join_element_wise(lead + prefix, values, suffix + trail, ""))
+        else:
+            pieces += [lead + prefix, values, suffix + trail]
+    pieces.append("}")
+    return pieces

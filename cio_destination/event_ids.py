@@ -1,0 +1,305 @@
+"""The event id: the one key definition of a row, and the ULID Customer.io de-duplicates on.
+
+An event (and a transactional send) carries an id derived from its row's key, so a replay, a
+rerun or a full re-sync never creates it twice. That holds only if every path gives the same id
+for the same row, so the key and the id are defined here once, in their row form
+(`canonical_key`, `deterministic_ulid`: one row's values) and their column form (`event_keys`,
+`event_ids`: a whole RecordBatch, written by Arrow kernels), side by side. The column form writes
+exactly the bytes the row form writes; rows it cannot write that way are flagged for the row form,
+and tests/test_equivalence.py holds the two to byte equality over generated values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from decimal import Context, Decimal
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cio_destination.arrow_json import (
+    as_string,
+    comma_listed,
+    float_text,
+    is_text,
+    join_pieces,
+    json_string_body,
+)
+from cio_destination.limits import Reject
+from cio_destination.values import (
+    MAX_NESTING,
+    MAX_UNIX,
+    UNITS_PER_SECOND,
+    ValueProblem,
+    floor_divide,
+    midnight_seconds,
+    to_json_value,
+    too_deep,
+)
+
+_UTC = dt.timezone.utc
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_ULID_PERSON = b"cio-dest-ulid-v1"
+# two Crockford chars per 10 bits: 13 lookups write the 26 chars of a 130-bit number
+_ULID_PAIRS = [high + low for high in _CROCKFORD for low in _CROCKFORD]
+_ULID_PAIR_SHIFTS = tuple(range(120, -1, -10))
+_ULID_PAIR_TEXTS = pa.array(_ULID_PAIRS, pa.string())
+_MAX_EXACT_INT = 2**53  # floats up to here are whole numbers Arrow casts to int64 exactly
+
+
+# -- the key: row form ---------------------------------------------------------------------------
+
+
+def canonical_key(values: list[Any]) -> bytes:
+    """Stable bytes for an idempotency key, equal for the same row in dict and Arrow form.
+
+    Raises `ValueProblem` for a value with no stable JSON (see `to_json_value`).
+    """
+    return _canonical_json([_canonical(v, 0) for v in values])
+
+
+def canonical_row_key(row: dict[str, Any]) -> bytes:
+    """The idempotency key of a whole row: `[[name, value], ...]` by name, nulls left out."""
+    return _canonical_json([[k, _canonical(row[k], 0)] for k in sorted(row) if row[k] is not None])
+
+
+def _canonical_json(items: list[Any]) -> bytes:
+    try:
+        return orjson.dumps(items, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # a big int, or a whole float keyed as one
+        raise ValueProblem(
+            "a whole number outside the 64-bit range JSON consumers accept"
+        ) from None
+
+
+def _canonical(value: Any, level: int) -> Any:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_UTC)
+        return value.astimezone(_UTC).isoformat()
+    if isinstance(value, Decimal):
+        return _decimal_key(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # beyond 64 bits, canonical_key refuses it
+    if isinstance(value, (dict, list, tuple)):
+        if level >= MAX_NESTING:
+            raise too_deep()
+        if isinstance(value, dict):
+            return {str(k): _canonical(v, level + 1) for k, v in value.items()}
+        return [_canonical(v, level + 1) for v in value]
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return to_json_value(value)
+
+
+def _decimal_key(value: Decimal) -> str:
+    """A decimal's text without trailing zeros, exact at any precision.
+
+    `Decimal.normalize()` rounds to the thread's context (28 digits by default), which would give
+    two decimals differing past that digit one event id, and make ids depend on a setting of the
+    caller's; a context as precise as the value itself changes nothing else.
+    """
+    if not value.is_finite():
+        return str(value)
+    return str(value.normalize(Context(prec=max(28, len(value.as_tuple().digits)))))
+
+
+def row_event_id(row: dict[str, Any], columns: tuple[str, ...], namespace: str) -> str:
+    """The event id of one row: the ULID of its key, the values of its event id `columns` (the
+    whole row where there are none); a `Reject` when the row has no key to give."""
+    if columns:
+        values = [row.get(c) for c in columns]
+        if all(v is None for v in values):
+            raise Reject(
+                "missing_event_id",
+                ",".join(columns),
+                "the event id columns are all empty, so the event cannot be de-duplicated",
+            )
+        try:
+            key = canonical_key(values)
+        except ValueProblem as exc:  # a NaN, an integer orjson cannot write, ...
+            raise Reject("invalid_event_id", ",".join(columns), str(exc)) from None
+    else:
+        try:
+            key = canonical_row_key(row)
+        except ValueProblem as exc:
+            raise Reject(
+                "invalid_event_id",
+                _unkeyable_column(row),
+                f"the event's key is the whole row (no event_id, no primary key), and this"
+                f" column's value has none: {exc}",
+            ) from None
+    return deterministic_ulid(namespace, key)
+
+
+def _unkeyable_column(row: dict[str, Any]) -> str | None:
+    """The first column (by name, as keys are written) whose value has no canonical key."""
+    for name in sorted(row):
+        try:
+            canonical_key([row[name]])
+        except ValueProblem:
+            return name
+    return None
+
+
+# -- the key: column form ------------------------------------------------------------------------
+
+
+def event_keys(batch: Any, id_columns: tuple[str, ...], flags: list[Any]) -> Any | None:
+    """Each row's key as text, the bytes the row form writes: `canonical_key` of its event id
+    columns, or `canonical_row_key` of the whole row without them.
+
+    Rows the column form cannot write as the row form does are added to `flags`, and so are
+    rows with no key value at all; None when a key column's type has no column form here.
+    """
+    names = batch.schema.names
+    rows = batch.num_rows
+    if id_columns:
+        texts = []
+        present = []
+        for name in id_columns:
+            if name not in names:
+                texts.append("null")
+                continue
+            text = _canonical_text(batch.column(name), flags)
+            if text is None:
+                return None
+            texts.append(text.fill_null("null"))
+            present.append(batch.column(name).is_valid())
+        if not present:
+            return None  # no key column in the batch (NULL in every row): the row path rejects
+        any_value = present[0]
+        for more in present[1:]:
+            any_value = pc.or_(any_value, more)
+        flags.append(pc.invert(any_value))  # the row path rejects: nothing to key on
+        pieces: list[Any] = ["["]
+        for index, text in enumerate(texts):
+            pieces += ["," if index else "", text]
+        pieces.append("]")
+        return join_pieces(pieces)
+    # no key columns: the whole row, [[name, value], ...] by name, null values left out
+    items = []
+    for name in sorted(names):
+        column = batch.column(name)
+        if pa.types.is_null(column.type):
+            continue
+        text = _canonical_text(column, flags)
+        if text is None:
+            return None
+        items.append(("[" + orjson.dumps(name).decode() + ",", text, "]", column.null_count > 0))
+    if not items:
+        return pa.array(["[]"] * rows, pa.string())
+    return join_pieces(["[", comma_listed(items), "]"])
+
+
+def _canonical_text(column: Any, flags: list[Any]) -> Any | None:
+    """orjson's text of `_canonical(value)` for each value of a column (null where the value is
+    null); rows this cannot write the same way are added to `flags`. None for a type it does not
+    handle."""
+    kind = column.type
+    if is_text(kind):
+        column = as_string(column)
+        if column is None:
+            return None
+        return pc.binary_join_element_wise('"', json_string_body(column), '"', "")
+    if pa.types.is_integer(kind):
+        return pc.cast(column, pa.string())
+    if pa.types.is_boolean(kind):
+        return pc.if_else(column, "true", "false")
+    if pa.types.is_date32(kind) or pa.types.is_date64(kind):  # its midnight's unix seconds
+        return pc.cast(midnight_seconds(column), pa.string())
+    if pa.types.is_null(kind):
+        return pa.nulls(len(column), pa.string())
+    if pa.types.is_floating(kind):
+        values = pc.cast(column, pa.float64())
+        flags.append(pc.invert(pc.is_finite(values)))
+        whole = pc.and_(pc.equal(pc.floor(values), values), pc.less(pc.abs(values), _MAX_EXACT_INT))
+        flags.append(pc.and_(pc.equal(pc.floor(values), values), pc.invert(whole)))
+        as_int = pc.cast(pc.cast(pc.if_else(whole, values, 0.0), pa.int64()), pa.string())
+        return pc.if_else(whole, as_int, float_text(values))  # whole floats key as integers
+    if pa.types.is_timestamp(kind):
+        return _iso_text(column, flags)
+    return None
+
+
+def _iso_text(column: Any, flags: list[Any]) -> Any:
+    """`datetime.astimezone(UTC).isoformat()` of each timestamp (naive ones are UTC), in quotes;
+    nanoseconds are rounded down to the microsecond, as the row path's datetimes are."""
+    raw = pc.cast(column, pa.int64())
+    if column.type.unit == "ns":
+        micros = floor_divide(raw, 1_000)
+    else:
+        micros = pc.multiply(raw, 1_000_000 // UNITS_PER_SECOND[column.type.unit])
+    seconds = pc.divide(micros, 1_000_000)
+    # 1970 to 9999 only: integer division and four-digit years need no care there
+    flags.append(pc.or_(pc.less(micros, 0), pc.greater(seconds, MAX_UNIX)))
+    fraction = pc.subtract(micros, pc.multiply(seconds, 1_000_000))
+    # Arrow's text of a naive timestamp[s] is "YYYY-MM-DD HH:MM:SS" (strftime is 15x slower)
+    clock = pc.cast(pc.cast(seconds, pa.timestamp("s")), pa.string())
+    clock = pc.replace_substring(clock, " ", "T", max_replacements=1)
+    digits = pc.utf8_lpad(pc.cast(fraction, pa.string()), 6, "0")
+    dotted = pc.if_else(pc.equal(fraction, 0), "", pc.binary_join_element_wise(".", digits, ""))
+    return pc.binary_join_element_wise('"', clock, dotted, '+00:00"', "")
+
+
+# -- the id: row form and column form --------------------------------------------------------------
+
+
+def deterministic_ulid(namespace: str, key: bytes) -> str:
+    """A ULID-formatted id derived from (namespace, key): same input, same id, on any machine.
+
+    Customer.io de-duplicates events by this id and does not use its time part, so all 128 bits
+    come from a hash. 26 Crockford base32 chars carry 130 bits; the top two are zero.
+    """
+    digest = hashlib.blake2b(digest_size=16, person=_ULID_PERSON)
+    digest.update(namespace.encode("utf-8"))
+    digest.update(b"\x00")
+    digest.update(key)
+    number = int.from_bytes(digest.digest(), "big")
+    return "".join([_ULID_PAIRS[(number >> shift) & 1023] for shift in _ULID_PAIR_SHIFTS])
+
+
+def event_ids(namespace: str, keys: Any) -> Any:
+    """`deterministic_ulid(namespace, key)` of each key, as a string array.
+
+    The keys are hashed one by one; the base32 text is written by Arrow kernels: the 128-bit
+    digests become two uint64 columns, and each pair of chars is a 10-bit field of them looked
+    up in the same table `deterministic_ulid` uses.
+    """
+    base = hashlib.blake2b(digest_size=16, person=_ULID_PERSON)
+    base.update(namespace.encode("utf-8") + b"\x00")
+    digests = []
+    for key in keys.view(pa.binary()).to_pylist():
+        digest = base.copy()
+        digest.update(key or b"")
+        digests.append(digest.digest())
+    count = len(digests)
+    # little-endian words: bytes 15..8 of a big-endian digest are its low 64 bits
+    low = _words(b"".join([d[:7:-1] for d in digests]), count)
+    high = _words(b"".join([d[7::-1] for d in digests]), count)
+    pairs = []
+    for shift in _ULID_PAIR_SHIFTS:
+        if shift >= 64:
+            field = pc.shift_right(high, _u64(shift - 64))
+        elif shift + 10 <= 64:
+            field = pc.shift_right(low, _u64(shift))
+        else:  # straddles the words: the low word's top bits, under the high word's bottom ones
+            below = 64 - shift
+            field = pc.bit_wise_or(
+                pc.shift_left(pc.bit_wise_and(high, _u64((1 << (10 - below)) - 1)), _u64(below)),
+                pc.shift_right(low, _u64(shift)),
+            )
+        pairs.append(pc.take(_ULID_PAIR_TEXTS, pc.bit_wise_and(field, _u64(1023))))
+    return pc.binary_join_element_wise(*pairs, "")
+
+
+def _u64(value: int) -> Any:
+    return pa.scalar(value, pa.uint64())
+
+
+def _words(data: bytes, count: int) -> Any:
+    return pa.Array.from_buffers(pa.uint64(), count, [None, pa.py_buffer(data)])

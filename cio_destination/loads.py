@@ -1,0 +1,209 @@
+"""The loads the destination is called in: each one's mappings, checked up front, and state.
+
+dlt calls the destination once per batch of a table, on several threads; the calls of one load
+share one `LoadMappings`, which compiles every table's mapping of the load package (and plans
+its mirror removals, and checks its send ledger) before the first request, and one `Load`,
+which is what a call knows of its load.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import dlt
+from dlt.common.configuration.container import Container
+from dlt.common.schema import TTableSchema
+from dlt.common.schema.utils import is_dlt_table_or_column
+from dlt.common.storages.load_package import LoadPackageStateInjectableContext
+
+from cio_destination.configuration import CustomerioConfiguration, secret_text
+from cio_destination.diff import Diff
+from cio_destination.diff.mirror import MirrorPlans, plan_mirror
+from cio_destination.exceptions import CustomerioTerminalError
+from cio_destination.mapper import RowMapper
+from cio_destination.mapping import compile_mapping, resolve_mapping
+from cio_destination.mapping_keys import CompiledMapping
+from cio_destination.state import PipelineState, state_for
+from cio_destination.state.fingerprints import Fingerprints, sql_fingerprints
+from cio_destination.state.ledger_guard import SendLedgerGuard
+
+logger = logging.getLogger("cio_destination")
+
+
+class LoadMappings:
+    """The compiled mappings of one load, checked for every table of the package up front."""
+
+    def __init__(self, config: CustomerioConfiguration) -> None:
+        self._tables = config.tables or {}
+        self._can_send_email = bool(secret_text(config.app_api_key))
+        self._accept_new_send_ledger = config.accept_new_send_ledger
+        self._mappers: dict[str, RowMapper] = {}
+        self._error: CustomerioTerminalError | None = None
+        self.mirrors = MirrorPlans()
+        """The removal plans of the load's mirror tables."""
+        self._ledger: SendLedgerGuard | None = None
+        self._lock = threading.Lock()
+        self.context: LoadPackageStateInjectableContext | None = None
+        """The load package context (one per attempt at the package) this was checked in."""
+
+    def check_package(
+        self,
+        context: LoadPackageStateInjectableContext,
+        state: PipelineState,
+        pipeline: dlt.Pipeline,
+    ) -> None:
+        """Compile the mapping of every data table with a job in the package; keep the first error.
+
+        Mirror tables also get their removal plan here, and its guard, and a package with
+        `send_email` tables its send ledger check, before any request.
+        """
+        schema = context.storage.load_schema(context.load_id)
+        names = sorted(
+            {
+                job.table_name
+                for _, job in context.storage.list_all_jobs_with_states(context.load_id)
+            }
+        )
+        sends_email = False
+        for name in names:
+            if is_dlt_table_or_column(name, schema._dlt_tables_prefix) or name not in schema.tables:
+                continue
+            table = schema.tables[name]
+            columns = {
+                c: s
+                for c, s in table.get("columns", {}).items()
+                if not is_dlt_table_or_column(c, schema._dlt_tables_prefix)
+            }
+            try:
+                compiled = self._compile(name, table, columns)
+                plan = plan_mirror(compiled, context, state.snapshots, pipeline.pipeline_name)
+            except CustomerioTerminalError as error:  # a mapping, a setting, the state file
+                self._error = error
+                return
+            sends_email = sends_email or compiled.action == "send_email"
+            if plan is not None:
+                self.mirrors.add(plan)
+        if sends_email:
+            try:
+                self.send_ledger(context).check(state.ledger, pipeline)
+            except CustomerioTerminalError as error:
+                self._error = error
+
+    def send_ledger(self, context: LoadPackageStateInjectableContext) -> SendLedgerGuard:
+        """The load's send ledger guard, recording into the load package's state."""
+        with self._lock:
+            if self._ledger is None:
+                self._ledger = SendLedgerGuard(
+                    context.state, context.commit, accept_new=self._accept_new_send_ledger
+                )
+            return self._ledger
+
+    def _compile(self, name: str, table: Any, columns: dict[str, Any]) -> CompiledMapping:
+        mapping = resolve_mapping(name, table, self._tables.get(name))
+        if mapping.action == "send_email" and not self._can_send_email:
+            # the mapping is right; the setting is missing, so name only the setting
+            raise CustomerioTerminalError(
+                f"table '{name}' sends emails (action send_email), which needs the App API key:"
+                " set destination.customerio.app_api_key"
+            )
+        compiled = compile_mapping(name, mapping, columns)
+        for key, column in compiled.absent_columns:
+            logger.warning(
+                "customerio: table %s: %s column '%s' is not in the table's schema (dlt leaves"
+                " out a column that is NULL in every row; or is the name misspelled?): it is"
+                " mapped as NULL",
+                name,
+                key,
+                column,
+            )
+        self._mappers[name] = RowMapper(compiled)
+        return compiled
+
+    def mapper(self, table: TTableSchema) -> RowMapper:
+        """The table's row mapper; raises the error the package's check kept, if any."""
+        if self._error is not None:
+            raise self._error.again()
+        name = table["name"]
+        with self._lock:
+            mapper = self._mappers.get(name)
+            if mapper is None:
+                self._compile(name, table, table["columns"])
+                mapper = self._mappers[name]
+            return mapper
+
+
+_loads: dict[tuple[str, str], LoadMappings] = {}
+_loads_lock = threading.Lock()
+
+
+def load_context() -> LoadPackageStateInjectableContext | None:
+    """The load package context dlt runs the callable in, if any."""
+    try:
+        return Container()[LoadPackageStateInjectableContext]
+    except Exception:
+        return None
+
+
+def mappings_for_load(
+    pipeline: dlt.Pipeline, load_id: str, config: CustomerioConfiguration
+) -> LoadMappings:
+    """The load's mappings, checked against the whole package on first use, before any request.
+
+    Checked again when dlt loads the package anew (a new load package context: a rerun of a
+    pending package), so a setting fixed since is seen and an earlier error is not repeated.
+    """
+    working_dir = pipeline.working_dir
+    key = (working_dir, load_id)
+    context = load_context()
+    with _loads_lock:
+        mappings = _loads.get(key)
+        if mappings is None or (context is not None and mappings.context is not context):
+            mappings = LoadMappings(config)
+            if context is not None and context.load_id == load_id:
+                mappings.context = context
+                mappings.check_package(context, state_for(working_dir), pipeline)
+            for stale in [k for k in _loads if k[0] == working_dir]:
+                del _loads[stale]  # only the current load of a pipeline is needed again
+            _loads[key] = mappings
+        return mappings
+
+
+@dataclass(frozen=True)
+class Load:
+    """One load of one pipeline, as a call of the destination sees it."""
+
+    pipeline: dlt.Pipeline
+    load_id: str
+    config: CustomerioConfiguration
+    mappings: LoadMappings
+    state: PipelineState
+
+    def diff(self, mapper: RowMapper) -> Diff:
+        """The diff stage of one call for the table `mapper` maps."""
+        table = mapper.compiled.table
+        fingerprints = self._fingerprints() if mapper.mapping.changes_only else None
+        return Diff(
+            mapper, f"{self.pipeline.pipeline_name}/{table}", fingerprints, self.mappings.mirrors
+        )
+
+    def _fingerprints(self) -> Fingerprints:
+        """The database of `fingerprints_url`, else the pipeline's state file."""
+        url = self.config.fingerprints_url
+        return sql_fingerprints(secret_text(url)) if url else self.state.fingerprints
+
+    def send_ledger_guard(self) -> SendLedgerGuard:
+        """The guard of the load's emails (see `SendLedgerGuard`)."""
+        context = load_context()
+        assert context is not None  # dlt runs the callable inside its load package context
+        return self.mappings.send_ledger(context)
+
+
+def current_load(config: CustomerioConfiguration) -> Load:
+    """The load dlt runs this call in, its mappings checked against the whole package."""
+    pipeline = dlt.current.pipeline()
+    load_id = dlt.current.load_package_state()["load_id"]
+    mappings = mappings_for_load(pipeline, load_id, config)
+    return Load(pipeline, load_id, config, mappings, state_for(pipeline.working_dir))

@@ -1,0 +1,175 @@
+"""One entry point from a table's rows to its operations: `map_items`.
+
+dlt hands the destination `list[dict]` rows (typed-jsonl) or a `pyarrow.RecordBatch` (parquet).
+`map_items` maps either through the table's action (`cio_destination.actions`): through its
+columnar builder where it has one and the rows allow it (Arrow input, or dict rows whose mapped
+columns have plain dlt types), through its row builder otherwise. Both give the same operations
+and rejections, byte for byte; only the cost differs. `COLUMNAR_PATH` switches the columnar path
+off (`CIO_DESTINATION_COLUMNAR=0`) and counts the rows it wrote.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+
+from cio_destination.actions import ACTIONS
+from cio_destination.actions.rows import RowReader, gc_paused
+from cio_destination.entries import Mapped, Row, rows_from_arrow
+from cio_destination.mapping_keys import CompiledMapping
+
+
+class ColumnarPath:
+    """Whether the columnar paths run, and how many rows' operations they have written.
+
+    Switched off (`enabled = False`, or `CIO_DESTINATION_COLUMNAR=0` in the environment of the
+    process), every row takes the row path, which must give the same operations and rejections
+    byte for byte; tests compare the two and read `rows` to know the columnar path really ran.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = os.environ.get("CIO_DESTINATION_COLUMNAR", "1") != "0"
+        self._rows = 0
+        self._lock = threading.Lock()
+
+    @property
+    def rows(self) -> int:
+        """Rows whose operations Arrow kernels wrote, since the process started."""
+        return self._rows
+
+    def wrote(self, rows: int) -> None:
+        """Count rows whose operations Arrow kernels wrote."""
+        with self._lock:
+            self._rows += rows
+
+
+COLUMNAR_PATH = ColumnarPath()
+"""The process's columnar path switch and row counter."""
+
+
+class RowMapper(RowReader):
+    """The mapper of one table: its compiled mapping and its action. `map_rows` is the row path;
+    `map_items` takes either path."""
+
+    def __init__(self, compiled: CompiledMapping) -> None:
+        super().__init__(compiled)
+        self.action = ACTIONS[compiled.action]
+
+    def map_rows(self, rows: Iterable[Row]) -> Mapped:
+        """The operations (or rejections) of `rows`, one row at a time."""
+        with gc_paused():
+            return self.action.map_rows(self, rows)
+
+
+def map_items(
+    mapper: RowMapper, items: list[Row] | Any, columns: Mapping[str, Any] | None = None
+) -> Mapped:
+    """The operations (or rejections) of a batch of one table's rows.
+
+    `items` are dict rows (dlt's typed-jsonl, `columns` the table's column schemas) or a pyarrow
+    RecordBatch or Table. The action's columnar builder maps them where it can, else its row
+    builder: the outcome is the same either way.
+    """
+    with gc_paused():
+        mapped = _map_items(mapper, items, columns or {})
+    if mapped.block:
+        COLUMNAR_PATH.wrote(len(mapped.block))
+    return mapped
+
+
+def _map_items(mapper: RowMapper, items: list[Row] | Any, columns: Mapping[str, Any]) -> Mapped:
+    columnar = mapper.action.columnar if COLUMNAR_PATH.enabled else None
+    if isinstance(items, list):
+        wanted = None if columnar is None else columnar.batch_columns(mapper, items, columns)
+        batch = None if wanted is None else _rows_to_batch(mapper, items, columns, wanted)
+        if columnar is None or batch is None:
+            return mapper.map_rows(items)
+        return columnar.map_batch(mapper, batch, items, mapper.map_rows)
+    batch = as_record_batch(items)
+    if batch is None:
+        return Mapped([], [], 0)
+    if columnar is None:
+        return mapper.map_rows(rows_from_arrow(batch))
+    return columnar.map_batch(mapper, batch, None, mapper.map_rows)
+
+
+def as_record_batch(items: Any) -> Any | None:
+    """One RecordBatch of a batch or a table (its chunks combined); None for an empty table."""
+    if not isinstance(items, pa.Table):
+        return items
+    return items.combine_chunks().to_batches()[0] if items.num_rows else None
+
+
+# the Arrow type pyarrow must infer for a column of each dlt data type, for the columnar path
+_INFERRED = {
+    "text": pa.types.is_string,
+    "bigint": pa.types.is_int64,
+    "double": pa.types.is_float64,
+    "bool": pa.types.is_boolean,
+    "timestamp": pa.types.is_timestamp,  # naive values are UTC there, as in the row path
+    "date": pa.types.is_date32,
+    "decimal": pa.types.is_decimal,
+}
+# the Python type (and its subtypes but these) typed-jsonl gives for each of those dlt types:
+# pyarrow converts a value of another type to fit the column (1 to 1.0 in a double column, a
+# datetime to its date in a date one), where the row path sends the value as it is
+_PYTHON_TYPES: dict[str, tuple[type, tuple[type, ...]]] = {
+    "text": (str, ()),
+    "bigint": (int, (bool,)),
+    "double": (float, ()),
+    "bool": (bool, ()),
+    "timestamp": (dt.datetime, ()),
+    "date": (dt.date, (dt.datetime,)),
+    "decimal": (Decimal, ()),
+}
+
+
+def _of_type(values: list[Any], data_type: str) -> bool:
+    """Whether every value (or None) has the Python type typed-jsonl gives for `data_type`."""
+    allowed, excluded = _PYTHON_TYPES[data_type]
+    return all(
+        kind is type(None) or (issubclass(kind, allowed) and not issubclass(kind, excluded))
+        for kind in set(map(type, values))
+    )
+
+
+def _rows_to_batch(
+    reader: RowReader, rows: list[Row], columns: Mapping[str, Any], wanted: list[str | None]
+) -> Any | None:
+    """The `wanted` columns of dict rows as a RecordBatch, or None when they cannot all be.
+
+    Each column must have a plain dlt type, its values the Python type typed-jsonl gives for
+    it, and the type pyarrow infers from them that type: a value of another kind (an int in a
+    double column, bytes in a text one) makes None rather than be converted."""
+    if not rows:
+        return None
+    variants = [variant for variant, _ in reader.compiled.variants]
+    if variants and any(variant in row for row in rows for variant in variants):
+        return None  # the row path reads those values back into their columns
+    names: list[str] = []
+    arrays = []
+    for name in dict.fromkeys(n for n in wanted if n is not None):
+        if name not in columns:
+            continue  # no row has a value for it
+        data_type = columns[name].get("data_type") or ""
+        expected = _INFERRED.get(data_type)
+        if expected is None or name in reader.compiled.json_columns:
+            return None
+        values = [row.get(name) for row in rows]
+        if not _of_type(values, data_type):
+            return None
+        try:
+            array = pa.array(values)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            return None
+        if not (expected(array.type) or pa.types.is_null(array.type)):
+            return None
+        names.append(name)
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, names=names)

@@ -1,0 +1,143 @@
+"""The workspace: everything shared by the calls that send to one Customer.io workspace.
+
+One per destination config in a process (`workspace_for`), shared by every dlt load thread and
+table: the Track and App clients with their rate limits, the Track sender's request pool, the
+email sender. The first call of every load runs the preflight, one
+`GET /api/v1/accounts/region`, before any data is sent: it checks the credentials and the region
+(`cio_destination.transport.regions`).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from cio_destination.configuration import CustomerioConfiguration, secret_text
+from cio_destination.exceptions import CustomerioTerminalError
+from cio_destination.transport import regions
+from cio_destination.transport.api import RetryPolicy
+from cio_destination.transport.app import AppClient
+from cio_destination.transport.emails import EmailSender
+from cio_destination.transport.ratelimit import RateLimiter
+from cio_destination.transport.sender import Sender
+from cio_destination.transport.track import TrackClient
+
+
+class Workspace:
+    """Everything shared by the calls that send to one Customer.io workspace with one config.
+
+    The first call of every load checks the credentials (and the region) with one
+    `GET /api/v1/accounts/region`, before any data is sent; `region="auto"` takes the host from
+    its answer. Reads only the keys that shape a workspace (see `workspace_for`).
+    """
+
+    def __init__(self, config: CustomerioConfiguration) -> None:
+        self._config = config
+        self.limiter = RateLimiter(config.requests_per_second)
+        self._options: dict[str, Any] = {
+            "retry": RetryPolicy(max_attempts=config.max_attempts),
+            "timeout": config.timeout,
+            "max_connections": config.max_concurrent_requests,
+        }
+        self._sender: Sender | None = None
+        self.emails: EmailSender | None = None
+        self.region: str | None = None
+        self._load_id: str | None = None
+        self._load_error: CustomerioTerminalError | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def sender(self) -> Sender:
+        assert self._sender is not None, "begin_load() runs the preflight first"
+        return self._sender
+
+    def begin_load(self, load_id: str) -> None:
+        """Run the load's preflight once; every call of a load whose preflight failed re-raises."""
+        with self._lock:
+            if load_id == self._load_id:
+                if self._load_error is not None:
+                    raise self._load_error.again()
+                return
+            try:
+                self._preflight()
+            except CustomerioTerminalError as error:
+                self._load_id, self._load_error = load_id, error
+                raise
+            self._load_id, self._load_error = load_id, None
+
+    def _track_client(self, region: str) -> TrackClient:
+        config = self._config
+        return TrackClient(
+            regions.track_url(config.track_url, region),
+            secret_text(config.site_id),
+            secret_text(config.api_key),
+            limiter=self.limiter,
+            url_source=regions.url_source(config.track_url, "track_url"),
+            **self._options,
+        )
+
+    def _preflight(self) -> None:
+        config = self._config
+        if self._sender is not None:
+            client = self._sender.client
+        else:
+            client = self._track_client(regions.first_region(config.region))
+        try:
+            region = regions.settled_region(config.region, client.account_region(), self.region)
+        except BaseException:
+            if self._sender is None:
+                client.close()
+            raise
+        if self._sender is not None and region == self.region:
+            self._sender.forget_refusal()
+            if self.emails is not None:
+                self.emails.forget_refusal()
+            return
+        if client.base_url != regions.track_url(config.track_url, region).rstrip("/"):
+            # region="auto" found another region
+            if self._sender is not None:
+                self._sender.close()
+                self._sender = None
+            else:
+                client.close()
+            client = self._track_client(region)
+        self.region = region
+        if self._sender is None:
+            self._sender = Sender(
+                client,
+                max_in_flight=config.max_concurrent_requests,
+                max_request_bytes=config.max_request_bytes,
+            )
+        else:
+            self._sender.forget_refusal()
+        if secret_text(config.app_api_key):
+            self._open_emails(region)
+
+    def _open_emails(self, region: str) -> None:
+        config = self._config
+        if self.emails is not None:
+            self.emails.close()
+        app = AppClient(
+            regions.app_url(config.app_url, region),
+            secret_text(config.app_api_key),
+            limiter=RateLimiter(config.app_requests_per_second),
+            url_source=regions.url_source(config.app_url, "app_url"),
+            **self._options,
+        )
+        self.emails = EmailSender(app, max_in_flight=config.max_concurrent_requests)
+
+
+_workspaces: dict[tuple[Any, ...], Workspace] = {}
+_workspaces_lock = threading.Lock()
+
+
+def workspace_for(config: CustomerioConfiguration) -> Workspace:
+    """The one shared workspace of a destination config, created on first use: configs that
+    differ only in keys that do not shape a workspace (`CustomerioConfiguration.workspace_key`),
+    such as their tables, share it, and with it the rate limit."""
+    key = config.workspace_key()
+    with _workspaces_lock:
+        workspace = _workspaces.get(key)
+        if workspace is None:
+            workspace = _workspaces[key] = Workspace(config)
+        return workspace
