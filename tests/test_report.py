@@ -202,6 +202,7 @@ def test_masking_hides_every_key_of_a_row_s_data_but_the_mapping_s_columns():
     }
 
 
+@pytest.mark.slow
 def test_dry_run_samples_show_no_value_of_a_row_in_names_or_keys(make_pipeline):
     rows = [
         {
