@@ -191,8 +191,9 @@ def test_a_fingerprints_url_sqlalchemy_cannot_use_is_a_setting_to_fix(url: str):
 
 @pytest.mark.slow
 def test_a_fingerprints_database_failing_in_a_load_is_named_without_any_identifier(
-    emulator: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog
+    emulator: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog, monkeypatch
 ):
+    monkeypatch.setenv("LOAD__RAISE_ON_MAX_RETRIES", "1")  # fail at once, not after dlt's retries
     path = tmp_path / "fingerprints.db"
 
     def run(plan: str) -> None:
