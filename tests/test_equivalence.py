@@ -27,6 +27,7 @@ from cio_destination.entries import Mapped, rows_from_arrow
 from cio_destination.event_ids import canonical_key, deterministic_ulid
 from cio_destination.mapper import COLUMNAR_PATH, RowMapper, map_items
 from cio_destination.mapping import compile_mapping, parse_mapping
+from cio_destination.values import recordable_json
 
 from . import strategies as cs
 from .conftest import mapped_outcome as outcome
@@ -135,6 +136,83 @@ def test_zoned_timestamps_at_the_ends_of_year_1_and_9999_reach_the_row_path():
     assert str(rows[2]["valid_to"].tzinfo) == "Europe/Berlin"
     assert rows[1]["valid_from"].utcoffset() == dt.timedelta(hours=-5)
     assert rows[0]["valid_from"].utcoffset() == dt.timedelta(0)
+
+
+BEYOND_DATETIMES = [
+    (pa.timestamp("s"), 20_000 * 365 * 86_400, "21956-09-21T00:00:00+00:00"),
+    (pa.timestamp("us", "UTC"), -70_000_000_000_000_000, "-0249-10-15T19:33:20+00:00"),
+    (pa.timestamp("ms", "Europe/Berlin"), -(2**62), "-4611686018427387904 ms from the unix epoch"),
+    (pa.date32(), 3_000_000, "10183-09-21"),
+    (pa.date64(), 2**62, "4611686018427387904 ms from the unix epoch"),
+]
+
+
+@pytest.mark.parametrize(("kind", "value", "text"), BEYOND_DATETIMES, ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    ("declared", "reason"),
+    [
+        ({"action": "identify", "identifier": "ident"}, "invalid_value"),
+        ({"action": "identify", "identifier": "ident", "timestamp": "at"}, "invalid_timestamp"),
+        (
+            {"action": "event", "identifier": "ident", "event_name": "x", "event_id": "at"},
+            "invalid_event_id",
+        ),
+        ({"action": "event", "identifier": "ident", "event_name": "x"}, "invalid_event_id"),
+        ({"action": "identify", "identifier": "ident", "attributes": []}, None),  # not read
+    ],
+    ids=["attribute", "timestamp", "event-id", "whole-row-key", "unread"],
+)
+def test_arrow_dates_beyond_the_years_a_datetime_holds_reject_only_rows_that_read_them(
+    kind, value, text, declared, reason
+):
+    """pyarrow makes no datetime of a timestamp or date outside the years 1 to 9999, and
+    raised for the whole batch: one such value in any column (a DuckDB table holds them) failed
+    the load for good. The row path now gets a marker every rule refuses, and a rejection record
+    keeps its text."""
+    storage = pa.int32() if pa.types.is_date32(kind) else pa.int64()
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(["a", "b"]), pa.array([19_000, value], storage).cast(kind)],
+        names=["ident", "at"],
+    )
+    mapper = mapper_for("things", declared, {"ident": {}, "at": {}})
+
+    columnar = map_items(mapper, batch)
+
+    assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
+    assert len(columnar.all_entries()) == (1 if reason else 2)
+    assert [(r.reason, r.field) for r in columnar.rejections] == (
+        [(reason, "at")] if reason else []
+    )
+    for rejection in columnar.rejections:
+        assert text not in rejection.message
+        assert orjson.loads(recordable_json(rejection.row)) == {"ident": "b", "at": text}
+    if reason is None:  # sent: a row Customer.io rejects later (a 207) is read out of its batch
+        assert columnar.block is not None
+        rejected = columnar.block[1].reject("invalid", "identifiers", "refused")
+        assert orjson.loads(recordable_json(rejected[0].row)) == {"ident": "b", "at": text}
+
+
+def test_an_event_key_far_beyond_9999_is_not_keyed_as_the_time_it_wraps_around_to():
+    """18,446,744,073,710 seconds as microseconds wraps around int64 to 448,384: the columnar
+    path keyed the event as 1970-01-01T00:00:00.448384 and sent it, the row path rejects it."""
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(["a", "b"]), pa.array([1_700_000_000, 18_446_744_073_710], pa.timestamp("s"))],
+        names=["ident", "at"],
+    )
+    declared = {
+        "action": "event",
+        "identifier": "ident",
+        "event_name": "x",
+        "event_id": "at",
+        "attributes": [],
+    }
+    mapper = mapper_for("orders", declared, {"ident": {}, "at": {}})
+
+    columnar = map_items(mapper, batch)
+
+    assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
+    assert [(r.reason, r.field) for r in columnar.rejections] == [("invalid_event_id", "at")]
+    assert columnar.block is not None and len(columnar.block) == 1
 
 
 @pytest.mark.parametrize(
@@ -463,8 +541,8 @@ TABLE_TYPES = {
 
 def _table_values(kind: pa.DataType) -> st.SearchStrategy[Any]:
     """Mostly values of this century (a row with an odd value takes the row path), one in
-    twenty any value of the type, one in four a null."""
-    plain = cs.values_of(kind)
+    twenty any value of the type a dict row holds too, one in four a null."""
+    plain = cs.values_of(kind, beyond=False)
     if pa.types.is_timestamp(kind):
         per_second = cs.UNITS[kind.unit]
         plain = st.integers(946_684_800 * per_second, 1_893_456_000 * per_second)
@@ -474,7 +552,7 @@ def _table_values(kind: pa.DataType) -> st.SearchStrategy[Any]:
         plain = st.integers(10_957, 22_280).map(lambda days: days * 86_400_000)
     elif pa.types.is_floating(kind):
         plain = st.floats(-1e6, 1e6, width=kind.bit_width)
-    values = cs.rarely(20).flatmap(lambda odd: cs.values_of(kind) if odd else plain)
+    values = cs.rarely(20).flatmap(lambda odd: cs.values_of(kind, beyond=False) if odd else plain)
     if pa.types.is_timestamp(kind) and kind.unit == "ns":  # dlt takes whole microseconds only
         values = values.map(lambda ns: ns - ns % 1_000)
     if pa.types.is_date64(kind):  # and no date64 with a time of day

@@ -521,6 +521,40 @@ def test_rows_json_cannot_carry_are_rejected_and_the_load_completes(
 
 
 @pytest.mark.slow
+def test_arrow_dates_past_9999_reject_their_rows_and_the_load_completes(
+    emulator: Emulator, make_pipeline
+):
+    """A timestamp or date no Python datetime holds (DuckDB and parquet hold them) failed every
+    run of the load at dlt's load step: now its row is rejected where a mapping reads it."""
+    far = 20_000 * 365 * 86_400 * 10**6  # microseconds: the year 21956
+    table = pa.table(
+        {
+            "uid": ["u1", "u2", "u3"],
+            "expires_at": pa.array([1_700_000_000 * 10**6, far, None], pa.timestamp("us")),
+            "born": pa.array([1, 3_000_000, -(2**31)], pa.int32()).cast(pa.date32()),
+        }
+    )
+    resource = customerio_adapter(
+        dlt.resource(table, name="users"), action="identify", identifier="uid"
+    )
+    pipeline = make_pipeline()
+
+    info = pipeline.run(resource)
+
+    assert not info.has_failed_jobs and not pipeline.has_pending_data
+    assert [p["identifiers"]["id"] for p in emulator.people] == ["u1"]
+    rejected = sorted(rejected_rows(pipeline), key=lambda r: r["row"]["uid"])
+    assert [(r["row"], r["reason"], r["field"]) for r in rejected] == [
+        (
+            {"uid": "u2", "expires_at": "21956-09-21T00:00:00+00:00", "born": "10183-09-21"},
+            "invalid_value",
+            "expires_at",
+        ),
+        ({"uid": "u3", "born": "-2147483648 days from the unix epoch"}, "invalid_value", "born"),
+    ]
+
+
+@pytest.mark.slow
 def test_rejected_row_without_an_identifier_is_named_by_its_primary_key(
     emulator: Emulator, make_pipeline
 ):

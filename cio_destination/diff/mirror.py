@@ -25,6 +25,7 @@ from cio_destination.exceptions import MappingError
 from cio_destination.limits import identifier_or_none
 from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.state.snapshots import MirrorSnapshots
+from cio_destination.values import python_values
 
 
 class MirrorGuardError(MappingError):
@@ -100,7 +101,8 @@ def _job_rows(path: str, column: str) -> Iterator[Any]:
 
         if column not in pq.read_schema(path).names:
             return
-        yield from pq.read_table(path, columns=[column]).column(column).to_pylist()
+        for chunk in pq.read_table(path, columns=[column]).column(column).chunks:
+            yield from python_values(chunk)
         return
     with open(path, "rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
