@@ -204,7 +204,10 @@ def to_unix_seconds(value: Any) -> int:
     elif isinstance(value, str):
         stripped = value.strip()
         if DIGITS.fullmatch(stripped):
-            seconds = _epoch_number_to_unix(int(stripped))
+            digits = stripped.lstrip("0") or "0"
+            if len(digits) > _MOST_EPOCH_DIGITS + 1:  # and int() refuses 4,300 digits
+                raise ValueProblem(_OUT_OF_RANGE)
+            seconds = _epoch_number_to_unix(int(digits))
         else:
             seconds = datetime_to_unix(_parse_iso(stripped))
     elif isinstance(value, Unreadable):
@@ -282,6 +285,16 @@ def timestamp_column(column: Any) -> tuple[Any, Any]:
 
 
 # -- numbers -------------------------------------------------------------------------------------
+
+# str() of an int refuses more digits than sys.get_int_max_str_digits() (4,300 by default)
+_STR_BITS = 13_000
+
+
+def int_text(value: int) -> str:
+    """The digits of an integer of any size (`str()` refuses those of thousands of digits)."""
+    if value.bit_length() <= _STR_BITS:
+        return str(value)
+    return str(Decimal(value))  # exact, and not held to str()'s limit
 
 
 def decimal_to_number(value: Decimal) -> int | float:
@@ -427,7 +440,7 @@ def _recordable_leaf(value: Any) -> Any:
     if value is None or isinstance(value, (str, bool)):
         return value
     if isinstance(value, int):
-        return value if MIN_INT <= value <= MAX_INT else str(value)
+        return value if MIN_INT <= value <= MAX_INT else int_text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, (dt.date, dt.time)):

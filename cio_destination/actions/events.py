@@ -45,6 +45,7 @@ from cio_destination.limits import (
     identifier_column,
     identifier_flags,
     is_blank,
+    text_value,
     utf8_len,
 )
 from cio_destination.mapping_keys import TableMapping
@@ -77,7 +78,7 @@ def _event_name(reader: RowReader, row: Row) -> str:
         value = row.get(column)
         if is_blank(value):
             raise Reject("missing_event_name", column, "the event name is empty")
-        name = value if isinstance(value, str) else str(value)
+        name = text_value(value, column, "invalid_event_name", "event name")
     if utf8_len(name, MAX_EVENT_NAME_BYTES) > MAX_EVENT_NAME_BYTES:
         raise Reject(
             "event_name_too_long",
