@@ -85,6 +85,8 @@ def map_items(
 
 def _map_items(mapper: RowMapper, items: list[Row] | Any, columns: Mapping[str, Any]) -> Mapped:
     columnar = mapper.action.columnar if COLUMNAR_PATH.enabled else None
+    if mapper.compiled.reads_json:
+        columnar = None  # JSON text is the value it holds: the row path reads it
     if isinstance(items, list):
         wanted = None if columnar is None else columnar.batch_columns(mapper, items, columns)
         batch = None if wanted is None else _rows_to_batch(mapper, items, columns, wanted)
@@ -159,7 +161,7 @@ def _rows_to_batch(
             continue  # no row has a value for it
         data_type = columns[name].get("data_type") or ""
         expected = _INFERRED.get(data_type)
-        if expected is None or name in reader.compiled.json_columns:
+        if expected is None:
             return None
         values = [row.get(name) for row in rows]
         if not _of_type(values, data_type):

@@ -131,6 +131,8 @@ def compile_mapping(
         event_id_columns = mapping.event_id or primary_key
     typed_json = (c for c, s in columns.items() if s.get("data_type") == "json")
     json_columns = frozenset((*(mapping.json_columns or ()), *typed_json))
+    read = {*mapping.used_columns(), *attribute_columns, *event_id_columns}
+    whole_row_key = action.keyed and not event_id_columns
     return CompiledMapping(
         table=table,
         mapping=mapping,
@@ -141,4 +143,5 @@ def compile_mapping(
         absent_columns=absent,
         variants=variants,
         declared_json=frozenset(mapping.json_columns or ()),
+        reads_json=bool(json_columns & read or (whole_row_key and json_columns)),
     )

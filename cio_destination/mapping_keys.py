@@ -134,6 +134,9 @@ class CompiledMapping:
     """(variant, column) of dlt's variant columns: a row's value there is its column's value."""
     declared_json: frozenset[str] = frozenset()
     """The mapping's own `json_columns`: their text is JSON wherever dlt stored it."""
+    reads_json: bool = False
+    """Whether the mapping reads a JSON column (as an identifier, a name, a timestamp, an
+    attribute, a key, ...): its text is the value it holds, which the row path reads."""
 
     @property
     def action(self) -> str:

@@ -216,6 +216,46 @@ def test_an_event_key_far_beyond_9999_is_not_keyed_as_the_time_it_wraps_around_t
 
 
 @pytest.mark.parametrize(
+    ("declared", "sent"),
+    [
+        ({"action": "identify", "identifier": "j"}, {"identifiers": {"id": "abc"}}),
+        (
+            {"action": "event", "identifier": "j", "event_name": "x", "event_id": "k"},
+            {"identifiers": {"id": "abc"}, "name": "x"},
+        ),
+        (
+            {"action": "event", "identifier": "k", "event_name_column": "j", "event_id": "k"},
+            {"identifiers": {"id": "k1"}, "name": "abc"},
+        ),
+    ],
+    ids=["identify-identifier", "event-identifier", "event-name"],
+)
+@pytest.mark.parametrize("typed", [True, False], ids=["typed-json", "json_columns"])
+def test_a_json_identifier_or_event_name_column_is_read_as_json_on_both_paths(
+    declared, sent, typed
+):
+    """The columnar paths read JSON text only in attribute and key columns: an identifier
+    '"abc"' went out as "\"abc\"" there and as "abc" on the row path, an object '{"x":1}' went
+    out there and was rejected on the row path. Any JSON column a mapping reads takes the row
+    path, which rejects a JSON object as a name or an identifier."""
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(['"abc"', '{"x":1}']), pa.array(["k1", "k2"])], names=["j", "k"]
+    )
+    columns = {"j": {"data_type": "json" if typed else "text"}, "k": {"data_type": "text"}}
+    if not typed:
+        declared = {**declared, "json_columns": ["j"]}
+    mapper = mapper_for("things", {**declared, "attributes": []}, columns)
+
+    columnar = map_items(mapper, batch)
+
+    assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
+    (entry,) = columnar.all_entries()
+    assert orjson.loads(entry.data).items() >= sent.items()
+    reason = "invalid_event_name" if "event_name_column" in declared else "invalid_identifier"
+    assert [(r.reason, r.field) for r in columnar.rejections] == [(reason, "j")]
+
+
+@pytest.mark.parametrize(
     "kind", [pa.decimal128(38, 18), pa.decimal256(76, 50), pa.decimal128(30, 2)], ids=str
 )
 def test_whole_decimals_near_2_64_at_any_scale_are_exact_integers_on_both_paths(kind):
@@ -391,7 +431,16 @@ def identify_mappings(
         declared["attributes"] = attributes
     if draw(st.booleans()):
         declared["oversized_attribute"] = "drop_attribute"
+    declared.update(draw(json_columns(texts)))
     return declared
+
+
+def json_columns(texts: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """Now and then `json_columns`: text columns (the identifier among them) read as JSON."""
+    listed = st.lists(st.sampled_from(["ident", *texts]), min_size=1, unique=True)
+    return cs.rarely(5).flatmap(
+        lambda some: listed.map(lambda c: {"json_columns": c}) if some else st.just({})
+    )
 
 
 event_names = cs.texts.filter(lambda n: bool(n.strip()) and len(n.encode()) <= 100)
@@ -419,6 +468,7 @@ def event_mappings(
     attributes = draw(some_of(names))
     if attributes is not None:
         declared["attributes"] = attributes
+    declared.update(draw(json_columns(texts)))
     return declared
 
 

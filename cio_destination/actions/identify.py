@@ -158,7 +158,6 @@ def map_identify_batch(
         or mapping.clear_nulls
         or len(attribute_columns) > MAX_ATTRIBUTES_PER_IDENTIFY
         or (mapping.timestamp is not None and mapping.timestamp not in names)
-        or any(name in reader.compiled.json_columns for name in attribute_columns)
     ):
         return by_row_path(row_path, batch, source_rows)
     kind = mapping.identifier_type
