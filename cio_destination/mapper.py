@@ -22,7 +22,9 @@ import pyarrow as pa
 from cio_destination.actions import ACTIONS
 from cio_destination.actions.rows import RowReader, gc_paused
 from cio_destination.entries import Mapped, Row, rows_from_arrow
+from cio_destination.mapping import with_columns
 from cio_destination.mapping_keys import CompiledMapping
+from cio_destination.non_finite import NON_FINITE_COLUMN, restore_non_finite
 
 
 class ColumnarPath:
@@ -76,8 +78,11 @@ def map_items(
     RecordBatch or Table. The action's columnar builder maps them where it can, else its row
     builder: the outcome is the same either way.
     """
+    columns = columns or {}
+    if isinstance(items, list) and NON_FINITE_COLUMN in columns:
+        mapper, columns = _non_finite_restored(mapper, items, columns)
     with gc_paused():
-        mapped = _map_items(mapper, items, columns or {})
+        mapped = _map_items(mapper, items, columns)
     if mapped.block:
         COLUMNAR_PATH.wrote(len(mapped.block))
     return mapped
@@ -99,6 +104,20 @@ def _map_items(mapper: RowMapper, items: list[Row] | Any, columns: Mapping[str, 
     if columnar is None:
         return mapper.map_rows(rows_from_arrow(batch))
     return columnar.map_batch(mapper, batch, None, mapper.map_rows)
+
+
+def _non_finite_restored(
+    mapper: RowMapper, rows: list[Row], columns: Mapping[str, Any]
+) -> tuple[RowMapper, Mapping[str, Any]]:
+    """Put back the NaN and infinities dlt's writer turned into nulls (`non_finite`), so the
+    rows are decided as the same rows from Arrow are; the mapper of a table whose schema lacks
+    a column that held them only (the batch's columns with it too)."""
+    unseen = restore_non_finite(rows, columns)
+    columns = {c: s for c, s in columns.items() if c != NON_FINITE_COLUMN}
+    if not unseen:
+        return mapper, columns
+    added = {name: {"name": name, "data_type": "double"} for name in sorted(unseen)}
+    return RowMapper(with_columns(mapper.compiled, added)), {**columns, **added}
 
 
 def as_record_batch(items: Any) -> Any | None:

@@ -21,6 +21,7 @@ from cio_destination.actions.spec import MappingProblem
 from cio_destination.exceptions import MappingError
 from cio_destination.limits import MAX_ATTRIBUTE_NAME_BYTES
 from cio_destination.mapping_keys import CompiledMapping, TableMapping
+from cio_destination.non_finite import NON_FINITE_COLUMN
 
 HINT_PREFIX = "x-customerio-"
 # dlt stores a value that does not fit its column's type in a variant column named
@@ -101,6 +102,7 @@ def compile_mapping(
     A named column the table does not have is not an error (see `absent_columns`): rows then
     have no value for it, as when it is NULL.
     """
+    columns = {c: s for c, s in columns.items() if c != NON_FINITE_COLUMN}  # a note, no column
     variants = tuple(
         (name, name.rpartition(VARIANT_INFIX)[0])
         for name, schema in columns.items()
@@ -144,4 +146,11 @@ def compile_mapping(
         variants=variants,
         declared_json=frozenset(mapping.json_columns or ()),
         reads_json=bool(json_columns & read or (whole_row_key and json_columns)),
+        columns=columns,
     )
+
+
+def with_columns(compiled: CompiledMapping, added: Mapping[str, Any]) -> CompiledMapping:
+    """The mapping compiled again with `added` columns the table's schema lacks (a column dlt
+    left out because all its values were NULL to it: see `non_finite`)."""
+    return compile_mapping(compiled.table, compiled.mapping, {**compiled.columns, **added})

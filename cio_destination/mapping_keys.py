@@ -7,7 +7,8 @@ mapping against its action and compiles it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -137,6 +138,8 @@ class CompiledMapping:
     reads_json: bool = False
     """Whether the mapping reads a JSON column (as an identifier, a name, a timestamp, an
     attribute, a key, ...): its text is the value it holds, which the row path reads."""
+    columns: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    """The table's columns it was compiled against (`mapping.with_columns` adds to them)."""
 
     @property
     def action(self) -> str:

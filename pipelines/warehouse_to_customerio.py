@@ -44,6 +44,7 @@ from cio_destination import (
     MappingError,
     SyncReport,
     customerio,
+    mark_non_finite,
     rejected_rows,
     run_command,
     sync_report,
@@ -224,7 +225,8 @@ def table_resource(
         ) from error
     if source.name != source.table:
         resource = resource.with_name(source.name)
-    return resource
+    # NaN and infinity in dict rows: dlt's writer would make them nulls; noted, they are rejected
+    return mark_non_finite(resource)  # type: ignore[no-any-return]
 
 
 @dlt.source(name="warehouse", section="warehouse")
