@@ -59,9 +59,16 @@ class RowMapper(RowReader):
     """The mapper of one table: its compiled mapping and its action. `map_rows` is the row path;
     `map_items` takes either path."""
 
-    def __init__(self, compiled: CompiledMapping) -> None:
-        super().__init__(compiled)
+    def __init__(self, compiled: CompiledMapping, *, dlt_decoded: bool = False) -> None:
+        super().__init__(compiled, dlt_decoded=dlt_decoded)
         self.action = ACTIONS[compiled.action]
+        self._of_dict_rows = self if dlt_decoded else None
+
+    def of_dict_rows(self) -> RowMapper:
+        """The mapper of the table's dict rows as dlt writes them (JSON it typed, read)."""
+        if self._of_dict_rows is None:
+            self._of_dict_rows = RowMapper(self.compiled, dlt_decoded=True)
+        return self._of_dict_rows
 
     def map_rows(self, rows: Iterable[Row]) -> Mapped:
         """The operations (or rejections) of `rows`, one row at a time."""
@@ -74,9 +81,10 @@ def map_items(
 ) -> Mapped:
     """The operations (or rejections) of a batch of one table's rows.
 
-    `items` are dict rows (dlt's typed-jsonl, `columns` the table's column schemas) or a pyarrow
-    RecordBatch or Table. The action's columnar builder maps them where it can, else its row
-    builder: the outcome is the same either way.
+    `items` are dict rows (dlt's typed-jsonl, `columns` the table's column schemas: dlt has read
+    the JSON of the columns it types as json) or a pyarrow RecordBatch or Table (JSON columns
+    as text). The action's columnar builder maps them where it can, else its row builder: the
+    outcome is the same either way.
     """
     columns = columns or {}
     if isinstance(items, list) and NON_FINITE_COLUMN in columns:
@@ -93,6 +101,7 @@ def _map_items(mapper: RowMapper, items: list[Row] | Any, columns: Mapping[str, 
     if mapper.compiled.reads_json:
         columnar = None  # JSON text is the value it holds: the row path reads it
     if isinstance(items, list):
+        mapper = mapper.of_dict_rows()
         wanted = None if columnar is None else columnar.batch_columns(mapper, items, columns)
         batch = None if wanted is None else _rows_to_batch(mapper, items, columns, wanted)
         if columnar is None or batch is None:

@@ -131,7 +131,7 @@ def compile_mapping(
     event_id_columns: Sequence[str] = ()
     if action.keyed:
         event_id_columns = mapping.event_id or primary_key
-    typed_json = (c for c, s in columns.items() if s.get("data_type") == "json")
+    typed_json = frozenset(c for c, s in columns.items() if s.get("data_type") == "json")
     json_columns = frozenset((*(mapping.json_columns or ()), *typed_json))
     read = {*mapping.used_columns(), *attribute_columns, *event_id_columns}
     whole_row_key = action.keyed and not event_id_columns
@@ -145,6 +145,7 @@ def compile_mapping(
         absent_columns=absent,
         variants=variants,
         declared_json=frozenset(mapping.json_columns or ()),
+        typed_json=typed_json,
         reads_json=bool(json_columns & read or (whole_row_key and json_columns)),
         columns=columns,
     )

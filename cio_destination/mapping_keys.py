@@ -135,6 +135,9 @@ class CompiledMapping:
     """(variant, column) of dlt's variant columns: a row's value there is its column's value."""
     declared_json: frozenset[str] = frozenset()
     """The mapping's own `json_columns`: their text is JSON wherever dlt stored it."""
+    typed_json: frozenset[str] = frozenset()
+    """The columns dlt types as json: in dict rows, dlt has read their JSON text already (text
+    that is no JSON it keeps in a variant column), so a string there is a JSON string."""
     reads_json: bool = False
     """Whether the mapping reads a JSON column (as an identifier, a name, a timestamp, an
     attribute, a key, ...): its text is the value it holds, which the row path reads."""

@@ -255,6 +255,39 @@ def test_a_json_identifier_or_event_name_column_is_read_as_json_on_both_paths(
     assert [(r.reason, r.field) for r in columnar.rejections] == [(reason, "j")]
 
 
+def test_json_documents_dlt_read_from_dict_rows_are_the_json_text_of_arrow_rows():
+    """dlt reads the text of a column it types as json in dict rows (text that is no JSON it
+    keeps in a variant column): a string there is a JSON string, which the row path read once
+    more ('"123"' became the number 123, '"abc"' was rejected as no JSON), where Arrow rows
+    hold the text. Both now give each document's one value, and the same event id."""
+    texts = ['"123"', '"abc"', '"[1]"', '{"a": 1}', "7", '"\\"q\\""', "null"]
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array([f"u{i}" for i in range(len(texts))]), pa.array(texts)], names=["ident", "ref"]
+    )
+    rows = [  # as dlt gives them: the text read as JSON, a JSON null left out
+        {"ident": f"u{i}", **({} if text == "null" else {"ref": orjson.loads(text)})}
+        for i, text in enumerate(texts)
+    ]
+    columns = {"ident": {"data_type": "text"}, "ref": {"data_type": "json"}}
+    declared = {"action": "event", "identifier": "ident", "event_name": "x", "event_id": "ref"}
+    mapper = mapper_for("refs", declared, columns)
+
+    from_dicts, from_arrow = map_items(mapper, rows, columns), map_items(mapper, batch)
+
+    def sent(mapped: Mapped) -> list[tuple[bytes, str | None]]:
+        return sorted((e.data, e.key) for e in mapped.all_entries())
+
+    assert sent(from_dicts) == sent(from_arrow)
+    refs = {
+        orjson.loads(data)["identifiers"]["id"]: orjson.loads(data)["attributes"]["ref"]
+        for data, _ in sent(from_dicts)
+    }
+    assert refs == {"u0": "123", "u1": "abc", "u2": "[1]", "u3": {"a": 1}, "u4": 7, "u5": '"q"'}
+    reasons = [(r.row_key, r.reason) for r in from_dicts.rejections]
+    assert reasons == [(r.row_key, r.reason) for r in from_arrow.rejections]
+    assert reasons == [("", "missing_event_id")]  # the JSON null
+
+
 @pytest.mark.parametrize(
     "kind", [pa.decimal128(38, 18), pa.decimal256(76, 50), pa.decimal128(30, 2)], ids=str
 )

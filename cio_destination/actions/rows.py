@@ -76,17 +76,25 @@ def gc_paused() -> Iterator[None]:
 
 
 class RowReader:
-    """Reads the rows of one table with its compiled mapping, for the actions' row builders."""
+    """Reads the rows of one table with its compiled mapping, for the actions' row builders.
 
-    def __init__(self, compiled: CompiledMapping) -> None:
+    Rows from Arrow hold the text of every JSON column; dict rows dlt wrote (`dlt_decoded`)
+    hold what dlt read from the text of the columns it types as json, so only the mapping's
+    other `json_columns` are text to read there.
+    """
+
+    def __init__(self, compiled: CompiledMapping, *, dlt_decoded: bool = False) -> None:
         self.compiled = compiled
         self.mapping = compiled.mapping
         self.table = compiled.table
+        self.dlt_decoded = dlt_decoded
         self._attribute_columns = compiled.attribute_columns
         self._json_columns = compiled.json_columns
+        if dlt_decoded:
+            self._json_columns = compiled.json_columns - compiled.typed_json
         self._variants = compiled.variants
         self._declared_json = compiled.declared_json
-        self.reads_values = bool(compiled.json_columns or compiled.variants)
+        self.reads_values = bool(self._json_columns or compiled.variants)
         """Whether `decoded` changes rows (JSON text to read, variant columns to fold)."""
         data_columns = (self.mapping.event_data_column, self.mapping.message_data_column)
         self._data_columns = frozenset(c for c in data_columns if c)
