@@ -134,7 +134,7 @@ def compile_mapping(
     typed_json = frozenset(c for c, s in columns.items() if s.get("data_type") == "json")
     json_columns = frozenset((*(mapping.json_columns or ()), *typed_json))
     read = {*mapping.used_columns(), *attribute_columns, *event_id_columns}
-    whole_row_key = action.keyed and not event_id_columns
+    json_read = json_columns if action.keyed and not event_id_columns else json_columns & read
     return CompiledMapping(
         table=table,
         mapping=mapping,
@@ -146,7 +146,7 @@ def compile_mapping(
         variants=variants,
         declared_json=frozenset(mapping.json_columns or ()),
         typed_json=typed_json,
-        reads_json=bool(json_columns & read or (whole_row_key and json_columns)),
+        json_read=tuple(sorted(json_read)),
         columns=columns,
     )
 

@@ -138,12 +138,17 @@ class CompiledMapping:
     typed_json: frozenset[str] = frozenset()
     """The columns dlt types as json: in dict rows, dlt has read their JSON text already (text
     that is no JSON it keeps in a variant column), so a string there is a JSON string."""
-    reads_json: bool = False
-    """Whether the mapping reads a JSON column (as an identifier, a name, a timestamp, an
-    attribute, a key, ...): its text is the value it holds, which the row path reads."""
+    json_read: tuple[str, ...] = ()
+    """The JSON columns the mapping reads (as an identifier, a name, a timestamp, an attribute,
+    a key, ...), by name: their text is the value it holds, which the row path reads."""
     columns: Mapping[str, Any] = field(default_factory=dict, compare=False)
     """The table's columns it was compiled against (`mapping.with_columns` adds to them)."""
 
     @property
     def action(self) -> str:
         return self.mapping.action
+
+    @property
+    def reads_json(self) -> bool:
+        """Whether the mapping reads a JSON column (then every row takes the row path)."""
+        return bool(self.json_read)

@@ -255,6 +255,34 @@ def test_a_json_identifier_or_event_name_column_is_read_as_json_on_both_paths(
     assert [(r.reason, r.field) for r in columnar.rejections] == [(reason, "j")]
 
 
+def test_a_json_column_the_mapping_does_not_read_rejects_nothing_on_either_path():
+    """The row path read every JSON column, the columnar path only those it sends: a column
+    listed in json_columns but not mapped rejected rows on one path only (found by the
+    properties). Of two bad JSON columns a mapping reads, the first by name is the field."""
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(["a", "b"]), pa.array(["pro", "{"]), pa.array(["{", "{"])],
+        names=["ident", "plan", "notes"],
+    )
+    columns = {name: {"data_type": "text"} for name in batch.schema.names}
+    unread = {"action": "identify", "identifier": "ident", "attributes": []}
+    unread_mapper = mapper_for("people", {**unread, "json_columns": ["notes"]}, columns)
+    both = mapper_for(
+        "people", {**unread, "json_columns": ["plan", "notes"], "attributes": None}, columns
+    )
+
+    for mapper in (unread_mapper, both):
+        for columnar in (
+            map_items(mapper, batch),
+            map_items(mapper, list(rows_from_arrow(batch)), columns),
+        ):
+            assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
+    assert not map_items(unread_mapper, batch).rejections
+    assert [(r.row_key, r.field) for r in map_items(both, batch).rejections] == [
+        ("a", "notes"),
+        ("b", "notes"),
+    ]
+
+
 def test_json_documents_dlt_read_from_dict_rows_are_the_json_text_of_arrow_rows():
     """dlt reads the text of a column it types as json in dict rows (text that is no JSON it
     keeps in a variant column): a string there is a JSON string, which the row path read once

@@ -80,7 +80,8 @@ class RowReader:
 
     Rows from Arrow hold the text of every JSON column; dict rows dlt wrote (`dlt_decoded`)
     hold what dlt read from the text of the columns it types as json, so only the mapping's
-    other `json_columns` are text to read there.
+    other `json_columns` are text to read there. A JSON column the mapping does not read stays
+    as it is.
     """
 
     def __init__(self, compiled: CompiledMapping, *, dlt_decoded: bool = False) -> None:
@@ -89,11 +90,12 @@ class RowReader:
         self.table = compiled.table
         self.dlt_decoded = dlt_decoded
         self._attribute_columns = compiled.attribute_columns
-        self._json_columns = compiled.json_columns
+        self._json_columns = compiled.json_read
         if dlt_decoded:
-            self._json_columns = compiled.json_columns - compiled.typed_json
+            typed = compiled.typed_json
+            self._json_columns = tuple(c for c in compiled.json_read if c not in typed)
         self._variants = compiled.variants
-        self._declared_json = compiled.declared_json
+        self._declared_json = compiled.declared_json.intersection(compiled.json_read)
         self.reads_values = bool(self._json_columns or compiled.variants)
         """Whether `decoded` changes rows (JSON text to read, variant columns to fold)."""
         data_columns = (self.mapping.event_data_column, self.mapping.message_data_column)
