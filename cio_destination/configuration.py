@@ -68,14 +68,34 @@ def check_base_url(key: str, url: str) -> str:
     )
 
 
+def check_credential(key: str, value: str) -> None:
+    """A Customer.io credential is printable ASCII without spaces, as Customer.io makes them.
+
+    A line break or a space copied with a key would be refused by httpx when it writes the
+    header (or sent, and refused as a wrong key); a non-ASCII character cannot go in a header
+    at all. The message names the key, never its value.
+    """
+    if any(not 33 <= ord(character) <= 126 for character in value):
+        raise ConfigurationValueError(
+            f"destination.customerio.{key} holds whitespace, a control character or a non-ASCII"
+            " character (a line break or a space copied with it?): set it to the key alone"
+        )
+
+
 _SHAPES_WORKSPACE = "shapes_workspace"
 
 
-def _shapes_workspace(default: Any) -> Any:
+_CREDENTIAL = "credential"
+
+
+def _shapes_workspace(default: Any, *, credential: bool = False) -> Any:
     """A key that shapes the workspace (`cio_destination.transport.workspace`): configs that
     differ in it get their own clients, rate limits and request pool; the other keys do not
-    split one, so every pipeline and table of a workspace shares its rate."""
-    return dataclasses.field(default=default, metadata={_SHAPES_WORKSPACE: True})
+    split one, so every pipeline and table of a workspace shares its rate. A `credential`
+    travels in the requests' headers (see `check_credential`)."""
+    return dataclasses.field(
+        default=default, metadata={_SHAPES_WORKSPACE: True, _CREDENTIAL: credential}
+    )
 
 
 def secret_text(value: Any) -> str:
@@ -90,11 +110,11 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     destination_type: Final[str] = dataclasses.field(  # type: ignore[misc]
         default="destination", init=False, repr=False, compare=False
     )
-    site_id: TSecretStrValue = _shapes_workspace(None)
+    site_id: TSecretStrValue = _shapes_workspace(None, credential=True)
     """Track API site id (HTTP Basic user)."""
-    api_key: TSecretStrValue = _shapes_workspace(None)
+    api_key: TSecretStrValue = _shapes_workspace(None, credential=True)
     """Track API key (HTTP Basic password)."""
-    app_api_key: TSecretStrValue | None = _shapes_workspace(None)
+    app_api_key: TSecretStrValue | None = _shapes_workspace(None, credential=True)
     """App API bearer key, only needed for transactional sends."""
     region: str = _shapes_workspace("us")
     """`us`, `eu` or `auto` (asks Customer.io): picks the hosts unless `track_url` / `app_url`
@@ -130,6 +150,8 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     """Per-table mappings, `[destination.customerio.tables.<table>]`; replace adapter hints."""
 
     def on_resolved(self) -> None:
+        for key in _CREDENTIAL_KEYS:
+            check_credential(key, secret_text(getattr(self, key)))
         if self.region not in REGIONS:
             raise ConfigurationValueError(
                 f"destination.customerio.region must be one of {', '.join(REGIONS)}"
@@ -179,6 +201,7 @@ _WORKSPACE_KEYS = tuple(
     key for key in CUSTOMERIO_KEYS if _FIELDS[key].metadata.get(_SHAPES_WORKSPACE)
 )
 _SECRET_KEYS = frozenset(key for key in CUSTOMERIO_KEYS if is_secret_hint(_HINTS[key]))
+_CREDENTIAL_KEYS = tuple(key for key in CUSTOMERIO_KEYS if _FIELDS[key].metadata.get(_CREDENTIAL))
 
 
 def keyword_signature() -> inspect.Signature:

@@ -68,8 +68,7 @@ def customerio(
     record_batch(
         load.state,
         load_id=load.load_id,
-        table=table["name"],
-        action=mapper.compiled.action,
+        mapping=mapper.compiled,
         dry_run=config.dry_run,
         mapped=mapped,
         parts=parts,

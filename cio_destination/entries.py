@@ -22,6 +22,11 @@ from cio_destination.batching import body_of, enveloped, pack_bounds
 from cio_destination.framing import frame_texts
 from cio_destination.values import UNITS_PER_SECOND, floor_divide, python_values
 
+DATA_KEYS = frozenset({"attributes", "message_data", "relationship_attributes"})
+"""Keys of an operation whose objects carry a row's data: their keys are the mapping's column
+names or the row's JSON data's own, and anything below them is the row's. Every other key of
+an operation is Customer.io's."""
+
 Row = dict[str, Any]
 """A row as dlt's typed-jsonl gives it: column name to value, nulls left out."""
 

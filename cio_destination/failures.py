@@ -29,6 +29,11 @@ from dlt.common.configuration.exceptions import (
     ConfigurationException,
     LookupTrace,
 )
+from dlt.extract.incremental.exceptions import (
+    IncrementalCursorInvalidCoercion,
+    IncrementalCursorPathMissing,
+    IncrementalPrimaryKeyMissing,
+)
 from dlt.pipeline.exceptions import (
     CannotRestorePipelineException,
     InvalidPipelineName,
@@ -121,6 +126,34 @@ def _is_warehouse_error(error: BaseException) -> bool:
     return any(c.__module__.startswith("sqlalchemy.") for c in type(error).__mro__)
 
 
+def _source_setting(error: BaseException) -> str | None:
+    """The line for a source setting to fix that dlt or SQLAlchemy reports while reading: an
+    incremental cursor or primary key the rows do not have, an initial value that cannot be
+    compared with the cursor, a SQLAlchemy dialect that is not installed. Made from the
+    error's fields, never its text: dlt's may quote a row."""
+    if isinstance(error, IncrementalCursorPathMissing):
+        return (
+            f"resource '{error.pipe_name}': its rows have no incremental cursor column"
+            f" '{error.json_path}'; name a column of the table"
+        )
+    if isinstance(error, IncrementalPrimaryKeyMissing):
+        return (
+            f"resource '{error.pipe_name}': its rows have no primary key column"
+            f" '{error.primary_key_column}'; name columns of the table"
+        )
+    if isinstance(error, IncrementalCursorInvalidCoercion):
+        return (
+            f"resource '{error.pipe_name}': its incremental {error.cursor_value_type} (a"
+            f" {type(error.cursor_value).__name__}) cannot be compared with the values of its"
+            f" cursor column '{error.cursor_path}'; give a value of the column's type"
+        )
+    if any(c.__name__ == "NoSuchModuleError" for c in type(error).__mro__) and _is_warehouse_error(
+        error
+    ):
+        return f"SQLAlchemy {_first_line(error)}: install the package of that dialect"
+    return None
+
+
 def _status(error: BaseException) -> tuple[int, str] | None:
     causes = list(_causes(error))
     step = error.step if isinstance(error, PipelineStepFailed) else None
@@ -135,6 +168,9 @@ def _status(error: BaseException) -> tuple[int, str] | None:
             return 2, f"{label}: {line}"
         if isinstance(cause, ConfigFieldMissingException):
             return 2, f"configuration error: {_missing_keys(cause)}"
+        setting = _source_setting(cause)
+        if setting is not None:
+            return 2, f"configuration error: {setting}"
         if isinstance(
             cause, (ConfigurationException, CannotRestorePipelineException, InvalidPipelineName)
         ):
@@ -157,8 +193,10 @@ def exit_status(error: BaseException) -> tuple[int, str] | None:
     """The exit code and one line for a command-line run that raised `error`.
 
     2: a setting or mapping to fix (dlt config, `MappingError` and the mirror guard,
-    `CredentialsError`, a `StateFileError`, any `CustomerioTerminalError`, an unknown pipeline);
-    the line names the key or the file. 1: a failure a rerun resumes (Customer.io kept failing, the warehouse could not be read,
+    `CredentialsError`, a `StateFileError`, any `CustomerioTerminalError`, an unknown pipeline,
+    an incremental cursor or primary key a source's rows do not have or an initial value of
+    another type, a SQLAlchemy dialect that is not installed); the line names the key or the
+    file. 1: a failure a rerun resumes (Customer.io kept failing, the warehouse could not be read,
     any other failed dlt step). None: an unexpected error, to be raised with its traceback. The
     line never holds a password, even one inside a URL.
     """

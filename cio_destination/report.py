@@ -13,7 +13,7 @@ import logging
 import time
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from typing import Any
@@ -21,9 +21,17 @@ from typing import Any
 import dlt
 import orjson
 
-from cio_destination.entries import Entry, EntryBlock, Mapped, Rejection, entry_sizes
+from cio_destination.entries import (
+    DATA_KEYS,
+    Entry,
+    EntryBlock,
+    Mapped,
+    Rejection,
+    entry_sizes,
+)
 from cio_destination.framing import frame
 from cio_destination.limits import ATTRIBUTE_DROPPED
+from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.state import PipelineState, state_for, state_path
 from cio_destination.state.reports import COUNTERS
 from cio_destination.transport.results import SendResult
@@ -33,30 +41,75 @@ __all__ = ["SyncReport", "TableReport", "mask_payload", "sync_report"]
 logger = logging.getLogger("cio_destination")
 
 MAX_SAMPLES = 3
-# Keys whose values are structure, not customer data: kept in masked samples.
-_STRUCTURAL = frozenset({"type", "action", "name", "id", "transactional_message_id", "platform"})
+# Top-level keys whose values are the action's, never a row's: kept in masked samples.
+_STRUCTURAL = frozenset({"type", "action", "id"})
+# Top-level keys the mapping may give as a literal (`event_name`, `transactional_message_id`)
+# instead of a column: a literal is the mapping's, and kept.
+_LITERALS = {"name": "event_name", "transactional_message_id": "transactional_message_id"}
 
 
-def mask_payload(operation: dict[str, Any]) -> dict[str, Any]:
+def mask_payload(
+    operation: dict[str, Any],
+    *,
+    columns: Collection[str] = (),
+    literals: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """A copy of an operation with every customer value replaced by its type, e.g. `<str>`.
 
-    Only the operation's own top-level structure (type, action, event name, event id, ...) is
-    kept as it is.
+    Kept as they are: the operation's structure (its type, action and event id), a top-level
+    value that equals the mapping's literal for that key (`literals`, e.g. `{"name": "signed_up"}`:
+    a name from `event_name_column`, such as a page's URL, is the row's), Customer.io's field
+    names, and, in the objects that carry a row's data (`attributes`, `message_data`,
+    `relationship_attributes`), the names of the mapping's attribute `columns`. Every other key
+    there, and every key below them (the row's JSON data may be keyed by anything, an e-mail
+    address included), becomes `<key>`, `<key 2>`, ...
     """
+    literals = literals or {}
     return {
-        key: value if key in _STRUCTURAL and isinstance(value, str | int) else _mask(value)
+        key: value
+        if _kept(key, value, literals)
+        else _mask(value, columns if key in DATA_KEYS else None, columns)
         for key, value in operation.items()
     }
 
 
-def _mask(value: Any) -> Any:
+def _kept(key: str, value: Any, literals: Mapping[str, Any]) -> bool:
+    if key in _STRUCTURAL:
+        return isinstance(value, str | int) and not isinstance(value, bool)
+    literal = literals.get(key)
+    return literal is not None and type(literal) is type(value) and literal == value
+
+
+def _mask(value: Any, names: Collection[str] | None, columns: Collection[str]) -> Any:
+    """`names` None: `value` is the operation's structure, whose keys are Customer.io's;
+    else it is a row's data, where only keys in `names` are kept."""
     if isinstance(value, dict):
-        return {k: _mask(v) for k, v in value.items()}
+        masked: dict[str, Any] = {}
+        hidden = 0
+        for key, item in value.items():
+            if names is None:
+                masked[key] = _mask(item, columns if key in DATA_KEYS else None, columns)
+            elif key in names:
+                masked[key] = _mask(item, (), columns)
+            else:
+                hidden += 1
+                masked["<key>" if hidden == 1 else f"<key {hidden}>"] = _mask(item, (), columns)
+        return masked
     if isinstance(value, list):
-        return [_mask(v) for v in value]
+        return [_mask(item, names, columns) for item in value]
     if value is None:
         return None
     return f"<{type(value).__name__}>"
+
+
+def payload_sample(mapping: CompiledMapping, data: bytes) -> dict[str, Any]:
+    """One operation of the table `mapping` maps, masked for a report (see `mask_payload`)."""
+    literals = {
+        key: getattr(mapping.mapping, source)
+        for key, source in _LITERALS.items()
+        if getattr(mapping.mapping, source) is not None
+    }
+    return mask_payload(orjson.loads(data), columns=mapping.attribute_columns, literals=literals)
 
 
 @dataclass
@@ -176,8 +229,7 @@ def record_batch(
     state: PipelineState,
     *,
     load_id: str,
-    table: str,
-    action: str,
+    mapping: CompiledMapping,
     dry_run: bool,
     mapped: Mapped,
     parts: list[Sequence[Entry]],
@@ -186,11 +238,13 @@ def record_batch(
     source_hashes: dict[str, int] | None,
     started: float,
 ) -> None:
-    """Record one call: its rejections (none in a dry run), its batch's counters, a log line.
+    """Record one call of the table `mapping` maps: its rejections (none in a dry run), its
+    batch's counters (with masked samples in a dry run), a log line.
 
     `mapped` is what the rows mapped to, `parts` what was sent of it, `skipped` how many rows
     were not sent (unchanged, or already sent); `source_hashes` were hashed before mapping.
     """
+    table, action = mapping.table, mapping.action
     rejections = mapped.rejections + result.rejections
     # rows sent without an oversized attribute: recorded with the rejections, counted apart
     records = rejections + mapped.dropped
@@ -198,10 +252,7 @@ def record_batch(
         state.rejects.record(load_id, table, action, records)
     operations = sum(len(part) for part in parts)
     samples = (
-        [
-            mask_payload(orjson.loads(e.data))
-            for e in islice(chain.from_iterable(parts), MAX_SAMPLES)
-        ]
+        [payload_sample(mapping, e.data) for e in islice(chain.from_iterable(parts), MAX_SAMPLES)]
         if dry_run
         else []
     )

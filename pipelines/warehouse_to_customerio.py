@@ -29,6 +29,8 @@ import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import dlt
@@ -38,7 +40,7 @@ from dlt.common.pipeline import LoadInfo
 from dlt.extract import DltResource
 from dlt.sources.credentials import ConnectionStringCredentials
 from dlt.sources.sql_database import sql_table
-from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.exc import NoSuchModuleError, NoSuchTableError
 
 from cio_destination import (
     MappingError,
@@ -209,6 +211,7 @@ def table_resource(
         incremental = dlt.sources.incremental(
             source.incremental, initial_value=source.initial_value
         )
+    metadata = json_typed_metadata(source.schema or schema)
     try:
         resource = sql_table(
             credentials=credentials,
@@ -219,7 +222,7 @@ def table_resource(
             incremental=incremental,
             primary_key=list(source.primary_key) if source.primary_key else None,
             query_adapter_callback=json_as_text,
-            metadata=json_typed_metadata(source.schema or schema),
+            metadata=metadata,
         )
     except NoSuchTableError as error:
         where = f"sources.warehouse.tables.{source.name}"
@@ -228,10 +231,61 @@ def table_resource(
             f" {source.schema or schema or '(the default)'}; name the warehouse table with"
             f" {where}.table, its schema with {where}.schema"
         ) from error
+    reflected = next((t for t in metadata.tables.values() if t.name == source.table), None)
+    if reflected is not None:
+        check_columns(source, reflected)
     if source.name != source.table:
         resource = resource.with_name(source.name)
     # NaN and infinity in dict rows: dlt's writer would make them nulls; noted, they are rejected
     return mark_non_finite(resource)  # type: ignore[no-any-return]
+
+
+# The Python type of a cursor column -> the initial values it can be compared with, and how to
+# write one in config.toml
+_INITIAL_VALUES: tuple[tuple[type, tuple[type, ...], str], ...] = (
+    (datetime, (datetime,), "a TOML date-time without quotes, e.g. 2024-01-01T00:00:00Z"),
+    (date, (date,), "a TOML date without quotes, e.g. 2024-01-01"),
+    (Decimal, (int, float, Decimal), "a number without quotes"),
+    (float, (int, float, Decimal), "a number without quotes"),
+    (int, (int, float, Decimal), "a number without quotes"),
+    (str, (str,), "a quoted string"),
+)
+
+
+def check_columns(source: TableSource, table: sa.Table) -> None:
+    """The columns a table entry names are the table's, and its `initial_value` can be compared
+    with its cursor column, so a wrong entry stops the run before anything is read, naming the
+    key (dlt would fail while reading, as if the warehouse were at fault)."""
+    where = f"sources.warehouse.tables.{source.name}"
+    named = [
+        ("incremental", source.incremental),
+        *(("primary_key", c) for c in source.primary_key or ()),
+    ]
+    for key, column in named:
+        if column is not None and column not in table.c:
+            columns = ", ".join(table.c.keys())
+            raise ConfigurationValueError(
+                f"{where}.{key}: the warehouse table or view {source.table!r} has no column"
+                f" {column!r} (its columns: {columns})"
+            )
+    value = source.initial_value
+    if value is None or source.incremental is None:
+        return
+    try:
+        python_type = table.c[source.incremental].type.python_type
+    except NotImplementedError:
+        return  # a type SQLAlchemy cannot say: the warehouse will tell
+    for kind, accepted, how in _INITIAL_VALUES:
+        if issubclass(python_type, kind):
+            fits = isinstance(value, accepted) and not isinstance(value, bool)
+            if kind is date and isinstance(value, datetime):
+                fits = False  # a date column's values are dates, never comparable with a time
+            if not fits:
+                raise ConfigurationValueError(
+                    f"{where}.initial_value cannot be compared with the values of the cursor"
+                    f" column {source.incremental!r} ({python_type.__name__}): give {how}"
+                )
+            return
 
 
 @dlt.source(name="warehouse", section="warehouse")
@@ -258,10 +312,39 @@ def warehouse(
         )
     if chunk_size < 1:
         raise ConfigurationValueError("sources.warehouse.chunk_size must be >= 1")
+    check_dialect(credentials)
     return [
         table_resource(t, credentials, backend=backend, chunk_size=chunk_size, schema=schema)
         for t in table_sources(tables)
     ]
+
+
+def check_dialect(credentials: ConnectionStringCredentials | str) -> None:
+    """SQLAlchemy has the dialect and the driver the warehouse URL names: a missing one is a
+    package to install, said once, before any table is read. Nothing connects here."""
+    url = (
+        credentials.to_native_representation()
+        if isinstance(credentials, ConnectionStringCredentials)
+        else str(credentials)
+    )
+    try:
+        dialect = sa.engine.make_url(url).drivername
+    except sa.exc.ArgumentError:
+        return  # not a URL SQLAlchemy reads: sql_table says so
+    try:
+        sa.create_engine(url).dispose()
+    except NoSuchModuleError:
+        raise ConfigurationValueError(
+            f"sources.warehouse.credentials: SQLAlchemy has no dialect {dialect!r} installed;"
+            " install its package in this environment (e.g. snowflake-sqlalchemy,"
+            " sqlalchemy-bigquery, sqlalchemy-redshift)"
+        ) from None
+    except ImportError as error:
+        raise ConfigurationValueError(
+            f"sources.warehouse.credentials: the driver of SQLAlchemy dialect {dialect!r} is not"
+            f" installed (no module {error.name!r}); install it in this environment (e.g."
+            " psycopg2-binary for postgresql)"
+        ) from None
 
 
 def check_mappings(names: Sequence[str], mappings: Mapping[str, Any] | None) -> None:

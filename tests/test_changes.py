@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from pathlib import Path
 
 import dlt
 import httpx
 import orjson
 import pytest
+from dlt.pipeline.exceptions import PipelineStepFailed
 from pytest_httpx import HTTPXMock
 
-from cio_destination import customerio, customerio_adapter, dry_run, sync_report
+from cio_destination import (
+    CustomerioTerminalError,
+    CustomerioTransientError,
+    customerio,
+    customerio_adapter,
+    dry_run,
+    exit_status,
+    sync_report,
+)
 from cio_destination.emulator import Emulator
+from cio_destination.state.fingerprints import SqlFingerprints, sql_fingerprints
 
 from .conftest import API_KEY, SITE_ID, with_region
 
@@ -135,6 +147,75 @@ def test_fingerprints_in_a_sql_store_survive_a_wiped_working_directory(
     pipeline("second").run(people(ROWS))  # a new runner: no local state at all
 
     assert batch_ops(emulator, mark) == 0
+
+
+def refuse_inserts(path: Path) -> None:
+    """Make the fingerprints database refuse every new row, as a full disk would."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON customerio_fingerprints"
+            " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+
+
+def test_a_failing_fingerprints_database_names_the_key_and_no_value(tmp_path: Path):
+    path = tmp_path / "fingerprints.db"
+    store = SqlFingerprints(f"sqlite:///{path}")
+    refuse_inserts(path)
+
+    with pytest.raises(CustomerioTransientError) as raised:
+        store.remember("p/people", {"jane.doe@example.com": {"r": 1, "a": {"plan": 2}}})
+
+    message = str(raised.value)
+    assert "destination.customerio.fingerprints_url" in message
+    assert "sqlite3.IntegrityError" in message
+    assert "jane.doe" not in message and "INSERT" not in message and "full" not in message
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["nosuchdialect://loader:Pw-Qz81@db.example/x", "mysql://loader:Pw-Qz81@db.example/x", "db"],
+    ids=["unknown_dialect", "driver_not_installed", "not_a_url"],
+)
+def test_a_fingerprints_url_sqlalchemy_cannot_use_is_a_setting_to_fix(url: str):
+    with pytest.raises(CustomerioTerminalError) as raised:
+        sql_fingerprints(url)
+
+    assert "destination.customerio.fingerprints_url cannot be used" in str(raised.value)
+    assert "Pw-Qz81" not in str(raised.value)
+    assert exit_status(raised.value)[0] == 2
+
+
+@pytest.mark.slow
+def test_a_fingerprints_database_failing_in_a_load_is_named_without_any_identifier(
+    emulator: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog
+):
+    path = tmp_path / "fingerprints.db"
+
+    def run(plan: str) -> None:
+        rows = [{"uid": "jane.doe@example.com", "plan": plan}]
+        destination = customerio(
+            site_id=SITE_ID,
+            api_key=API_KEY,
+            track_url=emulator.url,
+            fingerprints_url=f"sqlite:///{path}",
+        )
+        pipeline = dlt.pipeline("fp_fails", destination=destination, pipelines_dir=str(tmp_path))
+        pipeline.run(people(rows))
+
+    run("pro")
+    refuse_inserts(path)
+    with caplog.at_level(logging.DEBUG), pytest.raises(PipelineStepFailed) as raised:
+        run("enterprise")
+
+    code, line = exit_status(raised.value)
+    assert code == 1
+    assert line.startswith("failed: the changes_only fingerprints database of")
+    assert "destination.customerio.fingerprints_url" in line and "warehouse" not in line
+    assert "jane.doe" not in str(raised.value)
+    output = capfd.readouterr()
+    assert "jane.doe" not in output.out + output.err + caplog.text
 
 
 def test_a_dry_run_reads_the_fingerprints_of_fingerprints_url(emulator: Emulator, tmp_path: Path):

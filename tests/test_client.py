@@ -16,6 +16,7 @@ from cio_destination.exceptions import (
     CustomerioTerminalError,
     CustomerioTransientError,
 )
+from cio_destination.transport.answers import ServerText
 from cio_destination.transport.api import OutcomeUnknown, RetryPolicy
 from cio_destination.transport.app import AppClient
 from cio_destination.transport.ratelimit import RateLimiter
@@ -113,6 +114,65 @@ def test_207_without_readable_errors_records_every_entry(httpx_mock: HTTPXMock):
         ("2", "unreadable_207"),
     ]
     assert result.stats.accepted == 0
+
+
+@pytest.mark.parametrize(
+    "errors",
+    [
+        [{"batch_index": 0, "reason": "invalid"}, {"batch_index": 3, "reason": "invalid"}],
+        [{"batch_index": 0, "reason": "invalid"}, {"batch_index": "1", "reason": "invalid"}],
+        [{"batch_index": 0}, {"batch_index": 1.0}],
+        [{"batch_index": True}],
+        [{"batch_index": 0}, {"batch_index": False}],
+        [{"batch_index": 0}, {"batch_index": -1}],
+        [{"batch_index": 0}, {"reason": "invalid"}],
+        [{"batch_index": 0}, {"batch_index": None}],
+        [{"batch_index": 0}, "entry 1 is invalid"],
+        [{"batch_index": 0}, [1]],
+        [],
+    ],
+    ids=[
+        "out_of_range",
+        "string",
+        "float",
+        "true",
+        "false",
+        "negative",
+        "missing",
+        "null",
+        "text_item",
+        "list_item",
+        "none",
+    ],
+)
+def test_a_207_with_any_error_not_naming_an_entry_records_every_entry_as_unreadable(
+    httpx_mock: HTTPXMock, errors: list
+):
+    """Customer.io accepted the entries a 207 does not name; an error that names no entry we
+    sent means we cannot tell which those are, so none is counted as delivered."""
+    httpx_mock.add_response(status_code=207, json={"errors": errors})
+    client = make_client(FakeClock())
+
+    result = client.send_batch([entry(i) for i in range(3)])
+
+    assert [(r.row_key, r.reason) for r in result.rejections] == [
+        (str(i), "unreadable_207") for i in range(3)
+    ]
+    assert list(result.delivered_entries()) == []
+    assert result.stats.accepted == 0
+
+
+@pytest.mark.parametrize("body", [{"errors": "entry 1"}, {"errors": {"batch_index": 1}}, [1]])
+def test_a_207_whose_errors_are_not_a_list_records_every_entry_as_unreadable(
+    httpx_mock: HTTPXMock, body
+):
+    httpx_mock.add_response(status_code=207, json=body)
+    client = make_client(FakeClock())
+
+    result = client.send_batch([entry(i) for i in range(2)])
+
+    assert {r.reason for r in result.rejections} == {"unreadable_207"}
+    assert len(result.rejections) == 2 and result.stats.accepted == 0
 
 
 def test_400_is_narrowed_until_only_the_offending_entry_is_rejected(httpx_mock: HTTPXMock):
@@ -265,6 +325,28 @@ def test_sender_keeps_partial_rejections_when_another_body_fails(httpx_mock: HTT
     assert isinstance(result.error, CustomerioTransientError)
     assert [r.row_key for r in result.rejections] == ["0"]
     sender.close()
+
+
+@pytest.mark.parametrize("status", [401, 403, 302, 404, 405])
+def test_a_refused_or_misdirected_batch_stops_every_later_batch_of_the_load(
+    httpx_mock: HTTPXMock, status: int
+):
+    httpx_mock.add_response(
+        status_code=status, headers={"location": "https://elsewhere.example/"}, is_reusable=True
+    )
+    sender = Sender(make_client(FakeClock()), max_in_flight=4, max_request_bytes=1_000)
+
+    first = sender.send([entry(i) for i in range(30)])
+    later = sender.send([entry(i) for i in range(30, 60)])
+    assert len(httpx_mock.get_requests()) == 1
+    sender.forget_refusal()  # the next load tries one request again
+    again = sender.send([entry(i) for i in range(30)])
+    sender.close()
+
+    assert len(httpx_mock.get_requests()) == 2
+    for result in (first, later, again):
+        assert isinstance(result.error, CustomerioTerminalError)
+        assert f"HTTP {status}" in str(result.error)
 
 
 # Every status a Track request can be answered with, by the class it belongs to.
@@ -474,6 +556,46 @@ def test_resend_uncertain_retries_a_send_like_any_request(
     assert len(httpx_mock.get_requests()) == 2
 
 
+# Requests httpx refuses to write: nothing left the machine, and nothing will.
+UNSENDABLE = [
+    httpx.LocalProtocolError("Illegal header value b'Bearer app-key-1\\n'"),
+    httpx.UnsupportedProtocol("Request URL has an unsupported protocol 'htp://'"),
+]
+
+
+@pytest.mark.parametrize("answer", UNSENDABLE, ids=_name)
+@pytest.mark.parametrize("resend_uncertain", [False, True])
+def test_a_send_httpx_cannot_write_stops_at_once_naming_the_keys_and_not_its_text(
+    httpx_mock: HTTPXMock, answer: Exception, resend_uncertain: bool
+):
+    httpx_mock.add_exception(answer)
+    client = make_app_client(FakeClock())
+
+    with pytest.raises(CustomerioTerminalError) as raised:
+        client.send_email(SEND, SendStats(), resend_uncertain=resend_uncertain)
+
+    message = str(raised.value)
+    assert "destination.customerio.app_api_key" in message
+    assert "destination.customerio.app_url" in message
+    assert "nothing was sent" in message
+    assert "Bearer" not in message and "htp" not in message
+    assert len(httpx_mock.get_requests()) == 1
+
+
+@pytest.mark.parametrize("answer", UNSENDABLE, ids=_name)
+def test_a_batch_httpx_cannot_write_stops_at_once_naming_the_keys(
+    httpx_mock: HTTPXMock, answer: Exception
+):
+    httpx_mock.add_exception(answer)
+    client = make_client(FakeClock())
+
+    with pytest.raises(CustomerioTerminalError) as raised:
+        client.send_batch([entry(1)])
+
+    assert "destination.customerio.site_id and destination.customerio.api_key" in str(raised.value)
+    assert len(httpx_mock.get_requests()) == 1
+
+
 @pytest.mark.parametrize("key", ["track_url", "region"])
 def test_a_refused_region_check_stops_at_once_naming_the_url_and_its_key(
     httpx_mock: HTTPXMock, key: str
@@ -560,6 +682,64 @@ def test_a_refused_send_message_masks_the_values_of_its_body(httpx_mock: HTTPXMo
     outcome = client.send_email(orjson.dumps(body), SendStats())
 
     assert outcome.rejection == ("http_400", None, MASKED)
+
+
+def server_text(attributes: dict) -> ServerText:
+    op = {
+        "type": "person",
+        "action": "identify",
+        "identifiers": {"id": "u1"},
+        "attributes": attributes,
+    }
+    return ServerText(orjson.dumps(op))
+
+
+@pytest.mark.parametrize(
+    ("value", "echoed"),
+    [
+        (1500000.0, "1.5e+06"),
+        (1500000.0, "1500000"),
+        (1500000.0, "1.5E6"),
+        (1500000, "1500000.0"),
+        (12345678901234567890, "1.2345678901234567e+19"),
+        (0.1, "0.10000000000000001"),
+        (-2.5, "-2.50"),
+    ],
+)
+def test_a_number_echoed_in_another_form_is_masked(value: float, echoed: str):
+    text = server_text({"amount": value})
+
+    assert text(f"amount {echoed} is out of range; the limit is 1000 bytes") == (
+        "amount <value> is out of range; the limit is 1000 bytes"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "echoed"),
+    [
+        ('say "hi" now', 'say \\"hi\\" now'),
+        ("line1\nline2", "line1\\nline2"),
+        ("Z\u00fcrich", "Z\\u00fcrich"),
+        ("back\\slash", "back\\\\slash"),
+        ("tab\there", "tab\\there"),
+    ],
+    ids=["quote", "newline", "non_ascii", "backslash", "tab"],
+)
+def test_a_text_echoed_json_escaped_is_masked(value: str, echoed: str):
+    text = server_text({"note": value})
+
+    assert text(f"attribute note: value {echoed} is invalid") == (
+        "attribute note: value <value> is invalid"
+    )
+
+
+def test_keys_inside_a_row_s_json_data_are_values_not_names():
+    text = server_text({"prefs": {"SSN-123-45": {"level": 1}, "Plan Gold": True}})
+
+    assert text("in prefs: key 'SSN-123-45' and key SSN-123-45 and 'Plan Gold' invalid") == (
+        "in prefs: key '<value>' and key <value> and '<value>' invalid"
+    )
+    assert text("attribute 'prefs' is too deep") == "attribute 'prefs' is too deep"
 
 
 def test_a_long_server_message_is_capped(httpx_mock: HTTPXMock):

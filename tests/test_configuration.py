@@ -141,3 +141,44 @@ def test_a_workspace_key_holds_no_secret():
     key = config(site_id="site-Qz81", api_key="key-Xv93", app_api_key="app-Pw27").workspace_key()
 
     assert not {"site-Qz81", "key-Xv93", "app-Pw27"} & {str(v) for v in key}
+
+
+@pytest.mark.parametrize("key", ["site_id", "api_key", "app_api_key"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Qz81\n",
+        "Qz81\r\n",
+        " Qz81",
+        "Qz 81",
+        "Qz81\t",
+        "Qz\x0081",
+        "Qz\x7f81",
+        "Qz\u00e981",
+        "Qz\u200b81",
+    ],
+    ids=[
+        "newline",
+        "crlf",
+        "leading_space",
+        "space",
+        "tab",
+        "nul",
+        "del",
+        "non_ascii",
+        "zero_width",
+    ],
+)
+def test_a_credential_with_whitespace_control_or_non_ascii_characters_is_refused(
+    key: str, value: str
+):
+    with pytest.raises(ConfigurationValueError) as raised:
+        config(**{key: value}).on_resolved()
+
+    message = str(raised.value)
+    assert f"destination.customerio.{key} holds whitespace" in message
+    assert "Qz" not in message
+
+
+def test_credentials_as_customerio_makes_them_are_accepted():
+    config(site_id="a1b2c3", api_key="sk_live-Xv93_+/=", app_api_key="Pw27.x~").on_resolved()

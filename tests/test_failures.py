@@ -20,8 +20,13 @@ import dlt
 import duckdb
 import pytest
 from dlt.common.configuration.exceptions import ConfigurationValueError
+from dlt.extract.incremental.exceptions import (
+    IncrementalCursorInvalidCoercion,
+    IncrementalCursorPathMissing,
+    IncrementalPrimaryKeyMissing,
+)
 from dlt.pipeline.exceptions import PipelineStepFailed
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from cio_destination import (
     CredentialsError,
@@ -123,6 +128,48 @@ def test_exit_status_says_what_to_do_in_one_line(error: BaseException, code: int
     assert line in said
     assert "\n" not in said
     assert "pa55" not in said
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (
+            IncrementalCursorPathMissing("users", "changed_at", {"email": "jane@example.com"}),
+            "configuration error: resource 'users': its rows have no incremental cursor column"
+            " 'changed_at'",
+        ),
+        (
+            IncrementalPrimaryKeyMissing("users", "user_id", {"email": "jane@example.com"}),
+            "configuration error: resource 'users': its rows have no primary key column 'user_id'",
+        ),
+        (
+            IncrementalCursorInvalidCoercion(
+                "users",
+                "updated_at",
+                "yesterday",
+                "initial_value",
+                {"email": "jane@example.com", "updated_at": "2024"},
+                str,
+                "'>' not supported",
+            ),
+            "configuration error: resource 'users': its incremental initial_value (a str) cannot"
+            " be compared with the values of its cursor column 'updated_at'",
+        ),
+        (
+            NoSuchModuleError("Can't load plugin: sqlalchemy.dialects:snowflake"),
+            "configuration error: SQLAlchemy Can't load plugin: sqlalchemy.dialects:snowflake:"
+            " install the package of that dialect",
+        ),
+    ],
+    ids=["cursor", "primary_key", "initial_value", "dialect"],
+)
+def test_a_source_setting_dlt_meets_while_reading_is_one_to_fix_and_quotes_no_row(
+    error: BaseException, line: str
+):
+    code, said = exit_status(failed_at("extract", error))
+
+    assert code == 2 and said.startswith(line)
+    assert "jane" not in said and "yesterday" not in said and "\n" not in said
 
 
 def test_an_unexpected_error_has_no_exit_status_and_keeps_its_traceback():

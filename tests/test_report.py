@@ -133,7 +133,8 @@ def test_masking_keeps_structure_and_hides_values():
         "timestamp": 1700000000,
         "attributes": {"email": "a@b.co", "items": [{"sku": "A", "qty": 2}], "vip": True},
     }
-    assert mask_payload(op) == {
+    masked = mask_payload(op, columns=("email", "items", "vip"), literals={"name": "purchase"})
+    assert masked == {
         "type": "person",
         "action": "event",
         "identifiers": {"id": "<str>"},
@@ -142,10 +143,90 @@ def test_masking_keeps_structure_and_hides_values():
         "timestamp": "<int>",
         "attributes": {
             "email": "<str>",
-            "items": [{"sku": "<str>", "qty": "<int>"}],
+            "items": [{"<key>": "<str>", "<key 2>": "<int>"}],
             "vip": "<bool>",
         },
     }
+
+
+def test_masking_hides_a_name_that_is_not_the_mapping_literal():
+    page = {"type": "person", "action": "page", "name": "https://app.example/reset?token=T0k3n"}
+    assert mask_payload(page)["name"] == "<str>"
+    assert mask_payload(page, literals={"name": "home"})["name"] == "<str>"
+    event = {"type": "person", "action": "event", "name": "signed_up"}
+    assert mask_payload(event, literals={"name": "signed_up"})["name"] == "signed_up"
+    send = {"transactional_message_id": 7, "to": "a@b.co"}
+    assert mask_payload(send) == {"transactional_message_id": "<int>", "to": "<str>"}
+    assert (
+        mask_payload(send, literals={"transactional_message_id": 7})["transactional_message_id"]
+        == 7
+    )
+    assert (
+        mask_payload(send, literals={"transactional_message_id": "7"})["transactional_message_id"]
+        == "<int>"
+    )
+
+
+def test_masking_hides_every_key_of_a_row_s_data_but_the_mapping_s_columns():
+    op = {
+        "type": "object",
+        "action": "add_relationships",
+        "identifiers": {"object_type_id": "1", "object_id": "acme"},
+        "cio_relationships": [
+            {
+                "identifiers": {"email": "jane.doe@example.com"},
+                "relationship_attributes": {"role": "admin", "jane.doe@example.com": 1},
+            }
+        ],
+        "attributes": {"plan": "pro", "jane.doe@example.com": {"ssn": "123-45-6789"}},
+        "message_data": {"plan": {"jane.doe@example.com": True}},
+    }
+
+    masked = mask_payload(op, columns=("plan", "role"))
+
+    assert masked == {
+        "type": "object",
+        "action": "add_relationships",
+        "identifiers": {"object_type_id": "<str>", "object_id": "<str>"},
+        "cio_relationships": [
+            {
+                "identifiers": {"email": "<str>"},
+                "relationship_attributes": {"role": "<str>", "<key>": "<int>"},
+            }
+        ],
+        "attributes": {"plan": "<str>", "<key>": {"<key>": "<str>"}},
+        "message_data": {"plan": {"<key>": "<bool>"}},
+    }
+
+
+def test_dry_run_samples_show_no_value_of_a_row_in_names_or_keys(make_pipeline):
+    rows = [
+        {
+            "uid": "u1",
+            "url": "https://app.example.com/reset?token=RESETzq9",
+            "data": {"jane.doe@example.com": {"ssn": "123-45-6789"}},
+        }
+    ]
+    pages = customerio_adapter(
+        dlt.resource(rows, name="pageviews"),
+        action="page",
+        identifier="uid",
+        event_name_column="url",
+        event_data_column="data",
+    )
+    signups = customerio_adapter(
+        dlt.resource(rows, name="signups"), action="event", identifier="uid", event_name="joined"
+    )
+
+    report = dry_run(make_pipeline(), [pages, signups])
+
+    text = str(report)
+    assert "RESETzq9" not in text and "jane.doe" not in text and "123-45" not in text
+    samples = {t.table: t.samples[0] for t in report.tables}
+    assert samples["pageviews"]["name"] == "<str>"
+    assert samples["pageviews"]["attributes"] == {"<key>": {"<key>": "<str>"}}
+    assert samples["signups"]["name"] == "joined"
+    assert set(samples["signups"]["attributes"]) == {"url", "data"}
 
 
 @pytest.mark.slow

@@ -20,9 +20,11 @@ from pytest_httpx import HTTPXMock
 from cio_destination import customerio, customerio_adapter, rejected_rows
 from cio_destination.emulator import Emulator
 from cio_destination.entries import Entry
+from cio_destination.exceptions import CustomerioTerminalError, CustomerioTransientError
 from cio_destination.mapper import RowMapper
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.state import PipelineState, state_path
+from cio_destination.transport.api import RetryPolicy
 from cio_destination.transport.app import AppClient
 from cio_destination.transport.emails import EmailSender
 from cio_destination.transport.ratelimit import RateLimiter
@@ -248,7 +250,7 @@ def test_send_email_without_app_api_key_stops_before_any_request(
     assert emulator.requests == []
 
 
-def test_bad_app_api_key_names_the_key(emulator: Emulator, tmp_path: Path):
+def test_bad_app_api_key_names_the_key_and_costs_one_request(emulator: Emulator, tmp_path: Path):
     destination = customerio(
         site_id=SITE_ID,
         api_key=API_KEY,
@@ -259,11 +261,94 @@ def test_bad_app_api_key_names_the_key(emulator: Emulator, tmp_path: Path):
     pipeline = dlt.pipeline("badkey", destination=destination, pipelines_dir=str(tmp_path))
 
     with pytest.raises(PipelineStepFailed) as raised:
-        pipeline.run(receipts_resource(receipts(2)))
+        pipeline.run(receipts_resource(receipts(30)))
 
     assert "destination.customerio.app_api_key" in str(raised.value)
     assert "wrong" not in str(raised.value).replace("wrong-", "")
     assert emulator.deliveries == []
+    assert len([r for r in emulator.requests if r.path.startswith("/v1/send/")]) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (401, "destination.customerio.app_api_key"),
+        (403, "Do Not Send"),
+        (302, "destination.customerio.app_url"),
+        (404, "destination.customerio.app_url"),
+        (405, "destination.customerio.app_url"),
+    ],
+)
+def test_a_refused_or_misdirected_send_costs_one_request_and_stops_every_later_send(
+    tmp_path: Path, status: int, error: str
+):
+    requests: list[httpx.Request] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(status, headers={"location": "https://elsewhere.example/"})
+
+    client = AppClient(
+        "http://127.0.0.1:1",
+        APP_KEY,
+        limiter=RateLimiter(10_000),
+        transport=httpx.MockTransport(refuse),
+    )
+    ledger = PipelineState(tmp_path / "state.sqlite").ledger
+    sender = EmailSender(client, max_in_flight=8)
+    try:
+        first = sender.send(send_entries(60), ledger=ledger, table="t", load_id="1")
+        later = sender.send(send_entries(5), ledger=ledger, table="u", load_id="1")
+        assert len(requests) == 1  # the refusal is remembered for the load
+        sender.forget_refusal()  # a new load tries again, one send first
+        again = sender.send(send_entries(5), ledger=ledger, table="t", load_id="2")
+    finally:
+        sender.close()
+
+    assert len(requests) == 2
+    for result in (first, later, again):
+        assert isinstance(result.error, CustomerioTerminalError)
+        assert error in str(result.error)
+        assert result.rejections == []
+    assert ledger_on_disk(ledger.path) == {}
+
+
+def test_sends_go_one_at_a_time_until_customerio_answered_one(tmp_path: Path):
+    """Rows already sent and answers that leave the credentials unproven (a 502) do not
+    open the pool: only an answer of Customer.io's does."""
+    in_flight: list[int] = []
+    now = [0]
+    lock = threading.Lock()
+    answers = {"buyer3@example.com": httpx.Response(502)}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        with lock:
+            now[0] += 1
+            in_flight.append(now[0])
+        time.sleep(0.01)  # a window for a concurrent request to show; none may come
+        with lock:
+            now[0] -= 1
+        to = orjson.loads(request.content)["to"]
+        return answers.get(to, httpx.Response(200, json={"delivery_id": "d"}))
+
+    client = AppClient(
+        "http://127.0.0.1:1",
+        APP_KEY,
+        limiter=RateLimiter(10_000),
+        transport=httpx.MockTransport(answer),
+    )
+    ledger = PipelineState(tmp_path / "state.sqlite").ledger
+    for key in ("key-0", "key-1", "key-2"):
+        ledger.claim("t", key, "0")
+        ledger.mark_sent(key, "d")
+    sender = EmailSender(client, max_in_flight=8)
+    try:
+        result = sender.send(send_entries(5), ledger=ledger, table="t", load_id="1")
+    finally:
+        sender.close()
+
+    assert result.error is None and result.skipped == 3
+    assert in_flight == [1, 1]  # key-3 (502, uncertain) alone, then key-4 alone
 
 
 class OneStartAtATime:
@@ -284,9 +369,27 @@ class OneStartAtATime:
     def succeeded(self) -> None: ...
 
 
-def test_before_send_runs_once_its_slot_is_taken_and_can_stop_the_request():
-    """The email sender claims a key in `before_send`: after the first attempt's rate-limit
-    slot, never again on a retry, and a claim that raises sends nothing."""
+class Watcher:
+    def __init__(self, events: list[str], *, refuse: bool = False) -> None:
+        self.events = events
+        self.refuse = refuse
+
+    def leaving(self) -> None:
+        if self.refuse:
+            raise Blocked
+        self.events.append("leaving")
+
+    def failed(self, maybe_taken: bool) -> None:
+        self.events.append(f"failed(maybe_taken={maybe_taken})")
+
+
+class Blocked(Exception):
+    pass
+
+
+def test_the_watcher_hears_each_attempt_once_its_slot_is_taken_and_can_stop_it():
+    """The email sender claims a key when an attempt leaves: after that attempt's rate-limit
+    slot; it hears of every failed attempt, and a claim that raises sends nothing."""
     events: list[str] = []
 
     class Slots:
@@ -301,6 +404,7 @@ def test_before_send_runs_once_its_slot_is_taken_and_can_stop_the_request():
     answers = iter(
         [
             httpx.Response(429, headers={"Retry-After": "0"}),
+            httpx.Response(502),
             httpx.Response(200, json={"delivery_id": "d"}),
         ]
     )
@@ -317,21 +421,19 @@ def test_before_send_runs_once_its_slot_is_taken_and_can_stop_the_request():
         sleep=lambda _: None,
     )
     stats = SendStats()
-    outcome = client.send_email(b"{}", stats, before_send=lambda: events.append("claim"))
+    outcome = client.send_email(b"{}", stats, resend_uncertain=True, watcher=Watcher(events))
 
-    assert events == ["slot", "claim", "request", "slot", "request"]
-    assert (outcome.delivery_id, stats.requests, stats.retries) == ("d", 2, 1)
-
-    class Blocked(Exception):
-        pass
-
-    def blocked() -> None:
-        raise Blocked
+    assert events == [
+        *["slot", "leaving", "request", "failed(maybe_taken=False)"],
+        *["slot", "leaving", "request", "failed(maybe_taken=True)"],
+        *["slot", "leaving", "request"],
+    ]
+    assert (outcome.delivery_id, stats.requests, stats.retries) == ("d", 3, 2)
 
     events.clear()
     unsent = SendStats()
     with pytest.raises(Blocked):
-        client.send_email(b"{}", unsent, before_send=blocked)
+        client.send_email(b"{}", unsent, watcher=Watcher(events, refuse=True))
     assert events == ["slot"]
     assert unsent.requests == 0
     client.close()
@@ -433,6 +535,146 @@ def test_a_key_twice_in_one_call_is_sent_once(tmp_path: Path):
     assert len(sent) == 3
     assert result.skipped == 3
     assert result.rejections == []
+
+
+def test_a_send_httpx_refuses_to_write_is_not_sent_and_its_key_stays_free(tmp_path: Path):
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.LocalProtocolError("Illegal header value")
+
+    client = AppClient(
+        "http://127.0.0.1:1",
+        APP_KEY,
+        limiter=RateLimiter(10_000),
+        transport=httpx.MockTransport(refuse),
+    )
+    ledger = PipelineState(tmp_path / "state.sqlite").ledger
+    sender = EmailSender(client, max_in_flight=2)
+    try:
+        result = sender.send(send_entries(3), ledger=ledger, table="t", load_id="1")
+    finally:
+        sender.close()
+
+    assert isinstance(result.error, CustomerioTerminalError)
+    assert "destination.customerio.app_api_key" in str(result.error)
+    assert result.rejections == []  # not uncertain: it never left
+    assert ledger_on_disk(ledger.path) == {}
+
+
+def answering(*answers: httpx.Response | Exception):
+    """A transport answering each request with the next of `answers` (the last one for ever)."""
+    queue = list(answers)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        outcome = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    return httpx.MockTransport(answer)
+
+
+def send_through(transport, tmp_path: Path, *, resend_uncertain: bool, sleep=lambda _: None):
+    ledger = PipelineState(tmp_path / "state.sqlite").ledger
+    client = AppClient(
+        "http://127.0.0.1:1",
+        APP_KEY,
+        limiter=RateLimiter(10_000),
+        transport=transport,
+        retry=RetryPolicy(max_attempts=3),
+        sleep=sleep,
+    )
+    sender = EmailSender(client, max_in_flight=1)
+    try:
+        result = sender.send(
+            send_entries(1),
+            ledger=ledger,
+            table="t",
+            load_id="1",
+            resend_uncertain=resend_uncertain,
+        )
+    finally:
+        sender.close()
+    return result, ledger_on_disk(ledger.path)
+
+
+THROTTLED = httpx.Response(429, headers={"Retry-After": "0"})
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [httpx.Response(502)],
+        [httpx.Response(500)],
+        [httpx.ReadTimeout("no answer")],
+        [httpx.RemoteProtocolError("dropped")],
+        [httpx.Response(502), THROTTLED],  # maybe taken, then throttled until the end
+        [httpx.Response(504), httpx.ConnectError("refused")],
+    ],
+    ids=["502", "500", "read_timeout", "dropped", "502_then_429", "504_then_refused"],
+)
+def test_with_resend_uncertain_a_send_that_may_have_been_taken_stays_uncertain_when_retries_run_out(
+    tmp_path: Path, answers: list
+):
+    result, ledger = send_through(answering(*answers), tmp_path, resend_uncertain=True)
+
+    assert isinstance(result.error, CustomerioTransientError)
+    assert ledger == {"key-0": "pending"}  # a run without resend_uncertain does not send it
+
+
+def test_with_resend_uncertain_a_send_that_may_have_been_taken_stays_uncertain_when_refused_next(
+    tmp_path: Path,
+):
+    transport = answering(httpx.Response(502), httpx.Response(401))
+
+    result, ledger = send_through(transport, tmp_path, resend_uncertain=True)
+
+    assert isinstance(result.error, CustomerioTerminalError)
+    assert ledger == {"key-0": "pending"}
+
+
+@pytest.mark.parametrize("resend_uncertain", [False, True])
+@pytest.mark.parametrize(
+    "answer", [THROTTLED, httpx.ConnectError("refused")], ids=["429", "refused"]
+)
+def test_a_send_never_taken_is_not_pending_when_retries_run_out(
+    tmp_path: Path, answer, resend_uncertain: bool
+):
+    result, ledger = send_through(answering(answer), tmp_path, resend_uncertain=resend_uncertain)
+
+    assert isinstance(result.error, CustomerioTransientError)
+    assert ledger == {}
+
+
+@pytest.mark.parametrize(
+    ("answers", "resend_uncertain", "while_waiting"),
+    [
+        ([THROTTLED, THROTTLED], False, {}),
+        ([httpx.ConnectError("refused"), THROTTLED], False, {}),
+        ([httpx.ConnectTimeout("no route"), THROTTLED], True, {}),
+        ([httpx.Response(502), THROTTLED], True, {"key-0": "pending"}),
+    ],
+    ids=["429", "refused", "connect_timeout", "502_then_429_with_resend_uncertain"],
+)
+def test_a_send_key_is_not_pending_while_its_send_waits_to_retry_after_an_answer_not_taken(
+    tmp_path: Path, answers: list, resend_uncertain: bool, while_waiting: dict
+):
+    """A crash while a send waits out its backoff leaves uncertain only a send that may have
+    been taken: after a 429 or a refused connection, its key is claimed again before the next
+    attempt, not kept pending through the wait."""
+    seen: list[dict[str, str]] = []
+    path = tmp_path / "state.sqlite"
+    transport = answering(*answers, httpx.Response(200, json={"delivery_id": "d"}))
+
+    result, ledger = send_through(
+        transport,
+        tmp_path,
+        resend_uncertain=resend_uncertain,
+        sleep=lambda _: seen.append(ledger_on_disk(path)),
+    )
+
+    assert result.error is None
+    assert seen == [while_waiting, while_waiting]
+    assert ledger == {"key-0": "sent"}
 
 
 def _app_callback(answers: dict[str, httpx.Response | Exception], sent: list[str]):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from cio_destination import (
+    SendLedgerLostError,
     StateFileError,
     customerio,
     customerio_adapter,
@@ -18,9 +22,11 @@ from cio_destination import (
     sync_report,
 )
 from cio_destination.emulator import Emulator
-from cio_destination.state import release_state, state_path
+from cio_destination.state import PipelineState, release_state, state_path
+from cio_destination.state.ledger_guard import SendLedgerGuard
 
 from .conftest import API_KEY, SITE_ID
+from .kills import REPO, child_env, kill_after_progress
 from .test_sends import receipts, receipts_resource, send_pipeline
 
 SETTING = "destination.customerio.accept_new_send_ledger"
@@ -103,6 +109,95 @@ def test_a_ledger_deleted_while_a_process_keeps_it_open_stops_the_next_email_loa
 
     assert str(path) in str(raised.value) and SETTING in str(raised.value)
     assert sent_receipts(emulator) == {0: 1, 1: 1, 2: 1}
+
+
+class NoCompletedLoads:
+    """A pipeline as the guard sees it, before any load of it completed."""
+
+    def list_completed_load_packages(self) -> list[str]:
+        return []
+
+
+class PackageState:
+    """A load package's state, and what of it dlt last wrote to disk (`commit`)."""
+
+    def __init__(self, state: dict | None = None) -> None:
+        self.state = state if state is not None else {}
+        self.on_disk: dict = copy.deepcopy(self.state)
+
+    def commit(self) -> None:
+        self.on_disk = copy.deepcopy(self.state)
+
+    def guard(self, *, accept_new: bool = False) -> SendLedgerGuard:
+        return SendLedgerGuard(self.state, self.commit, accept_new=accept_new)
+
+
+def ledger_in(path: Path):
+    return PipelineState(path / "customerio" / "state.sqlite").ledger
+
+
+def test_a_load_killed_inside_its_first_batch_keeps_its_emails_on_their_ledger(tmp_path: Path):
+    package = PackageState()
+    ledger = ledger_in(tmp_path / "first")
+    package.guard().check(ledger, NoCompletedLoads())
+    assert ledger.claim("receipts", "key-1", "1") is None
+    ledger.mark_sent("key-1", "d-1")
+    # killed here: dlt saves a package's progress (and the guard's record with it) only after
+    # a whole batch, so what is on disk is what the guard committed before the first claim
+
+    resumed = PackageState(copy.deepcopy(package.on_disk))
+    with pytest.raises(SendLedgerLostError):  # the file was deleted or emptied: a new ledger
+        resumed.guard().check(ledger_in(tmp_path / "lost"), NoCompletedLoads())
+    resumed.guard().check(ledger, NoCompletedLoads())  # the ledger it sent through is fine
+
+
+def test_a_ledger_accepted_anew_protects_the_load_that_accepted_it(tmp_path: Path):
+    older = PackageState()
+    older.guard().check(ledger_in(tmp_path / "older"), NoCompletedLoads())
+    package = PackageState(copy.deepcopy(older.on_disk))  # resumed with the file gone
+    accepted = ledger_in(tmp_path / "accepted")  # a new, empty file
+    package.guard(accept_new=True).check(accepted, NoCompletedLoads())
+    assert accepted.claim("receipts", "key-1", "1") is None
+    # killed inside the batch; the file is lost once more, and the setting was removed
+
+    resumed = PackageState(copy.deepcopy(package.on_disk))
+    with pytest.raises(SendLedgerLostError):
+        resumed.guard().check(ledger_in(tmp_path / "lost"), NoCompletedLoads())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["emptied", "deleted"])
+def test_a_new_pipeline_killed_in_its_first_email_batch_does_not_resend_after_losing_its_ledger(
+    emulator: Emulator, tmp_path: Path, loss: str
+):
+    pipelines = tmp_path / "pipelines"
+    command = [
+        sys.executable,
+        "-m",
+        "tests.send_child",
+        str(pipelines),
+        emulator.url,
+        "300",  # one batch: dlt saves no progress of it before it ends
+        str(tmp_path / "done"),
+        "4",
+    ]
+    assert kill_after_progress(command, lambda: len(emulator.deliveries), step=20)
+    path = state_path(pipelines / "killed_sends")
+    for file in path.parent.glob(f"{path.name}*"):
+        if loss == "emptied":
+            file.write_bytes(b"")
+        else:
+            file.unlink()
+    before = sent_receipts(emulator)
+
+    rerun = subprocess.run(
+        command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600
+    )
+
+    assert rerun.returncode != 0
+    assert str(path) in rerun.stderr and SETTING in rerun.stderr
+    assert sent_receipts(emulator) == before  # not one email again
+    assert max(before.values()) == 1
 
 
 def people(count: int, **mapping):

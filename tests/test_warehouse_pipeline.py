@@ -420,6 +420,91 @@ def test_bad_backend_is_refused(example: Path, tmp_path: Path, monkeypatch, caps
     )
 
 
+@pytest.mark.parametrize(
+    ("tables", "line"),
+    [
+        (
+            {"users": {"incremental": "changed_at"}},
+            "sources.warehouse.tables.users.incremental: the warehouse table or view 'users' has"
+            " no column 'changed_at' (its columns: id, email,",
+        ),
+        (
+            {"users": {"incremental": "updated_at", "primary_key": ["id", "user_id"]}},
+            "sources.warehouse.tables.users.primary_key: the warehouse table or view 'users' has"
+            " no column 'user_id'",
+        ),
+        (
+            {"accounts": {"table": "users", "incremental": "updated_at", "initial_value": 5}},
+            "sources.warehouse.tables.accounts.initial_value cannot be compared with the values"
+            " of the cursor column 'updated_at' (datetime): give a TOML date-time without quotes",
+        ),
+        (
+            {"users": {"incremental": "updated_at", "initial_value": "yesterday"}},
+            "sources.warehouse.tables.users.initial_value cannot be compared",
+        ),
+        (
+            {"users": {"incremental": "id", "initial_value": "3"}},
+            "sources.warehouse.tables.users.initial_value cannot be compared with the values of"
+            " the cursor column 'id' (int): give a number without quotes",
+        ),
+    ],
+    ids=["incremental", "primary_key", "initial_value_number", "initial_value_text", "id_text"],
+)
+def test_a_table_entry_naming_what_the_table_does_not_have_exits_2_naming_the_key(
+    tables: dict[str, Any],
+    line: str,
+    example: Path,
+    tmp_path: Path,
+    emulator: Emulator,
+    monkeypatch,
+    capsys,
+):
+    monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path / "dlt_data"))
+    monkeypatch.setenv("SOURCES__WAREHOUSE__TABLES", orjson.dumps(tables).decode())
+    config = example / ".dlt" / "config.toml"
+    config.write_text(
+        config.read_text()
+        + '\n[destination.customerio.tables.accounts]\naction = "identify"\nidentifier = "id"\n'
+    )
+    _reload_dlt_settings()
+
+    assert wh.main(["--progress", "none"]) == 2  # a setting to fix, not a rerun
+
+    err = capsys.readouterr().err
+    assert err.startswith(f"configuration error: {line}")
+    assert len(err.splitlines()) == 1
+    assert emulator.requests == []
+
+
+@pytest.mark.parametrize(
+    ("url", "line"),
+    [
+        (
+            "snowflake://loader:Pw-Qz81@account/db",
+            "sources.warehouse.credentials: SQLAlchemy has no dialect 'snowflake' installed",
+        ),
+        (
+            "mysql://loader:Pw-Qz81@db.example/x",
+            "sources.warehouse.credentials: the driver of SQLAlchemy dialect 'mysql' is not"
+            " installed (no module 'MySQLdb')",
+        ),
+    ],
+    ids=["dialect", "driver"],
+)
+def test_a_warehouse_url_whose_dialect_is_not_installed_exits_2_naming_it(
+    url: str, line: str, example: Path, tmp_path: Path, emulator: Emulator, monkeypatch, capsys
+):
+    monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path / "dlt_data"))
+    monkeypatch.setenv("SOURCES__WAREHOUSE__CREDENTIALS", url)
+
+    assert wh.main(["--progress", "none"]) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith(f"configuration error: {line}")
+    assert "Pw-Qz81" not in err
+    assert emulator.requests == []
+
+
 def test_a_failed_load_resumes_on_the_next_run_then_reads_what_changed(
     example: Path, tmp_path: Path, emulator: Emulator, monkeypatch, capsys
 ):

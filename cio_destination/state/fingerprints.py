@@ -10,11 +10,17 @@ answer to `Fingerprints`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import orjson
 
+from cio_destination.exceptions import (
+    CustomerioError,
+    CustomerioTerminalError,
+    CustomerioTransientError,
+)
 from cio_destination.state.backend import StateFile
 
 Fingerprint = dict[str, Any]
@@ -121,31 +127,79 @@ class LocalFingerprints:
             )
 
 
+_URL_KEY = "destination.customerio.fingerprints_url"
+
+
+def database_error(error: BaseException) -> CustomerioError:
+    """The error to raise for a failure of the `fingerprints_url` database: it names the key
+    and the kinds of error only. SQLAlchemy's text holds the statement and its parameters
+    (identifiers of people) and a driver's may quote the URL, so neither is kept.
+
+    A URL SQLAlchemy cannot use (not a URL, a dialect or driver that is not installed) is a
+    setting to fix (`CustomerioTerminalError`); anything else may pass (a database down or
+    full): `CustomerioTransientError`, the package stays pending and a rerun resumes it.
+    """
+    from sqlalchemy.exc import ArgumentError
+
+    kind = type(error).__name__
+    original = getattr(error, "orig", None)
+    if original is not None:
+        kind = f"{kind}, {type(original).__module__}.{type(original).__name__}"
+    if isinstance(error, ArgumentError | ImportError):
+        return CustomerioTerminalError(
+            f"{_URL_KEY} cannot be used ({kind}): check that it is a SQLAlchemy URL and that"
+            " its dialect and driver are installed"
+        )
+    return CustomerioTransientError(
+        f"the changes_only fingerprints database of {_URL_KEY} failed ({kind}); the load"
+        " package stays pending: run again once it answers, or check the setting"
+    )
+
+
 class SqlFingerprints:
-    """Fingerprints in a SQL database reached through SQLAlchemy (any dialect it supports)."""
+    """Fingerprints in a SQL database reached through SQLAlchemy (any dialect it supports).
+
+    Every failure of the database surfaces as `database_error` says: naming
+    `fingerprints_url`, never a statement, a parameter or the URL.
+    """
 
     TABLE = "customerio_fingerprints"
 
     def __init__(self, url: str) -> None:
         try:
             import sqlalchemy as sa
-        except ImportError as exc:  # pragma: no cover - dlt's sql extras bring it
-            raise RuntimeError("fingerprints_url needs SQLAlchemy: pip install sqlalchemy") from exc
+        except ImportError:  # pragma: no cover - dlt's sql extras bring it
+            raise CustomerioTerminalError(
+                f"{_URL_KEY} needs SQLAlchemy: pip install sqlalchemy"
+            ) from None
         self._sa = sa
-        self._engine = sa.create_engine(url, pool_pre_ping=True)
-        metadata = sa.MetaData()
-        self._table = sa.Table(
-            self.TABLE,
-            metadata,
-            sa.Column("scope", sa.String(300), primary_key=True),
-            sa.Column("identifier", sa.String(300), primary_key=True),
-            sa.Column("fingerprint", sa.Text, nullable=False),
-        )
-        metadata.create_all(self._engine, checkfirst=True)
+        with self._database(connecting=True):
+            self._engine = sa.create_engine(url, pool_pre_ping=True)
+            metadata = sa.MetaData()
+            self._table = sa.Table(
+                self.TABLE,
+                metadata,
+                sa.Column("scope", sa.String(300), primary_key=True),
+                sa.Column("identifier", sa.String(300), primary_key=True),
+                sa.Column("fingerprint", sa.Text, nullable=False),
+            )
+            metadata.create_all(self._engine, checkfirst=True)
+
+    @contextmanager
+    def _database(self, *, connecting: bool = False) -> Iterator[None]:
+        """SQLAlchemy's errors (and, while `connecting`, a driver that cannot be imported) as
+        `database_error` makes them."""
+        caught: tuple[type[BaseException], ...] = (self._sa.exc.SQLAlchemyError,)
+        if connecting:
+            caught += (ImportError,)
+        try:
+            yield
+        except caught as error:
+            raise database_error(error) from None
 
     def fingerprints_of(self, scope: str, identifiers: Sequence[str]) -> dict[str, Fingerprint]:
         table, found = self._table, {}
-        with self._engine.connect() as connection:
+        with self._database(), self._engine.connect() as connection:
             for start in range(0, len(identifiers), 500):
                 chunk = list(identifiers[start : start + 500])
                 query = self._sa.select(table.c.identifier, table.c.fingerprint).where(
@@ -170,7 +224,7 @@ class SqlFingerprints:
             {"scope": scope, "identifier": k, "fingerprint": orjson.dumps(v).decode()}
             for k, v in fingerprints.items()
         ]
-        with self._engine.begin() as connection:
+        with self._database(), self._engine.begin() as connection:
             keys = list(fingerprints)
             for start in range(0, len(keys), 500):
                 connection.execute(
@@ -182,7 +236,7 @@ class SqlFingerprints:
 
     def forget(self, scope: str, identifiers: Sequence[str]) -> None:
         table = self._table
-        with self._engine.begin() as connection:
+        with self._database(), self._engine.begin() as connection:
             for start in range(0, len(identifiers), 500):
                 chunk = list(identifiers[start : start + 500])
                 connection.execute(

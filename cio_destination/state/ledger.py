@@ -25,7 +25,7 @@ PENDING = "pending"
 SENT = "sent"
 IN_FLIGHT = "in_flight"
 
-_CLAIM, _SENT, _RELEASE = "claim", "sent", "release"
+_CLAIM, _SENT, _RELEASE, _STAMP = "claim", "sent", "release", "stamp"
 
 
 @dataclass(eq=False)
@@ -129,6 +129,13 @@ class SendLedger:
         """Forget a claimed key whose request certainly did not deliver (refused, never sent)."""
         self._commit(_LedgerWrite(_RELEASE, key))
 
+    def stamp(self) -> tuple[str, int]:
+        """Advance the generation by one commit and return the identity: a load records it
+        before its first claim, so its record names a generation of at least 1, which only this
+        ledger (or a copy of it at least as new) holds."""
+        self._commit(_LedgerWrite(_STAMP, ""))
+        return self.identity()
+
     def keep_pending(self, key: str) -> None:
         """The send of `key` may or may not have been delivered: it stays pending for good."""
         with self._backend.connection():
@@ -191,7 +198,7 @@ class SendLedger:
                     (SENT, write.delivery_id, now, write.key),
                 )
                 in_flight.discard(write.key)
-            else:
+            elif write.op == _RELEASE:
                 db.execute(
                     "DELETE FROM send_ledger WHERE send_key = ? AND state = ?",
                     (write.key, PENDING),

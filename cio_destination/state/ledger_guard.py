@@ -35,7 +35,10 @@ class SendLedgerGuard:
     own, if the load is resumed, else the newest completed package's): another id (the file was
     deleted, emptied or replaced) or an older generation (restored from an older copy) stops the
     load with `SendLedgerLostError`, unless `accept_new_send_ledger` is set. A pipeline with no
-    such record (a new one, a `dev_mode` one, one that never sent) has nothing to lose.
+    such record (a new one, a `dev_mode` one, one that never sent) has nothing to lose. The
+    record is written (and the ledger's generation advanced to at least 1, see
+    `SendLedger.stamp`) before the load's first claim, so it holds from the first email on, also
+    for a load killed inside its first batch.
     """
 
     def __init__(
@@ -65,6 +68,9 @@ class SendLedgerGuard:
                     ledger.path,
                 )
             if self._state.get(LEDGER_MARK) != mark or mark is None or mark["id"] != ledger_id:
+                # a generation of at least 1, on disk before any claim: a load killed inside
+                # its first batch (whose progress dlt never saved) is protected too
+                ledger_id, generation = ledger.stamp()
                 self._state[LEDGER_MARK] = {"id": ledger_id, "generation": generation}
                 self._commit()
 
@@ -78,9 +84,13 @@ class SendLedgerGuard:
 
 
 def _holds(mark: dict[str, Any] | None, ledger_id: str, generation: int) -> bool:
-    if mark is None or not mark.get("generation"):
-        return True  # the ledger recorded had never been written to: nothing to lose
-    return mark.get("id") == ledger_id and int(mark["generation"]) <= generation
+    """Whether the ledger found is the one `mark` recorded, at least as far as it went. Any
+    record counts, whatever its generation: a load records the ledger before its first claim,
+    and dlt saves how far it went only with its progress, so a record may name fewer writes
+    than were made."""
+    if mark is None:
+        return True  # no load of the pipeline sent through a ledger: nothing to lose
+    return mark.get("id") == ledger_id and int(mark.get("generation") or 0) <= generation
 
 
 def _newest_completed_mark(pipeline: dlt.Pipeline) -> dict[str, Any] | None:

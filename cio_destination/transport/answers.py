@@ -9,7 +9,8 @@ answer                                 verdict and what happens
 =====================================  ==========================================================
 2xx but 207                            DELIVERED: every entry of the request was accepted
 207                                    PARTIAL: accepted except the entries its `batch_index`
-                                       values name, which are rejected (a 207 that names none:
+                                       values name, which are rejected (a 207 that names none,
+                                       or any of whose errors names no entry of the request:
                                        every entry is rejected as `unreadable_207`)
 400, 413, 422                          NARROW: split in halves until the offending entries stand
                                        alone; those are rejected, the rest delivered
@@ -22,6 +23,9 @@ other 4xx (402, 409, 410, 451, ...)    REJECTED: every entry of that request is 
                                        come from proxies for a whole request
 a connection refused (or a host that   UNREACHABLE: terminal at once, naming the URL and the
 does not resolve) at the preflight     key that set it; retrying a closed port only hides it
+a request httpx refuses to write       UNSENDABLE: terminal at once, naming the keys; nothing
+(`LocalProtocolError`: a header value  left the machine, and it would be refused the same way
+it cannot send; `UnsupportedProtocol`) every time
 408, 429, 1xx, 5xx, any other status,  RETRY: exponential backoff with jitter, honouring
 other network faults                   `Retry-After`, at most `max_attempts` per request; then
                                        `CustomerioTransientError` (the package stays pending)
@@ -41,11 +45,15 @@ A rejection keeps Customer.io's `reason` and `field`; its free-text `message` pa
 from __future__ import annotations
 
 import enum
+import json
 import re
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import httpx
 import orjson
+
+from cio_destination.entries import DATA_KEYS
 
 NARROWABLE_STATUS = frozenset({400, 413, 422})
 _MAX_SERVER_MESSAGE = 300
@@ -61,12 +69,15 @@ class Verdict(enum.Enum):
     REFUSED = "refused"
     MISDIRECTED = "misdirected"
     UNREACHABLE = "unreachable"
+    UNSENDABLE = "unsendable"
     RETRY = "retry"
     UNCERTAIN = "uncertain"
 
 
 # Failures that prove the request never left this machine: safe to retry even for a send.
 _NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Requests httpx refuses to write at all (before any byte of them leaves): retrying cannot help.
+_UNSENDABLE_ERRORS = (httpx.LocalProtocolError, httpx.UnsupportedProtocol)
 
 
 def classify(
@@ -74,6 +85,8 @@ def classify(
 ) -> Verdict:
     """The one decision of what an answer (or a transport error) means; see the module table."""
     if isinstance(answer, httpx.RequestError):
+        if isinstance(answer, _UNSENDABLE_ERRORS):
+            return Verdict.UNSENDABLE
         if preflight and isinstance(answer, httpx.ConnectError):
             return Verdict.UNREACHABLE
         if repeatable or isinstance(answer, _NOT_SENT_ERRORS):
@@ -120,9 +133,33 @@ def server_errors(response: httpx.Response) -> list[dict[str, Any]]:
     return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
 
 
+def partial_errors(response: httpx.Response, count: int) -> dict[int, dict[str, Any]] | None:
+    """The errors of a 207 by the index of the entry each names (the first error of an entry
+    wins), or None when the answer cannot be read whole: not JSON, no `errors` list, an item
+    that is not an object, or one whose `batch_index` is not an integer naming one of the
+    request's `count` entries (a string, a float, a bool, a negative or missing index). An
+    error we cannot tie to an entry means we cannot tell which entries Customer.io took."""
+    try:
+        payload = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+    errors = payload.get("errors") if isinstance(payload, dict) else None
+    if not isinstance(errors, list):
+        return None
+    failed: dict[int, dict[str, Any]] = {}
+    for error in errors:
+        index = error.get("batch_index") if isinstance(error, dict) else None
+        if type(index) is not int or not 0 <= index < count:
+            return None
+        failed.setdefault(index, error)
+    return failed
+
+
 _MASK = "<value>"
 _EMAIL = re.compile(r"[^\s@'\"`<>()\[\],;:]+@[^\s@'\"`<>()\[\],;:]+")
 _QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"|`([^`]*)`")
+# a number as any program may print it: 1500000, 1500000.0, 1.5e+06, -.5
+_NUMBER = re.compile(r"(?<![0-9A-Za-z_.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![0-9A-Za-z_])")
 _STRUCTURE = frozenset({"type", "action"})  # the mapping's, not the row's
 
 
@@ -130,15 +167,19 @@ class ServerText:
     """Customer.io's free text about one operation (a 207 item, a 400, a send's error), made safe
     to store: Customer.io may echo what it was sent, and a rejection never holds a row's value.
 
-    Every value of the operation (case-insensitively, as a whole token), every e-mail address
-    and every quoted text that is not a name of the operation (an attribute, an identifier
-    kind) becomes `<value>`; the result is capped at 300 characters. Codes and field paths such
-    as `invalid` or `attributes.plan` pass unchanged.
+    Becomes `<value>`: every value of the operation (case-insensitively, as a whole token, also
+    as JSON escapes it), every number equal to a number of the operation however it is written
+    (`1.5e+06` for 1500000.0), every key inside the row's data below its first level (the row's
+    JSON data may be keyed by anything), every e-mail address, and every quoted text that is
+    not a name of the operation (an attribute, an identifier kind). The result is capped at 300
+    characters. Codes and field paths such as `invalid` or `attributes.plan` pass unchanged.
     """
 
     def __init__(self, operation: bytes) -> None:
         values: set[str] = set()
         self._names: set[str] = set()
+        self._numbers: set[Decimal] = set()
+        self._floats: set[float] = set()
         self._readable = True
         try:
             self._walk(orjson.loads(operation), values, top=True)
@@ -154,19 +195,46 @@ class ServerText:
             else None
         )
 
-    def _walk(self, value: Any, values: set[str], *, top: bool = False) -> None:
+    def _walk(
+        self, value: Any, values: set[str], *, top: bool = False, data: int | None = None
+    ) -> None:
+        """`data`: None in the operation's structure, else the depth inside a row's data (0:
+        the object under a key of `DATA_KEYS`, whose keys are column names or the row's)."""
         if isinstance(value, dict):
             for key, item in value.items():
-                self._names.add(str(key))
-                if not (top and key in _STRUCTURE):
-                    self._walk(item, values)
+                if data is None or data == 0:
+                    self._names.add(str(key))
+                else:
+                    self._value(str(key), values)
+                if top and key in _STRUCTURE:
+                    continue
+                if data is None:
+                    self._walk(item, values, data=0 if key in DATA_KEYS else None)
+                else:
+                    self._walk(item, values, data=data + 1)
         elif isinstance(value, list):
             for item in value:
-                self._walk(item, values)
-        elif isinstance(value, str | int | float) and not isinstance(value, bool):
-            text = str(value)
-            if text.strip():
-                values.add(text)
+                self._walk(item, values, data=data)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            self._number(value)  # however it is written: see `_numeral`
+        elif isinstance(value, str):
+            self._value(value, values)
+
+    def _value(self, text: str, values: set[str]) -> None:
+        if not text.strip():
+            return
+        values.add(text)
+        # as a JSON answer may write it: with ASCII escapes, or with its quotes and
+        # control characters escaped only
+        values.add(json.dumps(text)[1:-1])
+        values.add(orjson.dumps(text).decode()[1:-1])
+
+    def _number(self, value: int | float) -> None:
+        try:
+            self._numbers.add(Decimal(repr(value)) if isinstance(value, float) else Decimal(value))
+            self._floats.add(float(value))
+        except (InvalidOperation, OverflowError, ValueError):
+            pass
 
     def __call__(self, value: Any) -> str | None:
         if value is None or not self._readable:
@@ -174,9 +242,21 @@ class ServerText:
         text = str(value)[: _MAX_SERVER_MESSAGE * 8]  # bounds the work on a huge answer
         if self._values is not None:
             text = self._values.sub(_MASK, text)
+        if self._numbers:
+            text = _NUMBER.sub(self._numeral, text)
         text = _EMAIL.sub(_MASK, text)
         text = _QUOTED.sub(self._quoted, text)
         return text[:_MAX_SERVER_MESSAGE]
+
+    def _numeral(self, match: re.Match[str]) -> str:
+        token = match.group(0)
+        try:
+            number = Decimal(token)
+            if number in self._numbers or float(token) in self._floats:
+                return _MASK
+        except (InvalidOperation, OverflowError, ValueError):
+            pass
+        return token
 
     def _quoted(self, match: re.Match[str]) -> str:
         inner = next(g for g in match.groups() if g is not None)

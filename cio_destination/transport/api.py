@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 
@@ -51,6 +52,20 @@ class RetryPolicy:
 
 class OutcomeUnknown(Exception):
     """A request that is not safe to repeat may have reached Customer.io: its effect is unknown."""
+
+
+class AttemptWatcher(Protocol):
+    """What a request that must not go out twice unawares is told of its attempts (a
+    transactional send's ledger claim, `cio_destination.transport.emails`, listens)."""
+
+    def leaving(self) -> None:
+        """An attempt's rate-limit slot is taken and the attempt leaves next; an exception
+        ends the request unsent."""
+
+    def failed(self, maybe_taken: bool) -> None:
+        """An attempt's answer is one to retry (the wait for the next attempt, or the end of
+        the attempts, follows): `maybe_taken` when that answer leaves open whether Customer.io
+        took the request (`Verdict.UNCERTAIN` for a request not to be repeated)."""
 
 
 class ApiClient:
@@ -111,11 +126,9 @@ class ApiClient:
         stats: SendStats,
         *,
         repeatable: bool = True,
-        before_send: Callable[[], None] | None = None,
+        watcher: AttemptWatcher | None = None,
     ) -> httpx.Response:
-        return self.request(
-            "POST", path, body, stats, repeatable=repeatable, before_send=before_send
-        )
+        return self.request("POST", path, body, stats, repeatable=repeatable, watcher=watcher)
 
     def request(
         self,
@@ -126,26 +139,27 @@ class ApiClient:
         *,
         repeatable: bool = True,
         preflight: bool = False,
-        before_send: Callable[[], None] | None = None,
+        watcher: AttemptWatcher | None = None,
     ) -> httpx.Response:
         """A request with retries; returns the first answer `classify` does not retry.
 
-        Raises `CredentialsError` or `CustomerioTerminalError` for a REFUSED, MISDIRECTED or
-        (with `preflight`) UNREACHABLE answer, `CustomerioTransientError` when attempts run out,
-        and, with `repeatable=False` (a transactional send), `OutcomeUnknown` for an UNCERTAIN
-        one.
+        Raises `CredentialsError` or `CustomerioTerminalError` for a REFUSED, MISDIRECTED,
+        UNSENDABLE or (with `preflight`) UNREACHABLE answer, `CustomerioTransientError` when
+        attempts run out, and, with `repeatable=False` (a transactional send), `OutcomeUnknown`
+        for an UNCERTAIN one.
 
-        `before_send` runs once the first attempt's rate-limit slot is taken, right before that
-        attempt leaves: a transactional send claims its ledger key there, so a key still waiting
-        for its turn is not claimed yet. An exception it raises ends the request unsent.
+        `watcher` is told when each attempt leaves (once its rate-limit slot is taken) and
+        when one fails with an answer to retry, saying whether Customer.io may have taken it: a
+        transactional send claims its ledger key right before each attempt that may leave and
+        gives it back while it waits after an answer that proves the send was not taken.
         """
         attempt = 0
         waited = 0.0
         while True:
             attempt += 1
             stats.throttled_seconds += self.limiter.acquire()
-            if before_send is not None and attempt == 1:
-                before_send()
+            if watcher is not None:
+                watcher.leaving()
             stats.requests += 1
             answer: httpx.Response | httpx.RequestError
             try:
@@ -155,6 +169,8 @@ class ApiClient:
             verdict = classify(answer, repeatable=repeatable, preflight=preflight)
             if verdict is not Verdict.RETRY:
                 return self._settled(answer, verdict, path)
+            if watcher is not None:
+                watcher.failed(classify(answer, repeatable=False) is Verdict.UNCERTAIN)
             waited += self._back_off(answer, attempt, waited, path, stats)
 
     def _settled(
@@ -167,15 +183,29 @@ class ApiClient:
                 f" ({str(answer)[:120] or type(answer).__name__}): check"
                 f" destination.customerio.{self.url_source} and this machine's network"
             )
+        if verdict is Verdict.UNSENDABLE:
+            # httpx's text may quote the header it refused: only its kind is shown
+            keys = " and ".join(
+                f"destination.customerio.{k}" for k in (*self.credential_keys, self.url_source)
+            )
+            raise CustomerioTerminalError(
+                f"Customer.io {self.api_name} request {path} could not be written"
+                f" ({type(answer).__name__}), so nothing was sent: check {keys} for"
+                " whitespace, control or non-ASCII characters"
+            )
         if verdict is Verdict.UNCERTAIN:
             raise OutcomeUnknown(_problem(answer))
         assert isinstance(answer, httpx.Response)
         if verdict is Verdict.REFUSED:
-            raise CredentialsError(self.api_name, answer.status_code, self.credential_keys)
+            raise self._refused(answer)
         if verdict is Verdict.MISDIRECTED:
             raise self._misdirected(answer, path)
         self.limiter.succeeded()
         return answer
+
+    def _refused(self, response: httpx.Response) -> CustomerioTerminalError:
+        """The error of a REFUSED answer (401, 403)."""
+        return CredentialsError(self.api_name, response.status_code, self.credential_keys)
 
     def _back_off(
         self,

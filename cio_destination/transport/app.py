@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
 
+from cio_destination.exceptions import CustomerioTerminalError
 from cio_destination.transport.answers import ServerText, Verdict, classify
-from cio_destination.transport.api import ApiClient
+from cio_destination.transport.api import ApiClient, AttemptWatcher
 from cio_destination.transport.results import SendStats
 
 
@@ -38,16 +38,16 @@ class AppClient(ApiClient):
         stats: SendStats,
         *,
         resend_uncertain: bool = False,
-        before_send: Callable[[], None] | None = None,
+        watcher: AttemptWatcher | None = None,
     ) -> SendOutcome:
         """POST one `/v1/send/email`.
 
         Retried only after failures that prove the send was not taken; `OutcomeUnknown` when
         it may have been, unless `resend_uncertain`, which retries it like any other request.
-        `before_send` runs right before the request first leaves (see `ApiClient.request`).
+        `watcher` is told of each attempt (see `ApiClient.request`).
         """
         response = self.post(
-            "/v1/send/email", body, stats, repeatable=resend_uncertain, before_send=before_send
+            "/v1/send/email", body, stats, repeatable=resend_uncertain, watcher=watcher
         )
         if classify(response) in (Verdict.DELIVERED, Verdict.PARTIAL):
             try:
@@ -63,6 +63,18 @@ class AppClient(ApiClient):
         except (orjson.JSONDecodeError, AttributeError):
             pass
         return SendOutcome(rejection=(f"http_{response.status_code}", None, message))
+
+    def _refused(self, response: httpx.Response) -> CustomerioTerminalError:
+        if response.status_code != 403:
+            return super()._refused(response)
+        # Customer.io documents a send's 403 as the account's or workspace's state, not the key's
+        return CustomerioTerminalError(
+            f"Customer.io App API at {self.base_url} answered HTTP 403 to a transactional send:"
+            " the workspace may not send messages yet (Customer.io names an account owner's"
+            " email address not confirmed, an account not yet approved for sending, or a"
+            ' workspace set to "Do Not Send"); fix that in Customer.io, or check that'
+            " destination.customerio.app_api_key is the App API key of this workspace"
+        )
 
 
 class _BearerAuth(httpx.Auth):

@@ -5,8 +5,10 @@ written `pending` (and synced to disk) right before its request may leave the ma
 after the answer. A later load skips `sent` keys, and does not repeat a key an interrupted load
 left `pending`, whose outcome is unknown: it reports it instead (`send_outcome_unknown`), unless
 `resend_uncertain` is set. Keys are claimed one request at a time, once the request's rate-limit
-slot is taken (the client's `before_send`), so a crash leaves uncertain only the requests that
-were in flight; claims of concurrent requests share one fsync.
+slot is taken (the client tells its `AttemptWatcher`), and given back while a send waits to
+retry after an answer that proves it was not taken, so a crash leaves uncertain only the
+requests that were in flight or may have been taken; claims of concurrent requests share one
+fsync.
 
 The ledger only protects if it is the one earlier loads sent through:
 `cio_destination.state.ledger_guard.SendLedgerGuard` stops a load that finds another one.
@@ -15,6 +17,7 @@ The ledger only protects if it is the one earlier loads sent through:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,7 +47,14 @@ class _KeyBlocked(Exception):
 
 
 class _Claim:
-    """The ledger claim of one send key, made by the client right before the request leaves."""
+    """The ledger claim of one send key, held exactly while the send may be on its way or may
+    have been taken (an `AttemptWatcher` of the client's attempts).
+
+    Made right before each attempt leaves (once its rate-limit slot has come), given back
+    while the send waits to retry after answers that all prove it was not taken (a 429, a
+    refused connection), so a crash during that wait leaves nothing uncertain; once an
+    answer leaves open whether Customer.io took it, the claim is kept whatever follows.
+    """
 
     def __init__(
         self, ledger: SendLedger, table: str, key: str, load_id: str, reclaim_pending: bool
@@ -53,12 +63,32 @@ class _Claim:
         self._args = (table, key, load_id)
         self._reclaim_pending = reclaim_pending
         self.made = False
+        self.maybe_taken = False
+        """An attempt's answer left open whether Customer.io took the send."""
 
-    def __call__(self) -> None:
+    def leaving(self) -> None:
+        if self.made:
+            return
         blocker = self._ledger.claim(*self._args, reclaim_pending=self._reclaim_pending)
         if blocker is not None:
             raise _KeyBlocked(blocker)
         self.made = True
+
+    def failed(self, maybe_taken: bool) -> None:
+        self.maybe_taken = self.maybe_taken or maybe_taken
+        if self.made and not self.maybe_taken:
+            self._ledger.release(self._args[1])
+            self.made = False
+
+    def abandon(self) -> None:
+        """The request ended without an answer to record (refused, out of retries): forget the
+        key unless the send may have been taken, which then stays uncertain."""
+        if not self.made:
+            return
+        if self.maybe_taken:
+            self._ledger.keep_pending(self._args[1])
+        else:
+            self._ledger.release(self._args[1])
 
 
 @dataclass
@@ -71,15 +101,28 @@ class _Sent:
 
 
 class EmailSender:
-    """Sends one request per row through the App API, up to `max_in_flight` at once."""
+    """Sends one request per row through the App API, up to `max_in_flight` at once.
+
+    Until Customer.io has answered one send, sends go one at a time, so a wrong `app_api_key`
+    or `app_url` costs a single request; a terminal answer (refused credentials, a workspace
+    that may not send, a wrong URL) is remembered, and every later send of the same load stops
+    without a request, as the Track API's `Sender` does.
+    """
 
     def __init__(self, client: AppClient, *, max_in_flight: int) -> None:
         self.client = client
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="customerio-email")
+        self._probe_lock = threading.Lock()
+        self._verified = False
+        self._stopped: CustomerioTerminalError | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.client.close()
+
+    def forget_refusal(self) -> None:
+        """A new load tries again (the setting may have been fixed), one send first."""
+        self._stopped = None
 
     def send(
         self,
@@ -99,10 +142,21 @@ class EmailSender:
         for entry in entries:
             if not self._blocked(entry, blockers.get(entry.key or ""), result):
                 to_send.append(entry)
-        futures = [
-            (e, self._pool.submit(self._send_one, e, ledger, table, load_id, resend_uncertain))
-            for e in to_send
-        ]
+        args = (ledger, table, load_id, resend_uncertain)
+        while to_send and not self._verified and result.error is None:
+            with self._probe_lock:
+                if self._verified or self._stopped is not None:
+                    break
+                entry = to_send.pop(0)
+                sent = self._pool.submit(self._send_one, entry, *args)
+                answered = self._collect(entry, sent, result)
+                self._verified = answered and result.error is None
+        stopped = self._stopped
+        if result.error is None and stopped is not None:
+            result.error = stopped
+        if result.error is not None:
+            return result  # the rows not sent stay in the load package, which stays pending
+        futures = [(e, self._pool.submit(self._send_one, e, *args)) for e in to_send]
         for entry, future in futures:
             self._collect(entry, future, result)
         return result
@@ -122,12 +176,15 @@ class EmailSender:
     ) -> _Sent:
         """The request of one row, its key claimed right before it leaves, and the ledger's
         record of what came of it."""
+        stopped = self._stopped
+        if stopped is not None:
+            raise stopped.again()  # a send of this load was refused: no more requests
         key = entry.key or ""
         stats = SendStats()
         claim = _Claim(ledger, table, key, load_id, resend_uncertain)
         try:
             outcome = self.client.send_email(
-                entry.data, stats, resend_uncertain=resend_uncertain, before_send=claim
+                entry.data, stats, resend_uncertain=resend_uncertain, watcher=claim
             )
         except _KeyBlocked as blocked:
             return _Sent(stats, blocked_by=blocked.blocker)
@@ -135,9 +192,7 @@ class EmailSender:
             ledger.keep_pending(key)
             return _Sent(stats)
         except BaseException:
-            if claim.made:
-                # refused or out of retries: Customer.io did not take it, so a later load may
-                ledger.release(key)
+            claim.abandon()
             raise
         if outcome.delivery_id is not None:
             ledger.mark_sent(key, outcome.delivery_id)
@@ -147,7 +202,9 @@ class EmailSender:
             ledger.keep_pending(key)
         return _Sent(stats, outcome)
 
-    def _collect(self, entry: Entry, future: Future[_Sent], result: SendResult) -> None:
+    def _collect(self, entry: Entry, future: Future[_Sent], result: SendResult) -> bool:
+        """Record what came of one row's send; True when Customer.io answered it (it was
+        delivered or rejected), which proves the key and the URL."""
         try:
             sent = future.result()
         except BaseException as exc:
@@ -156,9 +213,11 @@ class EmailSender:
                 and not isinstance(result.error, CustomerioTerminalError)
             ):
                 result.error = exc
-            if isinstance(exc, CredentialsError):
-                logger.error("Customer.io App API refused the credentials")
-            return
+            if isinstance(exc, CustomerioTerminalError) and self._stopped is None:
+                self._stopped, self._verified = exc, False
+                if isinstance(exc, CredentialsError):
+                    logger.error("Customer.io App API refused the credentials")
+            return False
         result.stats.add(sent.stats)
         if sent.blocked_by is not None:
             self._blocked(entry, sent.blocked_by, result)
@@ -173,3 +232,4 @@ class EmailSender:
         elif sent.outcome.delivery_id is None:
             message = "Customer.io's answer did not say whether the send was taken"
             result.rejections.extend(entry.reject(UNKNOWN_REASON, None, message))
+        return sent.blocked_by is None and sent.outcome is not None

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cio_destination.entries import Entry, pack_entries
-from cio_destination.exceptions import CredentialsError, CustomerioTerminalError
+from cio_destination.exceptions import CustomerioTerminalError
 from cio_destination.transport.results import SendResult
 from cio_destination.transport.track import TrackClient
 
@@ -18,7 +18,8 @@ class Sender:
     One pool per workspace, shared by every dlt load thread: latency does not cut throughput, and
     the rate limiter, not the pool, decides how fast requests start. Until one request has been
     accepted, requests go one at a time, so bad credentials cost a single request; after a
-    refusal, every send of the same load stops without a request.
+    terminal answer (refused credentials, a wrong URL), every send of the same load stops
+    without a request, and the next load tries one request first again.
     """
 
     def __init__(self, client: TrackClient, *, max_in_flight: int, max_request_bytes: int) -> None:
@@ -27,7 +28,7 @@ class Sender:
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="customerio-send")
         self._probe_lock = threading.Lock()
         self._verified = False
-        self._refused: CredentialsError | None = None
+        self._refused: CustomerioTerminalError | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -50,24 +51,30 @@ class Sender:
         if not self._verified:
             with self._probe_lock:
                 if self._refused is None and not self._verified:
-                    self._collect(total, self._pool.submit(self.client.send_batch, groups[0]))
+                    self._collect(total, self._pool.submit(self._send_batch, groups[0]))
                     groups = groups[1:]
                     self._verified = total.error is None
         if self._refused is not None:
             total.error = self._refused
         if total.error is not None:
             return total
-        futures = [self._pool.submit(self.client.send_batch, g) for g in groups]
+        futures = [self._pool.submit(self._send_batch, g) for g in groups]
         for future in futures:
             self._collect(total, future)
         return total
+
+    def _send_batch(self, entries: Sequence[Entry]) -> SendResult:
+        refused = self._refused
+        if refused is not None:
+            raise refused.again()  # a request of this load was refused: no more requests
+        return self.client.send_batch(entries)
 
     def _collect(self, total: SendResult, future: Future[SendResult]) -> None:
         try:
             part = future.result()
         except BaseException as exc:
-            if isinstance(exc, CredentialsError):
-                self._refused = exc
+            if isinstance(exc, CustomerioTerminalError):
+                self._refused, self._verified = exc, False
             if total.error is None or (
                 isinstance(exc, CustomerioTerminalError)
                 and not isinstance(total.error, CustomerioTerminalError)

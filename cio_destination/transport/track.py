@@ -15,7 +15,13 @@ import orjson
 
 from cio_destination.entries import Entry, request_body
 from cio_destination.exceptions import CustomerioTerminalError
-from cio_destination.transport.answers import ServerText, Verdict, classify, server_errors
+from cio_destination.transport.answers import (
+    ServerText,
+    Verdict,
+    classify,
+    partial_errors,
+    server_errors,
+)
 from cio_destination.transport.api import ApiClient
 from cio_destination.transport.regions import known_region
 from cio_destination.transport.results import SendResult, SendStats
@@ -91,19 +97,14 @@ class TrackClient(ApiClient):
     def _partial(
         self, entries: Sequence[Entry], response: httpx.Response, result: SendResult
     ) -> None:
-        errors = server_errors(response)
-        failed: dict[int, dict[str, Any]] = {}
-        for error in errors:
-            index = error.get("batch_index")
-            if isinstance(index, int) and 0 <= index < len(entries):
-                failed.setdefault(index, error)
+        failed = partial_errors(response, len(entries))
         if not failed:
-            # A 207 that names no entry we sent: we cannot tell what was kept, so nothing is
-            # counted as delivered; every entry is recorded for inspection and replay.
+            # A 207 that names no entry, or an entry we did not send: we cannot tell what was
+            # kept, so nothing is counted as delivered; every entry is recorded for inspection
+            # and replay.
+            message = "Customer.io answered 207 without naming which entries it refused"
             for entry in entries:
-                result.rejections.extend(
-                    entry.reject("unreadable_207", None, "Customer.io answered 207 without errors")
-                )
+                result.rejections.extend(entry.reject("unreadable_207", None, message))
             return
         for index, error in failed.items():
             text = ServerText(entries[index].data)

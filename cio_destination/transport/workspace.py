@@ -90,6 +90,8 @@ class Workspace:
             raise
         if self._sender is not None and region == self.region:
             self._sender.forget_refusal()
+            if self.emails is not None:
+                self.emails.forget_refusal()
             return
         if client.base_url != regions.track_url(config.track_url, region).rstrip("/"):
             # region="auto" found another region
