@@ -88,7 +88,9 @@ class Unreadable:
 
     def problem(self) -> ValueProblem:
         """Why no rule takes it (without the value)."""
-        return ValueProblem(f"a {self.kind} value outside the years 1 to 9999")
+        if self.kind.startswith(("timestamp", "date")):
+            return ValueProblem(f"a {self.kind} value outside the years 1 to 9999")
+        return ValueProblem(f"a {self.kind} value Python cannot hold")  # a duration past 2.7M years
 
 
 _UNREADABLE = (OverflowError, ValueError, pa.ArrowException)

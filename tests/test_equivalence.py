@@ -192,6 +192,24 @@ def test_arrow_dates_beyond_the_years_a_datetime_holds_reject_only_rows_that_rea
         assert orjson.loads(recordable_json(rejected[0].row)) == {"ident": "b", "at": text}
 
 
+def test_a_duration_past_what_a_timedelta_holds_rejects_only_its_row():
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(["a", "b"]), pa.array([90, 2**62], pa.int64()).cast(pa.duration("s"))],
+        names=["ident", "ttl"],
+    )
+    mapper = mapper_for(
+        "people", {"action": "identify", "identifier": "ident"}, {"ident": {}, "ttl": {}}
+    )
+
+    mapped = map_items(mapper, batch)
+
+    assert [orjson.loads(e.data)["attributes"] for e in mapped.all_entries()] == [{"ttl": 90.0}]
+    assert [(r.reason, r.field, r.message) for r in mapped.rejections] == [
+        ("invalid_value", "ttl", "a duration[s] value Python cannot hold")
+    ]
+    assert orjson.loads(recordable_json(mapped.rejections[0].row))["ttl"] == str(2**62)
+
+
 def test_an_event_key_far_beyond_9999_is_not_keyed_as_the_time_it_wraps_around_to():
     """18,446,744,073,710 seconds as microseconds wraps around int64 to 448,384: the columnar
     path keyed the event as 1970-01-01T00:00:00.448384 and sent it, the row path rejects it."""
