@@ -22,6 +22,7 @@ from cio_destination.exceptions import (
     StateFileError,
 )
 from cio_destination.failures import customerio_error, exit_status, run_command
+from cio_destination.non_finite import mark_non_finite
 from cio_destination.rejects import rejected_rows
 from cio_destination.report import SyncReport, TableReport, sync_report
 from cio_destination.version import __version__
@@ -42,6 +43,7 @@ __all__ = [
     "customerio_error",
     "dry_run",
     "exit_status",
+    "mark_non_finite",
     "rejected_rows",
     "run_command",
     "sync_report",

@@ -8,6 +8,7 @@ from dlt.destinations.utils import get_resource_for_adapter
 from dlt.extract import DltResource
 
 from cio_destination.mapping import hint_name, parse_mapping
+from cio_destination.non_finite import mark_non_finite
 
 __all__ = ["customerio_adapter"]
 
@@ -17,6 +18,8 @@ def customerio_adapter(data: Any, action: str, **mapping: Any) -> DltResource:
 
     The mapping is checked now (unknown keys or actions raise `MappingError`) and stored as
     `x-customerio-*` hints on the resource's table, so it travels with the schema to the destination.
+    The resource also notes NaN and infinity in its dict rows (`mark_non_finite`), which dlt's
+    writer would turn into nulls, so their rows are rejected as they are from Arrow.
     Columns are checked against the table when the load starts: one the table does not have
     (dlt leaves out a column that is NULL in every row) is mapped as NULL, with a warning.
 
@@ -44,4 +47,4 @@ def customerio_adapter(data: Any, action: str, **mapping: Any) -> DltResource:
         value = getattr(parsed, key)
         hints[hint_name(key)] = list(value) if isinstance(value, tuple) else value
     resource.apply_hints(additional_table_hints=hints)
-    return resource
+    return mark_non_finite(resource)  # type: ignore[no-any-return]

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from cio_destination.batching import body_of, enveloped, pack_bounds
 from cio_destination.framing import frame_texts
-from cio_destination.values import UNITS_PER_SECOND, floor_divide
+from cio_destination.values import UNITS_PER_SECOND, floor_divide, python_values
 
 DATA_KEYS = frozenset({"attributes", "message_data", "relationship_attributes"})
 """Keys of an operation whose objects carry a row's data: their keys are the mapping's column
@@ -274,7 +274,9 @@ def _python_ready(batch: Any) -> tuple[Any, dict[str, dt.tzinfo]]:
     return batch, zones
 
 
-def _in_zone(value: dt.datetime, zone: dt.tzinfo) -> dt.datetime:
+def _in_zone(value: Any, zone: dt.tzinfo) -> Any:
+    if not isinstance(value, dt.datetime):
+        return value  # an Unreadable
     try:
         return value.astimezone(zone)
     except OverflowError:  # its local time is past year 9999 (or before year 1): UTC it is
@@ -286,10 +288,17 @@ def rows_from_arrow(batch: Any) -> Iterator[Row]:
 
     JSON columns keep their text: the row path reads it (`RowReader.decoded`). A timestamp is
     the datetime pyarrow makes of it, rounded down to the microsecond, and in UTC where the
-    local time of its zone is not a year a datetime holds.
+    local time of its zone is not a year a datetime holds. A value Python has no form for (a
+    date past the year 9999) is a `values.Unreadable`, which every rule refuses.
     """
     batch, zones = _python_ready(batch)
-    for row in batch.to_pylist():
+    try:
+        rows = batch.to_pylist()
+    except (OverflowError, ValueError, pa.ArrowException):  # for the whole batch
+        names = batch.schema.names
+        columns = [python_values(column) for column in batch.columns]
+        rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+    for row in rows:
         yield {
             key: _in_zone(value, zones[key]) if key in zones else value
             for key, value in row.items()

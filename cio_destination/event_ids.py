@@ -36,6 +36,7 @@ from cio_destination.values import (
     ValueProblem,
     floor_divide,
     midnight_seconds,
+    outside_datetimes,
     to_json_value,
     too_deep,
 )
@@ -211,7 +212,9 @@ def _canonical_text(column: Any, flags: list[Any]) -> Any | None:
     if pa.types.is_boolean(kind):
         return pc.if_else(column, "true", "false")
     if pa.types.is_date32(kind) or pa.types.is_date64(kind):  # its midnight's unix seconds
-        return pc.cast(midnight_seconds(column), pa.string())
+        seconds = midnight_seconds(column)
+        flags.append(outside_datetimes(seconds))
+        return pc.cast(seconds, pa.string())
     if pa.types.is_null(kind):
         return pa.nulls(len(column), pa.string())
     if pa.types.is_floating(kind):
@@ -230,13 +233,18 @@ def _iso_text(column: Any, flags: list[Any]) -> Any:
     """`datetime.astimezone(UTC).isoformat()` of each timestamp (naive ones are UTC), in quotes;
     nanoseconds are rounded down to the microsecond, as the row path's datetimes are."""
     raw = pc.cast(column, pa.int64())
+    per_second = UNITS_PER_SECOND[column.type.unit]
+    # 1970 to 9999 only: integer division and four-digit years need no care there. Judged on
+    # the count itself: a multiplication of a count far beyond would wrap around into them.
+    last = min((MAX_UNIX + 1) * per_second - 1, 2**63 - 1)  # nanoseconds end before 9999
+    beyond = pc.or_(pc.less(raw, 0), pc.greater(raw, last))
+    flags.append(beyond)
+    raw = pc.if_else(beyond, pa.scalar(0, pa.int64()), raw)
     if column.type.unit == "ns":
         micros = floor_divide(raw, 1_000)
     else:
-        micros = pc.multiply(raw, 1_000_000 // UNITS_PER_SECOND[column.type.unit])
+        micros = pc.multiply(raw, 1_000_000 // per_second)
     seconds = pc.divide(micros, 1_000_000)
-    # 1970 to 9999 only: integer division and four-digit years need no care there
-    flags.append(pc.or_(pc.less(micros, 0), pc.greater(seconds, MAX_UNIX)))
     fraction = pc.subtract(micros, pc.multiply(seconds, 1_000_000))
     # Arrow's text of a naive timestamp[s] is "YYYY-MM-DD HH:MM:SS" (strftime is 15x slower)
     clock = pc.cast(pc.cast(seconds, pa.timestamp("s")), pa.string())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -33,9 +34,11 @@ from cio_destination.entries import Rejection, Row
 from cio_destination.values import (
     MAX_INT,
     MIN_INT,
+    Unreadable,
     ValueProblem,
     decimal_column,
     floor_seconds,
+    int_text,
     is_temporal,
     outside_timestamp_range,
     to_json_value,
@@ -73,6 +76,28 @@ def is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+def text_value(value: Any, column: str, reason: str, what: str) -> str:
+    """The text a value is sent as where Customer.io takes a string from a column (an event
+    name, a device token, a recipient, a message id): text as it is, other scalars (numbers,
+    dates) as their text; a `Reject` with `reason` for a value that has no such text (a
+    boolean, an object or a list, bytes, NaN or infinity), never its Python repr."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        raise Reject(reason, column, f"a boolean is not a {what}")
+    if isinstance(value, int):
+        return int_text(value)
+    if isinstance(value, Unreadable):
+        raise Reject(reason, column, str(value.problem()))
+    if isinstance(value, (dict, list, tuple, bytes, bytearray, memoryview)):
+        raise Reject(reason, column, f"a {type(value).__name__} is not a {what}")
+    if (isinstance(value, float) and not math.isfinite(value)) or (
+        isinstance(value, Decimal) and not value.is_finite()
+    ):
+        raise Reject(reason, column, f"not a finite number, not a {what}")
+    return str(value)
+
+
 # bytes that can be part of a character Python's str.isspace() calls whitespace
 _SPACE_BYTES = bytes([*range(0x09, 0x0E), *range(0x1C, 0x21), *range(0x80, 0x100)])
 _NOT_SPACE = bytes(b for b in range(256) if b not in _SPACE_BYTES)
@@ -101,7 +126,7 @@ def identifier_text(value: Any, column: str, kind: str) -> str:
     if isinstance(value, bool):
         raise Reject("invalid_identifier", column, f"a boolean is not a valid {kind}")
     if isinstance(value, int):
-        return str(value)
+        return int_text(value)
     try:
         number = to_json_value(value)
     except ValueProblem as exc:
@@ -373,6 +398,21 @@ def entry_rejections(rows: list[Any], row_key: str, data: bytes) -> list[Rejecti
         )
         for row in rows
     ]
+
+
+def unwritable(row: Row, error: Exception) -> Reject:
+    """The rejection of a row whose operation JSON cannot carry (orjson refused to write it: an
+    integer beyond 64 bits, text with a lone surrogate, ...), naming the first column whose
+    value it refuses. A safety net behind the rules above: any such row is rejected, never a
+    failed load."""
+    column = None
+    for name, value in row.items():
+        try:
+            orjson.dumps(value, default=str)
+        except orjson.JSONEncodeError:
+            column = name
+            break
+    return Reject("invalid_value", column, f"a value JSON cannot carry ({error})")
 
 
 def entries_too_large(operations: Any) -> Any:

@@ -22,7 +22,9 @@ import pyarrow as pa
 from cio_destination.actions import ACTIONS
 from cio_destination.actions.rows import RowReader, gc_paused
 from cio_destination.entries import Mapped, Row, rows_from_arrow
+from cio_destination.mapping import with_columns
 from cio_destination.mapping_keys import CompiledMapping
+from cio_destination.non_finite import NON_FINITE_COLUMN, restore_non_finite
 
 
 class ColumnarPath:
@@ -57,9 +59,16 @@ class RowMapper(RowReader):
     """The mapper of one table: its compiled mapping and its action. `map_rows` is the row path;
     `map_items` takes either path."""
 
-    def __init__(self, compiled: CompiledMapping) -> None:
-        super().__init__(compiled)
+    def __init__(self, compiled: CompiledMapping, *, dlt_decoded: bool = False) -> None:
+        super().__init__(compiled, dlt_decoded=dlt_decoded)
         self.action = ACTIONS[compiled.action]
+        self._of_dict_rows = self if dlt_decoded else None
+
+    def of_dict_rows(self) -> RowMapper:
+        """The mapper of the table's dict rows as dlt writes them (JSON it typed, read)."""
+        if self._of_dict_rows is None:
+            self._of_dict_rows = RowMapper(self.compiled, dlt_decoded=True)
+        return self._of_dict_rows
 
     def map_rows(self, rows: Iterable[Row]) -> Mapped:
         """The operations (or rejections) of `rows`, one row at a time."""
@@ -72,12 +81,16 @@ def map_items(
 ) -> Mapped:
     """The operations (or rejections) of a batch of one table's rows.
 
-    `items` are dict rows (dlt's typed-jsonl, `columns` the table's column schemas) or a pyarrow
-    RecordBatch or Table. The action's columnar builder maps them where it can, else its row
-    builder: the outcome is the same either way.
+    `items` are dict rows (dlt's typed-jsonl, `columns` the table's column schemas: dlt has read
+    the JSON of the columns it types as json) or a pyarrow RecordBatch or Table (JSON columns
+    as text). The action's columnar builder maps them where it can, else its row builder: the
+    outcome is the same either way.
     """
+    columns = columns or {}
+    if isinstance(items, list) and NON_FINITE_COLUMN in columns:
+        mapper, columns = _non_finite_restored(mapper, items, columns)
     with gc_paused():
-        mapped = _map_items(mapper, items, columns or {})
+        mapped = _map_items(mapper, items, columns)
     if mapped.block:
         COLUMNAR_PATH.wrote(len(mapped.block))
     return mapped
@@ -85,7 +98,10 @@ def map_items(
 
 def _map_items(mapper: RowMapper, items: list[Row] | Any, columns: Mapping[str, Any]) -> Mapped:
     columnar = mapper.action.columnar if COLUMNAR_PATH.enabled else None
+    if mapper.compiled.reads_json:
+        columnar = None  # JSON text is the value it holds: the row path reads it
     if isinstance(items, list):
+        mapper = mapper.of_dict_rows()
         wanted = None if columnar is None else columnar.batch_columns(mapper, items, columns)
         batch = None if wanted is None else _rows_to_batch(mapper, items, columns, wanted)
         if columnar is None or batch is None:
@@ -97,6 +113,20 @@ def _map_items(mapper: RowMapper, items: list[Row] | Any, columns: Mapping[str, 
     if columnar is None:
         return mapper.map_rows(rows_from_arrow(batch))
     return columnar.map_batch(mapper, batch, None, mapper.map_rows)
+
+
+def _non_finite_restored(
+    mapper: RowMapper, rows: list[Row], columns: Mapping[str, Any]
+) -> tuple[RowMapper, Mapping[str, Any]]:
+    """Put back the NaN and infinities dlt's writer turned into nulls (`non_finite`), so the
+    rows are decided as the same rows from Arrow are; the mapper of a table whose schema lacks
+    a column that held them only (the batch's columns with it too)."""
+    unseen = restore_non_finite(rows, columns)
+    columns = {c: s for c, s in columns.items() if c != NON_FINITE_COLUMN}
+    if not unseen:
+        return mapper, columns
+    added = {name: {"name": name, "data_type": "double"} for name in sorted(unseen)}
+    return RowMapper(with_columns(mapper.compiled, added)), {**columns, **added}
 
 
 def as_record_batch(items: Any) -> Any | None:
@@ -159,7 +189,7 @@ def _rows_to_batch(
             continue  # no row has a value for it
         data_type = columns[name].get("data_type") or ""
         expected = _INFERRED.get(data_type)
-        if expected is None or name in reader.compiled.json_columns:
+        if expected is None:
             return None
         values = [row.get(name) for row in rows]
         if not _of_type(values, data_type):

@@ -21,6 +21,7 @@ from cio_destination.actions.spec import MappingProblem
 from cio_destination.exceptions import MappingError
 from cio_destination.limits import MAX_ATTRIBUTE_NAME_BYTES
 from cio_destination.mapping_keys import CompiledMapping, TableMapping
+from cio_destination.non_finite import NON_FINITE_COLUMN
 
 HINT_PREFIX = "x-customerio-"
 # dlt stores a value that does not fit its column's type in a variant column named
@@ -101,6 +102,7 @@ def compile_mapping(
     A named column the table does not have is not an error (see `absent_columns`): rows then
     have no value for it, as when it is NULL.
     """
+    columns = {c: s for c, s in columns.items() if c != NON_FINITE_COLUMN}  # a note, no column
     variants = tuple(
         (name, name.rpartition(VARIANT_INFIX)[0])
         for name, schema in columns.items()
@@ -129,8 +131,10 @@ def compile_mapping(
     event_id_columns: Sequence[str] = ()
     if action.keyed:
         event_id_columns = mapping.event_id or primary_key
-    typed_json = (c for c, s in columns.items() if s.get("data_type") == "json")
+    typed_json = frozenset(c for c, s in columns.items() if s.get("data_type") == "json")
     json_columns = frozenset((*(mapping.json_columns or ()), *typed_json))
+    read = {*mapping.used_columns(), *attribute_columns, *event_id_columns}
+    json_read = json_columns if action.keyed and not event_id_columns else json_columns & read
     return CompiledMapping(
         table=table,
         mapping=mapping,
@@ -141,4 +145,13 @@ def compile_mapping(
         absent_columns=absent,
         variants=variants,
         declared_json=frozenset(mapping.json_columns or ()),
+        typed_json=typed_json,
+        json_read=tuple(sorted(json_read)),
+        columns=columns,
     )
+
+
+def with_columns(compiled: CompiledMapping, added: Mapping[str, Any]) -> CompiledMapping:
+    """The mapping compiled again with `added` columns the table's schema lacks (a column dlt
+    left out because all its values were NULL to it: see `non_finite`)."""
+    return compile_mapping(compiled.table, compiled.mapping, {**compiled.columns, **added})

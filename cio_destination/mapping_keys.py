@@ -7,7 +7,8 @@ mapping against its action and compiles it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -134,7 +135,20 @@ class CompiledMapping:
     """(variant, column) of dlt's variant columns: a row's value there is its column's value."""
     declared_json: frozenset[str] = frozenset()
     """The mapping's own `json_columns`: their text is JSON wherever dlt stored it."""
+    typed_json: frozenset[str] = frozenset()
+    """The columns dlt types as json: in dict rows, dlt has read their JSON text already (text
+    that is no JSON it keeps in a variant column), so a string there is a JSON string."""
+    json_read: tuple[str, ...] = ()
+    """The JSON columns the mapping reads (as an identifier, a name, a timestamp, an attribute,
+    a key, ...), by name: their text is the value it holds, which the row path reads."""
+    columns: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    """The table's columns it was compiled against (`mapping.with_columns` adds to them)."""
 
     @property
     def action(self) -> str:
         return self.mapping.action
+
+    @property
+    def reads_json(self) -> bool:
+        """Whether the mapping reads a JSON column (then every row takes the row path)."""
+        return bool(self.json_read)

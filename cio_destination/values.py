@@ -6,8 +6,9 @@ same bytes.
 Timestamps become integer unix seconds between 1970 and the end of 9999 (the years Customer.io
 timestamps cover); Decimals become JSON numbers (exact integers where whole, else the nearest
 double); datetimes inside attributes become unix seconds too (what Customer.io segments compare
-on); any value becomes JSON-ready or a `ValueProblem`, whose message never holds the value.
-Pure, no I/O.
+on); any value becomes JSON-ready or a `ValueProblem`, whose message never holds the value. An
+Arrow value Python has no form for (a date past the year 9999) reaches the row path as an
+`Unreadable`, which every conversion refuses. Pure, no I/O.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ DIGITS = re.compile(r"[0-9]+")
 """Digits only (with `fullmatch`): a string that is a whole number."""
 MAX_UNIX = 253_402_300_799
 """The last unix second Customer.io timestamps take: they run from 1970 to the end of 9999."""
+_FIRST_UNIX = -62_135_596_800  # 0001-01-01T00:00:00Z, the first second a datetime holds
 _OUT_OF_RANGE = "outside the years 1970 to 9999 that Customer.io timestamps cover"
 # the integer digits of the largest epoch number of those years (in nanoseconds), less one
 _MOST_EPOCH_DIGITS = len(str(MAX_UNIX * 1_000_000_000)) - 1
@@ -55,6 +57,82 @@ UNITS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 class ValueProblem(ValueError):
     """A value cannot be converted; the message never contains the value itself."""
+
+
+# -- Arrow values Python has no form for ----------------------------------------------------------
+
+
+class Unreadable:
+    """An Arrow value Python has no form for (a timestamp or date outside the years 1 to 9999
+    that a datetime holds), in its place in a row: every rule refuses it with a `ValueProblem`,
+    so its row is rejected wherever the value is read (and sent where it is not), and a
+    rejection record keeps its `text`."""
+
+    __slots__ = ("kind", "text")
+
+    def __init__(self, text: str, kind: str) -> None:
+        self.text = text
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Unreadable({self.text!r}, {self.kind!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unreadable) and (other.text, other.kind) == (self.text, self.kind)
+
+    def __hash__(self) -> int:
+        return hash((self.text, self.kind))
+
+    def problem(self) -> ValueProblem:
+        """Why no rule takes it (without the value)."""
+        if self.kind.startswith(("timestamp", "date")):
+            return ValueProblem(f"a {self.kind} value outside the years 1 to 9999")
+        return ValueProblem(f"a {self.kind} value Python cannot hold")  # a duration past 2.7M years
+
+
+_UNREADABLE = (OverflowError, ValueError, pa.ArrowException)
+
+
+def python_values(column: Any) -> list[Any]:
+    """The values of an Arrow array as Python objects, as `to_pylist` gives them; a value
+    Python has no form for is an `Unreadable` (`to_pylist` raises for the whole array)."""
+    try:
+        return column.to_pylist()  # type: ignore[no-any-return]
+    except _UNREADABLE:
+        pass
+    values: list[Any] = []
+    for index in range(len(column)):
+        try:
+            values.append(column[index].as_py())
+        except _UNREADABLE:
+            values.append(Unreadable(_arrow_text(column.slice(index, 1)), str(column.type)))
+    return values
+
+
+def _arrow_text(value: Any) -> str:
+    """The text of a one-value array Python cannot read: Arrow's own (timestamps in UTC, as
+    ISO-8601), or its count of the type's unit from the unix epoch where Arrow has none."""
+    kind = value.type
+    storage = pa.int32() if pa.types.is_date32(kind) else pa.int64()
+    if pa.types.is_timestamp(kind):
+        value = value.view(pa.int64()).view(pa.timestamp(kind.unit))  # its UTC time
+    try:
+        text = pc.cast(value, pa.string())[0].as_py()
+    except pa.ArrowException:
+        text = None
+    if text is not None and not text.startswith("<"):  # "<value out of range: N>"
+        if not pa.types.is_timestamp(kind):
+            return text
+        return re.sub(r"\.0+$", "", text).replace(" ", "T") + "+00:00"  # as isoformat()
+    try:
+        count = value.view(storage)[0].as_py()
+    except (pa.ArrowException, TypeError, ValueError):
+        return f"a {kind} value"
+    unit = "days" if pa.types.is_date32(kind) else getattr(kind, "unit", "ms")
+    return f"{count} {unit} from the unix epoch"
 
 
 # -- timestamps ----------------------------------------------------------------------------------
@@ -128,9 +206,14 @@ def to_unix_seconds(value: Any) -> int:
     elif isinstance(value, str):
         stripped = value.strip()
         if DIGITS.fullmatch(stripped):
-            seconds = _epoch_number_to_unix(int(stripped))
+            digits = stripped.lstrip("0") or "0"
+            if len(digits) > _MOST_EPOCH_DIGITS + 1:  # and int() refuses 4,300 digits
+                raise ValueProblem(_OUT_OF_RANGE)
+            seconds = _epoch_number_to_unix(int(digits))
         else:
             seconds = datetime_to_unix(_parse_iso(stripped))
+    elif isinstance(value, Unreadable):
+        raise value.problem()
     else:
         raise ValueProblem(f"a {type(value).__name__} is not a timestamp")
     if not 0 <= seconds <= MAX_UNIX:
@@ -177,6 +260,12 @@ def outside_timestamp_range(seconds: Any) -> Any:
     return pc.or_(pc.less(seconds, 0), pc.greater(seconds, MAX_UNIX))
 
 
+def outside_datetimes(seconds: Any) -> Any:
+    """Per value of a column of unix seconds: outside the years 1 to 9999 a datetime holds (the
+    row form gets an `Unreadable` for those)."""
+    return pc.or_(pc.less(seconds, _FIRST_UNIX), pc.greater(seconds, MAX_UNIX))
+
+
 def timestamp_column(column: Any) -> tuple[Any, Any]:
     """`to_unix_seconds` of each value of a column, and the values it refuses (null seconds).
 
@@ -187,7 +276,7 @@ def timestamp_column(column: Any) -> tuple[Any, Any]:
         return seconds, outside_timestamp_range(seconds)
     converted: list[int | None] = []
     refused: list[bool] = []
-    for value in column.to_pylist():
+    for value in python_values(column):
         try:
             converted.append(None if value is None else to_unix_seconds(value))
             refused.append(False)
@@ -198,6 +287,16 @@ def timestamp_column(column: Any) -> tuple[Any, Any]:
 
 
 # -- numbers -------------------------------------------------------------------------------------
+
+# str() of an int refuses more digits than sys.get_int_max_str_digits() (4,300 by default)
+_STR_BITS = 13_000
+
+
+def int_text(value: int) -> str:
+    """The digits of an integer of any size (`str()` refuses those of thousands of digits)."""
+    if value.bit_length() <= _STR_BITS:
+        return str(value)
+    return str(Decimal(value))  # exact, and not held to str()'s limit
 
 
 def decimal_to_number(value: Decimal) -> int | float:
@@ -286,6 +385,8 @@ def _json_ready(value: Any, level: int) -> Any:
         return value.isoformat()
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
+    if isinstance(value, Unreadable):
+        raise value.problem()
     # UUIDs, numpy scalars and the like: their text form is what a warehouse user expects.
     return str(value)
 
@@ -341,7 +442,7 @@ def _recordable_leaf(value: Any) -> Any:
     if value is None or isinstance(value, (str, bool)):
         return value
     if isinstance(value, int):
-        return value if MIN_INT <= value <= MAX_INT else str(value)
+        return value if MIN_INT <= value <= MAX_INT else int_text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, (dt.date, dt.time)):

@@ -46,6 +46,7 @@ from cio_destination import (
     MappingError,
     SyncReport,
     customerio,
+    mark_non_finite,
     rejected_rows,
     run_command,
     sync_report,
@@ -135,13 +136,17 @@ def table_sources(tables: Mapping[str, Any] | None) -> list[TableSource]:
 def json_as_text(
     query: Any, table: sa.Table, incremental: Any = None, engine: sa.Engine | None = None
 ) -> Any:
-    """A `sql_table` query adapter: select JSON columns as JSON text.
+    """A `sql_table` query adapter: select JSON columns as JSON text, with either backend.
 
     With the pyarrow backend, dlt turns a column of JSON objects into one Arrow struct whose
     fields are every key of every row, so each object would reach Customer.io with the keys of
-    the others added as nulls. Read as text, each document arrives exactly as stored. Only on
-    databases whose CAST of a JSON value to text gives its JSON text (`JSON_TEXT_DIALECTS`);
-    elsewhere the query is left as it is.
+    the others added as nulls. With the sqlalchemy backend, the driver decodes each document and
+    dlt reads a decoded string that looks like JSON once more (the document '"123"' became the
+    number 123), so a JSON string would differ from the pyarrow backend's, and so would the
+    event id keyed on it. Read as text, each document arrives exactly as stored, and is read
+    once (by dlt for dict rows, by the destination for Arrow). Only on databases whose CAST of
+    a JSON value to text gives its JSON text (`JSON_TEXT_DIALECTS`); elsewhere the query is left
+    as it is.
     """
     if engine is not None and engine.dialect.name not in JSON_TEXT_DIALECTS:
         return query
@@ -162,7 +167,8 @@ def json_typed_metadata(schema: str | None = None) -> sa.MetaData:
     duckdb_engine reflects DuckDB's JSON type as VARCHAR (it reads the PostgreSQL-style catalog,
     where JSON is varchar), so dlt would type the column as text and each document would reach
     Customer.io as a JSON string. DuckDB's information_schema keeps the type; typed as JSON, the
-    sqlalchemy backend reads documents as objects and `json_as_text` casts them for pyarrow.
+    columns are read as JSON text (`json_as_text`) and their documents sent as the values they
+    hold.
     Other databases reflect their JSON types themselves and are left as they are.
     """
     metadata = sa.MetaData(schema=schema)
@@ -215,7 +221,7 @@ def table_resource(
             chunk_size=chunk_size,
             incremental=incremental,
             primary_key=list(source.primary_key) if source.primary_key else None,
-            query_adapter_callback=json_as_text if backend == "pyarrow" else None,
+            query_adapter_callback=json_as_text,
             metadata=metadata,
         )
     except NoSuchTableError as error:
@@ -230,7 +236,8 @@ def table_resource(
         check_columns(source, reflected)
     if source.name != source.table:
         resource = resource.with_name(source.name)
-    return resource
+    # NaN and infinity in dict rows: dlt's writer would make them nulls; noted, they are rejected
+    return mark_non_finite(resource)  # type: ignore[no-any-return]
 
 
 # The Python type of a cursor column -> the initial values it can be compared with, and how to

@@ -8,7 +8,9 @@ another kind than the column's type, which `rows_to_batch` must not let pyarrow 
 
 Values lean to the edges where conversions differ: the 64-bit integer limits, -0.0, NaN,
 infinities and subnormals, decimals around 2**53, 2**63 and 2**64, timestamps at 1970 and at the
-end of year 9999 with and without a fraction of a second.
+end of year 9999 with and without a fraction of a second. Now and then an Arrow timestamp or date
+lies outside the years 1 to 9999 that a Python datetime holds, anywhere in its type's range (a
+DuckDB or parquet file holds such values; pyarrow cannot make Python objects of them).
 
 Each strategy is built once per type (`functools.cache`) and drawn from many times: hypothesis
 checks a strategy the first time it is drawn from, and building them anew in every example cost
@@ -31,6 +33,8 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z
 MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
 DAY = 86_400
+MIN_DAYS = MIN_SECONDS // DAY  # 0001-01-01 in days from 1970-01-01
+MAX_DAYS = (MAX_SECONDS + 1) // DAY - 1  # 9999-12-31
 UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 INT64 = (-(2**63), 2**63 - 1)
 ZONES = [
@@ -159,21 +163,41 @@ def _seconds(lowest: int, highest: int) -> st.SearchStrategy[int]:
     return st.one_of(st.integers(lowest, highest), st.sampled_from(edges))
 
 
-def _timestamp_values(kind: pa.DataType) -> st.SearchStrategy[int]:
+def _timestamp_values(kind: pa.DataType, beyond: bool) -> st.SearchStrategy[int]:
     """Timestamps as integers of the type's unit, within the years 1 to 9999 in UTC (the
-    datetimes the row path gets; in a zone, the local time may be past either end)."""
+    datetimes the row path gets; in a zone, the local time may be past either end); `beyond`:
+    one in eight anywhere in the unit's 64-bit range."""
     per_second = UNITS[kind.unit]
     lowest = max(MIN_SECONDS, INT64[0] // per_second + 1)
     highest = min(MAX_SECONDS, INT64[1] // per_second - 1)
     fraction = st.one_of(
         st.integers(0, per_second - 1), st.sampled_from(sorted({0, 1 % per_second, per_second - 1}))
     )
-    return st.builds(lambda s, f: s * per_second + f, _seconds(lowest, highest), fraction)
+    held = st.builds(lambda s, f: s * per_second + f, _seconds(lowest, highest), fraction)
+    if not beyond:
+        return held
+    return rarely(8).flatmap(lambda odd: _beyond_datetimes(per_second) if odd else held)
 
 
 @functools.cache
-def values_of(kind: pa.DataType) -> st.SearchStrategy[Any]:
-    """Values of one Arrow type, in the form `pa.array(values, kind)` takes."""
+def _beyond_datetimes(per_second: int) -> st.SearchStrategy[int]:
+    """Integers of a unit with `per_second` to the second, outside the years 1 to 9999 where
+    the unit reaches them (nanoseconds do not: any of their values), or at the unit's ends."""
+    first, last = MIN_SECONDS * per_second, (MAX_SECONDS + 1) * per_second  # last is out
+    edges = [INT64[0], INT64[1], first - 1, last]
+    edges = [value for value in edges if INT64[0] <= value <= INT64[1]]
+    ranges = [st.integers(*INT64)]
+    if first - 1 >= INT64[0]:
+        ranges.append(st.integers(INT64[0], first - 1))
+    if last <= INT64[1]:
+        ranges.append(st.integers(last, INT64[1]))
+    return st.one_of(st.sampled_from(edges), *ranges)
+
+
+@functools.cache
+def values_of(kind: pa.DataType, beyond: bool = True) -> st.SearchStrategy[Any]:
+    """Values of one Arrow type, in the form `arrow_array` takes; `beyond`: timestamps and
+    dates outside the years 1 to 9999 now and then (no dict row holds those)."""
     if pa.types.is_null(kind):
         return st.none()
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
@@ -194,15 +218,27 @@ def values_of(kind: pa.DataType) -> st.SearchStrategy[Any]:
             st.dates(), st.sampled_from([dt.date(1969, 12, 31), dt.date(1970, 1, 1), dt.date.max])
         )
         if pa.types.is_date32(kind):
-            return dates
-        # date64: milliseconds, now and then with a time of day (files carry those)
+            if not beyond:
+                return dates
+            # now and then a count of days outside the years 1 to 9999 (pa.array takes ints)
+            beyond = st.one_of(
+                st.sampled_from([-(2**31), 2**31 - 1, MIN_DAYS - 1, MAX_DAYS + 1]),
+                st.integers(-(2**31), MIN_DAYS - 1),
+                st.integers(MAX_DAYS + 1, 2**31 - 1),
+            )
+            return rarely(8).flatmap(lambda odd: beyond if odd else dates)
+        # date64: milliseconds, now and then with a time of day (files carry those), and now
+        # and then outside the years 1 to 9999
         days = dates.map(lambda d: (d - EPOCH.date()).days * DAY * 1_000)
         later = rarely(4).flatmap(
             lambda odd: st.integers(1, DAY * 1_000 - 1) if odd else st.just(0)
         )
-        return st.builds(int.__add__, days, later)
+        held = st.builds(int.__add__, days, later)
+        if not beyond:
+            return held
+        return rarely(8).flatmap(lambda odd: _beyond_datetimes(1_000) if odd else held)
     if pa.types.is_timestamp(kind):
-        return _timestamp_values(kind)
+        return _timestamp_values(kind, beyond)
     raise AssertionError(f"no values for {kind}")
 
 

@@ -27,6 +27,7 @@ from cio_destination.entries import Mapped, rows_from_arrow
 from cio_destination.event_ids import canonical_key, deterministic_ulid
 from cio_destination.mapper import COLUMNAR_PATH, RowMapper, map_items
 from cio_destination.mapping import compile_mapping, parse_mapping
+from cio_destination.values import recordable_json
 
 from . import strategies as cs
 from .conftest import mapped_outcome as outcome
@@ -135,6 +136,202 @@ def test_zoned_timestamps_at_the_ends_of_year_1_and_9999_reach_the_row_path():
     assert str(rows[2]["valid_to"].tzinfo) == "Europe/Berlin"
     assert rows[1]["valid_from"].utcoffset() == dt.timedelta(hours=-5)
     assert rows[0]["valid_from"].utcoffset() == dt.timedelta(0)
+
+
+BEYOND_DATETIMES = [
+    (pa.timestamp("s"), 20_000 * 365 * 86_400, "21956-09-21T00:00:00+00:00"),
+    (pa.timestamp("us", "UTC"), -70_000_000_000_000_000, "-0249-10-15T19:33:20+00:00"),
+    (pa.timestamp("ms", "Europe/Berlin"), -(2**62), "-4611686018427387904 ms from the unix epoch"),
+    (pa.date32(), 3_000_000, "10183-09-21"),
+    (pa.date64(), 2**62, "4611686018427387904 ms from the unix epoch"),
+]
+
+
+@pytest.mark.parametrize(("kind", "value", "text"), BEYOND_DATETIMES, ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    ("declared", "reason"),
+    [
+        ({"action": "identify", "identifier": "ident"}, "invalid_value"),
+        ({"action": "identify", "identifier": "ident", "timestamp": "at"}, "invalid_timestamp"),
+        (
+            {"action": "event", "identifier": "ident", "event_name": "x", "event_id": "at"},
+            "invalid_event_id",
+        ),
+        ({"action": "event", "identifier": "ident", "event_name": "x"}, "invalid_event_id"),
+        ({"action": "identify", "identifier": "ident", "attributes": []}, None),  # not read
+    ],
+    ids=["attribute", "timestamp", "event-id", "whole-row-key", "unread"],
+)
+def test_arrow_dates_beyond_the_years_a_datetime_holds_reject_only_rows_that_read_them(
+    kind, value, text, declared, reason
+):
+    """pyarrow makes no datetime of a timestamp or date outside the years 1 to 9999, and
+    raised for the whole batch: one such value in any column (a DuckDB table holds them) failed
+    the load for good. The row path now gets a marker every rule refuses, and a rejection record
+    keeps its text."""
+    storage = pa.int32() if pa.types.is_date32(kind) else pa.int64()
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(["a", "b"]), pa.array([19_000, value], storage).cast(kind)],
+        names=["ident", "at"],
+    )
+    mapper = mapper_for("things", declared, {"ident": {}, "at": {}})
+
+    columnar = map_items(mapper, batch)
+
+    assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
+    assert len(columnar.all_entries()) == (1 if reason else 2)
+    assert [(r.reason, r.field) for r in columnar.rejections] == (
+        [(reason, "at")] if reason else []
+    )
+    for rejection in columnar.rejections:
+        assert text not in rejection.message
+        assert orjson.loads(recordable_json(rejection.row)) == {"ident": "b", "at": text}
+    if reason is None:  # sent: a row Customer.io rejects later (a 207) is read out of its batch
+        assert columnar.block is not None
+        rejected = columnar.block[1].reject("invalid", "identifiers", "refused")
+        assert orjson.loads(recordable_json(rejected[0].row)) == {"ident": "b", "at": text}
+
+
+def test_a_duration_past_what_a_timedelta_holds_rejects_only_its_row():
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(["a", "b"]), pa.array([90, 2**62], pa.int64()).cast(pa.duration("s"))],
+        names=["ident", "ttl"],
+    )
+    mapper = mapper_for(
+        "people", {"action": "identify", "identifier": "ident"}, {"ident": {}, "ttl": {}}
+    )
+
+    mapped = map_items(mapper, batch)
+
+    assert [orjson.loads(e.data)["attributes"] for e in mapped.all_entries()] == [{"ttl": 90.0}]
+    assert [(r.reason, r.field, r.message) for r in mapped.rejections] == [
+        ("invalid_value", "ttl", "a duration[s] value Python cannot hold")
+    ]
+    assert orjson.loads(recordable_json(mapped.rejections[0].row))["ttl"] == str(2**62)
+
+
+def test_an_event_key_far_beyond_9999_is_not_keyed_as_the_time_it_wraps_around_to():
+    """18,446,744,073,710 seconds as microseconds wraps around int64 to 448,384: the columnar
+    path keyed the event as 1970-01-01T00:00:00.448384 and sent it, the row path rejects it."""
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(["a", "b"]), pa.array([1_700_000_000, 18_446_744_073_710], pa.timestamp("s"))],
+        names=["ident", "at"],
+    )
+    declared = {
+        "action": "event",
+        "identifier": "ident",
+        "event_name": "x",
+        "event_id": "at",
+        "attributes": [],
+    }
+    mapper = mapper_for("orders", declared, {"ident": {}, "at": {}})
+
+    columnar = map_items(mapper, batch)
+
+    assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
+    assert [(r.reason, r.field) for r in columnar.rejections] == [("invalid_event_id", "at")]
+    assert columnar.block is not None and len(columnar.block) == 1
+
+
+@pytest.mark.parametrize(
+    ("declared", "sent"),
+    [
+        ({"action": "identify", "identifier": "j"}, {"identifiers": {"id": "abc"}}),
+        (
+            {"action": "event", "identifier": "j", "event_name": "x", "event_id": "k"},
+            {"identifiers": {"id": "abc"}, "name": "x"},
+        ),
+        (
+            {"action": "event", "identifier": "k", "event_name_column": "j", "event_id": "k"},
+            {"identifiers": {"id": "k1"}, "name": "abc"},
+        ),
+    ],
+    ids=["identify-identifier", "event-identifier", "event-name"],
+)
+@pytest.mark.parametrize("typed", [True, False], ids=["typed-json", "json_columns"])
+def test_a_json_identifier_or_event_name_column_is_read_as_json_on_both_paths(
+    declared, sent, typed
+):
+    """The columnar paths read JSON text only in attribute and key columns: an identifier
+    '"abc"' went out as "\"abc\"" there and as "abc" on the row path, an object '{"x":1}' went
+    out there and was rejected on the row path. Any JSON column a mapping reads takes the row
+    path, which rejects a JSON object as a name or an identifier."""
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(['"abc"', '{"x":1}']), pa.array(["k1", "k2"])], names=["j", "k"]
+    )
+    columns = {"j": {"data_type": "json" if typed else "text"}, "k": {"data_type": "text"}}
+    if not typed:
+        declared = {**declared, "json_columns": ["j"]}
+    mapper = mapper_for("things", {**declared, "attributes": []}, columns)
+
+    columnar = map_items(mapper, batch)
+
+    assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
+    (entry,) = columnar.all_entries()
+    assert orjson.loads(entry.data).items() >= sent.items()
+    reason = "invalid_event_name" if "event_name_column" in declared else "invalid_identifier"
+    assert [(r.reason, r.field) for r in columnar.rejections] == [(reason, "j")]
+
+
+def test_a_json_column_the_mapping_does_not_read_rejects_nothing_on_either_path():
+    """The row path read every JSON column, the columnar path only those it sends: a column
+    listed in json_columns but not mapped rejected rows on one path only (found by the
+    properties). Of two bad JSON columns a mapping reads, the first by name is the field."""
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(["a", "b"]), pa.array(["pro", "{"]), pa.array(["{", "{"])],
+        names=["ident", "plan", "notes"],
+    )
+    columns = {name: {"data_type": "text"} for name in batch.schema.names}
+    unread = {"action": "identify", "identifier": "ident", "attributes": []}
+    unread_mapper = mapper_for("people", {**unread, "json_columns": ["notes"]}, columns)
+    both = mapper_for(
+        "people", {**unread, "json_columns": ["plan", "notes"], "attributes": None}, columns
+    )
+
+    for mapper in (unread_mapper, both):
+        for columnar in (
+            map_items(mapper, batch),
+            map_items(mapper, list(rows_from_arrow(batch)), columns),
+        ):
+            assert_same(columnar, mapper.map_rows(rows_from_arrow(batch)))
+    assert not map_items(unread_mapper, batch).rejections
+    assert [(r.row_key, r.field) for r in map_items(both, batch).rejections] == [
+        ("a", "notes"),
+        ("b", "notes"),
+    ]
+
+
+def test_json_documents_dlt_read_from_dict_rows_are_the_json_text_of_arrow_rows():
+    """dlt reads the text of a column it types as json in dict rows (text that is no JSON it
+    keeps in a variant column): a string there is a JSON string, which the row path read once
+    more ('"123"' became the number 123, '"abc"' was rejected as no JSON), where Arrow rows
+    hold the text. Both now give each document's one value, and the same event id."""
+    texts = ['"123"', '"abc"', '"[1]"', '{"a": 1}', "7", '"\\"q\\""', "null"]
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array([f"u{i}" for i in range(len(texts))]), pa.array(texts)], names=["ident", "ref"]
+    )
+    rows = [  # as dlt gives them: the text read as JSON, a JSON null left out
+        {"ident": f"u{i}", **({} if text == "null" else {"ref": orjson.loads(text)})}
+        for i, text in enumerate(texts)
+    ]
+    columns = {"ident": {"data_type": "text"}, "ref": {"data_type": "json"}}
+    declared = {"action": "event", "identifier": "ident", "event_name": "x", "event_id": "ref"}
+    mapper = mapper_for("refs", declared, columns)
+
+    from_dicts, from_arrow = map_items(mapper, rows, columns), map_items(mapper, batch)
+
+    def sent(mapped: Mapped) -> list[tuple[bytes, str | None]]:
+        return sorted((e.data, e.key) for e in mapped.all_entries())
+
+    assert sent(from_dicts) == sent(from_arrow)
+    refs = {
+        orjson.loads(data)["identifiers"]["id"]: orjson.loads(data)["attributes"]["ref"]
+        for data, _ in sent(from_dicts)
+    }
+    assert refs == {"u0": "123", "u1": "abc", "u2": "[1]", "u3": {"a": 1}, "u4": 7, "u5": '"q"'}
+    reasons = [(r.row_key, r.reason) for r in from_dicts.rejections]
+    assert reasons == [(r.row_key, r.reason) for r in from_arrow.rejections]
+    assert reasons == [("", "missing_event_id")]  # the JSON null
 
 
 @pytest.mark.parametrize(
@@ -313,7 +510,16 @@ def identify_mappings(
         declared["attributes"] = attributes
     if draw(st.booleans()):
         declared["oversized_attribute"] = "drop_attribute"
+    declared.update(draw(json_columns(texts)))
     return declared
+
+
+def json_columns(texts: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """Now and then `json_columns`: text columns (the identifier among them) read as JSON."""
+    listed = st.lists(st.sampled_from(["ident", *texts]), min_size=1, unique=True)
+    return cs.rarely(5).flatmap(
+        lambda some: listed.map(lambda c: {"json_columns": c}) if some else st.just({})
+    )
 
 
 event_names = cs.names.filter(lambda n: len(n.encode()) <= 100)
@@ -341,6 +547,7 @@ def event_mappings(
     attributes = draw(some_of(names))
     if attributes is not None:
         declared["attributes"] = attributes
+    declared.update(draw(json_columns(texts)))
     return declared
 
 
@@ -463,8 +670,8 @@ TABLE_TYPES = {
 
 def _table_values(kind: pa.DataType) -> st.SearchStrategy[Any]:
     """Mostly values of this century (a row with an odd value takes the row path), one in
-    twenty any value of the type, one in four a null."""
-    plain = cs.values_of(kind)
+    twenty any value of the type a dict row holds too, one in four a null."""
+    plain = cs.values_of(kind, beyond=False)
     if pa.types.is_timestamp(kind):
         per_second = cs.UNITS[kind.unit]
         plain = st.integers(946_684_800 * per_second, 1_893_456_000 * per_second)
@@ -474,7 +681,7 @@ def _table_values(kind: pa.DataType) -> st.SearchStrategy[Any]:
         plain = st.integers(10_957, 22_280).map(lambda days: days * 86_400_000)
     elif pa.types.is_floating(kind):
         plain = st.floats(-1e6, 1e6, width=kind.bit_width)
-    values = cs.rarely(20).flatmap(lambda odd: cs.values_of(kind) if odd else plain)
+    values = cs.rarely(20).flatmap(lambda odd: cs.values_of(kind, beyond=False) if odd else plain)
     if pa.types.is_timestamp(kind) and kind.unit == "ns":  # dlt takes whole microseconds only
         values = values.map(lambda ns: ns - ns % 1_000)
     if pa.types.is_date64(kind):  # and no date64 with a time of day

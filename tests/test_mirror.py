@@ -50,6 +50,31 @@ def test_people_who_left_are_deleted(emulator: Emulator, tmp_path: Path, arrow: 
     assert ids(emulator) == {f"u{i}" for i in range(1, 20)}
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("arrow", [False, True], ids=["jsonl", "parquet"])
+def test_an_identifier_in_a_json_column_is_mirrored_as_the_mapper_reads_it(
+    emulator: Emulator, tmp_path: Path, arrow: bool
+):
+    """The snapshot took a JSON column's text ('"u0"') for the identifier the mapper sends
+    ("u0"): the person who left was deleted under an identifier nobody has."""
+
+    def json_members(ids):
+        rows = [{"uid": f'"u{i}"', "plan": "pro"} for i in ids]
+        data = [pa.Table.from_pylist(rows)] if arrow else rows
+        resource = dlt.resource(data, name="members")
+        return customerio_adapter(
+            resource, action="identify", identifier="uid", json_columns=["uid"], mirror="delete"
+        )
+
+    pipeline = pipeline_for(emulator, tmp_path)
+    pipeline.run(json_members(range(20)))
+    assert ids(emulator) == {f"u{i}" for i in range(20)}
+
+    pipeline.run(json_members(range(1, 20)))
+
+    assert ids(emulator) == {f"u{i}" for i in range(1, 20)}
+
+
 def test_the_guard_stops_a_mass_removal_before_any_request(emulator: Emulator, tmp_path: Path):
     pipeline = pipeline_for(emulator, tmp_path)
     pipeline.run(members(range(20)))

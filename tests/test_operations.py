@@ -1141,8 +1141,8 @@ def test_nesting_limit_is_the_same_for_event_data_and_attributes(levels, sent):
 
 @pytest.mark.parametrize(
     "value",
-    [2**70, float("nan"), {1: "int key"}, b"\x00", _nested(DEEP)],
-    ids=["huge-int", "nan", "int-key", "bytes", "deep"],
+    [2**70, float("nan"), {1: "int key"}, b"\x00", _nested(DEEP), 10**5_000],
+    ids=["huge-int", "nan", "int-key", "bytes", "deep", "5001-digits"],
 )
 def test_row_keys_are_made_of_any_value(value):
     """The row key of a rejection is made for every row, whatever its values hold."""
@@ -1158,6 +1158,67 @@ def test_row_keys_are_made_of_any_value(value):
 
     assert len(mapped.rejections) == 1
     assert orjson.loads(mapped.rejections[0].row_key)[1] == "j-1"  # the values, as JSON
+
+
+@pytest.mark.parametrize("key_columns", [("k",), ("k", "j")], ids=["one", "two"])
+def test_a_row_key_of_an_integer_str_refuses_is_its_digits(key_columns):
+    table = columns("k", "j", "user_id", pk=key_columns)  # names a row without its identifier
+    row_mapper = mapper("t", table, action="delete", identifier="user_id")
+
+    mapped = row_mapper.map_rows([{"k": 10**5_000, "j": 1}])  # no identifier: rejected
+
+    assert "1" + "0" * 5_000 in mapped.rejections[0].row_key
+
+
+ODD_TEXTS = [{"a": 1}, [1], b"\xff", float("nan"), Decimal("Infinity"), False]
+
+
+@pytest.mark.parametrize("value", ODD_TEXTS, ids=["dict", "list", "bytes", "nan", "inf", "bool"])
+@pytest.mark.parametrize(
+    ("declared", "column", "reason"),
+    [
+        (
+            {"action": "event", "event_name_column": "v", "event_id": "k"},
+            "v",
+            "invalid_event_name",
+        ),
+        (
+            {"action": "add_device", "device_token": "v", "device_platform": "ios"},
+            "v",
+            "invalid_device_token",
+        ),
+        ({"action": "delete_device", "device_token": "v"}, "v", "invalid_device_token"),
+    ],
+    ids=["event-name", "add-device-token", "delete-device-token"],
+)
+def test_a_value_without_a_text_rejects_its_row_instead_of_sending_its_repr(
+    value, declared, column, reason
+):
+    """An event name, a device token from a dict, bytes or NaN went out as Python's repr
+    ("{'a': 1}", "b'\\xff'", "nan"); a JSON column's object as an event name too."""
+    row_mapper = mapper("t", columns("user_id", "k", "v"), identifier="user_id", **declared)
+
+    mapped = row_mapper.map_rows([{"user_id": "u", "k": 1, "v": value}])
+
+    assert [(r.reason, r.field) for r in mapped.rejections] == [(reason, column)]
+    assert not mapped.entries
+
+
+@pytest.mark.parametrize("value", ["\ud800", 2**70], ids=["lone-surrogate", "huge-int"])
+def test_an_operation_json_cannot_carry_rejects_its_row(value):
+    """Whatever a rule lets through, orjson refusing an operation rejects its row: a person
+    seen twice merged the second row's attributes unchecked, and writing the merged operation
+    failed the whole load."""
+    row_mapper = mapper("t", columns("user_id", "a", "b"), action="identify", identifier="user_id")
+    rows = [{"user_id": "u", "a": "x"}, {"user_id": "u", "b": value}, {"user_id": "v", "a": "y"}]
+    with pytest.MonkeyPatch.context() as patch:  # as if the attribute rule let it through
+        patch.setattr(limits, "to_json_value", lambda v: v)
+        mapped = row_mapper.map_rows(rows)
+
+    assert [(r.row, r.reason, r.field) for r in mapped.rejections] == [
+        (rows[1], "invalid_value", "b")
+    ]
+    assert [orjson.loads(e.data)["identifiers"]["id"] for e in mapped.entries] == ["u", "v"]
 
 
 # --- row keys of rows without their key -------------------------------------------------------

@@ -75,6 +75,100 @@ def send_pipeline(tmp_path: Path, url: str, name: str = "sends", **options) -> d
     return dlt.pipeline(name, destination=destination, pipelines_dir=str(tmp_path))
 
 
+def _send_mapper(**declared) -> RowMapper:
+    keys = {
+        "action": "send_email",
+        "identifier": "email",
+        "identifier_type": "email",
+        "event_id": "k",
+        "attributes": [],
+        **declared,
+    }
+    columns = {c: {"name": c} for c in ("k", "email", "template", "recipient", "at")}
+    return RowMapper(compile_mapping("receipts", parse_mapping("receipts", keys), columns))
+
+
+@pytest.mark.parametrize(
+    ("template", "sent"),
+    [
+        (7, 7),
+        ("42", 42),
+        ("order_receipt", "order_receipt"),
+        ("18446744073709551615", 18446744073709551615),  # 2**64 - 1: a number JSON takes
+        ("123456789012345678901", "123456789012345678901"),  # beyond 64 bits: text
+        (2**70, "1180591620717411303424"),
+        ("9" * 5_000, "9" * 5_000),  # int() refuses 4,300 digits
+        (10**5_000, "1" + "0" * 5_000),
+    ],
+    ids=["int", "digits", "name", "2**64-1", "21-digits", "int-2**70", "5000-digits", "int-5001"],
+)
+def test_a_message_id_is_a_number_where_json_takes_one_else_its_text(template, sent):
+    """A message id beyond 64 bits made int() of its text an integer orjson refuses, and one of
+    5,000 digits made int() raise: either failed the whole load (0 sends, package pending)."""
+    mapped = _send_mapper(transactional_message_id_column="template").map_rows(
+        [{"k": 1, "email": "a@x.io", "template": template}]
+    )
+
+    assert not mapped.rejections
+    assert orjson.loads(mapped.entries[0].data)["transactional_message_id"] == sent
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"a": 1}, [1], b"\xff", float("nan"), float("inf"), True],
+    ids=["dict", "list", "bytes", "nan", "inf", "bool"],
+)
+@pytest.mark.parametrize(
+    ("declared", "column", "reason"),
+    [
+        ({"transactional_message_id_column": "template"}, "template", "invalid_message_id"),
+        (
+            {"transactional_message_id": "x", "to": "recipient"},
+            "recipient",
+            "invalid_recipient",
+        ),
+        ({"transactional_message_id": "x", "send_at": "at"}, "at", "invalid_timestamp"),
+    ],
+    ids=["message-id", "to", "send-at"],
+)
+def test_a_send_value_without_a_text_rejects_its_row_instead_of_sending_its_repr(
+    value, declared, column, reason
+):
+    """A dict, bytes or NaN went out as Python's repr ("{'a': 1}", "b'\\xff'", "nan")."""
+    row = {"k": 1, "email": "a@x.io", "template": "t", "recipient": "b@x.io", column: value}
+
+    mapped = _send_mapper(**declared).map_rows([row])
+
+    assert [(r.reason, r.field) for r in mapped.rejections] == [(reason, column)]
+    assert not mapped.entries
+
+
+@pytest.mark.slow
+def test_a_message_id_beyond_64_bits_is_sent_and_the_load_completes(tmp_path, emulator):
+    rows = [
+        {"k": 1, "email": "a@x.io", "template": "order_receipt"},
+        {"k": 2, "email": "b@x.io", "template": "123456789012345678901"},
+    ]
+    resource = customerio_adapter(
+        dlt.resource(rows, name="receipts"),
+        action="send_email",
+        identifier="email",
+        identifier_type="email",
+        transactional_message_id_column="template",
+        to="email",
+        event_id="k",
+    )
+    pipeline = send_pipeline(tmp_path, emulator.url)
+
+    pipeline.run(resource)
+
+    assert not pipeline.has_pending_data
+    assert sorted(str(d["transactional_message_id"]) for d in emulator.deliveries) == [
+        "123456789012345678901",
+        "order_receipt",
+    ]
+
+
 def test_send_body_of_a_row():
     mapping = parse_mapping(
         "receipts",

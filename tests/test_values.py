@@ -603,6 +603,7 @@ def test_decimal_beyond_the_double_range_is_refused_not_sent_as_null():
         ),
         pytest.param({"d": Decimal("1.50"), "b": b"hi"}, {"d": "1.50", "b": "aGk="}, id="types"),
         pytest.param({7: "int key"}, {"7": "int key"}, id="non-str-key"),
+        pytest.param({"n": 10**5_000}, {"n": "1" + "0" * 5_000}, id="5001-digits"),
     ],
 )
 def test_recordable_json_writes_what_orjson_refuses(value: object, expected: object):
@@ -629,3 +630,16 @@ def test_recordable_json_keeps_deep_values_as_text_below_the_limit(levels: int):
         assert inner.startswith(("[", "{")) and inner.count("1") == 1
         if levels < 1_000:  # orjson reads JSON up to 1024 levels
             assert levels_of(orjson.loads(inner)) + MAX_NESTING == levels
+
+
+@pytest.mark.parametrize(
+    "text", ["9" * 5_000, "1" * 22, "0" * 5_000 + "1" * 22], ids=["5000", "22", "zeros-then-22"]
+)
+def test_digit_strings_too_long_for_any_epoch_are_out_of_range_not_an_error(text: str):
+    """int() of 4,300 digits or more raises ValueError: that failed the whole load."""
+    with pytest.raises(ValueProblem, match="outside the years"):
+        to_unix_seconds(text)
+
+
+def test_leading_zeros_do_not_count_against_an_epoch_number():
+    assert to_unix_seconds("0" * 5_000 + "1700000000") == 1_700_000_000

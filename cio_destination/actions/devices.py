@@ -9,7 +9,7 @@ import orjson
 from cio_destination.actions.rows import RowReader, person_op
 from cio_destination.actions.spec import IDENTIFIER, PERSON_KEYS, Action, OneOf, Required
 from cio_destination.entries import Row
-from cio_destination.limits import Reject, is_blank
+from cio_destination.limits import Reject, is_blank, text_value
 
 _TOKEN = Required("device_token", "(the column holding the device token)")
 
@@ -20,7 +20,7 @@ def _token(reader: RowReader, row: Row) -> str:
     token = row.get(column)
     if is_blank(token):
         raise Reject("missing_device_token", column, "the device token is empty")
-    return str(token)
+    return text_value(token, column, "invalid_device_token", "device token")
 
 
 def _platform(reader: RowReader, row: Row) -> str:

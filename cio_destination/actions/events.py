@@ -45,6 +45,7 @@ from cio_destination.limits import (
     identifier_column,
     identifier_flags,
     is_blank,
+    text_value,
     utf8_len,
 )
 from cio_destination.mapping_keys import TableMapping
@@ -77,7 +78,7 @@ def _event_name(reader: RowReader, row: Row) -> str:
         value = row.get(column)
         if is_blank(value):
             raise Reject("missing_event_name", column, "the event name is empty")
-        name = value if isinstance(value, str) else str(value)
+        name = text_value(value, column, "invalid_event_name", "event name")
     if utf8_len(name, MAX_EVENT_NAME_BYTES) > MAX_EVENT_NAME_BYTES:
         raise Reject(
             "event_name_too_long",
@@ -147,15 +148,12 @@ def map_named_batch(
     attribute_columns = [c for c in compiled.attribute_columns if c in names]
     ident = identifier_column(batch, mapping.identifier)
     name_column = mapping.event_name_column
-    # JSON text keys and travels as the value it holds: the row path reads it
-    read_as_json = [*attribute_columns, *(compiled.event_id_columns or names)]
     if (
         ident is None
         or mapping.clear_nulls
         or mapping.event_data_column is not None
         or (mapping.timestamp is not None and mapping.timestamp not in names)
         or (name_column is not None and name_column not in names)
-        or any(name in compiled.json_columns for name in read_as_json)
     ):
         return by_row_path(row_path, batch, source_rows)
     kind = mapping.identifier_type

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cio_destination.actions.columns import RowPath, by_row_path, finish, timestamp_pieces
-from cio_destination.actions.rows import Builder, RowReader
+from cio_destination.actions.rows import Builder, RowReader, as_reject
 from cio_destination.actions.spec import (
     IDENTIFIER,
     PERSON_KEYS,
@@ -87,7 +87,9 @@ def map_identify(
             if decode:
                 values = reader.decoded(row)
             op = build(reader, values, dropped)
-        except Reject as reject:
+            data = dumps(op)  # of every row: a merged operation is made of writable parts
+        except (Reject, orjson.JSONEncodeError) as problem:
+            reject = as_reject(problem, values)
             # a rejected row's identifier may be of any length: cut to what an identifier holds
             key = reader.row_key(values, key_columns)[:MAX_IDENTIFIER_BYTES]
             rejections.append(Rejection(row, key, reject.reason, reject.field, reject.message))
@@ -102,7 +104,7 @@ def map_identify(
             position = positions[identifier] = len(built)
             if len(attributes) > most:
                 too_many.add(position)
-            built.append(Entry(dumps(op), identifier, [row]))
+            built.append(Entry(data, identifier, [row]))
             continue
         entry = built[position]
         person = merged.get(position)
@@ -156,7 +158,6 @@ def map_identify_batch(
         or mapping.clear_nulls
         or len(attribute_columns) > MAX_ATTRIBUTES_PER_IDENTIFY
         or (mapping.timestamp is not None and mapping.timestamp not in names)
-        or any(name in reader.compiled.json_columns for name in attribute_columns)
     ):
         return by_row_path(row_path, batch, source_rows)
     kind = mapping.identifier_type

@@ -31,12 +31,14 @@ from cio_destination.limits import (
     object_id_text,
     object_type_id_text,
     person_identifier,
+    unwritable,
 )
 from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.values import (
     MAX_UNIX,
     ValueProblem,
     datetime_to_unix,
+    int_text,
     parse_json_object,
     parse_json_text,
     recordable_json,
@@ -74,17 +76,27 @@ def gc_paused() -> Iterator[None]:
 
 
 class RowReader:
-    """Reads the rows of one table with its compiled mapping, for the actions' row builders."""
+    """Reads the rows of one table with its compiled mapping, for the actions' row builders.
 
-    def __init__(self, compiled: CompiledMapping) -> None:
+    Rows from Arrow hold the text of every JSON column; dict rows dlt wrote (`dlt_decoded`)
+    hold what dlt read from the text of the columns it types as json, so only the mapping's
+    other `json_columns` are text to read there. A JSON column the mapping does not read stays
+    as it is.
+    """
+
+    def __init__(self, compiled: CompiledMapping, *, dlt_decoded: bool = False) -> None:
         self.compiled = compiled
         self.mapping = compiled.mapping
         self.table = compiled.table
+        self.dlt_decoded = dlt_decoded
         self._attribute_columns = compiled.attribute_columns
-        self._json_columns = compiled.json_columns
+        self._json_columns = compiled.json_read
+        if dlt_decoded:
+            typed = compiled.typed_json
+            self._json_columns = tuple(c for c in compiled.json_read if c not in typed)
         self._variants = compiled.variants
-        self._declared_json = compiled.declared_json
-        self.reads_values = bool(compiled.json_columns or compiled.variants)
+        self._declared_json = compiled.declared_json.intersection(compiled.json_read)
+        self.reads_values = bool(self._json_columns or compiled.variants)
         """Whether `decoded` changes rows (JSON text to read, variant columns to fold)."""
         data_columns = (self.mapping.event_data_column, self.mapping.message_data_column)
         self._data_columns = frozenset(c for c in data_columns if c)
@@ -254,13 +266,13 @@ class RowReader:
         self,
         entries: list[Entry],
         rejections: list[Rejection],
-        op: dict[str, Any],
+        data: bytes,
         row_key: str,
         rows: list[Row],
         key: str | None = None,
     ) -> bool:
-        """Serialize `op` into `entries`, or reject its rows when it is over the entry limit."""
-        data = orjson.dumps(op)
+        """Add a serialized operation to `entries`, or reject its rows when it is over the
+        entry limit."""
         too_large = entry_rejections(rows, row_key, data)
         if too_large:
             rejections.extend(too_large)
@@ -289,13 +301,14 @@ def map_each(
         dropped = reader.dropped_list()
         try:
             values = reader.decoded(row)
-            op = build(reader, values, dropped)
-        except Reject as reject:
+            data = orjson.dumps(build(reader, values, dropped))
+        except (Reject, orjson.JSONEncodeError) as problem:
+            reject = as_reject(problem, values)
             row_key = reader.row_key(values, key_columns)
             rejections.append(Rejection(row, row_key, reject.reason, reject.field, reject.message))
             continue
         row_key = reader.row_key(values, key_columns)
-        if reader.add_entry(entries, rejections, op, row_key, [row]) and dropped:
+        if reader.add_entry(entries, rejections, data, row_key, [row]) and dropped:
             sent_without.extend(dropped_records(row, row_key, dropped))
     return Mapped(entries, rejections, rows_in, dropped=sent_without)
 
@@ -317,13 +330,20 @@ def map_keyed(
             if decode:
                 values = reader.decoded(row)
             key = row_event_id(values, id_columns, table)
-            op = build(reader, values, key)
-        except Reject as reject:
+            data = orjson.dumps(build(reader, values, key))
+        except (Reject, orjson.JSONEncodeError) as problem:
+            reject = as_reject(problem, values)
             row_key = reader.row_key(values, key_columns)
             rejections.append(Rejection(row, row_key, reject.reason, reject.field, reject.message))
             continue
-        reader.add_entry(entries, rejections, op, reader.row_key(values, key_columns), [row], key)
+        reader.add_entry(entries, rejections, data, reader.row_key(values, key_columns), [row], key)
     return Mapped(entries, rejections, rows_in)
+
+
+def as_reject(problem: Exception, row: Row) -> Reject:
+    """A row builder's `Reject` as it is; orjson's refusal to write the row's operation as the
+    rejection of the row (`limits.unwritable`)."""
+    return problem if isinstance(problem, Reject) else unwritable(row, problem)
 
 
 def _key_text(value: Any) -> str:
@@ -333,6 +353,8 @@ def _key_text(value: Any) -> str:
         return value
     if isinstance(value, (dict, list, tuple)):
         return recordable_json(value).decode()  # str() recurses, and is Python's, not JSON
+    if isinstance(value, int):
+        return int_text(value)
     return str(value)
 
 

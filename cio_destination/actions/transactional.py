@@ -19,9 +19,9 @@ from cio_destination.actions.spec import (
     OneOf,
 )
 from cio_destination.entries import Row
-from cio_destination.limits import Reject, is_blank
+from cio_destination.limits import Reject, is_blank, text_value
 from cio_destination.mapping_keys import TableMapping
-from cio_destination.values import DIGITS, ValueProblem, to_json_value
+from cio_destination.values import DIGITS, MAX_INT, MIN_INT, ValueProblem, to_json_value
 
 MESSAGE_OVERRIDE_FIELDS = frozenset(
     {
@@ -43,6 +43,7 @@ MESSAGE_OVERRIDE_FIELDS = frozenset(
 )
 """Fields of the transactional email body a column may set through `message_overrides`."""
 _OPTIONS = ("disable_message_retention", "send_to_unsubscribed", "queue_draft")
+_MOST_DIGITS = len(str(MAX_INT))  # of a message number: more is text (int() refuses 4,300)
 
 
 def _check_overrides(mapping: TableMapping) -> None:
@@ -56,18 +57,22 @@ def _check_overrides(mapping: TableMapping) -> None:
 
 
 def _message_id(reader: RowReader, row: Row) -> str | int:
+    """The message's number, where it is one JSON consumers take (64 bits), else its text (a
+    trigger name, or digits beyond 64 bits, which Customer.io can answer for)."""
     mapping = reader.mapping
     if mapping.transactional_message_id is not None:
         return mapping.transactional_message_id
     column = mapping.transactional_message_id_column
     assert column is not None
     value = row.get(column)
-    if value is None or value == "" or isinstance(value, bool):
+    if is_blank(value):
         raise Reject("missing_message_id", column, "the transactional message id is empty")
-    if isinstance(value, int):
+    if type(value) is int and MIN_INT <= value <= MAX_INT:
         return value
-    text = str(value)
-    return int(text) if DIGITS.fullmatch(text) else text
+    text = text_value(value, column, "invalid_message_id", "transactional message id")
+    if DIGITS.fullmatch(text) and len(text) <= _MOST_DIGITS and int(text) <= MAX_INT:
+        return int(text)
+    return text
 
 
 def send_body(reader: RowReader, row: Row, send_id: str) -> dict[str, Any]:
@@ -81,7 +86,7 @@ def send_body(reader: RowReader, row: Row, send_id: str) -> dict[str, Any]:
         to = row.get(mapping.to)
         if is_blank(to):
             raise Reject("missing_recipient", mapping.to, "the recipient is empty")
-        body["to"] = str(to)
+        body["to"] = text_value(to, mapping.to, "invalid_recipient", "recipient")
     data = reader.event_data(row, mapping.message_data_column)
     if data:
         body["message_data"] = data

@@ -15,7 +15,6 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import orjson
@@ -25,6 +24,7 @@ from cio_destination.exceptions import MappingError
 from cio_destination.limits import identifier_or_none
 from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.state.snapshots import MirrorSnapshots
+from cio_destination.values import ValueProblem, parse_json_text, python_values
 
 
 class MirrorGuardError(MappingError):
@@ -100,7 +100,8 @@ def _job_rows(path: str, column: str) -> Iterator[Any]:
 
         if column not in pq.read_schema(path).names:
             return
-        yield from pq.read_table(path, columns=[column]).column(column).to_pylist()
+        for chunk in pq.read_table(path, columns=[column]).column(column).chunks:
+            yield from python_values(chunk)
         return
     with open(path, "rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
@@ -116,11 +117,18 @@ def _job_rows(path: str, column: str) -> Iterator[Any]:
                     yield row.get(column)
 
 
-def snapshot_of(context: Any, table: str, identifier: str, *variants: str) -> set[str]:
+def snapshot_of(
+    context: Any,
+    table: str,
+    identifier: str,
+    *variants: str,
+    json: tuple[bool, bool] = (False, False),
+) -> set[str]:
     """The identifiers of every row of `table` in the load package, as the mapper writes them.
 
     `variants`: dlt's variant columns of the identifier, where it kept values that did not fit
-    the column's type (the mapper reads them as the identifier).
+    the column's type (the mapper reads them as the identifier). `json`: whether text in the
+    identifier's column, and in its variants, is JSON (`RowReader.decoded` reads it so).
     """
     storage, load_id = context.storage, context.load_id
     root = storage.storage.storage_path
@@ -129,12 +137,18 @@ def snapshot_of(context: Any, table: str, identifier: str, *variants: str) -> se
         if job.table_name != table:
             continue
         path = os.path.join(root, storage.get_job_file_path(load_id, state, job.file_name()))
-        for value in chain.from_iterable(_job_rows(path, c) for c in (identifier, *variants)):
-            if value is None or (isinstance(value, str) and not value.strip()):
-                continue
-            text = identifier_or_none(value)
-            if text is not None:
-                found.add(text)
+        for read_json, column in ((json[0], identifier), *((json[1], v) for v in variants)):
+            for value in _job_rows(path, column):
+                if read_json and isinstance(value, str):
+                    try:
+                        value = parse_json_text(value)
+                    except ValueProblem:
+                        continue  # the mapper rejects the row (invalid_json)
+                if value is None or (isinstance(value, str) and not value.strip()):
+                    continue
+                text = identifier_or_none(value)
+                if text is not None:
+                    found.add(text)
     return found
 
 
@@ -148,7 +162,11 @@ def plan_mirror(
     scope = f"{pipeline_name}/{compiled.table}"
     try:
         variants = [v for v, column in compiled.variants if column == mapping.identifier]
-        current = snapshot_of(context, compiled.table, mapping.identifier, *variants)
+        json = (
+            mapping.identifier in compiled.json_columns,
+            mapping.identifier in compiled.declared_json,
+        )
+        current = snapshot_of(context, compiled.table, mapping.identifier, *variants, json=json)
     except (OSError, ValueError, ImportError) as exc:
         raise MappingError(
             compiled.table,
