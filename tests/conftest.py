@@ -17,6 +17,11 @@ from cio_destination.emulator import Emulator
 SITE_ID = "test-site"
 API_KEY = "test-key"
 
+# dlt reports usage over the network when a process that ran a pipeline exits; without a network
+# each exit waits on its timeouts (seconds per process, minutes per suite). Tests report nothing,
+# and the child processes they start inherit this.
+os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+
 # Property-based tests: a few hundred examples at most locally; .ci/run selects the "ci" profile.
 # No deadline: an example's time depends on the machine, never on the code being right.
 _PROPERTIES = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}

@@ -11,11 +11,16 @@ infinities and subnormals, decimals around 2**53, 2**63 and 2**64, timestamps at
 end of year 9999 with and without a fraction of a second. Now and then an Arrow timestamp or date
 lies outside the years 1 to 9999 that a Python datetime holds, anywhere in its type's range (a
 DuckDB or parquet file holds such values; pyarrow cannot make Python objects of them).
+
+Each strategy is built once per type (`functools.cache`) and drawn from many times: hypothesis
+checks a strategy the first time it is drawn from, and building them anew in every example cost
+the properties most of their time. The values drawn are the same either way.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from decimal import Decimal
 from typing import Any
 
@@ -62,6 +67,7 @@ EDGE_SECONDS = [
 ]
 
 
+@functools.cache
 def rarely(one_in: int) -> st.SearchStrategy[bool]:
     """True about once in `one_in` draws; False is the simplest draw, the one hypothesis starts
     from and shrinks to (hypothesis favours a range's ends, so True is a value inside it)."""
@@ -77,6 +83,12 @@ texts = st.one_of(
     # long values: past the 1,000-byte attribute limit and the 32 KB entry limit
     st.builds(lambda c, n: c * n, st.sampled_from("aé✓😀\n"), st.integers(240, 8_500)),
 )
+# the texts of `texts` that are not blank and fit in 48 bytes (an event name's 100 among them);
+# filtering `texts` instead threw away most examples that drew one
+names = st.one_of(
+    st.text(characters, min_size=1, max_size=12),
+    st.text(st.sampled_from(TRICKY), min_size=1, max_size=6),
+).filter(lambda text: bool(text.strip()))
 
 
 # -- Arrow ---------------------------------------------------------------------------------------
@@ -113,6 +125,7 @@ def temporal_types() -> st.SearchStrategy[pa.DataType]:
     )
 
 
+@functools.cache
 def arrow_types() -> st.SearchStrategy[pa.DataType]:
     common = st.one_of(
         st.sampled_from([pa.string(), pa.large_string(), pa.bool_(), pa.null()]),
@@ -120,8 +133,9 @@ def arrow_types() -> st.SearchStrategy[pa.DataType]:
         st.sampled_from([pa.float32(), pa.float64()]),
         temporal_types(),
     )
+    decimals = decimal_types()
     # decimals one column in eight: an event key with one takes the row path (by design)
-    return rarely(8).flatmap(lambda decimal: decimal_types() if decimal else common)
+    return rarely(8).flatmap(lambda decimal: decimals if decimal else common)
 
 
 def _decimal_values(kind: pa.DataType) -> st.SearchStrategy[Decimal]:
@@ -143,6 +157,7 @@ def _decimal_values(kind: pa.DataType) -> st.SearchStrategy[Decimal]:
     return unscaled.map(lambda n: Decimal(f"{n}E{-scale}"))  # exact: scaleb() would round
 
 
+@functools.cache
 def _seconds(lowest: int, highest: int) -> st.SearchStrategy[int]:
     edges = [s for s in EDGE_SECONDS if lowest <= s <= highest]
     return st.one_of(st.integers(lowest, highest), st.sampled_from(edges))
@@ -164,6 +179,7 @@ def _timestamp_values(kind: pa.DataType, beyond: bool) -> st.SearchStrategy[int]
     return rarely(8).flatmap(lambda odd: _beyond_datetimes(per_second) if odd else held)
 
 
+@functools.cache
 def _beyond_datetimes(per_second: int) -> st.SearchStrategy[int]:
     """Integers of a unit with `per_second` to the second, outside the years 1 to 9999 where
     the unit reaches them (nanoseconds do not: any of their values), or at the unit's ends."""
@@ -178,6 +194,7 @@ def _beyond_datetimes(per_second: int) -> st.SearchStrategy[int]:
     return st.one_of(st.sampled_from(edges), *ranges)
 
 
+@functools.cache
 def values_of(kind: pa.DataType, beyond: bool = True) -> st.SearchStrategy[Any]:
     """Values of one Arrow type, in the form `arrow_array` takes; `beyond`: timestamps and
     dates outside the years 1 to 9999 now and then (no dict row holds those)."""
@@ -231,18 +248,23 @@ def arrow_array(kind: pa.DataType, values: list[Any]) -> pa.Array:
     return pa.array(values, kind)
 
 
+@functools.cache
+def _value_lists(kind: pa.DataType, rows: int, nulls: bool) -> st.SearchStrategy[list[Any]]:
+    values = st.one_of(st.none(), values_of(kind)) if nulls else values_of(kind)
+    return st.lists(values, min_size=rows, max_size=rows)
+
+
+@functools.cache
 @st.composite
 def arrow_columns(draw: st.DrawFn, kind: pa.DataType, rows: int) -> pa.Array:
     """One column of `rows` values of `kind`, with nulls in some columns."""
-    values = values_of(kind)
-    if draw(st.booleans()):
-        values = st.one_of(st.none(), values)
-    return arrow_array(kind, draw(st.lists(values, min_size=rows, max_size=rows)))
+    return arrow_array(kind, draw(_value_lists(kind, rows, draw(st.booleans()))))
 
 
 IDENTIFIER_TYPES = ["id", "email", "cio_id", "phone"]
 
 
+@functools.cache
 def identifiers(kind: str) -> st.SearchStrategy[Any]:
     """Identifier texts that pass the kind's checks, and some that do not."""
     plain = {
@@ -260,16 +282,25 @@ def identifiers(kind: str) -> st.SearchStrategy[Any]:
     return rarely(6).flatmap(lambda pick: odd if pick else plain)
 
 
+@functools.cache
+def _identifier_lists(
+    kind: str, type_: pa.DataType, rows: int, unique: bool
+) -> st.SearchStrategy[list[Any]]:
+    values = values_of(type_) if pa.types.is_integer(type_) else identifiers(kind)
+    return st.lists(values, min_size=rows, max_size=rows, unique=unique)
+
+
+_INT_TYPES = st.sampled_from(INT_TYPES)
+_TEXT_TYPES = st.sampled_from([pa.string(), pa.large_string()])
+
+
+@functools.cache
 @st.composite
 def identifier_columns(draw: st.DrawFn, kind: str, rows: int) -> pa.Array:
     """The identifier column: text (mostly distinct values) or integers, nulls now and then."""
-    if draw(rarely(5)):
-        type_ = draw(st.sampled_from(INT_TYPES))
-    else:
-        type_ = draw(st.sampled_from([pa.string(), pa.large_string()]))
-    values = values_of(type_) if pa.types.is_integer(type_) else identifiers(kind)
+    type_ = draw(_INT_TYPES if draw(rarely(5)) else _TEXT_TYPES)
     repeats = draw(st.booleans()) and draw(st.booleans())
-    drawn = draw(st.lists(values, min_size=rows, max_size=rows, unique=not repeats))
+    drawn = draw(_identifier_lists(kind, type_, rows, unique=not repeats))
     if draw(rarely(6)):
         drawn[draw(st.integers(0, rows - 1))] = None
     return pa.array(drawn, type_)
@@ -294,18 +325,23 @@ def arrow_batches(draw: st.DrawFn, kind: str, max_columns: int = 5) -> pa.Record
 DLT_TYPES = ["text", "bigint", "double", "bool", "timestamp", "date", "decimal"]
 
 
+_MICROS = st.one_of(st.integers(0, 999_999), st.sampled_from([0, 1, 999_999]))
+_OFFSETS = st.one_of(st.none(), st.just(0), st.integers(-14 * 60, 14 * 60))
+
+
 @st.composite
 def datetimes(draw: st.DrawFn) -> dt.datetime:
     """Datetimes of the years 1 to 9999, naive (UTC) or with a fixed offset, at the edges often."""
     seconds = draw(_seconds(MIN_SECONDS + DAY, MAX_SECONDS - DAY))
-    micros = draw(st.one_of(st.integers(0, 999_999), st.sampled_from([0, 1, 999_999])))
+    micros = draw(_MICROS)
     instant = EPOCH + dt.timedelta(seconds=seconds, microseconds=micros)
-    offset = draw(st.one_of(st.none(), st.just(0), st.integers(-14 * 60, 14 * 60)))
+    offset = draw(_OFFSETS)
     if offset is None:
         return instant.replace(tzinfo=None)
     return instant.astimezone(dt.timezone(dt.timedelta(minutes=offset)))
 
 
+@functools.cache
 def dlt_values(data_type: str) -> st.SearchStrategy[Any]:
     """Values of a dlt data type as typed-jsonl decodes them."""
     if data_type == "text":
@@ -344,6 +380,20 @@ STRAYS = st.one_of(
 )
 
 
+@functools.cache
+def _row_identifiers(kind: str, count: int, unique: bool) -> st.SearchStrategy[list[Any]]:
+    values = rarely(6).flatmap(lambda missing: st.none() if missing else identifiers(kind))
+    return st.lists(values, min_size=count, max_size=count, unique=unique)
+
+
+@functools.cache
+def _dlt_column_values(data_type: str, strays: bool, nulls: bool) -> st.SearchStrategy[Any]:
+    values = dlt_values(data_type)
+    if strays:
+        values = st.one_of(values, STRAYS)
+    return st.one_of(st.none(), values) if nulls else values
+
+
 @st.composite
 def dict_rows(
     draw: st.DrawFn, kind: str, max_columns: int = 5
@@ -353,18 +403,13 @@ def dict_rows(
     count = draw(st.integers(1, 6))
     names = draw(st.lists(column_names, max_size=max_columns, unique=True))
     columns = {"ident": {"name": "ident", "data_type": "text"}}
-    ident_values = rarely(6).flatmap(lambda missing: st.none() if missing else identifiers(kind))
     repeats = draw(st.booleans()) and draw(st.booleans())
-    idents = draw(st.lists(ident_values, min_size=count, max_size=count, unique=not repeats))
+    idents = draw(_row_identifiers(kind, count, unique=not repeats))
     rows: list[dict[str, Any]] = [{"ident": i} if i is not None else {} for i in idents]
     for name in names:
         data_type = draw(st.sampled_from(DLT_TYPES))
         columns[name] = {"name": name, "data_type": data_type}
-        values = dlt_values(data_type)
-        if draw(rarely(8)):
-            values = st.one_of(values, STRAYS)
-        if draw(st.booleans()):
-            values = st.one_of(st.none(), values)
+        values = _dlt_column_values(data_type, strays=draw(rarely(8)), nulls=draw(st.booleans()))
         for row in rows:
             value = draw(values)
             if value is not None:

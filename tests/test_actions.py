@@ -1126,6 +1126,7 @@ def assert_clean(info: Any, pipeline: dlt.Pipeline, emulator: Emulator) -> None:
     assert {(r.path, r.status) for r in sends} == {("/api/v2/batch", 200)}
 
 
+@pytest.mark.slow
 def test_delete_removes_the_people(emulator: Emulator, make_pipeline):
     pipeline = make_pipeline()
     people = [{"uid": i, "plan": "pro"} for i in (1, 2, 3)]
@@ -1181,6 +1182,7 @@ def test_suppress_deletes_the_person_blocks_later_identifies_and_unsuppress_lets
     ]
 
 
+@pytest.mark.slow
 def test_suppressing_a_person_by_email_keeps_an_identify_from_recreating_them(
     emulator: Emulator, make_pipeline
 ):
@@ -1201,6 +1203,7 @@ def test_suppressing_a_person_by_email_keeps_an_identify_from_recreating_them(
     assert emulator.suppressions == [{"email": "spam@example.com"}]
 
 
+@pytest.mark.slow
 def test_merge_moves_attributes_to_the_primary_and_removes_the_secondary(
     emulator: Emulator, make_pipeline
 ):
@@ -1240,6 +1243,7 @@ def test_merge_moves_attributes_to_the_primary_and_removes_the_secondary(
     ]
 
 
+@pytest.mark.slow
 def test_devices_are_added_then_deleted(emulator: Emulator, make_pipeline):
     pipeline = make_pipeline()
     devices = [
@@ -1308,6 +1312,7 @@ def test_devices_are_added_then_deleted(emulator: Emulator, make_pipeline):
     assert person["attributes"] == {}
 
 
+@pytest.mark.slow
 def test_objects_are_created_updated_and_deleted(emulator: Emulator, make_pipeline):
     pipeline = make_pipeline()
     companies = [
@@ -1367,6 +1372,7 @@ def relationships(emulator: Emulator) -> list[tuple[str, str, str, dict[str, Any
     )
 
 
+@pytest.mark.slow
 def test_relationships_are_added_then_deleted(emulator: Emulator, make_pipeline):
     pipeline = make_pipeline()
     members = [
@@ -1413,6 +1419,7 @@ def test_relationships_are_added_then_deleted(emulator: Emulator, make_pipeline)
     assert sorted(o["object_id"] for o in emulator.objects) == ["acme", "globex"]
 
 
+@pytest.mark.slow
 def test_relationship_mapping_from_config(emulator: Emulator, make_pipeline):
     pipeline = make_pipeline(
         tables={
@@ -1479,6 +1486,7 @@ def views(make_pipeline) -> tuple[dlt.Pipeline, Any]:
     return pipeline, resources
 
 
+@pytest.mark.slow
 def test_page_and_screen_events_are_stored_and_not_duplicated_on_rerun(
     emulator: Emulator, make_pipeline
 ):
@@ -1517,6 +1525,7 @@ def test_page_and_screen_events_are_stored_and_not_duplicated_on_rerun(
     assert emulator.duplicate_events == 6
 
 
+@pytest.mark.slow
 def test_independent_actions_load_together_in_one_run(emulator: Emulator, make_pipeline):
     pipeline = make_pipeline()
     info = pipeline.run(
@@ -1561,6 +1570,7 @@ def test_independent_actions_load_together_in_one_run(emulator: Emulator, make_p
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("mapping", "key"),
     [

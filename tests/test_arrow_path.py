@@ -132,6 +132,7 @@ def test_rows_of_accepted_entries_are_built_only_when_rejected():
     assert rejection.row == {"ident": "b", "n": 2}
 
 
+@pytest.mark.slow
 def test_arrow_rows_rejected_by_customerio_come_back_whole(httpx_mock, tmp_path):
     import dlt
     import httpx

@@ -27,6 +27,8 @@ from cio_destination.state.fingerprints import SqlFingerprints, sql_fingerprints
 
 from .conftest import API_KEY, SITE_ID, with_region
 
+pytestmark = pytest.mark.slow  # whole dlt pipelines against the emulator
+
 
 def people(rows: list[dict]):
     return customerio_adapter(
@@ -189,8 +191,9 @@ def test_a_fingerprints_url_sqlalchemy_cannot_use_is_a_setting_to_fix(url: str):
 
 @pytest.mark.slow
 def test_a_fingerprints_database_failing_in_a_load_is_named_without_any_identifier(
-    emulator: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog
+    emulator: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog, monkeypatch
 ):
+    monkeypatch.setenv("LOAD__RAISE_ON_MAX_RETRIES", "1")  # fail at once, not after dlt's retries
     path = tmp_path / "fingerprints.db"
 
     def run(plan: str) -> None:
@@ -330,7 +333,6 @@ def arrow_table_people(table):
     )
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("before", "after"),
     [
@@ -375,7 +377,6 @@ def _old_source_hash(row: dict) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-@pytest.mark.slow
 def test_source_hashes_stored_by_an_older_version_resend_nobody(emulator: Emulator, make_pipeline):
     """After an upgrade the stored source hashes no longer match: the rows are mapped again,
     the whole-operation hash finds them unchanged, nothing is sent, and the new source hashes

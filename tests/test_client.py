@@ -25,6 +25,8 @@ from cio_destination.transport.results import SendStats
 from cio_destination.transport.sender import Sender
 from cio_destination.transport.track import TrackClient
 
+from .in_flight import InFlight
+
 
 class FakeClock:
     def __init__(self) -> None:
@@ -284,15 +286,23 @@ def test_other_4xx_are_never_retried(httpx_mock: HTTPXMock, status: int):
     httpx_mock.add_response(status_code=status, json={})
     client = make_client(FakeClock())
 
+    raised: CustomerioTerminalError | None = None
     try:
         client.send_batch([entry(1)])
-    except CustomerioTerminalError:
-        assert status == 404
+    except CustomerioTerminalError as error:
+        raised = error
+    assert (raised is not None) == (status == 404)  # a 404 is a wrong URL, the others reject
     assert len(httpx_mock.get_requests()) == 1
 
 
 def test_sender_splits_bodies_under_the_limit_and_sends_them_concurrently(httpx_mock: HTTPXMock):
-    httpx_mock.add_response(json={}, is_reusable=True)
+    in_flight = InFlight(4, let_through=1)  # the first body goes alone, to check the credentials
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        with in_flight.request():
+            return httpx.Response(200, json={})
+
+    httpx_mock.add_callback(answer, is_reusable=True)
     client = make_client(FakeClock())
     sender = Sender(client, max_in_flight=4, max_request_bytes=2_000)
     entries = [entry(i) for i in range(200)]
@@ -306,6 +316,7 @@ def test_sender_splits_bodies_under_the_limit_and_sends_them_concurrently(httpx_
     assert sorted(sent, key=int) == [str(i) for i in range(200)]
     assert result.stats.accepted == 200
     assert result.error is None
+    assert in_flight.filled and in_flight.most == 4  # four at once, never more
     sender.close()
 
 

@@ -14,6 +14,8 @@ from cio_destination.emulator import Emulator
 
 from .conftest import API_KEY, SITE_ID
 
+pytestmark = pytest.mark.slow  # whole dlt pipelines against the emulator
+
 
 def members(ids, *, arrow: bool = False, **mapping):
     rows = [{"uid": f"u{i}", "plan": "pro"} for i in ids]
@@ -166,7 +168,6 @@ def test_a_changing_duckdb_table_sends_changes_and_removes_who_left(
     assert len(ids(emulator)) == 38
 
 
-@pytest.mark.slow
 def test_a_person_whose_identifier_dlt_stored_in_a_variant_column_is_mirrored(
     emulator: Emulator, tmp_path: Path
 ):

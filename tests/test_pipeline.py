@@ -85,6 +85,7 @@ def warehouse_resources(url: str, backend: str) -> list:
     return [users, orders]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlalchemy", "pyarrow"])
 def test_warehouse_tables_become_people_and_events(
     backend: str, warehouse: str, emulator: Emulator, make_pipeline
@@ -155,6 +156,7 @@ def test_warehouse_tables_become_people_and_events(
     assert all("bad-email" not in r["message"] for r in rejected)
 
 
+@pytest.mark.slow
 def test_same_rows_in_both_shapes_get_the_same_event_ids(
     warehouse: str, emulator: Emulator, make_pipeline
 ):
@@ -167,6 +169,7 @@ def test_same_rows_in_both_shapes_get_the_same_event_ids(
     assert sorted(e["id"] for e in emulator.events) == first
 
 
+@pytest.mark.slow
 def test_rerun_and_full_resync_create_no_duplicate_event(
     warehouse: str, emulator: Emulator, make_pipeline
 ):
@@ -181,6 +184,7 @@ def test_rerun_and_full_resync_create_no_duplicate_event(
     assert emulator.duplicate_events == 4
 
 
+@pytest.mark.slow
 def test_mapping_from_config_without_code(emulator: Emulator, make_pipeline):
     rows = [{"uid": 7, "plan": "pro", "seen": "2024-05-01T00:00:00Z"}]
     pipeline = make_pipeline(
@@ -194,6 +198,7 @@ def test_mapping_from_config_without_code(emulator: Emulator, make_pipeline):
     ]
 
 
+@pytest.mark.slow
 def test_mapping_from_env_config(emulator: Emulator, make_pipeline, monkeypatch):
     monkeypatch.setenv(
         "DESTINATION__CUSTOMERIO__TABLES",
@@ -217,6 +222,7 @@ def test_mapping_from_env_config(emulator: Emulator, make_pipeline, monkeypatch)
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("mapping", "key"),
     [
@@ -246,6 +252,7 @@ def test_bad_mapping_stops_the_load_before_any_request(
     assert emulator.requests == []
 
 
+@pytest.mark.slow
 def test_bad_credentials_stop_the_load_and_the_fixed_run_completes(
     emulator: Emulator, tmp_path: Path
 ):
@@ -279,6 +286,7 @@ def test_bad_credentials_stop_the_load_and_the_fixed_run_completes(
     assert fixed.list_normalized_load_packages() == []
 
 
+@pytest.mark.slow
 def test_bodies_fill_close_to_500_kb(emulator: Emulator, make_pipeline):
     rows = [
         {
@@ -307,6 +315,7 @@ def test_bodies_fill_close_to_500_kb(emulator: Emulator, make_pipeline):
     assert sum(r.ops for r in batch_requests) == 20_000
 
 
+@pytest.mark.slow
 def test_207_from_customerio_rejects_only_the_named_rows(httpx_mock: HTTPXMock, tmp_path: Path):
     def answer(request: httpx.Request) -> httpx.Response:
         batch = orjson.loads(request.content)["batch"]
@@ -340,6 +349,7 @@ def test_207_from_customerio_rejects_only_the_named_rows(httpx_mock: HTTPXMock, 
     ]
 
 
+@pytest.mark.slow
 def test_rejected_rows_load_back_into_a_warehouse(
     emulator: Emulator, make_pipeline, tmp_path: Path
 ):
@@ -370,6 +380,7 @@ def test_rejected_rows_load_back_into_a_warehouse(
     ]
 
 
+@pytest.mark.slow
 def test_plain_http_to_a_remote_host_is_refused(tmp_path: Path):
     from dlt.common.configuration.exceptions import ConfigurationValueError
 
@@ -394,6 +405,7 @@ def test_credentials_error_is_terminal_for_dlt():
     assert issubclass(MappingError, DestinationTerminalException)
 
 
+@pytest.mark.slow
 def test_destination_by_string_reference_with_env_config(
     emulator: Emulator, tmp_path: Path, monkeypatch
 ):

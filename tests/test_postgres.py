@@ -38,6 +38,8 @@ from cio_destination.event_ids import canonical_key, deterministic_ulid
 
 from .conftest import API_KEY, SITE_ID
 
+pytestmark = pytest.mark.slow  # a real PostgreSQL server and whole dlt pipelines
+
 
 def _pipeline_module() -> Any:
     """pipelines/warehouse_to_customerio.py (not a package), imported once per session."""

@@ -18,6 +18,8 @@ from cio_destination.emulator import Emulator
 
 from .conftest import API_KEY, SITE_ID, with_region
 
+pytestmark = pytest.mark.slow  # whole dlt pipelines (against pytest-httpx or the emulator)
+
 
 def people(name: str, count: int):
     rows = [{"uid": f"{name}-{i}", "plan": "pro"} for i in range(count)]
@@ -117,7 +119,6 @@ def closed_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_an_unreachable_customerio_stops_the_load_at_the_first_refusal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
@@ -135,7 +136,6 @@ def test_an_unreachable_customerio_stops_the_load_at_the_first_refusal(
     assert [r for r in caplog.records if r.name == "cio_destination"] == []  # no retries
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("region", ["us", "eu", "auto"])
 def test_the_region_is_compared_with_track_url_set(tmp_path: Path, region: str):
     with Emulator(site_id=SITE_ID, api_key=API_KEY, region="eu") as eu:

@@ -29,8 +29,9 @@ class FakeClock:
 def starts_of(limiter: RateLimiter, clock: FakeClock, n: int) -> list[float]:
     starts = []
     for _ in range(n):
+        asked = clock()
         waited = limiter.acquire()
-        assert waited >= 0
+        assert waited == pytest.approx(clock() - asked)  # what it says it waited, it slept
         starts.append(clock())
     return starts
 

@@ -42,6 +42,7 @@ USERS = [
 ]
 
 
+@pytest.mark.slow
 def test_report_counts_each_table_of_a_load(emulator: Emulator, make_pipeline):
     pipeline = make_pipeline(max_request_bytes=1_000)
 
@@ -77,6 +78,7 @@ def test_report_counts_each_table_of_a_load(emulator: Emulator, make_pipeline):
     assert "ada@example.com" not in text
 
 
+@pytest.mark.slow
 def test_dry_run_sends_nothing_and_spends_no_state(emulator: Emulator, make_pipeline):
     pipeline = make_pipeline()
 
@@ -114,6 +116,7 @@ def test_dry_run_sends_nothing_and_spends_no_state(emulator: Emulator, make_pipe
     assert [r.path for r in emulator.requests[requests_before:]] == []
 
 
+@pytest.mark.slow
 def test_dry_run_config_key_sends_nothing(emulator: Emulator, make_pipeline):
     pipeline = make_pipeline(dry_run=True)
 
@@ -199,6 +202,7 @@ def test_masking_hides_every_key_of_a_row_s_data_but_the_mapping_s_columns():
     }
 
 
+@pytest.mark.slow
 def test_dry_run_samples_show_no_value_of_a_row_in_names_or_keys(make_pipeline):
     rows = [
         {

@@ -215,6 +215,7 @@ def test_send_body_of_a_row():
     assert mapped.entries[0].key != mapper.map_rows([{**row, "receipt_id": 6}]).entries[0].key
 
 
+@pytest.mark.slow
 def test_sends_reach_the_app_api_and_a_rerun_sends_nothing_new(emulator: Emulator, tmp_path: Path):
     pipeline = send_pipeline(tmp_path, emulator.url)
 
@@ -232,6 +233,7 @@ def test_sends_reach_the_app_api_and_a_rerun_sends_nothing_new(emulator: Emulato
     assert list(rejected_rows(pipeline)) == []
 
 
+@pytest.mark.slow
 def test_send_email_without_app_api_key_stops_before_any_request(
     emulator: Emulator, tmp_path: Path
 ):
@@ -250,6 +252,7 @@ def test_send_email_without_app_api_key_stops_before_any_request(
     assert emulator.requests == []
 
 
+@pytest.mark.slow
 def test_bad_app_api_key_names_the_key_and_costs_one_request(emulator: Emulator, tmp_path: Path):
     destination = customerio(
         site_id=SITE_ID,
@@ -692,6 +695,7 @@ def _app_callback(answers: dict[str, httpx.Response | Exception], sent: list[str
     return answer
 
 
+@pytest.mark.slow
 def test_a_400_rejects_the_row_and_a_429_is_retried(httpx_mock: HTTPXMock, tmp_path: Path):
     sent: list[str] = []
     throttled = {"buyer1@example.com": httpx.Response(429, headers={"Retry-After": "0"})}

@@ -29,6 +29,8 @@ from .conftest import API_KEY, SITE_ID
 from .kills import REPO, child_env, kill_after_progress
 from .test_sends import receipts, receipts_resource, send_pipeline
 
+pytestmark = pytest.mark.slow  # whole dlt pipelines against the emulator
+
 SETTING = "destination.customerio.accept_new_send_ledger"
 
 
@@ -44,7 +46,6 @@ def closed_state_file(pipeline: dlt.Pipeline) -> Path:
     return path
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["emptied", "deleted", "replaced", "restored_older"])
 def test_a_lost_send_ledger_stops_the_next_email_load_before_any_send(
     emulator: Emulator, tmp_path: Path, loss: str
@@ -75,7 +76,6 @@ def test_a_lost_send_ledger_stops_the_next_email_load_before_any_send(
     assert sent_receipts(emulator) == before  # not one email, old or new
 
 
-@pytest.mark.slow
 def test_accept_new_send_ledger_lets_one_run_go_on_and_later_runs_need_nothing(
     emulator: Emulator, tmp_path: Path
 ):
@@ -95,7 +95,6 @@ def test_accept_new_send_ledger_lets_one_run_go_on_and_later_runs_need_nothing(
     assert sent_receipts(emulator) == {0: 2, 1: 2, 2: 2, 3: 1, 4: 1, 5: 1}
 
 
-@pytest.mark.slow
 def test_a_ledger_deleted_while_a_process_keeps_it_open_stops_the_next_email_load(
     emulator: Emulator, tmp_path: Path
 ):
@@ -233,7 +232,6 @@ def assert_names_the_file(error: BaseException, path: Path) -> None:
     assert "sqlite3" not in str(error)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("how", sorted(CORRUPTIONS))
 @pytest.mark.parametrize(
     "mapping",
@@ -254,7 +252,6 @@ def test_a_corrupt_state_file_stops_a_load_naming_the_file(
     assert "StateFileError" in str(raised.value)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("how", sorted(CORRUPTIONS))
 def test_a_corrupt_state_file_stops_an_email_load_naming_the_file(
     emulator: Emulator, tmp_path: Path, how: str
@@ -271,7 +268,6 @@ def test_a_corrupt_state_file_stops_an_email_load_naming_the_file(
     assert len(emulator.deliveries) == 200
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("how", sorted(CORRUPTIONS))
 def test_reading_rejections_and_reports_from_a_corrupt_state_file_names_the_file(
     emulator: Emulator, tmp_path: Path, how: str

@@ -177,6 +177,7 @@ def rejected(result: Any) -> list[tuple[str, str, str, str]]:
     return sorted((r["table"], r["row_key"], r["reason"], r["field"]) for r in result.rejected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlalchemy", "pyarrow"])
 def test_example_config_syncs_the_demo_warehouse_then_only_what_changed(
     backend: str, example: Path, tmp_path: Path, emulator: Emulator, monkeypatch
@@ -234,6 +235,7 @@ def test_example_config_syncs_the_demo_warehouse_then_only_what_changed(
     assert {k: v for k, v in ids_now.items() if k != 105} == event_ids
 
 
+@pytest.mark.slow
 def test_full_refresh_sends_everything_again_without_a_second_event(
     example: Path, tmp_path: Path, emulator: Emulator
 ):
@@ -250,6 +252,7 @@ def test_full_refresh_sends_everything_again_without_a_second_event(
     assert people(emulator) == DEMO_PEOPLE
 
 
+@pytest.mark.slow
 def test_one_table_can_be_synced_or_refreshed_alone(
     example: Path, tmp_path: Path, emulator: Emulator
 ):
@@ -267,6 +270,7 @@ def test_one_table_can_be_synced_or_refreshed_alone(
     assert events(emulator) == DEMO_EVENTS
 
 
+@pytest.mark.slow
 def test_command_line_prints_what_it_sent_and_rejected(
     example: Path, tmp_path: Path, emulator: Emulator, monkeypatch, capsys
 ):
@@ -304,6 +308,7 @@ def test_command_line_prints_what_it_sent_and_rejected(
     assert capsys.readouterr().out.splitlines()[1:] == ["  nothing new to send", "rejected rows: 0"]
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_report_sends_nothing_and_keeps_the_cursors(
     example: Path, tmp_path: Path, emulator: Emulator, monkeypatch, capsys
 ):
@@ -319,6 +324,7 @@ def test_dry_run_prints_the_report_sends_nothing_and_keeps_the_cursors(
     assert len(emulator.people) == 3  # the real run still found every row
 
 
+@pytest.mark.slow
 def test_config_from_environment_alone(
     tmp_path: Path, in_project: Any, emulator: Emulator, monkeypatch
 ):
@@ -505,6 +511,7 @@ def test_a_warehouse_url_whose_dialect_is_not_installed_exits_2_naming_it(
     assert emulator.requests == []
 
 
+@pytest.mark.slow
 def test_a_failed_load_resumes_on_the_next_run_then_reads_what_changed(
     example: Path, tmp_path: Path, emulator: Emulator, monkeypatch, capsys
 ):
@@ -543,6 +550,7 @@ def test_a_failed_load_resumes_on_the_next_run_then_reads_what_changed(
     assert emulator.duplicate_events == 0
 
 
+@pytest.mark.slow
 def test_initial_value_as_a_toml_date_time(example: Path, tmp_path: Path, emulator: Emulator):
     (example / ".dlt" / "config.toml").write_text(
         """
@@ -592,6 +600,7 @@ def test_json_as_text_casts_json_columns_only_where_the_cast_gives_json_text():
     assert wh.json_as_text(query, table, None, bigquery) is query
 
 
+@pytest.mark.slow
 def test_rejected_rows_example_loads_them_into_the_warehouse_without_duplicates(
     example: Path, tmp_path: Path, emulator: Emulator
 ):
