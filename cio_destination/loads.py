@@ -26,8 +26,9 @@ from cio_destination.exceptions import CustomerioTerminalError
 from cio_destination.mapper import RowMapper
 from cio_destination.mapping import compile_mapping, resolve_mapping
 from cio_destination.mapping_keys import CompiledMapping
+from cio_destination.restore import hold_lease
 from cio_destination.state import PipelineState, state_for
-from cio_destination.state.fingerprints import Fingerprints, sql_fingerprints
+from cio_destination.state.backend import now
 from cio_destination.state.ledger_guard import SendLedgerGuard
 
 logger = logging.getLogger("cio_destination")
@@ -164,7 +165,11 @@ def mappings_for_load(
             mappings = LoadMappings(config)
             if context is not None and context.load_id == load_id:
                 mappings.context = context
-                mappings.check_package(context, state_for(working_dir), pipeline)
+                state = pipeline_state(pipeline, config)
+                hold_lease(state, config)  # with state_url: one run of the pipeline at a time
+                if not config.dry_run:
+                    state.purge_older_than(now() - config.state_retention_days * 86_400)
+                mappings.check_package(context, state, pipeline)
             for stale in [k for k in _loads if k[0] == working_dir]:
                 del _loads[stale]  # only the current load of a pipeline is needed again
             _loads[key] = mappings
@@ -184,15 +189,10 @@ class Load:
     def diff(self, mapper: RowMapper) -> Diff:
         """The diff stage of one call for the table `mapper` maps."""
         table = mapper.compiled.table
-        fingerprints = self._fingerprints() if mapper.mapping.changes_only else None
+        fingerprints = self.state.fingerprints if mapper.mapping.changes_only else None
         return Diff(
             mapper, f"{self.pipeline.pipeline_name}/{table}", fingerprints, self.mappings.mirrors
         )
-
-    def _fingerprints(self) -> Fingerprints:
-        """The database of `fingerprints_url`, else the pipeline's state file."""
-        url = self.config.fingerprints_url
-        return sql_fingerprints(secret_text(url)) if url else self.state.fingerprints
 
     def send_ledger_guard(self) -> SendLedgerGuard:
         """The guard of the load's emails (see `SendLedgerGuard`)."""
@@ -206,4 +206,9 @@ def current_load(config: CustomerioConfiguration) -> Load:
     pipeline = dlt.current.pipeline()
     load_id = dlt.current.load_package_state()["load_id"]
     mappings = mappings_for_load(pipeline, load_id, config)
-    return Load(pipeline, load_id, config, mappings, state_for(pipeline.working_dir))
+    return Load(pipeline, load_id, config, mappings, pipeline_state(pipeline, config))
+
+
+def pipeline_state(pipeline: dlt.Pipeline, config: CustomerioConfiguration) -> PipelineState:
+    """The state of the pipeline: in the database of `state_url`, else its working directory."""
+    return state_for(pipeline.working_dir, pipeline.pipeline_name, config.state_location())

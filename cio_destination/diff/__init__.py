@@ -97,6 +97,15 @@ class Diff:
             parts.append(self._mirror.removal_entries())
         return parts
 
+    def erased(self, result: SendResult) -> list[str]:
+        """The people this call deleted or suppressed in Customer.io (the rows of a `delete` or
+        `suppress` table, or a mirror table's removals), whose records the state purges."""
+        if self._mapper.compiled.action in ("delete", "suppress"):
+            return [entry.row_key for entry in result.delivered_entries()]
+        if self._mirror is not None and self._mirror.taken and result.error is None:
+            return list(self._mirror.removed)
+        return []
+
     def delivered(self, result: SendResult, snapshots: MirrorSnapshots) -> None:
         """Remember what Customer.io accepted: the fingerprints of the people it took, and a
         mirror table's new snapshot once every removal went out (else the plan goes back)."""
