@@ -139,13 +139,13 @@ def test_the_lease_goes_to_one_holder_until_its_heartbeat_stops(store: StateStor
     found = runs.take_lease("b", "host-b", 2, timeout=3600)
     assert (found.holder, found.host, found.pid) == ("a", "host-a", 1)
     assert runs.beat("a") and not runs.beat("b")
-    # a holder that stopped beating (timeout 0: its last beat is already too old) is taken over
+    runs.release("a")
+    # a holder whose beats stopped (its timeout, -1 here, makes its last beat already too old)
     assert runs.take_lease("b", "host-b", 2, timeout=-1).holder == "b"
-    assert not runs.beat("a")
-    runs.release("a")  # no longer its own: nothing happens
-    assert runs.take_lease("c", "host-c", 3, timeout=3600).holder == "b"
-    runs.release("b")
-    assert runs.take_lease("c", "host-c", 3, timeout=3600).holder == "c"
+    assert runs.take_lease("c", "host-c", 3, timeout=3600).holder == "c"  # taken over
+    assert not runs.beat("b")
+    runs.release("b")  # no longer its own: nothing happens
+    assert runs.take_lease("d", "host-d", 4, timeout=3600).holder == "c"
 
 
 def test_the_layout_version_is_recorded_and_a_newer_one_refused(tmp_path: Path):

@@ -45,7 +45,8 @@ class PipelineRuns:
             host TEXT NOT NULL,
             pid BIGINT NOT NULL,
             started_at DOUBLE PRECISION NOT NULL,
-            heartbeat_at DOUBLE PRECISION NOT NULL
+            heartbeat_at DOUBLE PRECISION NOT NULL,
+            timeout_seconds DOUBLE PRECISION NOT NULL
         )""",
         """CREATE TABLE IF NOT EXISTS {cio_dlt_state} (
             pipeline_name TEXT PRIMARY KEY,
@@ -63,7 +64,8 @@ class PipelineRuns:
         self._pipeline = pipeline_name
 
     def take_lease(self, holder: str, host: str, pid: int, timeout: float) -> LeaseHolder:
-        """Take the lease for `holder` unless another holder beat within `timeout` seconds.
+        """Take the lease for `holder` unless another holder beat within its own `timeout`
+        (the one it took the lease with, which sets how often it beats).
 
         Returns the lease's holder after the attempt: `holder` itself, or the live one that
         keeps it. One statement decides, so two runs starting at once never both get it.
@@ -72,11 +74,13 @@ class PipelineRuns:
         with self._store.transaction(durable=True) as tx:
             tx.execute(
                 "INSERT INTO {cio_leases} AS lease (pipeline_name, holder, host, pid, started_at,"
-                " heartbeat_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (pipeline_name) DO UPDATE"
-                " SET holder = excluded.holder, host = excluded.host, pid = excluded.pid,"
-                " started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at"
-                " WHERE lease.holder = excluded.holder OR lease.heartbeat_at < ?",
-                [self._pipeline, holder, host, pid, at, at, at - timeout],
+                " heartbeat_at, timeout_seconds) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (pipeline_name) DO UPDATE SET holder = excluded.holder,"
+                " host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,"
+                " heartbeat_at = excluded.heartbeat_at, timeout_seconds = excluded.timeout_seconds"
+                " WHERE lease.holder = excluded.holder"
+                " OR lease.heartbeat_at + lease.timeout_seconds < ?",
+                [self._pipeline, holder, host, pid, at, at, timeout, at],
             )
             rows = tx.execute(
                 "SELECT holder, host, pid, started_at, heartbeat_at FROM {cio_leases}"
