@@ -125,6 +125,10 @@ def restore_state(pipeline: dlt.Pipeline) -> bool:
         return False
     state, config = found
     hold_lease(state, config)
+    return _restore(pipeline, state)
+
+
+def _restore(pipeline: dlt.Pipeline, state: PipelineState) -> bool:
     saved = state.runs.dlt_state()
     if saved is None:
         return False
@@ -166,14 +170,20 @@ def save_state(pipeline: Any) -> None:
 
 
 class _Tracking:
-    """dlt's tracking hooks: save the state after a completed load, give the lease back at the
-    end of a run."""
+    """dlt's tracking hooks: restore the state before an extract, save it after a completed
+    load, give the lease back at the end of a run (dlt logs a hook's error as a warning)."""
 
     def on_start_trace(self, trace: Any, step: str, pipeline: Any) -> None:
         pass
 
     def on_start_trace_step(self, trace: Any, step: str, pipeline: Any) -> None:
-        pass
+        """Before an extract: the saved state, if the local one is missing or older (a run
+        that did not call `restore_state`, such as a task of dlt's Airflow helper)."""
+        if step != "extract":
+            return
+        found = _shared_state(pipeline)
+        if found is not None:  # a dry run's scratch copy too: it only reads the state
+            _restore(pipeline, found[0])
 
     def on_end_trace_step(
         self, trace: Any, step: Any, pipeline: Any, step_info: Any, send_state: bool
