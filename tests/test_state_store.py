@@ -238,3 +238,11 @@ def test_fingerprints_url_is_a_deprecated_alias_of_state_url(caplog: pytest.LogC
     )
     assert both.state_location() == ("sqlite:///y.db", "cio", "destination.customerio.state_url")
     assert CustomerioConfiguration().state_location() is None
+
+
+def test_changed_sources_are_those_whose_kept_hash_differs_or_is_missing(store: StateStore):
+    fingerprints = PipelineState(store, "p").fingerprints
+    fingerprints.remember("p/people", {"a": {"r": 1, "a": {}, "s": 10}, "b": {"r": 2, "a": {}}})
+    asked = [("a", 10), ("a", 11), ("b", 20), ("c", 30)]  # a person twice in one batch, too
+
+    assert fingerprints.changed_sources("p/people", asked) == {("a", 11), ("b", 20), ("c", 30)}

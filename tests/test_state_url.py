@@ -320,3 +320,28 @@ def test_an_erasure_leaves_no_copy_of_the_person_in_the_state(
         text = bytes(cell).decode() if isinstance(cell, memoryview) else str(cell)
         assert person not in text, table_name
     assert "other-1" in str(list(database.state_cells()))  # the others' records stay
+
+
+def test_postgres_writes_and_compares_a_whole_batch_in_one_statement(
+    database: Database,
+):
+    from cio_destination.state import TABLES, PipelineState
+    from cio_destination.state.backend import SqlStore
+
+    store = SqlStore(database.url, database.state, TABLES, "destination.customerio.state_url")
+    fingerprints = PipelineState(store, "p").fingerprints
+    statements: list[str] = []
+    sa.event.listen(
+        store._engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *args: statements.append(statement.split()[0]),
+    )
+    kept = {f"u{i}": {"r": i, "a": {"plan": i}, "s": i} for i in range(2_000)}
+
+    fingerprints.remember("p/people", kept)
+    asked = [(f"u{i}", i if i % 4 else -i - 1) for i in range(1_000, 3_000)]
+    changed = fingerprints.changed_sources("p/people", asked)
+
+    assert changed == {(i, h) for i, h in asked if int(i[1:]) >= 2_000 or int(i[1:]) % 4 == 0}
+    assert [s for s in statements if s in ("INSERT", "SELECT")] == ["INSERT", "SELECT"]
+    store.close()

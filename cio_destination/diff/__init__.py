@@ -61,13 +61,12 @@ class Diff:
         if hashed is None:
             return items
         identifiers, hashes = hashed
-        known = self._fingerprints.source_hashes_of(
-            self._scope, [i for i in identifiers if i is not None]
-        )
+        pairs = [(i, h) for i, h in zip(identifiers, hashes, strict=True) if i is not None]
+        changed = self._fingerprints.changed_sources(self._scope, pairs)
         keep = [
             index
-            for index, (identifier, row_hash) in enumerate(zip(identifiers, hashes, strict=True))
-            if identifier is None or known.get(identifier) != row_hash
+            for index, pair in enumerate(zip(identifiers, hashes, strict=True))
+            if pair[0] is None or pair in changed
         ]
         self.source_hashes = {
             i: h for i, h in zip(identifiers, hashes, strict=True) if i is not None

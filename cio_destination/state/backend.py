@@ -25,7 +25,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
@@ -71,48 +71,74 @@ class _Names(dict):  # type: ignore[type-arg]
 class Transaction:
     """One transaction of a store: committed as a whole, or rolled back."""
 
-    def __init__(self, execute: Callable[[str, Sequence[Any]], Any], many: bool) -> None:
+    def __init__(
+        self,
+        execute: Callable[[str, Sequence[Any]], Any],
+        many: bool,
+        array_types: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        """`many`: the driver runs one statement over many rows (sqlite3's executemany);
+        `array_types`: the column types of each table, where the database takes whole arrays
+        as parameters (PostgreSQL): then a write is one statement, however many its rows."""
         self._execute = execute
         self._many = many
+        self._arrays = array_types
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement; its rows, if it returns any."""
         return self._execute(sql, params)
 
     def upsert(
-        self, table: str, columns: Sequence[str], keys: Sequence[str], rows: Iterable[Sequence[Any]]
+        self,
+        table: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        *,
+        distinct: bool = False,
     ) -> None:
         """Insert `rows`, replacing the rows with the same `keys`; many rows per statement.
-        A key given twice keeps its last row."""
-        positions = [columns.index(k) for k in keys]
-        unique = list({tuple(row[p] for p in positions): row for row in rows}.values())
+        A key given twice keeps its last row (`distinct`: the caller's rows have no such twins)."""
+        if distinct:
+            unique = list(rows)
+        else:
+            positions = [columns.index(k) for k in keys]
+            unique = list({tuple(row[p] for p in positions): row for row in rows}.values())
         if not unique:
             return
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
         conflict = f"ON CONFLICT ({', '.join(keys)}) DO " + (
             f"UPDATE SET {updates}" if updates else "NOTHING"
         )
+        head = f"INSERT INTO {{{table}}} ({', '.join(columns)}) "
+        if self._arrays is not None:  # one array per column, unnested by the server
+            types = self._arrays[table]
+            arrays = ", ".join(f"?::{types[c]}[]" for c in columns)
+            self._execute(
+                f"{head}SELECT * FROM unnest({arrays}) {conflict}",
+                [list(column) for column in zip(*unique, strict=True)],
+            )
+            return
         marks = "(" + ",".join("?" * len(columns)) + ")"
-        head = f"INSERT INTO {{{table}}} ({', '.join(columns)}) VALUES "
-        if self._many:  # the driver runs one statement over every row (sqlite3's executemany)
-            self._execute(f"{head}{marks} {conflict}", unique)
+        if self._many:
+            self._execute(f"{head}VALUES {marks} {conflict}", unique)
             return
         for start in range(0, len(unique), _ROWS_PER_STATEMENT):
             chunk = unique[start : start + _ROWS_PER_STATEMENT]
             values = [value for row in chunk for value in row]
-            self._execute(f"{head}{','.join([marks] * len(chunk))} {conflict}", values)
+            self._execute(f"{head}VALUES {','.join([marks] * len(chunk))} {conflict}", values)
 
     def delete_in(
         self, table: str, where: str, params: Sequence[Any], column: str, values: Sequence[Any]
     ) -> None:
         """Delete the rows matching `where` (with `params`) whose `column` is one of `values`."""
+        delete = f"DELETE FROM {{{table}}} WHERE {where} AND {column}"
+        if self._arrays is not None:
+            self._execute(f"{delete} = ANY(?)", [*params, list(values)])
+            return
         for start in range(0, len(values), _ROWS_PER_STATEMENT):
             chunk = list(values[start : start + _ROWS_PER_STATEMENT])
-            marks = ",".join("?" * len(chunk))
-            self._execute(
-                f"DELETE FROM {{{table}}} WHERE {where} AND {column} IN ({marks})",
-                [*params, *chunk],
-            )
+            self._execute(f"{delete} IN ({','.join('?' * len(chunk))})", [*params, *chunk])
 
 
 class StateStore:
@@ -122,6 +148,9 @@ class StateStore:
     location: str
     shared: bool
     """Whether other runners reach this store (a `state_url`), so a run takes a lease in it."""
+    arrays = False
+    """Whether statements take whole arrays as parameters (PostgreSQL: `unnest(?::text[])`,
+    `= ANY(?)`), so a repository may ask the database to compare many rows at once."""
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows of one query."""
@@ -352,6 +381,34 @@ class SqlStore(StateStore):
                         tx.execute("SELECT pg_advisory_xact_lock(7305982117)")
                     tx.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
                 create_tables(tx, tables, lambda: None)
+                self._arrays = self._column_types(tx, schema)
+                self.arrays = self._arrays is not None
+
+    def _column_types(
+        self, tx: Transaction, schema: str | None
+    ) -> dict[str, dict[str, str]] | None:
+        """PostgreSQL's types of the state's columns, for writes and reads of whole arrays."""
+        if self._dialect != "postgresql":
+            return None
+        types: dict[str, dict[str, str]] = {}
+        for table, column, kind in tx.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = COALESCE(?, current_schema()) AND table_name LIKE 'cio\\_%'",
+            [schema],
+        ):
+            types.setdefault(table, {})[column] = kind
+        return types
+
+    def read_in(
+        self, sql: str, params: Sequence[Any], values: Sequence[Any]
+    ) -> Iterator[tuple[Any, ...]]:
+        if self._arrays is None:
+            yield from super().read_in(sql, params, values)
+            return
+        # one query, its values one array: PostgreSQL looks each up in the index
+        yield from self.read(
+            sql.replace("IN ({marks})", "= ANY(?)").format(), [*params, list(values)]
+        )
 
     @contextmanager
     def _database(self, *, connecting: bool = False) -> Iterator[None]:
@@ -372,9 +429,13 @@ class SqlStore(StateStore):
             def run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
                 text = _to_paramstyle(sql.format_map(self._names), self._style)
                 result = connection.exec_driver_sql(text, tuple(params))
-                return [tuple(row) for row in result] if result.returns_rows else []
+                if not result.returns_rows:
+                    return []
+                rows = result.cursor.fetchall()  # the driver's tuples, no Row objects
+                result.close()
+                return rows  # type: ignore[no-any-return]
 
-            yield Transaction(run, many=False)
+            yield Transaction(run, many=False, array_types=getattr(self, "_arrays", None))
 
     def close(self) -> None:
         self._engine.dispose()

@@ -29,6 +29,11 @@ class Fingerprints(Protocol):
         """The source-row hashes kept with the fingerprints of `identifiers`, where known."""
         ...
 
+    def changed_sources(self, scope: str, pairs: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Those (identifier, source-row hash) `pairs` whose hash is not the one kept with the
+        identifier's fingerprint (or that have none)."""
+        ...
+
     def remember(self, scope: str, fingerprints: Mapping[str, Fingerprint]) -> None:
         """Keep these fingerprints (of people Customer.io accepted), replacing earlier ones."""
         ...
@@ -93,6 +98,20 @@ class StoredFingerprints:
             )
         )
 
+    def changed_sources(self, scope: str, pairs: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        if self._store.arrays:  # compared by the database: only what changed comes back
+            return set(
+                self._store.read(
+                    "SELECT k.identifier, k.source_hash FROM unnest(?::text[], ?::bigint[])"
+                    " AS k(identifier, source_hash) LEFT JOIN {cio_fingerprints} f"
+                    " ON f.scope = ? AND f.identifier = k.identifier"
+                    " WHERE f.source_hash IS DISTINCT FROM k.source_hash",
+                    [[i for i, _ in pairs], [h for _, h in pairs], scope],
+                )
+            )
+        known = self.source_hashes_of(scope, [identifier for identifier, _ in pairs])
+        return {(i, h) for i, h in pairs if known.get(i) != h}
+
     def remember(self, scope: str, fingerprints: Mapping[str, Fingerprint]) -> None:
         if not fingerprints:
             return
@@ -100,7 +119,8 @@ class StoredFingerprints:
             (scope, k, v["r"], orjson.dumps(v["a"]), v.get("s")) for k, v in fingerprints.items()
         ]
         with self._store.transaction() as tx:
-            tx.upsert("cio_fingerprints", self._COLUMNS, ("scope", "identifier"), rows)
+            keys = ("scope", "identifier")
+            tx.upsert("cio_fingerprints", self._COLUMNS, keys, rows, distinct=True)  # a dict's
 
     def forget(self, scope: str, identifiers: Sequence[str]) -> None:
         with self._store.transaction() as tx:

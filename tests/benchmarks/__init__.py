@@ -25,6 +25,9 @@ Sections (`--only NAME`, repeatable):
 * `latency`: a sink that answers after 200 ms, `requests_per_second=50` and
   `max_request_bytes=1000`, so the sync needs ~500 requests: achieved requests/s and its share of
   the 50/s budget (the load step's time).
+* `state`: a 1,000,000-row DuckDB table synced plainly, against `changes_only` with `state_url`
+  on PostgreSQL: the first sync, a re-sync with nothing changed and one with 1% changed (see
+  `tests/benchmarks/state.py`).
 * `profile`: cProfile of every thread of smaller destination runs, top functions in
   cio_destination's own code. Runs by itself when a throughput target is missed.
 

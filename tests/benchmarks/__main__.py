@@ -20,18 +20,29 @@ from typing import Any
 import orjson
 
 from cio_destination.batching import ENVELOPE_BYTES
-from tests.benchmarks import data
+from tests.benchmarks import data, state
 from tests.benchmarks.sink import SinkProcess
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 SITE_ID = "bench-site"
 API_KEY = "bench-key"
-SECTIONS = ("dict", "arrow", "per_row", "events", "memory", "latency", "changes", "profile")
+SECTIONS = (
+    "dict",
+    "arrow",
+    "per_row",
+    "events",
+    "memory",
+    "latency",
+    "changes",
+    "state",
+    "profile",
+)
 
 FULL = {
     "dict_rows": 200_000,
     "changes_rows": 1_000_000,
+    "state_rows": 1_000_000,
     "arrow_rows": 1_000_000,
     "events_arrow_rows": 1_000_000,
     "events_dict_rows": 200_000,
@@ -46,6 +57,7 @@ FULL = {
 
 # Targets: (figure, comparison, threshold)
 TARGETS = {
+    **state.TARGETS,
     "dict_ratio": (">=", 0.8),
     "arrow_ratio": (">=", 0.5),
     "arrow_mb_per_s": (">", 50.0),
@@ -144,6 +156,7 @@ class Bench:
             passed = {
                 ">=": value >= threshold,
                 ">": value > threshold,
+                "<": value < threshold,
                 "<=": value <= threshold,
             }[comparison]
             status = "PASS" if passed else "MISS"
@@ -376,6 +389,15 @@ class Bench:
             "of the run",
             note="the diff and sends, against reading the source (extract + normalize)",
         )
+
+    def section_state(self) -> None:
+        spec = self.spec("state", "arrow", self.sizes["state_rows"])
+        figures, failures = state.section(spec, 1 if self.args.quick else self.repeat)
+        for name, value in figures.items():
+            self.figure(name, value, "x" if name in state.TARGETS else "s")
+        for failure in failures:
+            self.failures.append(f"state: {failure}")
+            print(f"  CHECK FAILED state: {failure}", flush=True)
 
     def section_profile(self) -> None:
         print("\n[profile] cProfile (every thread) of smaller destination runs")
