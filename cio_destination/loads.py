@@ -29,6 +29,7 @@ from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.restore import hold_lease
 from cio_destination.state import PipelineState, state_for
 from cio_destination.state.backend import now
+from cio_destination.state.fingerprints import Fingerprints
 from cio_destination.state.ledger_guard import SendLedgerGuard
 
 logger = logging.getLogger("cio_destination")
@@ -47,6 +48,7 @@ class LoadMappings:
         """The removal plans of the load's mirror tables."""
         self._ledger: SendLedgerGuard | None = None
         self._lock = threading.Lock()
+        self._first_syncs: dict[str, bool] = {}
         self.context: LoadPackageStateInjectableContext | None = None
         """The load package context (one per attempt at the package) this was checked in."""
 
@@ -92,6 +94,14 @@ class LoadMappings:
                 self.send_ledger(context).check(state.ledger, pipeline)
             except CustomerioTerminalError as error:
                 self._error = error
+
+    def first_sync(self, scope: str, fingerprints: Fingerprints) -> bool:
+        """Whether no fingerprint of `scope` was kept when the load first asked."""
+        with self._lock:
+            found = self._first_syncs.get(scope)
+            if found is None:
+                found = self._first_syncs[scope] = not fingerprints.holds_any(scope)
+            return found
 
     def send_ledger(self, context: LoadPackageStateInjectableContext) -> SendLedgerGuard:
         """The load's send ledger guard, recording into the load package's state."""
@@ -188,11 +198,12 @@ class Load:
 
     def diff(self, mapper: RowMapper) -> Diff:
         """The diff stage of one call for the table `mapper` maps."""
-        table = mapper.compiled.table
-        fingerprints = self.state.fingerprints if mapper.mapping.changes_only else None
-        return Diff(
-            mapper, f"{self.pipeline.pipeline_name}/{table}", fingerprints, self.mappings.mirrors
-        )
+        scope = f"{self.pipeline.pipeline_name}/{mapper.compiled.table}"
+        if not mapper.mapping.changes_only:
+            return Diff(mapper, scope, None, self.mappings.mirrors)
+        fingerprints = self.state.fingerprints
+        first_sync = self.mappings.first_sync(scope, fingerprints)
+        return Diff(mapper, scope, fingerprints, self.mappings.mirrors, first_sync=first_sync)
 
     def send_ledger_guard(self) -> SendLedgerGuard:
         """The guard of the load's emails (see `SendLedgerGuard`)."""

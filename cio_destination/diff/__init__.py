@@ -38,13 +38,18 @@ class Diff:
         scope: str,
         fingerprints: Fingerprints | None,
         mirrors: MirrorPlans,
+        *,
+        first_sync: bool = False,
     ) -> None:
         """`fingerprints`: where the table's are kept, None unless it is `changes_only`;
-        `mirrors`: the load's mirror plans, one of which may be the table's."""
+        `mirrors`: the load's mirror plans, one of which may be the table's; `first_sync`: no
+        fingerprint of the table was kept when the load started, so none is looked up (a
+        person in two batches of the load is sent in full twice, as without `changes_only`)."""
         self._mapper = mapper
         self._scope = scope
         self._fingerprints = fingerprints
         self._mirrors = mirrors
+        self._first_sync = first_sync
         self._changes: Changes | None = None
         self._mirror: MirrorPlan | None = None
         self.source_hashes: dict[str, int] | None = None
@@ -62,7 +67,11 @@ class Diff:
             return items
         identifiers, hashes = hashed
         pairs = [(i, h) for i, h in zip(identifiers, hashes, strict=True) if i is not None]
-        changed = self._fingerprints.changed_sources(self._scope, pairs)
+        changed = (
+            set(pairs)
+            if self._first_sync
+            else self._fingerprints.changed_sources(self._scope, pairs)
+        )
         keep = [
             index
             for index, pair in enumerate(zip(identifiers, hashes, strict=True))
@@ -88,6 +97,7 @@ class Diff:
                 self._fingerprints,
                 self._scope,
                 self.source_hashes,
+                first_sync=self._first_sync,
             )
             parts = [self._changes.entries]
             self.skipped += self._changes.unchanged

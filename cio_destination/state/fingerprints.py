@@ -25,6 +25,10 @@ class Fingerprints(Protocol):
         """The fingerprints of those `identifiers` that have one."""
         ...
 
+    def holds_any(self, scope: str) -> bool:
+        """Whether any fingerprint of `scope` is kept (none: a first sync, nothing to look up)."""
+        ...
+
     def source_hashes_of(self, scope: str, identifiers: Sequence[str]) -> dict[str, int]:
         """The source-row hashes kept with the fingerprints of `identifiers`, where known."""
         ...
@@ -87,6 +91,11 @@ class StoredFingerprints:
                 identifiers,
             )
         }
+
+    def holds_any(self, scope: str) -> bool:
+        return bool(
+            self._store.read("SELECT 1 FROM {cio_fingerprints} WHERE scope = ? LIMIT 1", [scope])
+        )
 
     def source_hashes_of(self, scope: str, identifiers: Sequence[str]) -> dict[str, int]:
         return dict(
