@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -246,3 +249,43 @@ def test_changed_sources_are_those_whose_kept_hash_differs_or_is_missing(store: 
     asked = [("a", 10), ("a", 11), ("b", 20), ("c", 30)]  # a person twice in one batch, too
 
     assert fingerprints.changed_sources("p/people", asked) == {("a", 11), ("b", 20), ("c", 30)}
+
+
+def test_only_the_ledger_s_claims_are_synced_to_disk_before_they_return(tmp_path: Path):
+    state = PipelineState.in_file(tmp_path / "state.sqlite")
+    store = state.store
+    assert isinstance(store, StateFile)
+    synced: list[tuple[str, int]] = []
+    transaction = store.transaction
+    writing = [""]
+
+    def watched(*, durable: bool = False) -> Any:
+        @contextlib.contextmanager
+        def block() -> Iterator[Any]:
+            with transaction(durable=durable) as tx:
+                level = tx.execute("PRAGMA synchronous")[0][0]
+                yield tx
+            synced.append((writing[0], level))
+
+        return block()
+
+    store.transaction = watched  # type: ignore[method-assign]
+    for name, write in [
+        ("claim", lambda: state.ledger.claim("receipts", "k1", "1.1")),
+        ("sent", lambda: state.ledger.mark_sent("k1", "d1")),
+        ("fingerprints", lambda: state.fingerprints.remember("p/t", {"u": {"r": 1, "a": {}}})),
+        ("rejects", lambda: state.rejects.record("1.1", "t", "identify", [rejection("u")])),
+        ("reports", lambda: state.reports.record(batch_record("1.1"))),
+    ]:
+        writing[0] = name
+        write()
+
+    # 2 = FULL (synced at commit), 1 = NORMAL (safe from a crash of the process, in WAL mode)
+    assert synced == [
+        ("claim", 2),
+        ("sent", 1),
+        ("fingerprints", 1),
+        ("rejects", 1),
+        ("reports", 1),
+    ]
+    state.close()
