@@ -345,3 +345,32 @@ def test_postgres_writes_and_compares_a_whole_batch_in_one_statement(
     assert changed == {(i, h) for i, h in asked if int(i[1:]) >= 2_000 or int(i[1:]) % 4 == 0}
     assert [s for s in statements if s in ("INSERT", "SELECT")] == ["INSERT", "SELECT"]
     store.close()
+
+
+def test_large_writes_stream_through_copy_and_keep_every_value(database: Database):
+    from cio_destination.state import TABLES, PipelineState
+    from cio_destination.state.backend import SqlStore
+
+    store = SqlStore(database.url, database.state, TABLES, "destination.customerio.state_url")
+    fingerprints = PipelineState(store, "p").fingerprints
+    odd = ["tab\there", "line\nbreak\r", "back\\slash", "\\N", "ünï 😀", "quote'\"", ""]
+    kept = {
+        f"{odd[i % len(odd)]}-{i}": {
+            "r": -(2**63) + i,
+            "a": {"k\t\\": i},
+            "s": None if i % 2 else i,
+        }
+        for i in range(3_000)
+    }
+
+    fingerprints.remember("p/people", kept)
+    fingerprints.remember("p/people", dict(list(kept.items())[:1_500]))  # replaced, not doubled
+
+    found = fingerprints.fingerprints_of("p/people", list(kept))
+    assert {k: (v["r"], v.get("a")) for k, v in found.items()} == {
+        k: (v["r"], v["a"]) for k, v in kept.items()
+    }
+    assert fingerprints.source_hashes_of("p/people", list(kept)) == {
+        k: v["s"] for k, v in kept.items() if v["s"] is not None
+    }
+    store.close()

@@ -21,6 +21,7 @@ Any failure surfaces as a `StateFileError` naming the file, or as `database_erro
 
 from __future__ import annotations
 
+import io
 import re
 import sqlite3
 import threading
@@ -50,6 +51,8 @@ _META = """
     )
 """
 _ROWS_PER_STATEMENT = 500
+_COPY_ROWS = 1_000
+"""Writes of this many rows or more stream them with COPY, where the database has it."""
 
 
 def state_path(working_dir: str | Path) -> Path:
@@ -76,13 +79,17 @@ class Transaction:
         execute: Callable[[str, Sequence[Any]], Any],
         many: bool,
         array_types: Mapping[str, Mapping[str, str]] | None = None,
+        copy: Callable[[str, Sequence[str], list[Sequence[Any]]], str] | None = None,
     ) -> None:
         """`many`: the driver runs one statement over many rows (sqlite3's executemany);
         `array_types`: the column types of each table, where the database takes whole arrays
-        as parameters (PostgreSQL): then a write is one statement, however many its rows."""
+        as parameters (PostgreSQL): then a write is one statement, however many its rows;
+        `copy`: streams rows into a scratch table like the table named (PostgreSQL's COPY),
+        returning its name, for large writes."""
         self._execute = execute
         self._many = many
         self._arrays = array_types
+        self._copy = copy
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement; its rows, if it returns any."""
@@ -111,6 +118,10 @@ class Transaction:
             f"UPDATE SET {updates}" if updates else "NOTHING"
         )
         head = f"INSERT INTO {{{table}}} ({', '.join(columns)}) "
+        if self._copy is not None and len(unique) >= _COPY_ROWS:
+            scratch = self._copy(table, columns, unique)
+            self._execute(f"{head}SELECT {', '.join(columns)} FROM {scratch} {conflict}", [])
+            return
         if self._arrays is not None:  # one array per column, unnested by the server
             types = self._arrays[table]
             arrays = ", ".join(f"?::{types[c]}[]" for c in columns)
@@ -435,10 +446,56 @@ class SqlStore(StateStore):
                 result.close()
                 return rows  # type: ignore[no-any-return]
 
-            yield Transaction(run, many=False, array_types=getattr(self, "_arrays", None))
+            def copy(table: str, columns: Sequence[str], rows: list[Sequence[Any]]) -> str:
+                scratch = f"cio_copy_{table}"
+                try:
+                    with connection.connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
+                        cursor.execute(
+                            f"CREATE TEMP TABLE IF NOT EXISTS {scratch}"
+                            f" (LIKE {self._names[table]}) ON COMMIT DELETE ROWS"
+                        )
+                        cursor.copy_expert(
+                            f"COPY {scratch} ({', '.join(columns)}) FROM STDIN", copy_text(rows)
+                        )
+                except Exception as error:  # the driver's own: its text may quote a row
+                    raise database_error(error, self._key) from None
+                return scratch
+
+            arrays = getattr(self, "_arrays", None)
+            yield Transaction(
+                run,
+                many=False,
+                array_types=arrays,
+                copy=copy if arrays is not None else None,
+            )
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def copy_text(rows: Iterable[Sequence[Any]]) -> io.StringIO:
+    """Rows in PostgreSQL's COPY text format (tab-separated, `\\N` for NULL)."""
+    lines = io.StringIO()
+    for row in rows:
+        lines.write("\t".join(map(_copy_value, row)))
+        lines.write("\n")
+    lines.seek(0)
+    return lines
+
+
+def _copy_value(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, bytes | memoryview):
+        return "\\\\x" + bytes(value).hex()
+    if isinstance(value, str):
+        return (
+            value.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 _stores: dict[tuple[str, str | None], SqlStore] = {}
