@@ -24,7 +24,7 @@ from cio_destination.exceptions import (
 from cio_destination.failures import customerio_error, exit_status, run_command
 from cio_destination.non_finite import mark_non_finite
 from cio_destination.rejects import rejected_rows
-from cio_destination.report import SyncReport, TableReport, sync_report
+from cio_destination.report import SyncReport, TableReport, sync_report, sync_reports
 from cio_destination.version import __version__
 
 __all__ = [
@@ -47,4 +47,5 @@ __all__ = [
     "rejected_rows",
     "run_command",
     "sync_report",
+    "sync_reports",
 ]
