@@ -1,10 +1,13 @@
 """cio_destination: deliver rows from any dlt pipeline into Customer.io.
 
 import dlt
-from cio_destination import customerio, customerio_adapter
+from cio_destination import customerio_adapter
 
 customerio_adapter(users, action="identify", identifier="email", identifier_type="email")
-dlt.pipeline("warehouse_to_cio", destination=customerio()).run(users)
+dlt.pipeline("warehouse_to_cio", destination="customerio").run(users)
+
+`destination="customerio"` resolves through the package's dlt plugin entry point; the factory
+`cio_destination.customerio(...)` is the same destination, with keys given as arguments.
 """
 
 from __future__ import annotations
