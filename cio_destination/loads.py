@@ -19,7 +19,7 @@ from dlt.common.schema import TTableSchema
 from dlt.common.schema.utils import is_dlt_table_or_column
 from dlt.common.storages.load_package import LoadPackageStateInjectableContext
 
-from cio_destination.configuration import CustomerioConfiguration, secret_text
+from cio_destination.configuration import CustomerioConfiguration
 from cio_destination.diff import Diff
 from cio_destination.diff.mirror import MirrorPlans, plan_mirror
 from cio_destination.exceptions import CustomerioTerminalError
@@ -40,7 +40,7 @@ class LoadMappings:
 
     def __init__(self, config: CustomerioConfiguration) -> None:
         self._tables = config.tables or {}
-        self._can_send_email = bool(secret_text(config.app_api_key))
+        self._can_send_email = config.app_credential() is not None
         self._accept_new_send_ledger = config.accept_new_send_ledger
         self._mappers: dict[str, RowMapper] = {}
         self._error: CustomerioTerminalError | None = None
@@ -118,7 +118,8 @@ class LoadMappings:
             # the mapping is right; the setting is missing, so name only the setting
             raise CustomerioTerminalError(
                 f"table '{name}' sends emails (action send_email), which needs the App API key:"
-                " set destination.customerio.app_api_key"
+                " set destination.customerio.app_api_key (or use a private key, sk_..., as"
+                " destination.customerio.api_key alone)"
             )
         compiled = compile_mapping(name, mapping, columns)
         for key, column in compiled.absent_columns:

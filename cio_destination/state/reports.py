@@ -86,6 +86,15 @@ class BatchReports:
         )
         return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
 
+    def load_ids(self) -> list[str]:
+        """Every load that recorded a batch, in the order they started."""
+        rows = self._store.read(
+            "SELECT load_id FROM {cio_batch_reports} WHERE pipeline_name = ?"
+            " GROUP BY load_id ORDER BY MIN(started_at)",
+            [self._pipeline],
+        )
+        return [row[0] for row in rows]
+
     def latest_load_id(self) -> str | None:
         """The load that recorded a batch last, if any did."""
         rows = self._store.read(

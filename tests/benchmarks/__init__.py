@@ -28,6 +28,12 @@ Sections (`--only NAME`, repeatable):
 * `state`: a 1,000,000-row DuckDB table synced plainly, against `changes_only` with `state_url`
   on PostgreSQL: the first sync, a re-sync with nothing changed and one with 1% changed (see
   `tests/benchmarks/state.py`).
+* `official`: the anchor, Customer.io's official Python client (customerio-python 3.x,
+  `pip install -e ".[bench]"`) end to end from a 1,000,000-row DuckDB table: DuckDB's fetch,
+  operations chunked under 500 KB, `batch()` from 32 threads; against this destination reading
+  the same table through `sql_table(backend="pyarrow")` (target: at least 3x) and, on 200,000
+  rows, `backend="sqlalchemy"` beside a do-nothing destination (dlt's own CPU per row). Without
+  the client it prints that the anchor was skipped and why (`tests/benchmarks/official.py`).
 * `profile`: cProfile of every thread of smaller destination runs, top functions in
   cio_destination's own code. Runs by itself when a throughput target is missed.
 
