@@ -111,10 +111,11 @@ class StoredFingerprints:
         if self._store.arrays:  # compared by the database: only what changed comes back
             return set(
                 self._store.read(
+                    # one index probe per pair: a join would read the whole table's scope
                     "SELECT k.identifier, k.source_hash FROM unnest(?::text[], ?::bigint[])"
-                    " AS k(identifier, source_hash) LEFT JOIN {cio_fingerprints} f"
-                    " ON f.scope = ? AND f.identifier = k.identifier"
-                    " WHERE f.source_hash IS DISTINCT FROM k.source_hash",
+                    " AS k(identifier, source_hash) WHERE k.source_hash IS DISTINCT FROM"
+                    " (SELECT f.source_hash FROM {cio_fingerprints} f"
+                    " WHERE f.scope = ? AND f.identifier = k.identifier)",
                     [[i for i, _ in pairs], [h for _, h in pairs], scope],
                 )
             )
