@@ -373,4 +373,10 @@ def test_large_writes_stream_through_copy_and_keep_every_value(database: Databas
     assert fingerprints.source_hashes_of("p/people", list(kept)) == {
         k: v["s"] for k, v in kept.items() if v["s"] is not None
     }
+    # identifiers go to the database as one text, or as an array where one holds a line break
+    asked = [(k, 0 if v["s"] is None else v["s"]) for k, v in kept.items()]
+    for pairs in (asked, [(k, h) for k, h in asked if "\n" not in k]):
+        assert fingerprints.changed_sources("p/people", pairs) == {
+            (k, h) for k, h in pairs if kept[k]["s"] is None
+        }
     store.close()
