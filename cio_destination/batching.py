@@ -21,9 +21,9 @@ def body_of(entries: Sequence[bytes]) -> bytes:
     return enveloped(b",".join(entries))
 
 
-def enveloped(joined: bytes) -> bytes:
-    """The request body around entries already joined by commas."""
-    return _HEAD + joined + _TAIL
+def enveloped(joined: bytes | memoryview) -> bytes:
+    """The request body around entries already joined by commas (copied once)."""
+    return b"".join((_HEAD, joined, _TAIL))
 
 
 def body_size(entry_sizes: Sequence[int]) -> int:
