@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cio_destination.arrow_json import value_span
-from cio_destination.batching import body_of, enveloped, pack_bounds
+from cio_destination.batching import body_of, enveloped, pack_bounds, pack_bounds_of_ends
 from cio_destination.framing import frame_texts
 from cio_destination.values import UNITS_PER_SECOND, floor_divide, python_values
 
@@ -206,6 +206,13 @@ class EntryBlock(Sequence[Entry]):
         """The byte size of each serialized operation."""
         return pc.subtract(pc.binary_length(self.data), 1).to_pylist()  # type: ignore[no-any-return]
 
+    def ends(self) -> Sequence[int]:
+        """Where each operation (and its comma) starts in the data buffer, and where the last
+        one ends: a view of the array's offsets, no copy."""
+        large = pa.types.is_large_binary(self.data.type)
+        offsets = memoryview(self.data.buffers()[1]).cast("q" if large else "i")
+        return offsets[self.data.offset : self.data.offset + len(self.data) + 1]
+
     def body(self) -> bytes:
         """The `/api/v2/batch` request body of every entry of the block: its operations as they
         lie in the data buffer, less the last comma, in the envelope (one copy)."""
@@ -249,8 +256,13 @@ def request_body(entries: Sequence[Entry]) -> bytes:
 
 
 def pack_entries(entries: Sequence[Entry], max_bytes: int) -> list[Sequence[Entry]]:
-    """Consecutive slices of `entries` whose request bodies fit `max_bytes`."""
-    return [entries[start:stop] for start, stop in pack_bounds(entry_sizes(entries), max_bytes)]
+    """Consecutive slices of `entries` whose request bodies fit `max_bytes` (a block's found
+    by a binary search per body over where its operations lie, `pack_bounds_of_ends`)."""
+    if isinstance(entries, EntryBlock):
+        bounds = pack_bounds_of_ends(entries.ends(), max_bytes)
+    else:
+        bounds = pack_bounds(entry_sizes(entries), max_bytes)
+    return [entries[start:stop] for start, stop in bounds]
 
 
 # the unix seconds a datetime holds (years 1 to 9999), a day in from each end: local times of

@@ -280,15 +280,16 @@ def event_ids(namespace: str, keys: Any) -> Any:
     """
     base = hashlib.blake2b(digest_size=16, person=_ULID_PERSON)
     base.update(namespace.encode("utf-8") + b"\x00")
-    digests = []
+    numbers = bytearray()
     for key in keys.view(pa.binary()).to_pylist():
         digest = base.copy()
         digest.update(key or b"")
-        digests.append(digest.digest())
-    count = len(digests)
-    # little-endian words: bytes 15..8 of a big-endian digest are its low 64 bits
-    low = _words(b"".join([d[:7:-1] for d in digests]), count)
-    high = _words(b"".join([d[7::-1] for d in digests]), count)
+        numbers += digest.digest()[::-1]  # the big-endian digest as a little-endian number
+    count = len(keys)
+    # each number's low and high 64-bit words, as two uint64 columns
+    words = pa.Array.from_buffers(pa.uint64(), 2 * count, [None, pa.py_buffer(numbers)])
+    halves = pa.FixedSizeListArray.from_arrays(words, 2)
+    low, high = pc.list_element(halves, 0), pc.list_element(halves, 1)
     pairs = []
     for shift in _ULID_PAIR_SHIFTS:
         if shift >= 64:
@@ -307,7 +308,3 @@ def event_ids(namespace: str, keys: Any) -> Any:
 
 def _u64(value: int) -> Any:
     return pa.scalar(value, pa.uint64())
-
-
-def _words(data: bytes, count: int) -> Any:
-    return pa.Array.from_buffers(pa.uint64(), count, [None, pa.py_buffer(data)])
