@@ -239,7 +239,8 @@ def _iso_text(column: Any, flags: list[Any]) -> Any:
     last = min((MAX_UNIX + 1) * per_second - 1, 2**63 - 1)  # nanoseconds end before 9999
     beyond = pc.or_(pc.less(raw, 0), pc.greater(raw, last))
     flags.append(beyond)
-    raw = pc.if_else(beyond, pa.scalar(0, pa.int64()), raw)
+    if pc.any(beyond).as_py():
+        raw = pc.if_else(beyond, pa.scalar(0, pa.int64()), raw)
     if column.type.unit == "ns":
         micros = floor_divide(raw, 1_000)
     else:
@@ -249,8 +250,11 @@ def _iso_text(column: Any, flags: list[Any]) -> Any:
     # Arrow's text of a naive timestamp[s] is "YYYY-MM-DD HH:MM:SS" (strftime is 15x slower)
     clock = pc.cast(pc.cast(seconds, pa.timestamp("s")), pa.string())
     clock = pc.replace_substring(clock, " ", "T", max_replacements=1)
+    whole = pc.equal(fraction, 0)
+    if pc.all(whole).as_py():  # whole seconds (nulls aside): no fraction to write in any row
+        return pc.binary_join_element_wise('"', clock, '+00:00"', "")
     digits = pc.utf8_lpad(pc.cast(fraction, pa.string()), 6, "0")
-    dotted = pc.if_else(pc.equal(fraction, 0), "", pc.binary_join_element_wise(".", digits, ""))
+    dotted = pc.if_else(whole, "", pc.binary_join_element_wise(".", digits, ""))
     return pc.binary_join_element_wise('"', clock, dotted, '+00:00"', "")
 
 
