@@ -110,8 +110,8 @@ class EntryBlock(Sequence[Entry]):
     Three Arrow arrays instead of one Python object per row: the serialized bytes, the row keys
     and the source row numbers (and the event ids, where the action has them). Each operation
     is written with the comma that follows it in a request body, so the operations of a slice
-    lie back to back in one buffer: packing reads the sizes as one array and a request body is
-    one copy of a slice of that buffer. It is still a
+    lie back to back in one buffer: packing searches the array's offsets (one binary search a
+    body) and a request body is one copy of a slice of that buffer. It is still a
     `Sequence[Entry]`, so a 207 or a 400 that needs single entries gets them, made on demand;
     the source row of an entry is read out of the batch only if that entry is rejected (or, for
     a batch made of dict rows, is that dict).
