@@ -213,9 +213,33 @@ class Load:
         return self.mappings.send_ledger(context)
 
 
+# the pipeline of each recent load package context: `dlt.current.pipeline()` on a loader thread
+# makes the pipeline anew (its config resolved again), milliseconds a call
+_pipelines: dict[int, tuple[LoadPackageStateInjectableContext, dlt.Pipeline]] = {}
+_RECENT_CONTEXTS = 16
+
+
+def current_pipeline() -> dlt.Pipeline:
+    """The pipeline dlt runs this call in: found once per load package context (one per attempt
+    at a load package), then remembered."""
+    context = load_context()
+    if context is None:
+        return dlt.current.pipeline()
+    with _loads_lock:
+        known = _pipelines.get(id(context))
+    if known is not None and known[0] is context:
+        return known[1]
+    pipeline = dlt.current.pipeline()
+    with _loads_lock:
+        _pipelines[id(context)] = (context, pipeline)
+        while len(_pipelines) > _RECENT_CONTEXTS:
+            del _pipelines[next(iter(_pipelines))]
+    return pipeline
+
+
 def current_load(config: CustomerioConfiguration) -> Load:
     """The load dlt runs this call in, its mappings checked against the whole package."""
-    pipeline = dlt.current.pipeline()
+    pipeline = current_pipeline()
     load_id = dlt.current.load_package_state()["load_id"]
     mappings = mappings_for_load(pipeline, load_id, config)
     return Load(pipeline, load_id, config, mappings, pipeline_state(pipeline, config))
