@@ -28,6 +28,9 @@ Sections (`--only NAME`, repeatable):
 * `latency`: a sink that answers after 200 ms, `requests_per_second=50` and
   `max_request_bytes=1000`, so the sync needs ~500 requests: achieved requests/s and its share of
   the 50/s budget (the load step's time).
+* `state`: a 1,000,000-row DuckDB table synced plainly, against `changes_only` with `state_url`
+  on PostgreSQL: the first sync, a re-sync with nothing changed and one with 1% changed (see
+  `tests/benchmarks/state.py`).
 * `official`: the anchor, Customer.io's official Python client (customerio-python 3.x,
   `pip install -e ".[bench]"`) end to end from a 1,000,000-row DuckDB table: DuckDB's fetch,
   operations chunked under 500 KB, `batch()` from 32 threads; against this destination reading

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from cio_destination.batching import ENVELOPE_BYTES
-from tests.benchmarks import data, official
+from tests.benchmarks import data, official, state
 from tests.benchmarks.sink import SinkProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +35,7 @@ SECTIONS = (
     "memory",
     "latency",
     "changes",
+    "state",
     "official",
     "profile",
 )
@@ -42,6 +43,7 @@ SECTIONS = (
 FULL = {
     "dict_rows": 200_000,
     "changes_rows": 1_000_000,
+    "state_rows": 1_000_000,
     "arrow_rows": 1_000_000,
     "events_arrow_rows": 1_000_000,
     "events_dict_rows": 200_000,
@@ -56,6 +58,7 @@ FULL = {
 
 # Targets: (figure, comparison, threshold)
 TARGETS = {
+    **state.TARGETS,
     "dict_ratio": (">=", 0.85),
     # against the kernel floor (tests/benchmarks/floor.py), dlt included on our side
     "arrow_ratio": (">=", 0.5),
@@ -176,6 +179,7 @@ class Bench:
             passed = {
                 ">=": value >= threshold,
                 ">": value > threshold,
+                "<": value < threshold,
                 "<=": value <= threshold,
             }[comparison]
             status = "PASS" if passed else "MISS"
@@ -413,6 +417,15 @@ class Bench:
             "of the run",
             note="the diff and sends, against reading the source (extract + normalize)",
         )
+
+    def section_state(self) -> None:
+        spec = self.spec("state", "arrow", self.sizes["state_rows"])
+        figures, failures = state.section(spec, 1 if self.args.quick else self.repeat)
+        for name, value in figures.items():
+            self.figure(name, value, "x" if name in state.TARGETS else "s")
+        for failure in failures:
+            self.failures.append(f"state: {failure}")
+            print(f"  CHECK FAILED state: {failure}", flush=True)
 
     def section_official(self) -> None:
         official.section(self)
