@@ -1,10 +1,12 @@
 """The dlt glue: the `customerio` destination callable, read as map -> diff -> deliver -> record.
 
-dlt calls it with up to `BATCH_ROWS` rows of one table at a time, on several loader threads. Each
-call maps the rows (`map_items`), keeps what Customer.io does not have yet (`cio_destination.diff`),
-sends it (`deliver`, through the workspace of `cio_destination.transport`) and records what was
-rejected and counted (`cio_destination.report`). It returns only when every row is delivered or
-recorded, so dlt's progress marker never runs ahead of Customer.io. Anything shared (HTTP
+dlt calls it once per load job, with the path of one table's file, on several loader threads
+(`cio_destination.jobs` reads the file from where dlt's progress marker left it). Each unit of
+rows is mapped (`map_items`), kept to what Customer.io does not have yet
+(`cio_destination.diff`), sent (`deliver`, through the workspace of
+`cio_destination.transport`) and, once every request of it and of the units before it is
+answered, recorded (`cio_destination.report`) and marked done in dlt's progress marker. While a
+unit's requests wait for their answers, the next unit is mapped and sent. Anything shared (HTTP
 clients, rate limits, request pools, state) is created once per destination config or pipeline,
 never per call.
 """
@@ -22,20 +24,25 @@ from cio_destination.configuration import CustomerioConfiguration, keyword_signa
 from cio_destination.entries import Entry
 from cio_destination.exceptions import CustomerioError
 from cio_destination.failures import shorten_job_error_logs
+from cio_destination.jobs import (
+    Answered,
+    Answers,
+    InOrder,
+    JobFile,
+    Unit,
+    identities,
+    must_go_alone,
+)
 from cio_destination.loads import Load, current_load
 from cio_destination.mapper import RowMapper, map_items
 from cio_destination.report import record_batch
 from cio_destination.transport.results import SendResult
 from cio_destination.transport.workspace import workspace_for
 
-# Rows per call. Large enough that bodies fill close to 500 KB; fixed, because dlt's resume offset
-# of a pending parquet package must stay a multiple of it.
-BATCH_ROWS = 10_000
-
 
 @dlt.destination(
     name="customerio",
-    batch_size=BATCH_ROWS,
+    batch_size=0,
     loader_file_format="typed-jsonl",
     naming_convention="direct",
     skip_dlt_columns_and_tables=True,
@@ -53,46 +60,75 @@ def customerio(
     `customerio(site_id=..., api_key=...)`, or the string `"cio_destination.customerio"`. Its
     keyword arguments are the keys of `CustomerioConfiguration`, as its signature shows.
     """
-    started = time.time()
     shorten_job_error_logs()
     load = current_load(config)
     mapper = load.mappings.mapper(table)
-    diff = load.diff(mapper)
-    mapped = map_items(mapper, diff.drop_unchanged_rows(items), table.get("columns") or {})
-    parts = diff.to_send(mapped)
-    if config.dry_run:
-        result = SendResult()
-    else:
-        result = deliver(load, mapper, parts)
-        diff.delivered(result, load.state.snapshots)
-    record_batch(
-        load.state,
-        load_id=load.load_id,
-        mapping=mapper.compiled,
-        dry_run=config.dry_run,
-        mapped=mapped,
-        parts=parts,
-        result=result,
-        skipped=diff.skipped + result.skipped,
-        source_hashes=diff.source_hashes,
-        started=started,
-    )
-    if result.error is not None:
-        # the error may be shared with other calls (a refusal stops them all): raise a twin
-        raise result.error.again() if isinstance(result.error, CustomerioError) else result.error
+    job = JobFile(items, table)
+    order = InOrder(job)
+    try:
+        for unit in job.units():
+            if order.failed:
+                break
+            send_unit(load, mapper, table, unit, order)
+    finally:
+        try:
+            order.finish_all()
+        except CustomerioError as error:
+            # the error may be shared with other calls (a refusal stops them all): raise a twin
+            raise error.again() from None
 
 
 # dlt's wrapper shows the callable's parameters (items, table, config); a user passes the keys
 customerio.__signature__ = keyword_signature()  # type: ignore[attr-defined]
 
 
-def deliver(load: Load, mapper: RowMapper, parts: list[Sequence[Entry]]) -> SendResult:
-    """Send `parts` through the workspace of the load's config, once the load's preflight
-    passed; a `send_email` table's through the send ledger, one request per row."""
+def send_unit(
+    load: Load, mapper: RowMapper, table: TTableSchema, unit: Unit, order: InOrder
+) -> None:
+    """Map, diff and start delivering one unit of rows; it is recorded once `order` finishes it.
+
+    Before its diff it waits for every earlier unit of a table whose units must go alone, and
+    before its requests for the earlier units that name the same people."""
+    started = time.time()
+    if must_go_alone(mapper.compiled):
+        order.make_way(None)
+    else:
+        order.finish_ready()
+    diff = load.diff(mapper)
+    mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), table.get("columns") or {})
+    names = identities(mapped)
+    order.make_way(names)
+    parts = diff.to_send(mapped)
+    dry_run = load.config.dry_run
+    answers = Answered(SendResult()) if dry_run else deliver(load, mapper, parts)
+
+    def record(result: SendResult) -> None:
+        if not dry_run:
+            diff.delivered(result, load.state.snapshots)
+        record_batch(
+            load.state,
+            load_id=load.load_id,
+            mapping=mapper.compiled,
+            dry_run=dry_run,
+            mapped=mapped,
+            parts=parts,
+            result=result,
+            skipped=diff.skipped + result.skipped,
+            source_hashes=diff.source_hashes,
+            started=started,
+        )
+
+    order.add(unit.rows, names, answers, record)
+
+
+def deliver(load: Load, mapper: RowMapper, parts: list[Sequence[Entry]]) -> Answers:
+    """Start sending `parts` through the workspace of the load's config, once the load's
+    preflight passed; a `send_email` table's through the send ledger, one request per row,
+    answered before this returns."""
     workspace = workspace_for(load.config)
     workspace.begin_load(load.load_id)
     if mapper.compiled.action != "send_email":
-        return workspace.sender.send_parts(parts)
+        return workspace.sender.start(parts)
     assert workspace.emails is not None  # checked with the mappings, before any request
     guard = load.send_ledger_guard()
     guard.check(load.state.ledger, load.pipeline)  # the file may have gone since the load started
@@ -104,4 +140,4 @@ def deliver(load: Load, mapper: RowMapper, parts: list[Sequence[Entry]]) -> Send
         resend_uncertain=load.config.resend_uncertain,
     )
     guard.record(load.state.ledger)
-    return result
+    return Answered(result)

@@ -1,0 +1,198 @@
+"""One dlt load job: a table's file, read by the destination, with several batches in flight.
+
+dlt hands the destination one file per load job (`batch_size=0`) instead of calling it once per
+batch: a call per batch waits for that batch's answers before dlt reads the next one, so one
+table never had more than its last few requests in flight, and at Customer.io's latency that,
+not the rate limit, set the pace. Here the file is read in dlt's own batches of `BATCH_ROWS`,
+from the offset dlt keeps for the file in the load package's state, and mapped `UNIT_ROWS` at a
+time. While one unit's requests wait for their answers the next unit is mapped and sent, as far
+as the workspace's window lets requests be in flight.
+
+Progress stays dlt's: a unit is recorded (rejections, report, fingerprints) and the file's
+offset advanced past it, in the package state dlt reads on a rerun, only once every request of
+it and of every unit before it is answered. A crash therefore replays the units whose requests
+had not all been answered, no row that was recorded as done, and each replay is as idempotent
+as any (event ids, identifies). Two units that name the same person (or object) are never in
+flight together, so Customer.io applies a person's rows in the table's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+from dlt.common.schema import TTableSchema
+from dlt.common.storages.load_package import commit_load_package_state, destination_state
+from dlt.common.storages.load_storage import ParsedLoadJobFileName
+from dlt.destinations.file_batching import JsonlFileBatchIterator, ParquetFileBatchIterator
+
+from cio_destination.entries import EntryBlock, Mapped
+from cio_destination.mapping_keys import CompiledMapping
+from cio_destination.transport.results import SendResult
+
+BATCH_ROWS = 10_000
+"""dlt's batch: a file's offset in the package state is a multiple of it (packages left pending
+by earlier versions, which were called per batch, resume at such an offset)."""
+UNIT_ROWS = 50_000
+"""Rows mapped, packed and recorded together: bodies are packed within a unit, so larger units
+leave fewer part-filled requests; a crash replays whole units."""
+
+
+class Answers(Protocol):
+    """The requests of one unit: answered or not yet, and what they came to."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> SendResult: ...
+
+
+class Answered:
+    """A unit that needed no request in flight (a dry run, transactional sends)."""
+
+    def __init__(self, result: SendResult) -> None:
+        self._result = result
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> SendResult:
+        return self._result
+
+
+@dataclass
+class Unit:
+    """Consecutive rows of the file: a list of dicts or one Arrow RecordBatch."""
+
+    items: Any
+    rows: int
+
+
+class JobFile:
+    """The file of one load job, read in units from the offset dlt keeps for it."""
+
+    def __init__(self, path: str, table: TTableSchema) -> None:
+        parsed = ParsedLoadJobFileName.parse(path)
+        self._path = path
+        self._parquet = parsed.file_format == "parquet"
+        self._columns = list(table["columns"].keys())
+        self._state = destination_state()
+        self._key = f"{parsed.table_name}.{parsed.file_id}"
+
+    @property
+    def offset(self) -> int:
+        """Rows of the file already delivered and recorded."""
+        return int(self._state.get(self._key, 0))
+
+    def units(self) -> Iterator[Unit]:
+        """The rows after `offset`, `UNIT_ROWS` (whole dlt batches) at a time."""
+        kind = ParquetFileBatchIterator if self._parquet else JsonlFileBatchIterator
+        batches: list[Any] = []
+        rows = 0
+        for batch in kind(self._path, BATCH_ROWS, self.offset, self._columns):
+            batches.append(batch)
+            rows += len(batch)
+            if rows >= UNIT_ROWS:
+                yield self._unit(batches, rows)
+                batches, rows = [], 0
+        if rows:
+            yield self._unit(batches, rows)
+
+    def _unit(self, batches: list[Any], rows: int) -> Unit:
+        if not self._parquet:
+            return Unit([row for batch in batches for row in batch], rows)
+        return Unit(batches[0] if len(batches) == 1 else pa.concat_batches(batches), rows)
+
+    def advance(self, rows: int) -> None:
+        """Record `rows` more rows as done, where dlt reads the file's offset on a rerun."""
+        self._state[self._key] = self.offset + rows
+        commit_load_package_state()
+
+
+def must_go_alone(mapping: CompiledMapping) -> bool:
+    """Whether a unit of this table waits for every earlier unit's answers before its diff:
+    `changes_only` compares with what earlier units had accepted, a mirror records its
+    snapshot once, a merge names two people, and transactional sends keep their own ledger."""
+    action = mapping.action
+    return (
+        mapping.mapping.changes_only
+        or mapping.mapping.mirror is not None
+        or action in ("merge", "send_email")
+    )
+
+
+def identities(mapped: Mapped) -> set[str]:
+    """Who the unit's operations are about (their row keys), where their order matters: an
+    operation with an idempotency key (an event) commutes with any other and names no one."""
+    names: set[str] = set()
+    for part in mapped.parts():
+        if isinstance(part, EntryBlock):
+            if part.keys is None and part.row_keys is not None:
+                names.update(part.row_keys.to_pylist())
+        else:
+            names.update(entry.row_key for entry in part if entry.key is None)
+    return names
+
+
+@dataclass
+class _Pending:
+    rows: int
+    names: set[str]
+    answers: Answers
+    finish: Callable[[SendResult], None]
+
+
+class InOrder:
+    """The units of one job whose requests are in flight, finished in the order they were read.
+
+    Finishing a unit records it (`finish`, with its result) and then, if nothing failed,
+    advances the file's offset past it. After a failure the units behind it are only waited
+    for (their rows are replayed), and `finish_all` raises the failure.
+    """
+
+    def __init__(self, job: JobFile) -> None:
+        self._job = job
+        self._pending: list[_Pending] = []
+        self._error: BaseException | None = None
+
+    def add(
+        self, rows: int, names: set[str], answers: Answers, finish: Callable[[SendResult], None]
+    ) -> None:
+        self._pending.append(_Pending(rows, names, answers, finish))
+
+    def make_way(self, names: set[str] | None) -> None:
+        """Finish every unit up to the last one naming any of `names` (None: every unit)."""
+        last = -1
+        for index, pending in enumerate(self._pending):
+            if names is None or not names.isdisjoint(pending.names):
+                last = index
+        for _ in range(last + 1):
+            self._finish_first()
+
+    def finish_ready(self) -> None:
+        """Finish the leading units whose answers are all in, without waiting."""
+        while self._pending and self._pending[0].answers.done():
+            self._finish_first()
+
+    def finish_all(self) -> None:
+        """Finish every unit, in order; raise the first failure."""
+        while self._pending:
+            self._finish_first()
+        if self._error is not None:
+            raise self._error
+
+    def _finish_first(self) -> None:
+        pending = self._pending.pop(0)
+        result = pending.answers.result()
+        if self._error is not None:
+            return  # after a failure: its rows are replayed, nothing of it is recorded
+        pending.finish(result)
+        if result.error is not None:
+            self._error = result.error
+            return
+        self._job.advance(pending.rows)
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None

@@ -1,0 +1,68 @@
+"""A table at Customer.io's latency: many of its requests in flight, and a kill loses nothing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from cio_destination.emulator import Emulator, Faults
+from cio_destination.event_ids import canonical_key, deterministic_ulid
+
+from .kills import kill_after_progress, run_to_completion
+from .latency_child import event_rows, final_person
+
+pytestmark = pytest.mark.slow  # child processes, killed mid-load
+
+
+def batch_requests(emulator: Emulator) -> int:
+    return sum(1 for r in emulator.requests if r.path == "/api/v2/batch")
+
+
+def test_one_table_keeps_many_requests_in_flight_and_a_kill_mid_load_loses_nothing(
+    emulator: Emulator, tmp_path: Path
+):
+    """Answers take 100 ms. One dlt batch of 10,000 rows makes two or three 500 KB requests,
+    so a destination that waits for each batch's answers before the next batch never has more
+    than three in flight; the emulator counts more than five at once. Each run is killed after
+    a number of requests reached the emulator (never after a delay), mid-table, and the runs
+    after it deliver every event once and leave every person with their final values, though
+    each person's stale row came first."""
+    emulator.set_faults(Faults(latency=0.1))
+    people, events = 40_000, 60_000
+    marker = tmp_path / "done"
+    command = [
+        sys.executable,
+        "-m",
+        "tests.latency_child",
+        str(tmp_path / "pipelines"),
+        emulator.url,
+        str(people),
+        str(events),
+        str(marker),
+    ]
+    # a whole run is about 35 batch requests: 17 of people, then 18 of events
+    killed = sum(
+        kill_after_progress(command, lambda: batch_requests(emulator), step) for step in (9, 14, 25)
+    )
+    for _ in range(3):
+        if marker.exists():
+            break
+        run_to_completion(command)
+
+    assert marker.exists()
+    assert killed == 3
+    assert emulator.most_batches_in_flight > 5
+    expected_ids = {
+        deterministic_ulid("events", canonical_key([row["event_key"]]))
+        for row in event_rows(events)
+    }
+    received = emulator.events
+    assert len(received) == events
+    assert {e["id"] for e in received} == expected_ids
+    seen = {p["identifiers"]["id"]: p["attributes"] for p in emulator.people}
+    assert len(seen) == people
+    for i in range(people):
+        final = final_person(i)
+        assert seen[str(i)] == {"plan": final["plan"], "score": final["score"]}
