@@ -89,6 +89,7 @@ def send_unit(
 
     Before its diff it waits for every earlier unit of a table whose units must go alone, and
     before its requests for the earlier units that name the same people."""
+    order.wait_admitted()
     started = time.time()
     if must_go_alone(mapper.compiled):
         order.make_way(None)

@@ -43,6 +43,8 @@ leave fewer part-filled requests; a crash replays whole units."""
 class Answers(Protocol):
     """The requests of one unit: answered or not yet, and what they came to."""
 
+    def wait_admitted(self) -> None: ...
+
     def done(self) -> bool: ...
 
     def result(self) -> SendResult: ...
@@ -53,6 +55,9 @@ class Answered:
 
     def __init__(self, result: SendResult) -> None:
         self._result = result
+
+    def wait_admitted(self) -> None:
+        pass
 
     def done(self) -> bool:
         return True
@@ -160,6 +165,12 @@ class InOrder:
         self, rows: int, names: set[str], answers: Answers, finish: Callable[[SendResult], None]
     ) -> None:
         self._pending.append(_Pending(rows, names, answers, finish))
+
+    def wait_admitted(self) -> None:
+        """Block until no request of the last unit waits for room in the window any more: a
+        job maps its next unit meanwhile, and holds at most that one unit's requests queued."""
+        if self._pending:
+            self._pending[-1].answers.wait_admitted()
 
     def make_way(self, names: set[str] | None) -> None:
         """Finish every unit up to the last one naming any of `names` (None: every unit)."""

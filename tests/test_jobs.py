@@ -20,6 +20,9 @@ class Answers:
         self.waited = False
         self.error = error
 
+    def wait_admitted(self) -> None:
+        pass
+
     def done(self) -> bool:
         return self.answered
 

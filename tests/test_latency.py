@@ -5,8 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import dlt
+import pyarrow as pa
 import pytest
 
+from cio_destination import customerio_adapter, jobs
 from cio_destination.emulator import Emulator, Faults
 from cio_destination.event_ids import canonical_key, deterministic_ulid
 
@@ -66,3 +69,51 @@ def test_one_table_keeps_many_requests_in_flight_and_a_kill_mid_load_loses_nothi
     for i in range(people):
         final = final_person(i)
         assert seen[str(i)] == {"plan": final["plan"], "score": final["score"]}
+
+
+@pytest.fixture
+def small_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Units of 100 rows (two dlt batches of 50), so a few hundred rows make several units."""
+    monkeypatch.setattr(jobs, "BATCH_ROWS", 50)
+    monkeypatch.setattr(jobs, "UNIT_ROWS", 100)
+
+
+@pytest.mark.usefixtures("small_units")
+def test_a_changes_only_unit_is_diffed_against_what_the_units_before_it_had_accepted(
+    emulator: Emulator, make_pipeline
+):
+    """Every person changes from `a` to `b` in the first unit and back to `a` in the next one
+    (Arrow rows: their source values are hashed before mapping), while Customer.io takes 200 ms
+    to answer. Diffed against the fingerprints of before the load, the second unit would look
+    unchanged and be skipped, leaving `b`; it waits for the first unit's answers instead, and
+    sends `a`."""
+    emulator.set_faults(Faults(latency=0.2))
+    pipeline = make_pipeline()
+
+    def people(*plans: str):
+        rows = [{"uid": i, "plan": plan} for plan in plans for i in range(100)]
+        resource = dlt.resource(pa.Table.from_pylist(rows), name="people")
+        return customerio_adapter(resource, action="identify", identifier="uid", changes_only=True)
+
+    pipeline.run(people("a"))
+    pipeline.run(people("b", "a"))
+
+    plans = {p["identifiers"]["id"]: p["attributes"]["plan"] for p in emulator.people}
+    assert plans == {str(i): "a" for i in range(100)}
+
+
+@pytest.mark.usefixtures("small_units")
+def test_units_of_one_table_are_in_flight_together_and_a_person_ends_with_their_last_row(
+    emulator: Emulator, make_pipeline
+):
+    emulator.set_faults(Faults(latency=0.1))
+    pipeline = make_pipeline(max_request_bytes=2_000)
+    rows = [{"uid": i, "plan": plan} for plan in ("stale", "final") for i in range(300)]
+    resource = dlt.resource(rows, name="people")
+
+    pipeline.run(customerio_adapter(resource, action="identify", identifier="uid"))
+
+    # six units of 100 rows, a few 2 KB bodies each: more than one unit's bodies at once
+    assert emulator.most_batches_in_flight > 5
+    plans = {p["identifiers"]["id"]: p["attributes"]["plan"] for p in emulator.people}
+    assert plans == {str(i): "final" for i in range(300)}

@@ -66,13 +66,19 @@ class InFlightWindow:
             self._busy -= 1
             if latency is not None:
                 self._observe(latency)
-            self._changed.notify_all()
+            self._wake()
 
     def observe(self, latency: float) -> None:
         """Count one measured answer time (seconds) into the running average."""
         with self._changed:
             self._observe(latency)
-            self._changed.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        # only as many waiters as there is room for: the rest sleep on, not woken for nothing
+        room = self.limit - self._busy
+        if room > 0:
+            self._changed.notify(room)
 
     def _observe(self, latency: float) -> None:
         previous = self._latency

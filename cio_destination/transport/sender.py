@@ -21,9 +21,23 @@ class Sending:
         self._sender = sender
         self._total = result
         self._futures: list[Future[SendResult]] = []
+        self._admitted = 0
+        self._changed = threading.Condition()
 
     def add(self, future: Future[SendResult]) -> None:
         self._futures.append(future)
+
+    def admitted(self) -> None:
+        """One request of this send got into the window (or will never need it)."""
+        with self._changed:
+            self._admitted += 1
+            self._changed.notify_all()
+
+    def wait_admitted(self) -> None:
+        """Block until every request of this send is in flight or answered: none still waits
+        for room in the window."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._admitted >= len(self._futures))
 
     def done(self) -> bool:
         """True once every request has its answer (`result()` then returns at once)."""
@@ -75,8 +89,10 @@ class Sender:
         return self.start(parts).result()
 
     def start(self, parts: Sequence[Sequence[Entry]]) -> Sending:
-        """Start sending `parts` as `send_parts` does and return without their answers; blocks
-        only while the window is full (so a caller never holds more bodies than it admits)."""
+        """Start sending `parts` as `send_parts` does and return without waiting for their
+        answers. The requests wait for room in the window in the pool's queue (a body is
+        written only once its request is admitted), so the caller can prepare its next
+        entries meanwhile; `Sending.wait_admitted` tells when none is waiting any more."""
         groups = [g for part in parts for g in pack_entries(part, self.max_request_bytes)]
         total = SendResult()
         sending = Sending(self, total)
@@ -85,7 +101,9 @@ class Sender:
         if not self._verified:
             with self._probe_lock:
                 if self._refused is None and not self._verified:
-                    self.collect(total, self._submit(groups[0]))
+                    probe = Sending(self, total)
+                    probe.add(self._pool.submit(self._send_batch, groups[0], probe))
+                    probe.result()
                     groups = groups[1:]
                     self._verified = total.error is None
         if self._refused is not None:
@@ -93,18 +111,12 @@ class Sender:
         if total.error is not None:
             return sending
         for group in groups:
-            sending.add(self._submit(group))
+            sending.add(self._pool.submit(self._send_batch, group, sending))
         return sending
 
-    def _submit(self, entries: Sequence[Entry]) -> Future[SendResult]:
+    def _send_batch(self, entries: Sequence[Entry], sending: Sending) -> SendResult:
         self.window.acquire()
-        try:
-            return self._pool.submit(self._send_batch, entries)
-        except BaseException:
-            self.window.release()
-            raise
-
-    def _send_batch(self, entries: Sequence[Entry]) -> SendResult:
+        sending.admitted()
         latency = None
         try:
             refused = self._refused
