@@ -218,10 +218,18 @@ class EntryBlock(Sequence[Entry]):
 
 
 def _joined(values: pa.Array, separator: bytes | str) -> bytes:
-    """All values of a string or binary array joined by `separator`, in one kernel call."""
+    """All values of a string or binary array joined by `separator`, in one kernel call.
+
+    The joined buffer is taken from the system allocator: bodies are joined on the sender's
+    many threads, and Arrow's default pool (mimalloc) keeps a heap per thread that holds on to
+    freed memory, which at 64 requests in flight grew peak memory by a third."""
     offsets = pa.array([0, len(values)], pa.int32())
-    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, values), separator)[0]
+    lists = pa.ListArray.from_arrays(offsets, values)
+    joined = pc.binary_join(lists, separator, memory_pool=_BODY_POOL)[0]
     return joined.as_buffer().to_pybytes()  # type: ignore[no-any-return]
+
+
+_BODY_POOL = pa.system_memory_pool()
 
 
 def entry_sizes(entries: Sequence[Entry]) -> list[int]:
