@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from dlt.common.schema import TTableSchema
 from dlt.common.storages.load_package import commit_load_package_state, destination_state
 from dlt.common.storages.load_storage import ParsedLoadJobFileName
@@ -127,23 +128,32 @@ def must_go_alone(mapping: CompiledMapping) -> bool:
     )
 
 
-def identities(mapped: Mapped) -> set[str]:
-    """Who the unit's operations are about (their row keys), where their order matters: an
-    operation with an idempotency key (an event) commutes with any other and names no one."""
-    names: set[str] = set()
+def identities(mapped: Mapped) -> pa.Array:
+    """Who the unit's operations are about (their row keys, as an Arrow string array), where
+    their order matters: an operation with an idempotency key (an event) commutes with any
+    other and names no one."""
+    arrays: list[pa.Array] = []
     for part in mapped.parts():
-        if isinstance(part, EntryBlock):
-            if part.keys is None and part.row_keys is not None:
-                names.update(part.row_keys.to_pylist())
+        if isinstance(part, EntryBlock) and part.keys is not None:
+            continue
+        if isinstance(part, EntryBlock) and part.row_keys is not None:
+            arrays.append(part.row_keys.cast(pa.string()))
         else:
-            names.update(entry.row_key for entry in part if entry.key is None)
-    return names
+            keys = [entry.row_key for entry in part if entry.key is None]
+            if keys:
+                arrays.append(pa.array(keys, pa.string()))
+    return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
+
+
+def _names_any(names: pa.Array, among: pa.Array) -> bool:
+    """Whether any of `names` is in `among` (hashed by Arrow: no Python string per row)."""
+    return bool(pc.any(pc.is_in(names, value_set=among)).as_py())
 
 
 @dataclass
 class _Pending:
     rows: int
-    names: set[str]
+    names: pa.Array
     answers: Answers
     finish: Callable[[SendResult], None]
 
@@ -162,7 +172,7 @@ class InOrder:
         self._error: BaseException | None = None
 
     def add(
-        self, rows: int, names: set[str], answers: Answers, finish: Callable[[SendResult], None]
+        self, rows: int, names: pa.Array, answers: Answers, finish: Callable[[SendResult], None]
     ) -> None:
         self._pending.append(_Pending(rows, names, answers, finish))
 
@@ -172,12 +182,18 @@ class InOrder:
         if self._pending:
             self._pending[-1].answers.wait_admitted()
 
-    def make_way(self, names: set[str] | None) -> None:
+    def make_way(self, names: pa.Array | None) -> None:
         """Finish every unit up to the last one naming any of `names` (None: every unit)."""
-        last = -1
-        for index, pending in enumerate(self._pending):
-            if names is None or not names.isdisjoint(pending.names):
-                last = index
+        if names is None:
+            last = len(self._pending) - 1
+        else:
+            named = [i for i, p in enumerate(self._pending) if len(p.names)]
+            if not len(names) or not named:
+                return
+            every = pa.concat_arrays([self._pending[i].names for i in named])
+            if not _names_any(names, every):
+                return  # the usual case: one lookup, whatever the units in flight
+            last = max(i for i in named if _names_any(names, self._pending[i].names))
         for _ in range(last + 1):
             self._finish_first()
 
