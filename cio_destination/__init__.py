@@ -1,10 +1,13 @@
 """cio_destination: deliver rows from any dlt pipeline into Customer.io.
 
 import dlt
-from cio_destination import customerio, customerio_adapter
+from cio_destination import customerio_adapter
 
 customerio_adapter(users, action="identify", identifier="email", identifier_type="email")
-dlt.pipeline("warehouse_to_cio", destination=customerio()).run(users)
+dlt.pipeline("warehouse_to_cio", destination="customerio").run(users)
+
+`destination="customerio"` resolves through the package's dlt plugin entry point; the factory
+`cio_destination.customerio(...)` is the same destination, with keys given as arguments.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from cio_destination.exceptions import (
 from cio_destination.failures import customerio_error, exit_status, run_command
 from cio_destination.non_finite import mark_non_finite
 from cio_destination.rejects import rejected_rows
-from cio_destination.report import SyncReport, TableReport, sync_report
+from cio_destination.report import SyncReport, TableReport, sync_report, sync_reports
 from cio_destination.version import __version__
 
 __all__ = [
@@ -47,4 +50,5 @@ __all__ = [
     "rejected_rows",
     "run_command",
     "sync_report",
+    "sync_reports",
 ]

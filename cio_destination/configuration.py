@@ -22,6 +22,7 @@ from dlt.common.typing import TSecretStrValue
 from dlt.destinations.impl.destination.configuration import CustomDestinationClientConfiguration
 
 from cio_destination.limits import MAX_REQUEST_BYTES
+from cio_destination.transport.credentials import app_credential, credential_problem
 from cio_destination.transport.regions import REGIONS
 
 
@@ -110,12 +111,14 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     destination_type: Final[str] = dataclasses.field(  # type: ignore[misc]
         default="destination", init=False, repr=False, compare=False
     )
-    site_id: TSecretStrValue = _shapes_workspace(None, credential=True)
-    """Track API site id (HTTP Basic user)."""
+    site_id: TSecretStrValue | None = _shapes_workspace(None, credential=True)
+    """Track API site id (HTTP Basic user), with a Track API key; none with a private key."""
     api_key: TSecretStrValue = _shapes_workspace(None, credential=True)
-    """Track API key (HTTP Basic password)."""
+    """A private key (`sk_...`) alone, for every API; or a Track API key (HTTP Basic password)
+    with `site_id`."""
     app_api_key: TSecretStrValue | None = _shapes_workspace(None, credential=True)
-    """App API bearer key, only needed for transactional sends."""
+    """App API bearer key, only needed for transactional sends with a Track API key (a private
+    key sends them itself)."""
     region: str = _shapes_workspace("us")
     """`us`, `eu` or `auto` (asks Customer.io): picks the hosts unless `track_url` / `app_url`
     override them. A wrong region stops the load with a message saying which one to set, with
@@ -153,6 +156,11 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     def on_resolved(self) -> None:
         for key in _CREDENTIAL_KEYS:
             check_credential(key, secret_text(getattr(self, key)))
+        problem = credential_problem(
+            secret_text(self.site_id), secret_text(self.api_key), secret_text(self.app_api_key)
+        )
+        if problem is not None:
+            raise ConfigurationValueError(problem)
         if self.region not in REGIONS:
             raise ConfigurationValueError(
                 f"destination.customerio.region must be one of {', '.join(REGIONS)}"
@@ -180,6 +188,11 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
             raise ConfigurationValueError(
                 "destination.customerio.max_concurrent_requests must be >= 1"
             )
+
+    def app_credential(self) -> tuple[str, str] | None:
+        """The App API's key and the config key holding it (`api_key` when it is a private key,
+        else `app_api_key`), or None: no transactional sends with this config."""
+        return app_credential(secret_text(self.api_key), secret_text(self.app_api_key))
 
     def workspace_key(self) -> tuple[Any, ...]:
         """The values of the keys that shape a workspace (secrets as digests): configs with the

@@ -56,8 +56,9 @@ def customerio(
 ) -> None:
     """Deliver rows to Customer.io as the table's mapping says (see `customerio_adapter`).
 
-    Use it as `destination=customerio()` (config from `[destination.customerio]`),
-    `customerio(site_id=..., api_key=...)`, or the string `"cio_destination.customerio"`. Its
+    Use it as `destination="customerio"` (the dlt plugin's short name) or `customerio()`
+    (config from `[destination.customerio]`), `customerio(api_key=...)`, or the string
+    `"cio_destination.customerio"`. Its
     keyword arguments are the keys of `CustomerioConfiguration`, as its signature shows.
     """
     shorten_job_error_logs()

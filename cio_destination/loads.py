@@ -38,7 +38,7 @@ class LoadMappings:
 
     def __init__(self, config: CustomerioConfiguration) -> None:
         self._tables = config.tables or {}
-        self._can_send_email = bool(secret_text(config.app_api_key))
+        self._can_send_email = config.app_credential() is not None
         self._accept_new_send_ledger = config.accept_new_send_ledger
         self._mappers: dict[str, RowMapper] = {}
         self._error: CustomerioTerminalError | None = None
@@ -107,7 +107,8 @@ class LoadMappings:
             # the mapping is right; the setting is missing, so name only the setting
             raise CustomerioTerminalError(
                 f"table '{name}' sends emails (action send_email), which needs the App API key:"
-                " set destination.customerio.app_api_key"
+                " set destination.customerio.app_api_key (or use a private key, sk_..., as"
+                " destination.customerio.api_key alone)"
             )
         compiled = compile_mapping(name, mapping, columns)
         for key, column in compiled.absent_columns:

@@ -13,13 +13,15 @@ import logging
 import time
 from array import array
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from itertools import chain, islice
 from typing import Any
 
 import dlt
 import orjson
+from dlt.extract import DltResource
 
 from cio_destination.entries import (
     DATA_KEYS,
@@ -36,7 +38,7 @@ from cio_destination.state import PipelineState, state_for, state_path
 from cio_destination.state.reports import COUNTERS
 from cio_destination.transport.results import SendResult
 
-__all__ = ["SyncReport", "TableReport", "mask_payload", "sync_report"]
+__all__ = ["SyncReport", "TableReport", "mask_payload", "sync_report", "sync_reports"]
 
 logger = logging.getLogger("cio_destination")
 
@@ -137,6 +139,10 @@ class TableReport:
     """Answers of 429."""
     throttled_seconds: float = 0.0
     seconds: float = 0.0
+    started_at: float = 0.0
+    """When its first batch started (unix seconds)."""
+    finished_at: float = 0.0
+    """When its last batch finished (unix seconds)."""
     samples: list[Any] = field(default_factory=list)
 
     @property
@@ -211,6 +217,7 @@ def build_report(load_id: str | None, records: list[dict[str, Any]]) -> SyncRepo
         spans[key] = (min(start, record["started_at"]), max(end, record["finished_at"]))
     for key, (start, end) in spans.items():
         tables[key].seconds = end - start
+        tables[key].started_at, tables[key].finished_at = start, end
     return SyncReport(load_id=load_id, tables=[tables[k] for k in sorted(tables)])
 
 
@@ -223,6 +230,66 @@ def sync_report(pipeline: dlt.Pipeline, load_id: str | None = None) -> SyncRepor
     if load_id is None:
         return SyncReport(load_id=None)
     return build_report(load_id, reports.of_load(load_id))
+
+
+def sync_reports(
+    pipeline: dlt.Pipeline,
+    load_id: str | None = None,
+    table: str | None = None,
+    *,
+    table_name: str = "customerio_sync_reports",
+) -> DltResource:
+    """A dlt resource of `pipeline`'s sync reports as data: one item per load and table.
+
+    Each item has `load_id`, `table`, `action`, `dry_run`, the figures of `sync_report`
+    (`rows_in`, `operations`, `accepted`, `rejected`, `attributes_dropped`, `skipped`,
+    `requests`, `retries`, `throttled`, `throttled_seconds`, `seconds`,
+    `requests_per_second`), `rejected_by_reason` (a JSON object of counts) and `started_at` /
+    `finished_at` (UTC). No value of a row is in it. Load it into any dlt destination: it
+    merges on (`load_id`, `table`), so loading it after every sync adds each load once and
+    updates a load a later run resumed.
+
+    Args:
+        pipeline: the pipeline that loaded to the `customerio` destination.
+        load_id: only this load.
+        table: only this source table.
+        table_name: the name of the resource and of the table it loads into.
+    """
+
+    def _rows() -> Iterator[dict[str, Any]]:
+        if not state_path(pipeline.working_dir).exists():
+            return
+        reports = state_for(pipeline.working_dir).reports
+        for load in [load_id] if load_id else reports.load_ids():
+            for report in build_report(load, reports.of_load(load)).tables:
+                if table is None or report.table == table:
+                    yield _report_row(load, report)
+
+    return dlt.resource(
+        _rows,
+        name=table_name,
+        write_disposition="merge",
+        primary_key=("load_id", "table"),
+        max_table_nesting=0,
+        columns={"rejected_by_reason": {"data_type": "json"}},
+    )
+
+
+def _report_row(load_id: str, report: TableReport) -> dict[str, Any]:
+    return {
+        "load_id": load_id,
+        "table": report.table,
+        "action": report.action,
+        "dry_run": report.dry_run,
+        **{name: getattr(report, name) for name in COUNTERS},
+        "attributes_dropped": report.attributes_dropped,
+        "rejected_by_reason": report.rejected_by_reason,
+        "throttled_seconds": report.throttled_seconds,
+        "seconds": report.seconds,
+        "requests_per_second": report.requests_per_second,
+        "started_at": datetime.fromtimestamp(report.started_at, timezone.utc),
+        "finished_at": datetime.fromtimestamp(report.finished_at, timezone.utc),
+    }
 
 
 def record_batch(

@@ -32,6 +32,7 @@ from cio_destination import (
     sync_report,
 )
 from cio_destination.emulator import Emulator
+from cio_destination.progress import PROGRESS, sync_progress
 
 SITE_ID, API_KEY = "demo-site", "demo-key"
 
@@ -162,7 +163,7 @@ def report(title: str, state: dict[str, Any], pipeline: dlt.Pipeline, load_id: s
         )
 
 
-def run(emulator_url: str, backend: str, workdir: Path, progress: str = "none") -> int:
+def run(emulator_url: str, backend: str, workdir: Path, progress: str = "auto") -> int:
     warehouse_url = build_warehouse(workdir / "warehouse.duckdb")
     destination = customerio(site_id=SITE_ID, api_key=API_KEY, track_url=emulator_url)
     pipeline = dlt.pipeline(
@@ -170,13 +171,7 @@ def run(emulator_url: str, backend: str, workdir: Path, progress: str = "none") 
         destination=destination,
         pipelines_dir=str(workdir / "pipelines"),
         dataset_name="demo",
-        progress=(
-            None
-            if progress == "none"
-            else dlt.progress.log(dump_system_stats=False)
-            if progress == "log"
-            else progress
-        ),
+        progress=sync_progress(progress),
     )
     info = pipeline.run(resources(warehouse_url, backend))
     first = emulator_state(emulator_url)
@@ -204,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="where the warehouse and pipeline state go")
     parser.add_argument(
         "--progress",
-        choices=["none", "log", "tqdm", "enlighten", "alive_progress"],
-        default="none",
-        help="dlt's progress output (default: none; the demo is short)",
+        choices=PROGRESS,
+        default="auto",
+        help="progress output (default: auto, quiet on a run as short as the demo)",
     )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", module="duckdb_engine")

@@ -52,10 +52,10 @@ from cio_destination import (
     sync_report,
 )
 from cio_destination import dry_run as run_dry
+from cio_destination.progress import PROGRESS, sync_progress
 
 PIPELINE_NAME = "warehouse_to_customerio"
 BACKENDS = ("sqlalchemy", "pyarrow")
-PROGRESS = ("log", "tqdm", "enlighten", "alive_progress", "none")
 TABLE_KEYS = ("incremental", "initial_value", "primary_key", "schema", "table")
 # where CAST(<json column> AS TEXT) is the JSON document (BigQuery, for one, refuses the cast)
 JSON_TEXT_DIALECTS = frozenset({"postgresql", "mysql", "mariadb", "sqlite", "duckdb"})
@@ -415,21 +415,12 @@ class SyncResult:
         return "\n".join(lines)
 
 
-def progress_collector(progress: str) -> Any:
-    """dlt's progress reporter by name (`none`: no reporter); `log` without system stats."""
-    if progress == "none":
-        return None
-    if progress == "log":
-        return dlt.progress.log(dump_system_stats=False)
-    return progress
-
-
 def sync(
     pipeline_name: str = PIPELINE_NAME,
     *,
     tables: Sequence[str] | None = None,
     full_refresh: bool = False,
-    progress: str = "log",
+    progress: str = "auto",
     pipelines_dir: str | None = None,
     dry_run: bool = False,
 ) -> SyncResult:
@@ -440,7 +431,9 @@ def sync(
         tables: sync only these of the configured tables (default: all).
         full_refresh: forget the incremental cursors and send every row again (events keep their
             ids, so Customer.io ignores the ones it has).
-        progress: dlt's progress reporter, `log` by default, `none` for none.
+        progress: `auto` (default: a bar on a terminal, a block of counters every 30 s in a
+            log, nothing on a short sync), `log` (dlt's, every second), `tqdm`, `enlighten`,
+            `alive_progress` or `none` (see `cio_destination.progress`).
         pipelines_dir: where pipelines keep their state (default: dlt's, `~/.dlt/pipelines`).
         dry_run: map, validate and batch everything on a scratch copy of the pipeline, send
             nothing, and keep every cursor where it is; the result carries the report.
@@ -449,7 +442,7 @@ def sync(
         pipeline_name,
         destination=customerio(),
         pipelines_dir=pipelines_dir,
-        progress=progress_collector(progress),
+        progress=sync_progress(progress),
     )
     resumed: list[str] = []
     if pipeline.has_pending_data and not dry_run:
@@ -520,7 +513,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="map, validate and batch everything, send nothing, keep the cursors; print the report",
     )
     parser.add_argument(
-        "--progress", choices=PROGRESS, default="log", help="dlt progress output (default: log)"
+        "--progress",
+        choices=PROGRESS,
+        default="auto",
+        help="progress output (default: auto, a bar on a terminal, every 30 s in a log)",
     )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", module="duckdb_engine")

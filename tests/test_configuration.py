@@ -181,4 +181,5 @@ def test_a_credential_with_whitespace_control_or_non_ascii_characters_is_refused
 
 
 def test_credentials_as_customerio_makes_them_are_accepted():
-    config(site_id="a1b2c3", api_key="sk_live-Xv93_+/=", app_api_key="Pw27.x~").on_resolved()
+    config(site_id="a1b2c3", api_key="live-Xv93_+/=", app_api_key="Pw27.x~").on_resolved()
+    config(site_id=None, api_key="sk_live-Xv93_+/=", app_api_key=None).on_resolved()

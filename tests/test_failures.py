@@ -541,16 +541,17 @@ def test_the_demo_exits_2_for_a_setting_and_1_when_customerio_keeps_failing(
 
 
 @pytest.mark.slow
-def test_the_rejected_rows_loader_exits_2_for_an_unknown_pipeline_and_1_for_a_down_warehouse(
+def test_the_audit_loader_exits_2_for_an_unknown_pipeline_and_1_for_a_down_warehouse(
     project: Path, emulator: Emulator
 ):
+    # its earlier name runs it too
     unknown = run_script("rejected_rows_to_warehouse.py", project, emulator, "--pipeline-name", "x")
     assert_one_line(unknown, 2, "configuration error:", "`pipeline_name=x`")
 
     synced = run_script("warehouse_to_customerio.py", project, emulator, "--progress", "none")
     assert synced.returncode == 0, synced.stderr
     url = f"postgresql://loader:s3cret-pw@127.0.0.1:{closed_port()}/analytics"
-    down = run_script("rejected_rows_to_warehouse.py", project, emulator, "--destination-url", url)
+    down = run_script("sync_audit_to_warehouse.py", project, emulator, "--destination-url", url)
     assert down.returncode == 1, down.stderr
     assert_one_line(down, 1, "failed")
     assert "s3cret-pw" not in down.stderr + down.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import dlt
@@ -292,3 +293,70 @@ def test_with_changes_only_a_dropped_attribute_is_cleared_as_a_null_would_be(
     assert [(r["reason"], r["field"]) for r in rejected_rows(pipeline)] == [
         ("attribute_dropped", "bio")
     ]
+
+
+@pytest.mark.slow
+def test_sync_reports_load_into_duckdb_one_row_per_load_and_table_without_duplicates(
+    emulator: Emulator, make_pipeline, tmp_path
+):
+    import duckdb
+
+    from cio_destination import sync_reports
+
+    pipeline = make_pipeline()
+    first = pipeline.run([users(USERS[:3]), orders(8)]).loads_ids[-1]
+    second = pipeline.run([users(USERS), orders(12)]).loads_ids[-1]
+    audit_file = tmp_path / "warehouse.duckdb"
+    audit = dlt.pipeline(
+        "cio_audit",
+        destination=dlt.destinations.duckdb(str(audit_file)),
+        dataset_name="customerio_audit",
+        pipelines_dir=str(tmp_path / "audit_pipelines"),
+    )
+
+    audit.run(sync_reports(pipeline))
+    audit.run(sync_reports(pipeline))  # a rerun after the same syncs adds nothing
+
+    with duckdb.connect(str(audit_file)) as db:
+        rows = db.execute(
+            'SELECT load_id, "table", action, rows_in, accepted, rejected, rejected_by_reason,'
+            " finished_at >= started_at FROM customerio_audit.customerio_sync_reports"
+            ' ORDER BY load_id, "table"'
+        ).fetchall()
+    expected = []
+    for load in sorted([first, second]):
+        for t in sync_report(pipeline, load).tables:
+            reasons = t.rejected_by_reason
+            expected.append(
+                (load, t.table, t.action, t.rows_in, t.accepted, t.rejected, reasons, True)
+            )
+    loaded = [(*row[:6], json.loads(row[6]), row[7]) for row in rows]
+    assert loaded == sorted(expected)
+    assert len(loaded) == 4  # two loads x two tables
+    by_key = {(row[0], row[1]): row for row in loaded}
+    assert by_key[(first, "users")][3:6] == (3, 2, 1)
+    assert by_key[(second, "users")][3:6] == (1, 0, 1)  # the incremental read only the new row
+    assert by_key[(second, "orders")][3] == 12
+    assert by_key[(second, "users")][6] == {"identifier_too_long": 1}
+
+
+@pytest.mark.slow
+def test_sync_reports_filters_by_load_and_table_and_yields_nothing_before_a_load(
+    emulator: Emulator, make_pipeline
+):
+    from cio_destination import sync_reports
+
+    pipeline = make_pipeline()
+    assert list(sync_reports(pipeline)) == []
+    first = pipeline.run([users(USERS[:2]), orders(4)]).loads_ids[-1]
+    pipeline.run(orders(6))
+
+    items = list(sync_reports(pipeline))
+    assert [(i["table"], i["rows_in"]) for i in items] == [
+        ("orders", 4),
+        ("users", 2),
+        ("orders", 6),
+    ]
+    only = list(sync_reports(pipeline, load_id=first, table="orders"))
+    assert [(i["load_id"], i["table"], i["operations"]) for i in only] == [(first, "orders", 4)]
+    assert set(items[0]) >= {"requests", "retries", "throttled", "seconds", "dry_run"}

@@ -601,28 +601,37 @@ def test_json_as_text_casts_json_columns_only_where_the_cast_gives_json_text():
 
 
 @pytest.mark.slow
-def test_rejected_rows_example_loads_them_into_the_warehouse_without_duplicates(
+def test_the_audit_example_loads_reports_and_rejections_into_the_warehouse_without_duplicates(
     example: Path, tmp_path: Path, emulator: Emulator
 ):
-    rejections = _load("rejected_rows_to_warehouse")
-    run(tmp_path)
+    audit_example = _load("sync_audit_to_warehouse")
+    load_id = run(tmp_path).load_info.loads_ids[-1]
     audit = tmp_path / "audit.duckdb"
     url = f"duckdb:///{audit}"
     pipelines_dir = str(tmp_path / "dlt_pipelines")
 
-    first = rejections.load_rejections("wh_test", url, pipelines_dir=pipelines_dir)
-    again = rejections.load_rejections("wh_test", url, pipelines_dir=pipelines_dir)
+    first = audit_example.load_audit("wh_test", url, pipelines_dir=pipelines_dir)
+    again = audit_example.load_audit("wh_test", url, pipelines_dir=pipelines_dir)
 
-    assert first == again == 3
+    assert first == again == (3, 3)
     with duckdb.connect(str(audit)) as con:
         rows = con.execute(
             'SELECT "table", reason, field FROM customerio_audit.customerio_rejected_rows'
             ' ORDER BY "table"'
         ).fetchall()
+        reports = con.execute(
+            'SELECT load_id, "table", rows_in, rejected FROM customerio_audit'
+            '.customerio_sync_reports ORDER BY "table"'
+        ).fetchall()
     assert rows == [
         ("orders", "invalid_event_data", "data"),
         ("signups", "invalid_identifier", "email"),
         ("users", "invalid_identifier", "email"),
+    ]
+    assert reports == [
+        (load_id, "orders", 4, 1),
+        (load_id, "signups", 4, 1),
+        (load_id, "users", 4, 1),
     ]
 
 

@@ -9,6 +9,8 @@ What it emulates
 * Track API v1: ``PUT``/``DELETE /api/v1/customers/{identifier}`` and
   ``POST /api/v1/customers/{identifier}/events`` (an identifier containing ``@`` is an email).
 * ``GET /api/v1/accounts/region`` and the App API's ``POST /v1/send/email``.
+* Auth: HTTP Basic ``site_id:api_key`` on the Track API, ``Bearer <app_api_key>`` on the App
+  API, and, with ``private_key`` (``--private-key``), ``Bearer <private key>`` on both.
 * State: people (attribute merge where ``""``/``null`` removes; an ``email`` attribute also sets
   the email identifier), event de-duplication by ULID ``id`` (case-insensitive) across v1 and v2,
   suppression (the profile is deleted and later operations naming its ``id``, ``email`` or the

@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--site-id", default="site", help="Track API site id (Basic user)")
     parser.add_argument("--api-key", default="key", help="Track API key (Basic password)")
     parser.add_argument("--app-api-key", default="app-key", help="App API bearer token")
+    parser.add_argument(
+        "--private-key",
+        default=None,
+        metavar="SK",
+        help="a private key (sk_...) every endpoint also takes, as a bearer token (default: none)",
+    )
     parser.add_argument("--region", default="us", choices=("us", "eu"))
     faults = parser.add_argument_group("faults")
     faults.add_argument(
@@ -110,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         faults=faults,
         region=args.region,
+        private_key=args.private_key,
     )
     try:
         emulator.start()
@@ -122,11 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
 
     signal.signal(signal.SIGTERM, _on_term)
-    print(
-        f"Customer.io emulator listening on {emulator.url} "
-        f"(site_id={args.site_id}, api_key={args.api_key})",
-        flush=True,
-    )
+    keys = f"site_id={args.site_id}, api_key={args.api_key}"
+    if args.private_key:
+        keys += f"; or api_key={args.private_key} alone"
+    print(f"Customer.io emulator listening on {emulator.url} ({keys})", flush=True)
     try:
         while not stop.wait(0.5):
             pass

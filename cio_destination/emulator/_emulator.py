@@ -14,7 +14,9 @@ class Emulator:
     """A local Customer.io Track API (v1, v2) and App API send endpoint, with inspectable state.
 
     ``port=0`` binds a free port.  Track endpoints take HTTP Basic ``site_id:api_key``; the App
-    API takes ``Authorization: Bearer <app_api_key>``; both are served at :attr:`url`.
+    API takes ``Authorization: Bearer <app_api_key>``; both are served at :attr:`url`.  With a
+    ``private_key`` (Customer.io's ``sk_...`` keys), every endpoint also takes
+    ``Authorization: Bearer <private_key>``.
     The collection properties return deep copies taken under the state lock.
     """
 
@@ -27,14 +29,16 @@ class Emulator:
         port: int = 0,
         faults: Faults | None = None,
         region: str = "us",
+        private_key: str | None = None,
     ) -> None:
         self.site_id = site_id
         self.api_key = api_key
         self.app_api_key = app_api_key
+        self.private_key = private_key
         self.host = host
         self.region = region
         self._requested_port = port
-        self._backend = Backend(site_id, api_key, app_api_key, region, faults)
+        self._backend = Backend(site_id, api_key, app_api_key, region, faults, private_key)
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._lifecycle = threading.Lock()

@@ -111,16 +111,19 @@ class Backend:
         app_api_key: str,
         region: str,
         faults: Faults | None,
+        private_key: str | None = None,
     ) -> None:
         self.site_id = site_id
         self.api_key = api_key
         self.app_api_key = app_api_key
+        self.private_key = private_key
         self.region = region
         self.url = ""
         self.state = State()
         self.injector = FaultInjector(faults)
         self._basic = f"{site_id}:{api_key}".encode()
         self._bearer = app_api_key.encode()
+        self._private = private_key.encode() if private_key else None
         self._records: list[RequestRecord] = []
         self._records_lock = threading.Lock()
         self.server_errors: list[str] = []
@@ -170,6 +173,21 @@ class Backend:
         return hmac.compare_digest(decoded, self._basic)
 
     def bearer_ok(self, header: str | None) -> bool:
+        return self._bearer_token(header, self._bearer)
+
+    def private_ok(self, header: str | None) -> bool:
+        """A private key, when the workspace has one, as ``Authorization: Bearer <key>``: taken
+        by every route, Track and App alike."""
+        return self._private is not None and self._bearer_token(header, self._private)
+
+    def authorized(self, auth: str, header: str | None) -> bool:
+        """Whether ``header`` opens a route whose own scheme is ``auth`` (basic or bearer)."""
+        if self.private_ok(header):
+            return True
+        return self.basic_ok(header) if auth == "basic" else self.bearer_ok(header)
+
+    @staticmethod
+    def _bearer_token(header: str | None, expected: bytes) -> bool:
         if not header:
             return False
         scheme, _, token = header.strip().partition(" ")
@@ -179,7 +197,7 @@ class Backend:
             token_bytes = token.strip().encode()
         except UnicodeEncodeError:
             return False
-        return hmac.compare_digest(token_bytes, self._bearer)
+        return hmac.compare_digest(token_bytes, expected)
 
 
 # --- route handlers: (backend, path parameter, raw body, parsed body) -> (status, body) -------
@@ -600,7 +618,7 @@ class Handler(BaseHTTPRequestHandler):
             status = 500 if outcome == _faults.HTTP500 else 503
             return status, _ERROR_BODIES[status], "", ops, outcome
         header = self.headers.get("Authorization")
-        if not (backend.basic_ok(header) if route.auth == "basic" else backend.bearer_ok(header)):
+        if not backend.authorized(route.auth, header):
             status, payload = 401, _UNAUTHORIZED
         else:
             status, payload = route.handler(backend, param, body, doc)

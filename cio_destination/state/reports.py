@@ -88,6 +88,14 @@ class BatchReports:
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    def load_ids(self) -> list[str]:
+        """Every load that recorded a batch, in the order they started."""
+        with self._backend.connection() as db:
+            rows = db.execute(
+                "SELECT load_id FROM batch_stats GROUP BY load_id ORDER BY MIN(started_at)"
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def latest_load_id(self) -> str | None:
         """The load that recorded a batch last, if any did."""
         with self._backend.connection() as db:

@@ -11,6 +11,7 @@ import orjson
 from cio_destination.exceptions import CustomerioTerminalError
 from cio_destination.transport.answers import ServerText, Verdict, classify
 from cio_destination.transport.api import ApiClient, AttemptWatcher
+from cio_destination.transport.credentials import app_auth
 from cio_destination.transport.results import SendStats
 
 
@@ -23,14 +24,18 @@ class SendOutcome:
 
 
 class AppClient(ApiClient):
-    """Transactional sends through the App API (`Authorization: Bearer <app_api_key>`)."""
+    """Transactional sends through the App API (`Authorization: Bearer <app_api_key>`, or the
+    private key; see `cio_destination.transport.credentials`). `credential_key` is the config
+    key that holds the key, for errors to name."""
 
     api_name = "App API"
     url_key = "app_url"
-    credential_keys = ("app_api_key",)
 
-    def __init__(self, base_url: str, app_api_key: str, **options: Any) -> None:
-        super().__init__(base_url, _BearerAuth(app_api_key), **options)
+    def __init__(
+        self, base_url: str, app_api_key: str, credential_key: str = "app_api_key", **options: Any
+    ) -> None:
+        self.credential_keys = (credential_key,)
+        super().__init__(base_url, app_auth(app_api_key), **options)
 
     def send_email(
         self,
@@ -73,16 +78,5 @@ class AppClient(ApiClient):
             " the workspace may not send messages yet (Customer.io names an account owner's"
             " email address not confirmed, an account not yet approved for sending, or a"
             ' workspace set to "Do Not Send"); fix that in Customer.io, or check that'
-            " destination.customerio.app_api_key is the App API key of this workspace"
+            f" destination.customerio.{self.credential_keys[0]} is a key of this workspace"
         )
-
-
-class _BearerAuth(httpx.Auth):
-    """`Authorization: Bearer <token>` on every request."""
-
-    def __init__(self, token: str) -> None:
-        self._header = f"Bearer {token}"
-
-    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
-        request.headers["authorization"] = self._header
-        yield request

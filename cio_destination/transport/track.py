@@ -23,19 +23,21 @@ from cio_destination.transport.answers import (
     server_errors,
 )
 from cio_destination.transport.api import ApiClient
+from cio_destination.transport.credentials import track_auth
 from cio_destination.transport.regions import known_region
 from cio_destination.transport.results import SendResult, SendStats
 
 
 class TrackClient(ApiClient):
-    """Sends batches to one workspace's Track API (HTTP Basic: site id and API key)."""
+    """Sends batches to one workspace's Track API (HTTP Basic: site id and API key; or a private
+    key alone, as `cio_destination.transport.credentials` sends it)."""
 
     api_name = "Track API"
     url_key = "track_url"
-    credential_keys = ("site_id", "api_key")
 
     def __init__(self, base_url: str, site_id: str, api_key: str, **options: Any) -> None:
-        super().__init__(base_url, httpx.BasicAuth(site_id, api_key), **options)
+        auth, self.credential_keys = track_auth(site_id, api_key)
+        super().__init__(base_url, auth, **options)
 
     def account_region(self) -> str | None:
         """`GET /api/v1/accounts/region`: checks the credentials; returns `us`, `eu` or None.

@@ -110,16 +110,18 @@ class Workspace:
             )
         else:
             self._sender.forget_refusal()
-        if secret_text(config.app_api_key):
+        if config.app_credential() is not None:
             self._open_emails(region)
 
     def _open_emails(self, region: str) -> None:
         config = self._config
         if self.emails is not None:
             self.emails.close()
+        credential = config.app_credential()
+        assert credential is not None
         app = AppClient(
             regions.app_url(config.app_url, region),
-            secret_text(config.app_api_key),
+            *credential,
             limiter=RateLimiter(config.app_requests_per_second),
             url_source=regions.url_source(config.app_url, "app_url"),
             **self._options,

@@ -31,6 +31,12 @@ Sections (`--only NAME`, repeatable):
   request and the most requests in flight are figures of their own. Then 200,000 dict rows at 0
   and 200 ms (the load step's rows/s: latency hidden when they are about equal), and the peak
   memory of the 1M-row run at 500 ms against the do-nothing destination.
+* `official`: the anchor, Customer.io's official Python client (customerio-python 3.x,
+  `pip install -e ".[bench]"`) end to end from a 1,000,000-row DuckDB table: DuckDB's fetch,
+  operations chunked under 500 KB, `batch()` from 32 threads; against this destination reading
+  the same table through `sql_table(backend="pyarrow")` (target: at least 3x) and, on 200,000
+  rows, `backend="sqlalchemy"` beside a do-nothing destination (dlt's own CPU per row). Without
+  the client it prints that the anchor was skipped and why (`tests/benchmarks/official.py`).
 * `profile`: cProfile of every thread of smaller destination runs, top functions in
   cio_destination's own code. Runs by itself when a throughput target is missed.
 

@@ -20,14 +20,24 @@ from typing import Any
 import orjson
 
 from cio_destination.batching import ENVELOPE_BYTES
-from tests.benchmarks import latency
+from tests.benchmarks import latency, official
 from tests.benchmarks.sink import SinkProcess
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 SITE_ID = "bench-site"
 API_KEY = "bench-key"
-SECTIONS = ("dict", "arrow", "per_row", "events", "memory", "latency", "changes", "profile")
+SECTIONS = (
+    "dict",
+    "arrow",
+    "per_row",
+    "events",
+    "memory",
+    "latency",
+    "changes",
+    "official",
+    "profile",
+)
 
 FULL = {
     "dict_rows": 200_000,
@@ -60,6 +70,7 @@ TARGETS = {
     **latency.TARGETS,
     # "dominated by reading the source": the diff and its sends take under half the second run
     "changes_load_share": ("<=", 0.5),
+    **official.TARGETS,
 }
 WAITS = ("acquire", "'get' of '_queue", "wait", "select", "poll", "sleep", "recv_into", "recv")
 
@@ -93,7 +104,12 @@ class Bench:
 
     def measure(self, spec: dict[str, Any], label: str) -> dict[str, Any]:
         process = subprocess.run(
-            [sys.executable, "-m", "tests.benchmarks.runs", orjson.dumps(spec).decode()],
+            [
+                sys.executable,
+                "-m",
+                spec.get("module", "tests.benchmarks.runs"),
+                orjson.dumps(spec).decode(),
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -127,7 +143,7 @@ class Bench:
         for key in ("unauthorized", "not_found", "malformed"):
             if sink[key]:
                 problems.append(f"{sink[key]} {key} requests")
-        floors = ("customerio", "floor", "paced_floor")
+        floors = ("customerio", "floor", "paced_floor", "official")
         if spec["target"] in floors and sink["max_body_bytes"] > 500_000:
             problems.append(f"a body of {sink['max_body_bytes']} bytes")
         for problem in problems:
@@ -345,6 +361,9 @@ class Bench:
             "of the run",
             note="the diff and sends, against reading the source (extract + normalize)",
         )
+
+    def section_official(self) -> None:
+        official.section(self)
 
     def section_profile(self) -> None:
         print("\n[profile] cProfile (every thread) of smaller destination runs")
