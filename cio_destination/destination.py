@@ -18,19 +18,22 @@ from collections.abc import Sequence
 
 import dlt
 from dlt.common.schema import TTableSchema
+from dlt.common.schema.typing import TTableSchemaColumns as TTableColumns
 from dlt.common.typing import TDataItems
 
 from cio_destination.configuration import CustomerioConfiguration, keyword_signature
-from cio_destination.entries import Entry
+from cio_destination.entries import Entry, Mapped
 from cio_destination.exceptions import CustomerioError
 from cio_destination.failures import shorten_job_error_logs
 from cio_destination.jobs import (
+    MAP_AHEAD,
     Answered,
     Answers,
     InOrder,
     JobFile,
     Unit,
     identities,
+    mapped_ahead,
     must_go_alone,
 )
 from cio_destination.loads import Load, current_load
@@ -64,13 +67,19 @@ def customerio(
     shorten_job_error_logs()
     load = current_load(config)
     mapper = load.mappings.mapper(table)
+    columns = table.get("columns") or {}
+    alone = must_go_alone(mapper.compiled)  # then each unit is mapped after its diff's wait
     job = JobFile(items, table)
     order = InOrder(job)
+
+    def map_ahead(unit: Unit) -> Mapped | None:
+        return None if alone else map_items(mapper, unit.items, columns)
+
     try:
-        for unit in job.units():
+        for unit, mapped in mapped_ahead(job.units(), map_ahead, 0 if alone else MAP_AHEAD):
             if order.failed:
                 break
-            send_unit(load, mapper, table, unit, order)
+            send_unit(load, mapper, columns, unit, mapped, order)
     finally:
         try:
             order.finish_all()
@@ -84,20 +93,26 @@ customerio.__signature__ = keyword_signature()  # type: ignore[attr-defined]
 
 
 def send_unit(
-    load: Load, mapper: RowMapper, table: TTableSchema, unit: Unit, order: InOrder
+    load: Load,
+    mapper: RowMapper,
+    columns: TTableColumns,
+    unit: Unit,
+    mapped: Mapped | None,
+    order: InOrder,
 ) -> None:
-    """Map, diff and start delivering one unit of rows; it is recorded once `order` finishes it.
-
-    Before its diff it waits for every earlier unit of a table whose units must go alone, and
-    before its requests for the earlier units that name the same people."""
+    """Diff and start delivering one unit of rows (`mapped` ahead, or None: mapped here, once
+    every earlier unit is finished, for a table whose units must go alone); it is recorded
+    once `order` finishes it. Its requests wait for the earlier units that name the same
+    people."""
     order.wait_admitted()
     started = time.time()
-    if must_go_alone(mapper.compiled):
+    if mapped is None:
         order.make_way(None)
+        diff = load.diff(mapper)
+        mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
     else:
         order.finish_ready()
-    diff = load.diff(mapper)
-    mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), table.get("columns") or {})
+        diff = load.diff(mapper)  # no rows to drop before mapping: not a changes_only table
     names = identities(mapped)
     order.make_way(names)
     parts = diff.to_send(mapped)

@@ -18,9 +18,11 @@ flight together, so Customer.io applies a person's rows in the table's order.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,6 +41,11 @@ by earlier versions, which were called per batch, resume at such an offset)."""
 UNIT_ROWS = 50_000
 """Rows mapped, packed and recorded together: bodies are packed within a unit, so larger units
 leave fewer part-filled requests; a crash replays whole units."""
+MAP_AHEAD = 2
+"""Units of a table mapped at once on helper threads while the job sends the one before (a
+table whose units must go alone maps each in turn)."""
+
+T = TypeVar("T")
 
 
 class Answers(Protocol):
@@ -114,6 +121,31 @@ class JobFile:
         """Record `rows` more rows as done, where dlt reads the file's offset on a rerun."""
         self._state[self._key] = self.offset + rows
         commit_load_package_state()
+
+
+def mapped_ahead(
+    units: Iterator[Unit], map_unit: Callable[[Unit], T], depth: int
+) -> Iterator[tuple[Unit, T]]:
+    """`(unit, map_unit(unit))` in the units' order, `depth` units mapped at once on helper
+    threads while the caller sends the one before (Arrow's kernels let mappings overlap)."""
+    if depth < 1:
+        for unit in units:
+            yield unit, map_unit(unit)
+        return
+    with ThreadPoolExecutor(depth, thread_name_prefix="customerio-map") as pool:
+        ahead: deque[tuple[Unit, Future[T]]] = deque()
+        try:
+            for unit in units:
+                ahead.append((unit, pool.submit(map_unit, unit)))
+                if len(ahead) > depth:
+                    first, mapped = ahead.popleft()
+                    yield first, mapped.result()
+            while ahead:
+                first, mapped = ahead.popleft()
+                yield first, mapped.result()
+        finally:
+            for _, mapped in ahead:
+                mapped.cancel()
 
 
 def must_go_alone(mapping: CompiledMapping) -> bool:

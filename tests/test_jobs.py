@@ -3,12 +3,14 @@ a person. Pure: fake answers, no HTTP, no dlt."""
 
 from __future__ import annotations
 
+import threading
+
 import pyarrow as pa
 import pytest
 
 from cio_destination.entries import Entry, EntryBlock, Mapped
 from cio_destination.exceptions import CustomerioTransientError
-from cio_destination.jobs import InOrder, identities
+from cio_destination.jobs import InOrder, Unit, identities, mapped_ahead
 from cio_destination.transport.results import SendResult
 
 
@@ -124,3 +126,39 @@ def test_events_name_no_one_they_commute_with_any_other_operation():
     )
     mapped = Mapped([entry("k2", key="01ARZ3NDEKTSV4RRFFQ69G5FAW")], [], 2, block=events)
     assert len(identities(mapped)) == 0
+
+
+def test_units_mapped_ahead_come_back_in_order_with_at_most_depth_mapped_ahead():
+    started: list[int] = []
+    consumed: list[int] = []
+    gate = threading.Event()
+
+    def slow_map(unit: Unit) -> int:
+        started.append(unit.rows)
+        if unit.rows == 1:
+            gate.wait(60)  # the first unit maps last: the others must still come after it
+        return unit.rows * 10
+
+    units = (Unit(None, n) for n in range(1, 7))
+    results = mapped_ahead(units, slow_map, 2)
+    first = threading.Thread(target=lambda: consumed.append(next(results)[1]))
+    first.start()
+    first.join(0.05)
+    # while the first unit maps, only the next two are read and mapped, no further
+    assert started[:1] == [1] and len(started) <= 3
+    gate.set()
+    first.join(60)
+    consumed.extend(mapped for _, mapped in results)
+    assert consumed == [10, 20, 30, 40, 50, 60]
+
+
+def test_a_mapping_error_reaches_the_job_in_the_units_order():
+    def failing(unit: Unit) -> int:
+        if unit.rows == 2:
+            raise ValueError("unit 2")
+        return unit.rows
+
+    results = mapped_ahead((Unit(None, n) for n in range(1, 5)), failing, 2)
+    assert next(results)[1] == 1
+    with pytest.raises(ValueError, match="unit 2"):
+        next(results)
