@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import dlt
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -117,3 +118,28 @@ def test_units_of_one_table_are_in_flight_together_and_a_person_ends_with_their_
     assert emulator.most_batches_in_flight > 5
     plans = {p["identifiers"]["id"]: p["attributes"]["plan"] for p in emulator.people}
     assert plans == {str(i): "final" for i in range(300)}
+
+
+def test_a_package_left_pending_by_a_per_batch_version_resumes_at_its_offset(
+    emulator: Emulator, make_pipeline
+):
+    """Earlier versions were called by dlt once per 10,000 rows and dlt kept each file's offset
+    in the load package's state. A package they left pending 10,000 rows into its file resumes
+    there: the rows before the offset are not sent again, every row after it is."""
+    pipeline = make_pipeline()
+    rows = [{"uid": i, "plan": "pro"} for i in range(25_000)]
+    resource = dlt.resource(rows, name="people")
+    pipeline.extract(customerio_adapter(resource, action="identify", identifier="uid"))
+    pipeline.normalize()
+    (package,) = (Path(pipeline.working_dir) / "load" / "normalized").iterdir()
+    (job,) = (package / "new_jobs").glob("people.*")
+    table, file_id = job.name.split(".")[:2]
+    state_file = package / "load_package_state.json"
+    state = orjson.loads(state_file.read_bytes()) if state_file.exists() else {}
+    state["destination_state"] = {f"{table}.{file_id}": 10_000}  # what dlt wrote back then
+    state_file.write_bytes(orjson.dumps(state))
+
+    pipeline.load()
+
+    sent = sorted(int(p["identifiers"]["id"]) for p in emulator.people)
+    assert sent == list(range(10_000, 25_000))
