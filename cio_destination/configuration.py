@@ -141,8 +141,9 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     """Seconds to wait for one HTTP response."""
     max_request_bytes: int = _shapes_workspace(MAX_REQUEST_BYTES)
     """Upper bound of one batch request body, in serialized bytes (Customer.io allows 500 KB)."""
-    max_concurrent_requests: int = _shapes_workspace(32)
-    """Requests in flight at once per workspace, so latency does not cut throughput."""
+    max_concurrent_requests: int = _shapes_workspace(64)
+    """Most requests in flight at once per workspace; below it, as many as the rate times the
+    measured latency needs, so latency does not cut throughput."""
     resend_uncertain: bool = False
     """Send again rows whose earlier send was left with an unknown outcome, and retry a send
     after an answer that leaves its outcome unknown (a 5xx, a timeout) like any other request."""

@@ -1,10 +1,12 @@
 """The dlt glue: the `customerio` destination callable, read as map -> diff -> deliver -> record.
 
-dlt calls it with up to `BATCH_ROWS` rows of one table at a time, on several loader threads. Each
-call maps the rows (`map_items`), keeps what Customer.io does not have yet (`cio_destination.diff`),
-sends it (`deliver`, through the workspace of `cio_destination.transport`) and records what was
-rejected and counted (`cio_destination.report`). It returns only when every row is delivered or
-recorded, so dlt's progress marker never runs ahead of Customer.io. Anything shared (HTTP
+dlt calls it once per load job, with the path of one table's file, on several loader threads
+(`cio_destination.jobs` reads the file from where dlt's progress marker left it). Each unit of
+rows is mapped (`map_items`), kept to what Customer.io does not have yet
+(`cio_destination.diff`), sent (`deliver`, through the workspace of
+`cio_destination.transport`) and, once every request of it and of the units before it is
+answered, recorded (`cio_destination.report`) and marked done in dlt's progress marker. While a
+unit's requests wait for their answers, the next unit is mapped and sent. Anything shared (HTTP
 clients, rate limits, request pools, state) is created once per destination config or pipeline,
 never per call.
 """
@@ -16,12 +18,24 @@ from collections.abc import Sequence
 
 import dlt
 from dlt.common.schema import TTableSchema
+from dlt.common.schema.typing import TTableSchemaColumns as TTableColumns
 from dlt.common.typing import TDataItems
 
 from cio_destination.configuration import CustomerioConfiguration, keyword_signature
-from cio_destination.entries import Entry
+from cio_destination.entries import Entry, Mapped
 from cio_destination.exceptions import CustomerioError
 from cio_destination.failures import shorten_job_error_logs
+from cio_destination.jobs import (
+    MAP_AHEAD,
+    Answered,
+    Answers,
+    InOrder,
+    JobFile,
+    Unit,
+    identities,
+    mapped_ahead,
+    must_go_alone,
+)
 from cio_destination.loads import Load, current_load
 from cio_destination.mapper import RowMapper, map_items
 from cio_destination.report import record_batch
@@ -29,14 +43,10 @@ from cio_destination.restore import install_tracking
 from cio_destination.transport.results import SendResult
 from cio_destination.transport.workspace import workspace_for
 
-# Rows per call. Large enough that bodies fill close to 500 KB; fixed, because dlt's resume offset
-# of a pending parquet package must stay a multiple of it.
-BATCH_ROWS = 10_000
-
 
 @dlt.destination(
     name="customerio",
-    batch_size=BATCH_ROWS,
+    batch_size=0,
     loader_file_format="typed-jsonl",
     naming_convention="direct",
     skip_dlt_columns_and_tables=True,
@@ -55,35 +65,28 @@ def customerio(
     `"cio_destination.customerio"`. Its
     keyword arguments are the keys of `CustomerioConfiguration`, as its signature shows.
     """
-    started = time.time()
     shorten_job_error_logs()
     load = current_load(config)
     mapper = load.mappings.mapper(table)
-    diff = load.diff(mapper)
-    mapped = map_items(mapper, diff.drop_unchanged_rows(items), table.get("columns") or {})
-    parts = diff.to_send(mapped)
-    if config.dry_run:
-        result = SendResult()
-    else:
-        result = deliver(load, mapper, parts)
-        diff.delivered(result, load.state.snapshots)
-        load.state.erase(diff.erased(result))  # an erasure leaves no copies in the state
-    record_batch(
-        load.state,
-        load_id=load.load_id,
-        mapping=mapper.compiled,
-        dry_run=config.dry_run,
-        keys_only=config.rejected_row_payload == "keys_only",
-        mapped=mapped,
-        parts=parts,
-        result=result,
-        skipped=diff.skipped + result.skipped,
-        source_hashes=diff.source_hashes,
-        started=started,
-    )
-    if result.error is not None:
-        # the error may be shared with other calls (a refusal stops them all): raise a twin
-        raise result.error.again() if isinstance(result.error, CustomerioError) else result.error
+    columns = table.get("columns") or {}
+    alone = must_go_alone(mapper.compiled)  # then each unit is mapped after its diff's wait
+    job = JobFile(items, table)
+    order = InOrder(job)
+
+    def map_ahead(unit: Unit) -> Mapped | None:
+        return None if alone else map_items(mapper, unit.items, columns)
+
+    try:
+        for unit, mapped in mapped_ahead(job.units(), map_ahead, 0 if alone else MAP_AHEAD):
+            if order.failed:
+                break
+            send_unit(load, mapper, columns, unit, mapped, order)
+    finally:
+        try:
+            order.finish_all()
+        except CustomerioError as error:
+            # the error may be shared with other calls (a refusal stops them all): raise a twin
+            raise error.again() from None
 
 
 install_tracking()  # the dlt state of completed loads and the run lease, with state_url
@@ -92,13 +95,62 @@ install_tracking()  # the dlt state of completed loads and the run lease, with s
 customerio.__signature__ = keyword_signature()  # type: ignore[attr-defined]
 
 
-def deliver(load: Load, mapper: RowMapper, parts: list[Sequence[Entry]]) -> SendResult:
-    """Send `parts` through the workspace of the load's config, once the load's preflight
-    passed; a `send_email` table's through the send ledger, one request per row."""
+def send_unit(
+    load: Load,
+    mapper: RowMapper,
+    columns: TTableColumns,
+    unit: Unit,
+    mapped: Mapped | None,
+    order: InOrder,
+) -> None:
+    """Diff and start delivering one unit of rows (`mapped` ahead, or None: mapped here, once
+    every earlier unit is finished, for a table whose units must go alone); it is recorded
+    once `order` finishes it. Its requests wait for the earlier units that name the same
+    people."""
+    order.wait_admitted()
+    started = time.time()
+    if mapped is None:
+        order.make_way(None)
+        diff = load.diff(mapper)
+        mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
+    else:
+        order.finish_ready()
+        diff = load.diff(mapper)  # no rows to drop before mapping: not a changes_only table
+    names = identities(mapped)
+    order.make_way(names)
+    parts = diff.to_send(mapped)
+    dry_run = load.config.dry_run
+    answers = Answered(SendResult()) if dry_run else deliver(load, mapper, parts)
+
+    def record(result: SendResult) -> None:
+        if not dry_run:
+            diff.delivered(result, load.state.snapshots)
+            load.state.erase(diff.erased(result))  # an erasure leaves no copies in the state
+        record_batch(
+            load.state,
+            load_id=load.load_id,
+            mapping=mapper.compiled,
+            dry_run=dry_run,
+            keys_only=load.config.rejected_row_payload == "keys_only",
+            mapped=mapped,
+            parts=parts,
+            result=result,
+            skipped=diff.skipped + result.skipped,
+            source_hashes=diff.source_hashes,
+            started=started,
+        )
+
+    order.add(unit.rows, names, answers, record)
+
+
+def deliver(load: Load, mapper: RowMapper, parts: list[Sequence[Entry]]) -> Answers:
+    """Start sending `parts` through the workspace of the load's config, once the load's
+    preflight passed; a `send_email` table's through the send ledger, one request per row,
+    answered before this returns."""
     workspace = workspace_for(load.config)
     workspace.begin_load(load.load_id)
     if mapper.compiled.action != "send_email":
-        return workspace.sender.send_parts(parts)
+        return workspace.sender.start(parts)
     assert workspace.emails is not None  # checked with the mappings, before any request
     guard = load.send_ledger_guard()
     guard.check(load.state.ledger, load.pipeline)  # the file may have gone since the load started
@@ -110,4 +162,4 @@ def deliver(load: Load, mapper: RowMapper, parts: list[Sequence[Entry]]) -> Send
         resend_uncertain=load.config.resend_uncertain,
     )
     guard.record(load.state.ledger)
-    return result
+    return Answered(result)

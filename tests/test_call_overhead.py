@@ -8,7 +8,6 @@ import pyarrow as pa
 import pytest
 
 from cio_destination import customerio_adapter
-from cio_destination.destination import BATCH_ROWS
 from cio_destination.emulator import Emulator
 
 
@@ -17,7 +16,7 @@ def test_the_pipeline_is_looked_up_once_per_load_not_per_call(
     emulator: Emulator, make_pipeline, monkeypatch
 ) -> None:
     """`dlt.current.pipeline()` makes the pipeline anew on a loader thread (its config resolved
-    again, milliseconds a call): a load of three calls looks it up once."""
+    again, milliseconds a call): a load of three jobs (three calls) looks it up once."""
     looked_up = []
     original = dlt.current.pipeline
 
@@ -26,12 +25,20 @@ def test_the_pipeline_is_looked_up_once_per_load_not_per_call(
         return original()
 
     monkeypatch.setattr(dlt.current, "pipeline", counted)
-    rows = 2 * BATCH_ROWS + 5
-    table = pa.table({"uid": [f"u{i}" for i in range(rows)], "plan": ["pro"] * rows})
-    users = customerio_adapter(
-        dlt.resource([table], name="users"), action="identify", identifier="uid"
-    )
+    rows = 100
+    tables = [f"users_{n}" for n in range(3)]  # one call of the destination per load job
+    resources = [
+        customerio_adapter(
+            dlt.resource(
+                [pa.table({"uid": [f"{name}-{i}" for i in range(rows)], "plan": ["pro"] * rows})],
+                name=name,
+            ),
+            action="identify",
+            identifier="uid",
+        )
+        for name in tables
+    ]
     pipeline = make_pipeline()
-    pipeline.run(users)
-    assert len(emulator.people) == rows
+    pipeline.run(resources)
+    assert len(emulator.people) == 3 * rows
     assert looked_up == [1]

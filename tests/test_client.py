@@ -305,6 +305,7 @@ def test_sender_splits_bodies_under_the_limit_and_sends_them_concurrently(httpx_
     httpx_mock.add_callback(answer, is_reusable=True)
     client = make_client(FakeClock())
     sender = Sender(client, max_in_flight=4, max_request_bytes=2_000)
+    sender.window.observe(1.0)  # answers take a second: at 1,000/s, the cap (4) is wanted
     entries = [entry(i) for i in range(200)]
 
     result = sender.send(entries)

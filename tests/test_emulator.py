@@ -1019,6 +1019,10 @@ def test_latency_does_not_serialize_requests(emu: Emulator, track: httpx.Client)
     arrivals = sorted(r.time for r in emu.requests)
     in_flight = max(sum(1 for t in arrivals if t <= a < t + latency) for a in arrivals)
     assert in_flight >= 10
+    # and the emulator's own count of batch requests served at once agrees (20 were sent)
+    assert in_flight <= emu.most_batches_in_flight <= 20
+    emu.reset()
+    assert emu.most_batches_in_flight == 0
 
 
 def test_faults_validation() -> None:

@@ -184,6 +184,12 @@ class Emulator:
         return self._backend.records()
 
     @property
+    def most_batches_in_flight(self) -> int:
+        """The most ``/api/v2/batch`` requests ever served at once (arrived, not yet answered)
+        since the start or the last :meth:`reset`."""
+        return self._backend.most_batches_in_flight
+
+    @property
     def server_errors(self) -> list[str]:
         """Tracebacks of unexpected server-side exceptions (should stay empty)."""
         return list(self._backend.server_errors)

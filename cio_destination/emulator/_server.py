@@ -127,6 +127,8 @@ class Backend:
         self._records: list[RequestRecord] = []
         self._records_lock = threading.Lock()
         self.server_errors: list[str] = []
+        self._batches_now = 0
+        self.most_batches_in_flight = 0
 
     def record(self, record: RequestRecord) -> None:
         with self._records_lock:
@@ -145,7 +147,18 @@ class Backend:
             self.state.clear()
         with self._records_lock:
             self._records.clear()
+            self.most_batches_in_flight = self._batches_now
         self.injector.clear_window()
+
+    def batch_arrived(self) -> None:
+        """A `/api/v2/batch` request is being served (its answer not yet written)."""
+        with self._records_lock:
+            self._batches_now += 1
+            self.most_batches_in_flight = max(self.most_batches_in_flight, self._batches_now)
+
+    def batch_answered(self) -> None:
+        with self._records_lock:
+            self._batches_now -= 1
 
     def basic_ok(self, header: str | None) -> bool:
         if not header:
@@ -557,6 +570,16 @@ class Handler(BaseHTTPRequestHandler):
                 status, payload = 500, _ERROR_BODIES[500]
             self._send(status, payload)
             return
+        batch = path == "/api/v2/batch"
+        if batch:
+            backend.batch_arrived()
+        try:
+            self._serve(backend, arrived, path, body)
+        finally:
+            if batch:
+                backend.batch_answered()
+
+    def _serve(self, backend: Backend, arrived: float, path: str, body: bytes) -> None:
         ops = 0
         fault = ""
         try:

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from cio_destination.batching import ENVELOPE_BYTES
-from tests.benchmarks import data, official, state
+from tests.benchmarks import latency, official, state
 from tests.benchmarks.sink import SinkProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ FULL = {
     "per_row_rows": 5_000,
     "memory_small": 100_000,
     "memory_large": 1_000_000,
-    "latency_requests": 500,
+    **latency.SIZES,
     "profile_dict_rows": 50_000,
     "profile_arrow_rows": 200_000,
     "warmup_rows": 500,
@@ -82,14 +82,11 @@ TARGETS = {
     "memory_ratio_dict": ("<=", 1.5),
     "memory_growth_arrow": ("<=", 1.2),
     "memory_growth_dict": ("<=", 1.2),
-    "latency_budget_share": (">=", 0.85),
+    **latency.TARGETS,
     # "dominated by reading the source": the diff and its sends take under half the second run
     "changes_load_share": ("<=", 0.5),
     **official.TARGETS,
 }
-LATENCY = 0.2
-LATENCY_RPS = 50.0
-LATENCY_MAX_REQUEST_BYTES = 1_000
 WAITS = ("acquire", "'get' of '_queue", "wait", "select", "poll", "sleep", "recv_into", "recv")
 
 
@@ -98,7 +95,6 @@ class Bench:
         self.args = args
         scale = 10 if args.quick else 1
         self.sizes = {k: max(v // scale, 1) for k, v in FULL.items()}
-        self.sizes["latency_requests"] = FULL["latency_requests"] // scale
         self.repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
         self.figures: dict[str, dict[str, Any]] = {}
         self.runs: list[dict[str, Any]] = []
@@ -146,7 +142,7 @@ class Bench:
             f"  {label:<34} {result['spec']['rows']:>9,} rows"
             f"  {seconds['total']:7.2f} s  {rate(result):>12,.0f} rows/s"
             f"  {cpu_per_row(result):5.2f} CPU-us/row"
-            f"  peak RSS {result['peak_rss_kb'] / 1024:6.0f} MB",
+            f"  peak RSS {result['peak_rss_kb'] / 1024:6.0f} MB{latency.paced(result)}",
             flush=True,
         )
         return result
@@ -163,10 +159,8 @@ class Bench:
         for key in ("unauthorized", "not_found", "malformed"):
             if sink[key]:
                 problems.append(f"{sink[key]} {key} requests")
-        if (
-            spec["target"] in ("customerio", "floor", "official")
-            and sink["max_body_bytes"] > 500_000
-        ):
+        floors = ("customerio", "floor", "paced_floor", "official")
+        if spec["target"] in floors and sink["max_body_bytes"] > 500_000:
             problems.append(f"a body of {sink['max_body_bytes']} bytes")
         for problem in problems:
             self.failures.append(f"{label}: {problem}")
@@ -370,35 +364,7 @@ class Bench:
             )
 
     def section_latency(self) -> None:
-        requests = self.sizes["latency_requests"]
-        rows = rows_for_requests(requests, LATENCY_MAX_REQUEST_BYTES)
-        print(
-            f"\n[latency] sink answers after {LATENCY * 1000:.0f} ms; requests_per_second="
-            f"{LATENCY_RPS:g}, max_request_bytes={LATENCY_MAX_REQUEST_BYTES}: {rows:,} rows,"
-            f" ~{requests} requests"
-        )
-        self.sink.reset(latency=LATENCY)
-        try:
-            result = self.measure(
-                self.spec(
-                    "customerio",
-                    "dict",
-                    rows,
-                    requests_per_second=LATENCY_RPS,
-                    max_request_bytes=LATENCY_MAX_REQUEST_BYTES,
-                ),
-                "latency customerio",
-            )
-        finally:
-            self.sink.reset(latency=0.0)
-        sent = result["sink"]["batch_requests"]
-        load = result["seconds"]["load"]
-        achieved = sent / load
-        self.figure("latency_requests", sent, "requests")
-        self.figure("latency_load_seconds", load, "s")
-        self.figure("latency_requests_per_s", achieved, "req/s")
-        self.figure("latency_budget_share", achieved / LATENCY_RPS, "of budget")
-        self.figure("latency_max_in_flight", result["sink"]["max_in_flight"], "requests")
+        latency.section(self)
 
     def section_changes(self) -> None:
         rows = self.sizes["changes_rows"]
@@ -557,21 +523,6 @@ def op_bytes(sink: dict[str, Any]) -> int:
     return sink["body_bytes"] - requests * ENVELOPE_BYTES - (sink["ops"] - requests)
 
 
-def rows_for_requests(requests: int, max_bytes: int) -> int:
-    """Rows whose identify operations pack into `requests` bodies of at most `max_bytes`."""
-    packer = data.BodyPacker(max_bytes)
-    bodies = 0
-    start = 0
-    while True:
-        table = data.arrow_table(start, start + 1_000)
-        for offset, entry in enumerate(data.floor_entries(table)):
-            if packer.add(entry) is not None:
-                bodies += 1
-                if bodies == requests:
-                    return start + offset
-        start += 1_000
-
-
 def summarize_profile(path: Path, rows: int) -> dict[str, Any]:
     stats = pstats.Stats(str(path))
     entries = []
@@ -662,6 +613,12 @@ def main() -> None:
         default="arrow,dict",
         type=lambda s: [k for k in s.split(",") if k],
         help="row kinds of the memory section (default arrow,dict)",
+    )
+    parser.add_argument(
+        "--latencies",
+        default=",".join(f"{s * 1000:g}" for s in latency.LATENCIES),
+        type=lambda s: [float(ms) / 1000 for ms in s.split(",") if ms],
+        help="sink latencies of the latency section, in ms (default 0,50,200,500)",
     )
     parser.add_argument(
         "--no-profile", action="store_true", help="skip the profile even when a target is missed"

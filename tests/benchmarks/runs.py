@@ -4,17 +4,22 @@ The parent (`python -m tests.benchmarks`) starts one of these per measurement, s
 a heap, a GC state or a peak RSS. The spec names the run:
 
 * `target`: `customerio` (this destination), `nothing` (a do-nothing `@dlt.destination`),
-  `floor` (the kernel floor of `tests.benchmarks.floor`, no dlt) or `per_row` (one v1 identify
-  PUT per row);
+  `floor` (the kernel floor of `tests.benchmarks.floor`, no dlt), `paced_floor` (the same
+  bodies posted by a thread pool within `requests_per_second`, for the latency runs) or
+  `per_row` (one v1 identify PUT per row);
 * `kind`: `dict` or `arrow` rows; `rows`; `action`: `identify` (default) or `event`; `lazy` (build the data while it is consumed, for memory
   runs) or not (build it all before the clock starts);
+* `tables`: the rows split into this many tables (`people_0`, ...) loaded in parallel (default 1);
 * `sink`, `site_id`, `api_key`, `requests_per_second`, `max_request_bytes`;
+* `latency`: seconds the sink waits before each answer (set, and its counters zeroed, before the
+  warm-up and again before the measured run, so its counters are the measured run's alone);
 * `warmup`: rows of an unmeasured run first (imports, first-call set-up, the credential probe);
 * `profile`: a path to write cProfile stats of the measured run to (every thread).
 
 The last line on stdout is the result as JSON: seconds per step (wall, and `<step>_cpu`: the
 process's CPU seconds, every thread), `cpu_seconds` of the whole measured run (after the data is
-built and the warm-up run is done), the sink's counters for the measured run only, and the
+built and the warm-up run is done), the sink's counters for the measured run only, the seconds
+from the run's start to the sink's first batch request, and the
 process's peak RSS (VmHWM).
 """
 
@@ -33,7 +38,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
 
@@ -74,21 +81,41 @@ def sink_stats(spec: dict[str, Any]) -> dict[str, Any]:
     return orjson.loads(httpx.get(spec["sink"] + "/_sink/stats", timeout=10).content)
 
 
+def sink_reset(spec: dict[str, Any]) -> None:
+    latency = spec.get("latency", 0.0)
+    httpx.post(f"{spec['sink']}/_sink/reset?latency={latency}", timeout=10).raise_for_status()
+
+
 # -- data ------------------------------------------------------------------------------------------
 
 
-def source_chunks(kind: str, rows: int, lazy: bool) -> Callable[[], Iterator[Any]]:
-    """A factory of the chunks a resource yields: lists of dicts or Arrow tables."""
+def source_chunks(kind: str, rows: int, lazy: bool, start: int = 0) -> Callable[[], Iterator[Any]]:
+    """A factory of the chunks a resource yields: lists of dicts or Arrow tables, of the people
+    numbered `start` to `start + rows`."""
     chunk = DICT_CHUNK if kind == "dict" else ARROW_CHUNK
     build = data.dict_rows if kind == "dict" else data.arrow_table
+    bounds = [(start + a, start + b) for a, b in data.chunk_bounds(rows, chunk)]
     if lazy:
-        return lambda: (build(a, b) for a, b in data.chunk_bounds(rows, chunk))
-    built = [build(a, b) for a, b in data.chunk_bounds(rows, chunk)]
+        return lambda: (build(a, b) for a, b in bounds)
+    built = [build(a, b) for a, b in bounds]
     return lambda: iter(built)
 
 
-def resource_of(chunks: Callable[[], Iterator[Any]], action: str = "identify") -> Any:
-    resource = dlt.resource(chunks(), name=data.TABLE)
+def table_chunks(
+    kind: str, rows: int, lazy: bool, tables: int
+) -> list[Callable[[], Iterator[Any]]]:
+    """The chunk factories of `tables` tables sharing `rows` people between them."""
+    share = rows // tables
+    return [
+        source_chunks(kind, share if t < tables - 1 else rows - share * t, lazy, share * t)
+        for t in range(tables)
+    ]
+
+
+def resource_of(
+    chunks: Callable[[], Iterator[Any]], action: str = "identify", name: str = data.TABLE
+) -> Any:
+    resource = dlt.resource(chunks(), name=name)
     if action == "event":  # one event per row, keyed (de-duplicated) by person and time
         return customerio_adapter(
             resource,
@@ -118,17 +145,22 @@ def destination_of(spec: dict[str, Any]) -> Any:
     )
 
 
-def run_pipeline(spec: dict[str, Any], chunks: Callable[[], Iterator[Any]], pipelines_dir: str):
+def run_pipeline(
+    spec: dict[str, Any], chunks: list[Callable[[], Iterator[Any]]], pipelines_dir: str
+):
     pipeline = dlt.pipeline(
         f"bench_{spec['target']}",
         destination=destination_of(spec),
         pipelines_dir=pipelines_dir,
         dev_mode=True,
     )
+    action = spec.get("action", "identify")
+    names = [data.TABLE] if len(chunks) == 1 else [f"{data.TABLE}_{t}" for t in range(len(chunks))]
     steps: dict[str, float] = {}
     started = time.perf_counter()
+    steps["started_monotonic"] = time.monotonic()
     cpu = process_cpu()
-    pipeline.extract(resource_of(chunks, spec.get("action", "identify")))
+    pipeline.extract([resource_of(c, action, n) for c, n in zip(chunks, names, strict=True)])
     cpu = _step(steps, "extract", started, cpu)
     mark = time.perf_counter()
     pipeline.normalize()
@@ -158,6 +190,71 @@ def run_floor(spec: dict[str, Any], chunks: Callable[[], Iterator[Any]]) -> dict
     started = time.perf_counter()
     floor.run(spec, chunks, write)
     return {"total": time.perf_counter() - started}
+
+
+class Pacer:
+    """Request starts evenly spaced at `rate` per second across threads, as a client written
+    for Customer.io's rate limit would space them."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self.next = 0.0
+        self.lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self.lock:
+            now = time.monotonic()
+            slot = max(now, self.next)
+            self.next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)
+
+
+def run_paced_floor(
+    spec: dict[str, Any], chunks: list[Callable[[], Iterator[Any]]]
+) -> dict[str, float]:
+    """The same bodies as the destination, from the same Arrow tables, posted by 64 threads
+    within `requests_per_second`, with as many requests in flight as the rate and the latency
+    need: what a hand-written sender that hides latency achieves, with no dlt."""
+    threads = 64
+    pacer = Pacer(spec["requests_per_second"])
+    with (
+        httpx.Client(
+            base_url=spec["sink"],
+            auth=(spec["site_id"], spec["api_key"]),
+            headers={"content-type": "application/json"},
+            limits=httpx.Limits(max_connections=threads, max_keepalive_connections=threads),
+            timeout=60,
+        ) as client,
+        ThreadPoolExecutor(threads) as pool,
+    ):
+        pending: deque[Future[httpx.Response]] = deque()
+
+        def paced_post(body: bytes) -> httpx.Response:
+            pacer.wait()
+            return client.post("/api/v2/batch", content=body)
+
+        def post(body: bytes) -> None:
+            pending.append(pool.submit(paced_post, body))
+            while len(pending) > threads + 8:
+                pending.popleft().result().raise_for_status()
+
+        started = time.perf_counter()
+        steps = {"started_monotonic": time.monotonic()}
+        for table_chunks_ in chunks:
+            packer = data.BodyPacker(spec["max_request_bytes"])
+            for table in table_chunks_():
+                for entry in data.floor_entries(table):
+                    body = packer.add(entry)
+                    if body is not None:
+                        post(body)
+            last = packer.flush()
+            if last is not None:
+                post(last)
+        while pending:
+            pending.popleft().result().raise_for_status()
+        steps["total"] = time.perf_counter() - started
+    return steps
 
 
 # -- Customer.io's official client's pattern: one v1 identify per row ---------------------------------
@@ -296,16 +393,21 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     target, kind = spec["target"], spec["kind"]
     pipelines_dir = tempfile.mkdtemp(prefix="cio-bench-")
     try:
+        sink_reset(spec)
         if spec.get("warmup"):
             warm = source_chunks(kind, spec["warmup"], lazy=True)
             if target == "floor":
                 run_floor(spec, warm)
+            elif target == "paced_floor":
+                run_paced_floor(spec, [warm])
             elif target == "per_row":
                 run_per_row(spec, warm)
             else:
-                run_pipeline(spec, warm, pipelines_dir)
-        chunks = source_chunks(kind, spec["rows"], spec.get("lazy", False))
+                run_pipeline(spec, [warm], pipelines_dir)
+        lazy = spec.get("lazy", False)
+        chunks = table_chunks(kind, spec["rows"], lazy, spec.get("tables", 1))
         rss_before = proc_status_kb("VmRSS")
+        sink_reset(spec)
         before = sink_stats(spec)
         if target == "changes":
             steps, before = run_changes(spec, pipelines_dir)
@@ -316,9 +418,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         if target == "changes":
             pass  # measured above
         elif target == "floor":
-            steps = run_floor(spec, chunks)
+            steps = run_floor(spec, chunks[0])
+        elif target == "paced_floor":
+            steps = run_paced_floor(spec, chunks)
         elif target == "per_row":
-            steps = run_per_row(spec, chunks)
+            steps = run_per_row(spec, chunks[0])
         else:
             steps = run_pipeline(spec, chunks, pipelines_dir)
         cpu = process_cpu() - cpu_before
@@ -345,6 +449,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     delta["max_in_flight"] = after["max_in_flight"]
     if after["first_request"] is not None and after["last_answer"] is not None:
         delta["sink_span"] = after["last_answer"] - after["first_request"]
+    started = steps.pop("started_monotonic", None)
+    if after["first_batch"] is not None and after["last_answer"] is not None:
+        # the batch requests' span: from the first one's arrival to the last answer
+        delta["batch_span"] = after["last_answer"] - after["first_batch"]
+        if started is not None:
+            delta["first_batch_after"] = after["first_batch"] - started
     return {
         "spec": spec,
         "seconds": steps,

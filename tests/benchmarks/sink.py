@@ -7,8 +7,9 @@ clients: a request line, headers up to the blank line, a `Content-Length` body. 
 * `POST /api/v2/batch`: one request, `body.count(b'"identifiers":')` operations;
 * `PUT /api/v1/customers/<id>`: one request, one operation;
 * `GET /api/v1/accounts/region`: the destination's credential and region check, `us`;
-* `GET /_sink/stats`: the counters as JSON; `POST /_sink/reset?latency=<seconds>`: zero them and
-  set the fixed delay before each Track API answer (0 by default).
+* `GET /_sink/stats`: the counters as JSON (times are `time.monotonic()`, which every process
+  on the machine shares); `POST /_sink/reset?latency=<seconds>`: zero them and set the fixed
+  delay before each Track API answer (0 by default).
 
 Basic auth is checked by comparing the `Authorization` header with the expected bytes; a
 mismatch answers 401 and is counted. Every 16th batch body is also parsed in full, and a body
@@ -66,6 +67,7 @@ class Counters:
         self.in_flight = 0
         self.max_in_flight = 0
         self.first_request: float | None = None
+        self.first_batch: float | None = None
         self.last_request: float | None = None
         self.last_answer: float | None = None
 
@@ -133,6 +135,8 @@ class SinkProtocol(asyncio.Protocol):
             return
         answer = _OK
         if method == b"POST" and target == b"/api/v2/batch":
+            if counters.first_batch is None:
+                counters.first_batch = now
             counters.batch_requests += 1
             ops = body.count(_OPS_MARK)
             if counters.batch_requests % _PARSE_EVERY == 1:

@@ -1,0 +1,164 @@
+"""A load job's units: finished (recorded, then marked done) in order, and never reordered for
+a person. Pure: fake answers, no HTTP, no dlt."""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow as pa
+import pytest
+
+from cio_destination.entries import Entry, EntryBlock, Mapped
+from cio_destination.exceptions import CustomerioTransientError
+from cio_destination.jobs import InOrder, Unit, identities, mapped_ahead
+from cio_destination.transport.results import SendResult
+
+
+class Answers:
+    """A unit's requests, answered when the test says so."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.answered = False
+        self.waited = False
+        self.error = error
+
+    def wait_admitted(self) -> None:
+        pass
+
+    def done(self) -> bool:
+        return self.answered
+
+    def result(self) -> SendResult:
+        self.waited = True  # `result()` is where a real unit waits for its answers
+        return SendResult(error=self.error)
+
+
+class Job:
+    def __init__(self) -> None:
+        self.offset = 0
+        self.log: list[str] = []
+
+    def advance(self, rows: int) -> None:
+        self.offset += rows
+        self.log.append(f"advance {self.offset}")
+
+
+def names(*keys: str) -> pa.Array:
+    return pa.array(keys, pa.string())
+
+
+def recorder(job: Job, name: str):
+    return lambda result: job.log.append(f"record {name}")
+
+
+def test_units_are_recorded_then_marked_done_in_the_order_they_were_read():
+    job = Job()
+    order = InOrder(job)
+    first, second = Answers(), Answers()
+    order.add(100, names("a"), first, recorder(job, "first"))
+    order.add(50, names("b"), second, recorder(job, "second"))
+
+    second.answered = True
+    order.finish_ready()  # the second is answered, but the first is not: nothing is done yet
+    assert job.log == [] and job.offset == 0
+
+    first.answered = True
+    order.finish_ready()
+    assert job.log == ["record first", "advance 100", "record second", "advance 150"]
+
+
+def test_a_unit_naming_a_person_in_flight_waits_for_that_unit_and_those_before_it():
+    job = Job()
+    order = InOrder(job)
+    units = [Answers(), Answers(), Answers()]
+    for index, (answers, key) in enumerate(zip(units, ["a", "p", "b"], strict=True)):
+        order.add(10, names(key), answers, recorder(job, str(index)))
+
+    order.make_way(names("x", "y"))  # nobody in flight: no wait
+    assert not any(u.waited for u in units)
+    order.make_way(names("p", "z"))  # the second unit has p: it and the first are finished first
+    assert [u.waited for u in units] == [True, True, False]
+    assert job.offset == 20
+    order.make_way(None)  # a table whose units go alone waits for all of them
+    assert job.offset == 30
+
+
+def test_after_a_failure_nothing_later_is_recorded_or_marked_done_and_the_failure_is_raised():
+    job = Job()
+    order = InOrder(job)
+    failure = CustomerioTransientError("Customer.io /api/v2/batch failed 5 times")
+    units = [Answers(), Answers(error=failure), Answers()]
+    for index, answers in enumerate(units):
+        order.add(10, names(str(index)), answers, recorder(job, str(index)))
+
+    with pytest.raises(CustomerioTransientError):
+        order.finish_all()
+
+    # the failed unit's rejections and counters are recorded; its rows and the next unit's are
+    # replayed by the next attempt, whose requests were all waited for
+    assert job.log == ["record 0", "advance 10", "record 1"]
+    assert all(u.waited for u in units)
+    assert order.failed
+
+
+def entry(row_key: str, key: str | None = None) -> Entry:
+    return Entry(b"{}", row_key, [{}], key)
+
+
+def test_identities_are_the_row_keys_of_operations_whose_order_matters():
+    block = EntryBlock(
+        pa.array([b"{}", b"{}"], pa.binary()),
+        pa.array(["p1", "p2"]),
+        None,
+        pa.array([0, 1], pa.int64()),
+    )
+    mapped = Mapped([entry("p3")], [], 3, block=block)
+    assert sorted(identities(mapped).to_pylist()) == ["p1", "p2", "p3"]
+
+
+def test_events_name_no_one_they_commute_with_any_other_operation():
+    events = EntryBlock(
+        pa.array([b"{}"], pa.binary()),
+        pa.array(["k1"]),
+        None,
+        pa.array([0], pa.int64()),
+        keys=pa.array(["01ARZ3NDEKTSV4RRFFQ69G5FAV"]),
+    )
+    mapped = Mapped([entry("k2", key="01ARZ3NDEKTSV4RRFFQ69G5FAW")], [], 2, block=events)
+    assert len(identities(mapped)) == 0
+
+
+def test_units_mapped_ahead_come_back_in_order_with_at_most_depth_mapped_ahead():
+    started: list[int] = []
+    consumed: list[int] = []
+    gate = threading.Event()
+
+    def slow_map(unit: Unit) -> int:
+        started.append(unit.rows)
+        if unit.rows == 1:
+            gate.wait(60)  # the first unit maps last: the others must still come after it
+        return unit.rows * 10
+
+    units = (Unit(None, n) for n in range(1, 7))
+    results = mapped_ahead(units, slow_map, 2)
+    first = threading.Thread(target=lambda: consumed.append(next(results)[1]))
+    first.start()
+    first.join(0.05)
+    # while the first unit maps, only the next two are read and mapped, no further
+    assert started[:1] == [1] and len(started) <= 3
+    gate.set()
+    first.join(60)
+    consumed.extend(mapped for _, mapped in results)
+    assert consumed == [10, 20, 30, 40, 50, 60]
+
+
+def test_a_mapping_error_reaches_the_job_in_the_units_order():
+    def failing(unit: Unit) -> int:
+        if unit.rows == 2:
+            raise ValueError("unit 2")
+        return unit.rows
+
+    results = mapped_ahead((Unit(None, n) for n in range(1, 5)), failing, 2)
+    assert next(results)[1] == 1
+    with pytest.raises(ValueError, match="unit 2"):
+        next(results)
