@@ -7,8 +7,8 @@
     * StateFileError - the local state file cannot be used (names the file)
       * SendLedgerLostError - earlier loads sent emails through another send ledger than this one
   * CustomerioTransientError - Customer.io was unreachable or kept throttling after every retry
-    (or the fingerprints database of `fingerprints_url` failed); dlt retries the job and a later
-    run resumes the package.
+    (or the database of `fingerprints_url` or `rate_limit_url` failed); dlt retries the job and a
+    later run resumes the package.
 
 A single bad row is never an exception: it becomes a rejection (see `rejected_rows`) and the load goes
 on. No message here ever carries a secret, a payload or an attribute value, and each is one line.
@@ -116,7 +116,7 @@ class SendLedgerLostError(StateFileError):
 
 class CustomerioTransientError(CustomerioError, DestinationTransientException):
     """Requests kept failing with throttling, server errors or network faults after all retries,
-    or a database the load depends on (`fingerprints_url`) failed.
+    or a database the load depends on (`fingerprints_url`, `rate_limit_url`) failed.
 
     dlt keeps the load package; the next run resumes it. Replays are safe: identifies are
     idempotent and events carry deterministic ids.
