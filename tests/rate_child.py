@@ -1,16 +1,20 @@
 """One sync of two tables in its own process, sharing its rate budget through `rate_limit_url`.
 
-    python -m tests.rate_child PIPELINES_DIR EMULATOR_URL SITE_ID RATE_LIMIT_URL NAME ROWS
+    python -m tests.rate_child PIPELINES_DIR EMULATOR_URL SITE_ID RATE_LIMIT_URL NAME ROWS GO
 
 Sends ROWS events and ROWS people, each named after NAME (so every process's rows are its own),
-at `requests_per_second = 20` in small requests. Exit 0 when the load completed; otherwise the
-destination's one-line error on stderr and exit 1.
+at `requests_per_second = 20` in small requests. Once extracted and normalized, it writes
+`GO.NAME` and loads only when the file GO exists, so several children load together however
+long each took to start. Exit 0 when the load completed; otherwise the destination's one-line
+error on stderr and exit 1.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dlt
@@ -55,7 +59,7 @@ def resources(name: str, rows: int) -> list[Any]:
 
 
 def main() -> int:
-    pipelines_dir, url, site_id, rate_limit_url, name, rows = sys.argv[1:7]
+    pipelines_dir, url, site_id, rate_limit_url, name, rows, go = sys.argv[1:8]
     destination = customerio(
         site_id=site_id,
         api_key=API_KEY,
@@ -67,7 +71,13 @@ def main() -> int:
     )
     pipeline = dlt.pipeline(f"shared_{name}", destination=destination, pipelines_dir=pipelines_dir)
     try:
-        pipeline.run(resources(name, int(rows)))
+        pipeline.extract(resources(name, int(rows)))
+        pipeline.normalize()
+        Path(f"{go}.{name}").touch()
+        deadline = time.monotonic() + 600  # only a test that never says go trips this
+        while not Path(go).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pipeline.load()
     except Exception as error:
         status = exit_status(error)
         print(status[1] if status else type(error).__name__, file=sys.stderr)

@@ -170,17 +170,45 @@ def workspace(site_id: str) -> Iterator[Emulator]:
         yield emulator
 
 
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_child_left() -> Iterator[None]:
+    """Children a failed test left running are killed with it."""
+    yield
+    while _started:
+        child = _started.pop()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
 def start_child(
     tmp_path: Path, url: str, site_id: str, rate_limit_url: str, name: str, rows: int
 ) -> subprocess.Popen[bytes]:
+    """A child that loads once `go(tmp_path, children)` says so."""
     command = [sys.executable, "-m", "tests.rate_child", str(tmp_path / name), url, site_id]
-    return subprocess.Popen(
-        [*command, rate_limit_url, name, str(rows)],
+    child = subprocess.Popen(
+        [*command, rate_limit_url, name, str(rows), str(tmp_path / "go")],
         cwd=REPO,
         env=child_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    _started.append(child)
+    return child
+
+
+def go(tmp_path: Path, children: list[subprocess.Popen[bytes]]) -> None:
+    """Once every child has extracted and normalized its rows, let them all load at once."""
+    wait_for(
+        lambda: (
+            len(list(tmp_path.glob("go.*"))) == len(children)
+            or any(child.poll() is not None for child in children)
+        )
+    )
+    (tmp_path / "go").touch()
 
 
 def finish(children: list[subprocess.Popen[bytes]]) -> None:
@@ -229,6 +257,7 @@ def test_four_processes_share_one_budget(
     children = [
         start_child(tmp_path, workspace.url, site_id, rate_limit_url, name, ROWS) for name in names
     ]
+    go(tmp_path, children)
     finish(children)
 
     times = [r.time for r in workspace.requests]
@@ -242,9 +271,10 @@ def test_four_processes_share_one_budget(
 def test_a_429_to_one_process_slows_them_all(
     workspace: Emulator, site_id: str, rate_limit_url: str, tmp_path: Path
 ):
-    """Process t's requests go to a workspace of their own, which answers 429 for a while; the
-    three others' go to `workspace`. Both stand for one Customer.io workspace: one site id, one
-    budget."""
+    """Process t's requests go to a workspace of their own, which answers 429 (Retry-After: 2)
+    for a while; the three others' go to `workspace`. Both stand for one Customer.io workspace:
+    one site id, one budget. The others must slow down from half a second after the cut to two
+    seconds after it."""
     rows = 2 * ROWS
     observer = shared_limiter(RATE, rate_limit_url, budget_name(site_id, "track"))
     with Emulator(site_id=site_id, api_key=rate_child.API_KEY) as throttling:
@@ -253,8 +283,9 @@ def test_a_429_to_one_process_slows_them_all(
             start_child(tmp_path, workspace.url, site_id, rate_limit_url, name, rows)
             for name in ("a", "b", "c")
         ]
+        go(tmp_path, children)
         wait_for(lambda: len(workspace.requests) >= 60 and len(throttling.requests) >= 5)
-        throttling.set_faults(Faults(http429_rate=1.0, retry_after=1))
+        throttling.set_faults(Faults(http429_rate=1.0, retry_after=2))
         # when the cut reached the backend, told by the backend itself: how soon the throttled
         # process reacted to its 429 depends on the machine, what the others did next does not
         cut_seen: list[bool] = []

@@ -319,15 +319,18 @@ class PostgresBudget:
         self._bucket: Any = None
         self._rate = 0.0
         self._leaked_at = float("-inf")
+        self._opening = threading.Lock()
 
     def _ready(self) -> Any:
-        if self._bucket is None:
-            self._pool.open()
-            with self._pool.connection() as connection:
-                connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_FACTORS,))
-                connection.execute(_CREATE)
-            self._bucket = self._make_bucket(self._pool, f"cio_{self._name}", _windows(1.0))
-        return self._bucket
+        """The bucket, its tables created on first use (by one thread)."""
+        with self._opening:
+            if self._bucket is None:
+                self._pool.open()
+                with self._pool.connection() as connection:
+                    connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_FACTORS,))
+                    connection.execute(_CREATE)
+                self._bucket = self._make_bucket(self._pool, f"cio_{self._name}", _windows(1.0))
+            return self._bucket
 
     def take(self, rate: float) -> float:
         bucket = self._ready()
