@@ -31,6 +31,8 @@ DEFINITIONS = REPO / "pipelines" / "dagster_definitions.py"
 SOURCE_TABLES = {
     "people": {"incremental": "updated_at"},
     "purchases": {"incremental": "updated_at"},
+    "members": {"table": "people"},  # read in full every run, mirrored
+    "welcome": {"table": "people"},  # read in full every run, each person emailed once
 }
 MAPPINGS = {
     "people": {"action": "identify", "identifier": "id", "timestamp": "updated_at"},
@@ -40,6 +42,21 @@ MAPPINGS = {
         "event_name": "purchase",
         "event_data_column": "data",
         "timestamp": "created_at",
+    },
+    "members": {
+        "action": "identify",
+        "identifier": "id",
+        "attributes": ["plan"],
+        "changes_only": True,
+        "mirror": "delete",
+    },
+    "welcome": {
+        "action": "send_email",
+        "identifier": "id",
+        "transactional_message_id": "welcome",
+        "to": "email",
+        "event_id": "id",
+        "attributes": [],
     },
 }
 
@@ -70,7 +87,7 @@ def materialize(tmp_path: Path, environment: dict[str, str]) -> None:
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     log = done.stdout + done.stderr
     assert "multiprocess executor" in log  # each asset's step in a process of its own
-    assert "people" in log and "purchases" in log
+    assert all(f'Executing step "{table}" in subprocess' in log for table in SOURCE_TABLES)
 
 
 def test_dagster_materializes_each_table_in_its_own_process(
@@ -90,6 +107,8 @@ def test_dagster_materializes_each_table_in_its_own_process(
         "DESTINATION__CUSTOMERIO__SITE_ID": site_id,
         "DESTINATION__CUSTOMERIO__API_KEY": workspace.api_key,
         "DESTINATION__CUSTOMERIO__TRACK_URL": workspace.url,
+        "DESTINATION__CUSTOMERIO__APP_API_KEY": workspace.app_api_key,
+        "DESTINATION__CUSTOMERIO__APP_URL": workspace.url,
         "DESTINATION__CUSTOMERIO__RATE_LIMIT_URL": redis_url,
         "DESTINATION__CUSTOMERIO__REQUESTS_PER_SECOND": "20",
     }
@@ -97,13 +116,18 @@ def test_dagster_materializes_each_table_in_its_own_process(
 
     materialize(tmp_path, environment)
 
-    assert people(workspace) == PEOPLE
+    assert people(workspace) == PEOPLE  # members' plans are the people's own
     assert events(workspace) == EVENTS
     assert workspace.duplicate_events == 0
-    batches = [r for r in workspace.requests if r.path == "/api/v2/batch"]
-    assert batches and all(r.status == 200 for r in batches)
+    assert sorted(d["to"] for d in workspace.deliveries) == sorted(
+        p["email"] for p in PEOPLE.values()
+    )
+    sent = [r for r in workspace.requests if r.path in ("/api/v2/batch", "/v1/send/email")]
+    assert sent and all(r.status == 200 for r in sent)
 
     mark = len(workspace.requests)
     materialize(tmp_path, environment)
 
-    assert [r for r in workspace.requests[mark:] if r.path == "/api/v2/batch"] == []
+    # cursors, fingerprints, the mirror's snapshot and the send ledger all held: nothing new
+    assert [r.path for r in workspace.requests[mark:] if r.method == "POST"] == []
+    assert len(workspace.deliveries) == len(PEOPLE)
