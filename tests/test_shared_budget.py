@@ -9,11 +9,12 @@ import pytest
 from dlt.common.configuration.exceptions import ConfigurationValueError
 
 from cio_destination.configuration import CustomerioConfiguration
-from cio_destination.exceptions import CustomerioTransientError
+from cio_destination.exceptions import CustomerioTerminalError, CustomerioTransientError
 from cio_destination.transport.shared_budget import (
     SharedRateLimiter,
     backend_of,
     budget_name,
+    shared_limiter,
     where,
 )
 
@@ -188,3 +189,11 @@ def test_a_rate_limit_url_gives_its_own_workspace_and_rate():
 
     assert shared != config().workspace_key()
     assert "redis://localhost:6379/0" not in repr(shared)  # a secret: kept as a digest
+
+
+def test_a_redis_url_that_cannot_be_parsed_is_a_setting_to_fix_without_repeating_it():
+    with pytest.raises(CustomerioTerminalError) as raised:
+        shared_limiter(20, "redis://:s3cret@cache:port/0", "budget_track")
+
+    assert "destination.customerio.rate_limit_url is not a valid" in str(raised.value)
+    assert "s3cret" not in str(raised.value) and raised.value.__cause__ is None

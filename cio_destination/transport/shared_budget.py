@@ -177,12 +177,18 @@ def shared_limiter(rate: float, url: str, name: str) -> SharedRateLimiter:
     """The limiter of budget `name` (see `budget_name`) in the backend of `rate_limit_url`."""
     kind = backend_of(url)
     budget: Budget
-    if kind == "redis":
-        budget = RedisBudget(url, name)
-    elif kind == "postgresql":
-        budget = PostgresBudget(url, name)
-    else:
-        raise CustomerioTerminalError(f"{URL_KEY} must be a redis:// or postgresql:// URL")
+    try:
+        if kind == "redis":
+            budget = RedisBudget(url, name)
+        elif kind == "postgresql":
+            budget = PostgresBudget(url, name)
+        else:
+            raise ValueError(kind)
+    except ValueError:
+        # not chained: a parser's message may quote the URL, password and all
+        raise CustomerioTerminalError(
+            f"{URL_KEY} is not a valid redis:// or postgresql:// URL"
+        ) from None
     return SharedRateLimiter(rate, budget, url)
 
 
