@@ -7,7 +7,8 @@ PostgreSQL (`postgresql://`, also in SQLAlchemy's `postgresql+<driver>://` form,
 * in Redis, a GCRA bucket with no burst (one theoretical arrival time per budget, moved by a Lua
   script): every process's starts are spaced evenly at the rate, as one process's are;
 * in PostgreSQL, a sliding-window log (a row per start, the table locked for each check): at
-  most the rate in any second, and a tenth of it in any 100 ms, so starts do not bunch up.
+  most the rate in any second, and starts at least 0.9/rate of a second apart, so they do not
+  bunch up.
 
 The adaptive cut on 429 is this module's own and lives in the same backend: a factor of the
 configured rate that a 429 anywhere halves (its `Retry-After` holds every start for all) and each
@@ -267,12 +268,16 @@ def _even(rate: float) -> Any:
 
 
 def _windows(rate: float) -> list[Any]:
-    """A sliding-window cap of `rate` a second, and of a tenth of it in any 100 ms."""
+    """Sliding windows: at most `rate` starts in any second, and starts at least 0.9/`rate` of a
+    second apart (a tenth of the rate per 100 ms above 1,000 a second), so they do not bunch up;
+    the 10% leaves room for the round trips of each claim, so the second's cap sets the pace."""
     from pyrate_limiter import Rate
 
-    if rate >= 2:
+    if rate > 1000:
         per_second = math.floor(rate)
         return [Rate(math.ceil(per_second / 10), 100), Rate(per_second, 1000)]
+    if rate >= 2:
+        return [Rate(1, max(1, math.floor(900 / rate))), Rate(math.floor(rate), 1000)]
     interval = math.ceil(1000 / rate)
     return [Rate(1, interval), Rate(2, 2 * interval)]
 
