@@ -261,7 +261,8 @@ def test_four_processes_share_one_budget(
     finish(children)
 
     times = [r.time for r in workspace.requests]
-    assert most_in_one_second(times) <= RATE + 2  # 4 processes x 2 tables, one budget of 20/s
+    most = most_in_one_second(times)
+    assert most <= RATE + 2, f"{most} requests in one second"  # 4 processes x 2 tables, 20/s
     used = len(times) / ((max(times) - min(times)) * RATE)
     assert used >= 0.85, f"{len(times)} requests used {used:.0%} of the budget"
     assert all(r.status == 200 for r in workspace.requests)
