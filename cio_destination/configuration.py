@@ -25,6 +25,7 @@ from dlt.destinations.impl.destination.configuration import CustomDestinationCli
 from cio_destination.limits import MAX_REQUEST_BYTES
 from cio_destination.transport.credentials import app_credential, credential_problem
 from cio_destination.transport.regions import REGIONS
+from cio_destination.transport.shared_budget import backend_of
 
 logger = logging.getLogger("cio_destination")
 _alias_logged = False
@@ -135,6 +136,10 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     """Track API requests started per second, shared by every table and load thread."""
     app_requests_per_second: float = _shapes_workspace(10.0)
     """App API (transactional send) requests started per second."""
+    rate_limit_url: TSecretStrValue | None = _shapes_workspace(None)
+    """Redis (`redis://`) or PostgreSQL (`postgresql://`) URL where every process and machine
+    sending to the same workspace shares `requests_per_second` and `app_requests_per_second`,
+    and the cut after a 429 (default: each process paces itself)."""
     max_attempts: int = _shapes_workspace(5)
     """Attempts per request on throttling, 5xx and network faults before the batch fails."""
     timeout: float = _shapes_workspace(30.0)
@@ -190,6 +195,11 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
         if self.app_requests_per_second <= 0:
             raise ConfigurationValueError(
                 "destination.customerio.app_requests_per_second must be > 0"
+            )
+        if self.rate_limit_url and backend_of(secret_text(self.rate_limit_url)) is None:
+            raise ConfigurationValueError(
+                "destination.customerio.rate_limit_url must be a redis://, rediss://, unix://"
+                " (Redis or Valkey) or postgresql:// URL"
             )
         if self.max_attempts < 1:
             raise ConfigurationValueError("destination.customerio.max_attempts must be >= 1")

@@ -9,8 +9,8 @@
     * PipelineLeaseError - another run of the pipeline holds its lease in `state_url` (run again
       once it ended; exit code 1)
   * CustomerioTransientError - Customer.io was unreachable or kept throttling after every retry
-    (or the fingerprints database of `fingerprints_url` failed); dlt retries the job and a later
-    run resumes the package.
+    (or the database of `fingerprints_url` or `rate_limit_url` failed); dlt retries the job and a
+    later run resumes the package.
 
 A single bad row is never an exception: it becomes a rejection (see `rejected_rows`) and the load goes
 on. No message here ever carries a secret, a payload or an attribute value, and each is one line.
@@ -136,7 +136,7 @@ class PipelineLeaseError(CustomerioTerminalError):
 
 class CustomerioTransientError(CustomerioError, DestinationTransientException):
     """Requests kept failing with throttling, server errors or network faults after all retries,
-    or a database the load depends on (`fingerprints_url`) failed.
+    or a database the load depends on (`fingerprints_url`, `rate_limit_url`) failed.
 
     dlt keeps the load package; the next run resumes it. Replays are safe: identifies are
     idempotent and events carry deterministic ids.

@@ -8,6 +8,8 @@
 * `sender`: the Track API's entries packed into bodies, several requests in flight (`Sender`);
 * `emails`: transactional sends at most once per row, through the send ledger (`EmailSender`);
 * `ratelimit`: one request rate shared by every thread (`RateLimiter`);
+* `shared_budget`: that rate shared by every process through `rate_limit_url`
+  (`SharedRateLimiter`, on Redis or PostgreSQL);
 * `regions`: Customer.io's regions, their hosts and the region a workspace is sent to;
 * `results`: what sending did (`SendResult`, `SendStats`);
 * `workspace`: all of the above shared per destination config, and the preflight of each load

@@ -20,6 +20,7 @@ from cio_destination.transport.app import AppClient
 from cio_destination.transport.emails import EmailSender
 from cio_destination.transport.ratelimit import RateLimiter
 from cio_destination.transport.sender import Sender
+from cio_destination.transport.shared_budget import budget_name, shared_limiter
 from cio_destination.transport.track import TrackClient
 
 
@@ -33,7 +34,7 @@ class Workspace:
 
     def __init__(self, config: CustomerioConfiguration) -> None:
         self._config = config
-        self.limiter = RateLimiter(config.requests_per_second)
+        self.limiter = _limiter(config, config.requests_per_second, "track")
         self._options: dict[str, Any] = {
             "retry": RetryPolicy(max_attempts=config.max_attempts),
             "timeout": config.timeout,
@@ -122,11 +123,21 @@ class Workspace:
         app = AppClient(
             regions.app_url(config.app_url, region),
             *credential,
-            limiter=RateLimiter(config.app_requests_per_second),
+            limiter=_limiter(config, config.app_requests_per_second, "app"),
             url_source=regions.url_source(config.app_url, "app_url"),
             **self._options,
         )
         self.emails = EmailSender(app, max_in_flight=config.max_concurrent_requests)
+
+
+def _limiter(config: CustomerioConfiguration, rate: float, api: str) -> RateLimiter:
+    """The rate limit of one API: in this process, or shared through `rate_limit_url` by every
+    process sending to the workspace (the one its site id, else its API key, names)."""
+    url = secret_text(config.rate_limit_url)
+    if not url:
+        return RateLimiter(rate)
+    workspace = secret_text(config.site_id) or secret_text(config.api_key)
+    return shared_limiter(rate, url, budget_name(workspace, api))
 
 
 _workspaces: dict[tuple[Any, ...], Workspace] = {}
