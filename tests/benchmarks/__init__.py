@@ -13,9 +13,6 @@ Sections (`--only NAME`, repeatable):
 * `arrow`: 1,000,000 identify rows yielded as Arrow tables into this destination, against a
   hand-written floor (Arrow -> orjson -> httpx posting the same <= 500 KB bodies, no dlt); the ratio
   and the payload MB/s. The do-nothing destination's Arrow rate is printed for context.
-* `per_row`: Customer.io's official Python client's pattern, one `PUT /api/v1/customers/{id}` per
-  row on a keep-alive httpx client, and this destination's speed-up over it (dict and Arrow paths;
-  `per_row_speedup_dict_ceiling` is what dlt itself allows on dicts).
 * `events`: 1,000,000 event rows (one purchase event per row, de-duplicated by person and time)
   as Arrow tables, rows/s and payload MB/s against Customer.io's 50 MB/s budget; and 200,000 as
   dicts, against the do-nothing destination.
@@ -28,7 +25,8 @@ Sections (`--only NAME`, repeatable):
 * `official`: the anchor, Customer.io's official Python client (customerio-python 3.x,
   `pip install -e ".[bench]"`) end to end from a 1,000,000-row DuckDB table: DuckDB's fetch,
   operations chunked under 500 KB, `batch()` from 32 threads; against this destination reading
-  the same table through `sql_table(backend="pyarrow")` (target: at least 3x) and, on 200,000
+  the same table through `sql_table(backend="pyarrow")` with the shipped sync's reader (target:
+  at least 3x; dlt's own reader beside it) and, on 200,000
   rows, `backend="sqlalchemy"` beside a do-nothing destination (dlt's own CPU per row). Without
   the client it prints that the anchor was skipped and why (`tests/benchmarks/official.py`).
 * `profile`: cProfile of every thread of smaller destination runs, top functions in

@@ -4,7 +4,7 @@ The parent (`python -m tests.benchmarks`) starts one of these per measurement, s
 a heap, a GC state or a peak RSS. The spec names the run:
 
 * `target`: `customerio` (this destination), `nothing` (a do-nothing `@dlt.destination`),
-  `floor` (Arrow -> orjson -> httpx, no dlt) or `per_row` (one v1 identify PUT per row);
+  or `floor` (Arrow -> orjson -> httpx, no dlt);
 * `kind`: `dict` or `arrow` rows; `rows`; `action`: `identify` (default) or `event`; `lazy` (build the data while it is consumed, for memory
   runs) or not (build it all before the clock starts);
 * `sink`, `site_id`, `api_key`, `requests_per_second`, `max_request_bytes`;
@@ -33,7 +33,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
-from urllib.parse import quote
 
 import dlt
 import httpx
@@ -169,24 +168,6 @@ def run_floor(spec: dict[str, Any], chunks: Callable[[], Iterator[Any]]) -> dict
 # -- Customer.io's official client's pattern: one v1 identify per row ---------------------------------
 
 
-def run_per_row(spec: dict[str, Any], chunks: Callable[[], Iterator[Any]]) -> dict[str, float]:
-    """`PUT /api/v1/customers/{id}` per row on a keep-alive client, as customerio-python does."""
-    with httpx.Client(
-        base_url=spec["sink"],
-        auth=(spec["site_id"], spec["api_key"]),
-        headers={"content-type": "application/json"},
-    ) as client:
-        started = time.perf_counter()
-        for rows in chunks():
-            for row in rows:
-                attributes = {k: v for k, v in row.items() if k != data.IDENTIFIER}
-                attributes[data.TIMESTAMP] = int(attributes[data.TIMESTAMP].timestamp())
-                path = "/api/v1/customers/" + quote(row[data.IDENTIFIER], safe="")
-                client.put(path, content=orjson.dumps(attributes)).raise_for_status()
-        elapsed = time.perf_counter() - started
-    return {"total": elapsed}
-
-
 # -- profiling every thread -------------------------------------------------------------------------
 
 
@@ -306,8 +287,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             warm = source_chunks(kind, spec["warmup"], lazy=True)
             if target == "floor":
                 run_floor(spec, warm)
-            elif target == "per_row":
-                run_per_row(spec, warm)
             else:
                 run_pipeline(spec, warm, pipelines_dir)
         chunks = source_chunks(kind, spec["rows"], spec.get("lazy", False))
@@ -322,8 +301,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             pass  # measured above
         elif target == "floor":
             steps = run_floor(spec, chunks)
-        elif target == "per_row":
-            steps = run_per_row(spec, chunks)
         else:
             steps = run_pipeline(spec, chunks, pipelines_dir)
         if profiles is not None:
