@@ -311,9 +311,9 @@ def warehouse(
         backend: `sqlalchemy` (rows as dicts) or `pyarrow` (Arrow batches, faster on big tables).
         chunk_size: rows per batch read from the warehouse.
         schema: database schema of tables whose entry names none; default: the connection's.
-        native_arrow: with the pyarrow backend, read Arrow from the driver where it can
-            (DuckDB), about 10x less CPU a row than dlt turning row tuples into Arrow, with the
-            same rows and types; false: dlt's own reader everywhere.
+        native_arrow: with the pyarrow backend, read Arrow from the database where it can
+            (DuckDB; PostgreSQL with the `postgres-arrow` extra), with the same tables as
+            dlt's reader for less CPU a row (`NativeArrowTableLoader`); false: dlt's reader.
     """
     if backend not in BACKENDS:
         raise ConfigurationValueError(

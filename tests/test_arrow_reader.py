@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,9 @@ from dlt.sources.sql_database import helpers as sql_helpers
 from dlt.sources.sql_database import sql_table
 
 from cio_destination.arrow_reader import NativeArrowTableLoader, castable, exact_chunks
+
+# the PostgreSQL server of tests/test_postgres.py (a module-scoped fixture)
+from tests.test_postgres import postgres_url  # noqa: F401
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 
@@ -300,3 +304,110 @@ def test_the_warehouse_sync_reads_arrow_natively_unless_told_not_to(
     tables_read = extract(native)
     assert sum(conversions) == (0 if native else 20)
     assert_same_tables(tables_read, dlts)
+
+
+# -- PostgreSQL, through ADBC ----------------------------------------------------------------------
+
+PG_COLUMNS = """
+    i AS id, i::int AS small, i::smallint AS tiny, CASE WHEN i % 5 = 0 THEN NULL ELSE i::bigint * 1000000007 END AS big,
+    CASE WHEN i % 4 = 0 THEN NULL ELSE i / 3.0 END::float8 AS ratio,
+    (CASE WHEN i % 6 = 0 THEN NULL ELSE i / 8.0 END)::numeric(18, 3) AS amount,
+    (i * 12345.678901)::numeric(38, 10) AS wide,
+    CASE WHEN i % 3 = 0 THEN NULL ELSE 'name ' || i || ' é' END AS name, i % 2 = 0 AS flag,
+    DATE '2024-01-01' + i AS day,
+    TIMESTAMP '2024-01-01 00:00:00.123456' + i * INTERVAL '1 hour' AS naive,
+    CASE WHEN i % 7 = 0 THEN NULL
+         ELSE TIMESTAMPTZ '2024-01-01 00:00:00+05' + i * INTERVAL '1 second' END AS aware,
+    TIME '01:02:03.5' AS clock, convert_to('bytes' || i, 'UTF8') AS raw
+"""
+
+
+@pytest.fixture
+def pg_table(postgres_url: str) -> Iterator[Any]:  # noqa: F811
+    """The server's URL and a function (re)creating table `t` in a schema of its own, which
+    it returns; the schema is dropped after the test."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_url)
+    schema = f"cio_{uuid.uuid4().hex[:12]}"
+
+    def create(columns: str, rows: int) -> str:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                f"DROP TABLE IF EXISTS {schema}.t;"
+                f" CREATE TABLE {schema}.t AS SELECT {columns} FROM generate_series(1, {rows}) AS i".replace(
+                    "%", "%%"
+                )
+            )
+        return schema
+
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield postgres_url, create
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_postgres_tables_read_through_adbc_are_the_tables_dlts_reader_yields(
+    pg_table: Any, conversions: list[int]
+) -> None:
+    url, create = pg_table
+    schema = create(PG_COLUMNS, 40)
+    dlts = read(url, None, schema=schema)
+    assert sum(conversions) == 40
+    conversions.clear()
+    ours = read(url, NativeArrowTableLoader, schema=schema)
+    assert conversions == []  # ADBC ran
+    assert_same_tables(ours, dlts)
+    # the cursor's bound values (a timestamp, a date, a number) reach ADBC as SQLAlchemy binds
+    # them, and select the same rows
+    for cursor in ("naive", "day", "id"):
+        start = sorted(pa.concat_tables(dlts).column(cursor).to_pylist())[10]
+        bounded = {
+            "incremental": dlt.sources.incremental(cursor, initial_value=start),
+            "schema": schema,
+        }
+        conversions.clear()
+        ours = read(url, NativeArrowTableLoader, **bounded)
+        assert conversions == []
+        assert_same_tables(ours, read(url, None, **bounded))
+        assert sum(t.num_rows for t in ours) == 30
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "column",
+    [
+        "('{\"a\": ' || i || '}')::jsonb AS doc",  # PostgreSQL's JSON text, not dlt's
+        "gen_random_uuid() AS u",  # an extension type
+        "(i / 3.0)::real AS single",  # the driver's float is the real's shortest text
+        "i::numeric AS plain",  # no declared scale: dlt's default decimal
+    ],
+)
+def test_postgres_columns_adbc_gives_otherwise_leave_the_table_to_dlts_reader(
+    pg_table: Any, conversions: list[int], column: str
+) -> None:
+    url, create = pg_table
+    schema = create(f"i AS id, {column}", 12)
+    dlts = read(url, None, schema=schema)
+    conversions.clear()
+    ours = read(url, NativeArrowTableLoader, schema=schema)
+    assert sum(conversions) == 12
+    assert_same_tables(ours, dlts)
+
+
+@pytest.mark.slow
+def test_postgres_without_adbc_is_read_by_dlts_reader(
+    pg_table: Any, conversions: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, create = pg_table
+    schema = create("i AS id, 'name ' || i AS name", 12)
+    monkeypatch.setitem(sys.modules, "adbc_driver_postgresql", None)  # not installed
+    monkeypatch.setitem(sys.modules, "adbc_driver_postgresql.dbapi", None)
+    ours = read(url, NativeArrowTableLoader, schema=schema)
+    assert sum(conversions) == 12
+    assert sum(t.num_rows for t in ours) == 12
