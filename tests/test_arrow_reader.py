@@ -223,7 +223,7 @@ def sync_rounds(url: str, path: Path, loader: Any, pipelines_dir: Path) -> Itera
     between them; yields per round the rows extracted and the cursor dlt keeps."""
     pipeline = dlt.pipeline(
         f"incremental_{'native' if loader else 'dlt'}",
-        destination="duckdb",
+        destination=dlt.destinations.duckdb(str(pipelines_dir / "loaded.duckdb")),
         pipelines_dir=str(pipelines_dir),
         dev_mode=True,
     )
