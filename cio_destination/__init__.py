@@ -21,6 +21,7 @@ from cio_destination.exceptions import (
     CustomerioTerminalError,
     CustomerioTransientError,
     MappingError,
+    PipelineLeaseError,
     SendLedgerLostError,
     StateFileError,
 )
@@ -28,6 +29,7 @@ from cio_destination.failures import customerio_error, exit_status, run_command
 from cio_destination.non_finite import mark_non_finite
 from cio_destination.rejects import rejected_rows
 from cio_destination.report import SyncReport, TableReport, sync_report, sync_reports
+from cio_destination.restore import restore_state
 from cio_destination.version import __version__
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "CustomerioTerminalError",
     "CustomerioTransientError",
     "MappingError",
+    "PipelineLeaseError",
     "SendLedgerLostError",
     "StateFileError",
     "SyncReport",
@@ -48,6 +51,7 @@ __all__ = [
     "exit_status",
     "mark_non_finite",
     "rejected_rows",
+    "restore_state",
     "run_command",
     "sync_report",
     "sync_reports",

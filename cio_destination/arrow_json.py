@@ -49,10 +49,15 @@ def value_bytes(column: Any) -> bytes:
     """The bytes of all values of a string array (its slice of the data buffer)."""
     if len(column) == 0 or column.buffers()[2] is None:
         return b""
-    width = "q" if pa.types.is_large_string(column.type) else "i"
-    offsets = memoryview(column.buffers()[1]).cast(width)
-    start, stop = offsets[column.offset], offsets[column.offset + len(column)]
-    return column.buffers()[2].to_pybytes()[start:stop]
+    start, stop = value_span(column)
+    return column.buffers()[2][start:stop].to_pybytes()  # type: ignore[no-any-return]
+
+
+def value_span(column: Any) -> tuple[int, int]:
+    """Where the values of a string or binary array lie in its data buffer: (start, stop)."""
+    large = pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type)
+    offsets = memoryview(column.buffers()[1]).cast("q" if large else "i")
+    return offsets[column.offset], offsets[column.offset + len(column)]
 
 
 def any_byte_outside(column: Any, allowed: bytes) -> bool:

@@ -6,6 +6,7 @@ ever one entry over the limit.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
@@ -21,9 +22,9 @@ def body_of(entries: Sequence[bytes]) -> bytes:
     return enveloped(b",".join(entries))
 
 
-def enveloped(joined: bytes) -> bytes:
-    """The request body around entries already joined by commas."""
-    return _HEAD + joined + _TAIL
+def enveloped(joined: bytes | memoryview) -> bytes:
+    """The request body around entries already joined by commas (copied once)."""
+    return b"".join((_HEAD, joined, _TAIL))
 
 
 def body_size(entry_sizes: Sequence[int]) -> int:
@@ -49,6 +50,21 @@ def pack_bounds(sizes: Sequence[int], max_bytes: int) -> Iterator[tuple[int, int
         used += extra
     if start < len(sizes):
         yield start, len(sizes)
+
+
+def pack_bounds_of_ends(ends: Sequence[int], max_bytes: int) -> Iterator[tuple[int, int]]:
+    """`pack_bounds` of entries laid out one after another, each followed by a comma, given
+    where each one starts and the last one ends (`ends[i + 1] - ends[i]` is entry i's size
+    plus one; `len(ends)` is one more than the entries): one binary search per body instead
+    of a step per entry, the same ranges."""
+    room = max_bytes - ENVELOPE_BYTES + 1  # the last entry of a body has no comma
+    count = len(ends) - 1
+    start = 0
+    while start < count:
+        stop = bisect.bisect_right(ends, ends[start] + room, start + 1) - 1
+        stop = max(stop, start + 1)  # an entry that cannot fit alone is a range of its own
+        yield start, stop
+        start = stop
 
 
 def pack(items: Sequence[T], sizes: Sequence[int], max_bytes: int) -> Iterator[list[T]]:

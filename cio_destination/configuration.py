@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import inspect
 import ipaddress
+import logging
 from typing import Any, Final
 
 import httpx
@@ -24,6 +25,9 @@ from dlt.destinations.impl.destination.configuration import CustomDestinationCli
 from cio_destination.limits import MAX_REQUEST_BYTES
 from cio_destination.transport.credentials import app_credential, credential_problem
 from cio_destination.transport.regions import REGIONS
+
+logger = logging.getLogger("cio_destination")
+_alias_logged = False
 
 
 def is_loopback(host: str) -> bool:
@@ -145,8 +149,20 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
     accept_new_send_ledger: bool = False
     """Let `send_email` tables go on with a send ledger that is not the one earlier loads sent
     through (its file was deleted, emptied, replaced or restored): set it for one run only."""
+    state_url: TSecretStrValue | None = None
+    """SQLAlchemy URL of the database that keeps all durable state (send ledger, rejected rows,
+    reports, fingerprints, mirror snapshots, the pipeline's dlt state, the run lease); default:
+    the pipeline's working directory."""
+    state_schema: str | None = None
+    """Database schema of the `state_url` tables (created if missing); default: the connection's."""
     fingerprints_url: TSecretStrValue | None = None
-    """SQLAlchemy URL of a database that keeps `changes_only` fingerprints (default: local state)."""
+    """Deprecated alias of `state_url`."""
+    rejected_row_payload: str = "full"
+    """`full`: a rejected row is kept whole; `keys_only`: only the columns that identify it."""
+    state_retention_days: float = 30
+    """Rejected rows and reports older than this many days are purged."""
+    lease_timeout: float = 120.0
+    """Seconds without a heartbeat after which a run's lease (with `state_url`) is taken over."""
     dry_run: bool = False
     """Map, validate and batch everything, send nothing; see `cio_destination.dry_run`."""
     tables: dict[str, Any] | None = None
@@ -183,10 +199,36 @@ class CustomerioConfiguration(CustomDestinationClientConfiguration):
                 "destination.customerio.max_request_bytes must be between 1000 and"
                 f" {MAX_REQUEST_BYTES}"
             )
+        if self.rejected_row_payload not in ("full", "keys_only"):
+            raise ConfigurationValueError(
+                "destination.customerio.rejected_row_payload must be full or keys_only"
+            )
+        if self.state_retention_days <= 0 or self.lease_timeout <= 0:
+            raise ConfigurationValueError(
+                "destination.customerio.state_retention_days and lease_timeout must be > 0"
+            )
         if self.max_concurrent_requests < 1:
             raise ConfigurationValueError(
                 "destination.customerio.max_concurrent_requests must be >= 1"
             )
+
+    def state_location(self) -> tuple[str, str | None, str] | None:
+        """The state database as (URL, schema, the key that set it), None for the local file.
+        `fingerprints_url` alone is taken as `state_url`, which the log says once."""
+        url = secret_text(self.state_url)
+        if url:
+            return url, self.state_schema, "destination.customerio.state_url"
+        url = secret_text(self.fingerprints_url)
+        if not url:
+            return None
+        global _alias_logged
+        if not _alias_logged:
+            _alias_logged = True
+            logger.warning(
+                "customerio: destination.customerio.fingerprints_url is deprecated: it now keeps"
+                " all of the destination's state, as state_url does; rename it to state_url"
+            )
+        return url, self.state_schema, "destination.customerio.fingerprints_url"
 
     def app_credential(self) -> tuple[str, str] | None:
         """The App API's key and the config key holding it (`api_key` when it is a private key,
@@ -215,6 +257,15 @@ _WORKSPACE_KEYS = tuple(
 )
 _SECRET_KEYS = frozenset(key for key in CUSTOMERIO_KEYS if is_secret_hint(_HINTS[key]))
 _CREDENTIAL_KEYS = tuple(key for key in CUSTOMERIO_KEYS if _FIELDS[key].metadata.get(_CREDENTIAL))
+
+
+def pipeline_configuration(pipeline: Any) -> CustomerioConfiguration | None:
+    """The destination settings of a pipeline that loads to this destination, as far as they
+    resolve (credentials may be missing where only the state is read); None for another one."""
+    destination = getattr(pipeline, "destination", None)
+    if destination is None or destination.spec is not CustomerioConfiguration:
+        return None
+    return destination.configuration(None, accept_partial=True)  # type: ignore[no-any-return]
 
 
 def keyword_signature() -> inspect.Signature:

@@ -25,6 +25,7 @@ from cio_destination.failures import shorten_job_error_logs
 from cio_destination.loads import Load, current_load
 from cio_destination.mapper import RowMapper, map_items
 from cio_destination.report import record_batch
+from cio_destination.restore import install_tracking
 from cio_destination.transport.results import SendResult
 from cio_destination.transport.workspace import workspace_for
 
@@ -66,11 +67,13 @@ def customerio(
     else:
         result = deliver(load, mapper, parts)
         diff.delivered(result, load.state.snapshots)
+        load.state.erase(diff.erased(result))  # an erasure leaves no copies in the state
     record_batch(
         load.state,
         load_id=load.load_id,
         mapping=mapper.compiled,
         dry_run=config.dry_run,
+        keys_only=config.rejected_row_payload == "keys_only",
         mapped=mapped,
         parts=parts,
         result=result,
@@ -82,6 +85,8 @@ def customerio(
         # the error may be shared with other calls (a refusal stops them all): raise a twin
         raise result.error.again() if isinstance(result.error, CustomerioError) else result.error
 
+
+install_tracking()  # the dlt state of completed loads and the run lease, with state_url
 
 # dlt's wrapper shows the callable's parameters (items, table, config); a user passes the keys
 customerio.__signature__ = keyword_signature()  # type: ignore[attr-defined]

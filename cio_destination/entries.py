@@ -18,7 +18,8 @@ from typing import Any, overload
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cio_destination.batching import body_of, enveloped, pack_bounds
+from cio_destination.arrow_json import value_span
+from cio_destination.batching import body_of, enveloped, pack_bounds, pack_bounds_of_ends
 from cio_destination.framing import frame_texts
 from cio_destination.values import UNITS_PER_SECOND, floor_divide, python_values
 
@@ -107,8 +108,10 @@ class EntryBlock(Sequence[Entry]):
     they are sent.
 
     Three Arrow arrays instead of one Python object per row: the serialized bytes, the row keys
-    and the source row numbers (and the event ids, where the action has them). Packing reads
-    the sizes as one array and a request body is one join of a slice. It is still a
+    and the source row numbers (and the event ids, where the action has them). Each operation
+    is written with the comma that follows it in a request body, so the operations of a slice
+    lie back to back in one buffer: packing searches the array's offsets (one binary search a
+    body) and a request body is one copy of a slice of that buffer. It is still a
     `Sequence[Entry]`, so a 207 or a 400 that needs single entries gets them, made on demand;
     the source row of an entry is read out of the batch only if that entry is rejected (or, for
     a batch made of dict rows, is that dict).
@@ -134,7 +137,7 @@ class EntryBlock(Sequence[Entry]):
         keys: pa.Array | None = None,
         row_key_of: Callable[[Row], str] | None = None,
     ) -> None:
-        self.data = data  # binary, no nulls: one serialized operation per entry
+        self.data = data  # binary, no nulls: one serialized operation and a comma per entry
         # string: the row key of each entry; None: made from the entry's row by `row_key_of`
         self.row_keys = row_keys
         self.row_key_of = row_key_of
@@ -172,7 +175,7 @@ class EntryBlock(Sequence[Entry]):
         if not 0 <= position < size:
             raise IndexError("entry index out of range")
         return self._entry(
-            self.data[position].as_py(),
+            self.data[position].as_py()[:-1],
             None if self.row_keys is None else self.row_keys[position].as_py(),
             self.rows[position].as_py(),
             None if self.keys is None else self.keys[position].as_py(),
@@ -186,7 +189,7 @@ class EntryBlock(Sequence[Entry]):
         for data, row_key, number, key in zip(
             self.data.to_pylist(), row_keys, self.rows.to_pylist(), keys, strict=True
         ):
-            yield self._entry(data, row_key, number, key)
+            yield self._entry(data[:-1], row_key, number, key)
 
     def _entry(self, data: bytes, row_key: str | None, number: int, key: str | None) -> Entry:
         row: Row | LazyRow
@@ -201,13 +204,22 @@ class EntryBlock(Sequence[Entry]):
 
     def sizes(self) -> list[int]:
         """The byte size of each serialized operation."""
-        return pc.binary_length(self.data).to_pylist()  # type: ignore[no-any-return]
+        return pc.subtract(pc.binary_length(self.data), 1).to_pylist()  # type: ignore[no-any-return]
+
+    def ends(self) -> Sequence[int]:
+        """Where each operation (and its comma) starts in the data buffer, and where the last
+        one ends: a view of the array's offsets, no copy."""
+        large = pa.types.is_large_binary(self.data.type)
+        offsets = memoryview(self.data.buffers()[1]).cast("q" if large else "i")
+        return offsets[self.data.offset : self.data.offset + len(self.data) + 1]
 
     def body(self) -> bytes:
-        """The `/api/v2/batch` request body of every entry of the block."""
+        """The `/api/v2/batch` request body of every entry of the block: its operations as they
+        lie in the data buffer, less the last comma, in the envelope (one copy)."""
         if not len(self.data):
             return body_of([])
-        return enveloped(_joined(self.data, b","))
+        start, stop = value_span(self.data)
+        return enveloped(memoryview(self.data.buffers()[2])[start : stop - 1])
 
     def row_key_frame(self) -> bytes:
         """What tells the entries apart, each framed by its length (for the batch id): their
@@ -217,11 +229,16 @@ class EntryBlock(Sequence[Entry]):
         return frame_texts(texts)
 
 
-def _joined(values: pa.Array, separator: bytes | str) -> bytes:
-    """All values of a string or binary array joined by `separator`, in one kernel call."""
-    offsets = pa.array([0, len(values)], pa.int32())
-    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, values), separator)[0]
-    return joined.as_buffer().to_pybytes()  # type: ignore[no-any-return]
+_row_numbers = pa.array(range(10_000), pa.int64())
+
+
+def row_numbers(count: int) -> pa.Array:
+    """0, 1, ..., count - 1 as int64 (a slice of one array, made again only when it is short)."""
+    global _row_numbers
+    numbers = _row_numbers
+    if len(numbers) < count:
+        numbers = _row_numbers = pa.array(range(max(count, 2 * len(numbers))), pa.int64())
+    return numbers.slice(0, count)
 
 
 def entry_sizes(entries: Sequence[Entry]) -> list[int]:
@@ -239,8 +256,13 @@ def request_body(entries: Sequence[Entry]) -> bytes:
 
 
 def pack_entries(entries: Sequence[Entry], max_bytes: int) -> list[Sequence[Entry]]:
-    """Consecutive slices of `entries` whose request bodies fit `max_bytes`."""
-    return [entries[start:stop] for start, stop in pack_bounds(entry_sizes(entries), max_bytes)]
+    """Consecutive slices of `entries` whose request bodies fit `max_bytes` (a block's found
+    by a binary search per body over where its operations lie, `pack_bounds_of_ends`)."""
+    if isinstance(entries, EntryBlock):
+        bounds = pack_bounds_of_ends(entries.ends(), max_bytes)
+    else:
+        bounds = pack_bounds(entry_sizes(entries), max_bytes)
+    return [entries[start:stop] for start, stop in bounds]
 
 
 # the unix seconds a datetime holds (years 1 to 9999), a day in from each end: local times of

@@ -239,7 +239,8 @@ def _iso_text(column: Any, flags: list[Any]) -> Any:
     last = min((MAX_UNIX + 1) * per_second - 1, 2**63 - 1)  # nanoseconds end before 9999
     beyond = pc.or_(pc.less(raw, 0), pc.greater(raw, last))
     flags.append(beyond)
-    raw = pc.if_else(beyond, pa.scalar(0, pa.int64()), raw)
+    if pc.any(beyond).as_py():
+        raw = pc.if_else(beyond, pa.scalar(0, pa.int64()), raw)
     if column.type.unit == "ns":
         micros = floor_divide(raw, 1_000)
     else:
@@ -249,8 +250,11 @@ def _iso_text(column: Any, flags: list[Any]) -> Any:
     # Arrow's text of a naive timestamp[s] is "YYYY-MM-DD HH:MM:SS" (strftime is 15x slower)
     clock = pc.cast(pc.cast(seconds, pa.timestamp("s")), pa.string())
     clock = pc.replace_substring(clock, " ", "T", max_replacements=1)
+    whole = pc.equal(fraction, 0)
+    if pc.all(whole).as_py():  # whole seconds (nulls aside): no fraction to write in any row
+        return pc.binary_join_element_wise('"', clock, '+00:00"', "")
     digits = pc.utf8_lpad(pc.cast(fraction, pa.string()), 6, "0")
-    dotted = pc.if_else(pc.equal(fraction, 0), "", pc.binary_join_element_wise(".", digits, ""))
+    dotted = pc.if_else(whole, "", pc.binary_join_element_wise(".", digits, ""))
     return pc.binary_join_element_wise('"', clock, dotted, '+00:00"', "")
 
 
@@ -280,15 +284,16 @@ def event_ids(namespace: str, keys: Any) -> Any:
     """
     base = hashlib.blake2b(digest_size=16, person=_ULID_PERSON)
     base.update(namespace.encode("utf-8") + b"\x00")
-    digests = []
+    numbers = bytearray()
     for key in keys.view(pa.binary()).to_pylist():
         digest = base.copy()
         digest.update(key or b"")
-        digests.append(digest.digest())
-    count = len(digests)
-    # little-endian words: bytes 15..8 of a big-endian digest are its low 64 bits
-    low = _words(b"".join([d[:7:-1] for d in digests]), count)
-    high = _words(b"".join([d[7::-1] for d in digests]), count)
+        numbers += digest.digest()[::-1]  # the big-endian digest as a little-endian number
+    count = len(keys)
+    # each number's low and high 64-bit words, as two uint64 columns
+    words = pa.Array.from_buffers(pa.uint64(), 2 * count, [None, pa.py_buffer(numbers)])
+    halves = pa.FixedSizeListArray.from_arrays(words, 2)
+    low, high = pc.list_element(halves, 0), pc.list_element(halves, 1)
     pairs = []
     for shift in _ULID_PAIR_SHIFTS:
         if shift >= 64:
@@ -307,7 +312,3 @@ def event_ids(namespace: str, keys: Any) -> Any:
 
 def _u64(value: int) -> Any:
     return pa.scalar(value, pa.uint64())
-
-
-def _words(data: bytes, count: int) -> Any:
-    return pa.Array.from_buffers(pa.uint64(), count, [None, pa.py_buffer(data)])

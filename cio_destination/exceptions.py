@@ -6,6 +6,8 @@
     * CredentialsError - Customer.io refused the credentials (names the config keys to fix)
     * StateFileError - the local state file cannot be used (names the file)
       * SendLedgerLostError - earlier loads sent emails through another send ledger than this one
+    * PipelineLeaseError - another run of the pipeline holds its lease in `state_url` (run again
+      once it ended; exit code 1)
   * CustomerioTransientError - Customer.io was unreachable or kept throttling after every retry
     (or the fingerprints database of `fingerprints_url` failed); dlt retries the job and a later
     run resumes the package.
@@ -18,6 +20,7 @@ Raised inside a load, these reach the caller wrapped in dlt's `PipelineStepFaile
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import TypeVar
 
@@ -33,6 +36,7 @@ __all__ = [
     "CustomerioTerminalError",
     "CustomerioTransientError",
     "MappingError",
+    "PipelineLeaseError",
 ]
 
 
@@ -111,6 +115,22 @@ class SendLedgerLostError(StateFileError):
             " those emails could go out again; no email was sent. Restore the file, or set"
             " destination.customerio.accept_new_send_ledger = true for one run to go on with"
             " this ledger",
+        )
+
+
+class PipelineLeaseError(CustomerioTerminalError):
+    """Another run of the pipeline is alive and holds its lease in `state_url`: this run stops
+    before reading or sending anything. Names the pipeline and the holder."""
+
+    def __init__(
+        self, pipeline: str, host: str, pid: int, started: datetime.datetime, timeout: float
+    ) -> None:
+        super().__init__(
+            f"pipeline '{pipeline}' is already running: a run on host {host} (process {pid}),"
+            f" started {started:%Y-%m-%d %H:%M:%S} UTC, holds its lease in"
+            " destination.customerio.state_url; this run stopped before reading or sending"
+            " anything. Run again once it ended (a run that died is taken over after"
+            f" lease_timeout, {timeout:g} s, without its heartbeat)"
         )
 
 

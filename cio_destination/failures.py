@@ -44,6 +44,7 @@ from cio_destination.exceptions import (
     CustomerioError,
     CustomerioTerminalError,
     CustomerioTransientError,
+    PipelineLeaseError,
     StateFileError,
 )
 
@@ -158,6 +159,8 @@ def _status(error: BaseException) -> tuple[int, str] | None:
     causes = list(_causes(error))
     step = error.step if isinstance(error, PipelineStepFailed) else None
     for cause in causes:
+        if isinstance(cause, PipelineLeaseError):  # another run is alive: run again later
+            return 1, f"failed: {_first_line(cause)}"
         if isinstance(cause, CustomerioTerminalError):
             line = _first_line(cause)
             if step == "load":

@@ -16,6 +16,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cio_destination.arrow_json import value_bytes
+
 NULL = b"-"
 
 
@@ -49,7 +51,4 @@ def frame_texts(texts: Any) -> bytes:
     framed = frame_column(texts)
     if isinstance(framed, pa.ChunkedArray):
         framed = framed.combine_chunks()
-    offsets = pa.array([0, len(framed)], pa.int32())
-    lists = pa.ListArray.from_arrays(offsets, framed)
-    joined = pc.binary_join(lists, pa.scalar(b"", framed.type))[0]
-    return joined.as_buffer().to_pybytes()  # type: ignore[no-any-return]
+    return value_bytes(framed)  # the framed values lie back to back in its data buffer

@@ -415,6 +415,7 @@ def unwritable(row: Row, error: Exception) -> Reject:
     return Reject("invalid_value", column, f"a value JSON cannot carry ({error})")
 
 
-def entries_too_large(operations: Any) -> Any:
-    """The column form of `entry_rejections`: per row, whether its operation is over the size."""
-    return pc.greater(pc.binary_length(operations), MAX_ENTRY_BYTES)
+def entries_too_large(operations: Any, trailing: int = 0) -> Any:
+    """The column form of `entry_rejections`: per row, whether its operation is over the size
+    (each operation written with `trailing` bytes after it, a separator, not counted)."""
+    return pc.greater(pc.binary_length(operations), MAX_ENTRY_BYTES + trailing)

@@ -19,15 +19,17 @@ from dlt.common.schema import TTableSchema
 from dlt.common.schema.utils import is_dlt_table_or_column
 from dlt.common.storages.load_package import LoadPackageStateInjectableContext
 
-from cio_destination.configuration import CustomerioConfiguration, secret_text
+from cio_destination.configuration import CustomerioConfiguration
 from cio_destination.diff import Diff
 from cio_destination.diff.mirror import MirrorPlans, plan_mirror
 from cio_destination.exceptions import CustomerioTerminalError
 from cio_destination.mapper import RowMapper
 from cio_destination.mapping import compile_mapping, resolve_mapping
 from cio_destination.mapping_keys import CompiledMapping
+from cio_destination.restore import hold_lease
 from cio_destination.state import PipelineState, state_for
-from cio_destination.state.fingerprints import Fingerprints, sql_fingerprints
+from cio_destination.state.backend import now
+from cio_destination.state.fingerprints import Fingerprints
 from cio_destination.state.ledger_guard import SendLedgerGuard
 
 logger = logging.getLogger("cio_destination")
@@ -46,6 +48,7 @@ class LoadMappings:
         """The removal plans of the load's mirror tables."""
         self._ledger: SendLedgerGuard | None = None
         self._lock = threading.Lock()
+        self._first_syncs: dict[str, bool] = {}
         self.context: LoadPackageStateInjectableContext | None = None
         """The load package context (one per attempt at the package) this was checked in."""
 
@@ -91,6 +94,14 @@ class LoadMappings:
                 self.send_ledger(context).check(state.ledger, pipeline)
             except CustomerioTerminalError as error:
                 self._error = error
+
+    def first_sync(self, scope: str, fingerprints: Fingerprints) -> bool:
+        """Whether no fingerprint of `scope` was kept when the load first asked."""
+        with self._lock:
+            found = self._first_syncs.get(scope)
+            if found is None:
+                found = self._first_syncs[scope] = not fingerprints.holds_any(scope)
+            return found
 
     def send_ledger(self, context: LoadPackageStateInjectableContext) -> SendLedgerGuard:
         """The load's send ledger guard, recording into the load package's state."""
@@ -165,7 +176,11 @@ def mappings_for_load(
             mappings = LoadMappings(config)
             if context is not None and context.load_id == load_id:
                 mappings.context = context
-                mappings.check_package(context, state_for(working_dir), pipeline)
+                state = pipeline_state(pipeline, config)
+                hold_lease(state, config)  # with state_url: one run of the pipeline at a time
+                if not config.dry_run:
+                    state.purge_older_than(now() - config.state_retention_days * 86_400)
+                mappings.check_package(context, state, pipeline)
             for stale in [k for k in _loads if k[0] == working_dir]:
                 del _loads[stale]  # only the current load of a pipeline is needed again
             _loads[key] = mappings
@@ -184,16 +199,12 @@ class Load:
 
     def diff(self, mapper: RowMapper) -> Diff:
         """The diff stage of one call for the table `mapper` maps."""
-        table = mapper.compiled.table
-        fingerprints = self._fingerprints() if mapper.mapping.changes_only else None
-        return Diff(
-            mapper, f"{self.pipeline.pipeline_name}/{table}", fingerprints, self.mappings.mirrors
-        )
-
-    def _fingerprints(self) -> Fingerprints:
-        """The database of `fingerprints_url`, else the pipeline's state file."""
-        url = self.config.fingerprints_url
-        return sql_fingerprints(secret_text(url)) if url else self.state.fingerprints
+        scope = f"{self.pipeline.pipeline_name}/{mapper.compiled.table}"
+        if not mapper.mapping.changes_only:
+            return Diff(mapper, scope, None, self.mappings.mirrors)
+        fingerprints = self.state.fingerprints
+        first_sync = self.mappings.first_sync(scope, fingerprints)
+        return Diff(mapper, scope, fingerprints, self.mappings.mirrors, first_sync=first_sync)
 
     def send_ledger_guard(self) -> SendLedgerGuard:
         """The guard of the load's emails (see `SendLedgerGuard`)."""
@@ -202,9 +213,38 @@ class Load:
         return self.mappings.send_ledger(context)
 
 
+# the pipeline of each recent load package context: `dlt.current.pipeline()` on a loader thread
+# makes the pipeline anew (its config resolved again), milliseconds a call
+_pipelines: dict[int, tuple[LoadPackageStateInjectableContext, dlt.Pipeline]] = {}
+_RECENT_CONTEXTS = 16
+
+
+def current_pipeline() -> dlt.Pipeline:
+    """The pipeline dlt runs this call in: found once per load package context (one per attempt
+    at a load package), then remembered."""
+    context = load_context()
+    if context is None:
+        return dlt.current.pipeline()
+    with _loads_lock:
+        known = _pipelines.get(id(context))
+    if known is not None and known[0] is context:
+        return known[1]
+    pipeline = dlt.current.pipeline()
+    with _loads_lock:
+        _pipelines[id(context)] = (context, pipeline)
+        while len(_pipelines) > _RECENT_CONTEXTS:
+            del _pipelines[next(iter(_pipelines))]
+    return pipeline
+
+
 def current_load(config: CustomerioConfiguration) -> Load:
     """The load dlt runs this call in, its mappings checked against the whole package."""
-    pipeline = dlt.current.pipeline()
+    pipeline = current_pipeline()
     load_id = dlt.current.load_package_state()["load_id"]
     mappings = mappings_for_load(pipeline, load_id, config)
-    return Load(pipeline, load_id, config, mappings, state_for(pipeline.working_dir))
+    return Load(pipeline, load_id, config, mappings, pipeline_state(pipeline, config))
+
+
+def pipeline_state(pipeline: dlt.Pipeline, config: CustomerioConfiguration) -> PipelineState:
+    """The state of the pipeline: in the database of `state_url`, else its working directory."""
+    return state_for(pipeline.working_dir, pipeline.pipeline_name, config.state_location())

@@ -8,7 +8,7 @@ from typing import Any
 import dlt
 from dlt.extract import DltResource
 
-from cio_destination.state import state_for, state_path
+from cio_destination.state import stored_state
 
 __all__ = ["rejected_rows"]
 
@@ -35,9 +35,9 @@ def rejected_rows(
     """
 
     def _rows() -> Iterator[dict[str, Any]]:
-        if not state_path(pipeline.working_dir).exists():
-            return
-        yield from state_for(pipeline.working_dir).rejects.rows(load_id=load_id, table=table)
+        state = stored_state(pipeline)
+        if state is not None:
+            yield from state.rejects.rows(load_id=load_id, table=table)
 
     return dlt.resource(
         _rows,

@@ -34,7 +34,7 @@ from cio_destination.entries import (
 from cio_destination.framing import frame
 from cio_destination.limits import ATTRIBUTE_DROPPED
 from cio_destination.mapping_keys import CompiledMapping
-from cio_destination.state import PipelineState, state_for, state_path
+from cio_destination.state import PipelineState, stored_state
 from cio_destination.state.reports import COUNTERS
 from cio_destination.transport.results import SendResult
 
@@ -223,9 +223,10 @@ def build_report(load_id: str | None, records: list[dict[str, Any]]) -> SyncRepo
 
 def sync_report(pipeline: dlt.Pipeline, load_id: str | None = None) -> SyncReport:
     """The sync report of a load of `pipeline` (default: its latest load to Customer.io)."""
-    if not state_path(pipeline.working_dir).exists():
+    state = stored_state(pipeline)
+    if state is None:
         return SyncReport(load_id=load_id)
-    reports = state_for(pipeline.working_dir).reports
+    reports = state.reports
     load_id = load_id or reports.latest_load_id()
     if load_id is None:
         return SyncReport(load_id=None)
@@ -257,9 +258,10 @@ def sync_reports(
     """
 
     def _rows() -> Iterator[dict[str, Any]]:
-        if not state_path(pipeline.working_dir).exists():
+        state = stored_state(pipeline)
+        if state is None:
             return
-        reports = state_for(pipeline.working_dir).reports
+        reports = state.reports
         for load in [load_id] if load_id else reports.load_ids():
             for report in build_report(load, reports.of_load(load)).tables:
                 if table is None or report.table == table:
@@ -298,6 +300,7 @@ def record_batch(
     load_id: str,
     mapping: CompiledMapping,
     dry_run: bool,
+    keys_only: bool = False,
     mapped: Mapped,
     parts: list[Sequence[Entry]],
     result: SendResult,
@@ -308,7 +311,8 @@ def record_batch(
     """Record one call of the table `mapping` maps: its rejections (none in a dry run), its
     batch's counters (with masked samples in a dry run), a log line.
 
-    `mapped` is what the rows mapped to, `parts` what was sent of it, `skipped` how many rows
+    `keys_only`: rejected rows keep only the columns that identify them
+    (`rejected_row_payload`). `mapped` is what the rows mapped to, `parts` what was sent of it, `skipped` how many rows
     were not sent (unchanged, or already sent); `source_hashes` were hashed before mapping.
     """
     table, action = mapping.table, mapping.action
@@ -316,7 +320,14 @@ def record_batch(
     # rows sent without an oversized attribute: recorded with the rejections, counted apart
     records = rejections + mapped.dropped
     if not dry_run:
-        state.rejects.record(load_id, table, action, records)
+        state.rejects.record(
+            load_id,
+            table,
+            action,
+            records,
+            person_column=mapping.mapping.identifier,
+            keep_columns=key_columns(mapping) if keys_only else None,
+        )
     operations = sum(len(part) for part in parts)
     samples = (
         [payload_sample(mapping, e.data) for e in islice(chain.from_iterable(parts), MAX_SAMPLES)]
@@ -359,6 +370,13 @@ def record_batch(
         result.stats.requests,
         result.stats.retries,
     )
+
+
+def key_columns(mapping: CompiledMapping) -> set[str]:
+    """The columns that identify a row: what `rejected_row_payload = "keys_only"` keeps."""
+    keys = mapping.mapping
+    named = (keys.identifier, keys.secondary_identifier, keys.object_id, keys.device_token)
+    return {c for c in named if c} | set(mapping.event_id_columns) | set(mapping.primary_key)
 
 
 def batch_id(

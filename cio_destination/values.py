@@ -229,6 +229,9 @@ def is_temporal(kind: pa.DataType) -> bool:
 def floor_divide(values: Any, divisor: int) -> Any:
     """`value // divisor` (rounded down, as Python does) of each value of an int64 Arrow array."""
     quotient = pc.divide(values, divisor)  # integer division truncates toward zero
+    lowest = pc.min(values).as_py()
+    if lowest is None or lowest >= 0:
+        return quotient  # no negative value: truncating is rounding down
     behind = pc.and_(pc.less(values, 0), pc.not_equal(pc.multiply(quotient, divisor), values))
     return pc.subtract(quotient, pc.cast(behind, pa.int64()))
 

@@ -28,6 +28,7 @@ from cio_destination import (
     customerio,
     customerio_adapter,
     rejected_rows,
+    restore_state,
     run_command,
     sync_report,
 )
@@ -173,6 +174,7 @@ def run(emulator_url: str, backend: str, workdir: Path, progress: str = "auto") 
         dataset_name="demo",
         progress=sync_progress(progress),
     )
+    restore_state(pipeline)  # nothing without state_url; see warehouse_to_customerio.py
     info = pipeline.run(resources(warehouse_url, backend))
     first = emulator_state(emulator_url)
     report("first run", first, pipeline, info.loads_ids[-1])

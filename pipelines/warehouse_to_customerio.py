@@ -48,6 +48,7 @@ from cio_destination import (
     customerio,
     mark_non_finite,
     rejected_rows,
+    restore_state,
     run_command,
     sync_report,
 )
@@ -460,6 +461,9 @@ def sync(
         pipelines_dir=pipelines_dir,
         progress=sync_progress(progress),
     )
+    # with state_url: the cursors of the last completed load on a runner that starts empty, and
+    # the lease (one run of the pipeline at a time); without it, nothing
+    restore_state(pipeline)
     resumed: list[str] = []
     if pipeline.has_pending_data and not dry_run:
         # with pending packages dlt.run() loads only those and drops the new data: finish them

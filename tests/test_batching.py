@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import random
+from array import array
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cio_destination import limits
-from cio_destination.batching import ENVELOPE_BYTES, body_of, body_size, pack
+from cio_destination.batching import (
+    ENVELOPE_BYTES,
+    body_of,
+    body_size,
+    pack,
+    pack_bounds,
+    pack_bounds_of_ends,
+)
 from cio_destination.mapper import RowMapper
 from cio_destination.mapping import compile_mapping, parse_mapping
 
@@ -176,3 +186,21 @@ def test_pack_entries_from_the_row_mapper():
         body = body_of([e.data for e in group])
         assert len(body) <= 50_000
         assert len(orjson.loads(body)["batch"]) == len(group)
+
+
+@given(
+    sizes=st.lists(st.integers(1, 600), max_size=60),
+    max_bytes=st.integers(ENVELOPE_BYTES + 1, 2_000),
+    base=st.integers(0, 10_000),
+)
+def test_packing_by_ends_gives_the_ranges_of_packing_by_sizes(
+    sizes: list[int], max_bytes: int, base: int
+):
+    """The binary-search packing of laid-out entries (how blocks are packed) is greedy packing:
+    the same ranges for any sizes and limit, entries too large for a body alone included."""
+    ends = array("q", [base])
+    for size in sizes:
+        ends.append(ends[-1] + size + 1)
+    view = memoryview(ends)
+
+    assert list(pack_bounds_of_ends(view, max_bytes)) == list(pack_bounds(sizes, max_bytes))

@@ -8,12 +8,14 @@ import httpx
 import orjson
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pytest_httpx import HTTPXMock
 
 from cio_destination.batching import body_of
-from cio_destination.entries import EntryBlock, LazyRow, pack_entries, request_body
+from cio_destination.entries import Entry, EntryBlock, LazyRow, pack_entries, request_body
 from cio_destination.framing import frame
-from cio_destination.mapper import RowMapper, map_items
+from cio_destination.mapper import COLUMNAR_PATH, RowMapper, map_items
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.transport.api import RetryPolicy
 from cio_destination.transport.ratelimit import RateLimiter
@@ -125,3 +127,35 @@ def test_a_block_sent_into_a_400_is_narrowed_to_the_entry_customerio_refuses(
     delivered = [e.row_key for e in result.delivered_entries()]
     assert sorted(delivered) == sorted(f"u-{i}" for i in range(40) if i != 13)
     sender.close()
+
+
+@given(
+    values=st.lists(
+        st.tuples(st.sampled_from(["u-1", "u-2", ""]) | st.text(max_size=6), st.text(max_size=8)),
+        min_size=1,
+        max_size=40,
+    ),
+    cut=st.tuples(st.integers(0, 40), st.integers(0, 40)),
+)
+def test_a_block_body_is_one_copy_of_its_entries_as_a_list_would_be_written(
+    values: list[tuple[str, str]], cut: tuple[int, int]
+):
+    """Operations lie in the block's buffer with their commas: any slice's body, sizes and
+    entries are those of the same entries written one by one (rows the row path decides too)."""
+    batch = pa.RecordBatch.from_pylist([{"uid": uid, "plan": plan} for uid, plan in values])
+    columns = {name: {"name": name} for name in batch.schema.names}
+    mapping = parse_mapping("people", {"action": "identify", "identifier": "uid"})
+    before = COLUMNAR_PATH.rows
+    mapped = map_items(RowMapper(compile_mapping("people", mapping, columns)), batch)
+    if mapped.block is None:
+        return  # every row went through the row path: no block to compare
+    assert COLUMNAR_PATH.rows - before == len(mapped.block)  # the columnar path wrote them
+    part = mapped.block[min(cut) : max(cut)]
+    entries = [Entry(e.data, e.row_key, e.rows) for e in part]
+    assert isinstance(part, EntryBlock)
+    assert request_body(part) == body_of([e.data for e in entries])
+    assert part.sizes() == [len(e.data) for e in entries]
+    assert all(not e.data.endswith(b",") and orjson.loads(e.data) for e in entries)
+    assert [request_body(g) for g in pack_entries(part, 300)] == [
+        request_body(g) for g in pack_entries(entries, 300)
+    ]

@@ -23,7 +23,8 @@ from cio_destination import (
     sync_report,
 )
 from cio_destination.emulator import Emulator
-from cio_destination.state.fingerprints import SqlFingerprints, sql_fingerprints
+from cio_destination.state import TABLES, PipelineState
+from cio_destination.state.backend import SqlStore
 
 from .conftest import API_KEY, SITE_ID, with_region
 
@@ -155,14 +156,15 @@ def refuse_inserts(path: Path) -> None:
     """Make the fingerprints database refuse every new row, as a full disk would."""
     with sqlite3.connect(path) as db:
         db.execute(
-            "CREATE TRIGGER full BEFORE INSERT ON customerio_fingerprints"
+            "CREATE TRIGGER full BEFORE INSERT ON cio_fingerprints"
             " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
         )
 
 
 def test_a_failing_fingerprints_database_names_the_key_and_no_value(tmp_path: Path):
     path = tmp_path / "fingerprints.db"
-    store = SqlFingerprints(f"sqlite:///{path}")
+    key = "destination.customerio.fingerprints_url"
+    store = PipelineState(SqlStore(f"sqlite:///{path}", None, TABLES, key), "p").fingerprints
     refuse_inserts(path)
 
     with pytest.raises(CustomerioTransientError) as raised:
@@ -182,7 +184,7 @@ def test_a_failing_fingerprints_database_names_the_key_and_no_value(tmp_path: Pa
 )
 def test_a_fingerprints_url_sqlalchemy_cannot_use_is_a_setting_to_fix(url: str):
     with pytest.raises(CustomerioTerminalError) as raised:
-        sql_fingerprints(url)
+        SqlStore(url, None, TABLES, "destination.customerio.fingerprints_url")
 
     assert "destination.customerio.fingerprints_url cannot be used" in str(raised.value)
     assert "Pw-Qz81" not in str(raised.value)
@@ -214,7 +216,7 @@ def test_a_fingerprints_database_failing_in_a_load_is_named_without_any_identifi
 
     code, line = exit_status(raised.value)
     assert code == 1
-    assert line.startswith("failed: the changes_only fingerprints database of")
+    assert line.startswith("failed: the state database of")
     assert "destination.customerio.fingerprints_url" in line and "warehouse" not in line
     assert "jane.doe" not in str(raised.value)
     output = capfd.readouterr()
@@ -385,7 +387,8 @@ def test_source_hashes_stored_by_an_older_version_resend_nobody(emulator: Emulat
 
     pipeline = make_pipeline()
     pipeline.run(arrow_people(ROWS))
-    store, scope = state_for(pipeline.working_dir).fingerprints, f"{pipeline.pipeline_name}/people"
+    state = state_for(pipeline.working_dir, pipeline.pipeline_name)
+    store, scope = state.fingerprints, f"{pipeline.pipeline_name}/people"
     identifiers = [str(row["uid"]) for row in ROWS]
     current = store.source_hashes_of(scope, identifiers)
     stored = store.fingerprints_of(scope, identifiers)

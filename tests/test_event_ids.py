@@ -70,3 +70,36 @@ def test_the_column_form_keys_and_ids_are_the_row_form_s():
 
     check()
     assert written  # the column form keyed rows, not only flagged them
+
+
+def test_timestamp_keys_of_whole_seconds_are_written_as_those_with_fractions():
+    """A batch of whole seconds skips writing fractions: its keys are still the row form's, and
+    so are those of batches where some row has a fraction (both kinds of batch are drawn)."""
+    seen = set()
+
+    @given(
+        st.lists(
+            st.tuples(st.integers(0, 253_402_300_799), st.integers(0, 999_999) | st.just(0)),
+            min_size=1,
+            max_size=8,
+        ),
+        st.sampled_from(["s", "ms", "us", "ns"]),
+    )
+    def check(values: list[tuple[int, int]], unit: str) -> None:
+        per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[unit]
+        ticks = [s * per_second + f * per_second // 1_000_000 for s, f in values]
+        ticks = [t for t in ticks if t < 2**63]
+        if not ticks:
+            return
+        batch = pa.RecordBatch.from_arrays([pa.array(ticks, pa.timestamp(unit, "UTC"))], ["at"])
+        flags: list[Any] = []
+        keys = event_keys(batch, ("at",), flags)
+        assert keys is not None
+        slow = flagged(flags, batch.num_rows)
+        for index, row in enumerate(rows_from_arrow(batch)):
+            if not slow[index]:
+                assert keys[index].as_py().encode() == canonical_key([row["at"]])
+        seen.add(all(row["at"].microsecond == 0 for row in rows_from_arrow(batch)))
+
+    check()
+    assert seen == {True, False}

@@ -39,7 +39,7 @@ def _rejection(row: dict, field: str | None, reason: str = "invalid_identifier")
 def test_rejections_whose_parts_once_joined_alike_are_both_kept(tmp_path: Path):
     """The reject id joined its parts with \\x00, which dlt's direct naming lets a table or
     column name hold: one rejection replaced the other."""
-    rejects = PipelineState(tmp_path / "state.sqlite").rejects
+    rejects = PipelineState.in_file(tmp_path / "state.sqlite").rejects
     row = {"uid": 1}
     rejects.record(
         "1.5",
@@ -56,7 +56,7 @@ def test_rejections_whose_parts_once_joined_alike_are_both_kept(tmp_path: Path):
 
 def test_reject_ids_recorded_before_stay_the_same(tmp_path: Path):
     """A batch replayed after an upgrade must replace its rejections, not add them again."""
-    rejects = PipelineState(tmp_path / "state.sqlite").rejects
+    rejects = PipelineState.in_file(tmp_path / "state.sqlite").rejects
     row = {"uid": "x" * 200}
     rejects.record("1.5", "people", "identify", [_rejection(row, "uid")])
     rejects.record("1.5", "people", "identify", [_rejection(row, None)])

@@ -297,7 +297,7 @@ def test_a_refused_or_misdirected_send_costs_one_request_and_stops_every_later_s
         limiter=RateLimiter(10_000),
         transport=httpx.MockTransport(refuse),
     )
-    ledger = PipelineState(tmp_path / "state.sqlite").ledger
+    ledger = PipelineState.in_file(tmp_path / "state.sqlite").ledger
     sender = EmailSender(client, max_in_flight=8)
     try:
         first = sender.send(send_entries(60), ledger=ledger, table="t", load_id="1")
@@ -340,7 +340,7 @@ def test_sends_go_one_at_a_time_until_customerio_answered_one(tmp_path: Path):
         limiter=RateLimiter(10_000),
         transport=httpx.MockTransport(answer),
     )
-    ledger = PipelineState(tmp_path / "state.sqlite").ledger
+    ledger = PipelineState.in_file(tmp_path / "state.sqlite").ledger
     for key in ("key-0", "key-1", "key-2"):
         ledger.claim("t", key, "0")
         ledger.mark_sent(key, "d")
@@ -452,12 +452,12 @@ def send_entries(count: int, *, key=lambda i: f"key-{i}") -> list[Entry]:
 def ledger_on_disk(path: Path) -> dict[str, str]:
     """The ledger as another connection reads it: only what was committed."""
     with sqlite3.connect(path) as db:
-        return dict(db.execute("SELECT send_key, state FROM send_ledger"))
+        return dict(db.execute("SELECT send_key, state FROM cio_send_ledger"))
 
 
 def test_a_send_key_is_pending_only_once_its_request_may_leave(tmp_path: Path):
     limiter = OneStartAtATime()
-    ledger = PipelineState(tmp_path / "state.sqlite").ledger
+    ledger = PipelineState.in_file(tmp_path / "state.sqlite").ledger
     started: list[str] = []
     seen_pending: list[set[str]] = []
 
@@ -488,7 +488,7 @@ def test_a_send_key_is_pending_only_once_its_request_may_leave(tmp_path: Path):
 
 
 def test_claims_queued_while_the_ledger_commits_share_the_next_commit(tmp_path: Path):
-    state = PipelineState(tmp_path / "state.sqlite")
+    state = PipelineState.in_file(tmp_path / "state.sqlite")
     ledger = state.ledger
     _, generation = ledger.identity()
     claimed: list[str | None] = []
@@ -497,7 +497,7 @@ def test_claims_queued_while_the_ledger_commits_share_the_next_commit(tmp_path: 
         claimed.append(ledger.claim("t", f"key-{i}", "1"))
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
-    with state.file._lock:  # the first claim's commit is under way: the other seven queue up
+    with state.store._lock:  # the first claim's commit is under way: the other seven queue up
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 60  # only a broken queue gets here
@@ -525,7 +525,7 @@ def test_a_key_twice_in_one_call_is_sent_once(tmp_path: Path):
         limiter=RateLimiter(10_000),
         transport=httpx.MockTransport(answer),
     )
-    ledger = PipelineState(tmp_path / "state.sqlite").ledger
+    ledger = PipelineState.in_file(tmp_path / "state.sqlite").ledger
     sender = EmailSender(client, max_in_flight=4)
     try:
         result = sender.send(
@@ -550,7 +550,7 @@ def test_a_send_httpx_refuses_to_write_is_not_sent_and_its_key_stays_free(tmp_pa
         limiter=RateLimiter(10_000),
         transport=httpx.MockTransport(refuse),
     )
-    ledger = PipelineState(tmp_path / "state.sqlite").ledger
+    ledger = PipelineState.in_file(tmp_path / "state.sqlite").ledger
     sender = EmailSender(client, max_in_flight=2)
     try:
         result = sender.send(send_entries(3), ledger=ledger, table="t", load_id="1")
@@ -577,7 +577,7 @@ def answering(*answers: httpx.Response | Exception):
 
 
 def send_through(transport, tmp_path: Path, *, resend_uncertain: bool, sleep=lambda _: None):
-    ledger = PipelineState(tmp_path / "state.sqlite").ledger
+    ledger = PipelineState.in_file(tmp_path / "state.sqlite").ledger
     client = AppClient(
         "http://127.0.0.1:1",
         APP_KEY,

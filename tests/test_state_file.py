@@ -132,7 +132,7 @@ class PackageState:
 
 
 def ledger_in(path: Path):
-    return PipelineState(path / "customerio" / "state.sqlite").ledger
+    return PipelineState.in_file(path / "customerio" / "state.sqlite").ledger
 
 
 def test_a_load_killed_inside_its_first_batch_keeps_its_emails_on_their_ledger(tmp_path: Path):

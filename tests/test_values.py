@@ -12,12 +12,15 @@ from decimal import Decimal
 import orjson
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cio_destination.event_ids import canonical_key, deterministic_ulid
 from cio_destination.values import (
     MAX_NESTING,
     ValueProblem,
     datetime_to_unix,
+    floor_divide,
     parse_json_object,
     recordable_json,
     to_json_value,
@@ -643,3 +646,21 @@ def test_digit_strings_too_long_for_any_epoch_are_out_of_range_not_an_error(text
 
 def test_leading_zeros_do_not_count_against_an_epoch_number():
     assert to_unix_seconds("0" * 5_000 + "1700000000") == 1_700_000_000
+
+
+def test_floor_divide_rounds_down_as_python_does_with_and_without_negative_values():
+    """Columns without a negative value take a shorter way (truncation is rounding down there):
+    both ways give Python's `//`, and both are drawn."""
+    seen = set()
+
+    @given(
+        st.lists(st.integers(-(2**63), 2**63 - 1) | st.none(), max_size=12),
+        st.sampled_from([1, 7, 1_000, 1_000_000, 1_000_000_000]),
+    )
+    def check(values: list[int | None], divisor: int) -> None:
+        got = floor_divide(pa.array(values, pa.int64()), divisor).to_pylist()
+        assert got == [None if v is None else v // divisor for v in values]
+        seen.add(any(v is not None and v < 0 for v in values))
+
+    check()
+    assert seen == {True, False}

@@ -26,7 +26,7 @@ from dlt.common.configuration.exceptions import ConfigurationValueError
 from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
 from sqlalchemy.dialects import postgresql
 
-from cio_destination import MappingError
+from cio_destination import MappingError, rejected_rows
 from cio_destination.emulator import Emulator
 
 from .conftest import API_KEY, SITE_ID
@@ -766,4 +766,24 @@ def test_summary_counts_rows_sent_without_a_dropped_attribute_as_sent():
         "  users: 2 x bio (over the 1000-byte value limit)",
         "  inspect them with cio_destination.rejected_rows(pipeline, load_id=...):"
         " each has row_key, reason, field, message and the row",
+    ]
+
+
+def test_the_pipeline_on_runners_that_start_empty_restores_its_cursors_from_state_url(
+    example: Path, tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+):
+    """Each run in a new, empty pipelines directory: only `state_url` carries the cursors."""
+    monkeypatch.setenv("DESTINATION__CUSTOMERIO__STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+
+    def fresh_run(directory: str) -> Any:
+        return wh.sync("wh_test", pipelines_dir=str(tmp_path / directory), progress="none")
+
+    fresh_run("runner-1")
+    mark = len(emulator.requests)
+    result = fresh_run("runner-2")
+
+    assert ops_since(emulator, mark) == 0  # the cursors came back: nothing read, nothing sent
+    # and the rejected rows of the first runner's load are there for any runner to read
+    assert sorted((r["table"], r["row_key"]) for r in rejected_rows(result.pipeline)) == [
+        (table, key) for table, key, _, _ in DEMO_REJECTED
     ]

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cio_destination.arrow_json import as_binary, join_pieces
-from cio_destination.entries import EntryBlock, Mapped, Row, rows_from_arrow
+from cio_destination.entries import EntryBlock, Mapped, Row, row_numbers, rows_from_arrow
 from cio_destination.limits import entries_too_large
 from cio_destination.values import timestamp_column
 
@@ -53,10 +53,10 @@ def finish(
     """Join the operations; rows any flag marks (or over the entry size limit) go through the
     row path, the rest become an `EntryBlock`."""
     rows = batch.num_rows
-    operations = join_pieces(pieces)
+    operations = join_pieces([*pieces, ","])  # each with the comma after it (see `EntryBlock`)
     if len(operations) != rows:  # never expected; the row path is always right
         return by_row_path(row_path, batch, source_rows)
-    flags.append(entries_too_large(operations))
+    flags.append(entries_too_large(operations, trailing=1))
     slow = flags[0]
     for flag in flags[1:]:
         slow = pc.or_kleene(slow, flag)
@@ -64,9 +64,8 @@ def finish(
 
     mapped = Mapped([], [], rows)
     if not pc.any(slow).as_py():
-        positions = pa.array(range(rows), pa.int64())
         mapped.block = EntryBlock(
-            as_binary(operations), row_keys, batch, positions, source_rows, keys, row_key_of
+            as_binary(operations), row_keys, batch, row_numbers(rows), source_rows, keys, row_key_of
         )
         return mapped
     fast = pc.invert(slow)

@@ -38,13 +38,18 @@ class Diff:
         scope: str,
         fingerprints: Fingerprints | None,
         mirrors: MirrorPlans,
+        *,
+        first_sync: bool = False,
     ) -> None:
         """`fingerprints`: where the table's are kept, None unless it is `changes_only`;
-        `mirrors`: the load's mirror plans, one of which may be the table's."""
+        `mirrors`: the load's mirror plans, one of which may be the table's; `first_sync`: no
+        fingerprint of the table was kept when the load started, so none is looked up (a
+        person in two batches of the load is sent in full twice, as without `changes_only`)."""
         self._mapper = mapper
         self._scope = scope
         self._fingerprints = fingerprints
         self._mirrors = mirrors
+        self._first_sync = first_sync
         self._changes: Changes | None = None
         self._mirror: MirrorPlan | None = None
         self.source_hashes: dict[str, int] | None = None
@@ -61,13 +66,16 @@ class Diff:
         if hashed is None:
             return items
         identifiers, hashes = hashed
-        known = self._fingerprints.source_hashes_of(
-            self._scope, [i for i in identifiers if i is not None]
+        pairs = [(i, h) for i, h in zip(identifiers, hashes, strict=True) if i is not None]
+        changed = (
+            set(pairs)
+            if self._first_sync
+            else self._fingerprints.changed_sources(self._scope, pairs)
         )
         keep = [
             index
-            for index, (identifier, row_hash) in enumerate(zip(identifiers, hashes, strict=True))
-            if identifier is None or known.get(identifier) != row_hash
+            for index, pair in enumerate(zip(identifiers, hashes, strict=True))
+            if pair[0] is None or pair in changed
         ]
         self.source_hashes = {
             i: h for i, h in zip(identifiers, hashes, strict=True) if i is not None
@@ -89,6 +97,7 @@ class Diff:
                 self._fingerprints,
                 self._scope,
                 self.source_hashes,
+                first_sync=self._first_sync,
             )
             parts = [self._changes.entries]
             self.skipped += self._changes.unchanged
@@ -96,6 +105,15 @@ class Diff:
         if self._mirror is not None:
             parts.append(self._mirror.removal_entries())
         return parts
+
+    def erased(self, result: SendResult) -> list[str]:
+        """The people this call deleted or suppressed in Customer.io (the rows of a `delete` or
+        `suppress` table, or a mirror table's removals), whose records the state purges."""
+        if self._mapper.compiled.action in ("delete", "suppress"):
+            return [entry.row_key for entry in result.delivered_entries()]
+        if self._mirror is not None and self._mirror.taken and result.error is None:
+            return list(self._mirror.removed)
+        return []
 
     def delivered(self, result: SendResult, snapshots: MirrorSnapshots) -> None:
         """Remember what Customer.io accepted: the fingerprints of the people it took, and a

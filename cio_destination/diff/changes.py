@@ -66,14 +66,21 @@ def only_changes(
     fingerprints: Fingerprints,
     scope: str,
     source_hashes: Mapping[str, int] | None = None,
+    *,
+    first_sync: bool = False,
 ) -> Changes:
     """Keep, per identify entry, only the attributes that differ from the stored fingerprint.
 
     Identify entries carry the identifier as their `row_key`. `source_hashes` (Arrow input) are
-    kept with the fingerprints, to skip unchanged rows before mapping next time.
+    kept with the fingerprints, to skip unchanged rows before mapping next time. `first_sync`:
+    the scope has no fingerprint yet, so none is looked up.
     """
     sources = source_hashes or {}
-    previous = fingerprints.fingerprints_of(scope, [entry.row_key for entry in entries])
+    previous = (
+        {}
+        if first_sync
+        else fingerprints.fingerprints_of(scope, [entry.row_key for entry in entries])
+    )
     mapped = set(attribute_columns)
     changes = Changes(entries=[])
     for entry in entries:

@@ -1,24 +1,58 @@
-"""The backend every state repository goes through: one SQLite file in the pipeline's working
-directory (`<working_dir>/customerio/state.sqlite`).
+"""The one seam every state repository goes through: a SQL store, local or behind `state_url`.
+
+* `StateFile`: one SQLite file in the pipeline's working directory
+  (`<working_dir>/customerio/state.sqlite`), the embedded default;
+* `SqlStore`: any database SQLAlchemy reaches by `state_url` (PostgreSQL first-class, SQLite and
+  DuckDB too), shared by every pipeline that names it, its tables in `state_schema`.
 
 A repository (`cio_destination.state.rejects`, `.reports`, `.ledger`, `.fingerprints`,
-`.snapshots`) declares its tables and reaches the file only through `connection()` and
-`transaction()`, so the file can give way to another backend without the repositories knowing.
-Any SQLite failure surfaces as a `StateFileError` naming the file.
+`.snapshots`, `.runs`) declares its tables (`TABLES`, one DDL each, `{blob}` for a binary type)
+and reaches the store only through `read` and `transaction`, in SQL both backends speak: `?`
+parameters, `{name}` for a table (schema-qualified by the store), `ON CONFLICT` upserts. Every
+row carries its pipeline's name, so pipelines can share one store. The store records the version
+of its tables' layout (`SCHEMA_VERSION`), so a later release can migrate them; a file of the
+layout before that version is migrated on open.
+
+Writes are batched per call (`Transaction.upsert` sends many rows per statement). Only a
+`durable` transaction (the send ledger's claims) is synced to disk before it returns; the rest
+may be lost by a power cut (never by a crash of the process), which costs at most work done again.
+Any failure surfaces as a `StateFileError` naming the file, or as `database_error` says for a URL.
 """
 
 from __future__ import annotations
 
+import io
+import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from cio_destination.exceptions import StateFileError
+from cio_destination.exceptions import (
+    CustomerioError,
+    CustomerioTerminalError,
+    CustomerioTransientError,
+    StateFileError,
+)
 
 STATE_DIR = "customerio"
 STATE_FILE = "state.sqlite"
+SCHEMA_VERSION = 1
+"""The layout of the state tables this release writes (recorded in `cio_state_meta`)."""
+
+_META = """
+    CREATE TABLE IF NOT EXISTS {cio_state_meta} (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )
+"""
+_ROWS_PER_STATEMENT = 500
+_COPY_ROWS = 1_000
+"""Writes of this many rows or more stream them with COPY, where the database has it."""
 
 
 def state_path(working_dir: str | Path) -> Path:
@@ -26,31 +60,166 @@ def state_path(working_dir: str | Path) -> Path:
     return Path(working_dir) / STATE_DIR / STATE_FILE
 
 
-class StateFile:
-    """One SQLite state file, opened once and shared by every repository and thread.
+class _Names(dict):  # type: ignore[type-arg]
+    """`{name}` in a statement -> the table's name as the store spells it."""
 
-    Writes are synced to disk (`synchronous=FULL`): a send ledger entry must be on disk before
-    the send it guards leaves the machine.
+    def __init__(self, schema: str | None, quote: Callable[[str], str]) -> None:
+        super().__init__()
+        self._prefix = f"{quote(schema)}." if schema else ""
+
+    def __missing__(self, key: str) -> str:
+        return f"{self._prefix}{key}"
+
+
+class Transaction:
+    """One transaction of a store: committed as a whole, or rolled back."""
+
+    def __init__(
+        self,
+        execute: Callable[[str, Sequence[Any]], Any],
+        many: bool,
+        array_types: Mapping[str, Mapping[str, str]] | None = None,
+        copy: Callable[[str, Sequence[str], list[Sequence[Any]]], str] | None = None,
+    ) -> None:
+        """`many`: the driver runs one statement over many rows (sqlite3's executemany);
+        `array_types`: the column types of each table, where the database takes whole arrays
+        as parameters (PostgreSQL): then a write is one statement, however many its rows;
+        `copy`: streams rows into a scratch table like the table named (PostgreSQL's COPY),
+        returning its name, for large writes."""
+        self._execute = execute
+        self._many = many
+        self._arrays = array_types
+        self._copy = copy
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement; its rows, if it returns any."""
+        return self._execute(sql, params)
+
+    def upsert(
+        self,
+        table: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        *,
+        distinct: bool = False,
+    ) -> None:
+        """Insert `rows`, replacing the rows with the same `keys`; many rows per statement.
+        A key given twice keeps its last row (`distinct`: the caller's rows have no such twins)."""
+        if distinct:
+            unique = list(rows)
+        else:
+            positions = [columns.index(k) for k in keys]
+            unique = list({tuple(row[p] for p in positions): row for row in rows}.values())
+        if not unique:
+            return
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+        conflict = f"ON CONFLICT ({', '.join(keys)}) DO " + (
+            f"UPDATE SET {updates}" if updates else "NOTHING"
+        )
+        head = f"INSERT INTO {{{table}}} ({', '.join(columns)}) "
+        if self._copy is not None and len(unique) >= _COPY_ROWS:
+            scratch = self._copy(table, columns, unique)
+            self._execute(f"{head}SELECT {', '.join(columns)} FROM {scratch} {conflict}", [])
+            return
+        if self._arrays is not None:  # one array per column, unnested by the server
+            types = self._arrays[table]
+            arrays = ", ".join(f"?::{types[c]}[]" for c in columns)
+            self._execute(
+                f"{head}SELECT * FROM unnest({arrays}) {conflict}",
+                [list(column) for column in zip(*unique, strict=True)],
+            )
+            return
+        marks = "(" + ",".join("?" * len(columns)) + ")"
+        if self._many:
+            self._execute(f"{head}VALUES {marks} {conflict}", unique)
+            return
+        for start in range(0, len(unique), _ROWS_PER_STATEMENT):
+            chunk = unique[start : start + _ROWS_PER_STATEMENT]
+            values = [value for row in chunk for value in row]
+            self._execute(f"{head}VALUES {','.join([marks] * len(chunk))} {conflict}", values)
+
+    def delete_in(
+        self, table: str, where: str, params: Sequence[Any], column: str, values: Sequence[Any]
+    ) -> None:
+        """Delete the rows matching `where` (with `params`) whose `column` is one of `values`."""
+        delete = f"DELETE FROM {{{table}}} WHERE {where} AND {column}"
+        if self._arrays is not None:
+            self._execute(f"{delete} = ANY(?)", [*params, list(values)])
+            return
+        for start in range(0, len(values), _ROWS_PER_STATEMENT):
+            chunk = list(values[start : start + _ROWS_PER_STATEMENT])
+            self._execute(f"{delete} IN ({','.join('?' * len(chunk))})", [*params, *chunk])
+
+
+class StateStore:
+    """What repositories see of a store: `read`, `read_in`, `transaction`, and `location` (what
+    errors about the store name)."""
+
+    location: str
+    shared: bool
+    """Whether other runners reach this store (a `state_url`), so a run takes a lease in it."""
+    arrays = False
+    """Whether statements take whole arrays as parameters (PostgreSQL: `unnest(?::text[])`,
+    `= ANY(?)`), so a repository may ask the database to compare many rows at once."""
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one query."""
+        with self.transaction() as tx:
+            return tx.execute(sql, params)
+
+    def read_in(
+        self, sql: str, params: Sequence[Any], values: Sequence[Any]
+    ) -> Iterator[tuple[Any, ...]]:
+        """The rows of `sql` (ending in `IN ({marks})`) for `values`, a chunk at a time."""
+        for start in range(0, len(values), _ROWS_PER_STATEMENT):
+            chunk = list(values[start : start + _ROWS_PER_STATEMENT])
+            yield from self.read(sql.format(marks=",".join("?" * len(chunk))), [*params, *chunk])
+
+    @contextmanager
+    def transaction(self, *, durable: bool = False) -> Iterator[Transaction]:
+        """One transaction; `durable`: on disk before it returns."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def close(self) -> None:
+        """Release the connections."""
+
+
+class StateFile(StateStore):
+    """One SQLite file, opened once and shared by every repository and thread of a pipeline.
+
+    Only durable transactions are synced (`synchronous=FULL` for their commit); the rest commit
+    with `synchronous=NORMAL`, safe from a crash of the process, in WAL mode.
     """
 
-    def __init__(self, path: str | Path, schemas: Iterable[str]) -> None:
-        """Open (or create) the file and every table `schemas` declare."""
+    shared = False
+
+    def __init__(self, path: str | Path, tables: Iterable[str], pipeline_name: str) -> None:
+        """Open (or create) the file and every table of `tables`; migrate an older layout."""
         self.path = Path(path)
+        self.location = str(self.path)
         self._lock = threading.Lock()
+        self._names = _Names(None, str)
+        self._names["blob_type"] = "BLOB"
         db: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            for schema in schemas:
-                db.executescript(schema)
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._db = db
+            with self.transaction(durable=True) as tx:
+                create_tables(tx, tables, lambda: _migrate_file(tx, pipeline_name))
             stat = self.path.stat()
         except (sqlite3.Error, OSError) as exc:
             if db is not None:
                 db.close()
             raise StateFileError.unusable(self.path, exc) from None
-        self._db = db
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
         self._file_id = (stat.st_dev, stat.st_ino)
 
     def close(self) -> None:
@@ -66,30 +235,289 @@ class StateFile:
             return False
         return stat.st_size > 0 and (stat.st_dev, stat.st_ino) == self._file_id
 
-    @contextmanager
-    def connection(self) -> Iterator[sqlite3.Connection]:
-        """The connection, for this thread alone while the block runs."""
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
-                yield self._db
+                return self._run(sql, params)
             except sqlite3.Error as exc:
                 raise StateFileError.unusable(self.path, exc) from None
 
+    def _run(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        sql = sql.format_map(self._names)
+        if params and isinstance(params[0], list | tuple):
+            self._db.executemany(sql, params)
+            return []
+        return self._db.execute(sql, params).fetchall()
+
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One transaction: committed (and synced) as a whole, or rolled back."""
-        with self.connection() as db, atomic(db):
-            yield db
+    def transaction(self, *, durable: bool = False) -> Iterator[Transaction]:
+        with self._lock:
+            db = self._db
+            try:
+                if durable:
+                    db.execute("PRAGMA synchronous=FULL")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield Transaction(self._run, many=True)
+                    db.execute("COMMIT")
+                except BaseException:
+                    with suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
+                finally:
+                    if durable:
+                        db.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as exc:
+                raise StateFileError.unusable(self.path, exc) from None
 
 
-@contextmanager
-def atomic(db: sqlite3.Connection) -> Iterator[None]:
-    """A transaction on a connection already held (see `StateFile.connection`)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        db.execute("COMMIT")
-    except BaseException:
-        with suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        raise
+def create_tables(tx: Transaction, tables: Iterable[str], migrate: Callable[[], None]) -> None:
+    """Create the state's tables where missing, checking (and recording) the layout version."""
+    tx.execute(_META)
+    found = tx.execute("SELECT value FROM {cio_state_meta} WHERE name = 'schema_version'")
+    version = int(found[0][0]) if found else 0
+    if version > SCHEMA_VERSION:
+        raise CustomerioTerminalError(
+            f"the Customer.io destination state holds tables of layout {version}, written by a"
+            f" newer release (this one writes layout {SCHEMA_VERSION}): upgrade cio-destination"
+        )
+    for ddl in tables:
+        tx.execute(ddl.replace("{blob}", "{blob_type}"))
+    if version < SCHEMA_VERSION:
+        migrate()
+        tx.execute(
+            "INSERT INTO {cio_state_meta} (name, value) VALUES ('schema_version', ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            [str(SCHEMA_VERSION)],
+        )
+
+
+# the tables of the file before the layout was versioned, and how their rows move over
+_LAYOUT_0 = {
+    "rejected_rows": "INSERT INTO cio_rejected_rows SELECT ?, reject_id, load_id, table_name,"
+    " action, row_key, NULL, reason, field, message, row_json, rejected_at FROM rejected_rows",
+    "batch_stats": "INSERT INTO cio_batch_reports SELECT ?, * FROM batch_stats",
+    "send_ledger": "INSERT INTO cio_send_ledger SELECT ?, * FROM send_ledger",
+    "ledger_meta": "INSERT INTO cio_send_ledger_meta SELECT ?, (SELECT value FROM ledger_meta"
+    " WHERE name = 'ledger_id'), (SELECT value FROM ledger_meta WHERE name = 'generation')",
+    "fingerprints": "INSERT INTO cio_fingerprints SELECT * FROM fingerprints",
+    "mirror_members": "INSERT INTO cio_mirror_members SELECT * FROM mirror_members",
+}
+
+
+def _migrate_file(tx: Transaction, pipeline_name: str) -> None:
+    """Move the rows of a state file of layout 0 (no version recorded) into this layout."""
+    present = {row[0] for row in tx.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for old, move in _LAYOUT_0.items():
+        if old in present:
+            tx.execute(move, [pipeline_name] if "?" in move else [])
+            tx.execute(f"DROP TABLE {old}")
+
+
+_URL_KEY = "destination.customerio.state_url"
+
+
+def database_error(error: BaseException, key: str = _URL_KEY) -> CustomerioError:
+    """The error to raise for a failure of the database of `state_url` (or of its deprecated
+    alias `fingerprints_url`): it names the key and the kinds of error only. SQLAlchemy's text
+    holds the statement and its parameters (identifiers of people) and a driver's may quote the
+    URL, so neither is kept.
+
+    A URL SQLAlchemy cannot use (not a URL, a dialect or driver that is not installed) is a
+    setting to fix (`CustomerioTerminalError`); anything else may pass (a database down or
+    full): `CustomerioTransientError`, the package stays pending and a rerun resumes it.
+    """
+    from sqlalchemy.exc import ArgumentError
+
+    kind = type(error).__name__
+    original = getattr(error, "orig", None)
+    if original is not None:
+        kind = f"{kind}, {type(original).__module__}.{type(original).__name__}"
+    if isinstance(error, ArgumentError | ImportError):
+        return CustomerioTerminalError(
+            f"{key} cannot be used ({kind}): check that it is a SQLAlchemy URL and that"
+            " its dialect and driver are installed"
+        )
+    return CustomerioTransientError(
+        f"the state database of {key} failed ({kind}); the load package stays pending: run"
+        " again once it answers, or check the setting"
+    )
+
+
+@lru_cache(maxsize=512)
+def _to_paramstyle(sql: str, style: str) -> str:
+    if style == "qmark":
+        return sql
+    if style in ("format", "pyformat"):
+        return sql.replace("%", "%%").replace("?", "%s")
+    counter = iter(range(1, 1 << 30))
+    mark = "$" if style == "numeric_dollar" else ":"
+    return re.sub(r"\?", lambda _: f"{mark}{next(counter)}", sql)
+
+
+class SqlStore(StateStore):
+    """The state in a database SQLAlchemy reaches (`state_url`), its tables in `schema`.
+
+    Every failure surfaces as `database_error` says: naming the key, never a statement, a
+    parameter or the URL.
+    """
+
+    shared = True
+
+    def __init__(
+        self, url: str, schema: str | None, tables: Iterable[str], key: str = _URL_KEY
+    ) -> None:
+        self.location = key + (f" (schema {schema})" if schema else "")
+        self._key = key
+        try:
+            import sqlalchemy as sa
+        except ImportError:  # pragma: no cover - a dependency of the package
+            raise CustomerioTerminalError(
+                f"{key} needs SQLAlchemy: pip install 'cio-destination[postgres]'"
+            ) from None
+        self._sa = sa
+        with self._database(connecting=True):
+            self._engine = sa.create_engine(url, pool_pre_ping=True)
+            dialect = self._engine.dialect
+            self._dialect = dialect.name
+            self._style = dialect.paramstyle
+            quote = dialect.identifier_preparer.quote
+            if self._dialect == "sqlite":
+                schema = None  # a file has no schemas
+            self._names = _Names(schema, quote)
+            self._names["blob_type"] = "BYTEA" if self._dialect == "postgresql" else "BLOB"
+            with self.transaction(durable=True) as tx:
+                if schema:
+                    if self._dialect == "postgresql":  # CREATE ... IF NOT EXISTS races otherwise
+                        tx.execute("SELECT pg_advisory_xact_lock(7305982117)")
+                    tx.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+                create_tables(tx, tables, lambda: None)
+                self._arrays = self._column_types(tx, schema)
+                self.arrays = self._arrays is not None
+
+    def _column_types(
+        self, tx: Transaction, schema: str | None
+    ) -> dict[str, dict[str, str]] | None:
+        """PostgreSQL's types of the state's columns, for writes and reads of whole arrays."""
+        if self._dialect != "postgresql":
+            return None
+        types: dict[str, dict[str, str]] = {}
+        for table, column, kind in tx.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = COALESCE(?, current_schema()) AND table_name LIKE 'cio\\_%'",
+            [schema],
+        ):
+            types.setdefault(table, {})[column] = kind
+        return types
+
+    def read_in(
+        self, sql: str, params: Sequence[Any], values: Sequence[Any]
+    ) -> Iterator[tuple[Any, ...]]:
+        if self._arrays is None:
+            yield from super().read_in(sql, params, values)
+            return
+        # one query, its values one array: PostgreSQL looks each up in the index
+        yield from self.read(
+            sql.replace("IN ({marks})", "= ANY(?)").format(), [*params, list(values)]
+        )
+
+    @contextmanager
+    def _database(self, *, connecting: bool = False) -> Iterator[None]:
+        caught: tuple[type[BaseException], ...] = (self._sa.exc.SQLAlchemyError,)
+        if connecting:
+            caught += (ImportError,)
+        try:
+            yield
+        except caught as error:
+            raise database_error(error, self._key) from None
+
+    @contextmanager
+    def transaction(self, *, durable: bool = False) -> Iterator[Transaction]:
+        with self._database(), self._engine.begin() as connection:
+            if not durable and self._dialect == "postgresql":
+                connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+
+            def run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+                text = _to_paramstyle(sql.format_map(self._names), self._style)
+                result = connection.exec_driver_sql(text, tuple(params))
+                if not result.returns_rows:
+                    return []
+                rows = result.cursor.fetchall()  # the driver's tuples, no Row objects
+                result.close()
+                return rows  # type: ignore[no-any-return]
+
+            def copy(table: str, columns: Sequence[str], rows: list[Sequence[Any]]) -> str:
+                scratch = f"cio_copy_{table}"
+                try:
+                    with connection.connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
+                        cursor.execute(
+                            f"CREATE TEMP TABLE IF NOT EXISTS {scratch}"
+                            f" (LIKE {self._names[table]}) ON COMMIT DELETE ROWS"
+                        )
+                        cursor.copy_expert(
+                            f"COPY {scratch} ({', '.join(columns)}) FROM STDIN", copy_text(rows)
+                        )
+                except Exception as error:  # the driver's own: its text may quote a row
+                    raise database_error(error, self._key) from None
+                return scratch
+
+            arrays = getattr(self, "_arrays", None)
+            yield Transaction(
+                run,
+                many=False,
+                array_types=arrays,
+                copy=copy if arrays is not None else None,
+            )
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def copy_text(rows: Iterable[Sequence[Any]]) -> io.StringIO:
+    """Rows in PostgreSQL's COPY text format (tab-separated, `\\N` for NULL)."""
+    lines = io.StringIO()
+    for row in rows:
+        lines.write("\t".join(map(_copy_value, row)))
+        lines.write("\n")
+    lines.seek(0)
+    return lines
+
+
+def _copy_value(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, bytes | memoryview):
+        return "\\\\x" + bytes(value).hex()
+    if isinstance(value, str):
+        return (
+            value.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+_stores: dict[tuple[str, str | None], SqlStore] = {}
+_stores_lock = threading.Lock()
+
+
+def sql_store(url: str, schema: str | None, tables: Iterable[str], key: str) -> SqlStore:
+    """The one `SqlStore` of a URL and schema in this process (its engine pools connections)."""
+    with _stores_lock:
+        store = _stores.get((url, schema))
+        if store is None:
+            store = _stores[(url, schema)] = SqlStore(url, schema, tables, key)
+        return store
+
+
+def pipeline_scopes(pipeline_name: str) -> tuple[str, list[Any]]:
+    """A condition (and its parameters) matching every `scope` (`<pipeline>/<table>`) of a
+    pipeline: fingerprints and snapshots are kept per scope."""
+    prefix = f"{pipeline_name}/"
+    return "SUBSTR(scope, 1, ?) = ?", [len(prefix), prefix]
+
+
+def now() -> float:
+    """The time state rows are stamped with (unix seconds)."""
+    return time.time()

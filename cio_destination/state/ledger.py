@@ -10,14 +10,13 @@ is noticed (`cio_destination.state.ledger_guard`).
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cio_destination.state.backend import StateFile, atomic
+from cio_destination.state.backend import StateStore, Transaction
 
 # A key's states: `pending` is written (and synced to disk) right before a send's request, `sent`
 # after its answer. IN_FLIGHT is never stored: a key this process is sending right now.
@@ -46,38 +45,46 @@ class _LedgerWrite:
 class SendLedger:
     """The send keys of one pipeline's transactional sends, and the ledger's identity."""
 
-    SCHEMA = """
-        CREATE TABLE IF NOT EXISTS send_ledger (
-            send_key TEXT PRIMARY KEY,
+    TABLES = (
+        """CREATE TABLE IF NOT EXISTS {cio_send_ledger} (
+            pipeline_name TEXT NOT NULL,
+            send_key TEXT NOT NULL,
             table_name TEXT NOT NULL,
             state TEXT NOT NULL,
             delivery_id TEXT,
             load_id TEXT NOT NULL,
-            updated_at REAL NOT NULL
-        );
-        CREATE TABLE IF NOT EXISTS ledger_meta (
-            name TEXT PRIMARY KEY,
-            value NOT NULL
-        );
-    """
+            updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (pipeline_name, send_key)
+        )""",
+        """CREATE TABLE IF NOT EXISTS {cio_send_ledger_meta} (
+            pipeline_name TEXT PRIMARY KEY,
+            ledger_id TEXT NOT NULL,
+            generation BIGINT NOT NULL
+        )""",
+    )
     """The tables it keeps."""
+    _COLUMNS = ("pipeline_name", "send_key", "table_name", "state", "delivery_id", "load_id")
 
-    def __init__(self, backend: StateFile) -> None:
-        self._backend = backend
-        self.path = backend.path
-        """The file that holds the ledger: errors about the ledger name it."""
+    def __init__(self, store: StateStore, pipeline_name: str) -> None:
+        self._store = store
+        self._pipeline = pipeline_name
+        self.path = store.location
+        """Where the ledger is kept (its file, or `state_url`): errors about the ledger name it."""
         self._turn = threading.Condition()
         self._queue: list[_LedgerWrite] = []
         self._leader = False
+        self._lock = threading.Lock()
         self._in_flight: set[str] = set()
-        """Keys claimed by this process whose answer has not come: guarded by the backend."""
-        with backend.connection() as db:
-            # a ledger that already holds keys (a file older than the identity) starts at 1, so
-            # a load that records it protects those keys too
-            db.execute(
-                "INSERT OR IGNORE INTO ledger_meta VALUES ('ledger_id', ?),"
-                " ('generation', (SELECT count(*) > 0 FROM send_ledger))",
-                (uuid.uuid4().hex,),
+        """Keys claimed by this process whose answer has not come: guarded by `_lock`."""
+        with store.transaction(durable=True) as tx:
+            # a ledger that already holds keys (one older than the identity) starts at 1, so a
+            # load that records it protects those keys too
+            tx.execute(
+                "INSERT INTO {cio_send_ledger_meta} (pipeline_name, ledger_id, generation)"
+                " SELECT ?, ?, CASE WHEN EXISTS (SELECT 1 FROM {cio_send_ledger}"
+                " WHERE pipeline_name = ?) THEN 1 ELSE 0 END"
+                " ON CONFLICT (pipeline_name) DO NOTHING",
+                [pipeline_name, uuid.uuid4().hex, pipeline_name],
             )
 
     def blockers(self, keys: Sequence[str], *, reclaim_pending: bool = False) -> dict[str, str]:
@@ -86,17 +93,20 @@ class SendLedger:
 
         Nothing is written: a key is claimed by `claim` right before its request.
         """
+        found = list(
+            self._store.read_in(
+                "SELECT send_key, state FROM {{cio_send_ledger}} WHERE pipeline_name = ?"
+                " AND send_key IN ({marks})",
+                [self._pipeline],
+                keys,
+            )
+        )
         blockers: dict[str, str] = {}
-        with self._backend.connection() as db:
-            for start in range(0, len(keys), 500):
-                chunk = list(keys[start : start + 500])
-                marks = ",".join("?" * len(chunk))
-                for key, state in db.execute(
-                    f"SELECT send_key, state FROM send_ledger WHERE send_key IN ({marks})", chunk
-                ):
-                    blocker = self._blocker(key, state, reclaim_pending, self._in_flight)
-                    if blocker is not None:
-                        blockers[key] = blocker
+        with self._lock:
+            for key, state in found:
+                blocker = self._blocker(key, state, reclaim_pending, self._in_flight)
+                if blocker is not None:
+                    blockers[key] = blocker
         return blockers
 
     @staticmethod
@@ -122,7 +132,7 @@ class SendLedger:
         return write.blocked_by
 
     def mark_sent(self, key: str, delivery_id: str | None) -> None:
-        """Record, on disk, that Customer.io took the send of `key`: it is never sent again."""
+        """Record that Customer.io took the send of `key`: it is never sent again."""
         self._commit(_LedgerWrite(_SENT, key, delivery_id=delivery_id))
 
     def release(self, key: str) -> None:
@@ -138,7 +148,7 @@ class SendLedger:
 
     def keep_pending(self, key: str) -> None:
         """The send of `key` may or may not have been delivered: it stays pending for good."""
-        with self._backend.connection():
+        with self._lock:
             self._in_flight.discard(key)
 
     def _commit(self, write: _LedgerWrite) -> None:
@@ -167,47 +177,84 @@ class SendLedger:
             raise write.error
 
     def _apply(self, batch: list[_LedgerWrite]) -> None:
-        now = time.time()
-        with self._backend.connection() as db:
+        """One transaction for the batch; synced to disk when it claims (or stamps): a claim
+        must be on disk before its request leaves, a lost `sent` only leaves a key uncertain."""
+        durable = any(write.op in (_CLAIM, _STAMP) for write in batch)
+        with self._lock:
             in_flight = set(self._in_flight)
-            with atomic(db):
-                self._write(db, batch, in_flight, now)
+            with self._store.transaction(durable=durable) as tx:
+                self._write(tx, batch, in_flight, time.time())
             self._in_flight = in_flight  # only once the changes are on disk
 
     def _write(
-        self, db: sqlite3.Connection, batch: list[_LedgerWrite], in_flight: set[str], now: float
+        self, tx: Transaction, batch: list[_LedgerWrite], in_flight: set[str], now: float
     ) -> None:
+        claims = [write for write in batch if write.op == _CLAIM]
+        states = self._states(tx, [write.key for write in claims])
+        rows = []
         for write in batch:
             if write.op == _CLAIM:
-                row = db.execute(
-                    "SELECT state FROM send_ledger WHERE send_key = ?", (write.key,)
-                ).fetchone()
                 write.blocked_by = self._blocker(
-                    write.key, row[0] if row else None, write.reclaim, in_flight
+                    write.key, states.get(write.key), write.reclaim, in_flight
                 )
                 if write.blocked_by is None:
-                    db.execute(
-                        "INSERT OR REPLACE INTO send_ledger VALUES (?,?,?,?,?,?)",
-                        (write.key, write.table, PENDING, None, write.load_id, now),
-                    )
+                    row = (self._pipeline, write.key, write.table, PENDING, None, write.load_id)
+                    rows.append((*row, now))
+                    states[write.key] = PENDING
                     in_flight.add(write.key)
             elif write.op == _SENT:
-                db.execute(
-                    "UPDATE send_ledger SET state = ?, delivery_id = ?, updated_at = ?"
-                    " WHERE send_key = ?",
-                    (SENT, write.delivery_id, now, write.key),
+                self._flush(tx, rows)
+                tx.execute(
+                    "UPDATE {cio_send_ledger} SET state = ?, delivery_id = ?, updated_at = ?"
+                    " WHERE pipeline_name = ? AND send_key = ?",
+                    [SENT, write.delivery_id, now, self._pipeline, write.key],
                 )
+                states[write.key] = SENT
                 in_flight.discard(write.key)
             elif write.op == _RELEASE:
-                db.execute(
-                    "DELETE FROM send_ledger WHERE send_key = ? AND state = ?",
-                    (write.key, PENDING),
+                self._flush(tx, rows)
+                tx.execute(
+                    "DELETE FROM {cio_send_ledger} WHERE pipeline_name = ? AND send_key = ?"
+                    " AND state = ?",
+                    [self._pipeline, write.key, PENDING],
                 )
+                states.pop(write.key, None)
                 in_flight.discard(write.key)
-        db.execute("UPDATE ledger_meta SET value = value + 1 WHERE name = 'generation'")
+        self._flush(tx, rows)
+        tx.execute(
+            "UPDATE {cio_send_ledger_meta} SET generation = generation + 1 WHERE pipeline_name = ?",
+            [self._pipeline],
+        )
+
+    def _states(self, tx: Transaction, keys: list[str]) -> dict[str, str]:
+        states: dict[str, str] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            states.update(
+                tx.execute(  # type: ignore[arg-type]
+                    "SELECT send_key, state FROM {cio_send_ledger} WHERE pipeline_name = ?"
+                    f" AND send_key IN ({marks})",
+                    [self._pipeline, *chunk],
+                )
+            )
+        return states
+
+    def _flush(self, tx: Transaction, rows: list[tuple[object, ...]]) -> None:
+        """Write the claims gathered so far (before a later change of the same batch)."""
+        if rows:
+            tx.upsert(
+                "cio_send_ledger",
+                (*self._COLUMNS, "updated_at"),
+                ("pipeline_name", "send_key"),
+                rows,
+            )
+            rows.clear()
 
     def identity(self) -> tuple[str, int]:
-        """The ledger's id (new with every new file) and its generation (counts its commits)."""
-        with self._backend.connection() as db:
-            meta = dict(db.execute("SELECT name, value FROM ledger_meta").fetchall())
-        return str(meta["ledger_id"]), int(meta["generation"])
+        """The ledger's id (new with every new ledger) and its generation (counts its commits)."""
+        rows = self._store.read(
+            "SELECT ledger_id, generation FROM {cio_send_ledger_meta} WHERE pipeline_name = ?",
+            [self._pipeline],
+        )
+        return str(rows[0][0]), int(rows[0][1])

@@ -8,15 +8,15 @@ row.
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import orjson
 
 from cio_destination.entries import Rejection
 from cio_destination.framing import frame
-from cio_destination.state.backend import StateFile
+from cio_destination.limits import identifier_or_none
+from cio_destination.state.backend import StateStore, now
 from cio_destination.values import recordable_json
 
 
@@ -46,74 +46,110 @@ def reject_id(load_id: str, table: str, reason: str, field: str | None, row_json
 class RejectedRows:
     """The rejected rows of one pipeline, per load and table."""
 
-    SCHEMA = """
-        CREATE TABLE IF NOT EXISTS rejected_rows (
-            reject_id TEXT PRIMARY KEY,
+    TABLES = (
+        """CREATE TABLE IF NOT EXISTS {cio_rejected_rows} (
+            pipeline_name TEXT NOT NULL,
+            reject_id TEXT NOT NULL,
             load_id TEXT NOT NULL,
             table_name TEXT NOT NULL,
             action TEXT NOT NULL,
             row_key TEXT NOT NULL,
+            person TEXT,
             reason TEXT NOT NULL,
             field TEXT,
             message TEXT NOT NULL,
-            row_json BLOB NOT NULL,
-            rejected_at REAL NOT NULL
-        );
-        CREATE INDEX IF NOT EXISTS rejected_rows_load ON rejected_rows (load_id, table_name);
-    """
+            row_json {blob} NOT NULL,
+            rejected_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (pipeline_name, reject_id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS cio_rejected_rows_load"
+        " ON {cio_rejected_rows} (pipeline_name, load_id, table_name)",
+        "CREATE INDEX IF NOT EXISTS cio_rejected_rows_person"
+        " ON {cio_rejected_rows} (pipeline_name, person)",
+    )
     """The tables it keeps."""
+    _COLUMNS = (
+        "pipeline_name",
+        "reject_id",
+        "load_id",
+        "table_name",
+        "action",
+        "row_key",
+        "person",
+        "reason",
+        "field",
+        "message",
+        "row_json",
+        "rejected_at",
+    )
 
-    def __init__(self, backend: StateFile) -> None:
-        self._backend = backend
+    def __init__(self, store: StateStore, pipeline_name: str) -> None:
+        self._store = store
+        self._pipeline = pipeline_name
 
     def record(
-        self, load_id: str, table: str, action: str, rejections: Sequence[Rejection]
+        self,
+        load_id: str,
+        table: str,
+        action: str,
+        rejections: Sequence[Rejection],
+        *,
+        person_column: str | None = None,
+        keep_columns: Collection[str] | None = None,
     ) -> None:
-        """Store rejections; a replayed batch rewrites the same records instead of doubling them."""
+        """Store rejections; a replayed batch rewrites the same records instead of doubling them.
+
+        `person_column`: the column holding the person a row is about (an erasure purges their
+        records by it); `keep_columns`: with `rejected_row_payload = "keys_only"`, the only
+        columns of the row that are kept (None: the whole row).
+        """
         if not rejections:
             return
-        now = time.time()
+        at = now()
         records = []
         for rejection in rejections:
             row_json = row_to_json(rejection.row)
+            kept = row_json
+            if keep_columns is not None:
+                kept = row_to_json({k: v for k, v in rejection.row.items() if k in keep_columns})
+            person = rejection.row.get(person_column) if person_column else None
             records.append(
                 (
+                    self._pipeline,
                     reject_id(load_id, table, rejection.reason, rejection.field, row_json),
                     load_id,
                     table,
                     action,
                     rejection.row_key,
+                    None if person is None else identifier_or_none(person),
                     rejection.reason,
                     rejection.field,
                     rejection.message,
-                    row_json,
-                    now,
+                    kept,
+                    at,
                 )
             )
-        with self._backend.transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO rejected_rows VALUES (?,?,?,?,?,?,?,?,?,?)", records
-            )
+        with self._store.transaction() as tx:
+            tx.upsert("cio_rejected_rows", self._COLUMNS, ("pipeline_name", "reject_id"), records)
 
     def rows(
         self, load_id: str | None = None, table: str | None = None
     ) -> Iterator[dict[str, Any]]:
         """The rejections recorded (of one load, of one table), oldest first, each as
         `rejected_rows` yields it."""
-        query = "SELECT * FROM rejected_rows"
-        clauses, params = [], []
+        query = (
+            "SELECT reject_id, load_id, table_name, action, row_key, reason, field, message,"
+            " row_json, rejected_at FROM {cio_rejected_rows} WHERE pipeline_name = ?"
+        )
+        params: list[Any] = [self._pipeline]
         if load_id is not None:
-            clauses.append("load_id = ?")
+            query += " AND load_id = ?"
             params.append(load_id)
         if table is not None:
-            clauses.append("table_name = ?")
+            query += " AND table_name = ?"
             params.append(table)
-        if clauses:
-            query += " WHERE " + " AND ".join(clauses)
         query += " ORDER BY rejected_at, reject_id"
-        with self._backend.connection() as db:
-            rows = db.execute(query, params).fetchall()
-        for row in rows:
+        for row in self._store.read(query, params):
             (rid, load, table_name, action, row_key, reason, field, message, row_json, at) = row
             yield {
                 "reject_id": rid,
@@ -127,3 +163,19 @@ class RejectedRows:
                 "row": orjson.loads(row_json),
                 "rejected_at": at,
             }
+
+    def purge_older_than(self, cutoff: float) -> None:
+        """Drop the records made before `cutoff` (unix seconds): `state_retention_days`."""
+        with self._store.transaction() as tx:
+            tx.execute(
+                "DELETE FROM {cio_rejected_rows} WHERE pipeline_name = ? AND rejected_at < ?",
+                [self._pipeline, cutoff],
+            )
+
+    def erase(self, identifiers: Sequence[str]) -> None:
+        """Drop every record of these people (the row's person, or its row key)."""
+        with self._store.transaction() as tx:
+            for column in ("person", "row_key"):
+                tx.delete_in(
+                    "cio_rejected_rows", "pipeline_name = ?", [self._pipeline], column, identifiers
+                )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cio_destination.state.backend import StateFile
+from cio_destination.state.backend import StateStore
 
 COUNTERS = (
     "rows_in",
@@ -40,66 +40,74 @@ COLUMNS = (
 class BatchReports:
     """The batch records of one pipeline, per load."""
 
-    SCHEMA = """
-        CREATE TABLE IF NOT EXISTS batch_stats (
+    TABLES = (
+        """CREATE TABLE IF NOT EXISTS {cio_batch_reports} (
+            pipeline_name TEXT NOT NULL,
             load_id TEXT NOT NULL,
             table_name TEXT NOT NULL,
             action TEXT NOT NULL,
             batch_id TEXT NOT NULL,
             dry_run INTEGER NOT NULL,
-            rows_in INTEGER NOT NULL,
-            operations INTEGER NOT NULL,
-            accepted INTEGER NOT NULL,
-            rejected INTEGER NOT NULL,
-            skipped INTEGER NOT NULL,
-            requests INTEGER NOT NULL,
-            retries INTEGER NOT NULL,
-            throttled INTEGER NOT NULL,
-            throttled_seconds REAL NOT NULL,
-            started_at REAL NOT NULL,
-            finished_at REAL NOT NULL,
+            rows_in BIGINT NOT NULL,
+            operations BIGINT NOT NULL,
+            accepted BIGINT NOT NULL,
+            rejected BIGINT NOT NULL,
+            skipped BIGINT NOT NULL,
+            requests BIGINT NOT NULL,
+            retries BIGINT NOT NULL,
+            throttled BIGINT NOT NULL,
+            throttled_seconds DOUBLE PRECISION NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL,
+            finished_at DOUBLE PRECISION NOT NULL,
             reasons TEXT NOT NULL,
             samples TEXT NOT NULL,
-            PRIMARY KEY (load_id, table_name, batch_id)
-        );
-    """
+            PRIMARY KEY (pipeline_name, load_id, table_name, batch_id)
+        )""",
+    )
     """The tables it keeps."""
 
-    def __init__(self, backend: StateFile) -> None:
-        self._backend = backend
+    def __init__(self, store: StateStore, pipeline_name: str) -> None:
+        self._store = store
+        self._pipeline = pipeline_name
 
     def record(self, batch: dict[str, Any]) -> None:
         """Store one batch's counters; a replayed batch (same id) replaces its earlier record."""
-        values = [batch[c] for c in COLUMNS]
-        with self._backend.connection() as db:
-            db.execute(
-                f"INSERT OR REPLACE INTO batch_stats ({','.join(COLUMNS)})"
-                f" VALUES ({','.join('?' * len(COLUMNS))})",
-                values,
-            )
+        row = [self._pipeline, *(batch[c] for c in COLUMNS)]
+        keys = ("pipeline_name", "load_id", "table_name", "batch_id")
+        with self._store.transaction() as tx:
+            tx.upsert("cio_batch_reports", ("pipeline_name", *COLUMNS), keys, [row])
 
     def of_load(self, load_id: str) -> list[dict[str, Any]]:
         """The batch records of one load, by table, in the order they started."""
-        with self._backend.connection() as db:
-            cursor = db.execute(
-                "SELECT * FROM batch_stats WHERE load_id = ? ORDER BY table_name, started_at",
-                (load_id,),
-            )
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        rows = self._store.read(
+            f"SELECT {', '.join(COLUMNS)} FROM {{cio_batch_reports}}"
+            " WHERE pipeline_name = ? AND load_id = ? ORDER BY table_name, started_at",
+            [self._pipeline, load_id],
+        )
+        return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
 
     def load_ids(self) -> list[str]:
         """Every load that recorded a batch, in the order they started."""
-        with self._backend.connection() as db:
-            rows = db.execute(
-                "SELECT load_id FROM batch_stats GROUP BY load_id ORDER BY MIN(started_at)"
-            ).fetchall()
+        rows = self._store.read(
+            "SELECT load_id FROM {cio_batch_reports} WHERE pipeline_name = ?"
+            " GROUP BY load_id ORDER BY MIN(started_at)",
+            [self._pipeline],
+        )
         return [row[0] for row in rows]
 
     def latest_load_id(self) -> str | None:
         """The load that recorded a batch last, if any did."""
-        with self._backend.connection() as db:
-            row = db.execute(
-                "SELECT load_id FROM batch_stats ORDER BY finished_at DESC LIMIT 1"
-            ).fetchone()
-        return row[0] if row else None
+        rows = self._store.read(
+            "SELECT load_id FROM {cio_batch_reports} WHERE pipeline_name = ?"
+            " ORDER BY finished_at DESC LIMIT 1",
+            [self._pipeline],
+        )
+        return rows[0][0] if rows else None
+
+    def purge_older_than(self, cutoff: float) -> None:
+        """Drop the records of batches finished before `cutoff`: `state_retention_days`."""
+        with self._store.transaction() as tx:
+            tx.execute(
+                "DELETE FROM {cio_batch_reports} WHERE pipeline_name = ? AND finished_at < ?",
+                [self._pipeline, cutoff],
+            )

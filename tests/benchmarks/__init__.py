@@ -10,18 +10,24 @@ Sections (`--only NAME`, repeatable):
 
 * `dict`: 200,000 identify rows as dicts through a whole dlt pipeline (extract, normalize, load)
   into this destination and into a do-nothing `@dlt.destination(batch_size=10_000)`; their ratio.
-* `arrow`: 1,000,000 identify rows yielded as Arrow tables into this destination, against a
-  hand-written floor (Arrow -> orjson -> httpx posting the same <= 500 KB bodies, no dlt); the ratio
-  and the payload MB/s. The do-nothing destination's Arrow rate is printed for context.
+* `arrow`: 1,000,000 identify rows yielded as Arrow tables into this destination, into the
+  do-nothing destination, and through the kernel floor (`tests/benchmarks/floor.py`: the same
+  operations written by Arrow kernels, packed without a per-entry Python loop and posted to the
+  same sink within the same rate limit, no dlt), side by side: rows/s, MB/s, CPU-us/row and
+  requests of each; the ratios to the floor and to do-nothing, this destination's CPU per row
+  over dlt's own, and its requests against the floor's.
 * `events`: 1,000,000 event rows (one purchase event per row, de-duplicated by person and time)
-  as Arrow tables, rows/s and payload MB/s against Customer.io's 50 MB/s budget; and 200,000 as
-  dicts, against the do-nothing destination.
+  as Arrow tables, the same three sides as `arrow`; and 200,000 as dicts, against the
+  do-nothing destination.
 * `memory`: peak RSS (VmHWM) of 100,000- and 1,000,000-row runs, Arrow and dict, this destination
   and the do-nothing one, each in a fresh process with the rows built while they are consumed;
   the 1M ratio to the do-nothing destination and the 1M/100k growth ("flat" = at most 1.2x).
 * `latency`: a sink that answers after 200 ms, `requests_per_second=50` and
   `max_request_bytes=1000`, so the sync needs ~500 requests: achieved requests/s and its share of
   the 50/s budget (the load step's time).
+* `state`: a 1,000,000-row DuckDB table synced plainly, against `changes_only` with `state_url`
+  on PostgreSQL: the first sync, a re-sync with nothing changed and one with 1% changed (see
+  `tests/benchmarks/state.py`).
 * `official`: the anchor, Customer.io's official Python client (customerio-python 3.x,
   `pip install -e ".[bench]"`) end to end from a 1,000,000-row DuckDB table: DuckDB's fetch,
   operations chunked under 500 KB, `batch()` from 32 threads; against this destination reading
@@ -33,7 +39,10 @@ Sections (`--only NAME`, repeatable):
   cio_destination's own code. Runs by itself when a throughput target is missed.
 
 Every measured run is a fresh process (`tests.benchmarks.runs`); ratios come from runs interleaved
-in one invocation (best of `--repeat`, default 3), because the machine is shared and noisy. The
+in one invocation (best of `--repeat`, default 3), because the machine is shared and noisy. Each
+run also reports its process CPU (every thread, from after its data is built and its warm-up run
+is done), printed as CPU-us/row beside its wall rate: CPU time moves far less with the machine's
+load than wall time. Every ratio is printed with its target and PASS or MISS. The
 lean sink (`tests.benchmarks.sink`) is an asyncio server in its own process on 127.0.0.1; it counts
 operations, and every run asserts that the operations it received equal the rows sent.
 

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from cio_destination.batching import ENVELOPE_BYTES
-from tests.benchmarks import data, official
+from tests.benchmarks import data, official, state
 from tests.benchmarks.sink import SinkProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +34,7 @@ SECTIONS = (
     "memory",
     "latency",
     "changes",
+    "state",
     "official",
     "profile",
 )
@@ -41,6 +42,7 @@ SECTIONS = (
 FULL = {
     "dict_rows": 200_000,
     "changes_rows": 1_000_000,
+    "state_rows": 1_000_000,
     "arrow_rows": 1_000_000,
     "events_arrow_rows": 1_000_000,
     "events_dict_rows": 200_000,
@@ -54,9 +56,22 @@ FULL = {
 
 # Targets: (figure, comparison, threshold)
 TARGETS = {
-    "dict_ratio": (">=", 0.8),
+    **state.TARGETS,
+    "dict_ratio": (">=", 0.85),
+    # against the kernel floor (tests/benchmarks/floor.py), dlt included on our side
     "arrow_ratio": (">=", 0.5),
+    # against dlt alone: the CPU target below (at most 2.3 us/row over dlt's own) allows half
+    "arrow_vs_do_nothing": (">=", 0.5),
+    "arrow_cpu_over_dlt_us_per_row": ("<=", 2.3),
+    "arrow_requests_vs_floor": ("<=", 1.01),
+    "arrow_op_bytes_vs_floor": ("<=", 1.0),
     "arrow_mb_per_s": (">", 50.0),
+    "events_arrow_ratio": (">=", 0.5),
+    # an event id hashed per row: at most 4 us/row over dlt's own allows a third of dlt's rate
+    "events_arrow_vs_do_nothing": (">=", 0.33),
+    "events_arrow_cpu_over_dlt_us_per_row": ("<=", 4.0),
+    "events_arrow_requests_vs_floor": ("<=", 1.01),
+    "events_arrow_op_bytes_vs_floor": ("<=", 1.0),
     "events_arrow_mb_per_s": (">", 50.0),
     "events_dict_ratio": (">=", 0.8),
     "memory_ratio_arrow": ("<=", 1.5),
@@ -126,6 +141,7 @@ class Bench:
         print(
             f"  {label:<34} {result['spec']['rows']:>9,} rows"
             f"  {seconds['total']:7.2f} s  {rate(result):>12,.0f} rows/s"
+            f"  {cpu_per_row(result):5.2f} CPU-us/row"
             f"  peak RSS {result['peak_rss_kb'] / 1024:6.0f} MB",
             flush=True,
         )
@@ -159,6 +175,7 @@ class Bench:
             passed = {
                 ">=": value >= threshold,
                 ">": value > threshold,
+                "<": value < threshold,
                 "<=": value <= threshold,
             }[comparison]
             status = "PASS" if passed else "MISS"
@@ -169,6 +186,13 @@ class Bench:
             "status": status,
             **info,
         }
+
+    def rate_figures(self, name: str, runs: list[dict[str, Any]]) -> float:
+        """`<name>_rows_per_s` (wall, best run) and `<name>_cpu_us_per_row` (least CPU) of runs;
+        returns the rate."""
+        self.figure(f"{name}_rows_per_s", best(runs), "rows/s", runs=rates(runs))
+        self.figure(f"{name}_cpu_us_per_row", best_cpu(runs), "us/row")
+        return best(runs)
 
     def side_by_side(self, specs: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         """Each spec `repeat` times, interleaved, so the machine's noise hits all sides alike."""
@@ -190,11 +214,8 @@ class Bench:
                 "dict do-nothing": self.spec("nothing", "dict", rows, warmup=warm),
             }
         )
-        ours, nothing = best(results["dict customerio"]), best(results["dict do-nothing"])
-        self.figure("dict_rows_per_s", ours, "rows/s", runs=rates(results["dict customerio"]))
-        self.figure(
-            "dict_do_nothing_rows_per_s", nothing, "rows/s", runs=rates(results["dict do-nothing"])
-        )
+        ours = self.rate_figures("dict", results["dict customerio"])
+        nothing = self.rate_figures("dict_do_nothing", results["dict do-nothing"])
         self.figure("dict_ratio", ours / nothing, "x")
         load = min(r["seconds"]["load"] for r in results["dict customerio"])
         idle = min(r["seconds"]["load"] for r in results["dict do-nothing"])
@@ -208,39 +229,58 @@ class Bench:
     def section_arrow(self) -> None:
         rows = self.sizes["arrow_rows"]
         print(f"\n[arrow] {rows:,} identify rows as Arrow tables")
+        self.against_floor("arrow", "identify", rows)
+
+    def against_floor(self, prefix: str, action: str, rows: int) -> None:
+        """This destination, the kernel floor and the do-nothing destination on the same Arrow
+        rows, side by side: wall rows/s, MB/s and CPU-us/row of each, and their ratios."""
         warm = self.sizes["warmup_rows"]
+        sides = {"customerio": "customerio", "floor": "floor", "do-nothing": "nothing"}
         results = self.side_by_side(
             {
-                "arrow customerio": self.spec("customerio", "arrow", rows, warmup=warm),
-                "arrow floor": self.spec("floor", "arrow", rows, warmup=warm),
-                "arrow do-nothing": self.spec("nothing", "arrow", rows, warmup=warm),
+                f"{prefix} {side}": self.spec(target, "arrow", rows, warmup=warm, action=action)
+                for side, target in sides.items()
             }
         )
-        ours, floor = best(results["arrow customerio"]), best(results["arrow floor"])
-        self.figure("arrow_rows_per_s", ours, "rows/s", runs=rates(results["arrow customerio"]))
-        self.figure("arrow_floor_rows_per_s", floor, "rows/s", runs=rates(results["arrow floor"]))
-        self.figure(
-            "arrow_do_nothing_rows_per_s",
-            best(results["arrow do-nothing"]),
-            "rows/s",
-            runs=rates(results["arrow do-nothing"]),
+        ours, floor_, nothing = (results[f"{prefix} {side}"] for side in sides)
+        print(
+            f"  {'(best of each)':<20} {'rows/s':>12} {'MB/s':>8} {'CPU-us/row':>11} {'requests':>9}"
         )
-        self.figure("arrow_ratio", ours / floor, "x")
-        fastest = min(results["arrow customerio"], key=lambda r: r["seconds"]["total"])
-        megabytes = fastest["sink"]["body_bytes"] / 1e6
-        self.figure("arrow_mb_per_s", megabytes / fastest["seconds"]["total"], "MB/s")
-        fastest_floor = min(results["arrow floor"], key=lambda r: r["seconds"]["total"])
+        for side, runs in zip(sides, (ours, floor_, nothing), strict=True):
+            name = "" if side == "customerio" else "_" + side.replace("-", "_")
+            fastest = min(runs, key=lambda r: r["seconds"]["total"])
+            megabytes = fastest["sink"]["body_bytes"] / 1e6 / fastest["seconds"]["total"]
+            self.rate_figures(f"{prefix}{name}", runs)
+            if side != "do-nothing":
+                self.figure(f"{prefix}{name}_mb_per_s", megabytes, "MB/s")
+                self.figure(
+                    f"{prefix}{name}_requests", fastest["sink"]["batch_requests"], "requests"
+                )
+            print(
+                f"  {side:<20} {best(runs):>12,.0f} {megabytes:>8.1f} {best_cpu(runs):>11.2f}"
+                f" {fastest['sink']['batch_requests']:>9}"
+            )
+        self.figure(f"{prefix}_ratio", best(ours) / best(floor_), "x", note="vs the kernel floor")
+        self.figure(f"{prefix}_vs_do_nothing", best(ours) / best(nothing), "x")
         self.figure(
-            "arrow_floor_mb_per_s",
-            fastest_floor["sink"]["body_bytes"] / 1e6 / fastest_floor["seconds"]["total"],
-            "MB/s",
+            f"{prefix}_cpu_over_dlt_us_per_row",
+            best_cpu(ours) - best_cpu(nothing),
+            "us/row",
+            note="this destination's CPU per row less the do-nothing destination's",
         )
-        self.figure("arrow_body_bytes_per_row", fastest["sink"]["body_bytes"] / rows, "B")
-        self.figure("arrow_requests", fastest["sink"]["batch_requests"], "requests")
-        self.figure("arrow_floor_requests", fastest_floor["sink"]["batch_requests"], "requests")
+        sink, floor_sink = (
+            min(r, key=lambda r: r["seconds"]["total"])["sink"] for r in (ours, floor_)
+        )
+        self.figure(f"{prefix}_body_bytes_per_row", sink["body_bytes"] / rows, "B")
         self.figure(
-            "arrow_op_bytes_vs_floor",
-            op_bytes(fastest["sink"]) / op_bytes(fastest_floor["sink"]),
+            f"{prefix}_requests_vs_floor",
+            sink["batch_requests"] / floor_sink["batch_requests"],
+            "x",
+            note="requests sent for the same rows; the floor packs across its chunks",
+        )
+        self.figure(
+            f"{prefix}_op_bytes_vs_floor",
+            op_bytes(sink) / op_bytes(floor_sink),
             "x",
             note="the operations' bytes without envelopes: 1.00 = the floor sends the same payload",
         )
@@ -248,24 +288,10 @@ class Bench:
     def section_events(self) -> None:
         """Events, the highest-volume sync: Arrow and dict rows, one event each, with ids."""
         rows = self.sizes["events_arrow_rows"]
-        warm = self.sizes["warmup_rows"]
         print(f"\n[events] {rows:,} event rows as Arrow tables; dicts against do-nothing")
-        arrow = self.side_by_side(
-            {
-                "events arrow customerio": self.spec(
-                    "customerio", "arrow", rows, warmup=warm, action="event"
-                )
-            }
-        )["events arrow customerio"]
-        fastest = min(arrow, key=lambda r: r["seconds"]["total"])
-        self.figure("events_arrow_rows_per_s", best(arrow), "rows/s", runs=rates(arrow))
-        self.figure(
-            "events_arrow_mb_per_s",
-            fastest["sink"]["body_bytes"] / 1e6 / fastest["seconds"]["total"],
-            "MB/s",
-        )
-        self.figure("events_body_bytes_per_row", fastest["sink"]["body_bytes"] / rows, "B")
+        self.against_floor("events_arrow", "event", rows)
         rows = self.sizes["events_dict_rows"]
+        warm = self.sizes["warmup_rows"]
         results = self.side_by_side(
             {
                 "events dict customerio": self.spec(
@@ -276,11 +302,8 @@ class Bench:
                 ),
             }
         )
-        ours = best(results["events dict customerio"])
-        nothing = best(results["events dict do-nothing"])
-        self.figure(
-            "events_dict_rows_per_s", ours, "rows/s", runs=rates(results["events dict customerio"])
-        )
+        ours = self.rate_figures("events_dict", results["events dict customerio"])
+        nothing = self.rate_figures("events_dict_do_nothing", results["events dict do-nothing"])
         self.figure("events_dict_ratio", ours / nothing, "x")
 
     def section_memory(self) -> None:
@@ -365,6 +388,15 @@ class Bench:
             "of the run",
             note="the diff and sends, against reading the source (extract + normalize)",
         )
+
+    def section_state(self) -> None:
+        spec = self.spec("state", "arrow", self.sizes["state_rows"])
+        figures, failures = state.section(spec, 1 if self.args.quick else self.repeat)
+        for name, value in figures.items():
+            self.figure(name, value, "x" if name in state.TARGETS else "s")
+        for failure in failures:
+            self.failures.append(f"state: {failure}")
+            print(f"  CHECK FAILED state: {failure}", flush=True)
 
     def section_official(self) -> None:
         official.section(self)
@@ -479,6 +511,15 @@ def rates(results: list[dict[str, Any]]) -> list[float]:
 
 def best(results: list[dict[str, Any]]) -> float:
     return max(rate(r) for r in results)
+
+
+def cpu_per_row(result: dict[str, Any]) -> float:
+    """Process CPU (every thread) of the measured run, in microseconds per row."""
+    return float(result.get("cpu_seconds", 0.0)) / result["spec"]["rows"] * 1e6
+
+
+def best_cpu(results: list[dict[str, Any]]) -> float:
+    return min(cpu_per_row(r) for r in results)
 
 
 def op_bytes(sink: dict[str, Any]) -> int:

@@ -4,15 +4,17 @@ The parent (`python -m tests.benchmarks`) starts one of these per measurement, s
 a heap, a GC state or a peak RSS. The spec names the run:
 
 * `target`: `customerio` (this destination), `nothing` (a do-nothing `@dlt.destination`),
-  or `floor` (Arrow -> orjson -> httpx, no dlt);
+  or `floor` (the kernel floor of `tests.benchmarks.floor`, no dlt);
 * `kind`: `dict` or `arrow` rows; `rows`; `action`: `identify` (default) or `event`; `lazy` (build the data while it is consumed, for memory
   runs) or not (build it all before the clock starts);
 * `sink`, `site_id`, `api_key`, `requests_per_second`, `max_request_bytes`;
 * `warmup`: rows of an unmeasured run first (imports, first-call set-up, the credential probe);
 * `profile`: a path to write cProfile stats of the measured run to (every thread).
 
-The last line on stdout is the result as JSON: seconds per step, the sink's counters for the
-measured run only, and the process's peak RSS (VmHWM).
+The last line on stdout is the result as JSON: seconds per step (wall, and `<step>_cpu`: the
+process's CPU seconds, every thread), `cpu_seconds` of the whole measured run (after the data is
+built and the warm-up run is done), the sink's counters for the measured run only, and the
+process's peak RSS (VmHWM).
 """
 
 from __future__ import annotations
@@ -24,14 +26,13 @@ os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
 
 import cProfile
 import pstats
+import resource
 import shutil
 import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import dlt
@@ -39,7 +40,7 @@ import httpx
 import orjson
 
 from cio_destination import customerio, customerio_adapter
-from tests.benchmarks import data
+from tests.benchmarks import data, floor
 
 DICT_CHUNK = 10_000
 ARROW_CHUNK = 50_000
@@ -56,6 +57,15 @@ def proc_status_kb(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def process_cpu() -> float:
+    """CPU seconds (user + system) of this process's every thread, and of its waited-for children."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def sink_stats(spec: dict[str, Any]) -> dict[str, Any]:
@@ -113,56 +123,39 @@ def run_pipeline(spec: dict[str, Any], chunks: Callable[[], Iterator[Any]], pipe
         pipelines_dir=pipelines_dir,
         dev_mode=True,
     )
-    steps = {}
+    steps: dict[str, float] = {}
     started = time.perf_counter()
+    cpu = process_cpu()
     pipeline.extract(resource_of(chunks, spec.get("action", "identify")))
-    steps["extract"] = time.perf_counter() - started
+    cpu = _step(steps, "extract", started, cpu)
     mark = time.perf_counter()
     pipeline.normalize()
-    steps["normalize"] = time.perf_counter() - mark
+    cpu = _step(steps, "normalize", mark, cpu)
     mark = time.perf_counter()
     info = pipeline.load()
-    steps["load"] = time.perf_counter() - mark
+    _step(steps, "load", mark, cpu)
     steps["total"] = time.perf_counter() - started
     info.raise_on_failed_jobs()
     return steps
 
 
-# -- the floor: Arrow -> orjson -> httpx, no dlt ------------------------------------------------------
+def _step(steps: dict[str, float], name: str, mark: float, cpu: float) -> float:
+    """Record a step's wall seconds (`name`) and process CPU seconds (`name_cpu`)."""
+    now = process_cpu()
+    steps[name] = time.perf_counter() - mark
+    steps[f"{name}_cpu"] = now - cpu
+    return now
+
+
+# -- the floor: the same operations written by Arrow kernels, packed and sent, no dlt ----------------
 
 
 def run_floor(spec: dict[str, Any], chunks: Callable[[], Iterator[Any]]) -> dict[str, float]:
-    """The same bodies the destination sends, from the same Arrow tables, with nothing else."""
-    with (
-        httpx.Client(
-            base_url=spec["sink"],
-            auth=(spec["site_id"], spec["api_key"]),
-            headers={"content-type": "application/json"},
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
-        ) as client,
-        ThreadPoolExecutor(4) as pool,
-    ):
-        pending: deque[Future[httpx.Response]] = deque()
-
-        def post(body: bytes) -> None:
-            pending.append(pool.submit(client.post, "/api/v2/batch", content=body))
-            while len(pending) > 8:
-                pending.popleft().result().raise_for_status()
-
-        started = time.perf_counter()
-        packer = data.BodyPacker(spec["max_request_bytes"])
-        for table in chunks():
-            for entry in data.floor_entries(table):
-                body = packer.add(entry)
-                if body is not None:
-                    post(body)
-        last = packer.flush()
-        if last is not None:
-            post(last)
-        while pending:
-            pending.popleft().result().raise_for_status()
-        elapsed = time.perf_counter() - started
-    return {"total": elapsed}
+    """The same bodies the destination sends, from the same Arrow tables (`floor`)."""
+    write = floor.event_operations if spec.get("action") == "event" else floor.identify_operations
+    started = time.perf_counter()
+    floor.run(spec, chunks, write)
+    return {"total": time.perf_counter() - started}
 
 
 # -- Customer.io's official client's pattern: one v1 identify per row ---------------------------------
@@ -297,12 +290,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         profiles = ThreadProfiles() if spec.get("profile") else None
         if profiles is not None:
             profiles.__enter__()
+        cpu_before = process_cpu()
         if target == "changes":
             pass  # measured above
         elif target == "floor":
             steps = run_floor(spec, chunks)
         else:
             steps = run_pipeline(spec, chunks, pipelines_dir)
+        cpu = process_cpu() - cpu_before
         if profiles is not None:
             profiles.__exit__(None, None, None)
             profiles.dump(spec["profile"])
@@ -329,6 +324,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "spec": spec,
         "seconds": steps,
+        "cpu_seconds": cpu,
         "sink": delta,
         "rss_before_kb": rss_before,
         "peak_rss_kb": proc_status_kb("VmHWM"),

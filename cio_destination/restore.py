@@ -1,0 +1,204 @@
+"""Runners that start empty: the dlt state of the last completed load, and one run at a time.
+
+With `state_url`, a run of a pipeline holds a lease in the state database (taken by
+`restore_state`, or by the destination when a load starts; beaten every quarter of
+`lease_timeout`; given back when `pipeline.run()` ends), and when a load completes the
+pipeline's dlt state (the incremental cursors) and schemas are saved there. `restore_state`
+brings them back on a runner whose working directory is empty or older. dlt reports the end of
+each step to its tracking modules (`dlt.pipeline.trace.TRACKING_MODULES`); this module is one of
+them. A load that did not complete leaves the saved state as it was: the next runner reads its
+rows again, and they are delivered idempotently (event ids, identifies, the send ledger).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import dlt
+import orjson
+from dlt.common.schema import Schema
+from dlt.common.versioned_state import decompress_state
+from dlt.pipeline import trace
+from dlt.pipeline.state_sync import mark_state_extracted, migrate_state_to_current, state_doc
+
+from cio_destination.configuration import CustomerioConfiguration, pipeline_configuration
+from cio_destination.exceptions import PipelineLeaseError
+from cio_destination.state import PipelineState, state_for
+from cio_destination.state.runs import SavedDltState
+
+__all__ = ["restore_state"]
+
+logger = logging.getLogger("cio_destination")
+
+
+@dataclass
+class _Lease:
+    """A lease this process holds, and the thread that beats it."""
+
+    state: PipelineState
+    holder: str
+    timeout: float
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def beat_until_stopped(self) -> None:
+        while not self.stop.wait(self.timeout / 4):
+            try:
+                if not self.state.runs.beat(self.holder):
+                    logger.error(
+                        "customerio: pipeline %s: its lease was taken over by another run",
+                        self.state.pipeline_name,
+                    )
+                    return
+            except Exception as error:  # the database may be back at the next beat
+                logger.warning("customerio: lease heartbeat failed (%s)", type(error).__name__)
+
+
+_leases: dict[tuple[int, str], _Lease] = {}
+_leases_lock = threading.Lock()
+
+
+def hold_lease(state: PipelineState, config: CustomerioConfiguration) -> None:
+    """Hold the pipeline's lease in a shared store until `pipeline.run()` ends; raise
+    `PipelineLeaseError` when a live run of the pipeline holds it."""
+    if not state.store.shared or config.dry_run:
+        return
+    key = (id(state.store), state.pipeline_name)
+    with _leases_lock:
+        if key in _leases:
+            return
+        holder = uuid.uuid4().hex
+        found = state.runs.take_lease(
+            holder, socket.gethostname(), os.getpid(), config.lease_timeout
+        )
+        if found.holder != holder:
+            raise PipelineLeaseError(
+                state.pipeline_name,
+                found.host,
+                found.pid,
+                datetime.datetime.fromtimestamp(found.started_at, datetime.timezone.utc),
+                config.lease_timeout,
+            )
+        lease = _leases[key] = _Lease(state, holder, config.lease_timeout)
+    threading.Thread(target=lease.beat_until_stopped, daemon=True, name="cio-lease").start()
+
+
+def release_leases(pipeline_name: str) -> None:
+    """Give back the leases this process holds for a pipeline."""
+    with _leases_lock:
+        held = [k for k in _leases if k[1] == pipeline_name]
+        leases = [_leases.pop(k) for k in held]
+    for lease in leases:
+        lease.stop.set()
+        try:
+            lease.state.runs.release(lease.holder)
+        except Exception as error:  # it runs out by itself after lease_timeout
+            logger.warning(
+                "customerio: the lease could not be given back (%s)", type(error).__name__
+            )
+
+
+def _shared_state(pipeline: Any) -> tuple[PipelineState, CustomerioConfiguration] | None:
+    config = pipeline_configuration(pipeline)
+    location = config.state_location() if config is not None else None
+    if config is None or location is None:
+        return None
+    return state_for(pipeline.working_dir, pipeline.pipeline_name, location), config
+
+
+def restore_state(pipeline: dlt.Pipeline) -> bool:
+    """Bring back the pipeline's dlt state (incremental cursors) of its last completed load
+    from `state_url`, when the local copy is missing or older; call it before `pipeline.run()`.
+
+    It also takes the pipeline's lease for this run: a live run of the same pipeline elsewhere
+    stops it with `PipelineLeaseError`, before anything is read or sent. Returns whether the
+    local state was replaced. Without `state_url` it does nothing and returns False.
+    """
+    found = _shared_state(pipeline)
+    if found is None:
+        return False
+    state, config = found
+    hold_lease(state, config)
+    return _restore(pipeline, state)
+
+
+def _restore(pipeline: dlt.Pipeline, state: PipelineState) -> bool:
+    saved = state.runs.dlt_state()
+    if saved is None:
+        return False
+    local = pipeline._get_state()  # dlt has no public call for it (dlt issue 1233)
+    if saved.version < local["_state_version"] or saved.version_hash == local.get("_version_hash"):
+        return False
+    remote = migrate_state_to_current(
+        pipeline.pipeline_name,
+        decompress_state(saved.state),  # type: ignore[arg-type]
+    )
+    remote["_local"] = local["_local"]
+    mark_state_extracted(remote, remote["_version_hash"])
+    schemas = [Schema.from_dict(stored) for stored in orjson.loads(saved.schemas)]
+    pipeline._install_state_and_schemas(remote, schemas, replace=True, update_last_run_context=True)
+    logger.info(
+        "customerio: pipeline %s: restored its dlt state (version %d) from %s",
+        pipeline.pipeline_name,
+        saved.version,
+        state.path,
+    )
+    return True
+
+
+def save_state(pipeline: Any) -> None:
+    """Save the pipeline's dlt state to `state_url` after a load completed with nothing pending."""
+    found = _shared_state(pipeline)
+    if found is None or found[1].dry_run or pipeline.has_pending_data:
+        return
+    doc = state_doc(pipeline.state)
+    schemas = [schema.to_dict() for schema in pipeline.schemas.values()]
+    found[0].runs.save_dlt_state(
+        SavedDltState(
+            version=int(doc["version"]),
+            version_hash=str(doc["version_hash"]),
+            state=str(doc["state"]),
+            schemas=orjson.dumps(schemas, default=str).decode(),
+        )
+    )
+
+
+class _Tracking:
+    """dlt's tracking hooks: restore the state before an extract, save it after a completed
+    load, give the lease back at the end of a run (dlt logs a hook's error as a warning)."""
+
+    def on_start_trace(self, trace: Any, step: str, pipeline: Any) -> None:
+        pass
+
+    def on_start_trace_step(self, trace: Any, step: str, pipeline: Any) -> None:
+        """Before an extract: the saved state, if the local one is missing or older (a run
+        that did not call `restore_state`, such as a task of dlt's Airflow helper)."""
+        if step != "extract":
+            return
+        found = _shared_state(pipeline)
+        if found is not None:  # a dry run's scratch copy too: it only reads the state
+            _restore(pipeline, found[0])
+
+    def on_end_trace_step(
+        self, trace: Any, step: Any, pipeline: Any, step_info: Any, send_state: bool
+    ) -> None:
+        if step.step == "load" and step.step_exception is None:
+            save_state(pipeline)
+
+    def on_end_trace(self, trace: Any, pipeline: Any, send_state: bool) -> None:
+        release_leases(pipeline.pipeline_name)
+
+
+_TRACKING = _Tracking()
+
+
+def install_tracking() -> None:
+    """Register the hooks with dlt, once."""
+    if _TRACKING not in trace.TRACKING_MODULES:
+        trace.TRACKING_MODULES.append(_TRACKING)

@@ -1,0 +1,291 @@
+"""The state store seam: the same repositories over the local file and over `state_url`
+(SQLite and DuckDB URLs here; PostgreSQL in tests/test_state_url.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from cio_destination import CustomerioTerminalError
+from cio_destination.configuration import CustomerioConfiguration
+from cio_destination.entries import Rejection
+from cio_destination.report import key_columns
+from cio_destination.state import TABLES, PipelineState
+from cio_destination.state.backend import SCHEMA_VERSION, SqlStore, StateFile, StateStore
+
+
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'state.db'}"
+
+
+def duckdb_url(tmp_path: Path) -> str:
+    return f"duckdb:///{tmp_path / 'state.duckdb'}"
+
+
+@pytest.fixture(params=["file", "sqlite_url", "duckdb_url"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> StateStore:
+    if request.param == "file":
+        made: StateStore = StateFile(tmp_path / "state.sqlite", TABLES, "p")
+    else:
+        url = sqlite_url(tmp_path) if request.param == "sqlite_url" else duckdb_url(tmp_path)
+        made = SqlStore(url, None, TABLES, "destination.customerio.state_url")
+    yield made
+    made.close()
+
+
+def rejection(person: str, reason: str = "invalid_value", **row: object) -> Rejection:
+    return Rejection(
+        row={"uid": person, **row}, row_key=person, reason=reason, field="x", message="m"
+    )
+
+
+def test_every_repository_keeps_its_rows_per_pipeline(store: StateStore):
+    mine, other = PipelineState(store, "p"), PipelineState(store, "q")
+    mine.rejects.record("1.1", "people", "identify", [rejection("u1")], person_column="uid")
+    mine.reports.record(batch_record("1.1"))
+    mine.fingerprints.remember("p/people", {"u1": {"r": -(2**63), "a": {"plan": 2**63 - 1}}})
+    mine.snapshots.record("p/people", {"u1", "u2"})
+    assert mine.ledger.claim("receipts", "k1", "1.1") is None
+    mine.ledger.mark_sent("k1", "d1")
+
+    assert [r["row_key"] for r in mine.rejects.rows()] == ["u1"]
+    assert [r["load_id"] for r in mine.reports.of_load("1.1")] == ["1.1"]
+    assert mine.reports.latest_load_id() == "1.1"
+    assert mine.fingerprints.fingerprints_of("p/people", ["u1", "u9"])["u1"].get("a") == {
+        "plan": 2**63 - 1
+    }
+    assert mine.snapshots.snapshot_of("p/people") == {"u1", "u2"}
+    assert mine.ledger.blockers(["k1", "k2"]) == {"k1": "sent"}
+    # another pipeline in the same store sees none of it, and has its own ledger
+    assert list(other.rejects.rows()) == [] and other.reports.latest_load_id() is None
+    assert other.ledger.blockers(["k1"]) == {}
+    assert other.ledger.identity()[0] != mine.ledger.identity()[0]
+
+
+def batch_record(load_id: str, finished_at: float = 10.0) -> dict[str, object]:
+    counters = dict.fromkeys(
+        ("rows_in", "operations", "accepted", "rejected", "skipped", "requests", "retries"), 1
+    )
+    return {
+        "load_id": load_id,
+        "table_name": "people",
+        "action": "identify",
+        "batch_id": "b",
+        "dry_run": 0,
+        **counters,
+        "throttled": 0,
+        "throttled_seconds": 0.0,
+        "started_at": finished_at - 1,
+        "finished_at": finished_at,
+        "reasons": "{}",
+        "samples": "[]",
+    }
+
+
+def test_an_erasure_purges_the_person_from_rejects_fingerprints_and_snapshots(store: StateStore):
+    state = PipelineState(store, "p")
+    state.rejects.record(
+        "1.1", "orders", "event", [rejection("order-7", amount=1)], person_column="uid"
+    )
+    state.rejects.record("1.1", "people", "identify", [rejection("u2")], person_column="uid")
+    state.fingerprints.remember("p/people", {"u1": {"r": 1, "a": {}}, "u2": {"r": 2, "a": {}}})
+    state.snapshots.record("p/people", {"u1", "u2"})
+
+    state.erase(["order-7", "u1"])  # a row keyed by its event, and a person
+
+    assert [r["row_key"] for r in state.rejects.rows()] == ["u2"]
+    assert set(state.fingerprints.fingerprints_of("p/people", ["u1", "u2"])) == {"u2"}
+    assert state.snapshots.snapshot_of("p/people") == {"u2"}
+
+
+def test_rejected_rows_and_reports_older_than_the_retention_are_purged(store: StateStore):
+    state = PipelineState(store, "p")
+    state.reports.record(batch_record("1.1", finished_at=100.0))
+    state.reports.record(batch_record("2.2", finished_at=300.0))
+    state.rejects.record("2.2", "people", "identify", [rejection("u1")])
+
+    state.purge_older_than(200.0)
+    assert state.reports.of_load("1.1") == [] and len(state.reports.of_load("2.2")) == 1
+    assert len(list(state.rejects.rows())) == 1  # recorded now: younger than the cutoff
+
+    state.purge_older_than(float("inf"))
+    assert list(state.rejects.rows()) == []
+
+
+def test_keys_only_keeps_no_column_but_those_that_identify_the_row(tmp_path: Path):
+    from cio_destination.mapping import compile_mapping
+    from cio_destination.mapping_keys import TableMapping
+
+    compiled = compile_mapping(
+        "orders",
+        TableMapping(action="event", identifier="uid", event_name="buy", event_id="order_id"),
+        {c: {"name": c, "data_type": "text"} for c in ("uid", "order_id", "email", "address")},
+    )
+    state = PipelineState.in_file(tmp_path / "state.sqlite")
+    row = {"uid": "u1", "order_id": "o1", "email": "a@b.c", "address": "1 Main St"}
+    record = Rejection(row=row, row_key="o1", reason="invalid_value", field="x", message="m")
+    state.rejects.record("1.1", "orders", "event", [record], keep_columns=key_columns(compiled))
+
+    assert [r["row"] for r in state.rejects.rows()] == [{"uid": "u1", "order_id": "o1"}]
+
+
+def test_the_lease_goes_to_one_holder_until_its_heartbeat_stops(store: StateStore):
+    runs = PipelineState(store, "p").runs
+    assert runs.take_lease("a", "host-a", 1, timeout=3600).holder == "a"
+    found = runs.take_lease("b", "host-b", 2, timeout=3600)
+    assert (found.holder, found.host, found.pid) == ("a", "host-a", 1)
+    assert runs.beat("a") and not runs.beat("b")
+    runs.release("a")
+    # a holder whose beats stopped (its timeout, -1 here, makes its last beat already too old)
+    assert runs.take_lease("b", "host-b", 2, timeout=-1).holder == "b"
+    assert runs.take_lease("c", "host-c", 3, timeout=3600).holder == "c"  # taken over
+    assert not runs.beat("b")
+    runs.release("b")  # no longer its own: nothing happens
+    assert runs.take_lease("d", "host-d", 4, timeout=3600).holder == "c"
+
+
+def test_the_layout_version_is_recorded_and_a_newer_one_refused(tmp_path: Path):
+    url = sqlite_url(tmp_path)
+    SqlStore(url, None, TABLES, "k").close()
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        version = connection.exec_driver_sql(
+            "SELECT value FROM cio_state_meta WHERE name = 'schema_version'"
+        ).scalar()
+        assert version == str(SCHEMA_VERSION)
+        connection.exec_driver_sql(
+            "UPDATE cio_state_meta SET value = ? WHERE name = 'schema_version'",
+            (str(SCHEMA_VERSION + 1),),
+        )
+    engine.dispose()
+
+    with pytest.raises(CustomerioTerminalError, match="newer release"):
+        SqlStore(url, None, TABLES, "k")
+
+
+def test_a_state_file_of_the_layout_before_versions_is_migrated(tmp_path: Path):
+    path = tmp_path / "state.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE send_ledger (send_key TEXT PRIMARY KEY, table_name TEXT NOT NULL,
+                state TEXT NOT NULL, delivery_id TEXT, load_id TEXT NOT NULL,
+                updated_at REAL NOT NULL);
+            CREATE TABLE ledger_meta (name TEXT PRIMARY KEY, value NOT NULL);
+            INSERT INTO send_ledger VALUES ('k1', 'receipts', 'sent', 'd1', '1.1', 5.0);
+            INSERT INTO ledger_meta VALUES ('ledger_id', 'abc'), ('generation', 7);
+            CREATE TABLE fingerprints (scope TEXT NOT NULL, identifier TEXT NOT NULL,
+                row_hash INTEGER NOT NULL, attributes BLOB NOT NULL, source_hash INTEGER,
+                PRIMARY KEY (scope, identifier));
+            INSERT INTO fingerprints VALUES ('p/people', 'u1', 3, X'7B7D', NULL);
+            """
+        )
+    db.close()
+
+    state = PipelineState.in_file(path, "p")
+
+    assert state.ledger.identity() == ("abc", 7)  # the same ledger: loads that recorded it go on
+    assert state.ledger.blockers(["k1"]) == {"k1": "sent"}
+    assert set(state.fingerprints.fingerprints_of("p/people", ["u1"])) == {"u1"}
+    state.close()
+
+
+def test_state_writes_are_batched_never_one_statement_per_row(tmp_path: Path):
+    statements: list[str] = []
+    store = SqlStore(sqlite_url(tmp_path), None, TABLES, "k")
+    state = PipelineState(store, "p")
+    sa.event.listen(
+        store._engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *args: statements.append(statement),
+    )
+    people = {f"u{i}": {"r": i, "a": {"plan": i}} for i in range(2_000)}
+
+    state.fingerprints.remember("p/people", people)
+    state.rejects.record("1.1", "people", "identify", [rejection(f"u{i}") for i in range(1_000)])
+    state.fingerprints.fingerprints_of("p/people", list(people))
+
+    writes = [s for s in statements if s.startswith("INSERT")]
+    reads = [s for s in statements if s.startswith("SELECT")]
+    assert len(writes) == 4 + 2  # 500 rows per statement
+    assert len(reads) == 4
+    assert len(state.fingerprints.fingerprints_of("p/people", list(people))) == 2_000
+    store.close()
+
+
+def test_fingerprints_url_is_a_deprecated_alias_of_state_url(caplog: pytest.LogCaptureFixture):
+    import cio_destination.configuration as configuration
+
+    configuration._alias_logged = False
+    config = CustomerioConfiguration(fingerprints_url="sqlite:///x.db")  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="cio_destination"):
+        assert config.state_location() == (
+            "sqlite:///x.db",
+            None,
+            "destination.customerio.fingerprints_url",
+        )
+        config.state_location()
+    assert caplog.text.count("fingerprints_url is deprecated") == 1
+
+    both = CustomerioConfiguration(
+        state_url="sqlite:///y.db",  # type: ignore[arg-type]
+        fingerprints_url="sqlite:///x.db",  # type: ignore[arg-type]
+        state_schema="cio",
+    )
+    assert both.state_location() == ("sqlite:///y.db", "cio", "destination.customerio.state_url")
+    assert CustomerioConfiguration().state_location() is None
+
+
+def test_changed_sources_are_those_whose_kept_hash_differs_or_is_missing(store: StateStore):
+    fingerprints = PipelineState(store, "p").fingerprints
+    fingerprints.remember("p/people", {"a": {"r": 1, "a": {}, "s": 10}, "b": {"r": 2, "a": {}}})
+    asked = [("a", 10), ("a", 11), ("b", 20), ("c", 30)]  # a person twice in one batch, too
+
+    assert fingerprints.changed_sources("p/people", asked) == {("a", 11), ("b", 20), ("c", 30)}
+
+
+def test_only_the_ledger_s_claims_are_synced_to_disk_before_they_return(tmp_path: Path):
+    state = PipelineState.in_file(tmp_path / "state.sqlite")
+    store = state.store
+    assert isinstance(store, StateFile)
+    synced: list[tuple[str, int]] = []
+    transaction = store.transaction
+    writing = [""]
+
+    def watched(*, durable: bool = False) -> Any:
+        @contextlib.contextmanager
+        def block() -> Iterator[Any]:
+            with transaction(durable=durable) as tx:
+                level = tx.execute("PRAGMA synchronous")[0][0]
+                yield tx
+            synced.append((writing[0], level))
+
+        return block()
+
+    store.transaction = watched  # type: ignore[method-assign]
+    for name, write in [
+        ("claim", lambda: state.ledger.claim("receipts", "k1", "1.1")),
+        ("sent", lambda: state.ledger.mark_sent("k1", "d1")),
+        ("fingerprints", lambda: state.fingerprints.remember("p/t", {"u": {"r": 1, "a": {}}})),
+        ("rejects", lambda: state.rejects.record("1.1", "t", "identify", [rejection("u")])),
+        ("reports", lambda: state.reports.record(batch_record("1.1"))),
+    ]:
+        writing[0] = name
+        write()
+
+    # 2 = FULL (synced at commit), 1 = NORMAL (safe from a crash of the process, in WAL mode)
+    assert synced == [
+        ("claim", 2),
+        ("sent", 1),
+        ("fingerprints", 1),
+        ("rejects", 1),
+        ("reports", 1),
+    ]
+    state.close()

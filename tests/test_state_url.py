@@ -1,0 +1,382 @@
+"""Runners that start empty, with every piece of state in PostgreSQL (`state_url`).
+
+Each run here gets a new, empty pipelines directory, as an Airflow task, a Dagster container or a
+CI runner does; only the database carries the state from one run to the next. The server is the
+one tests/test_postgres.py gets (`CIO_TEST_POSTGRES_URL`, or a throwaway cluster).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dlt
+import pytest
+import sqlalchemy as sa
+from dlt.sources.sql_database import sql_table
+
+from cio_destination import (
+    customerio,
+    customerio_adapter,
+    rejected_rows,
+    restore_state,
+    sync_report,
+)
+from cio_destination.emulator import Emulator
+
+from .conftest import API_KEY, SITE_ID
+from .kills import REPO, child_env, kill_after_progress
+from .test_postgres import postgres_url  # noqa: F401 - the server fixture
+
+pytestmark = pytest.mark.slow  # a real PostgreSQL server, whole pipelines, child processes
+
+
+class Database:
+    """One test's warehouse schema and state schema in the PostgreSQL database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        suffix = uuid.uuid4().hex[:10]
+        self.warehouse = f"wh_{suffix}"
+        self.state = f"cio_state_{suffix}"
+        self.engine = sa.create_engine(url)
+
+    def execute(self, script: str) -> None:
+        with self.engine.begin() as connection:
+            connection.exec_driver_sql(script.format(w=self.warehouse))
+
+    def state_cells(self) -> Iterator[tuple[str, Any]]:
+        """(table, cell) of every cell of every table of the state schema."""
+        with self.engine.connect() as connection:
+            tables = connection.execute(
+                sa.text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
+                {"s": self.state},
+            ).scalars()
+            for table in list(tables):
+                for row in connection.exec_driver_sql(f'SELECT * FROM "{self.state}"."{table}"'):
+                    for cell in row:
+                        yield table, cell
+
+
+@pytest.fixture
+def database(postgres_url: str) -> Iterator[Database]:  # noqa: F811
+    database = Database(postgres_url)
+    database.execute("CREATE SCHEMA {w}")
+    try:
+        yield database
+    finally:
+        with database.engine.begin() as connection:
+            for schema in (database.warehouse, database.state):
+                connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        database.engine.dispose()
+
+
+SEED = """
+CREATE TABLE {w}.people (id integer PRIMARY KEY, plan text, updated_at integer NOT NULL);
+INSERT INTO {w}.people SELECT i, 'free', 1 FROM generate_series(1, 40) i;
+CREATE TABLE {w}.members (uid text PRIMARY KEY, score integer);
+INSERT INTO {w}.members SELECT 'm' || i, i FROM generate_series(1, 60) i;
+CREATE TABLE {w}.orders (id integer PRIMARY KEY, person integer, amount numeric);
+INSERT INTO {w}.orders SELECT i, mod(i, 40) + 1, i * 1.5 FROM generate_series(1, 30) i;
+CREATE TABLE {w}.receipts (id integer PRIMARY KEY, email text);
+INSERT INTO {w}.receipts SELECT i, 'buyer' || i || '@example.com' FROM generate_series(1, 8) i;
+"""
+
+
+def warehouse_sync(database: Database) -> list[Any]:
+    def table(name: str, cursor: str | None = None) -> Any:
+        incremental = dlt.sources.incremental(cursor) if cursor else None
+        return sql_table(
+            credentials=database.url,
+            schema=database.warehouse,
+            table=name,
+            incremental=incremental,
+        )
+
+    people = customerio_adapter(table("people", "updated_at"), action="identify", identifier="id")
+    members = customerio_adapter(
+        table("members"), action="identify", identifier="uid", changes_only=True, mirror="delete"
+    )
+    orders = customerio_adapter(
+        table("orders", "id"), action="event", identifier="person", event_name="purchase"
+    )
+    receipts = customerio_adapter(
+        table("receipts", "id"),
+        action="send_email",
+        identifier="email",
+        identifier_type="email",
+        transactional_message_id=3,
+        to="email",
+        event_id="id",
+    )
+    return [people, members, orders, receipts]
+
+
+def fresh_runner(
+    tmp_path: Path, emulator: Emulator, database: Database, name: str = "stateless"
+) -> dlt.Pipeline:
+    """The pipeline on a runner whose disk starts empty."""
+    destination = customerio(
+        site_id=SITE_ID,
+        api_key=API_KEY,
+        app_api_key="test-app-key",
+        track_url=emulator.url,
+        app_url=emulator.url,
+        state_url=database.url,
+        state_schema=database.state,
+    )
+    pipelines_dir = tmp_path / uuid.uuid4().hex
+    assert not pipelines_dir.exists()
+    return dlt.pipeline(name, destination=destination, pipelines_dir=str(pipelines_dir))
+
+
+def batch_ops(emulator: Emulator, since: int) -> tuple[int, int]:
+    """(batch requests, operations in them) since request number `since`."""
+    batches = [r for r in emulator.requests[since:] if r.path.endswith("/batch")]
+    return len(batches), sum(r.ops for r in batches)
+
+
+def test_a_sync_on_runners_that_start_empty_sends_each_change_once(
+    tmp_path: Path, emulator: Emulator, database: Database
+):
+    database.execute(SEED)
+
+    def run() -> tuple[int, int]:
+        mark = len(emulator.requests)
+        pipeline = fresh_runner(tmp_path, emulator, database)
+        restore_state(pipeline)
+        pipeline.run(warehouse_sync(database))
+        return batch_ops(emulator, mark)
+
+    # run 1 sends everything
+    assert run()[1] == 40 + 60 + 30
+    assert len(emulator.deliveries) == 8
+
+    # run 2: nothing changed: not one batch request, no email
+    assert run() == (0, 0)
+    assert len(emulator.deliveries) == 8
+
+    # run 3: ten rows change (five people by their cursor, five members by their values)
+    database.execute(
+        "UPDATE {w}.people SET plan = 'pro', updated_at = 2 WHERE id <= 5;"
+        " UPDATE {w}.members SET score = -1 WHERE uid IN ('m1', 'm2', 'm3', 'm4', 'm5')"
+    )
+    assert run()[1] == 10
+    people = {p["identifiers"]["id"]: p["attributes"] for p in emulator.people}
+    assert [people[str(i)]["plan"] for i in range(1, 7)] == ["pro"] * 5 + ["free"]
+    assert [people[f"m{i}"]["score"] for i in range(1, 7)] == [-1] * 5 + [6]
+
+    # run 4: five people leave the mirrored table: exactly they are deleted
+    database.execute("DELETE FROM {w}.members WHERE uid IN ('m6', 'm7', 'm8', 'm9', 'm10')")
+    assert run()[1] == 5
+    left = {p["identifiers"]["id"] for p in emulator.people}
+    assert not {f"m{i}" for i in range(6, 11)} & left and {"m5", "m11"} <= left
+    assert Counter(d["message_data"]["id"] for d in emulator.deliveries) == dict.fromkeys(
+        range(1, 9), 1
+    )
+
+    # any runner reads the history of every load from state_url
+    reader = fresh_runner(tmp_path, emulator, database)
+    assert {(t.table, t.accepted) for t in sync_report(reader).tables} == {("members", 5)}
+    assert list(rejected_rows(reader)) == []
+
+
+def test_a_send_killed_mid_load_is_finished_by_a_runner_with_an_empty_disk(
+    tmp_path: Path, emulator: Emulator, database: Database
+):
+    rows = 300
+
+    def command(timeout: float = 1.0) -> list[str]:
+        pipelines_dir = str(tmp_path / uuid.uuid4().hex)
+        args = [pipelines_dir, emulator.url, database.url, database.state, str(rows)]
+        return [sys.executable, "-m", "tests.state_child", *args, str(timeout)]
+
+    assert kill_after_progress(command(), lambda: len(emulator.deliveries), 30)
+    sent_before = len(emulator.deliveries)
+    assert sent_before < rows
+
+    # the killed run's lease runs out (its lease_timeout, 1 s, without a beat); until then the
+    # second runner stops at once, naming the lease
+    finish_on_a_new_runner(command)
+
+    sent = Counter(d["message_data"]["receipt_id"] for d in emulator.deliveries)
+    assert max(sent.values()) == 1  # no email twice
+    reader = fresh_runner(tmp_path, emulator, database, name="stateless_sends")
+    unknown = {
+        int(r["row_key"]) for r in rejected_rows(reader) if r["reason"] == "send_outcome_unknown"
+    }
+    # an uncertain send (its request left, the kill came before the answer was recorded) may
+    # have been delivered: it is reported, never sent again
+    assert set(sent) | unknown == set(range(rows))  # every row sent once or reported
+    assert len(unknown) <= 4  # at most the requests in flight when it was killed
+
+
+def finish_on_a_new_runner(command: Any) -> list[str]:
+    """Run the child on new runners until one finishes; the refusals it printed before."""
+    refusals = []
+    deadline = time.monotonic() + 600  # only a hung run gets here
+    while True:
+        done = subprocess.run(
+            command(), cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600
+        )
+        if done.returncode == 0:
+            return refusals
+        assert done.returncode == 1 and "is already running" in done.stderr, done.stderr
+        refusals.append(done.stderr)
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_one_run_at_a_time_and_a_dead_holder_is_taken_over(
+    tmp_path: Path, emulator: Emulator, database: Database
+):
+    hold, release = tmp_path / "holding", tmp_path / "release"
+
+    def command(*extra: str) -> list[str]:
+        pipelines_dir = str(tmp_path / uuid.uuid4().hex)
+        args = [pipelines_dir, emulator.url, database.url, database.state, "3", "2", *extra]
+        return [sys.executable, "-m", "tests.state_child", *args]
+
+    runs = [
+        subprocess.Popen(
+            command(str(hold), str(release)),
+            cwd=REPO,
+            env=child_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    # exactly one ends at once, with the lease error naming the pipeline and the holder
+    finished = None
+    deadline = time.monotonic() + 600  # only a hung run gets here
+    while finished is None:
+        finished = next((run for run in runs if run.poll() is not None), None)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    holder = next(run for run in runs if run is not finished)
+    error = finished.stderr.read()
+    assert finished.returncode == 1, error
+    assert "pipeline 'stateless_sends' is already running" in error
+    assert f"(process {holder.pid})" in error and "started 20" in error
+    while not hold.exists():
+        assert holder.poll() is None
+        time.sleep(0.01)
+
+    holder.kill()  # SIGKILL: it never gives the lease back
+    holder.wait()
+    release.write_text("go")
+    refusals = finish_on_a_new_runner(command)
+
+    assert all(f"(process {holder.pid})" in refusal for refusal in refusals)
+    assert len(emulator.deliveries) == 3  # the run that took the lease over sent everything
+
+
+def test_an_erasure_leaves_no_copy_of_the_person_in_the_state(
+    tmp_path: Path, emulator: Emulator, database: Database
+):
+    person = "ximena-7731"
+    database.execute(
+        "CREATE TABLE {w}.members (uid text PRIMARY KEY, plan text);"
+        f" INSERT INTO {{w}}.members VALUES ('{person}', 'pro'), ('other-1', 'free');"
+        " CREATE TABLE {w}.visits (id integer PRIMARY KEY, uid text, data text);"
+        f" INSERT INTO {{w}}.visits VALUES (1, '{person}', 'not json'), (2, 'other-1', 'x');"
+        f" CREATE TABLE {{w}}.erasures (uid text PRIMARY KEY); INSERT INTO {{w}}.erasures"
+        f" VALUES ('{person}')"
+    )
+
+    def table(name: str) -> Any:
+        return sql_table(credentials=database.url, schema=database.warehouse, table=name)
+
+    members = customerio_adapter(
+        table("members"), action="identify", identifier="uid", changes_only=True, mirror="delete"
+    )
+    visits = customerio_adapter(
+        table("visits"),
+        action="event",
+        identifier="uid",
+        event_name="visit",
+        event_data_column="data",
+        json_columns=["data"],
+    )
+    first = fresh_runner(tmp_path, emulator, database)
+    restore_state(first)
+    first.run([members, visits])
+    cells = [str(bytes(c) if isinstance(c, memoryview) else c) for _, c in database.state_cells()]
+    assert sum(person in cell for cell in cells) >= 3  # a fingerprint, a snapshot, a rejection
+
+    erasure = fresh_runner(tmp_path, emulator, database)
+    restore_state(erasure)
+    erasure.run(customerio_adapter(table("erasures"), action="suppress", identifier="uid"))
+
+    assert {s.get("id") for s in emulator.suppressions} == {person}
+    for table_name, cell in database.state_cells():
+        text = bytes(cell).decode() if isinstance(cell, memoryview) else str(cell)
+        assert person not in text, table_name
+    assert "other-1" in str(list(database.state_cells()))  # the others' records stay
+
+
+def test_postgres_writes_and_compares_a_whole_batch_in_one_statement(
+    database: Database,
+):
+    from cio_destination.state import TABLES, PipelineState
+    from cio_destination.state.backend import SqlStore
+
+    store = SqlStore(database.url, database.state, TABLES, "destination.customerio.state_url")
+    fingerprints = PipelineState(store, "p").fingerprints
+    statements: list[str] = []
+    sa.event.listen(
+        store._engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *args: statements.append(statement.split()[0]),
+    )
+    kept = {f"u{i}": {"r": i, "a": {"plan": i}, "s": i} for i in range(2_000)}
+
+    fingerprints.remember("p/people", kept)
+    asked = [(f"u{i}", i if i % 4 else -i - 1) for i in range(1_000, 3_000)]
+    changed = fingerprints.changed_sources("p/people", asked)
+
+    assert changed == {(i, h) for i, h in asked if int(i[1:]) >= 2_000 or int(i[1:]) % 4 == 0}
+    assert [s for s in statements if s in ("INSERT", "SELECT")] == ["INSERT", "SELECT"]
+    store.close()
+
+
+def test_large_writes_stream_through_copy_and_keep_every_value(database: Database):
+    from cio_destination.state import TABLES, PipelineState
+    from cio_destination.state.backend import SqlStore
+
+    store = SqlStore(database.url, database.state, TABLES, "destination.customerio.state_url")
+    fingerprints = PipelineState(store, "p").fingerprints
+    odd = ["tab\there", "line\nbreak\r", "back\\slash", "\\N", "ünï 😀", "quote'\"", ""]
+    kept = {
+        f"{odd[i % len(odd)]}-{i}": {
+            "r": -(2**63) + i,
+            "a": {"k\t\\": i},
+            "s": None if i % 2 else i,
+        }
+        for i in range(3_000)
+    }
+
+    fingerprints.remember("p/people", kept)
+    fingerprints.remember("p/people", dict(list(kept.items())[:1_500]))  # replaced, not doubled
+
+    found = fingerprints.fingerprints_of("p/people", list(kept))
+    assert {k: (v["r"], v.get("a")) for k, v in found.items()} == {
+        k: (v["r"], v["a"]) for k, v in kept.items()
+    }
+    assert fingerprints.source_hashes_of("p/people", list(kept)) == {
+        k: v["s"] for k, v in kept.items() if v["s"] is not None
+    }
+    # identifiers go to the database as one text, or as an array where one holds a line break
+    asked = [(k, 0 if v["s"] is None else v["s"]) for k, v in kept.items()]
+    for pairs in (asked, [(k, h) for k, h in asked if "\n" not in k]):
+        assert fingerprints.changed_sources("p/people", pairs) == {
+            (k, h) for k, h in pairs if kept[k]["s"] is None
+        }
+    store.close()
