@@ -53,6 +53,7 @@ from cio_destination import (
     sync_report,
 )
 from cio_destination import dry_run as run_dry
+from cio_destination.arrow_reader import NativeArrowTableLoader
 from cio_destination.progress import PROGRESS, sync_progress
 
 PIPELINE_NAME = "warehouse_to_customerio"
@@ -205,8 +206,11 @@ def table_resource(
     backend: str = "sqlalchemy",
     chunk_size: int = 50_000,
     schema: str | None = None,
+    native_arrow: bool = True,
 ) -> DltResource:
-    """A `sql_table` resource for one table entry, named after its config section."""
+    """A `sql_table` resource for one table entry, named after its config section; with the
+    pyarrow backend and `native_arrow`, read as Arrow by the driver where it can
+    (`NativeArrowTableLoader`)."""
     incremental = None
     if source.incremental:
         incremental = dlt.sources.incremental(
@@ -224,6 +228,7 @@ def table_resource(
             primary_key=list(source.primary_key) if source.primary_key else None,
             query_adapter_callback=json_as_text,
             metadata=metadata,
+            table_loader_class=NativeArrowTableLoader if native_arrow else None,
         )
     except NoSuchTableError as error:
         where = f"sources.warehouse.tables.{source.name}"
@@ -296,6 +301,7 @@ def warehouse(
     backend: str = "sqlalchemy",
     chunk_size: int = 50_000,
     schema: str | None = None,
+    native_arrow: bool = True,
 ) -> list[DltResource]:
     """The warehouse tables declared under `[sources.warehouse]`, one `sql_table` each.
 
@@ -306,6 +312,9 @@ def warehouse(
         backend: `sqlalchemy` (rows as dicts) or `pyarrow` (Arrow batches, faster on big tables).
         chunk_size: rows per batch read from the warehouse.
         schema: database schema of tables whose entry names none; default: the connection's.
+        native_arrow: with the pyarrow backend, read Arrow from the database where it can
+            (DuckDB; PostgreSQL with the `postgres-arrow` extra), with the same tables as
+            dlt's reader for less CPU a row (`NativeArrowTableLoader`); false: dlt's reader.
     """
     if backend not in BACKENDS:
         raise ConfigurationValueError(
@@ -315,7 +324,14 @@ def warehouse(
         raise ConfigurationValueError("sources.warehouse.chunk_size must be >= 1")
     check_dialect(credentials)
     return [
-        table_resource(t, credentials, backend=backend, chunk_size=chunk_size, schema=schema)
+        table_resource(
+            t,
+            credentials,
+            backend=backend,
+            chunk_size=chunk_size,
+            schema=schema,
+            native_arrow=native_arrow,
+        )
         for t in table_sources(tables)
     ]
 

@@ -614,15 +614,20 @@ def test_the_audit_example_loads_reports_and_rejections_into_the_warehouse_witho
     again = audit_example.load_audit("wh_test", url, pipelines_dir=pipelines_dir)
 
     assert first == again == (3, 3)
-    with duckdb.connect(str(audit)) as con:
-        rows = con.execute(
+    # through duckdb_engine as dlt's destination connected: DuckDB refuses a second connection
+    # of another configuration to the file while the loader's is not yet garbage collected
+    engine = sa.create_engine(url)
+    with engine.connect() as con:
+        rows = con.exec_driver_sql(
             'SELECT "table", reason, field FROM customerio_audit.customerio_rejected_rows'
             ' ORDER BY "table"'
         ).fetchall()
-        reports = con.execute(
+        reports = con.exec_driver_sql(
             'SELECT load_id, "table", rows_in, rejected FROM customerio_audit'
             '.customerio_sync_reports ORDER BY "table"'
         ).fetchall()
+    engine.dispose()
+    rows, reports = [tuple(r) for r in rows], [tuple(r) for r in reports]
     assert rows == [
         ("orders", "invalid_event_data", "data"),
         ("signups", "invalid_identifier", "email"),

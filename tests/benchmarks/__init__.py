@@ -16,9 +16,6 @@ Sections (`--only NAME`, repeatable):
   same sink within the same rate limit, no dlt), side by side: rows/s, MB/s, CPU-us/row and
   requests of each; the ratios to the floor and to do-nothing, this destination's CPU per row
   over dlt's own, and its requests against the floor's.
-* `per_row`: Customer.io's official Python client's pattern, one `PUT /api/v1/customers/{id}` per
-  row on a keep-alive httpx client, and this destination's speed-up over it (dict and Arrow paths;
-  `per_row_speedup_dict_ceiling` is what dlt itself allows on dicts).
 * `events`: 1,000,000 event rows (one purchase event per row, de-duplicated by person and time)
   as Arrow tables, the same three sides as `arrow`; and 200,000 as dicts, against the
   do-nothing destination.
@@ -40,7 +37,8 @@ Sections (`--only NAME`, repeatable):
 * `official`: the anchor, Customer.io's official Python client (customerio-python 3.x,
   `pip install -e ".[bench]"`) end to end from a 1,000,000-row DuckDB table: DuckDB's fetch,
   operations chunked under 500 KB, `batch()` from 32 threads; against this destination reading
-  the same table through `sql_table(backend="pyarrow")` (target: at least 3x) and, on 200,000
+  the same table through `sql_table(backend="pyarrow")` with the shipped sync's reader (target:
+  at least 3x; dlt's own reader beside it) and, on 200,000
   rows, `backend="sqlalchemy"` beside a do-nothing destination (dlt's own CPU per row). Without
   the client it prints that the anchor was skipped and why (`tests/benchmarks/official.py`).
 * `profile`: cProfile of every thread of smaller destination runs, top functions in

@@ -30,7 +30,6 @@ API_KEY = "bench-key"
 SECTIONS = (
     "dict",
     "arrow",
-    "per_row",
     "events",
     "memory",
     "latency",
@@ -47,7 +46,6 @@ FULL = {
     "arrow_rows": 1_000_000,
     "events_arrow_rows": 1_000_000,
     "events_dict_rows": 200_000,
-    "per_row_rows": 5_000,
     "memory_small": 100_000,
     "memory_large": 1_000_000,
     **latency.SIZES,
@@ -76,8 +74,6 @@ TARGETS = {
     "events_arrow_op_bytes_vs_floor": ("<=", 1.0),
     "events_arrow_mb_per_s": (">", 50.0),
     "events_dict_ratio": (">=", 0.8),
-    "per_row_speedup_dict": (">=", 20.0),
-    "per_row_speedup_arrow": (">=", 20.0),
     "memory_ratio_arrow": ("<=", 1.5),
     "memory_ratio_dict": ("<=", 1.5),
     "memory_growth_arrow": ("<=", 1.2),
@@ -283,31 +279,6 @@ class Bench:
             note="the operations' bytes without envelopes: 1.00 = the floor sends the same payload",
         )
 
-    def section_per_row(self) -> None:
-        rows = self.sizes["per_row_rows"]
-        print(f"\n[per_row] {rows:,} rows, one PUT /api/v1/customers/{{id}} each (keep-alive)")
-        results = [
-            self.measure(
-                self.spec("per_row", "dict", rows, warmup=self.sizes["warmup_rows"] // 5),
-                f"per-row v1 #{i}",
-            )
-            for i in range(1, self.repeat + 1)
-        ]
-        per_row = self.rate_figures("per_row", results)
-        if "dict_rows_per_s" not in self.figures:
-            self.section_dict()
-        self.figure("per_row_speedup_dict", self.figures["dict_rows_per_s"]["value"] / per_row, "x")
-        self.figure(
-            "per_row_speedup_dict_ceiling",
-            self.figures["dict_do_nothing_rows_per_s"]["value"] / per_row,
-            "x",
-            note="dlt's own dict throughput (do-nothing destination) over the per-row rate",
-        )
-        if "arrow_rows_per_s" in self.figures:
-            self.figure(
-                "per_row_speedup_arrow", self.figures["arrow_rows_per_s"]["value"] / per_row, "x"
-            )
-
     def section_events(self) -> None:
         """Events, the highest-volume sync: Arrow and dict rows, one event each, with ids."""
         rows = self.sizes["events_arrow_rows"]
@@ -428,7 +399,7 @@ class Bench:
                     getattr(self, f"section_{section}")()
             missed = any(
                 self.figures.get(name, {}).get("status") == "MISS"
-                for name in ("dict_ratio", "arrow_ratio", "arrow_mb_per_s", "per_row_speedup_dict")
+                for name in ("dict_ratio", "arrow_ratio", "arrow_mb_per_s")
             )
             if "profile" in only or (missed and not self.args.no_profile):
                 self.section_profile()

@@ -5,7 +5,9 @@ From the same 1,000,000-row DuckDB table, side by side in one run:
 * `official`: what a user writes with customerio-python 3.x: DuckDB's own fetch
   (`fetchmany`), one identify operation per row, chunks kept under 500 KB (measured on the JSON
   `requests` will send), `CustomerIO.batch()` from a pool of 32 threads, a 207's errors read;
-* `pyarrow`: this destination reading the table through `sql_table(backend="pyarrow")`;
+* `pyarrow`: this destination reading the table through `sql_table(backend="pyarrow")` with the
+  shipped warehouse sync's reader (`NativeArrowTableLoader`: DuckDB hands over Arrow), and the
+  same with dlt's own reader (row tuples turned into Arrow in Python), as before that reader;
 * `sqlalchemy`: the same through `sql_table(backend="sqlalchemy")`, dict rows through dlt's
   own extract and normalize (fewer rows: the rate is what counts), beside a do-nothing
   destination reading the same way, whose CPU per row is dlt's own cost.
@@ -42,6 +44,7 @@ import dlt
 import orjson
 
 from cio_destination import customerio, customerio_adapter, sync_report
+from cio_destination.arrow_reader import NativeArrowTableLoader
 from tests.benchmarks import data
 from tests.benchmarks.runs import build_warehouse, nothing, proc_status_kb, sink_stats
 
@@ -89,6 +92,9 @@ def section(bench: Any) -> None:
         small = build_warehouse(str(Path(scratch) / "smaller.duckdb"), sa_rows)
         specs = {
             "pyarrow customerio": spec(bench, "customerio", "pyarrow", rows, url),
+            "pyarrow customerio (dlt read)": spec(
+                bench, "customerio", "pyarrow", rows, url, reader="dlt"
+            ),
             "sqlalchemy customerio": spec(bench, "customerio", "sqlalchemy", sa_rows, small),
             "sqlalchemy do-nothing": spec(bench, "nothing", "sqlalchemy", sa_rows, small),
         }
@@ -97,7 +103,7 @@ def section(bench: Any) -> None:
         results = bench.side_by_side(specs)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    for name in ("pyarrow customerio", "sqlalchemy customerio"):
+    for name in ("pyarrow customerio", "pyarrow customerio (dlt read)", "sqlalchemy customerio"):
         for result in results[name]:
             if result["accounted"] != result["spec"]["rows"]:
                 bench.failures.append(
@@ -107,8 +113,8 @@ def section(bench: Any) -> None:
     record(bench, results, why)
 
 
-def spec(bench: Any, target: str, read: str, rows: int, url: str) -> dict[str, Any]:
-    return bench.spec(target, read, rows, module=MODULE, warehouse=url, threads=THREADS)
+def spec(bench: Any, target: str, read: str, rows: int, url: str, **extra: Any) -> dict[str, Any]:
+    return bench.spec(target, read, rows, module=MODULE, warehouse=url, threads=THREADS, **extra)
 
 
 def record(bench: Any, results: dict[str, list[dict[str, Any]]], why: str | None) -> None:
@@ -127,6 +133,15 @@ def record(bench: Any, results: dict[str, list[dict[str, Any]]], why: str | None
         note="dlt reading the table (sql_table extract + normalize), before this destination",
     )
     bench.figure("official_pyarrow_load_seconds", fastest["load"], "s")
+    dlt_reader = rate("pyarrow customerio (dlt read)")
+    bench.figure("official_pyarrow_dlt_reader_rows_per_s", dlt_reader, "rows/s")
+    slowest = min(results["pyarrow customerio (dlt read)"], key=lambda r: r["seconds"]["total"])
+    bench.figure(
+        "official_pyarrow_dlt_reader_source_seconds",
+        slowest["seconds"]["extract"] + slowest["seconds"]["normalize"],
+        "s",
+        note="the same read with dlt's own reader (row tuples to Arrow in Python)",
+    )
     bench.figure("official_sqlalchemy_rows_per_s", sqlalchemy, "rows/s")
     bench.figure(
         "official_do_nothing_sqlalchemy_rows_per_s", rate("sqlalchemy do-nothing"), "rows/s"
@@ -142,6 +157,12 @@ def record(bench: Any, results: dict[str, list[dict[str, Any]]], why: str | None
     official = rate("official client")
     bench.figure("official_client_rows_per_s", official, "rows/s")
     bench.figure("official_pyarrow_ratio", pyarrow / official, "x")
+    bench.figure(
+        "official_pyarrow_dlt_reader_ratio",
+        dlt_reader / official,
+        "x",
+        note="sql_table(backend='pyarrow') with dlt's own reader, as before NativeArrowTableLoader",
+    )
     bench.figure(
         "official_pyarrow_load_step_ratio",
         fastest_rows / fastest["load"] / official,
@@ -271,11 +292,13 @@ def run_sql_table(spec: dict[str, Any], pipelines_dir: str) -> tuple[dict[str, f
         pipelines_dir=pipelines_dir,
         dev_mode=True,
     )
+    native = spec["kind"] == "pyarrow" and spec.get("reader", "native") == "native"
     table = sql_table(
         credentials=spec["warehouse"],
         table="people",
         backend=spec["kind"],
         chunk_size=CHUNK_SIZE,
+        table_loader_class=NativeArrowTableLoader if native else None,
     )
     resource = customerio_adapter(
         table, action="identify", identifier=data.IDENTIFIER, timestamp=data.TIMESTAMP

@@ -4,9 +4,8 @@ The parent (`python -m tests.benchmarks`) starts one of these per measurement, s
 a heap, a GC state or a peak RSS. The spec names the run:
 
 * `target`: `customerio` (this destination), `nothing` (a do-nothing `@dlt.destination`),
-  `floor` (the kernel floor of `tests.benchmarks.floor`, no dlt), `paced_floor` (the same
-  bodies posted by a thread pool within `requests_per_second`, for the latency runs) or
-  `per_row` (one v1 identify PUT per row);
+  `floor` (the kernel floor of `tests.benchmarks.floor`, no dlt) or `paced_floor` (the same
+  bodies posted by a thread pool within `requests_per_second`, for the latency runs);
 * `kind`: `dict` or `arrow` rows; `rows`; `action`: `identify` (default) or `event`; `lazy` (build the data while it is consumed, for memory
   runs) or not (build it all before the clock starts);
 * `tables`: the rows split into this many tables (`people_0`, ...) loaded in parallel (default 1);
@@ -42,7 +41,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
-from urllib.parse import quote
 
 import dlt
 import httpx
@@ -260,24 +258,6 @@ def run_paced_floor(
 # -- Customer.io's official client's pattern: one v1 identify per row ---------------------------------
 
 
-def run_per_row(spec: dict[str, Any], chunks: Callable[[], Iterator[Any]]) -> dict[str, float]:
-    """`PUT /api/v1/customers/{id}` per row on a keep-alive client, as customerio-python does."""
-    with httpx.Client(
-        base_url=spec["sink"],
-        auth=(spec["site_id"], spec["api_key"]),
-        headers={"content-type": "application/json"},
-    ) as client:
-        started = time.perf_counter()
-        for rows in chunks():
-            for row in rows:
-                attributes = {k: v for k, v in row.items() if k != data.IDENTIFIER}
-                attributes[data.TIMESTAMP] = int(attributes[data.TIMESTAMP].timestamp())
-                path = "/api/v1/customers/" + quote(row[data.IDENTIFIER], safe="")
-                client.put(path, content=orjson.dumps(attributes)).raise_for_status()
-        elapsed = time.perf_counter() - started
-    return {"total": elapsed}
-
-
 # -- profiling every thread -------------------------------------------------------------------------
 
 
@@ -400,8 +380,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                 run_floor(spec, warm)
             elif target == "paced_floor":
                 run_paced_floor(spec, [warm])
-            elif target == "per_row":
-                run_per_row(spec, warm)
             else:
                 run_pipeline(spec, [warm], pipelines_dir)
         lazy = spec.get("lazy", False)
@@ -421,8 +399,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             steps = run_floor(spec, chunks[0])
         elif target == "paced_floor":
             steps = run_paced_floor(spec, chunks)
-        elif target == "per_row":
-            steps = run_per_row(spec, chunks[0])
         else:
             steps = run_pipeline(spec, chunks, pipelines_dir)
         cpu = process_cpu() - cpu_before
