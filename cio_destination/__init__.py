@@ -29,7 +29,7 @@ from cio_destination.failures import customerio_error, exit_status, run_command
 from cio_destination.non_finite import mark_non_finite
 from cio_destination.rejects import rejected_rows
 from cio_destination.report import SyncReport, TableReport, sync_report, sync_reports
-from cio_destination.restore import restore_state
+from cio_destination.restore import restore_state, run_lease
 from cio_destination.version import __version__
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "rejected_rows",
     "restore_state",
     "run_command",
+    "run_lease",
     "sync_report",
     "sync_reports",
 ]

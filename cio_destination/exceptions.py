@@ -4,7 +4,7 @@
   * CustomerioTerminalError - the load stops; fix something, then run again. The package stays pending.
     * MappingError - a table's mapping is missing or wrong (names the table and the mapping key)
     * CredentialsError - Customer.io refused the credentials (names the config keys to fix)
-    * StateFileError - the local state file cannot be used (names the file)
+    * StateFileError - the state cannot be used (names the file, or the key state_url)
       * SendLedgerLostError - earlier loads sent emails through another send ledger than this one
     * PipelineLeaseError - another run of the pipeline holds its lease in `state_url` (run again
       once it ended; exit code 1)
@@ -86,12 +86,16 @@ class CredentialsError(CustomerioTerminalError):
 
 
 class StateFileError(CustomerioTerminalError):
-    """The destination's state file (send ledger, rejections, reports, fingerprints, snapshots)
-    cannot be used: it is not SQLite, truncated, corrupt or unwritable. Names the file."""
+    """The destination's state (send ledger, rejections, reports, fingerprints, snapshots)
+    cannot be used: its file is not SQLite, truncated, corrupt or unwritable, or the send
+    ledger is not the one earlier loads sent through. Names the file, or the key `state_url`
+    (never its value) when the state lives there (`shared`)."""
 
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], problem: str, *, shared: bool = False) -> None:
         self.path = os.fspath(path)
-        super().__init__(f"Customer.io destination state file {self.path}: {problem}")
+        self.shared = shared
+        where = f"state in {self.path}" if shared else f"state file {self.path}"
+        super().__init__(f"Customer.io destination {where}: {problem}")
 
     @classmethod
     def unusable(cls, path: str | os.PathLike[str], cause: BaseException) -> StateFileError:
@@ -107,14 +111,26 @@ class SendLedgerLostError(StateFileError):
     """A load with `send_email` tables found a send ledger that is not the one earlier loads of
     the pipeline sent through (deleted, emptied, replaced or restored from an older copy)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, shared: bool = False) -> None:
+        what, restore = (
+            (
+                "its tables were dropped, emptied or restored from an older copy, or"
+                " the URL now names another database",
+                "Restore those tables",
+            )
+            if shared
+            else (
+                "the file was deleted, emptied, replaced or restored from an older copy",
+                "Restore the file",
+            )
+        )
         super().__init__(
             path,
             "its send ledger is not the one earlier loads of this pipeline sent emails through"
-            " (the file was deleted, emptied, replaced or restored from an older copy), so"
-            " those emails could go out again; no email was sent. Restore the file, or set"
-            " destination.customerio.accept_new_send_ledger = true for one run to go on with"
-            " this ledger",
+            f" ({what}), so those emails could go out again; no email was sent. {restore}, or"
+            " set destination.customerio.accept_new_send_ledger = true for one run to go on"
+            " with this ledger",
+            shared=shared,
         )
 
 

@@ -165,9 +165,9 @@ def _status(error: BaseException) -> tuple[int, str] | None:
             line = _first_line(cause)
             if step == "load":
                 line = f"{line.rstrip('.')}; the load package is kept: run again once fixed"
-            label = (
-                "state file error" if isinstance(cause, StateFileError) else "configuration error"
-            )
+            label = "configuration error"
+            if isinstance(cause, StateFileError):
+                label = "state error" if cause.shared else "state file error"
             return 2, f"{label}: {line}"
         if isinstance(cause, ConfigFieldMissingException):
             return 2, f"configuration error: {_missing_keys(cause)}"

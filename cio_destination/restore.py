@@ -2,7 +2,8 @@
 
 With `state_url`, a run of a pipeline holds a lease in the state database (taken by
 `restore_state`, or by the destination when a load starts; beaten every quarter of
-`lease_timeout`; given back when `pipeline.run()` ends), and when a load completes the
+`lease_timeout`; given back when `pipeline.run()` ends, or when a `run_lease(pipeline)` block
+that spans several runs ends), and when a load completes the
 pipeline's dlt state (the incremental cursors) and schemas are saved there. `restore_state`
 brings them back on a runner whose working directory is empty or older. dlt reports the end of
 each step to its tracking modules (`dlt.pipeline.trace.TRACKING_MODULES`); this module is one of
@@ -12,12 +13,15 @@ rows again, and they are delivered idempotently (event ids, identifies, the send
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
 import socket
 import threading
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +37,7 @@ from cio_destination.exceptions import PipelineLeaseError
 from cio_destination.state import PipelineState, state_for
 from cio_destination.state.runs import SavedDltState
 
-__all__ = ["restore_state"]
+__all__ = ["restore_state", "run_lease"]
 
 logger = logging.getLogger("cio_destination")
 
@@ -61,6 +65,8 @@ class _Lease:
 
 
 _leases: dict[tuple[int, str], _Lease] = {}
+_spanning: Counter[str] = Counter()
+"""Pipelines inside a `run_lease` block: the end of one of their runs keeps the lease."""
 _leases_lock = threading.Lock()
 
 
@@ -89,9 +95,12 @@ def hold_lease(state: PipelineState, config: CustomerioConfiguration) -> None:
     threading.Thread(target=lease.beat_until_stopped, daemon=True, name="cio-lease").start()
 
 
-def release_leases(pipeline_name: str) -> None:
-    """Give back the leases this process holds for a pipeline."""
+def release_leases(pipeline_name: str, *, run_ended: bool = False) -> None:
+    """Give back the leases this process holds for a pipeline (at the end of a run: unless a
+    `run_lease` block spans the run)."""
     with _leases_lock:
+        if run_ended and _spanning[pipeline_name]:
+            return
         held = [k for k in _leases if k[1] == pipeline_name]
         leases = [_leases.pop(k) for k in held]
     for lease in leases:
@@ -102,6 +111,28 @@ def release_leases(pipeline_name: str) -> None:
             logger.warning(
                 "customerio: the lease could not be given back (%s)", type(error).__name__
             )
+
+
+@contextlib.contextmanager
+def run_lease(pipeline: dlt.Pipeline) -> Iterator[None]:
+    """Hold the pipeline's lease (with `state_url`) from here to the end of the block, across
+    every `pipeline.run()` inside it, and give it back then, also on an error.
+
+    Without it the lease is given back when each `pipeline.run()` ends: a sync that runs twice
+    (pending packages first, then what changed) would leave a gap between the two in which
+    another run could start. Raises `PipelineLeaseError` when a live run holds it.
+    """
+    with _leases_lock:
+        _spanning[pipeline.pipeline_name] += 1
+    try:
+        found = _shared_state(pipeline)
+        if found is not None:
+            hold_lease(*found)
+        yield
+    finally:
+        with _leases_lock:
+            _spanning[pipeline.pipeline_name] -= 1
+        release_leases(pipeline.pipeline_name, run_ended=True)
 
 
 def _shared_state(pipeline: Any) -> tuple[PipelineState, CustomerioConfiguration] | None:
@@ -192,7 +223,7 @@ class _Tracking:
             save_state(pipeline)
 
     def on_end_trace(self, trace: Any, pipeline: Any, send_state: bool) -> None:
-        release_leases(pipeline.pipeline_name)
+        release_leases(pipeline.pipeline_name, run_ended=True)
 
 
 _TRACKING = _Tracking()

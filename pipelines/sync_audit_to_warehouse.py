@@ -9,7 +9,8 @@
 `customerio_sync_reports` (one row per load and table: rows in, sent, accepted, rejected by
 reason, skipped, requests, retries, 429s, seconds) and `customerio_rejected_rows` of the
 dataset (schema) `customerio_audit`. The warehouse URL defaults to the sync's own source,
-`[sources.warehouse] credentials`. Both merge (reports on `load_id` + `table`, rejections on
+`[sources.warehouse] credentials`. With `state_url`, it reads the history there, so it runs on
+a runner that starts empty too. Both merge (reports on `load_id` + `table`, rejections on
 `reject_id`): run it after every sync, it never duplicates a row.
 
 Each rejected row says which load, table and row (`row_key`) was rejected, the `reason`, the
@@ -23,13 +24,16 @@ because identifies are idempotent, events keep their ids and sends keep their le
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import dlt
+from dlt.pipeline.exceptions import CannotRestorePipelineException
 
-from cio_destination import rejected_rows, run_command, sync_reports
+from cio_destination import customerio, rejected_rows, run_command, sync_reports
+from cio_destination.state import release_state, stored_state
 
 SYNC_PIPELINE = "warehouse_to_customerio"
 DATASET = "customerio_audit"
@@ -52,7 +56,7 @@ def load_audit(
     pipelines_dir: str | None = None,
 ) -> Loaded:
     """Load the sync reports and rejected rows of `sync_pipeline_name` into the warehouse."""
-    sync_pipeline = dlt.attach(sync_pipeline_name, pipelines_dir=pipelines_dir)
+    sync_pipeline = attach_sync(sync_pipeline_name, pipelines_dir)
     url = destination_url or dlt.secrets["sources.warehouse.credentials"]
     audit = dlt.pipeline(
         f"{sync_pipeline_name}_rejections",  # the earlier name: its state carries on
@@ -65,6 +69,28 @@ def load_audit(
         reports=sum(1 for _ in sync_reports(sync_pipeline)),
         rejections=sum(1 for _ in rejected_rows(sync_pipeline)),
     )
+
+
+def attach_sync(name: str, pipelines_dir: str | None = None) -> dlt.Pipeline:
+    """The sync pipeline: its local working directory, else (a runner that starts empty) the
+    pipeline as its `state_url` knows it; `CannotRestorePipelineException` when neither has it.
+
+    It takes no lease and restores no cursors: it only reads the reports and rejected rows,
+    so it runs beside a sync of the pipeline.
+    """
+    try:
+        return dlt.attach(name, pipelines_dir=pipelines_dir)
+    except CannotRestorePipelineException:
+        pipeline = dlt.pipeline(name, destination=customerio(), pipelines_dir=pipelines_dir)
+        state = stored_state(pipeline)
+        if state is not None and (
+            state.runs.dlt_state() is not None or state.reports.latest_load_id() is not None
+        ):
+            return pipeline
+        pipeline.deactivate()
+        release_state(pipeline.working_dir)
+        shutil.rmtree(pipeline.working_dir, ignore_errors=True)  # no trace of an unknown name
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:

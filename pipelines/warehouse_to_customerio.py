@@ -50,6 +50,7 @@ from cio_destination import (
     rejected_rows,
     restore_state,
     run_command,
+    run_lease,
     sync_report,
 )
 from cio_destination import dry_run as run_dry
@@ -461,9 +462,17 @@ def sync(
         pipelines_dir=pipelines_dir,
         progress=sync_progress(progress),
     )
-    # with state_url: the cursors of the last completed load on a runner that starts empty, and
-    # the lease (one run of the pipeline at a time); without it, nothing
-    restore_state(pipeline)
+    # with state_url: the lease (one run of the pipeline at a time), held across both runs
+    # below, and the cursors of the last completed load on a runner that starts empty; without
+    # it, nothing
+    with run_lease(pipeline):
+        restore_state(pipeline)
+        return _run(pipeline, tables, full_refresh, dry_run)
+
+
+def _run(
+    pipeline: dlt.Pipeline, tables: Sequence[str] | None, full_refresh: bool, dry_run: bool
+) -> SyncResult:
     resumed: list[str] = []
     if pipeline.has_pending_data and not dry_run:
         # with pending packages dlt.run() loads only those and drops the new data: finish them

@@ -18,11 +18,13 @@ from cio_destination import (
     StateFileError,
     customerio,
     customerio_adapter,
+    exit_status,
     rejected_rows,
     sync_report,
 )
 from cio_destination.emulator import Emulator
-from cio_destination.state import PipelineState, release_state, state_path
+from cio_destination.state import TABLES, PipelineState, release_state, state_path
+from cio_destination.state.backend import sql_store
 from cio_destination.state.ledger_guard import SendLedgerGuard
 
 from .conftest import API_KEY, SITE_ID
@@ -282,3 +284,23 @@ def test_reading_rejections_and_reports_from_a_corrupt_state_file_names_the_file
     with pytest.raises(Exception) as rejections_error:
         list(rejected_rows(pipeline))
     assert_names_the_file(rejections_error.value, path)
+
+
+def test_a_lost_ledger_in_state_url_names_the_key_never_a_file_or_the_url(tmp_path: Path):
+    def ledger(name: str):
+        url = f"sqlite:///{tmp_path / name}"
+        store = sql_store(url, None, TABLES, "destination.customerio.state_url")
+        return PipelineState(store, "receipts_sync").ledger
+
+    package = PackageState()
+    package.guard().check(ledger("s3cret-first.sqlite"), NoCompletedLoads())
+    resumed = PackageState(copy.deepcopy(package.on_disk))
+    with pytest.raises(SendLedgerLostError) as raised:  # state_url names another database now
+        resumed.guard().check(ledger("s3cret-other.sqlite"), NoCompletedLoads())
+
+    message = str(raised.value)
+    assert message.startswith("Customer.io destination state in destination.customerio.state_url:")
+    assert "state file" not in message and "Restore those tables" in message
+    assert "s3cret" not in message and str(tmp_path) not in message
+    code, line = exit_status(raised.value)
+    assert code == 2 and line.startswith("state error: Customer.io destination state in ")

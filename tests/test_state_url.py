@@ -7,6 +7,7 @@ one tests/test_postgres.py gets (`CIO_TEST_POSTGRES_URL`, or a throwaway cluster
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import time
@@ -14,16 +15,20 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import dlt
+import duckdb
 import pytest
 import sqlalchemy as sa
+from dlt.pipeline.exceptions import CannotRestorePipelineException
 from dlt.sources.sql_database import sql_table
 
 from cio_destination import (
     customerio,
     customerio_adapter,
+    exit_status,
     rejected_rows,
     restore_state,
     sync_report,
@@ -380,3 +385,55 @@ def test_large_writes_stream_through_copy_and_keep_every_value(database: Databas
             (k, h) for k, h in pairs if kept[k]["s"] is None
         }
     store.close()
+
+
+def test_the_audit_loader_reads_the_history_from_state_url_on_a_runner_that_starts_empty(
+    tmp_path: Path, emulator: Emulator, database: Database, monkeypatch: pytest.MonkeyPatch
+):
+    database.execute(
+        "CREATE TABLE {w}.visits (id integer PRIMARY KEY, uid text, data text);"
+        " INSERT INTO {w}.visits VALUES (1, 'p1', 'not json'), (2, 'p2', '{{\"a\": 1}}')"
+    )
+    visits = customerio_adapter(
+        sql_table(credentials=database.url, schema=database.warehouse, table="visits"),
+        action="event",
+        identifier="uid",
+        event_name="visit",
+        event_data_column="data",
+        json_columns=["data"],
+    )
+    sync = fresh_runner(tmp_path, emulator, database, name="audited")
+    restore_state(sync)
+    load_id = sync.run(visits).loads_ids[-1]
+    # the audit runs on another runner: only the settings (and state_url) are there
+    monkeypatch.setenv("DESTINATION__CUSTOMERIO__STATE_URL", database.url)
+    monkeypatch.setenv("DESTINATION__CUSTOMERIO__STATE_SCHEMA", database.state)
+    audit_example = _load_pipeline("sync_audit_to_warehouse")
+    audit = f"duckdb:///{tmp_path / 'audit.duckdb'}"
+    empty = tmp_path / "empty_runner"
+
+    assert audit_example.load_audit("audited", audit, pipelines_dir=str(empty)) == (1, 1)
+    with duckdb.connect(str(tmp_path / "audit.duckdb")) as con:
+        reports = con.execute(
+            'SELECT load_id, "table", rows_in, rejected FROM customerio_audit'
+            ".customerio_sync_reports"
+        ).fetchall()
+        reasons = con.execute(
+            "SELECT reason FROM customerio_audit.customerio_rejected_rows"
+        ).fetchall()
+    assert reports == [(load_id, "visits", 2, 1)] and reasons == [("invalid_event_data",)]
+
+    # a name no runner and no state_url knows is still a setting to fix (exit 2), and leaves
+    # nothing behind
+    with pytest.raises(CannotRestorePipelineException, match="nobody"):
+        audit_example.load_audit("nobody", audit, pipelines_dir=str(empty))
+    assert not (empty / "nobody").exists()
+    assert exit_status(CannotRestorePipelineException("nobody", str(empty), "x"))[0] == 2
+
+
+def _load_pipeline(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO / "pipelines" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

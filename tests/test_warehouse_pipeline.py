@@ -28,6 +28,7 @@ from sqlalchemy.dialects import postgresql
 
 from cio_destination import MappingError, rejected_rows
 from cio_destination.emulator import Emulator
+from cio_destination.state import state_for
 
 from .conftest import API_KEY, SITE_ID
 
@@ -787,3 +788,31 @@ def test_the_pipeline_on_runners_that_start_empty_restores_its_cursors_from_stat
     assert sorted((r["table"], r["row_key"]) for r in rejected_rows(result.pipeline)) == [
         (table, key) for table, key, _, _ in DEMO_REJECTED
     ]
+
+
+@pytest.mark.slow
+def test_a_sync_that_finishes_a_pending_load_first_holds_the_lease_between_its_two_runs(
+    example: Path, tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+):
+    state_url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    monkeypatch.setenv("DESTINATION__CUSTOMERIO__STATE_URL", state_url)
+    monkeypatch.setenv("DESTINATION__CUSTOMERIO__API_KEY", "revoked-key")
+    with pytest.raises(Exception, match="api_key"):
+        run(tmp_path)  # the load fails: its package stays pending
+    monkeypatch.setenv("DESTINATION__CUSTOMERIO__API_KEY", API_KEY)
+    runs = state_for(tmp_path, "wh_test", (state_url, None, "state_url")).runs
+    seen: list[str] = []
+    read_warehouse = wh.warehouse
+
+    def warehouse_read_after_the_pending_load(*args: Any, **kwargs: Any) -> Any:
+        # the pending load is done, what changed is not read yet: another run must not start
+        seen.append(runs.take_lease("another-run", "elsewhere", 1, 120.0).holder)
+        return read_warehouse(*args, **kwargs)
+
+    monkeypatch.setattr(wh, "warehouse", warehouse_read_after_the_pending_load)
+    result = run(tmp_path)
+
+    assert len(result.resumed_loads) == 1 and len(emulator.people) == len(DEMO_PEOPLE)
+    assert seen and "another-run" not in seen
+    # the sync gave it back when it ended
+    assert runs.take_lease("another-run", "elsewhere", 1, 120.0).holder == "another-run"

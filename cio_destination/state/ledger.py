@@ -70,6 +70,8 @@ class SendLedger:
         self._pipeline = pipeline_name
         self.path = store.location
         """Where the ledger is kept (its file, or `state_url`): errors about the ledger name it."""
+        self.shared = store.shared
+        """Whether it is kept in `state_url` (a database shared by runners), not a file."""
         self._turn = threading.Condition()
         self._queue: list[_LedgerWrite] = []
         self._leader = False

@@ -61,7 +61,7 @@ class SendLedgerGuard:
             ledger_id, generation = ledger.identity()
             if not _holds(mark, ledger_id, generation):
                 if not self._accept_new:
-                    raise SendLedgerLostError(ledger.path)
+                    raise SendLedgerLostError(ledger.path, shared=ledger.shared)
                 logger.warning(
                     "accept_new_send_ledger: sending through a new send ledger in %s; emails"
                     " of earlier loads may go out again",
