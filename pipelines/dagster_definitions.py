@@ -16,10 +16,11 @@ that, set in the destination's config:
 * `rate_limit_url` (Redis or PostgreSQL): the processes share one budget of
   `requests_per_second` and the cut after a 429;
 * `state_url`: the pipelines' state (cursors, fingerprints, mirror snapshots, the send ledger)
-  lives in that database, restored before each run, so a process whose disk starts empty
-  resumes where the last run of its table ended. Until it is set, the state stays in each
-  pipeline's working directory (dlt's `pipelines_dir`, `DLT_DATA_DIR`), which every run of a
-  table must then find again.
+  lives in that database: each asset restores it into its working directory before it runs, so
+  a process whose disk starts empty resumes where the last run of its table ended, and holds
+  its table's lease there for the whole step, so two runs of one table never overlap. Without
+  it, the state stays in each pipeline's working directory (dlt's `pipelines_dir`,
+  `DLT_DATA_DIR`), which every run of a table must then find again.
 """
 
 # no `from __future__ import annotations`: Dagster reads the asset function's annotations
@@ -34,7 +35,7 @@ import dlt
 from dagster import AssetExecutionContext, AssetsDefinition, Definitions, define_asset_job
 from dagster_dlt import DagsterDltResource, dlt_assets
 
-from cio_destination import customerio, restore_state
+from cio_destination import customerio, restore_state, run_lease
 
 
 def _warehouse_sync() -> Any:
@@ -77,14 +78,18 @@ def table_asset(name: str) -> AssetsDefinition:
     def sync_table(
         context: AssetExecutionContext, dlt_resource: DagsterDltResource
     ) -> Iterator[Any]:
-        restore_state(pipeline)  # with state_url, an empty working directory starts where it ended
-        if pipeline.has_pending_data:
-            # dagster-dlt would drop the packages a failed run left pending, rows and all:
-            # finish them first (that needs no warehouse)
-            pipeline.run()
-        source = wh.warehouse().with_resources(name)
-        wh.check_mappings([name], dlt.config.get("destination.customerio.tables", dict))
-        yield from dlt_resource.run(context=context, dlt_source=source, dlt_pipeline=pipeline)
+        # with state_url: the lease (one run of the table at a time) held across both runs
+        # below, and the cursors of the last completed load restored into an empty working
+        # directory; without it, nothing
+        with run_lease(pipeline):
+            restore_state(pipeline)
+            if pipeline.has_pending_data:
+                # dagster-dlt would drop the packages a failed run left pending, rows and all:
+                # finish them first (that needs no warehouse)
+                pipeline.run()
+            source = wh.warehouse().with_resources(name)
+            wh.check_mappings([name], dlt.config.get("destination.customerio.tables", dict))
+            yield from dlt_resource.run(context=context, dlt_source=source, dlt_pipeline=pipeline)
 
     return sync_table
 

@@ -1,6 +1,7 @@
 """The warehouse sync under Dagster (pipelines/dagster_definitions.py, extra `[dagster]`): the
 multiprocess executor materializes one asset per table of the real PostgreSQL test warehouse,
-each in its own process, sharing one rate budget in Redis, configured by the environment alone."""
+each in its own process from an empty working directory, with `state_url` in PostgreSQL and one
+rate budget in Redis, configured by the environment alone."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,9 +65,11 @@ MAPPINGS = {
 
 
 def materialize(tmp_path: Path, environment: dict[str, str]) -> None:
-    """`dagster job execute` of the whole sync, from an empty working directory."""
-    cwd = tmp_path / "run"
-    cwd.mkdir(exist_ok=True)
+    """`dagster job execute` of the whole sync, from an empty working directory and an empty
+    `DLT_DATA_DIR`: whatever it needs of the last materialization comes from `state_url`."""
+    runner = tmp_path / uuid.uuid4().hex
+    cwd, data_dir = runner / "run", runner / "dlt"
+    cwd.mkdir(parents=True)
     done = subprocess.run(
         [
             sys.executable,
@@ -78,7 +83,7 @@ def materialize(tmp_path: Path, environment: dict[str, str]) -> None:
             "warehouse_sync",
         ],
         cwd=cwd,
-        env={**child_env(), **environment},
+        env={**child_env(), **environment, "DLT_DATA_DIR": str(data_dir)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -88,10 +93,30 @@ def materialize(tmp_path: Path, environment: dict[str, str]) -> None:
     log = done.stdout + done.stderr
     assert "multiprocess executor" in log  # each asset's step in a process of its own
     assert all(f'Executing step "{table}" in subprocess' in log for table in SOURCE_TABLES)
+    # each asset's pipeline had a working directory of its own in the empty DLT_DATA_DIR
+    assert {p.name for p in (data_dir / "pipelines").iterdir()} == {
+        f"warehouse_to_customerio_{table}" for table in SOURCE_TABLES
+    }
+
+
+@pytest.fixture
+def state_schema(warehouse: Warehouse) -> Iterator[str]:
+    """The test's own schema for `state_url`'s tables, dropped afterwards."""
+    schema = f"{warehouse.schema}_state"
+    try:
+        yield schema
+    finally:
+        with warehouse.engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def test_dagster_materializes_each_table_in_its_own_process(
-    warehouse: Warehouse, workspace: Emulator, site_id: str, redis_url: str, tmp_path: Path
+    warehouse: Warehouse,
+    state_schema: str,
+    workspace: Emulator,
+    site_id: str,
+    redis_url: str,
+    tmp_path: Path,
 ):
     if not test_postgres.IN_CI:  # CI installs `.[dev]`, which has it: there it must run
         pytest.importorskip("dagster_dlt", reason="pip install -e '.[dagster]'")
@@ -99,7 +124,6 @@ def test_dagster_materializes_each_table_in_its_own_process(
     home.mkdir()
     environment = {
         "DAGSTER_HOME": str(home),  # the multiprocess executor needs a persistent instance
-        "DLT_DATA_DIR": str(tmp_path / "dlt"),  # until state_url keeps the state (issue 15)
         "SOURCES__WAREHOUSE__CREDENTIALS": warehouse.url,
         "SOURCES__WAREHOUSE__SCHEMA": warehouse.schema,
         "SOURCES__WAREHOUSE__TABLES": json.dumps(SOURCE_TABLES),
@@ -109,6 +133,8 @@ def test_dagster_materializes_each_table_in_its_own_process(
         "DESTINATION__CUSTOMERIO__TRACK_URL": workspace.url,
         "DESTINATION__CUSTOMERIO__APP_API_KEY": workspace.app_api_key,
         "DESTINATION__CUSTOMERIO__APP_URL": workspace.url,
+        "DESTINATION__CUSTOMERIO__STATE_URL": warehouse.url,
+        "DESTINATION__CUSTOMERIO__STATE_SCHEMA": state_schema,
         "DESTINATION__CUSTOMERIO__RATE_LIMIT_URL": redis_url,
         "DESTINATION__CUSTOMERIO__REQUESTS_PER_SECOND": "20",
     }
@@ -128,6 +154,7 @@ def test_dagster_materializes_each_table_in_its_own_process(
     mark = len(workspace.requests)
     materialize(tmp_path, environment)
 
-    # cursors, fingerprints, the mirror's snapshot and the send ledger all held: nothing new
+    # cursors, fingerprints, the mirror's snapshot and the send ledger all came back from
+    # state_url into the empty working directories: nothing new
     assert [r.path for r in workspace.requests[mark:] if r.method == "POST"] == []
     assert len(workspace.deliveries) == len(PEOPLE)
