@@ -11,11 +11,8 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from cio_destination.batching import ENVELOPE_BYTES, body_of
 
 TABLE = "people"
 IDENTIFIER = "uid"
@@ -80,63 +77,3 @@ def _mod(numbers: pa.Array, divisor: int) -> pa.Array:
 def chunk_bounds(rows: int, chunk: int) -> Iterator[tuple[int, int]]:
     for start in range(0, rows, chunk):
         yield start, min(start + chunk, rows)
-
-
-# -- the hand-written floor: Arrow columns -> the same operations -> orjson -> <= N-byte bodies -----
-
-
-def floor_entries(table: pa.Table | pa.RecordBatch) -> list[bytes]:
-    """The serialized identify operations of an Arrow chunk, as the destination would send them."""
-    seconds = pc.divide(pc.cast(table.column("updated_at"), pa.int64()), 1_000_000).to_pylist()
-    uid, email, name, plan, ltv, logins, active = (
-        table.column(c).to_pylist()
-        for c in ("uid", "email", "name", "plan", "ltv", "logins", "active")
-    )
-    dumps = orjson.dumps
-    return [
-        dumps(
-            {
-                "type": "person",
-                "action": "identify",
-                "identifiers": {"id": uid[i]},
-                "attributes": {
-                    "email": email[i],
-                    "name": name[i],
-                    "plan": plan[i],
-                    "ltv": ltv[i],
-                    "logins": logins[i],
-                    "active": active[i],
-                },
-                "timestamp": seconds[i],
-            }
-        )
-        for i in range(len(uid))
-    ]
-
-
-class BodyPacker:
-    """Greedy packing of serialized entries into `{"batch":[...]}` bodies of at most `max_bytes`."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.entries: list[bytes] = []
-        self.used = ENVELOPE_BYTES
-
-    def add(self, entry: bytes) -> bytes | None:
-        """Add an entry; returns a full body when the entry did not fit into the current one."""
-        full = None
-        extra = len(entry) + (1 if self.entries else 0)
-        if self.entries and self.used + extra > self.max_bytes:
-            full = self.flush()
-            extra = len(entry)
-        self.entries.append(entry)
-        self.used += extra
-        return full
-
-    def flush(self) -> bytes | None:
-        if not self.entries:
-            return None
-        body = body_of(self.entries)
-        self.entries = []
-        self.used = ENVELOPE_BYTES
-        return body

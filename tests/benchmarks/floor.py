@@ -23,8 +23,9 @@ fastest known:
   binary search per body, not a Python step per operation. A body is written with one copy
   (`b"".join` of the envelope and a memoryview), and operations left over at the end of a
   chunk start the next chunk's first body.
-* Sending: keep-alive httpx connections, up to 8 requests in flight on a thread pool, started
-  no faster than `requests_per_second` (the destination's rate limit is the same budget).
+* Sending: keep-alive httpx connections, up to 8 requests in flight on a thread pool (64 for the
+  latency runs, `paced_floor`), started no faster than `requests_per_second` (the destination's
+  rate limit is the same budget).
 """
 
 from __future__ import annotations
@@ -199,14 +200,18 @@ class Packer:
 
 
 class Poster:
-    """Up to 8 requests in flight, started no faster than `requests_per_second`."""
+    """Up to `threads` requests in flight (and `queued` more bodies waiting for a thread), started
+    no faster than `requests_per_second`."""
 
-    def __init__(self, client: httpx.Client, requests_per_second: float) -> None:
+    def __init__(
+        self, client: httpx.Client, requests_per_second: float, threads: int = 8, queued: int = 0
+    ) -> None:
         self.client = client
         self.interval = 1.0 / requests_per_second
         self.next_start = time.monotonic()
         self.lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(8)
+        self.pool = ThreadPoolExecutor(threads)
+        self.most_pending = threads + queued
         self.pending: deque[Future[httpx.Response]] = deque()
 
     def _post(self, body: bytes) -> httpx.Response:
@@ -222,7 +227,7 @@ class Poster:
 
     def post(self, body: bytes) -> None:
         self.pending.append(self.pool.submit(self._post, body))
-        while len(self.pending) > 8:
+        while len(self.pending) > self.most_pending:
             self.pending.popleft().result().raise_for_status()
 
     def finish(self) -> None:
@@ -233,22 +238,27 @@ class Poster:
 
 def run(
     spec: dict[str, Any],
-    chunks: Callable[[], Iterable[pa.Table]],
+    tables: list[Callable[[], Iterable[pa.Table]]],
     operations: Callable[[pa.Table], pa.Array],
+    threads: int = 8,
+    queued: int = 0,
 ) -> None:
-    """Write and send every chunk's operations, as the destination would."""
+    """Write and send every chunk's operations, as the destination would: each table's chunks
+    packed on their own, one after the other, through one client and one pace."""
     with httpx.Client(
         base_url=spec["sink"],
         auth=(spec["site_id"], spec["api_key"]),
         headers={"content-type": "application/json"},
-        limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+        limits=httpx.Limits(max_connections=threads, max_keepalive_connections=threads),
+        timeout=60,
     ) as client:
-        poster = Poster(client, spec["requests_per_second"])
-        packer = Packer(spec["max_request_bytes"])
-        for table in chunks():
-            for body in packer.bodies(operations(table)):
-                poster.post(body)
-        last = packer.flush()
-        if last is not None:
-            poster.post(last)
+        poster = Poster(client, spec["requests_per_second"], threads, queued)
+        for chunks in tables:
+            packer = Packer(spec["max_request_bytes"])
+            for table in chunks():
+                for body in packer.bodies(operations(table)):
+                    poster.post(body)
+            last = packer.flush()
+            if last is not None:
+                poster.post(last)
         poster.finish()

@@ -37,9 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import dlt
@@ -182,76 +180,28 @@ def _step(steps: dict[str, float], name: str, mark: float, cpu: float) -> float:
 # -- the floor: the same operations written by Arrow kernels, packed and sent, no dlt ----------------
 
 
+def operations_of(spec: dict[str, Any]) -> Callable[[Any], Any]:
+    """The kernel floor's writer of the run's action."""
+    return floor.event_operations if spec.get("action") == "event" else floor.identify_operations
+
+
 def run_floor(spec: dict[str, Any], chunks: Callable[[], Iterator[Any]]) -> dict[str, float]:
     """The same bodies the destination sends, from the same Arrow tables (`floor`)."""
-    write = floor.event_operations if spec.get("action") == "event" else floor.identify_operations
     started = time.perf_counter()
-    floor.run(spec, chunks, write)
+    floor.run(spec, [chunks], operations_of(spec))
     return {"total": time.perf_counter() - started}
-
-
-class Pacer:
-    """Request starts evenly spaced at `rate` per second across threads, as a client written
-    for Customer.io's rate limit would space them."""
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate
-        self.next = 0.0
-        self.lock = threading.Lock()
-
-    def wait(self) -> None:
-        with self.lock:
-            now = time.monotonic()
-            slot = max(now, self.next)
-            self.next = slot + self.interval
-        if slot > now:
-            time.sleep(slot - now)
 
 
 def run_paced_floor(
     spec: dict[str, Any], chunks: list[Callable[[], Iterator[Any]]]
 ) -> dict[str, float]:
-    """The same bodies as the destination, from the same Arrow tables, posted by 64 threads
-    within `requests_per_second`, with as many requests in flight as the rate and the latency
-    need: what a hand-written sender that hides latency achieves, with no dlt."""
-    threads = 64
-    pacer = Pacer(spec["requests_per_second"])
-    with (
-        httpx.Client(
-            base_url=spec["sink"],
-            auth=(spec["site_id"], spec["api_key"]),
-            headers={"content-type": "application/json"},
-            limits=httpx.Limits(max_connections=threads, max_keepalive_connections=threads),
-            timeout=60,
-        ) as client,
-        ThreadPoolExecutor(threads) as pool,
-    ):
-        pending: deque[Future[httpx.Response]] = deque()
-
-        def paced_post(body: bytes) -> httpx.Response:
-            pacer.wait()
-            return client.post("/api/v2/batch", content=body)
-
-        def post(body: bytes) -> None:
-            pending.append(pool.submit(paced_post, body))
-            while len(pending) > threads + 8:
-                pending.popleft().result().raise_for_status()
-
-        started = time.perf_counter()
-        steps = {"started_monotonic": time.monotonic()}
-        for table_chunks_ in chunks:
-            packer = data.BodyPacker(spec["max_request_bytes"])
-            for table in table_chunks_():
-                for entry in data.floor_entries(table):
-                    body = packer.add(entry)
-                    if body is not None:
-                        post(body)
-            last = packer.flush()
-            if last is not None:
-                post(last)
-        while pending:
-            pending.popleft().result().raise_for_status()
-        steps["total"] = time.perf_counter() - started
+    """The kernel floor's bodies, from the same Arrow tables, posted by 64 threads within
+    `requests_per_second`, with as many requests in flight as the rate and the latency need:
+    what a hand-written sender that hides latency achieves, with no dlt."""
+    started = time.perf_counter()
+    steps = {"started_monotonic": time.monotonic()}
+    floor.run(spec, chunks, operations_of(spec), threads=64, queued=8)
+    steps["total"] = time.perf_counter() - started
     return steps
 
 
