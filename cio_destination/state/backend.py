@@ -13,7 +13,9 @@ row carries its pipeline's name, so pipelines can share one store. The store rec
 of its tables' layout (`SCHEMA_VERSION`), so a later release can migrate them; a file of the
 layout before that version is migrated on open.
 
-Writes are batched per call (`Transaction.upsert` sends many rows per statement). Only a
+Writes are batched per call (`Transaction.upsert` sends many rows per statement; `upsert_table`
+takes an Arrow table, which PostgreSQL gets as one COPY of the CSV Arrow writes, and reads of
+many rows come back as one Arrow table, `StateStore.read_table`). Only a
 `durable` transaction (the send ledger's claims) is synced to disk before it returns; the rest
 may be lost by a power cut (never by a crash of the process), which costs at most work done again.
 Any failure surfaces as a `StateFileError` naming the file, or as `database_error` says for a URL.
@@ -31,6 +33,9 @@ from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from cio_destination.exceptions import (
     CustomerioError,
@@ -80,16 +85,19 @@ class Transaction:
         many: bool,
         array_types: Mapping[str, Mapping[str, str]] | None = None,
         copy: Callable[[str, Sequence[str], list[Sequence[Any]]], str] | None = None,
+        copy_table: Callable[[str, pa.Table], tuple[str, list[str]]] | None = None,
     ) -> None:
         """`many`: the driver runs one statement over many rows (sqlite3's executemany);
         `array_types`: the column types of each table, where the database takes whole arrays
         as parameters (PostgreSQL): then a write is one statement, however many its rows;
         `copy`: streams rows into a scratch table like the table named (PostgreSQL's COPY),
-        returning its name, for large writes."""
+        returning its name, for large writes; `copy_table`: the same for an Arrow table (its
+        CSV), returning the scratch table's name and the expression of each column."""
         self._execute = execute
         self._many = many
         self._arrays = array_types
         self._copy = copy
+        self._copy_table = copy_table
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement; its rows, if it returns any."""
@@ -139,6 +147,34 @@ class Transaction:
             values = [value for row in chunk for value in row]
             self._execute(f"{head}VALUES {','.join([marks] * len(chunk))} {conflict}", values)
 
+    def upsert_table(
+        self,
+        table: str,
+        keys: Sequence[str],
+        data: pa.Table,
+        constants: Mapping[str, Any],
+    ) -> None:
+        """`upsert` of the rows of an Arrow table (binary columns for blobs), each with the
+        `constants` too; its `keys` are distinct. PostgreSQL gets one COPY of the table's CSV,
+        written by Arrow; the other databases its rows, as `upsert` writes them."""
+        if not len(data):
+            return
+        columns = [*constants, *data.column_names]
+        if self._copy_table is None or len(data) < _COPY_ROWS:
+            values = [column.to_pylist() for column in data.columns]
+            rows = [(*constants.values(), *row) for row in zip(*values, strict=True)]
+            self.upsert(table, columns, [*constants, *keys], rows, distinct=True)
+            return
+        scratch, expressions = self._copy_table(table, data)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+        marks = ", ".join("?" for _ in constants)
+        self._execute(
+            f"INSERT INTO {{{table}}} ({', '.join(columns)})"
+            f" SELECT {marks}{', ' if marks else ''}{', '.join(expressions)} FROM {scratch}"
+            f" ON CONFLICT ({', '.join([*constants, *keys])}) DO UPDATE SET {updates}",
+            list(constants.values()),
+        )
+
     def delete_in(
         self, table: str, where: str, params: Sequence[Any], column: str, values: Sequence[Any]
     ) -> None:
@@ -175,6 +211,14 @@ class StateStore:
         for start in range(0, len(values), _ROWS_PER_STATEMENT):
             chunk = list(values[start : start + _ROWS_PER_STATEMENT])
             yield from self.read(sql.format(marks=",".join("?" * len(chunk))), [*params, *chunk])
+
+    def read_table(self, sql: str, params: Sequence[Any], schema: pa.Schema) -> pa.Table:
+        """The rows of one query as an Arrow table of `schema` (its columns, in order)."""
+        rows = self.read(sql, params)
+        return pa.table(
+            [pa.array([row[i] for row in rows], f.type) for i, f in enumerate(schema)],
+            schema=schema,
+        )
 
     @contextmanager
     def transaction(self, *, durable: bool = False) -> Iterator[Transaction]:
@@ -394,6 +438,8 @@ class SqlStore(StateStore):
                 create_tables(tx, tables, lambda: None)
                 self._arrays = self._column_types(tx, schema)
                 self.arrays = self._arrays is not None
+                # Arrow's CSV is UTF-8, its blobs' text turned back into bytes by the server
+                self._csv = self.arrays and tx.execute("SHOW server_encoding")[0][0] == "UTF8"
 
     def _column_types(
         self, tx: Transaction, schema: str | None
@@ -448,17 +494,14 @@ class SqlStore(StateStore):
 
             def copy(table: str, columns: Sequence[str], rows: list[Sequence[Any]]) -> str:
                 scratch = f"cio_copy_{table}"
-                try:
-                    with connection.connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
-                        cursor.execute(
-                            f"CREATE TEMP TABLE IF NOT EXISTS {scratch}"
-                            f" (LIKE {self._names[table]}) ON COMMIT DELETE ROWS"
-                        )
-                        cursor.copy_expert(
-                            f"COPY {scratch} ({', '.join(columns)}) FROM STDIN", copy_text(rows)
-                        )
-                except Exception as error:  # the driver's own: its text may quote a row
-                    raise database_error(error, self._key) from None
+                with self._driver(connection) as cursor:
+                    cursor.execute(
+                        f"CREATE TEMP TABLE IF NOT EXISTS {scratch}"
+                        f" (LIKE {self._names[table]}) ON COMMIT DELETE ROWS"
+                    )
+                    cursor.copy_expert(
+                        f"COPY {scratch} ({', '.join(columns)}) FROM STDIN", copy_text(rows)
+                    )
                 return scratch
 
             arrays = getattr(self, "_arrays", None)
@@ -467,7 +510,72 @@ class SqlStore(StateStore):
                 many=False,
                 array_types=arrays,
                 copy=copy if arrays is not None else None,
+                copy_table=(
+                    (lambda table, data: self._copy_table(connection, table, data))
+                    if getattr(self, "_csv", False)
+                    else None
+                ),
             )
+
+    @contextmanager
+    def _driver(self, connection: Any) -> Iterator[Any]:
+        """A cursor of the driver's own (psycopg2's, for COPY); its errors as `database_error`
+        says, since their text may quote a row."""
+        try:
+            with connection.connection.dbapi_connection.cursor() as cursor:
+                yield cursor
+        except Exception as error:
+            raise database_error(error, self._key) from None
+
+    def _copy_table(self, connection: Any, table: str, data: pa.Table) -> tuple[str, list[str]]:
+        """COPY an Arrow table, as the CSV Arrow writes, into a scratch table; its name, and
+        each column's expression (a blob travels as its UTF-8 text)."""
+        assert self._arrays is not None
+        types = self._arrays[table]
+        blobs = {c for c in data.column_names if types[c] == "bytea"}
+        scratch = f"cio_csv_{table}"
+        columns = ", ".join(f"{c} {'text' if c in blobs else types[c]}" for c in data.column_names)
+        text = data.select(data.column_names)
+        for c in blobs:
+            index = text.column_names.index(c)
+            text = text.set_column(index, c, text.column(c).cast(pa.string()))
+        sink = pa.BufferOutputStream()
+        pa_csv.write_csv(text, sink, pa_csv.WriteOptions(include_header=False))
+        with self._driver(connection) as cursor:
+            cursor.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {scratch} ({columns}) ON COMMIT DELETE ROWS"
+            )
+            cursor.copy_expert(
+                f"COPY {scratch} ({', '.join(data.column_names)}) FROM STDIN WITH (FORMAT csv)",
+                pa.BufferReader(sink.getvalue()),
+            )
+        expressions = [f"convert_to({c}, 'UTF8')" if c in blobs else c for c in data.column_names]
+        return scratch, expressions
+
+    def read_table(self, sql: str, params: Sequence[Any], schema: pa.Schema) -> pa.Table:
+        if not getattr(self, "_csv", False):
+            return super().read_table(sql, params, schema)
+        # one COPY of the rows as CSV, parsed by Arrow: no Python object per value
+        sink = io.BytesIO()
+        with (
+            self._database(),
+            self._engine.begin() as connection,
+            self._driver(connection) as cursor,
+        ):
+            query = cursor.mogrify(
+                _to_paramstyle(sql.format_map(self._names), "format"), tuple(params)
+            ).decode()
+            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)", sink)
+        return pa_csv.read_csv(
+            pa.BufferReader(sink.getvalue()),
+            read_options=pa_csv.ReadOptions(column_names=schema.names),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=schema,
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
 
     def close(self) -> None:
         self._engine.dispose()

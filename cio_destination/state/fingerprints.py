@@ -4,18 +4,39 @@ A fingerprint is `{"r": hash of the whole operation, "a": {attribute: hash of it
 "s": hash of the source row or None}` (see `cio_destination.diff.changes`). They live in the
 state store (`StoredFingerprints`): the pipeline's state file, or the database of `state_url`,
 so runners with no persistent disk keep them.
+
+A load that compares many rows reads the scope's source-row hashes once, in bulk
+(`StoredFingerprints.kept_sources`), instead of looking its rows up a unit at a time; the
+columnar diff writes a unit's fingerprints as one Arrow table (`remember_table`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
+import pyarrow as pa
 
 from cio_destination.state.backend import StateStore, pipeline_scopes
 
 Fingerprint = dict[str, Any]
+
+FINGERPRINT_SCHEMA = pa.schema(
+    [
+        ("identifier", pa.string()),
+        ("row_hash", pa.int64()),
+        ("attributes", pa.binary()),
+        ("source_hash", pa.int64()),
+    ]
+)
+"""The columns of the fingerprints `remember_table` keeps (`attributes`: the JSON `remember`
+writes of `Fingerprint["a"]`)."""
+BULK_READ_FACTOR = 20
+"""A load reads a scope's source-row hashes in bulk once its rows come to 1/20 of the hashes
+kept: below that, looking its rows up in the database costs less than reading them all."""
 
 
 class Fingerprints(Protocol):
@@ -42,9 +63,86 @@ class Fingerprints(Protocol):
         """Keep these fingerprints (of people Customer.io accepted), replacing earlier ones."""
         ...
 
+    def remember_table(self, scope: str, fingerprints: pa.Table) -> None:
+        """`remember` for fingerprints in Arrow (`FINGERPRINT_SCHEMA`, distinct identifiers)."""
+        ...
+
+    def kept_sources(self, scope: str) -> KeptSources:
+        """What a load compares its source-row hashes with (see `KeptSources`)."""
+        ...
+
+    def count(self, scope: str) -> int:
+        """How many fingerprints of `scope` are kept."""
+        ...
+
+    def read_source_hashes(self, scope: str) -> pa.Array:
+        """Every source-row hash kept for `scope`, in one read."""
+        ...
+
     def forget(self, scope: str, identifiers: Sequence[str]) -> None:
         """Drop fingerprints (the people were removed from Customer.io)."""
         ...
+
+
+class KeptSources:
+    """The source-row hashes kept for one scope, as one load sees them: looked up in the
+    database a unit at a time, until the load's rows come to `1 / BULK_READ_FACTOR` of the
+    hashes kept; then read once, in bulk, into a set.
+
+    The set stays true to the database: a person whose fingerprint this process writes or
+    drops after it was read counts as changed (their rows are mapped, and the stored
+    fingerprint has the last word). A hash covers the row's identifier (see
+    `cio_destination.actions.identify.source_row_hashes`), so a row whose hash is in the set
+    is a row kept as it is, but for a 64-bit collision.
+    """
+
+    def __init__(self, fingerprints: Fingerprints, scope: str) -> None:
+        self._fingerprints = fingerprints
+        self._scope = scope
+        self._lock = threading.Lock()
+        self._seen = 0
+        self._kept: int | None = None
+        self._hashes: set[int] | None = None
+        self._touched: set[str] = set()
+        self.bulk = False
+        """Whether the hashes were read in bulk."""
+
+    def changed(self, identifiers: Sequence[str | None], hashes: Sequence[int]) -> list[int]:
+        """The positions of the rows to map: an identifier of None, or a hash that is not the
+        one kept with the identifier's fingerprint (or none is kept)."""
+        with self._lock:
+            self._seen += len(identifiers)
+            if self._hashes is None and self._worth_reading():
+                self._hashes = self._read()
+            known, touched = self._hashes, self._touched
+            if known is not None:
+                return [
+                    at
+                    for at, (i, h) in enumerate(zip(identifiers, hashes, strict=True))
+                    if i is None or h not in known or i in touched
+                ]
+        pairs = [(i, h) for i, h in zip(identifiers, hashes, strict=True) if i is not None]
+        found = self._fingerprints.changed_sources(self._scope, pairs)
+        return [
+            at
+            for at, pair in enumerate(zip(identifiers, hashes, strict=True))
+            if pair[0] is None or pair in found
+        ]
+
+    def touch(self, identifiers: Iterable[str]) -> None:
+        """These people's fingerprints were written or dropped: count them as changed."""
+        with self._lock:
+            if self._hashes is not None:
+                self._touched.update(identifiers)
+
+    def _worth_reading(self) -> bool:
+        if self._kept is None:
+            self._kept = self._fingerprints.count(self._scope)
+        return self._kept <= BULK_READ_FACTOR * self._seen
+
+    def _read(self) -> set[int]:
+        self.bulk = True
+        return set(self._fingerprints.read_source_hashes(self._scope).to_pylist())
 
 
 class _LazyFingerprint(dict):  # type: ignore[type-arg]
@@ -79,6 +177,35 @@ class StoredFingerprints:
     def __init__(self, store: StateStore, pipeline_name: str) -> None:
         self._store = store
         self._pipeline = pipeline_name
+        self._scopes: weakref.WeakKeyDictionary[KeptSources, str] = weakref.WeakKeyDictionary()
+
+    def kept_sources(self, scope: str) -> KeptSources:
+        kept = KeptSources(self, scope)
+        self._scopes[kept] = scope  # watched before it reads: no write slips between
+        return kept
+
+    def count(self, scope: str) -> int:
+        found = self._store.read("SELECT COUNT(*) FROM {cio_fingerprints} WHERE scope = ?", [scope])
+        return int(found[0][0])
+
+    def read_source_hashes(self, scope: str) -> pa.Array:
+        table = self._store.read_table(
+            "SELECT source_hash FROM {cio_fingerprints} WHERE scope = ?"
+            " AND source_hash IS NOT NULL",
+            [scope],
+            pa.schema([("source_hash", pa.int64())]),
+        )
+        return table.column(0)
+
+    def _touch(self, scope: str | None, identifiers: Any) -> None:
+        """Tell the loads watching `scope` (None: every scope) of written or dropped people."""
+        watching = [k for k, s in list(self._scopes.items()) if scope is None or s == scope]
+        if not watching:
+            return
+        if isinstance(identifiers, pa.Array | pa.ChunkedArray):
+            identifiers = identifiers.to_pylist()
+        for kept in watching:
+            kept.touch(identifiers)
 
     def fingerprints_of(self, scope: str, identifiers: Sequence[str]) -> dict[str, Fingerprint]:
         """The attribute hashes are parsed lazily: most people are settled by the row hash."""
@@ -137,13 +264,23 @@ class StoredFingerprints:
         with self._store.transaction() as tx:
             keys = ("scope", "identifier")
             tx.upsert("cio_fingerprints", self._COLUMNS, keys, rows, distinct=True)  # a dict's
+        self._touch(scope, fingerprints)
+
+    def remember_table(self, scope: str, fingerprints: pa.Table) -> None:
+        if not len(fingerprints):
+            return
+        with self._store.transaction() as tx:
+            tx.upsert_table("cio_fingerprints", ["identifier"], fingerprints, {"scope": scope})
+        self._touch(scope, fingerprints.column("identifier"))
 
     def forget(self, scope: str, identifiers: Sequence[str]) -> None:
         with self._store.transaction() as tx:
             tx.delete_in("cio_fingerprints", "scope = ?", [scope], "identifier", identifiers)
+        self._touch(scope, identifiers)
 
     def erase(self, identifiers: Sequence[str]) -> None:
         """Drop these people's fingerprints from every table of the pipeline (an erasure)."""
         where, params = pipeline_scopes(self._pipeline)
         with self._store.transaction() as tx:
             tx.delete_in("cio_fingerprints", where, params, "identifier", identifiers)
+        self._touch(None, identifiers)
