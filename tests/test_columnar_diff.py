@@ -76,6 +76,7 @@ class Side:
         return sent, mapped
 
     def kept(self) -> list[tuple[Any, ...]]:
+        self.state.fingerprints.flush()  # the columnar diff's are written behind
         return sorted(
             self.state.store.read(
                 "SELECT identifier, row_hash, attributes, source_hash FROM {cio_fingerprints}"
@@ -86,7 +87,7 @@ class Side:
 
     def disturb(self, dropped: list[str], stale: list[str]) -> None:
         """Drop some fingerprints; make others' source hashes no longer match."""
-        self.state.fingerprints.forget(SCOPE, dropped)
+        self.state.fingerprints.forget(SCOPE, dropped)  # after the write behind
         with self.state.store.transaction() as tx:
             for identifier in stale:
                 tx.execute(

@@ -316,25 +316,26 @@ def test_an_arrow_table_of_fingerprints_is_kept_as_remember_keeps_them(store: St
     assert {k: (v["r"], v.get("a")) for k, v in found.items()} == {
         k: (r, orjson.loads(a)) for k, (r, a, _) in people.items()
     }
-    assert sorted(fingerprints.read_source_hashes("p/people").to_pylist()) == sorted(
-        s for _, _, s in people.values() if s is not None
-    )
-    assert fingerprints.count("p/people") == len(people)
+    hashes = sorted(s for _, _, s in people.values() if s is not None)
+    assert sorted(fingerprints.read_source_hashes("p/people", 400).to_pylist()) == hashes
+    assert fingerprints.read_source_hashes("p/people", 399) is None  # more than that
 
 
 def test_a_load_reads_the_kept_source_hashes_in_bulk_once_its_rows_come_to_a_twentieth(
     store: StateStore,
 ):
     fingerprints = PipelineState(store, "p").fingerprints
-    kept_ = {f"u{i}": {"r": i, "a": {}, "s": 100 + i} for i in range(40)}
-    fingerprints.remember("p/people", kept_)
+    people = {f"u{i}": {"r": i, "a": {}, "s": 10_000 + i} for i in range(1_500)}
+    fingerprints.remember("p/people", people)
     kept = fingerprints.kept_sources("p/people")
 
-    assert kept.changed(["u1"], [2]) == [0]  # 1 row against 40 kept: looked up
+    assert kept.changed(["u1"], [2]) == [0]  # 1 row against 1,500 kept: looked up
+    assert kept.changed(["u1", None, "u3", "u99"], [10_001, 5, 7, 99]) == [1, 2, 3]
     assert not kept.bulk
-    assert kept.changed(["u1", None, "u3", "u99"], [101, 5, 7, 99]) == [1, 2, 3]
-    assert kept.bulk  # 5 rows so far: 40 kept is no more than 20 times as many
-    assert kept.changed(["u5", "u6"], [105, 7]) == [1]
+    rows = [f"u{i}" for i in range(100)]
+    assert kept.changed(rows, [10_000 + i + 90_000 * (i == 7) for i in range(100)]) == [7]
+    assert kept.bulk  # 105 rows so far: 1,500 kept are no more than 20 times as many
+    assert kept.changed(["u5", "u6", "u2000"], [10_005, 7, 7]) == [1, 2]
 
 
 @pytest.mark.parametrize("write", ["remember", "remember_table", "forget", "erase"])
@@ -360,3 +361,39 @@ def test_people_written_or_dropped_after_the_bulk_read_count_as_changed(
     fingerprints.remember("p/others", {"u2": {"r": 9, "a": {}, "s": 9}})  # another table's
 
     assert kept.changed(["u0", "u1", "u2"], [0, 1, 2]) == [1]
+
+
+def test_fingerprints_written_behind_are_in_before_anything_reads_and_a_failure_is_raised(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+):
+    import threading
+
+    from cio_destination import CustomerioTransientError
+
+    fingerprints = PipelineState(store, "p").fingerprints
+    release = threading.Event()
+    transaction = store.transaction
+
+    @contextlib.contextmanager
+    def slow(**kwargs: Any) -> Iterator[Any]:
+        if threading.current_thread().name.startswith("customerio-fingerprints"):
+            release.wait(10)
+        with transaction(**kwargs) as tx:
+            yield tx
+
+    monkeypatch.setattr(store, "transaction", slow)
+    fingerprints.remember_table("p/people", arrow_fingerprints({"u1": (1, b"{}", 7)}))
+    threading.Timer(0.2, release.set).start()  # the write waits: the read must wait for it
+
+    assert set(fingerprints.fingerprints_of("p/people", ["u1"])) == {"u1"}
+
+    @contextlib.contextmanager
+    def failing(**kwargs: Any) -> Iterator[Any]:
+        raise CustomerioTransientError("the state database failed")
+        yield
+
+    monkeypatch.setattr(store, "transaction", failing)
+    fingerprints.remember_table("p/people", arrow_fingerprints({"u2": (2, b"{}", 8)}))
+    with pytest.raises(CustomerioTransientError):
+        fingerprints.flush()
+    fingerprints.flush()  # raised once

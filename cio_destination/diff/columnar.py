@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cio_destination.arrow_json import comma_listed, json_key
+from cio_destination.arrow_json import comma_listed, join_pieces, json_key
 from cio_destination.diff.changes import operation_hashes, value_hashes
 from cio_destination.entries import Entry, EntryBlock
 from cio_destination.limits import attribute_texts
@@ -55,10 +55,13 @@ def block_fingerprints(
         hashes = value_hashes(text)
         hashed.append((json_key(name), pc.cast(hashes, pa.string()), "", hashes.null_count > 0))
     size = len(block)
-    if hashed:
+    if any(nullable for *_, nullable in hashed):
         attributes = pc.binary_join_element_wise("{", comma_listed(hashed), "}", "")
-    else:
-        attributes = pa.array(["{}"] * size, pa.string())
+    else:  # every row has every attribute: one join
+        pieces: list[Any] = ["{"]
+        for index, (key, hashes, _, _) in enumerate(hashed):
+            pieces += [("," if index else "") + key, hashes]
+        attributes = join_pieces([*pieces, "}"]) if hashed else pa.array(["{}"] * size)
     operations = pc.binary_slice(block.data, 0, -1)  # without the comma after each
     identifiers = block.row_keys.cast(pa.string())
     source = pa.nulls(size, pa.int64())

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from cio_destination.exceptions import (
@@ -58,6 +59,8 @@ _META = """
 _ROWS_PER_STATEMENT = 500
 _COPY_ROWS = 1_000
 """Writes of this many rows or more stream them with COPY, where the database has it."""
+_UNIQUE_VIOLATION = "23505"
+"""PostgreSQL's SQLSTATE for a key kept already."""
 
 
 def state_path(working_dir: str | Path) -> Path:
@@ -85,14 +88,14 @@ class Transaction:
         many: bool,
         array_types: Mapping[str, Mapping[str, str]] | None = None,
         copy: Callable[[str, Sequence[str], list[Sequence[Any]]], str] | None = None,
-        copy_table: Callable[[str, pa.Table], tuple[str, list[str]]] | None = None,
+        copy_table: Callable[[str, pa.Table, bool], str | None] | None = None,
     ) -> None:
         """`many`: the driver runs one statement over many rows (sqlite3's executemany);
         `array_types`: the column types of each table, where the database takes whole arrays
         as parameters (PostgreSQL): then a write is one statement, however many its rows;
         `copy`: streams rows into a scratch table like the table named (PostgreSQL's COPY),
         returning its name, for large writes; `copy_table`: the same for an Arrow table (its
-        CSV), returning the scratch table's name and the expression of each column."""
+        CSV), or straight into the table (then None), see `upsert_table`."""
         self._execute = execute
         self._many = many
         self._arrays = array_types
@@ -153,10 +156,14 @@ class Transaction:
         keys: Sequence[str],
         data: pa.Table,
         constants: Mapping[str, Any],
+        *,
+        new: bool = False,
     ) -> None:
         """`upsert` of the rows of an Arrow table (binary columns for blobs), each with the
         `constants` too; its `keys` are distinct. PostgreSQL gets one COPY of the table's CSV,
-        written by Arrow; the other databases its rows, as `upsert` writes them."""
+        written by Arrow (`new`: its keys are most likely not kept yet, so the COPY goes
+        straight into the table, and through a scratch table only if one was); the other
+        databases get its rows, as `upsert` writes them."""
         if not len(data):
             return
         columns = [*constants, *data.column_names]
@@ -165,14 +172,17 @@ class Transaction:
             rows = [(*constants.values(), *row) for row in zip(*values, strict=True)]
             self.upsert(table, columns, [*constants, *keys], rows, distinct=True)
             return
-        scratch, expressions = self._copy_table(table, data)
+        for position, (name, value) in enumerate(constants.items()):
+            data = data.add_column(position, name, pa.repeat(value, len(data)))
+        scratch = self._copy_table(table, data, new)
+        if scratch is None:
+            return
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
-        marks = ", ".join("?" for _ in constants)
+        listed = ", ".join(columns)
         self._execute(
-            f"INSERT INTO {{{table}}} ({', '.join(columns)})"
-            f" SELECT {marks}{', ' if marks else ''}{', '.join(expressions)} FROM {scratch}"
+            f"INSERT INTO {{{table}}} ({listed}) SELECT {listed} FROM {scratch}"
             f" ON CONFLICT ({', '.join([*constants, *keys])}) DO UPDATE SET {updates}",
-            list(constants.values()),
+            [],
         )
 
     def delete_in(
@@ -511,7 +521,7 @@ class SqlStore(StateStore):
                 array_types=arrays,
                 copy=copy if arrays is not None else None,
                 copy_table=(
-                    (lambda table, data: self._copy_table(connection, table, data))
+                    (lambda table, data, new: self._copy_table(connection, table, data, new))
                     if getattr(self, "_csv", False)
                     else None
                 ),
@@ -527,30 +537,40 @@ class SqlStore(StateStore):
         except Exception as error:
             raise database_error(error, self._key) from None
 
-    def _copy_table(self, connection: Any, table: str, data: pa.Table) -> tuple[str, list[str]]:
-        """COPY an Arrow table, as the CSV Arrow writes, into a scratch table; its name, and
-        each column's expression (a blob travels as its UTF-8 text)."""
+    def _copy_table(self, connection: Any, table: str, data: pa.Table, new: bool) -> str | None:
+        """COPY an Arrow table, as the CSV Arrow writes, straight into `table` if its rows are
+        `new` (None: done), else (or if a key was kept after all) into a scratch table like
+        it, whose name it returns."""
         assert self._arrays is not None
         types = self._arrays[table]
-        blobs = {c for c in data.column_names if types[c] == "bytea"}
-        scratch = f"cio_csv_{table}"
-        columns = ", ".join(f"{c} {'text' if c in blobs else types[c]}" for c in data.column_names)
-        text = data.select(data.column_names)
-        for c in blobs:
-            index = text.column_names.index(c)
-            text = text.set_column(index, c, text.column(c).cast(pa.string()))
+        for index, name in enumerate(data.column_names):
+            if types[name] == "bytea":  # its escape format: each byte itself, but the backslash
+                text = pc.replace_substring(data.column(index).cast(pa.string()), "\\", "\\\\")
+                data = data.set_column(index, name, text)
         sink = pa.BufferOutputStream()
-        pa_csv.write_csv(text, sink, pa_csv.WriteOptions(include_header=False))
+        pa_csv.write_csv(data, sink, pa_csv.WriteOptions(include_header=False))
+        listed = ", ".join(data.column_names)
+        copy = "COPY {} (" + listed + ") FROM STDIN WITH (FORMAT csv)"
         with self._driver(connection) as cursor:
+            if new:
+                cursor.execute("SAVEPOINT cio_copy")
+                try:
+                    cursor.copy_expert(
+                        copy.format(self._names[table]), pa.BufferReader(sink.getvalue())
+                    )
+                    cursor.execute("RELEASE SAVEPOINT cio_copy")
+                    return None
+                except Exception as error:
+                    if getattr(error, "pgcode", None) != _UNIQUE_VIOLATION:
+                        raise
+                    cursor.execute("ROLLBACK TO SAVEPOINT cio_copy")
+            scratch = f"cio_copy_{table}"
             cursor.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {scratch} ({columns}) ON COMMIT DELETE ROWS"
+                f"CREATE TEMP TABLE IF NOT EXISTS {scratch}"
+                f" (LIKE {self._names[table]}) ON COMMIT DELETE ROWS"
             )
-            cursor.copy_expert(
-                f"COPY {scratch} ({', '.join(data.column_names)}) FROM STDIN WITH (FORMAT csv)",
-                pa.BufferReader(sink.getvalue()),
-            )
-        expressions = [f"convert_to({c}, 'UTF8')" if c in blobs else c for c in data.column_names]
-        return scratch, expressions
+            cursor.copy_expert(copy.format(scratch), pa.BufferReader(sink.getvalue()))
+        return scratch
 
     def read_table(self, sql: str, params: Sequence[Any], schema: pa.Schema) -> pa.Table:
         if not getattr(self, "_csv", False):

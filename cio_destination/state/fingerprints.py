@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import orjson
@@ -37,6 +38,8 @@ writes of `Fingerprint["a"]`)."""
 BULK_READ_FACTOR = 20
 """A load reads a scope's source-row hashes in bulk once its rows come to 1/20 of the hashes
 kept: below that, looking its rows up in the database costs less than reading them all."""
+_FIRST_BULK_READ = 1_000
+"""The most hashes a load's first try reads, however few its rows (a small scope at once)."""
 
 
 class Fingerprints(Protocol):
@@ -71,16 +74,16 @@ class Fingerprints(Protocol):
         """What a load compares its source-row hashes with (see `KeptSources`)."""
         ...
 
-    def count(self, scope: str) -> int:
-        """How many fingerprints of `scope` are kept."""
-        ...
-
-    def read_source_hashes(self, scope: str) -> pa.Array:
-        """Every source-row hash kept for `scope`, in one read."""
+    def read_source_hashes(self, scope: str, most: int) -> pa.Array | None:
+        """Every source-row hash kept for `scope`, in one read; None if there are over `most`."""
         ...
 
     def forget(self, scope: str, identifiers: Sequence[str]) -> None:
         """Drop fingerprints (the people were removed from Customer.io)."""
+        ...
+
+    def flush(self) -> None:
+        """Wait until the fingerprints given so far are written; raise if that failed."""
         ...
 
 
@@ -101,7 +104,7 @@ class KeptSources:
         self._scope = scope
         self._lock = threading.Lock()
         self._seen = 0
-        self._kept: int | None = None
+        self._next_read = 0
         self._hashes: set[int] | None = None
         self._touched: set[str] = set()
         self.bulk = False
@@ -112,7 +115,7 @@ class KeptSources:
         one kept with the identifier's fingerprint (or none is kept)."""
         with self._lock:
             self._seen += len(identifiers)
-            if self._hashes is None and self._worth_reading():
+            if self._hashes is None:
                 self._hashes = self._read()
             known, touched = self._hashes, self._touched
             if known is not None:
@@ -135,14 +138,33 @@ class KeptSources:
             if self._hashes is not None:
                 self._touched.update(identifiers)
 
-    def _worth_reading(self) -> bool:
-        if self._kept is None:
-            self._kept = self._fingerprints.count(self._scope)
-        return self._kept <= BULK_READ_FACTOR * self._seen
-
-    def _read(self) -> set[int]:
+    def _read(self) -> set[int] | None:
+        """The hashes, read in bulk if they come to at most `BULK_READ_FACTOR` times the
+        load's rows so far; None (looked up by unit) while they are more. A read that finds
+        more doubles the size of the next, so the reads that fail cost at most the one that
+        does not."""
+        most = max(BULK_READ_FACTOR * self._seen, _FIRST_BULK_READ)
+        if most < self._next_read:
+            return None
+        column = self._fingerprints.read_source_hashes(self._scope, most)
+        if column is None:
+            self._next_read = 2 * most
+            return None
         self.bulk = True
-        return set(self._fingerprints.read_source_hashes(self._scope).to_pylist())
+        return set(column.to_pylist())
+
+
+_writers: weakref.WeakKeyDictionary[StateStore, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
+_writers_lock = threading.Lock()
+
+
+def _writer(store: StateStore) -> ThreadPoolExecutor:
+    """The one thread that writes fingerprints behind, per store."""
+    with _writers_lock:
+        writer = _writers.get(store)
+        if writer is None:
+            writer = _writers[store] = ThreadPoolExecutor(1, "customerio-fingerprints")
+        return writer
 
 
 class _LazyFingerprint(dict):  # type: ignore[type-arg]
@@ -177,6 +199,8 @@ class StoredFingerprints:
     def __init__(self, store: StateStore, pipeline_name: str) -> None:
         self._store = store
         self._pipeline = pipeline_name
+        self._writing: Future[None] | None = None
+        self._writing_lock = threading.Lock()
         self._scopes: weakref.WeakKeyDictionary[KeptSources, str] = weakref.WeakKeyDictionary()
 
     def kept_sources(self, scope: str) -> KeptSources:
@@ -184,18 +208,14 @@ class StoredFingerprints:
         self._scopes[kept] = scope  # watched before it reads: no write slips between
         return kept
 
-    def count(self, scope: str) -> int:
-        found = self._store.read("SELECT COUNT(*) FROM {cio_fingerprints} WHERE scope = ?", [scope])
-        return int(found[0][0])
-
-    def read_source_hashes(self, scope: str) -> pa.Array:
-        table = self._store.read_table(
+    def read_source_hashes(self, scope: str, most: int) -> pa.Array | None:
+        table = self._db.read_table(
             "SELECT source_hash FROM {cio_fingerprints} WHERE scope = ?"
-            " AND source_hash IS NOT NULL",
-            [scope],
+            " AND source_hash IS NOT NULL LIMIT ?",
+            [scope, most + 1],
             pa.schema([("source_hash", pa.int64())]),
         )
-        return table.column(0)
+        return None if len(table) > most else table.column(0).combine_chunks()
 
     def _touch(self, scope: str | None, identifiers: Any) -> None:
         """Tell the loads watching `scope` (None: every scope) of written or dropped people."""
@@ -211,7 +231,7 @@ class StoredFingerprints:
         """The attribute hashes are parsed lazily: most people are settled by the row hash."""
         return {
             identifier: _LazyFingerprint(row_hash, blob)
-            for identifier, row_hash, blob in self._store.read_in(
+            for identifier, row_hash, blob in self._db.read_in(
                 "SELECT identifier, row_hash, attributes FROM {{cio_fingerprints}}"
                 " WHERE scope = ? AND identifier IN ({marks})",
                 [scope],
@@ -221,12 +241,12 @@ class StoredFingerprints:
 
     def holds_any(self, scope: str) -> bool:
         return bool(
-            self._store.read("SELECT 1 FROM {cio_fingerprints} WHERE scope = ? LIMIT 1", [scope])
+            self._db.read("SELECT 1 FROM {cio_fingerprints} WHERE scope = ? LIMIT 1", [scope])
         )
 
     def source_hashes_of(self, scope: str, identifiers: Sequence[str]) -> dict[str, int]:
         return dict(
-            self._store.read_in(  # type: ignore[arg-type]
+            self._db.read_in(  # type: ignore[arg-type]
                 "SELECT identifier, source_hash FROM {{cio_fingerprints}} WHERE scope = ?"
                 " AND source_hash IS NOT NULL AND identifier IN ({marks})",
                 [scope],
@@ -235,7 +255,7 @@ class StoredFingerprints:
         )
 
     def changed_sources(self, scope: str, pairs: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
-        if self._store.arrays:  # compared by the database: only what changed comes back
+        if self._db.arrays:  # compared by the database: only what changed comes back
             identifiers = [i for i, _ in pairs]
             hashes = ",".join(str(h) for _, h in pairs)
             if any("\n" in i for i in identifiers):  # as an array of texts, each adapted
@@ -243,7 +263,7 @@ class StoredFingerprints:
             else:  # as one text, split by the database: about half the time
                 keys, given = "string_to_array(?, E'\\n')", ["\n".join(identifiers), hashes]
             return set(
-                self._store.read(
+                self._db.read(
                     # one index probe per pair: a join would read the whole table's scope
                     f"SELECT k.identifier, k.source_hash FROM unnest({keys},"
                     " string_to_array(?, ',')::bigint[]) AS k(identifier, source_hash)"
@@ -261,26 +281,48 @@ class StoredFingerprints:
         rows = [
             (scope, k, v["r"], orjson.dumps(v["a"]), v.get("s")) for k, v in fingerprints.items()
         ]
-        with self._store.transaction() as tx:
+        with self._db.transaction() as tx:
             keys = ("scope", "identifier")
             tx.upsert("cio_fingerprints", self._COLUMNS, keys, rows, distinct=True)  # a dict's
         self._touch(scope, fingerprints)
 
     def remember_table(self, scope: str, fingerprints: pa.Table) -> None:
+        """Written behind: the write runs on a helper thread while the caller goes on, and
+        anything that reads or writes fingerprints next waits for it first (`flush`)."""
         if not len(fingerprints):
             return
-        with self._store.transaction() as tx:
-            tx.upsert_table("cio_fingerprints", ["identifier"], fingerprints, {"scope": scope})
+
+        def write() -> None:
+            with self._store.transaction() as tx:  # people with no fingerprint when diffed
+                tx.upsert_table(
+                    "cio_fingerprints", ["identifier"], fingerprints, {"scope": scope}, new=True
+                )
+
         self._touch(scope, fingerprints.column("identifier"))
+        store = self._db  # the write before this one is done
+        with self._writing_lock:
+            self._writing = _writer(store).submit(write)
+
+    def flush(self) -> None:
+        with self._writing_lock:
+            writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()  # its error, if it failed
+
+    @property
+    def _db(self) -> StateStore:
+        """The store, once the write behind (if any) is done."""
+        self.flush()
+        return self._store
 
     def forget(self, scope: str, identifiers: Sequence[str]) -> None:
-        with self._store.transaction() as tx:
+        with self._db.transaction() as tx:
             tx.delete_in("cio_fingerprints", "scope = ?", [scope], "identifier", identifiers)
         self._touch(scope, identifiers)
 
     def erase(self, identifiers: Sequence[str]) -> None:
         """Drop these people's fingerprints from every table of the pipeline (an erasure)."""
         where, params = pipeline_scopes(self._pipeline)
-        with self._store.transaction() as tx:
+        with self._db.transaction() as tx:
             tx.delete_in("cio_fingerprints", where, params, "identifier", identifiers)
         self._touch(None, identifiers)
