@@ -229,14 +229,23 @@ class StoredFingerprints:
 
     def fingerprints_of(self, scope: str, identifiers: Sequence[str]) -> dict[str, Fingerprint]:
         """The attribute hashes are parsed lazily: most people are settled by the row hash."""
-        return {
-            identifier: _LazyFingerprint(row_hash, blob)
-            for identifier, row_hash, blob in self._db.read_in(
+        store = self._db
+        if store.arrays:  # one index probe per identifier, whatever the planner's statistics
+            found = store.read(
+                "SELECT k.identifier, f.row_hash, f.attributes FROM unnest(?::text[]) AS"
+                " k(identifier) CROSS JOIN LATERAL (SELECT row_hash, attributes FROM"
+                " {cio_fingerprints} WHERE scope = ? AND identifier = k.identifier OFFSET 0) f",
+                [list(identifiers), scope],
+            )
+        else:
+            found = store.read_in(
                 "SELECT identifier, row_hash, attributes FROM {{cio_fingerprints}}"
                 " WHERE scope = ? AND identifier IN ({marks})",
                 [scope],
                 identifiers,
             )
+        return {
+            identifier: _LazyFingerprint(row_hash, blob) for identifier, row_hash, blob in found
         }
 
     def holds_any(self, scope: str) -> bool:
