@@ -73,8 +73,11 @@ class Diff:
         if hashed is None:
             return items
         identifiers, hashes = hashed
-        named = [(i, h) for i, h in zip(identifiers, hashes, strict=True) if i is not None]
-        self._sources = ([i for i, _ in named], [h for _, h in named])
+        if None in identifiers:  # rows that will be rejected have no source hash to keep
+            named = [(i, h) for i, h in zip(identifiers, hashes, strict=True) if i is not None]
+            self._sources = ([i for i, _ in named], [h for _, h in named])
+        else:
+            self._sources = (identifiers, hashes)
         self.source_hashes = self._sources[1]
         if self._kept is None:
             return items

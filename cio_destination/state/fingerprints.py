@@ -119,11 +119,15 @@ class KeptSources:
                 self._hashes = self._read()
             known, touched = self._hashes, self._touched
             if known is not None:
-                return [
-                    at
-                    for at, (i, h) in enumerate(zip(identifiers, hashes, strict=True))
-                    if i is None or h not in known or i in touched
-                ]
+                # set operations first: nothing changed is settled without a step per row
+                missing = set(hashes).difference(known)
+                if missing or None in identifiers or not touched.isdisjoint(identifiers):
+                    return [
+                        at
+                        for at, (i, h) in enumerate(zip(identifiers, hashes, strict=True))
+                        if i is None or h in missing or i in touched
+                    ]
+                return []
         pairs = [(i, h) for i, h in zip(identifiers, hashes, strict=True) if i is not None]
         found = self._fingerprints.changed_sources(self._scope, pairs)
         return [
