@@ -203,13 +203,14 @@ class StoredFingerprints:
     def __init__(self, store: StateStore, pipeline_name: str) -> None:
         self._store = store
         self._pipeline = pipeline_name
-        self._writing: Future[None] | None = None
-        self._writing_lock = threading.Lock()
+        self._writing: list[Future[None]] = []
+        self._lock = threading.Lock()
         self._scopes: weakref.WeakKeyDictionary[KeptSources, str] = weakref.WeakKeyDictionary()
 
     def kept_sources(self, scope: str) -> KeptSources:
         kept = KeptSources(self, scope)
-        self._scopes[kept] = scope  # watched before it reads: no write slips between
+        with self._lock:
+            self._scopes[kept] = scope  # watched before it reads: no write slips between
         return kept
 
     def read_source_hashes(self, scope: str, most: int) -> pa.Array | None:
@@ -223,7 +224,8 @@ class StoredFingerprints:
 
     def _touch(self, scope: str | None, identifiers: Any) -> None:
         """Tell the loads watching `scope` (None: every scope) of written or dropped people."""
-        watching = [k for k, s in list(self._scopes.items()) if scope is None or s == scope]
+        with self._lock:
+            watching = [k for k, s in self._scopes.items() if scope is None or s == scope]
         if not watching:
             return
         if isinstance(identifiers, pa.Array | pa.ChunkedArray):
@@ -312,15 +314,17 @@ class StoredFingerprints:
                 )
 
         self._touch(scope, fingerprints.column("identifier"))
-        store = self._db  # the write before this one is done
-        with self._writing_lock:
-            self._writing = _writer(store).submit(write)
+        store = self._db  # the writes before this one are done
+        with self._lock:
+            self._writing.append(_writer(store).submit(write))
 
     def flush(self) -> None:
-        with self._writing_lock:
-            writing, self._writing = self._writing, None
-        if writing is not None:
-            writing.result()  # its error, if it failed
+        with self._lock:
+            writing, self._writing = self._writing, []
+        errors = [w.exception() for w in writing]  # each waited for, in the order given
+        for error in errors:
+            if error is not None:
+                raise error
 
     @property
     def _db(self) -> StateStore:
