@@ -84,6 +84,7 @@ def customerio(
     finally:
         try:
             order.finish_all()
+            load.state.fingerprints.flush()  # the last unit's, written behind
         except CustomerioError as error:
             # the error may be shared with other calls (a refusal stops them all): raise a twin
             raise error.again() from None

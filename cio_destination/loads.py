@@ -29,7 +29,7 @@ from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.restore import hold_lease
 from cio_destination.state import PipelineState, state_for
 from cio_destination.state.backend import now
-from cio_destination.state.fingerprints import Fingerprints
+from cio_destination.state.fingerprints import Fingerprints, KeptSources
 from cio_destination.state.ledger_guard import SendLedgerGuard
 
 logger = logging.getLogger("cio_destination")
@@ -48,7 +48,7 @@ class LoadMappings:
         """The removal plans of the load's mirror tables."""
         self._ledger: SendLedgerGuard | None = None
         self._lock = threading.Lock()
-        self._first_syncs: dict[str, bool] = {}
+        self._kept: dict[str, KeptSources | None] = {}
         self.context: LoadPackageStateInjectableContext | None = None
         """The load package context (one per attempt at the package) this was checked in."""
 
@@ -95,13 +95,14 @@ class LoadMappings:
             except CustomerioTerminalError as error:
                 self._error = error
 
-    def first_sync(self, scope: str, fingerprints: Fingerprints) -> bool:
-        """Whether no fingerprint of `scope` was kept when the load first asked."""
+    def kept_sources(self, scope: str, fingerprints: Fingerprints) -> KeptSources | None:
+        """What the load compares the source-row hashes of `scope` with; None when no
+        fingerprint of `scope` was kept when the load first asked (a first sync)."""
         with self._lock:
-            found = self._first_syncs.get(scope)
-            if found is None:
-                found = self._first_syncs[scope] = not fingerprints.holds_any(scope)
-            return found
+            if scope not in self._kept:
+                first_sync = not fingerprints.holds_any(scope)
+                self._kept[scope] = None if first_sync else fingerprints.kept_sources(scope)
+            return self._kept[scope]
 
     def send_ledger(self, context: LoadPackageStateInjectableContext) -> SendLedgerGuard:
         """The load's send ledger guard, recording into the load package's state."""
@@ -203,8 +204,8 @@ class Load:
         if not mapper.mapping.changes_only:
             return Diff(mapper, scope, None, self.mappings.mirrors)
         fingerprints = self.state.fingerprints
-        first_sync = self.mappings.first_sync(scope, fingerprints)
-        return Diff(mapper, scope, fingerprints, self.mappings.mirrors, first_sync=first_sync)
+        kept = self.mappings.kept_sources(scope, fingerprints)
+        return Diff(mapper, scope, fingerprints, self.mappings.mirrors, kept=kept)
 
     def send_ledger_guard(self) -> SendLedgerGuard:
         """The guard of the load's emails (see `SendLedgerGuard`)."""

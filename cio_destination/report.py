@@ -305,7 +305,7 @@ def record_batch(
     parts: list[Sequence[Entry]],
     result: SendResult,
     skipped: int,
-    source_hashes: dict[str, int] | None,
+    source_hashes: Sequence[int] | None,
     started: float,
 ) -> None:
     """Record one call of the table `mapping` maps: its rejections (none in a dry run), its
@@ -382,7 +382,7 @@ def key_columns(mapping: CompiledMapping) -> set[str]:
 def batch_id(
     parts: list[Sequence[Entry]],
     rejections: list[Rejection],
-    source_hashes: dict[str, int] | None,
+    source_hashes: Sequence[int] | None,
 ) -> str:
     """The same rows give the same id, so a replayed batch replaces its record in the report.
 
@@ -391,7 +391,7 @@ def batch_id(
     """
     pieces: list[bytes | None] = [
         # rows skipped before mapping are part of the batch too
-        array("q", source_hashes.values()).tobytes() if source_hashes else None,
+        array("q", source_hashes).tobytes() if source_hashes else None,
         b"%d" % len(parts),
     ]
     for part in parts:

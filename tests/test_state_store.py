@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 
@@ -289,3 +290,110 @@ def test_only_the_ledger_s_claims_are_synced_to_disk_before_they_return(tmp_path
         ("reports", 1),
     ]
     state.close()
+
+
+def arrow_fingerprints(people: dict[str, tuple[int, bytes, int | None]]) -> Any:
+    import pyarrow as pa
+
+    from cio_destination.state.fingerprints import FINGERPRINT_SCHEMA
+
+    columns = list(zip(*((k, *v) for k, v in people.items()), strict=True))
+    return pa.table([list(c) for c in columns], schema=FINGERPRINT_SCHEMA)
+
+
+def test_an_arrow_table_of_fingerprints_is_kept_as_remember_keeps_them(store: StateStore):
+    fingerprints = PipelineState(store, "p").fingerprints
+    odd = ["tab\there", "line\nbreak", 'quote"', "ünï", "\\N", ""]
+    people = {
+        f"{odd[i % len(odd)]}-{i}": (-(2**63) + i, b'{"pl\\"an":%d}' % i, None if i % 3 else i)
+        for i in range(1_200)  # over the rows that make a write a COPY where there is one
+    }
+
+    fingerprints.remember_table("p/people", arrow_fingerprints(people))
+    fingerprints.remember_table("p/people", arrow_fingerprints(dict(list(people.items())[:10])))
+
+    found = fingerprints.fingerprints_of("p/people", list(people))
+    assert {k: (v["r"], v.get("a")) for k, v in found.items()} == {
+        k: (r, orjson.loads(a)) for k, (r, a, _) in people.items()
+    }
+    hashes = sorted(s for _, _, s in people.values() if s is not None)
+    assert sorted(fingerprints.read_source_hashes("p/people", 400).to_pylist()) == hashes
+    assert fingerprints.read_source_hashes("p/people", 399) is None  # more than that
+
+
+def test_a_load_reads_the_kept_source_hashes_in_bulk_once_its_rows_come_to_a_twentieth(
+    store: StateStore,
+):
+    fingerprints = PipelineState(store, "p").fingerprints
+    people = {f"u{i}": {"r": i, "a": {}, "s": 10_000 + i} for i in range(1_500)}
+    fingerprints.remember("p/people", people)
+    kept = fingerprints.kept_sources("p/people")
+
+    assert kept.changed(["u1"], [2]) == [0]  # 1 row against 1,500 kept: looked up
+    assert kept.changed(["u1", None, "u3", "u99"], [10_001, 5, 7, 99]) == [1, 2, 3]
+    assert not kept.bulk
+    rows = [f"u{i}" for i in range(100)]
+    assert kept.changed(rows, [10_000 + i + 90_000 * (i == 7) for i in range(100)]) == [7]
+    assert kept.bulk  # 105 rows so far: 1,500 kept are no more than 20 times as many
+    assert kept.changed(["u5", "u6", "u2000"], [10_005, 7, 7]) == [1, 2]
+
+
+@pytest.mark.parametrize("write", ["remember", "remember_table", "forget", "erase"])
+def test_people_written_or_dropped_after_the_bulk_read_count_as_changed(
+    store: StateStore, write: str
+):
+    """Without it, a person sent with new values earlier in the load whose row comes again
+    with the old values would be skipped: Customer.io would keep the new ones."""
+    fingerprints = PipelineState(store, "p").fingerprints
+    fingerprints.remember("p/people", {f"u{i}": {"r": i, "a": {}, "s": i} for i in range(3)})
+    kept = fingerprints.kept_sources("p/people")
+    assert kept.changed(["u0", "u1", "u2"], [0, 1, 2]) == []
+    assert kept.bulk
+
+    if write == "remember":
+        fingerprints.remember("p/people", {"u1": {"r": 9, "a": {}, "s": 9}})
+    elif write == "remember_table":
+        fingerprints.remember_table("p/people", arrow_fingerprints({"u1": (9, b"{}", 9)}))
+    elif write == "forget":
+        fingerprints.forget("p/people", ["u1"])
+    else:
+        fingerprints.erase(["u1"])
+    fingerprints.remember("p/others", {"u2": {"r": 9, "a": {}, "s": 9}})  # another table's
+
+    assert kept.changed(["u0", "u1", "u2"], [0, 1, 2]) == [1]
+
+
+def test_fingerprints_written_behind_are_in_before_anything_reads_and_a_failure_is_raised(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+):
+    import threading
+
+    from cio_destination import CustomerioTransientError
+
+    fingerprints = PipelineState(store, "p").fingerprints
+    release = threading.Event()
+    transaction = store.transaction
+
+    @contextlib.contextmanager
+    def slow(**kwargs: Any) -> Iterator[Any]:
+        if threading.current_thread().name.startswith("customerio-fingerprints"):
+            release.wait(10)
+        with transaction(**kwargs) as tx:
+            yield tx
+
+    monkeypatch.setattr(store, "transaction", slow)
+    fingerprints.remember_table("p/people", arrow_fingerprints({"u1": (1, b"{}", 7)}))
+    threading.Timer(0.2, release.set).start()  # the write waits: the read must wait for it
+
+    assert set(fingerprints.fingerprints_of("p/people", ["u1"])) == {"u1"}
+
+    @contextlib.contextmanager
+    def failing(**kwargs: Any) -> Iterator[Any]:
+        raise CustomerioTransientError("the state database failed")
+        yield
+
+    monkeypatch.setattr(store, "transaction", failing)
+    fingerprints.remember_table("p/people", arrow_fingerprints({"u2": (2, b"{}", 8)}))
+    with pytest.raises(CustomerioTransientError):
+        fingerprints.flush()
+    fingerprints.flush()  # raised once

@@ -387,6 +387,55 @@ def test_large_writes_stream_through_copy_and_keep_every_value(database: Databas
     store.close()
 
 
+def test_arrow_fingerprints_go_in_as_one_csv_copy_and_their_hashes_come_back_in_one_read(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+):
+    import orjson
+
+    from cio_destination.state import TABLES, PipelineState
+    from cio_destination.state.backend import SqlStore
+
+    from .test_state_store import arrow_fingerprints
+
+    store = SqlStore(database.url, database.state, TABLES, "destination.customerio.state_url")
+    copies: list[tuple[int, bool]] = []  # rows, and whether they went straight in
+    copy_table = store._copy_table
+
+    def spied(connection: Any, table: str, data: Any, new: bool) -> str | None:
+        scratch = copy_table(connection, table, data, new)
+        copies.append((len(data), scratch is None))
+        return scratch
+
+    monkeypatch.setattr(store, "_copy_table", spied)
+    fingerprints = PipelineState(store, "p").fingerprints
+    odd = ["tab\there", "line\nbreak\r", "back\\slash", "\\N", "ünï 😀", "quote'\"", ""]
+    people = {
+        f"{odd[i % len(odd)]}-{i}": (
+            -(2**63) + i,
+            orjson.dumps({"k\t\\ü": i}),
+            None if i % 2 else i,
+        )
+        for i in range(3_000)
+    }
+
+    fingerprints.remember_table("p/people", arrow_fingerprints(people))
+    fingerprints.remember_table("p/people", arrow_fingerprints(dict(list(people.items())[:1_500])))
+
+    fingerprints.flush()  # written behind
+    assert copies == [(3_000, True), (1_500, False)]  # the second through a scratch table
+    found = fingerprints.fingerprints_of("p/people", list(people))
+    assert {k: (v["r"], v.get("a")) for k, v in found.items()} == {
+        k: (r, orjson.loads(a)) for k, (r, a, _) in people.items()
+    }
+    with store.transaction() as tx:  # the blobs are the bytes given, not their text
+        blobs = dict(tx.execute("SELECT identifier, attributes FROM {cio_fingerprints}"))
+    assert {k: bytes(v) for k, v in blobs.items()} == {k: a for k, (_, a, _) in people.items()}
+    assert sorted(fingerprints.read_source_hashes("p/people", 1_500).to_pylist()) == sorted(
+        s for _, _, s in people.values() if s is not None
+    )
+    store.close()
+
+
 def test_the_audit_loader_reads_the_history_from_state_url_on_a_runner_that_starts_empty(
     tmp_path: Path, emulator: Emulator, database: Database, monkeypatch: pytest.MonkeyPatch
 ):

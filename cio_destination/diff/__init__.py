@@ -2,7 +2,8 @@
 
 * `changes_only` (`.changes`): an identify table sends only the attributes that changed since
   Customer.io last accepted the person, and nobody unchanged; Arrow rows whose source values did
-  not change are not even mapped.
+  not change are not even mapped, and the people of an Arrow block who have no fingerprint yet
+  get theirs a column at a time (`.columnar`).
 * `mirror` (`.mirror`): an identify table read in full every run also deletes (or suppresses)
   the people who left it.
 
@@ -13,16 +14,18 @@ or failed send is tried again in full.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 import pyarrow as pa
 from dlt.common.typing import TDataItems
 
 from cio_destination.actions.identify import source_row_hashes
 from cio_destination.diff.changes import Changes, only_changes
+from cio_destination.diff.columnar import accepted_rows, block_fingerprints, split_block
 from cio_destination.diff.mirror import MirrorPlan, MirrorPlans
-from cio_destination.entries import Entry, Mapped
+from cio_destination.entries import Entry, EntryBlock, Mapped
 from cio_destination.mapper import RowMapper
-from cio_destination.state.fingerprints import Fingerprints
+from cio_destination.state.fingerprints import Fingerprint, Fingerprints, KeptSources
 from cio_destination.state.snapshots import MirrorSnapshots
 from cio_destination.transport.results import SendResult
 
@@ -39,21 +42,25 @@ class Diff:
         fingerprints: Fingerprints | None,
         mirrors: MirrorPlans,
         *,
-        first_sync: bool = False,
+        kept: KeptSources | None = None,
     ) -> None:
         """`fingerprints`: where the table's are kept, None unless it is `changes_only`;
-        `mirrors`: the load's mirror plans, one of which may be the table's; `first_sync`: no
-        fingerprint of the table was kept when the load started, so none is looked up (a
-        person in two batches of the load is sent in full twice, as without `changes_only`)."""
+        `mirrors`: the load's mirror plans, one of which may be the table's; `kept`: what the
+        load compares source-row hashes with, None when no fingerprint of the table was kept
+        when the load started (a first sync: none is looked up, and a person in two batches
+        of the load is sent in full twice, as without `changes_only`)."""
         self._mapper = mapper
         self._scope = scope
         self._fingerprints = fingerprints
         self._mirrors = mirrors
-        self._first_sync = first_sync
+        self._kept = kept
         self._changes: Changes | None = None
+        self._pending: pa.Table | None = None
         self._mirror: MirrorPlan | None = None
-        self.source_hashes: dict[str, int] | None = None
-        """The source-row hashes of an Arrow batch, kept with its fingerprints (None: none)."""
+        self._sources: tuple[list[str], list[int]] | None = None
+        self.source_hashes: list[int] | None = None
+        """The source-row hashes of an Arrow batch (of its rows with an identifier), kept with
+        its fingerprints (None: none)."""
         self.skipped = 0
         """Rows not sent because nothing of them changed."""
 
@@ -66,23 +73,20 @@ class Diff:
         if hashed is None:
             return items
         identifiers, hashes = hashed
-        pairs = [(i, h) for i, h in zip(identifiers, hashes, strict=True) if i is not None]
-        changed = (
-            set(pairs)
-            if self._first_sync
-            else self._fingerprints.changed_sources(self._scope, pairs)
-        )
-        keep = [
-            index
-            for index, pair in enumerate(zip(identifiers, hashes, strict=True))
-            if pair[0] is None or pair in changed
-        ]
-        self.source_hashes = {
-            i: h for i, h in zip(identifiers, hashes, strict=True) if i is not None
-        }
+        if None in identifiers:  # rows that will be rejected have no source hash to keep
+            named = [(i, h) for i, h in zip(identifiers, hashes, strict=True) if i is not None]
+            self._sources = ([i for i, _ in named], [h for _, h in named])
+        else:
+            self._sources = (identifiers, hashes)
+        self.source_hashes = self._sources[1]
+        if self._kept is None:
+            return items
+        keep = self._kept.changed(identifiers, hashes)
         if len(keep) == items.num_rows:
             return items
         self.skipped = items.num_rows - len(keep)
+        if not keep:
+            return []  # nothing to map (and a batch of no rows is not mapped)
         return items.take(pa.array(keep, pa.int64()))
 
     def to_send(self, mapped: Mapped) -> list[Sequence[Entry]]:
@@ -91,20 +95,51 @@ class Diff:
         mapped.rows_in += self.skipped  # rows dropped before mapping came in all the same
         parts = mapped.parts()
         if self._fingerprints is not None:
+            block, entries, previous = self._split(mapped)
+            sources = self._sources
             self._changes = only_changes(
-                mapped.all_entries(),
+                entries,
                 self._mapper.compiled.attribute_columns,
                 self._fingerprints,
                 self._scope,
-                self.source_hashes,
-                first_sync=self._first_sync,
+                dict(zip(*sources, strict=True)) if sources and entries else None,
+                first_sync=self._kept is None,
+                previous=previous,
             )
-            parts = [self._changes.entries]
+            parts = [part for part in (block, self._changes.entries) if part]
             self.skipped += self._changes.unchanged
         self._mirror = self._mirrors.take(self._mapper.compiled.table)
         if self._mirror is not None:
             parts.append(self._mirror.removal_entries())
         return parts
+
+    def _split(
+        self, mapped: Mapped
+    ) -> tuple[EntryBlock | None, list[Entry], dict[str, Fingerprint] | None]:
+        """The columnar diff where it applies (see `cio_destination.diff.columnar`): the block
+        of people with no fingerprint, sent in full, their fingerprints computed a column at
+        a time (`_pending`); the entries for `only_changes`, and their fingerprints."""
+        block = mapped.block
+        if not block or block.row_keys is None:
+            return None, mapped.all_entries(), None
+        assert self._fingerprints is not None
+        previous: dict[str, Fingerprint] = {}
+        if self._kept is not None:
+            asked = block.row_keys.cast(pa.string()).to_pylist()
+            asked += [entry.row_key for entry in mapped.entries]
+            previous = self._fingerprints.fingerprints_of(self._scope, asked)
+        new, known = split_block(block, set(previous))
+        if new:
+            sources = self._sources
+            arrays = (
+                (pa.array(sources[0], pa.string()), pa.array(sources[1], pa.int64()))
+                if sources
+                else None
+            )
+            self._pending = block_fingerprints(new, self._mapper.compiled, arrays)
+            if self._pending is None:  # a column the column forms do not cover
+                return None, [*new, *known, *mapped.entries], previous
+        return new or None, [*known, *mapped.entries], previous
 
     def erased(self, result: SendResult) -> list[str]:
         """The people this call deleted or suppressed in Customer.io (the rows of a `delete` or
@@ -120,8 +155,12 @@ class Diff:
         mirror table's new snapshot once every removal went out (else the plan goes back)."""
         if self._changes is not None:
             assert self._fingerprints is not None
-            accepted = self._changes.accepted(result.delivered_entries())
+            groups = [group for group in result.delivered if not isinstance(group, EntryBlock)]
+            accepted = self._changes.accepted(chain.from_iterable(groups))
             self._fingerprints.remember(self._scope, accepted)
+            if self._pending is not None:  # the block's, delivered whole or in part
+                rows = accepted_rows(self._pending, result.delivered)
+                self._fingerprints.remember_table(self._scope, rows)
         mirror = self._mirror
         if mirror is None:
             return

@@ -10,17 +10,25 @@ Fingerprints live in the pipeline's local state, or in any SQL database given by
 (`fingerprints_url`), so runners with no persistent disk keep them (see
 `cio_destination.state.fingerprints`). `cio_destination.diff.Diff` runs this for each call and
 remembers the fingerprints of what Customer.io accepted.
+
+Each hash has a row form and a column form, side by side here: `only_changes` diffs entries one
+by one (dict rows, and people with a fingerprint); `cio_destination.diff.columnar` computes the
+fingerprints of a whole Arrow block of new people with the column forms, the same numbers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 import zlib
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from cio_destination.entries import Entry
 from cio_destination.state.fingerprints import Fingerprint, Fingerprints
@@ -33,10 +41,37 @@ def _hash(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
 
 
+def operation_hashes(operations: Iterable[bytes]) -> pa.Array:
+    """The column form of `_hash`: the whole-operation hash of each of `operations`."""
+    base = hashlib.blake2b(digest_size=8)
+    digests = bytearray()
+    for data in operations:
+        digest = base.copy()  # cheaper than a new hash object per operation
+        digest.update(data)
+        digests += digest.digest()
+    hashes = array("q", digests)  # each digest read as a signed big-endian 64-bit number
+    if sys.byteorder == "little":
+        hashes.byteswap()
+    return pa.array(hashes, pa.int64())
+
+
 def value_hash(value: Any) -> int:
     """A stable 64-bit hash of one attribute value (crc32 and adler32 of its JSON, side by side)."""
     data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     return (zlib.crc32(data) << 32 | zlib.adler32(data)) - (1 << 63)
+
+
+def value_hashes(texts: pa.Array) -> pa.Array:
+    """The column form of `value_hash`, given each value's JSON as `value_hash` writes it (null:
+    no value, no hash). Each distinct value is hashed once."""
+    encoded = pc.dictionary_encode(texts)
+    distinct = encoded.dictionary.cast(pa.binary()).to_pylist()
+    crc = pa.array(map(zlib.crc32, distinct), pa.uint64(), size=len(distinct))
+    adler = pa.array(map(zlib.adler32, distinct), pa.uint64(), size=len(distinct))
+    joined = pc.bit_wise_or(pc.shift_left(crc, pa.scalar(32, pa.uint64())), adler)
+    # minus 2**63, modulo 2**64: the top bit flipped, read as signed
+    signed = pc.bit_wise_xor(joined, pa.scalar(1 << 63, pa.uint64())).view(pa.int64())
+    return pc.take(signed, encoded.indices)
 
 
 @dataclass
@@ -68,19 +103,20 @@ def only_changes(
     source_hashes: Mapping[str, int] | None = None,
     *,
     first_sync: bool = False,
+    previous: Mapping[str, Fingerprint] | None = None,
 ) -> Changes:
     """Keep, per identify entry, only the attributes that differ from the stored fingerprint.
 
     Identify entries carry the identifier as their `row_key`. `source_hashes` (Arrow input) are
     kept with the fingerprints, to skip unchanged rows before mapping next time. `first_sync`:
-    the scope has no fingerprint yet, so none is looked up.
+    the scope has no fingerprint yet, so none is looked up; `previous`: the entries'
+    fingerprints, already read.
     """
     sources = source_hashes or {}
-    previous = (
-        {}
-        if first_sync
-        else fingerprints.fingerprints_of(scope, [entry.row_key for entry in entries])
-    )
+    if first_sync:
+        previous = {}
+    elif previous is None:
+        previous = fingerprints.fingerprints_of(scope, [entry.row_key for entry in entries])
     mapped = set(attribute_columns)
     changes = Changes(entries=[])
     for entry in entries:

@@ -99,7 +99,10 @@ class PipelineState:
         self.reports.purge_older_than(cutoff)
 
     def close(self) -> None:
-        self.store.close()
+        try:
+            self.fingerprints.flush()
+        finally:
+            self.store.close()
 
 
 _states: dict[Any, PipelineState] = {}

@@ -13,7 +13,9 @@ row carries its pipeline's name, so pipelines can share one store. The store rec
 of its tables' layout (`SCHEMA_VERSION`), so a later release can migrate them; a file of the
 layout before that version is migrated on open.
 
-Writes are batched per call (`Transaction.upsert` sends many rows per statement). Only a
+Writes are batched per call (`Transaction.upsert` sends many rows per statement; `upsert_table`
+takes an Arrow table, which PostgreSQL gets as one COPY of the CSV Arrow writes, and reads of
+many rows come back as one Arrow table, `StateStore.read_table`). Only a
 `durable` transaction (the send ledger's claims) is synced to disk before it returns; the rest
 may be lost by a power cut (never by a crash of the process), which costs at most work done again.
 Any failure surfaces as a `StateFileError` naming the file, or as `database_error` says for a URL.
@@ -31,6 +33,10 @@ from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from cio_destination.exceptions import (
     CustomerioError,
@@ -53,6 +59,8 @@ _META = """
 _ROWS_PER_STATEMENT = 500
 _COPY_ROWS = 1_000
 """Writes of this many rows or more stream them with COPY, where the database has it."""
+_UNIQUE_VIOLATION = "23505"
+"""PostgreSQL's SQLSTATE for a key kept already."""
 
 
 def state_path(working_dir: str | Path) -> Path:
@@ -80,16 +88,19 @@ class Transaction:
         many: bool,
         array_types: Mapping[str, Mapping[str, str]] | None = None,
         copy: Callable[[str, Sequence[str], list[Sequence[Any]]], str] | None = None,
+        copy_table: Callable[[str, pa.Table, bool], str | None] | None = None,
     ) -> None:
         """`many`: the driver runs one statement over many rows (sqlite3's executemany);
         `array_types`: the column types of each table, where the database takes whole arrays
         as parameters (PostgreSQL): then a write is one statement, however many its rows;
         `copy`: streams rows into a scratch table like the table named (PostgreSQL's COPY),
-        returning its name, for large writes."""
+        returning its name, for large writes; `copy_table`: the same for an Arrow table (its
+        CSV), or straight into the table (then None), see `upsert_table`."""
         self._execute = execute
         self._many = many
         self._arrays = array_types
         self._copy = copy
+        self._copy_table = copy_table
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement; its rows, if it returns any."""
@@ -139,6 +150,41 @@ class Transaction:
             values = [value for row in chunk for value in row]
             self._execute(f"{head}VALUES {','.join([marks] * len(chunk))} {conflict}", values)
 
+    def upsert_table(
+        self,
+        table: str,
+        keys: Sequence[str],
+        data: pa.Table,
+        constants: Mapping[str, Any],
+        *,
+        new: bool = False,
+    ) -> None:
+        """`upsert` of the rows of an Arrow table (binary columns for blobs), each with the
+        `constants` too; its `keys` are distinct. PostgreSQL gets one COPY of the table's CSV,
+        written by Arrow (`new`: its keys are most likely not kept yet, so the COPY goes
+        straight into the table, and through a scratch table only if one was); the other
+        databases get its rows, as `upsert` writes them."""
+        if not len(data):
+            return
+        columns = [*constants, *data.column_names]
+        if self._copy_table is None or len(data) < _COPY_ROWS:
+            values = [column.to_pylist() for column in data.columns]
+            rows = [(*constants.values(), *row) for row in zip(*values, strict=True)]
+            self.upsert(table, columns, [*constants, *keys], rows, distinct=True)
+            return
+        for position, (name, value) in enumerate(constants.items()):
+            data = data.add_column(position, name, pa.repeat(value, len(data)))
+        scratch = self._copy_table(table, data, new)
+        if scratch is None:
+            return
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+        listed = ", ".join(columns)
+        self._execute(
+            f"INSERT INTO {{{table}}} ({listed}) SELECT {listed} FROM {scratch}"
+            f" ON CONFLICT ({', '.join([*constants, *keys])}) DO UPDATE SET {updates}",
+            [],
+        )
+
     def delete_in(
         self, table: str, where: str, params: Sequence[Any], column: str, values: Sequence[Any]
     ) -> None:
@@ -175,6 +221,14 @@ class StateStore:
         for start in range(0, len(values), _ROWS_PER_STATEMENT):
             chunk = list(values[start : start + _ROWS_PER_STATEMENT])
             yield from self.read(sql.format(marks=",".join("?" * len(chunk))), [*params, *chunk])
+
+    def read_table(self, sql: str, params: Sequence[Any], schema: pa.Schema) -> pa.Table:
+        """The rows of one query as an Arrow table of `schema` (its columns, in order)."""
+        rows = self.read(sql, params)
+        return pa.table(
+            [pa.array([row[i] for row in rows], f.type) for i, f in enumerate(schema)],
+            schema=schema,
+        )
 
     @contextmanager
     def transaction(self, *, durable: bool = False) -> Iterator[Transaction]:
@@ -394,6 +448,8 @@ class SqlStore(StateStore):
                 create_tables(tx, tables, lambda: None)
                 self._arrays = self._column_types(tx, schema)
                 self.arrays = self._arrays is not None
+                # Arrow's CSV is UTF-8, its blobs' text turned back into bytes by the server
+                self._csv = self.arrays and tx.execute("SHOW server_encoding")[0][0] == "UTF8"
 
     def _column_types(
         self, tx: Transaction, schema: str | None
@@ -448,17 +504,14 @@ class SqlStore(StateStore):
 
             def copy(table: str, columns: Sequence[str], rows: list[Sequence[Any]]) -> str:
                 scratch = f"cio_copy_{table}"
-                try:
-                    with connection.connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
-                        cursor.execute(
-                            f"CREATE TEMP TABLE IF NOT EXISTS {scratch}"
-                            f" (LIKE {self._names[table]}) ON COMMIT DELETE ROWS"
-                        )
-                        cursor.copy_expert(
-                            f"COPY {scratch} ({', '.join(columns)}) FROM STDIN", copy_text(rows)
-                        )
-                except Exception as error:  # the driver's own: its text may quote a row
-                    raise database_error(error, self._key) from None
+                with self._driver(connection) as cursor:
+                    cursor.execute(
+                        f"CREATE TEMP TABLE IF NOT EXISTS {scratch}"
+                        f" (LIKE {self._names[table]}) ON COMMIT DELETE ROWS"
+                    )
+                    cursor.copy_expert(
+                        f"COPY {scratch} ({', '.join(columns)}) FROM STDIN", copy_text(rows)
+                    )
                 return scratch
 
             arrays = getattr(self, "_arrays", None)
@@ -467,7 +520,82 @@ class SqlStore(StateStore):
                 many=False,
                 array_types=arrays,
                 copy=copy if arrays is not None else None,
+                copy_table=(
+                    (lambda table, data, new: self._copy_table(connection, table, data, new))
+                    if getattr(self, "_csv", False)
+                    else None
+                ),
             )
+
+    @contextmanager
+    def _driver(self, connection: Any) -> Iterator[Any]:
+        """A cursor of the driver's own (psycopg2's, for COPY); its errors as `database_error`
+        says, since their text may quote a row."""
+        try:
+            with connection.connection.dbapi_connection.cursor() as cursor:
+                yield cursor
+        except Exception as error:
+            raise database_error(error, self._key) from None
+
+    def _copy_table(self, connection: Any, table: str, data: pa.Table, new: bool) -> str | None:
+        """COPY an Arrow table, as the CSV Arrow writes, straight into `table` if its rows are
+        `new` (None: done), else (or if a key was kept after all) into a scratch table like
+        it, whose name it returns."""
+        assert self._arrays is not None
+        types = self._arrays[table]
+        for index, name in enumerate(data.column_names):
+            if types[name] == "bytea":  # its escape format: each byte itself, but the backslash
+                text = pc.replace_substring(data.column(index).cast(pa.string()), "\\", "\\\\")
+                data = data.set_column(index, name, text)
+        sink = pa.BufferOutputStream()
+        pa_csv.write_csv(data, sink, pa_csv.WriteOptions(include_header=False))
+        listed = ", ".join(data.column_names)
+        copy = "COPY {} (" + listed + ") FROM STDIN WITH (FORMAT csv)"
+        with self._driver(connection) as cursor:
+            if new:
+                cursor.execute("SAVEPOINT cio_copy")
+                try:
+                    cursor.copy_expert(
+                        copy.format(self._names[table]), pa.BufferReader(sink.getvalue())
+                    )
+                    cursor.execute("RELEASE SAVEPOINT cio_copy")
+                    return None
+                except Exception as error:
+                    if getattr(error, "pgcode", None) != _UNIQUE_VIOLATION:
+                        raise
+                    cursor.execute("ROLLBACK TO SAVEPOINT cio_copy")
+            scratch = f"cio_copy_{table}"
+            cursor.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {scratch}"
+                f" (LIKE {self._names[table]}) ON COMMIT DELETE ROWS"
+            )
+            cursor.copy_expert(copy.format(scratch), pa.BufferReader(sink.getvalue()))
+        return scratch
+
+    def read_table(self, sql: str, params: Sequence[Any], schema: pa.Schema) -> pa.Table:
+        if not getattr(self, "_csv", False):
+            return super().read_table(sql, params, schema)
+        # one COPY of the rows as CSV, parsed by Arrow: no Python object per value
+        sink = io.BytesIO()
+        with (
+            self._database(),
+            self._engine.begin() as connection,
+            self._driver(connection) as cursor,
+        ):
+            query = cursor.mogrify(
+                _to_paramstyle(sql.format_map(self._names), "format"), tuple(params)
+            ).decode()
+            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)", sink)
+        return pa_csv.read_csv(
+            pa.BufferReader(sink.getvalue()),
+            read_options=pa_csv.ReadOptions(column_names=schema.names),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=schema,
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
 
     def close(self) -> None:
         self._engine.dispose()

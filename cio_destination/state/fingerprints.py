@@ -4,18 +4,42 @@ A fingerprint is `{"r": hash of the whole operation, "a": {attribute: hash of it
 "s": hash of the source row or None}` (see `cio_destination.diff.changes`). They live in the
 state store (`StoredFingerprints`): the pipeline's state file, or the database of `state_url`,
 so runners with no persistent disk keep them.
+
+A load that compares many rows reads the scope's source-row hashes once, in bulk
+(`StoredFingerprints.kept_sources`), instead of looking its rows up a unit at a time; the
+columnar diff writes a unit's fingerprints as one Arrow table (`remember_table`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import orjson
+import pyarrow as pa
 
 from cio_destination.state.backend import StateStore, pipeline_scopes
 
 Fingerprint = dict[str, Any]
+
+FINGERPRINT_SCHEMA = pa.schema(
+    [
+        ("identifier", pa.string()),
+        ("row_hash", pa.int64()),
+        ("attributes", pa.binary()),
+        ("source_hash", pa.int64()),
+    ]
+)
+"""The columns of the fingerprints `remember_table` keeps (`attributes`: the JSON `remember`
+writes of `Fingerprint["a"]`)."""
+BULK_READ_FACTOR = 20
+"""A load reads a scope's source-row hashes in bulk once its rows come to 1/20 of the hashes
+kept: below that, looking its rows up in the database costs less than reading them all."""
+_FIRST_BULK_READ = 1_000
+"""The most hashes a load's first try reads, however few its rows (a small scope at once)."""
 
 
 class Fingerprints(Protocol):
@@ -42,9 +66,109 @@ class Fingerprints(Protocol):
         """Keep these fingerprints (of people Customer.io accepted), replacing earlier ones."""
         ...
 
+    def remember_table(self, scope: str, fingerprints: pa.Table) -> None:
+        """`remember` for fingerprints in Arrow (`FINGERPRINT_SCHEMA`, distinct identifiers)."""
+        ...
+
+    def kept_sources(self, scope: str) -> KeptSources:
+        """What a load compares its source-row hashes with (see `KeptSources`)."""
+        ...
+
+    def read_source_hashes(self, scope: str, most: int) -> pa.Array | None:
+        """Every source-row hash kept for `scope`, in one read; None if there are over `most`."""
+        ...
+
     def forget(self, scope: str, identifiers: Sequence[str]) -> None:
         """Drop fingerprints (the people were removed from Customer.io)."""
         ...
+
+    def flush(self) -> None:
+        """Wait until the fingerprints given so far are written; raise if that failed."""
+        ...
+
+
+class KeptSources:
+    """The source-row hashes kept for one scope, as one load sees them: looked up in the
+    database a unit at a time, until the load's rows come to `1 / BULK_READ_FACTOR` of the
+    hashes kept; then read once, in bulk, into a set.
+
+    The set stays true to the database: a person whose fingerprint this process writes or
+    drops after it was read counts as changed (their rows are mapped, and the stored
+    fingerprint has the last word). A hash covers the row's identifier (see
+    `cio_destination.actions.identify.source_row_hashes`), so a row whose hash is in the set
+    is a row kept as it is, but for a 64-bit collision.
+    """
+
+    def __init__(self, fingerprints: Fingerprints, scope: str) -> None:
+        self._fingerprints = fingerprints
+        self._scope = scope
+        self._lock = threading.Lock()
+        self._seen = 0
+        self._next_read = 0
+        self._hashes: set[int] | None = None
+        self._touched: set[str] = set()
+        self.bulk = False
+        """Whether the hashes were read in bulk."""
+
+    def changed(self, identifiers: Sequence[str | None], hashes: Sequence[int]) -> list[int]:
+        """The positions of the rows to map: an identifier of None, or a hash that is not the
+        one kept with the identifier's fingerprint (or none is kept)."""
+        with self._lock:
+            self._seen += len(identifiers)
+            if self._hashes is None:
+                self._hashes = self._read()
+            known, touched = self._hashes, self._touched
+            if known is not None:
+                # set operations first: nothing changed is settled without a step per row
+                missing = set(hashes).difference(known)
+                if missing or None in identifiers or not touched.isdisjoint(identifiers):
+                    return [
+                        at
+                        for at, (i, h) in enumerate(zip(identifiers, hashes, strict=True))
+                        if i is None or h in missing or i in touched
+                    ]
+                return []
+        pairs = [(i, h) for i, h in zip(identifiers, hashes, strict=True) if i is not None]
+        found = self._fingerprints.changed_sources(self._scope, pairs)
+        return [
+            at
+            for at, pair in enumerate(zip(identifiers, hashes, strict=True))
+            if pair[0] is None or pair in found
+        ]
+
+    def touch(self, identifiers: Iterable[str]) -> None:
+        """These people's fingerprints were written or dropped: count them as changed."""
+        with self._lock:
+            if self._hashes is not None:
+                self._touched.update(identifiers)
+
+    def _read(self) -> set[int] | None:
+        """The hashes, read in bulk if they come to at most `BULK_READ_FACTOR` times the
+        load's rows so far; None (looked up by unit) while they are more. A read that finds
+        more doubles the size of the next, so the reads that fail cost at most the one that
+        does not."""
+        most = max(BULK_READ_FACTOR * self._seen, _FIRST_BULK_READ)
+        if most < self._next_read:
+            return None
+        column = self._fingerprints.read_source_hashes(self._scope, most)
+        if column is None:
+            self._next_read = 2 * most
+            return None
+        self.bulk = True
+        return set(column.to_pylist())
+
+
+_writers: weakref.WeakKeyDictionary[StateStore, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
+_writers_lock = threading.Lock()
+
+
+def _writer(store: StateStore) -> ThreadPoolExecutor:
+    """The one thread that writes fingerprints behind, per store."""
+    with _writers_lock:
+        writer = _writers.get(store)
+        if writer is None:
+            writer = _writers[store] = ThreadPoolExecutor(1, "customerio-fingerprints")
+        return writer
 
 
 class _LazyFingerprint(dict):  # type: ignore[type-arg]
@@ -79,27 +203,65 @@ class StoredFingerprints:
     def __init__(self, store: StateStore, pipeline_name: str) -> None:
         self._store = store
         self._pipeline = pipeline_name
+        self._writing: list[Future[None]] = []
+        self._lock = threading.Lock()
+        self._scopes: weakref.WeakKeyDictionary[KeptSources, str] = weakref.WeakKeyDictionary()
+
+    def kept_sources(self, scope: str) -> KeptSources:
+        kept = KeptSources(self, scope)
+        with self._lock:
+            self._scopes[kept] = scope  # watched before it reads: no write slips between
+        return kept
+
+    def read_source_hashes(self, scope: str, most: int) -> pa.Array | None:
+        table = self._db.read_table(
+            "SELECT source_hash FROM {cio_fingerprints} WHERE scope = ?"
+            " AND source_hash IS NOT NULL LIMIT ?",
+            [scope, most + 1],
+            pa.schema([("source_hash", pa.int64())]),
+        )
+        return None if len(table) > most else table.column(0).combine_chunks()
+
+    def _touch(self, scope: str | None, identifiers: Any) -> None:
+        """Tell the loads watching `scope` (None: every scope) of written or dropped people."""
+        with self._lock:
+            watching = [k for k, s in self._scopes.items() if scope is None or s == scope]
+        if not watching:
+            return
+        if isinstance(identifiers, pa.Array | pa.ChunkedArray):
+            identifiers = identifiers.to_pylist()
+        for kept in watching:
+            kept.touch(identifiers)
 
     def fingerprints_of(self, scope: str, identifiers: Sequence[str]) -> dict[str, Fingerprint]:
         """The attribute hashes are parsed lazily: most people are settled by the row hash."""
-        return {
-            identifier: _LazyFingerprint(row_hash, blob)
-            for identifier, row_hash, blob in self._store.read_in(
+        store = self._db
+        if store.arrays:  # one index probe per identifier, whatever the planner's statistics
+            found = store.read(
+                "SELECT k.identifier, f.row_hash, f.attributes FROM unnest(?::text[]) AS"
+                " k(identifier) CROSS JOIN LATERAL (SELECT row_hash, attributes FROM"
+                " {cio_fingerprints} WHERE scope = ? AND identifier = k.identifier OFFSET 0) f",
+                [list(identifiers), scope],
+            )
+        else:
+            found = store.read_in(
                 "SELECT identifier, row_hash, attributes FROM {{cio_fingerprints}}"
                 " WHERE scope = ? AND identifier IN ({marks})",
                 [scope],
                 identifiers,
             )
+        return {
+            identifier: _LazyFingerprint(row_hash, blob) for identifier, row_hash, blob in found
         }
 
     def holds_any(self, scope: str) -> bool:
         return bool(
-            self._store.read("SELECT 1 FROM {cio_fingerprints} WHERE scope = ? LIMIT 1", [scope])
+            self._db.read("SELECT 1 FROM {cio_fingerprints} WHERE scope = ? LIMIT 1", [scope])
         )
 
     def source_hashes_of(self, scope: str, identifiers: Sequence[str]) -> dict[str, int]:
         return dict(
-            self._store.read_in(  # type: ignore[arg-type]
+            self._db.read_in(  # type: ignore[arg-type]
                 "SELECT identifier, source_hash FROM {{cio_fingerprints}} WHERE scope = ?"
                 " AND source_hash IS NOT NULL AND identifier IN ({marks})",
                 [scope],
@@ -108,7 +270,7 @@ class StoredFingerprints:
         )
 
     def changed_sources(self, scope: str, pairs: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
-        if self._store.arrays:  # compared by the database: only what changed comes back
+        if self._db.arrays:  # compared by the database: only what changed comes back
             identifiers = [i for i, _ in pairs]
             hashes = ",".join(str(h) for _, h in pairs)
             if any("\n" in i for i in identifiers):  # as an array of texts, each adapted
@@ -116,7 +278,7 @@ class StoredFingerprints:
             else:  # as one text, split by the database: about half the time
                 keys, given = "string_to_array(?, E'\\n')", ["\n".join(identifiers), hashes]
             return set(
-                self._store.read(
+                self._db.read(
                     # one index probe per pair: a join would read the whole table's scope
                     f"SELECT k.identifier, k.source_hash FROM unnest({keys},"
                     " string_to_array(?, ',')::bigint[]) AS k(identifier, source_hash)"
@@ -134,16 +296,50 @@ class StoredFingerprints:
         rows = [
             (scope, k, v["r"], orjson.dumps(v["a"]), v.get("s")) for k, v in fingerprints.items()
         ]
-        with self._store.transaction() as tx:
+        with self._db.transaction() as tx:
             keys = ("scope", "identifier")
             tx.upsert("cio_fingerprints", self._COLUMNS, keys, rows, distinct=True)  # a dict's
+        self._touch(scope, fingerprints)
+
+    def remember_table(self, scope: str, fingerprints: pa.Table) -> None:
+        """Written behind: the write runs on a helper thread while the caller goes on, and
+        anything that reads or writes fingerprints next waits for it first (`flush`)."""
+        if not len(fingerprints):
+            return
+
+        def write() -> None:
+            with self._store.transaction() as tx:  # people with no fingerprint when diffed
+                tx.upsert_table(
+                    "cio_fingerprints", ["identifier"], fingerprints, {"scope": scope}, new=True
+                )
+
+        self._touch(scope, fingerprints.column("identifier"))
+        store = self._db  # the writes before this one are done
+        with self._lock:
+            self._writing.append(_writer(store).submit(write))
+
+    def flush(self) -> None:
+        with self._lock:
+            writing, self._writing = self._writing, []
+        errors = [w.exception() for w in writing]  # each waited for, in the order given
+        for error in errors:
+            if error is not None:
+                raise error
+
+    @property
+    def _db(self) -> StateStore:
+        """The store, once the write behind (if any) is done."""
+        self.flush()
+        return self._store
 
     def forget(self, scope: str, identifiers: Sequence[str]) -> None:
-        with self._store.transaction() as tx:
+        with self._db.transaction() as tx:
             tx.delete_in("cio_fingerprints", "scope = ?", [scope], "identifier", identifiers)
+        self._touch(scope, identifiers)
 
     def erase(self, identifiers: Sequence[str]) -> None:
         """Drop these people's fingerprints from every table of the pipeline (an erasure)."""
         where, params = pipeline_scopes(self._pipeline)
-        with self._store.transaction() as tx:
+        with self._db.transaction() as tx:
             tx.delete_in("cio_fingerprints", where, params, "identifier", identifiers)
+        self._touch(None, identifiers)

@@ -1,0 +1,122 @@
+"""The columnar `changes_only` diff: fingerprints of a whole Arrow block of people at once.
+
+The columnar identify builder keeps a batch's operations in an `EntryBlock`. For the people of
+a block with no fingerprint yet (all of them on a first sync) nothing is compared: each is sent
+in full and their fingerprints are what `only_changes` would keep for the same entries, computed
+a column at a time with the column forms of its hashes (`cio_destination.diff.changes`): no
+`Entry`, no JSON parse per row. People of the block who have a fingerprint go through
+`only_changes` one by one, as dict rows do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cio_destination.arrow_json import comma_listed, join_pieces, json_key
+from cio_destination.diff.changes import operation_hashes, value_hashes
+from cio_destination.entries import Entry, EntryBlock
+from cio_destination.limits import attribute_texts
+from cio_destination.mapping_keys import CompiledMapping
+from cio_destination.state.fingerprints import FINGERPRINT_SCHEMA
+
+__all__ = ["accepted_rows", "block_fingerprints", "split_block"]
+
+
+def block_fingerprints(
+    block: EntryBlock, compiled: CompiledMapping, sources: tuple[pa.Array, pa.Array] | None
+) -> pa.Table | None:
+    """The fingerprints (`FINGERPRINT_SCHEMA`) `only_changes` keeps for the block's entries
+    sent in full; `sources`: the source-row hash of each identifier, if the rows were hashed.
+    None when an attribute's JSON may not be the text its value hash is of (a JSON column or
+    a decimal: the row diff reads those back from the operation)."""
+    batch = block.batch
+    names = set(batch.schema.names)
+    columns = [
+        c
+        for c in compiled.attribute_columns
+        if c in names and not pa.types.is_null(batch.schema.field(c).type)
+    ]
+    if any(
+        c in compiled.json_columns or pa.types.is_decimal(batch.schema.field(c).type)
+        for c in columns
+    ):
+        return None
+    rows = batch if _every_row_in_order(block) else batch.take(block.rows)
+    members = attribute_texts(rows, columns, [], value_limit=False)
+    if members is None:
+        return None
+    hashed = []
+    for name, (prefix, values, suffix, _) in zip(columns, members, strict=True):
+        text = pc.binary_join_element_wise(prefix[len(json_key(name)) :], values, suffix, "")
+        hashes = value_hashes(text)
+        hashed.append((json_key(name), pc.cast(hashes, pa.string()), "", hashes.null_count > 0))
+    size = len(block)
+    if any(nullable for *_, nullable in hashed):
+        attributes = pc.binary_join_element_wise("{", comma_listed(hashed), "}", "")
+    else:  # every row has every attribute: one join
+        pieces: list[Any] = ["{"]
+        for index, (key, hashes, _, _) in enumerate(hashed):
+            pieces += [("," if index else "") + key, hashes]
+        attributes = join_pieces([*pieces, "}"]) if hashed else pa.array(["{}"] * size)
+    operations = pc.binary_slice(block.data, 0, -1)  # without the comma after each
+    identifiers = block.row_keys.cast(pa.string())
+    source = pa.nulls(size, pa.int64())
+    if sources is not None:
+        keys, values_ = sources
+        source = pc.take(values_, pc.index_in(identifiers, value_set=keys))
+    return pa.table(
+        [
+            identifiers,
+            operation_hashes(operations.to_pylist()),
+            attributes.cast(pa.binary()),
+            source,
+        ],
+        schema=FINGERPRINT_SCHEMA,
+    )
+
+
+def _every_row_in_order(block: EntryBlock) -> bool:
+    """Whether the block holds each row of its batch, in order (no rows need taking)."""
+    count = len(block.rows)
+    if count != block.batch.num_rows:
+        return False
+    return count == 0 or (block.rows[0].as_py() == 0 and block.rows[count - 1].as_py() == count - 1)
+
+
+def split_block(block: EntryBlock, known: set[str]) -> tuple[EntryBlock, list[Entry]]:
+    """The block's entries of people not in `known` (a block), and of those in it (entries)."""
+    if not known:
+        return block, []
+    identifiers = block.row_keys.cast(pa.string())
+    seen = pc.is_in(identifiers, value_set=pa.array(list(known), pa.string()))
+    return _filtered(block, pc.invert(seen)), list(_filtered(block, seen))
+
+
+def _filtered(block: EntryBlock, mask: Any) -> EntryBlock:
+    return EntryBlock(
+        block.data.filter(mask),
+        block.row_keys.filter(mask),
+        block.batch,
+        block.rows.filter(mask),
+        block.source_rows,
+        None if block.keys is None else block.keys.filter(mask),
+        block.row_key_of,
+    )
+
+
+def accepted_rows(pending: pa.Table, delivered: Sequence[Sequence[Entry]]) -> pa.Table:
+    """The rows of `pending` (fingerprints by identifier) whose entries were delivered."""
+    keys: list[pa.Array] = []
+    for group in delivered:
+        if isinstance(group, EntryBlock) and group.row_keys is not None:
+            keys.append(group.row_keys.cast(pa.string()))
+        else:
+            keys.append(pa.array([entry.row_key for entry in group], pa.string()))
+    if not keys:
+        return pending.slice(0, 0)
+    taken = pc.is_in(pending.column("identifier"), value_set=pa.concat_arrays(keys))
+    return pending.filter(taken)

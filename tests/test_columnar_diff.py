@@ -1,0 +1,127 @@
+"""The columnar `changes_only` diff gives what the row diff gives, for any Arrow batch.
+
+Property-based (hypothesis), over the identify batches and mappings the equivalence properties
+draw (`tests.test_equivalence`), each with `changes_only`: the same rows are diffed twice, once
+mapped by the columnar builder (an `EntryBlock`, whose new people get their fingerprints a
+column at a time) and once by the row path (every entry through `only_changes`), each into a
+state of its own, on a first sync and again after some people's fingerprints were dropped and
+others' source hashes no longer match. Both send the same operations, reject the same rows and
+keep the same fingerprints, byte for byte; the property counts the examples in which the columnar
+diff computed fingerprints, so it cannot pass without it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cio_destination.diff import Diff
+from cio_destination.diff.mirror import MirrorPlans
+from cio_destination.entries import Mapped, rows_from_arrow
+from cio_destination.mapper import RowMapper, map_items
+from cio_destination.mapping import compile_mapping, parse_mapping
+from cio_destination.state import PipelineState
+from cio_destination.transport.results import SendResult
+
+from .conftest import mapped_outcome as outcome
+from .test_equivalence import arrow_cases, identify_mappings
+
+SCOPE = "p/things"
+
+
+def changes_only_cases() -> st.SearchStrategy[tuple[pa.RecordBatch, RowMapper]]:
+    def with_changes_only(case: tuple[pa.RecordBatch, RowMapper]) -> Any:
+        batch, mapper = case
+        declared = {**mapper.mapping.model_dump(exclude_defaults=True), "changes_only": True}
+        columns = {name: {"name": name} for name in batch.schema.names}
+        compiled = compile_mapping("things", parse_mapping("things", declared), columns)
+        return batch, RowMapper(compiled)
+
+    return arrow_cases(identify_mappings).map(with_changes_only)
+
+
+class Side:
+    """One way of diffing: columnar (`map_items`) or rows (`map_rows`), with its own state."""
+
+    def __init__(self, mapper: RowMapper, directory: str, columnar: bool) -> None:
+        self.mapper = mapper
+        self.columnar = columnar
+        self.state = PipelineState.in_file(Path(directory) / f"{columnar}.sqlite", "p")
+        self.computed = 0
+        """Calls in which the columnar diff computed fingerprints."""
+
+    def sync(self, batch: pa.RecordBatch) -> tuple[list[tuple[str, bytes]], Mapped]:
+        """Diff the batch, as a load would, and deliver everything: what was sent, the mapping."""
+        fingerprints = self.state.fingerprints
+        first = not fingerprints.holds_any(SCOPE)
+        kept = None if first else fingerprints.kept_sources(SCOPE)
+        diff = Diff(self.mapper, SCOPE, fingerprints, MirrorPlans(), kept=kept)
+        items = diff.drop_unchanged_rows(batch)
+        if self.columnar:
+            mapped = map_items(self.mapper, items)
+        else:
+            mapped = self.mapper.map_rows(
+                items if isinstance(items, list) else rows_from_arrow(items)
+            )
+            assert mapped.block is None
+        parts = diff.to_send(mapped)
+        self.computed += diff._pending is not None and len(diff._pending) > 0
+        diff.delivered(SendResult(delivered=parts), self.state.snapshots)
+        sent = sorted((entry.row_key, entry.data) for part in parts for entry in part)
+        return sent, mapped
+
+    def kept(self) -> list[tuple[Any, ...]]:
+        self.state.fingerprints.flush()  # the columnar diff's are written behind
+        return sorted(
+            self.state.store.read(
+                "SELECT identifier, row_hash, attributes, source_hash FROM {cio_fingerprints}"
+                " WHERE scope = ?",
+                [SCOPE],
+            )
+        )
+
+    def disturb(self, dropped: list[str], stale: list[str]) -> None:
+        """Drop some fingerprints; make others' source hashes no longer match."""
+        self.state.fingerprints.forget(SCOPE, dropped)  # after the write behind
+        with self.state.store.transaction() as tx:
+            for identifier in stale:
+                tx.execute(
+                    "UPDATE {cio_fingerprints} SET source_hash = 1 WHERE identifier = ?",
+                    [identifier],
+                )
+
+
+def test_the_columnar_diff_sends_rejects_and_keeps_what_the_row_diff_does():
+    computed = examples = 0
+
+    @given(changes_only_cases(), st.data())
+    def check(case: tuple[pa.RecordBatch, RowMapper], data: st.DataObject) -> None:
+        nonlocal computed, examples
+        batch, mapper = case
+        with tempfile.TemporaryDirectory() as directory:
+            columnar, rows = Side(mapper, directory, True), Side(mapper, directory, False)
+            for round_ in range(2):
+                sent, mapped = columnar.sync(batch)
+                sent_by_rows, mapped_by_rows = rows.sync(batch)
+                assert sent == sent_by_rows
+                assert outcome(mapped) == outcome(mapped_by_rows)
+                assert columnar.kept() == rows.kept()
+                people = [row[0] for row in columnar.kept()]
+                if round_ == 0 and people:
+                    dropped = data.draw(st.lists(st.sampled_from(people), unique=True))
+                    stale = data.draw(st.lists(st.sampled_from(people), unique=True))
+                    for side in (columnar, rows):
+                        side.disturb(dropped, stale)
+            examples += 1
+            computed += columnar.computed > 0
+            assert rows.computed == 0
+            columnar.state.close()
+            rows.state.close()
+
+    check()
+    assert examples and computed >= 0.2 * examples, (computed, examples)
