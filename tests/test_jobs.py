@@ -8,6 +8,7 @@ import threading
 import pyarrow as pa
 import pytest
 
+from cio_destination import jobs
 from cio_destination.entries import Entry, EntryBlock, Mapped
 from cio_destination.exceptions import CustomerioTransientError
 from cio_destination.jobs import InOrder, Unit, identities, mapped_ahead
@@ -162,3 +163,38 @@ def test_a_mapping_error_reaches_the_job_in_the_units_order():
     assert next(results)[1] == 1
     with pytest.raises(ValueError, match="unit 2"):
         next(results)
+
+
+class Queued(Answers):
+    """A unit whose requests wait for room in the window until the test admits them."""
+
+    def __init__(self, requests: int, log: list[str], name: str) -> None:
+        super().__init__()
+        self.left = requests
+        self.log = log
+        self.name = name
+
+    def waiting(self) -> int:
+        return self.left
+
+    def wait_admitted(self) -> None:
+        self.log.append(f"waited for {self.name}")
+        self.left = 0  # the pool admits a unit's requests before any later unit's
+
+
+def test_a_job_goes_on_while_at_most_queued_requests_wait_for_room_in_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Up to QUEUED_REQUESTS of a job's requests may wait for the window (so one is ready while
+    the job records a unit); beyond that the job waits, for its oldest units first."""
+    monkeypatch.setattr(jobs, "QUEUED_REQUESTS", 10)
+    job, log = Job(), []
+    order = InOrder(job)
+    for name, requests in (("0", 4), ("1", 5)):
+        order.add(1, names(name), Queued(requests, log, name), recorder(job, name))
+    order.wait_admitted()
+    assert log == []  # 9 waiting: the job maps and sends its next unit at once
+
+    order.add(1, names("2"), Queued(5, log, "2"), recorder(job, "2"))
+    order.wait_admitted()
+    assert log == ["waited for 0"]  # 14 waiting: down to 10 once the oldest unit is admitted
