@@ -7,6 +7,8 @@ import threading
 
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cio_destination import jobs
 from cio_destination.entries import Entry, EntryBlock, Mapped
@@ -198,3 +200,22 @@ def test_a_job_goes_on_while_at_most_queued_requests_wait_for_room_in_the_window
     order.add(1, names("2"), Queued(5, log, "2"), recorder(job, "2"))
     order.wait_admitted()
     assert log == ["waited for 0"]  # 14 waiting: down to 10 once the oldest unit is admitted
+
+
+@given(
+    units=st.lists(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "ü", "ab", ""]), max_size=4)),
+    new=st.lists(st.sampled_from(["a", "c", "e", "ü", "zz", "", "b"]), max_size=4),
+)
+def test_make_way_finishes_exactly_up_to_the_last_unit_naming_one_of_the_new_names(
+    units: list[list[str]], new: list[str]
+):
+    """The spans and Arrow's lookup (the fast path) finish what a plain set comparison says."""
+    job = Job()
+    order = InOrder(job)
+    for index, unit in enumerate(units):
+        order.add(1, names(*unit), Answers(), recorder(job, str(index)))
+
+    order.make_way(names(*new))
+
+    naming = [i for i, unit in enumerate(units) if set(unit) & set(new)]
+    assert job.offset == (naming[-1] + 1 if naming else 0)
