@@ -27,6 +27,34 @@ def enveloped(joined: bytes | memoryview) -> bytes:
     return b"".join((_HEAD, joined, _TAIL))
 
 
+def enveloped_runs(runs: Sequence[bytes | memoryview]) -> bytes:
+    """The request body of runs of entries, each entry of a run followed by a comma (the last
+    comma of the last run is left out; copied once)."""
+    if not runs:
+        return body_of([])
+    last = memoryview(runs[-1])[:-1]
+    return b"".join((_HEAD, *runs[:-1], last, _TAIL))
+
+
+CHUNK_BYTES = 65_536
+"""The largest piece of a body handed to the HTTP client at once: it copies each piece as it
+writes it, so this bounds that copy."""
+
+
+def body_chunks(runs: Sequence[bytes | memoryview]) -> tuple[bytes | memoryview, ...]:
+    """The request body of runs (as `enveloped_runs`) as pieces of at most `CHUNK_BYTES`,
+    views of the runs, not copies: the body is never made whole in memory."""
+    if not runs:
+        return (body_of([]),)
+    views = [memoryview(run) for run in runs]
+    views[-1] = views[-1][:-1]
+    pieces: list[bytes | memoryview] = [_HEAD]
+    for view in views:
+        pieces.extend(view[at : at + CHUNK_BYTES] for at in range(0, len(view), CHUNK_BYTES))
+    pieces.append(_TAIL)
+    return tuple(pieces)
+
+
 def body_size(entry_sizes: Sequence[int]) -> int:
     return ENVELOPE_BYTES + sum(entry_sizes) + max(len(entry_sizes) - 1, 0)
 
@@ -52,19 +80,26 @@ def pack_bounds(sizes: Sequence[int], max_bytes: int) -> Iterator[tuple[int, int
         yield start, len(sizes)
 
 
-def pack_bounds_of_ends(ends: Sequence[int], max_bytes: int) -> Iterator[tuple[int, int]]:
+def pack_bounds_of_ends(
+    ends: Sequence[int], max_bytes: int, start: int = 0
+) -> Iterator[tuple[int, int]]:
     """`pack_bounds` of entries laid out one after another, each followed by a comma, given
     where each one starts and the last one ends (`ends[i + 1] - ends[i]` is entry i's size
-    plus one; `len(ends)` is one more than the entries): one binary search per body instead
-    of a step per entry, the same ranges."""
+    plus one; `len(ends)` is one more than the entries), from entry `start` on: one binary
+    search per body instead of a step per entry, the same ranges."""
     room = max_bytes - ENVELOPE_BYTES + 1  # the last entry of a body has no comma
     count = len(ends) - 1
-    start = 0
     while start < count:
         stop = bisect.bisect_right(ends, ends[start] + room, start + 1) - 1
         stop = max(stop, start + 1)  # an entry that cannot fit alone is a range of its own
         yield start, stop
         start = stop
+
+
+def fitting(ends: Sequence[int], room: int) -> int:
+    """How many leading entries (laid out as for `pack_bounds_of_ends`) fit in `room` bytes
+    of a body that already holds an entry: each of them costs its size and a comma."""
+    return bisect.bisect_right(ends, ends[0] + room, 1) - 1
 
 
 def pack(items: Sequence[T], sizes: Sequence[int], max_bytes: int) -> Iterator[list[T]]:

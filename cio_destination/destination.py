@@ -32,6 +32,7 @@ from cio_destination.jobs import (
     InOrder,
     JobFile,
     Unit,
+    carries_across_units,
     identities,
     mapped_ahead,
     must_go_alone,
@@ -41,6 +42,7 @@ from cio_destination.mapper import RowMapper, map_items
 from cio_destination.report import record_batch
 from cio_destination.restore import install_tracking
 from cio_destination.transport.results import SendResult
+from cio_destination.transport.sender import Carry
 from cio_destination.transport.workspace import workspace_for
 
 
@@ -72,6 +74,7 @@ def customerio(
     alone = must_go_alone(mapper.compiled)  # then each unit is mapped after its diff's wait
     job = JobFile(items, table)
     order = InOrder(job)
+    carry = Carry() if carries_across_units(mapper.compiled) else None
 
     def map_ahead(unit: Unit) -> Mapped | None:
         return None if alone else map_items(mapper, unit.items, columns)
@@ -80,7 +83,7 @@ def customerio(
         for unit, mapped in mapped_ahead(job.units(), map_ahead, 0 if alone else MAP_AHEAD):
             if order.failed:
                 break
-            send_unit(load, mapper, columns, unit, mapped, order)
+            send_unit(load, mapper, columns, unit, mapped, order, carry)
     finally:
         try:
             order.finish_all()
@@ -103,11 +106,13 @@ def send_unit(
     unit: Unit,
     mapped: Mapped | None,
     order: InOrder,
+    carry: Carry | None = None,
 ) -> None:
     """Diff and start delivering one unit of rows (`mapped` ahead, or None: mapped here, once
     every earlier unit is finished, for a table whose units must go alone); it is recorded
     once `order` finishes it. Its requests wait for the earlier units that name the same
-    people."""
+    people; with `carry`, its first request body also holds the earlier unit's last
+    operations, and its own last ones wait there for the next unit."""
     order.wait_admitted()
     started = time.time()
     if mapped is None:
@@ -121,7 +126,7 @@ def send_unit(
     order.make_way(names)
     parts = diff.to_send(mapped)
     dry_run = load.config.dry_run
-    answers = Answered(SendResult()) if dry_run else deliver(load, mapper, parts)
+    answers = Answered(SendResult()) if dry_run else deliver(load, mapper, parts, carry)
 
     def record(result: SendResult) -> None:
         if not dry_run:
@@ -144,14 +149,16 @@ def send_unit(
     order.add(unit.rows, names, answers, record)
 
 
-def deliver(load: Load, mapper: RowMapper, parts: list[Sequence[Entry]]) -> Answers:
-    """Start sending `parts` through the workspace of the load's config, once the load's
-    preflight passed; a `send_email` table's through the send ledger, one request per row,
-    answered before this returns."""
+def deliver(
+    load: Load, mapper: RowMapper, parts: list[Sequence[Entry]], carry: Carry | None = None
+) -> Answers:
+    """Start sending `parts` through the workspace of the load's config (with `carry`, bodies
+    filled across units), once the load's preflight passed; a `send_email` table's through
+    the send ledger, one request per row, answered before this returns."""
     workspace = workspace_for(load.config)
     workspace.begin_load(load.load_id)
     if mapper.compiled.action != "send_email":
-        return workspace.sender.start(parts)
+        return workspace.sender.start(parts, carry)
     assert workspace.emails is not None  # checked with the mappings, before any request
     guard = load.send_ledger_guard()
     guard.check(load.state.ledger, load.pipeline)  # the file may have gone since the load started

@@ -3,23 +3,36 @@
 Mapping turns rows into `Entry`s (one serialized Track API operation each, and the source rows
 it carries) and `Rejection`s (a row that will not be sent, and why), gathered in a `Mapped`. The
 columnar paths keep their operations in Arrow, an `EntryBlock`, until a request body is joined.
-`pack_entries` cuts either kind into request-sized slices and `request_body` writes their body.
+`pack_entries` cuts either kind into request-sized slices and `request_body` writes their body;
+`pack_across` packs consecutive sequences as one (a body may then hold `JoinedEntries`, the
+last operations of one batch and the first of the next).
 `rows_from_arrow` gives a RecordBatch's rows in the shape dlt's typed-jsonl gives them; a
 `LazyRow` is such a row, read out of its batch only when a rejection needs it.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate, chain
 from typing import Any, overload
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from cio_destination.arrow_json import value_span
-from cio_destination.batching import body_of, enveloped, pack_bounds, pack_bounds_of_ends
+from cio_destination.batching import (
+    ENVELOPE_BYTES,
+    body_chunks,
+    body_of,
+    enveloped,
+    enveloped_runs,
+    fitting,
+    pack_bounds,
+    pack_bounds_of_ends,
+)
 from cio_destination.framing import frame_texts
 from cio_destination.values import UNITS_PER_SECOND, floor_divide, python_values
 
@@ -213,6 +226,11 @@ class EntryBlock(Sequence[Entry]):
         offsets = memoryview(self.data.buffers()[1]).cast("q" if large else "i")
         return offsets[self.data.offset : self.data.offset + len(self.data) + 1]
 
+    def run(self) -> memoryview:
+        """The block's operations as they lie in the data buffer, each with its comma."""
+        start, stop = value_span(self.data)
+        return memoryview(self.data.buffers()[2])[start:stop]
+
     def body(self) -> bytes:
         """The `/api/v2/batch` request body of every entry of the block: its operations as they
         lie in the data buffer, less the last comma, in the envelope (one copy)."""
@@ -241,18 +259,139 @@ def row_numbers(count: int) -> pa.Array:
     return numbers.slice(0, count)
 
 
+class JoinedEntries(Sequence[Entry]):
+    """Consecutive pieces of different sequences read as one: the entries of a request that
+    holds the last operations of one batch and the first of the next. Indexed, sliced (a 400
+    narrows it by halves) and written (`request_body`: one copy of each piece) as one."""
+
+    __slots__ = ("_starts", "pieces")
+
+    def __init__(self, pieces: Sequence[Sequence[Entry]]) -> None:
+        self.pieces = tuple(pieces)
+        self._starts = list(accumulate((len(piece) for piece in self.pieces), initial=0))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    @overload
+    def __getitem__(self, index: int) -> Entry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Entry]: ...
+
+    def __getitem__(self, index: int | slice) -> Entry | Sequence[Entry]:
+        size = len(self)
+        if isinstance(index, slice):
+            start, stop, step = index.indices(size)
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            return joined(
+                [
+                    piece[max(start - first, 0) : max(min(stop - first, len(piece)), 0)]
+                    for piece, first in zip(self.pieces, self._starts, strict=False)
+                ]
+            )
+        position = index + size if index < 0 else index
+        if not 0 <= position < size:
+            raise IndexError("entry index out of range")
+        piece = bisect.bisect_right(self._starts, position) - 1
+        return self.pieces[piece][position - self._starts[piece]]
+
+    def __iter__(self) -> Iterator[Entry]:
+        return chain.from_iterable(self.pieces)
+
+
+def joined(pieces: Sequence[Sequence[Entry]]) -> Sequence[Entry]:
+    """The pieces as one sequence: the one piece itself, or `JoinedEntries` of the non-empty
+    ones (a piece that is itself joined is taken apart)."""
+    flat = [
+        inner
+        for piece in pieces
+        for inner in (piece.pieces if isinstance(piece, JoinedEntries) else (piece,))
+        if len(inner)
+    ]
+    if not flat:
+        return []
+    return flat[0] if len(flat) == 1 else JoinedEntries(flat)
+
+
 def entry_sizes(entries: Sequence[Entry]) -> list[int]:
     """The serialized size of each entry (an `EntryBlock`'s read as one array)."""
     if isinstance(entries, EntryBlock):
         return entries.sizes()
+    if isinstance(entries, JoinedEntries):
+        return [size for piece in entries.pieces for size in entry_sizes(piece)]
     return [len(entry.data) for entry in entries]
+
+
+def entry_ends(entries: Sequence[Entry]) -> Sequence[int]:
+    """Where each entry starts and the last one ends, laid out one after another, each followed
+    by a comma (as `pack_bounds_of_ends` takes them; a block's are its offsets)."""
+    if isinstance(entries, EntryBlock):
+        return entries.ends()
+    return list(accumulate((size + 1 for size in entry_sizes(entries)), initial=0))
+
+
+def _run(entries: Sequence[Entry]) -> bytes | memoryview:
+    """The entries back to back, each followed by a comma."""
+    if isinstance(entries, EntryBlock):
+        return entries.run()
+    return b"".join(entry.data + b"," for entry in entries)
 
 
 def request_body(entries: Sequence[Entry]) -> bytes:
     """The `/api/v2/batch` request body of the entries."""
     if isinstance(entries, EntryBlock):
         return entries.body()
+    if isinstance(entries, JoinedEntries):
+        return enveloped_runs([_run(piece) for piece in entries.pieces])
     return body_of([entry.data for entry in entries])
+
+
+def request_chunks(entries: Sequence[Entry]) -> bytes | tuple[bytes | memoryview, ...]:
+    """The request body of the entries, as `request_body` writes it; for operations kept in
+    Arrow, as views of their buffer (`body_chunks`): the client streams it without a copy."""
+    if isinstance(entries, EntryBlock):
+        return body_chunks([entries.run()]) if len(entries) else body_of([])
+    if isinstance(entries, JoinedEntries):
+        return body_chunks([_run(piece) for piece in entries.pieces])
+    return body_of([entry.data for entry in entries])
+
+
+def pack_across(
+    held: Sequence[Entry], parts: Sequence[Sequence[Entry]], max_bytes: int
+) -> tuple[list[Sequence[Entry]], Sequence[Entry]]:
+    """`held` (the entries of a part-filled body, or none) and then `parts`, packed as one
+    sequence would be by `pack_entries`: each body filled as far as it goes, across the parts.
+    Returns the full bodies' groups and, apart, the last group, which later entries may fill
+    further (empty when there was nothing to pack)."""
+    groups: list[Sequence[Entry]] = []
+    current: list[Sequence[Entry]] = [held] if len(held) else []
+    used = ENVELOPE_BYTES - 1 + sum(_run_bytes(piece) for piece in current)
+    for part in parts:
+        if not len(part):
+            continue
+        ends = entry_ends(part)
+        start = 0
+        if current:  # fill the open body first
+            start = fitting(ends, max_bytes - used)
+            if start:
+                current.append(part[:start])
+                used += ends[start] - ends[0]
+            if start == len(part):
+                continue
+            groups.append(joined(current))
+        bounds = list(pack_bounds_of_ends(ends, max_bytes, start))
+        groups.extend(part[a:b] for a, b in bounds[:-1])
+        a, b = bounds[-1]
+        current = [part[a:b]]
+        used = ENVELOPE_BYTES - 1 + ends[b] - ends[a]
+    return groups, joined(current)
+
+
+def _run_bytes(entries: Sequence[Entry]) -> int:
+    ends = entry_ends(entries)
+    return ends[-1] - ends[0]
 
 
 def pack_entries(entries: Sequence[Entry], max_bytes: int) -> list[Sequence[Entry]]:

@@ -7,7 +7,10 @@ import threading
 
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from cio_destination import jobs
 from cio_destination.entries import Entry, EntryBlock, Mapped
 from cio_destination.exceptions import CustomerioTransientError
 from cio_destination.jobs import InOrder, Unit, identities, mapped_ahead
@@ -162,3 +165,57 @@ def test_a_mapping_error_reaches_the_job_in_the_units_order():
     assert next(results)[1] == 1
     with pytest.raises(ValueError, match="unit 2"):
         next(results)
+
+
+class Queued(Answers):
+    """A unit whose requests wait for room in the window until the test admits them."""
+
+    def __init__(self, requests: int, log: list[str], name: str) -> None:
+        super().__init__()
+        self.left = requests
+        self.log = log
+        self.name = name
+
+    def waiting(self) -> int:
+        return self.left
+
+    def wait_admitted(self) -> None:
+        self.log.append(f"waited for {self.name}")
+        self.left = 0  # the pool admits a unit's requests before any later unit's
+
+
+def test_a_job_goes_on_while_at_most_queued_requests_wait_for_room_in_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Up to QUEUED_REQUESTS of a job's requests may wait for the window (so one is ready while
+    the job records a unit); beyond that the job waits, for its oldest units first."""
+    monkeypatch.setattr(jobs, "QUEUED_REQUESTS", 10)
+    job, log = Job(), []
+    order = InOrder(job)
+    for name, requests in (("0", 4), ("1", 5)):
+        order.add(1, names(name), Queued(requests, log, name), recorder(job, name))
+    order.wait_admitted()
+    assert log == []  # 9 waiting: the job maps and sends its next unit at once
+
+    order.add(1, names("2"), Queued(5, log, "2"), recorder(job, "2"))
+    order.wait_admitted()
+    assert log == ["waited for 0"]  # 14 waiting: down to 10 once the oldest unit is admitted
+
+
+@given(
+    units=st.lists(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "ü", "ab", ""]), max_size=4)),
+    new=st.lists(st.sampled_from(["a", "c", "e", "ü", "zz", "", "b"]), max_size=4),
+)
+def test_make_way_finishes_exactly_up_to_the_last_unit_naming_one_of_the_new_names(
+    units: list[list[str]], new: list[str]
+):
+    """The spans and Arrow's lookup (the fast path) finish what a plain set comparison says."""
+    job = Job()
+    order = InOrder(job)
+    for index, unit in enumerate(units):
+        order.add(1, names(*unit), Answers(), recorder(job, str(index)))
+
+    order.make_way(names(*new))
+
+    naming = [i for i, unit in enumerate(units) if set(unit) & set(new)]
+    assert job.offset == (naming[-1] + 1 if naming else 0)

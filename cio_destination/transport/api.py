@@ -29,6 +29,9 @@ from cio_destination.version import __version__
 
 logger = logging.getLogger("cio_destination")
 
+Body = bytes | tuple[bytes | memoryview, ...]
+"""A request body: whole, or in pieces the client writes one after another."""
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -122,7 +125,7 @@ class ApiClient:
     def post(
         self,
         path: str,
-        body: bytes,
+        body: Body,
         stats: SendStats,
         *,
         repeatable: bool = True,
@@ -134,7 +137,7 @@ class ApiClient:
         self,
         method: str,
         path: str,
-        body: bytes | None,
+        body: Body | None,
         stats: SendStats,
         *,
         repeatable: bool = True,
@@ -155,6 +158,10 @@ class ApiClient:
         """
         attempt = 0
         waited = 0.0
+        headers = None
+        if body is not None and not isinstance(body, bytes):
+            # pieces: streamed, not joined; a length, so they go as one body, not chunked
+            headers = {"content-length": str(sum(len(piece) for piece in body))}
         while True:
             attempt += 1
             stats.throttled_seconds += self.limiter.acquire()
@@ -163,7 +170,7 @@ class ApiClient:
             stats.requests += 1
             answer: httpx.Response | httpx.RequestError
             try:
-                answer = self._http.request(method, path, content=body)
+                answer = unbound(self._http.request(method, path, content=body, headers=headers))
             except httpx.RequestError as exc:
                 answer = exc
             verdict = classify(answer, repeatable=repeatable, preflight=preflight)
@@ -259,6 +266,15 @@ class ApiClient:
             f"Customer.io {self.api_name} at {self.base_url} answered HTTP {status} for {path}:"
             f" check {keys}"
         )
+
+
+def unbound(response: httpx.Response) -> httpx.Response:
+    """`response`, read, without httpx's reference cycle (its stream names the response back):
+    so it, and its request's body of up to 500 KB, is freed when the last reference to it goes,
+    not when Python's cyclic collector next reaches it (at 100 requests/s, hundreds of bodies
+    were left waiting for that)."""
+    response.stream = httpx.ByteStream(response.content)
+    return response
 
 
 def _problem(answer: httpx.Response | httpx.RequestError) -> str:

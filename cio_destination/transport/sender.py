@@ -1,4 +1,10 @@
-"""The Track API's sender: entries packed into request bodies, several requests in flight."""
+"""The Track API's sender: entries packed into request bodies, several requests in flight.
+
+A job's consecutive sends may share a `Carry`: the part-filled last body of one send is held
+back and filled with the next send's first entries, so a table takes as many requests as its
+operations packed as one sequence would. A send whose entries ride in a later send's request
+is answered only once that request is.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from cio_destination.entries import Entry, pack_entries
+from cio_destination.entries import Entry, pack_across, pack_entries
 from cio_destination.exceptions import CustomerioTerminalError
 from cio_destination.transport.inflight import InFlightWindow
 from cio_destination.transport.results import SendResult
@@ -23,15 +29,33 @@ class Sending:
         self._futures: list[Future[SendResult]] = []
         self._admitted = 0
         self._changed = threading.Condition()
+        self._carry: Carry | None = None
+        self._carried: list[tuple[Future[SendResult], bool]] = []
 
     def add(self, future: Future[SendResult]) -> None:
         self._futures.append(future)
+
+    def hold(self, carry: Carry) -> None:
+        """Some of this send's entries wait in `carry` for a later send's request."""
+        self._carry = carry
+
+    def carried_by(self, future: Future[SendResult], collect: bool) -> None:
+        """Entries of this send went out in `future`'s request: this send is answered only
+        once it is, and fails if it fails; `collect`: its outcome is this send's to count
+        (else the send it belongs to counts it)."""
+        self._carried.append((future, collect))
+        self._carry = None
 
     def admitted(self) -> None:
         """One request of this send got into the window (or will never need it)."""
         with self._changed:
             self._admitted += 1
             self._changed.notify_all()
+
+    def waiting(self) -> int:
+        """Requests of this send that still wait for room in the window."""
+        with self._changed:
+            return max(len(self._futures) - self._admitted, 0)
 
     def wait_admitted(self) -> None:
         """Block until every request of this send is in flight or answered: none still waits
@@ -40,14 +64,23 @@ class Sending:
             self._changed.wait_for(lambda: self._admitted >= len(self._futures))
 
     def done(self) -> bool:
-        """True once every request has its answer (`result()` then returns at once)."""
-        return all(future.done() for future in self._futures)
+        """True once every request holding an entry of it has its answer (`result()` then
+        returns at once); never while some of its entries are still held back."""
+        return self._carry is None and all(
+            future.done() for future in [*self._futures, *(f for f, _ in self._carried)]
+        )
 
     def result(self) -> SendResult:
-        """What every request of this send came to, once all of them are answered."""
+        """What every request of this send came to, once all of them are answered (entries
+        still held back are sent now, alone)."""
+        if self._carry is not None:
+            self._carry.flush()
         for future in self._futures:
             self._sender.collect(self._total, future)
+        for future, collect in self._carried:
+            self._sender.collect(self._total, future, outcome=collect)
         self._futures.clear()
+        self._carried.clear()
         return self._total
 
 
@@ -88,31 +121,45 @@ class Sender:
         are packed within each part, and all of them share the in-flight requests."""
         return self.start(parts).result()
 
-    def start(self, parts: Sequence[Sequence[Entry]]) -> Sending:
+    def start(self, parts: Sequence[Sequence[Entry]], carry: Carry | None = None) -> Sending:
         """Start sending `parts` as `send_parts` does and return without waiting for their
         answers. The requests wait for room in the window in the pool's queue (a body is
         written only once its request is admitted), so the caller can prepare its next
-        entries meanwhile; `Sending.wait_admitted` tells when none is waiting any more."""
-        groups = [g for part in parts for g in pack_entries(part, self.max_request_bytes)]
-        total = SendResult()
-        sending = Sending(self, total)
-        if not groups:
-            return sending
-        if not self._verified:
+        entries meanwhile; `Sending.wait_admitted` tells when none is waiting any more.
+
+        With `carry`, the entries it holds lead the first body, bodies are filled across
+        `parts`, and the last, part-filled body is held back in it in turn."""
+        sending = Sending(self, SendResult())
+        if carry is None:
+            groups = [g for part in parts for g in pack_entries(part, self.max_request_bytes)]
+            self._submit(groups, sending)
+        else:
+            carry.start(self, parts, sending)
+        return sending
+
+    def _submit(self, groups: list[Sequence[Entry]], sending: Sending) -> Future[SendResult] | None:
+        """Submit a request per group for `sending`; returns the first group's future."""
+        futures: list[Future[SendResult]] = []
+        if groups and not self._verified:
             with self._probe_lock:
                 if self._refused is None and not self._verified:
-                    probe = Sending(self, total)
-                    probe.add(self._pool.submit(self._send_batch, groups[0], probe))
-                    probe.result()
+                    probe = self._pool.submit(self._send_batch, groups[0], sending)
+                    sending.add(probe)
+                    futures.append(probe)
                     groups = groups[1:]
-                    self._verified = total.error is None
-        if self._refused is not None:
-            total.error = self._refused
-        if total.error is not None:
-            return sending
+                    self._verified = probe.exception() is None
+                    if not self._verified:
+                        return probe  # no more requests after a failed first one
+        if groups and self._refused is not None:
+            failed: Future[SendResult] = Future()
+            failed.set_exception(self._refused.again())
+            sending.add(failed)
+            sending.admitted()  # it needs no room in the window
+            return futures[0] if futures else failed
         for group in groups:
-            sending.add(self._pool.submit(self._send_batch, group, sending))
-        return sending
+            futures.append(self._pool.submit(self._send_batch, group, sending))
+            sending.add(futures[-1])
+        return futures[0] if futures else None
 
     def _send_batch(self, entries: Sequence[Entry], sending: Sending) -> SendResult:
         self.window.acquire()
@@ -137,8 +184,11 @@ class Sender:
         finally:
             self.window.release(latency)
 
-    def collect(self, total: SendResult, future: Future[SendResult]) -> None:
-        """Add the outcome of one request (its result, or the error it raised) to `total`."""
+    def collect(
+        self, total: SendResult, future: Future[SendResult], *, outcome: bool = True
+    ) -> None:
+        """Add the outcome of one request (its result, or the error it raised) to `total`;
+        `outcome=False`: only the error (another send counts the result)."""
         try:
             part = future.result()
         except BaseException as exc:
@@ -150,6 +200,54 @@ class Sender:
             ):
                 total.error = exc
             return
+        if not outcome:
+            return
         total.rejections.extend(part.rejections)
         total.delivered.extend(part.delivered)
         total.stats.add(part.stats)
+
+
+class Carry:
+    """The part-filled last body of one job's sends, held back for the job's next send.
+
+    The next send's first entries fill it (a request then holds entries of two sends, or more
+    when a send is smaller than a body), and every send with an entry in that request is
+    answered once it is (`Sending.carried_by`). A send that waits for its answers while its
+    entries are still held sends them alone first (`flush`). One per job, used by the job's
+    thread alone.
+    """
+
+    def __init__(self) -> None:
+        self._sender: Sender | None = None
+        self._held: Sequence[Entry] = []
+        self._owners: list[Sending] = []
+
+    def start(self, sender: Sender, parts: Sequence[Sequence[Entry]], sending: Sending) -> None:
+        """Submit `parts` for `sending`, the held entries first; hold the new last body."""
+        self._sender = sender
+        groups, tail = pack_across(self._held, parts, sender.max_request_bytes)
+        owners = self._owners
+        self._held, self._owners = tail, []
+        if not groups:
+            self._owners = owners  # nothing went out: all of it is still held
+        if len(tail) and any(len(part) for part in parts):
+            self._owners.append(sending)
+        for owner in self._owners:
+            owner.hold(self)
+        first = sender._submit(groups, sending)
+        if groups and owners:
+            assert first is not None
+            for owner in owners:  # the first request holds their entries: its outcome is sending's
+                owner.carried_by(first, collect=False)
+
+    def flush(self) -> None:
+        """Send the held entries alone now; the newest send they belong to counts the answer."""
+        held, owners = self._held, self._owners
+        self._held, self._owners = [], []
+        if not len(held) or self._sender is None:
+            return
+        carrier = Sending(self._sender, SendResult())
+        first = self._sender._submit([held], carrier)
+        assert first is not None
+        for owner in owners:
+            owner.carried_by(first, collect=owner is owners[-1])

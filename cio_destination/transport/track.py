@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import orjson
 
-from cio_destination.entries import Entry, request_body
+from cio_destination.entries import Entry, request_chunks
 from cio_destination.exceptions import CustomerioTerminalError
 from cio_destination.transport.answers import (
     ServerText,
@@ -66,7 +66,7 @@ class TrackClient(ApiClient):
         return result
 
     def _send(self, entries: Sequence[Entry], result: SendResult) -> None:
-        response = self.post("/api/v2/batch", request_body(entries), result.stats)
+        response = self.post("/api/v2/batch", request_chunks(entries), result.stats)
         verdict = classify(response)
         status = response.status_code
         if verdict is Verdict.DELIVERED:
