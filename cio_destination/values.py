@@ -286,7 +286,7 @@ def timestamp_column(column: Any) -> tuple[Any, Any]:
         except ValueProblem:
             converted.append(None)
             refused.append(True)
-    return pa.array(converted, pa.int64()), pa.array(refused)
+    return pa.array(converted, pa.int64()), pa.array(refused, pa.bool_())
 
 
 # -- numbers -------------------------------------------------------------------------------------

@@ -494,6 +494,22 @@ def _one_row(ident: str = "a", **columns: pa.Array) -> pa.RecordBatch:
             ({}, {}),
         ),
         (_one_row(p=pa.array(["q"])), _one_row(r=pa.array(["q"])), ({}, {})),
+        (  # texts are written back to back: their lengths tell them apart
+            _one_row(p=pa.array(["ab"]), q=pa.array(["c,1"])),
+            _one_row(p=pa.array(["abc"]), q=pa.array([",1"])),
+            ({}, {}),
+        ),
+        (_one_row(p=pa.array([""])), _one_row(p=pa.array([None], pa.string())), ({}, {})),
+        (  # a null among the numbers, which follow the texts joined by commas
+            _one_row(n=pa.array([1]), m=pa.array([None], pa.int64())),
+            _one_row(n=pa.array([None], pa.int64()), m=pa.array([1])),
+            ({}, {}),
+        ),
+        (
+            _one_row(n=pa.array([12]), m=pa.array([3])),
+            _one_row(n=pa.array([1]), m=pa.array([23])),
+            ({}, {}),
+        ),
         (
             _one_row(p=pa.array(["q"])),
             _one_row(p=pa.array(["q"])),
@@ -509,6 +525,10 @@ def _one_row(ident: str = "a", **columns: pa.Array) -> pa.RecordBatch:
         "bool-or-text",
         "seconds-or-millis",
         "other-column",
+        "texts-back-to-back",
+        "empty-or-null-text",
+        "null-among-numbers",
+        "digits-across-numbers",
         "other-mapping",
     ],
 )
@@ -525,45 +545,55 @@ def test_source_row_hashes_tell_apart_rows_whose_text_once_read_alike(first, sec
 
 
 def test_source_row_hashes_are_the_stored_form():
-    """The form stored with fingerprints: blake2b-64 of the row's values framed by their lengths
-    (a null as "-"), salted with the mapping and the columns' names and types, read as a signed
-    big-endian number. The same row hashes alike in any batch, as string or large_string."""
+    """The form stored with fingerprints: XXH3-64 of the row's text values back to back, then
+    behind a comma each the byte length of each text and the text of each other value (a null
+    as "~"), seeded with the mapping and the columns' names and types in that order, read as a
+    signed number. The same row hashes alike in any batch, as string or large_string; it hashes
+    otherwise than the blake2b form stored before (`cio-source-row-2`)."""
     import hashlib
+
+    import xxhash
 
     from cio_destination.actions.identify import source_row_hashes
 
     batch = pa.RecordBatch.from_pylist(
-        [{"ident": "a", "n": 1, "s": "x"}, {"ident": "b", "n": None, "s": "ü"}]
+        [
+            {"ident": "a", "n": 1, "s": "x", "f": 2.5},
+            {"ident": "b", "n": None, "s": "ü", "f": None},
+        ]
     )
     mapper = mapper_for(batch)
 
     identifiers, hashes = source_row_hashes(mapper, batch)
 
-    settings = [
-        {"action": "identify", "identifier": "ident"},
-        [],
-        [["ident", "text"], ["n", "int64"], ["s", "text"]],
-    ]
-    salt = hashlib.blake2b(orjson.dumps(settings), digest_size=16).digest()
-    texts = ["1:a1:11:x", "1:b-2:ü"]
-    expected = [
-        int.from_bytes(
-            hashlib.blake2b(
-                t.encode(), digest_size=8, salt=salt, person=b"cio-source-row-2"
-            ).digest(),
-            "big",
-            signed=True,
-        )
-        for t in texts
-    ]
+    def hashed(layout: list, texts: list[str], person: bytes) -> list[int]:
+        settings = orjson.dumps([{"action": "identify", "identifier": "ident"}, [], layout])
+        if person == b"cio-source-row-2":
+            salt = hashlib.blake2b(settings, digest_size=16).digest()
+            digests = [
+                hashlib.blake2b(t.encode(), digest_size=8, salt=salt, person=person).digest()
+                for t in texts
+            ]
+        else:
+            seed = hashlib.blake2b(settings, digest_size=8, person=person).digest()
+            digests = [
+                xxhash.xxh3_64_digest(t.encode(), int.from_bytes(seed, "big")) for t in texts
+            ]
+        return [int.from_bytes(d, "big", signed=True) for d in digests]
+
+    layout = [["ident", "text"], ["s", "text"], ["n", "int64"], ["f", "double"]]
+    expected = hashed(layout, ["ax,1,1,1,2.5", "bü,1,2,~,~"], b"cio-source-row-3")
     assert identifiers == ["a", "b"]
     assert hashes == expected
     assert source_row_hashes(mapper, batch.slice(1, 1))[1] == expected[1:]
     large = pa.RecordBatch.from_arrays(
-        [batch.column(0).cast(pa.large_string()), batch.column(1), batch.column(2)],
+        [batch.column(0).cast(pa.large_string()), *batch.columns[1:]],
         names=batch.schema.names,
     )
     assert source_row_hashes(mapper, large) == (identifiers, expected)
+    before = [["ident", "text"], ["n", "int64"], ["s", "text"], ["f", "double"]]
+    older = hashed(before, ["1:a1:11:x3:2.5", "1:b-2:ü-"], b"cio-source-row-2")
+    assert not set(older) & set(hashes)
 
 
 def test_a_chunked_table_maps_as_its_rows_and_an_empty_one_as_nothing():

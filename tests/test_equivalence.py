@@ -394,6 +394,64 @@ def test_a_zero_decimal_of_a_high_scale_is_the_integer_0_on_both_paths():
     ]
 
 
+ZERO_ROW_TYPES = [
+    pa.string(),
+    pa.large_string(),
+    pa.int8(),
+    pa.uint64(),
+    pa.float32(),
+    pa.bool_(),
+    pa.null(),
+    pa.decimal32(5, 2),
+    pa.decimal64(18, 0),
+    pa.decimal128(38, 18),
+    pa.decimal256(60, -2),
+    pa.date32(),
+    pa.date64(),
+    pa.timestamp("ns", "America/New_York"),
+    pa.duration("s"),
+    pa.binary(),
+    pa.list_(pa.int64()),
+]
+ZERO_ROW_MAPPINGS = {
+    "identify-timestamp": {"action": "identify", "identifier": "ident", "timestamp": "0"},
+    "identify-attribute": {"action": "identify", "identifier": "ident", "attributes": ["0"]},
+    "event": {
+        "action": "event",
+        "identifier": "ident",
+        "event_name_column": "0",
+        "event_id": ["0"],
+        "timestamp": "0",
+    },
+    "page-whole-row": {"action": "page", "identifier": "ident", "event_name": "home"},
+}
+
+
+@pytest.mark.parametrize("declared", ZERO_ROW_MAPPINGS.values(), ids=list(ZERO_ROW_MAPPINGS))
+@pytest.mark.parametrize("kind", ZERO_ROW_TYPES, ids=str)
+def test_a_zero_row_batch_of_any_column_type_maps_to_nothing(
+    kind: pa.DataType, declared: dict[str, Any]
+):
+    """A decimal timestamp column of no rows gave a refused-values flag of Arrow's null type,
+    which `or_kleene` cannot join with the others: the load failed on an empty batch."""
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(["p1"]), pa.array([None], kind)], names=["ident", "0"]
+    )
+    mapper = mapper_for("things", declared, {"ident": {}, "0": {}})
+
+    typed = {"ident": {"data_type": "text"}, "0": {"data_type": "decimal"}}
+    for empty, columns in (
+        (batch.slice(0, 0), None),
+        (pa.Table.from_batches([batch]).slice(0, 0), None),
+        ([], None),
+        ([], typed),  # dict rows of none: a batch of typed columns
+    ):
+        mapped = map_items(mapper, empty, columns)
+        assert mapped.rows_in == 0
+        assert not mapped.all_entries() and not mapped.rejections and not mapped.dropped
+    assert map_items(mapper, batch).rows_in == 1  # the same batch with its row maps
+
+
 def test_a_date64_with_a_time_of_day_is_its_date_on_both_paths():
     """Arrow's spec wants date64 values at midnight, but files carry others: the row path gets
     the date (pyarrow rounds down to the day), so the columnar path must count whole days."""
@@ -639,6 +697,16 @@ def test_event_dict_rows_of_any_dlt_types_map_as_the_row_path_maps_them():
         check()
 
     run_property(prop)
+
+
+@given(st.one_of(arrow_cases(identify_mappings), arrow_cases(event_mappings)))
+def test_zero_rows_of_any_generated_batch_map_to_nothing(
+    case: tuple[pa.RecordBatch, RowMapper],
+) -> None:
+    batch, mapper = case
+    mapped = map_items(mapper, batch.slice(0, 0))
+    assert_same(mapped, mapper.map_rows([]))
+    assert mapped.rows_in == 0 and not mapped.all_entries() and not mapped.rejections
 
 
 # -- through the public pipeline -----------------------------------------------------------------

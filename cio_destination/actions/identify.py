@@ -10,14 +10,15 @@ skip rows whose mapped values are as when their person was last accepted.
 from __future__ import annotations
 
 import hashlib
-import sys
 from array import array
 from collections.abc import Iterable, Mapping
+from itertools import repeat
 from typing import Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 
 from cio_destination.actions.columns import RowPath, by_row_path, finish, timestamp_pieces
 from cio_destination.actions.rows import Builder, RowReader, as_reject
@@ -30,7 +31,6 @@ from cio_destination.actions.spec import (
 )
 from cio_destination.arrow_json import as_binary, is_text, json_string_body, object_pieces
 from cio_destination.entries import Entry, Mapped, Rejection, Row
-from cio_destination.framing import frame_column
 from cio_destination.limits import (
     MAX_ATTRIBUTES_PER_IDENTIFY,
     MAX_IDENTIFIER_BYTES,
@@ -201,39 +201,23 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[list[Any], list[in
     maps only the rows that differ. None when a column's type has no plain text form here, or
     an identifier repeats in the batch (then the order of the rows matters: map them all).
 
-    Two rows hash alike only if they are the same row under the same mapping: each value is
-    framed by its length (see `cio_destination.framing`), and the hash is salted with the
-    mapping and with the name and type of every column hashed, so no value can pass for a
-    separator, a null, another column or another type (`0`, `"0"` and `0.0`; seconds and
-    milliseconds). Hashes stored by an older encoding simply differ: such a row is mapped
-    again, and the whole-operation hash of its fingerprint settles that it is unchanged.
+    Two rows hash alike only if they are the same row under the same mapping. The bytes hashed
+    are the row's text values back to back, then, each behind a comma, the byte length of each
+    text value and the text of each other value (numbers, booleans, dates: Arrow's text of
+    them holds no comma and is never `~`), a null as `~`. Read from the end, those parts are
+    as many as the columns and hold no comma, and the lengths cut the texts apart: different
+    values never give the same bytes, whatever the texts hold (see `cio_destination.framing`
+    for why a separator alone is not enough). The hash, XXH3-64 (stable across releases and
+    platforms: never Python's or DuckDB's `hash()`), is seeded with the mapping and with the
+    name and type of every column hashed, in order, so no value can pass for another column
+    or another type (`0`, `"0"` and `0.0`; seconds and milliseconds). Hashes stored by an
+    older encoding simply differ: such a row is mapped again, and the whole-operation hash of
+    its fingerprint settles that it is unchanged.
     """
     mapping = reader.mapping
     names = set(batch.schema.names)
     if mapping.identifier not in names:
         return None  # every row is rejected: nothing to skip
-    columns = [mapping.identifier, *reader.compiled.attribute_columns]
-    if mapping.timestamp:
-        columns.append(mapping.timestamp)
-    framed, layout = [], []
-    for name in columns:
-        if name not in names:
-            continue
-        column = batch.column(name)
-        kind = column.type
-        if is_temporal(kind):
-            column = pc.cast(column, pa.int64()) if pa.types.is_timestamp(kind) else column
-        elif not (
-            is_text(kind)
-            or pa.types.is_integer(kind)
-            or pa.types.is_floating(kind)
-            or pa.types.is_boolean(kind)
-            or pa.types.is_decimal(kind)
-        ):
-            return None
-        text = pc.cast(column, pa.string()) if not is_text(column.type) else column
-        framed.append(frame_column(text))
-        layout.append([name, "text" if is_text(kind) else str(kind)])
     ident = batch.column(mapping.identifier)
     ident = pc.cast(ident, pa.string()) if pa.types.is_integer(ident.type) else ident
     if not is_text(ident.type):
@@ -241,30 +225,72 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[list[Any], list[in
     counts = pc.value_counts(ident)
     if pc.any(pc.greater(counts.field("counts"), 1)).as_py():
         return None
-    if len({column.type for column in framed}) > 1:  # string and large_string: join as large
-        framed = [pc.cast(column, pa.large_string()) for column in framed]
-    joined = framed[0]
-    if len(framed) > 1:
-        joined = pc.binary_join_element_wise(*framed, pa.scalar("", joined.type))
+    columns = _hashed_texts(reader, batch)
+    if columns is None:
+        return None
+    texts, others, layout = columns
+    listed = [*(pc.cast(pc.binary_length(text), pa.string()) for text in texts), *others]
+    rows = pc.binary_join_element_wise(*listed, ",", null_handling="replace", null_replacement="~")
+    if not pc.all(pc.equal(pc.count_substring(rows, ","), len(listed) - 1)).as_py():
+        return None  # a value with a comma in it: never expected, so never skipped
+    if texts:
+        if len({text.type for text in texts}) > 1:  # string and large_string: join as large
+            texts = [pc.cast(text, pa.large_string()) for text in texts]
+        kind = texts[0].type
+        head = pc.binary_join_element_wise(
+            *texts, pa.scalar("", kind), null_handling="replace", null_replacement=""
+        )
+        rows = pc.binary_join_element_wise(head, rows.cast(kind), pa.scalar(",", kind))
     settings = [
         mapping.model_dump(mode="json", exclude_defaults=True),
         sorted(reader.compiled.json_columns),
         layout,
     ]
-    salt = hashlib.blake2b(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), digest_size=16)
-    base = hashlib.blake2b(digest_size=8, salt=salt.digest(), person=_SOURCE_HASH_PERSON)
-    digests = bytearray()
-    for row in as_binary(joined).to_pylist():
-        digest = base.copy()  # cheaper than a new salted hash per row
-        digest.update(row)
-        digests += digest.digest()
-    hashes = array("q", digests)  # each digest read as a signed big-endian 64-bit number
-    if sys.byteorder == "little":
-        hashes.byteswap()
-    return ident.to_pylist(), hashes.tolist()
+    salt = hashlib.blake2b(
+        orjson.dumps(settings, option=orjson.OPT_SORT_KEYS),
+        digest_size=8,
+        person=_SOURCE_HASH_PERSON,
+    )
+    seed = repeat(int.from_bytes(salt.digest(), "big"))
+    unsigned = array("Q", map(xxhash.xxh3_64_intdigest, as_binary(rows).to_pylist(), seed))
+    return ident.to_pylist(), array("q", unsigned.tobytes()).tolist()  # read as signed
 
 
-_SOURCE_HASH_PERSON = b"cio-source-row-2"
+_SOURCE_HASH_PERSON = b"cio-source-row-3"
+
+
+def _hashed_texts(
+    reader: RowReader, batch: Any
+) -> tuple[list[Any], list[Any], list[list[str]]] | None:
+    """The mapped columns as `source_row_hashes` hashes them: the text columns, the others
+    as their text, and the layout (the name and type of each, in the order hashed)."""
+    mapping = reader.mapping
+    names = set(batch.schema.names)
+    columns = [mapping.identifier, *reader.compiled.attribute_columns]
+    if mapping.timestamp:
+        columns.append(mapping.timestamp)
+    texts, others, text_layout, other_layout = [], [], [], []
+    for name in columns:
+        if name not in names:
+            continue
+        column = batch.column(name)
+        kind = column.type
+        if is_text(kind):
+            texts.append(column)
+            text_layout.append([name, "text"])
+            continue
+        if is_temporal(kind):
+            column = pc.cast(column, pa.int64()) if pa.types.is_timestamp(kind) else column
+        elif not (
+            pa.types.is_integer(kind)
+            or pa.types.is_floating(kind)
+            or pa.types.is_boolean(kind)
+            or pa.types.is_decimal(kind)
+        ):
+            return None
+        others.append(pc.cast(column, pa.string()))
+        other_layout.append([name, str(kind)])
+    return texts, others, text_layout + other_layout
 
 
 def _check(mapping: TableMapping) -> None:
