@@ -11,6 +11,7 @@ columnar paths keep their operations in Arrow, an `EntryBlock`, until a request 
 from __future__ import annotations
 
 import datetime as dt
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -20,7 +21,7 @@ import pyarrow.compute as pc
 
 from cio_destination.arrow_json import value_span
 from cio_destination.batching import body_of, enveloped, pack_bounds, pack_bounds_of_ends
-from cio_destination.framing import frame_texts
+from cio_destination.framing import column_layout, int64_view
 from cio_destination.values import UNITS_PER_SECOND, floor_divide, python_values
 
 DATA_KEYS = frozenset({"attributes", "message_data", "relationship_attributes"})
@@ -221,12 +222,16 @@ class EntryBlock(Sequence[Entry]):
         start, stop = value_span(self.data)
         return enveloped(memoryview(self.data.buffers()[2])[start : stop - 1])
 
-    def row_key_frame(self) -> bytes:
-        """What tells the entries apart, each framed by its length (for the batch id): their
+    def key_layout(self) -> tuple[memoryview, memoryview]:
+        """What tells the entries apart (for the batch id), as `framing.column_layout`: their
         row keys, or their idempotency keys when the row keys are made only on demand."""
         texts = self.row_keys if self.row_keys is not None else self.keys
         assert texts is not None
-        return frame_texts(texts)
+        return column_layout(texts)
+
+    def size_bytes(self) -> memoryview:
+        """`sizes()` as int64 bytes in the machine's order (no Python int per entry)."""
+        return int64_view(pc.cast(pc.subtract(pc.binary_length(self.data), 1), pa.int64()))
 
 
 _row_numbers = pa.array(range(10_000), pa.int64())
@@ -246,6 +251,13 @@ def entry_sizes(entries: Sequence[Entry]) -> list[int]:
     if isinstance(entries, EntryBlock):
         return entries.sizes()
     return [len(entry.data) for entry in entries]
+
+
+def entry_size_bytes(entries: Sequence[Entry]) -> bytes | memoryview:
+    """`entry_sizes` as int64 bytes in the machine's order."""
+    if isinstance(entries, EntryBlock):
+        return entries.size_bytes()
+    return array("q", entry_sizes(entries)).tobytes()
 
 
 def request_body(entries: Sequence[Entry]) -> bytes:
