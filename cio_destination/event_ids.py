@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cio_destination.arrow_json import (
+    as_binary,
     as_string,
     comma_listed,
     float_text,
@@ -278,36 +279,83 @@ def deterministic_ulid(namespace: str, key: bytes) -> str:
 def event_ids(namespace: str, keys: Any) -> Any:
     """`deterministic_ulid(namespace, key)` of each key, as a string array.
 
-    The keys are hashed one by one; the base32 text is written by Arrow kernels: the 128-bit
-    digests become two uint64 columns, and each pair of chars is a 10-bit field of them looked
-    up in the same table `deterministic_ulid` uses.
+    The keys are hashed one by one (`hashlib`: no kernel computes BLAKE2b); the base32 text is
+    written by kernels. All the digests reversed at once are the rows' 128-bit numbers as
+    little-endian 64-bit words, low then high, rows last to first. Each pair of chars is a 10-bit
+    field of them, looked up as its two ASCII bytes (one uint16) in the table
+    `deterministic_ulid` uses; one `take` puts every row's 13 pairs side by side, and those 26
+    bytes a row are the string array's data as they are.
     """
     base = hashlib.blake2b(digest_size=16, person=_ULID_PERSON)
     base.update(namespace.encode("utf-8") + b"\x00")
-    numbers = bytearray()
-    for key in keys.view(pa.binary()).to_pylist():
-        digest = base.copy()
+    fresh = base.copy
+    digests: list[bytes] = []
+    keep = digests.append
+    for key in as_binary(keys).to_pylist():
+        digest = fresh()  # cheaper than a new keyed hash per row
         digest.update(key or b"")
-        numbers += digest.digest()[::-1]  # the big-endian digest as a little-endian number
+        keep(digest.digest())
     count = len(keys)
-    # each number's low and high 64-bit words, as two uint64 columns
+    if not count:
+        return pa.array([], pa.string())
+    numbers = b"".join(digests)[::-1]
     words = pa.Array.from_buffers(pa.uint64(), 2 * count, [None, pa.py_buffer(numbers)])
-    halves = pa.FixedSizeListArray.from_arrays(words, 2)
-    low, high = pc.list_element(halves, 0), pc.list_element(halves, 1)
     pairs = []
     for shift in _ULID_PAIR_SHIFTS:
-        if shift >= 64:
-            field = pc.shift_right(high, _u64(shift - 64))
-        elif shift + 10 <= 64:
-            field = pc.shift_right(low, _u64(shift))
-        else:  # straddles the words: the low word's top bits, under the high word's bottom ones
+        if shift >= 64:  # in the high word: right at the odd positions
+            field = pc.shift_right(words, _u64(shift - 64))
+        elif shift + 10 <= 64:  # in the low word: right at the even positions
+            field = pc.shift_right(words, _u64(shift))
+        else:  # the low word's top bits under the high word's bottom ones (the next position)
             below = 64 - shift
+            top = pc.bit_wise_and(words.slice(1), _u64((1 << (10 - below)) - 1))
             field = pc.bit_wise_or(
-                pc.shift_left(pc.bit_wise_and(high, _u64((1 << (10 - below)) - 1)), _u64(below)),
-                pc.shift_right(low, _u64(shift)),
+                pc.shift_left(top, _u64(below)),
+                pc.shift_right(words.slice(0, 2 * count - 1), _u64(shift)),
             )
-        pairs.append(pc.take(_ULID_PAIR_TEXTS, pc.bit_wise_and(field, _u64(1023))))
-    return pc.binary_join_element_wise(*pairs, "")
+        pairs.append(pc.take(_ULID_PAIR_CODES, pc.bit_wise_and(field, _u64(1023))))
+    text = pc.take(pa.concat_arrays(pairs), _side_by_side(count))
+    offsets = pc.multiply(_counting(count + 1), pa.scalar(26, pa.int32()))
+    return pa.Array.from_buffers(
+        pa.string(), count, [None, offsets.buffers()[1], text.buffers()[1]]
+    )
+
+
+_ULID_PAIR_CODES = pa.array(
+    [int.from_bytes(pair.encode("ascii"), "little") for pair in _ULID_PAIRS], pa.uint16()
+)
+# per pair: whether its field is read at the odd (high word) positions, and whether its field
+# array is one short (the straddling pair's: 2 values a row, less the last)
+_PAIR_ODD = [int(shift >= 64) for shift in _ULID_PAIR_SHIFTS]
+_PAIR_SHORT = [int(shift < 64 < shift + 10) for shift in _ULID_PAIR_SHIFTS]
+_interleavings: dict[int, pa.Array] = {}
+
+
+def _side_by_side(count: int) -> pa.Array:
+    """The `take` indices that put the 13 field arrays of `count` rows side by side, row after
+    row in the rows' order (their words lie last row first); kept for the last few counts."""
+    known = _interleavings.get(count)
+    if known is not None:
+        return known
+    starts, at = [], 0
+    for odd, short in zip(_PAIR_ODD, _PAIR_SHORT, strict=True):
+        starts.append(at + odd)
+        at += 2 * count - short
+    pairs = len(starts)
+    position = _counting(pairs * count)  # row * pairs + pair
+    row = pc.divide(position, pairs)
+    pair = pc.subtract(position, pc.multiply(row, pairs))
+    word = pc.multiply(pc.subtract(count - 1, row), 2)  # the row's low word
+    indices = pc.cast(pc.add(pc.take(pa.array(starts, pa.int32()), pair), word), pa.int32())
+    if len(_interleavings) >= 4:
+        _interleavings.clear()
+    _interleavings[count] = indices
+    return indices
+
+
+def _counting(count: int) -> pa.Array:
+    """0, 1, ..., count - 1 as int32, by a kernel (a Python range costs a Python int each)."""
+    return pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int32()), count), start=-1)
 
 
 def _u64(value: int) -> Any:
