@@ -25,7 +25,7 @@ from cio_destination.arrow_json import (
     Member,
     any_byte_outside,
     as_string,
-    float_text,
+    float_pieces,
     is_text,
     json_key,
     json_string_body,
@@ -331,7 +331,7 @@ def attribute_texts(
             continue
         if pa.types.is_floating(kind):
             flags.append(pc.invert(pc.is_finite(column)))
-            text = float_text(column)
+            text = float_pieces(column)  # one piece fewer joined than float_text's
         elif is_temporal(kind):
             seconds = floor_seconds(column)
             flags.append(outside_timestamp_range(seconds))

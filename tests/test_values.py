@@ -664,3 +664,21 @@ def test_floor_divide_rounds_down_as_python_does_with_and_without_negative_value
 
     check()
     assert seen == {True, False}
+
+
+@pytest.mark.parametrize("width", [64, 32])
+def test_float_pieces_joined_are_orjson_s_text(width):
+    """Each finite float as orjson writes it, the two pieces joined (a null stays null)."""
+    from cio_destination.arrow_json import float_pieces, float_text
+
+    finite = st.floats(allow_nan=False, allow_infinity=False, width=width)
+
+    @given(st.lists(st.one_of(st.none(), finite)))
+    def check(values):
+        column = pa.array(values, pa.float64() if width == 64 else pa.float32())
+        text, whole = float_pieces(column)
+        expected = [None if v is None else orjson.dumps(v).decode() for v in column.to_pylist()]
+        assert pa.compute.binary_join_element_wise(text, whole, "").to_pylist() == expected
+        assert float_text(column).to_pylist() == expected
+
+    check()
