@@ -118,6 +118,17 @@ def join_pieces(pieces: list[Any]) -> Any:
     return pc.binary_join_element_wise(*merged, "", null_handling="skip")
 
 
+def joined_sizes(pieces: list[Any], rows: int) -> Any:
+    """Per row, the byte size of `join_pieces(pieces)` (int64), without joining them."""
+    constant = sum(len(piece.encode()) for piece in pieces if isinstance(piece, str))
+    sizes = pa.repeat(pa.scalar(constant, pa.int64()), rows)
+    for piece in pieces:
+        if not isinstance(piece, str):
+            length = pc.cast(pc.binary_length(piece), pa.int64()).fill_null(0)
+            sizes = pc.add(sizes, length)
+    return sizes
+
+
 Member = tuple[str, Any, str, bool]
 """One member of a JSON object, per row: (prefix, values, suffix, has nulls); a null value
 leaves the member out of its row. The values are a column, or a tuple of columns written one

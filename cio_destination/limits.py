@@ -363,10 +363,10 @@ def check_event_data(data: dict[str, Any], field: str) -> None:
         )
 
 
-def event_data_too_large(member: Any, head: str) -> Any:
-    """The column form of `check_event_data`: per row, whether the text of the data's JSON
-    object member (`head` and the object, or "" without data) is over the limit."""
-    return pc.greater(pc.binary_length(member), MAX_EVENT_DATA_BYTES + len(head))
+def event_data_too_large(sizes: Any, head: str) -> Any:
+    """The column form of `check_event_data`: per row, whether the data's JSON object member
+    (`head` and the object; no bytes without data), of these byte sizes, is over the limit."""
+    return pc.greater(sizes, MAX_EVENT_DATA_BYTES + len(head))
 
 
 def check_object_data(attributes: dict[str, Any]) -> None:
