@@ -161,17 +161,20 @@ def event_keys(batch: Any, id_columns: tuple[str, ...], flags: list[Any]) -> Any
     names = batch.schema.names
     rows = batch.num_rows
     if id_columns:
-        texts = []
+        texts: list[list[Any]] = []
         present = []
         for name in id_columns:
             if name not in names:
-                texts.append("null")
+                texts.append(["null"])
                 continue
-            text = _canonical_text(batch.column(name), flags)
+            column = batch.column(name)
+            text = _canonical_pieces(column, flags)
             if text is None:
                 return None
-            texts.append(text.fill_null("null"))
-            present.append(batch.column(name).is_valid())
+            if column.null_count:  # a null's text is "null": its pieces are joined first
+                text = [_joined(text).fill_null("null")]
+            texts.append(text)  # else its pieces go into the key's one join
+            present.append(column.is_valid())
         if not present:
             return None  # no key column in the batch (NULL in every row): the row path rejects
         any_value = present[0]
@@ -180,7 +183,7 @@ def event_keys(batch: Any, id_columns: tuple[str, ...], flags: list[Any]) -> Any
         flags.append(pc.invert(any_value))  # the row path rejects: nothing to key on
         pieces: list[Any] = ["["]
         for index, text in enumerate(texts):
-            pieces += ["," if index else "", text]
+            pieces += ["," if index else "", *text]
         pieces.append("]")
         return join_pieces(pieces)
     # no key columns: the whole row, [[name, value], ...] by name, null values left out
@@ -202,37 +205,51 @@ def _canonical_text(column: Any, flags: list[Any]) -> Any | None:
     """orjson's text of `_canonical(value)` for each value of a column (null where the value is
     null); rows this cannot write the same way are added to `flags`. None for a type it does not
     handle."""
+    pieces = _canonical_pieces(column, flags)
+    return None if pieces is None else _joined(pieces)
+
+
+def _joined(pieces: list[Any]) -> Any:
+    """The pieces joined row by row (null where a column piece is null)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return pc.binary_join_element_wise(*pieces, "")
+
+
+def _canonical_pieces(column: Any, flags: list[Any]) -> list[Any] | None:
+    """`_canonical_text` as the constants and columns a join puts together (see there)."""
     kind = column.type
     if is_text(kind):
         column = as_string(column)
         if column is None:
             return None
-        return pc.binary_join_element_wise('"', json_string_body(column), '"', "")
+        return ['"', json_string_body(column), '"']
     if pa.types.is_integer(kind):
-        return pc.cast(column, pa.string())
+        return [pc.cast(column, pa.string())]
     if pa.types.is_boolean(kind):
-        return pc.if_else(column, "true", "false")
+        return [pc.if_else(column, "true", "false")]
     if pa.types.is_date32(kind) or pa.types.is_date64(kind):  # its midnight's unix seconds
         seconds = midnight_seconds(column)
         flags.append(outside_datetimes(seconds))
-        return pc.cast(seconds, pa.string())
+        return [pc.cast(seconds, pa.string())]
     if pa.types.is_null(kind):
-        return pa.nulls(len(column), pa.string())
+        return [pa.nulls(len(column), pa.string())]
     if pa.types.is_floating(kind):
         values = pc.cast(column, pa.float64())
         flags.append(pc.invert(pc.is_finite(values)))
         whole = pc.and_(pc.equal(pc.floor(values), values), pc.less(pc.abs(values), _MAX_EXACT_INT))
         flags.append(pc.and_(pc.equal(pc.floor(values), values), pc.invert(whole)))
         as_int = pc.cast(pc.cast(pc.if_else(whole, values, 0.0), pa.int64()), pa.string())
-        return pc.if_else(whole, as_int, float_text(values))  # whole floats key as integers
+        return [pc.if_else(whole, as_int, float_text(values))]  # whole floats key as integers
     if pa.types.is_timestamp(kind):
-        return _iso_text(column, flags)
+        return _iso_pieces(column, flags)
     return None
 
 
-def _iso_text(column: Any, flags: list[Any]) -> Any:
-    """`datetime.astimezone(UTC).isoformat()` of each timestamp (naive ones are UTC), in quotes;
-    nanoseconds are rounded down to the microsecond, as the row path's datetimes are."""
+def _iso_pieces(column: Any, flags: list[Any]) -> list[Any]:
+    """`datetime.astimezone(UTC).isoformat()` of each timestamp (naive ones are UTC), in quotes,
+    as the pieces of a join; nanoseconds are rounded down to the microsecond, as the row path's
+    datetimes are."""
     raw = pc.cast(column, pa.int64())
     per_second = UNITS_PER_SECOND[column.type.unit]
     # 1970 to 9999 only: integer division and four-digit years need no care there. Judged on
@@ -253,10 +270,10 @@ def _iso_text(column: Any, flags: list[Any]) -> Any:
     clock = pc.replace_substring(clock, " ", "T", max_replacements=1)
     whole = pc.equal(fraction, 0)
     if pc.all(whole).as_py():  # whole seconds (nulls aside): no fraction to write in any row
-        return pc.binary_join_element_wise('"', clock, '+00:00"', "")
+        return ['"', clock, '+00:00"']
     digits = pc.utf8_lpad(pc.cast(fraction, pa.string()), 6, "0")
     dotted = pc.if_else(whole, "", pc.binary_join_element_wise(".", digits, ""))
-    return pc.binary_join_element_wise('"', clock, dotted, '+00:00"', "")
+    return ['"', clock, dotted, '+00:00"']
 
 
 # -- the id: row form and column form --------------------------------------------------------------
