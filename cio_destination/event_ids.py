@@ -330,8 +330,9 @@ def event_ids(namespace: str, keys: Any) -> Any:
                 pc.shift_left(top, _u64(below)),
                 pc.shift_right(words.slice(0, 2 * count - 1), _u64(shift)),
             )
-        pairs.append(pc.take(_ULID_PAIR_CODES, pc.bit_wise_and(field, _u64(1023))))
-    text = pc.take(pa.concat_arrays(pairs), _side_by_side(count))
+        code = pc.bit_wise_and(field, _u64(1023))  # < 1024: within the table, unchecked
+        pairs.append(pc.take(_ULID_PAIR_CODES, code, boundscheck=False))
+    text = pc.take(pa.concat_arrays(pairs), _side_by_side(count), boundscheck=False)
     offsets = pc.multiply(_counting(count + 1), pa.scalar(26, pa.int32()))
     return pa.Array.from_buffers(
         pa.string(), count, [None, offsets.buffers()[1], text.buffers()[1]]
