@@ -682,3 +682,16 @@ def test_float_pieces_joined_are_orjson_s_text(width):
         assert float_text(column).to_pylist() == expected
 
     check()
+
+
+def test_float_members_are_one_text_column_unless_split():
+    """Callers that take a member's values as one column (the changes_only diff) get one; the
+    builders that join every piece of an operation at once ask for the two pieces."""
+    from cio_destination.limits import attribute_texts
+
+    batch = pa.RecordBatch.from_pydict({"ltv": pa.array([1.0, 2.5, None])})
+    (joined,) = attribute_texts(batch, ["ltv"], [], value_limit=False)
+    assert joined[1].to_pylist() == ["1.0", "2.5", None]
+    (split,) = attribute_texts(batch, ["ltv"], [], value_limit=False, split_floats=True)
+    text, whole = split[1]
+    assert pa.compute.binary_join_element_wise(text, whole, "").to_pylist() == joined[1].to_pylist()

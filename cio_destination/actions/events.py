@@ -179,7 +179,9 @@ def map_named_batch(
         '"',
     ]
     pieces += timestamp_pieces(batch, mapping.timestamp, flags)
-    attributes = attribute_texts(batch, attribute_columns, flags, value_limit=False)
+    attributes = attribute_texts(
+        batch, attribute_columns, flags, value_limit=False, split_floats=True
+    )
     if attributes is None:
         return by_row_path(row_path, batch, source_rows)
     if attributes:

@@ -173,7 +173,9 @@ def map_identify_batch(
         json_string_body(ident),
         '"}',
     ]
-    attributes = attribute_texts(batch, attribute_columns, flags, value_limit=True)
+    attributes = attribute_texts(
+        batch, attribute_columns, flags, value_limit=True, split_floats=True
+    )
     if attributes is None:
         return by_row_path(row_path, batch, source_rows)
     if attributes:
