@@ -81,17 +81,25 @@ def json_string_body(column: Any) -> Any:
 
 def float_text(column: Any) -> Any:
     """A float column's values as orjson writes them (finite values only: JSON has no others)."""
+    return pc.binary_join_element_wise(*float_pieces(column), "")
+
+
+def float_pieces(column: Any) -> tuple[Any, Any]:
+    """`float_text` in two pieces that a join puts together (one join of all of a row's pieces
+    rather than one more per float column): Arrow's text of each value (orjson's where the two
+    differ), and the ".0" orjson writes after a whole number ("" elsewhere)."""
     values = pc.cast(column, pa.float64())
+    text = pc.cast(values, pa.string())
     whole = pc.if_else(pc.equal(pc.floor(values), values), ".0", "")
-    text = pc.binary_join_element_wise(pc.cast(values, pa.string()), whole, "")
     unlike = pc.and_(pc.less(pc.abs(values), _PLAIN_FLOAT_FROM), pc.not_equal(values, 0.0))
     if b"e" in value_bytes(text):
         unlike = pc.or_(unlike, pc.match_substring(text, "e"))
     unlike = unlike.fill_null(False)
     if not pc.any(unlike).as_py():
-        return text
+        return text, whole
     written = [orjson.dumps(value).decode() for value in values.filter(unlike).to_pylist()]
-    return pc.replace_with_mask(text, unlike, pa.array(written, pa.string()))
+    text = pc.replace_with_mask(text, unlike, pa.array(written, pa.string()))
+    return text, pc.if_else(unlike, "", whole)
 
 
 def join_pieces(pieces: list[Any]) -> Any:
@@ -110,15 +118,32 @@ def join_pieces(pieces: list[Any]) -> Any:
     return pc.binary_join_element_wise(*merged, "", null_handling="skip")
 
 
+def joined_sizes(pieces: list[Any], rows: int) -> Any:
+    """Per row, the byte size of `join_pieces(pieces)` (int64), without joining them."""
+    constant = sum(len(piece.encode()) for piece in pieces if isinstance(piece, str))
+    sizes = pa.repeat(pa.scalar(constant, pa.int64()), rows)
+    for piece in pieces:
+        if not isinstance(piece, str):
+            length = pc.cast(pc.binary_length(piece), pa.int64()).fill_null(0)
+            sizes = pc.add(sizes, length)
+    return sizes
+
+
 Member = tuple[str, Any, str, bool]
 """One member of a JSON object, per row: (prefix, values, suffix, has nulls); a null value
-leaves the member out of its row."""
+leaves the member out of its row. The values are a column, or a tuple of columns written one
+after the other (`float_pieces`)."""
+
+
+def _columns(values: Any) -> tuple[Any, ...]:
+    """A member's values as a tuple of columns."""
+    return values if isinstance(values, tuple) else (values,)
 
 
 def comma_listed(items: list[Member]) -> Any:
     """Per row, the items joined by commas, nulls left out ("" where every value is null)."""
     fragments = [
-        pc.binary_join_element_wise("," + prefix, values, suffix, "")
+        pc.binary_join_element_wise("," + prefix, *_columns(values), suffix, "")
         for prefix, values, suffix, _ in items
     ]
     joined = join_pieces(["", *fragments])
@@ -145,8 +170,11 @@ def object_pieces(name: str, members: list[Member]) -> list[Any]:
         lead = "," if index > anchor else ""
         trail = "," if index < anchor else ""
         if nullable:
-            pieces.append(pc.binary_join_element_wise(lead + prefix, values, suffix + trail, ""))
+            joined = pc.binary_join_element_wise(
+                lead + prefix, *_columns(values), suffix + trail, ""
+            )
+            pieces.append(joined)
         else:
-            pieces += [lead + prefix, values, suffix + trail]
+            pieces += [lead + prefix, *_columns(values), suffix + trail]
     pieces.append("}")
     return pieces

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, chain
@@ -33,7 +34,7 @@ from cio_destination.batching import (
     pack_bounds,
     pack_bounds_of_ends,
 )
-from cio_destination.framing import frame_texts
+from cio_destination.framing import column_layout, int64_view
 from cio_destination.values import UNITS_PER_SECOND, floor_divide, python_values
 
 DATA_KEYS = frozenset({"attributes", "message_data", "relationship_attributes"})
@@ -239,12 +240,16 @@ class EntryBlock(Sequence[Entry]):
         start, stop = value_span(self.data)
         return enveloped(memoryview(self.data.buffers()[2])[start : stop - 1])
 
-    def row_key_frame(self) -> bytes:
-        """What tells the entries apart, each framed by its length (for the batch id): their
+    def key_layout(self) -> tuple[memoryview, memoryview]:
+        """What tells the entries apart (for the batch id), as `framing.column_layout`: their
         row keys, or their idempotency keys when the row keys are made only on demand."""
         texts = self.row_keys if self.row_keys is not None else self.keys
         assert texts is not None
-        return frame_texts(texts)
+        return column_layout(texts)
+
+    def size_bytes(self) -> memoryview:
+        """`sizes()` as int64 bytes in the machine's order (no Python int per entry)."""
+        return int64_view(pc.cast(pc.subtract(pc.binary_length(self.data), 1), pa.int64()))
 
 
 _row_numbers = pa.array(range(10_000), pa.int64())
@@ -337,6 +342,13 @@ def _run(entries: Sequence[Entry]) -> bytes | memoryview:
     if isinstance(entries, EntryBlock):
         return entries.run()
     return b"".join(entry.data + b"," for entry in entries)
+
+
+def entry_size_bytes(entries: Sequence[Entry]) -> bytes | memoryview:
+    """`entry_sizes` as int64 bytes in the machine's order."""
+    if isinstance(entries, EntryBlock):
+        return entries.size_bytes()
+    return array("q", entry_sizes(entries)).tobytes()
 
 
 def request_body(entries: Sequence[Entry]) -> bytes:

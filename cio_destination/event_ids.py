@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cio_destination.arrow_json import (
+    as_binary,
     as_string,
     comma_listed,
     float_text,
@@ -160,17 +161,20 @@ def event_keys(batch: Any, id_columns: tuple[str, ...], flags: list[Any]) -> Any
     names = batch.schema.names
     rows = batch.num_rows
     if id_columns:
-        texts = []
+        texts: list[list[Any]] = []
         present = []
         for name in id_columns:
             if name not in names:
-                texts.append("null")
+                texts.append(["null"])
                 continue
-            text = _canonical_text(batch.column(name), flags)
+            column = batch.column(name)
+            text = _canonical_pieces(column, flags)
             if text is None:
                 return None
-            texts.append(text.fill_null("null"))
-            present.append(batch.column(name).is_valid())
+            if column.null_count:  # a null's text is "null": its pieces are joined first
+                text = [_joined(text).fill_null("null")]
+            texts.append(text)  # else its pieces go into the key's one join
+            present.append(column.is_valid())
         if not present:
             return None  # no key column in the batch (NULL in every row): the row path rejects
         any_value = present[0]
@@ -179,7 +183,7 @@ def event_keys(batch: Any, id_columns: tuple[str, ...], flags: list[Any]) -> Any
         flags.append(pc.invert(any_value))  # the row path rejects: nothing to key on
         pieces: list[Any] = ["["]
         for index, text in enumerate(texts):
-            pieces += ["," if index else "", text]
+            pieces += ["," if index else "", *text]
         pieces.append("]")
         return join_pieces(pieces)
     # no key columns: the whole row, [[name, value], ...] by name, null values left out
@@ -201,37 +205,51 @@ def _canonical_text(column: Any, flags: list[Any]) -> Any | None:
     """orjson's text of `_canonical(value)` for each value of a column (null where the value is
     null); rows this cannot write the same way are added to `flags`. None for a type it does not
     handle."""
+    pieces = _canonical_pieces(column, flags)
+    return None if pieces is None else _joined(pieces)
+
+
+def _joined(pieces: list[Any]) -> Any:
+    """The pieces joined row by row (null where a column piece is null)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return pc.binary_join_element_wise(*pieces, "")
+
+
+def _canonical_pieces(column: Any, flags: list[Any]) -> list[Any] | None:
+    """`_canonical_text` as the constants and columns a join puts together (see there)."""
     kind = column.type
     if is_text(kind):
         column = as_string(column)
         if column is None:
             return None
-        return pc.binary_join_element_wise('"', json_string_body(column), '"', "")
+        return ['"', json_string_body(column), '"']
     if pa.types.is_integer(kind):
-        return pc.cast(column, pa.string())
+        return [pc.cast(column, pa.string())]
     if pa.types.is_boolean(kind):
-        return pc.if_else(column, "true", "false")
+        return [pc.if_else(column, "true", "false")]
     if pa.types.is_date32(kind) or pa.types.is_date64(kind):  # its midnight's unix seconds
         seconds = midnight_seconds(column)
         flags.append(outside_datetimes(seconds))
-        return pc.cast(seconds, pa.string())
+        return [pc.cast(seconds, pa.string())]
     if pa.types.is_null(kind):
-        return pa.nulls(len(column), pa.string())
+        return [pa.nulls(len(column), pa.string())]
     if pa.types.is_floating(kind):
         values = pc.cast(column, pa.float64())
         flags.append(pc.invert(pc.is_finite(values)))
         whole = pc.and_(pc.equal(pc.floor(values), values), pc.less(pc.abs(values), _MAX_EXACT_INT))
         flags.append(pc.and_(pc.equal(pc.floor(values), values), pc.invert(whole)))
         as_int = pc.cast(pc.cast(pc.if_else(whole, values, 0.0), pa.int64()), pa.string())
-        return pc.if_else(whole, as_int, float_text(values))  # whole floats key as integers
+        return [pc.if_else(whole, as_int, float_text(values))]  # whole floats key as integers
     if pa.types.is_timestamp(kind):
-        return _iso_text(column, flags)
+        return _iso_pieces(column, flags)
     return None
 
 
-def _iso_text(column: Any, flags: list[Any]) -> Any:
-    """`datetime.astimezone(UTC).isoformat()` of each timestamp (naive ones are UTC), in quotes;
-    nanoseconds are rounded down to the microsecond, as the row path's datetimes are."""
+def _iso_pieces(column: Any, flags: list[Any]) -> list[Any]:
+    """`datetime.astimezone(UTC).isoformat()` of each timestamp (naive ones are UTC), in quotes,
+    as the pieces of a join; nanoseconds are rounded down to the microsecond, as the row path's
+    datetimes are."""
     raw = pc.cast(column, pa.int64())
     per_second = UNITS_PER_SECOND[column.type.unit]
     # 1970 to 9999 only: integer division and four-digit years need no care there. Judged on
@@ -252,10 +270,10 @@ def _iso_text(column: Any, flags: list[Any]) -> Any:
     clock = pc.replace_substring(clock, " ", "T", max_replacements=1)
     whole = pc.equal(fraction, 0)
     if pc.all(whole).as_py():  # whole seconds (nulls aside): no fraction to write in any row
-        return pc.binary_join_element_wise('"', clock, '+00:00"', "")
+        return ['"', clock, '+00:00"']
     digits = pc.utf8_lpad(pc.cast(fraction, pa.string()), 6, "0")
     dotted = pc.if_else(whole, "", pc.binary_join_element_wise(".", digits, ""))
-    return pc.binary_join_element_wise('"', clock, dotted, '+00:00"', "")
+    return ['"', clock, dotted, '+00:00"']
 
 
 # -- the id: row form and column form --------------------------------------------------------------
@@ -278,36 +296,84 @@ def deterministic_ulid(namespace: str, key: bytes) -> str:
 def event_ids(namespace: str, keys: Any) -> Any:
     """`deterministic_ulid(namespace, key)` of each key, as a string array.
 
-    The keys are hashed one by one; the base32 text is written by Arrow kernels: the 128-bit
-    digests become two uint64 columns, and each pair of chars is a 10-bit field of them looked
-    up in the same table `deterministic_ulid` uses.
+    The keys are hashed one by one (`hashlib`: no kernel computes BLAKE2b); the base32 text is
+    written by kernels. All the digests reversed at once are the rows' 128-bit numbers as
+    little-endian 64-bit words, low then high, rows last to first. Each pair of chars is a 10-bit
+    field of them, looked up as its two ASCII bytes (one uint16) in the table
+    `deterministic_ulid` uses; one `take` puts every row's 13 pairs side by side, and those 26
+    bytes a row are the string array's data as they are.
     """
     base = hashlib.blake2b(digest_size=16, person=_ULID_PERSON)
     base.update(namespace.encode("utf-8") + b"\x00")
-    numbers = bytearray()
-    for key in keys.view(pa.binary()).to_pylist():
-        digest = base.copy()
+    fresh = base.copy
+    digests: list[bytes] = []
+    keep = digests.append
+    for key in as_binary(keys).to_pylist():
+        digest = fresh()  # cheaper than a new keyed hash per row
         digest.update(key or b"")
-        numbers += digest.digest()[::-1]  # the big-endian digest as a little-endian number
+        keep(digest.digest())
     count = len(keys)
-    # each number's low and high 64-bit words, as two uint64 columns
+    if not count:
+        return pa.array([], pa.string())
+    numbers = b"".join(digests)[::-1]
     words = pa.Array.from_buffers(pa.uint64(), 2 * count, [None, pa.py_buffer(numbers)])
-    halves = pa.FixedSizeListArray.from_arrays(words, 2)
-    low, high = pc.list_element(halves, 0), pc.list_element(halves, 1)
     pairs = []
     for shift in _ULID_PAIR_SHIFTS:
-        if shift >= 64:
-            field = pc.shift_right(high, _u64(shift - 64))
-        elif shift + 10 <= 64:
-            field = pc.shift_right(low, _u64(shift))
-        else:  # straddles the words: the low word's top bits, under the high word's bottom ones
+        if shift >= 64:  # in the high word: right at the odd positions
+            field = pc.shift_right(words, _u64(shift - 64))
+        elif shift + 10 <= 64:  # in the low word: right at the even positions
+            field = pc.shift_right(words, _u64(shift))
+        else:  # the low word's top bits under the high word's bottom ones (the next position)
             below = 64 - shift
+            top = pc.bit_wise_and(words.slice(1), _u64((1 << (10 - below)) - 1))
             field = pc.bit_wise_or(
-                pc.shift_left(pc.bit_wise_and(high, _u64((1 << (10 - below)) - 1)), _u64(below)),
-                pc.shift_right(low, _u64(shift)),
+                pc.shift_left(top, _u64(below)),
+                pc.shift_right(words.slice(0, 2 * count - 1), _u64(shift)),
             )
-        pairs.append(pc.take(_ULID_PAIR_TEXTS, pc.bit_wise_and(field, _u64(1023))))
-    return pc.binary_join_element_wise(*pairs, "")
+        code = pc.bit_wise_and(field, _u64(1023))  # < 1024: within the table, unchecked
+        pairs.append(pc.take(_ULID_PAIR_CODES, code, boundscheck=False))
+    text = pc.take(pa.concat_arrays(pairs), _side_by_side(count), boundscheck=False)
+    offsets = pc.multiply(_counting(count + 1), pa.scalar(26, pa.int32()))
+    return pa.Array.from_buffers(
+        pa.string(), count, [None, offsets.buffers()[1], text.buffers()[1]]
+    )
+
+
+_ULID_PAIR_CODES = pa.array(
+    [int.from_bytes(pair.encode("ascii"), "little") for pair in _ULID_PAIRS], pa.uint16()
+)
+# per pair: whether its field is read at the odd (high word) positions, and whether its field
+# array is one short (the straddling pair's: 2 values a row, less the last)
+_PAIR_ODD = [int(shift >= 64) for shift in _ULID_PAIR_SHIFTS]
+_PAIR_SHORT = [int(shift < 64 < shift + 10) for shift in _ULID_PAIR_SHIFTS]
+_interleavings: dict[int, pa.Array] = {}
+
+
+def _side_by_side(count: int) -> pa.Array:
+    """The `take` indices that put the 13 field arrays of `count` rows side by side, row after
+    row in the rows' order (their words lie last row first); kept for the last few counts."""
+    known = _interleavings.get(count)
+    if known is not None:
+        return known
+    starts, at = [], 0
+    for odd, short in zip(_PAIR_ODD, _PAIR_SHORT, strict=True):
+        starts.append(at + odd)
+        at += 2 * count - short
+    pairs = len(starts)
+    position = _counting(pairs * count)  # row * pairs + pair
+    row = pc.divide(position, pairs)
+    pair = pc.subtract(position, pc.multiply(row, pairs))
+    word = pc.multiply(pc.subtract(count - 1, row), 2)  # the row's low word
+    indices = pc.cast(pc.add(pc.take(pa.array(starts, pa.int32()), pair), word), pa.int32())
+    if len(_interleavings) >= 4:
+        _interleavings.clear()
+    _interleavings[count] = indices
+    return indices
+
+
+def _counting(count: int) -> pa.Array:
+    """0, 1, ..., count - 1 as int32, by a kernel (a Python range costs a Python int each)."""
+    return pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int32()), count), start=-1)
 
 
 def _u64(value: int) -> Any:

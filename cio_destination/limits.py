@@ -25,6 +25,7 @@ from cio_destination.arrow_json import (
     Member,
     any_byte_outside,
     as_string,
+    float_pieces,
     float_text,
     is_text,
     json_key,
@@ -308,11 +309,19 @@ def dropped_records(row: Row, row_key: str, columns: list[str]) -> list[Rejectio
 
 
 def attribute_texts(
-    batch: Any, columns: list[str], flags: list[Any], *, value_limit: bool
+    batch: Any,
+    columns: list[str],
+    flags: list[Any],
+    *,
+    value_limit: bool,
+    split_floats: bool = False,
 ) -> list[Member] | None:
     """The column form of `attribute_values`: per attribute column, its JSON object member
     (see `arrow_json.Member`); rows the row form treats otherwise are added to `flags`. None when
-    a column's type is one this form does not convert (the row form then maps the batch)."""
+    a column's type is one this form does not convert (the row form then maps the batch).
+
+    With `split_floats`, a float member's values are the two `float_pieces` (for a caller that
+    joins its members' pieces itself), else one column of text."""
     attributes: list[Member] = []
     for name in columns:
         column = batch.column(name)
@@ -331,7 +340,7 @@ def attribute_texts(
             continue
         if pa.types.is_floating(kind):
             flags.append(pc.invert(pc.is_finite(column)))
-            text = float_text(column)
+            text = float_pieces(column) if split_floats else float_text(column)
         elif is_temporal(kind):
             seconds = floor_seconds(column)
             flags.append(outside_timestamp_range(seconds))
@@ -363,10 +372,10 @@ def check_event_data(data: dict[str, Any], field: str) -> None:
         )
 
 
-def event_data_too_large(member: Any, head: str) -> Any:
-    """The column form of `check_event_data`: per row, whether the text of the data's JSON
-    object member (`head` and the object, or "" without data) is over the limit."""
-    return pc.greater(pc.binary_length(member), MAX_EVENT_DATA_BYTES + len(head))
+def event_data_too_large(sizes: Any, head: str) -> Any:
+    """The column form of `check_event_data`: per row, whether the data's JSON object member
+    (`head` and the object; no bytes without data), of these byte sizes, is over the limit."""
+    return pc.greater(sizes, MAX_EVENT_DATA_BYTES + len(head))
 
 
 def check_object_data(attributes: dict[str, Any]) -> None:

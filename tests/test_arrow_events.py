@@ -9,9 +9,13 @@ import random
 import orjson
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from cio_destination.arrow_json import join_pieces, joined_sizes
 from cio_destination.entries import rows_from_arrow
 from cio_destination.event_ids import canonical_key, deterministic_ulid
+from cio_destination.limits import MAX_EVENT_DATA_BYTES
 from cio_destination.mapper import RowMapper, map_items
 from cio_destination.mapping import compile_mapping, parse_mapping
 
@@ -269,3 +273,40 @@ def test_a_json_column_in_the_key_keys_as_the_value_it_holds(mapping: dict):
     assert [e.data for e in fast.all_entries()] == [
         e.data for e in mapper.map_rows(decoded).entries
     ]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=4), st.lists(st.one_of(st.none(), st.text()), min_size=3, max_size=3)
+        ),
+        min_size=1,
+        max_size=6,
+    ).filter(lambda pieces: len({isinstance(p, str) for p in pieces}) == 2)
+)
+def test_joined_sizes_are_the_sizes_of_the_joined_pieces(pieces):
+    """The event data's size is counted from its pieces, never joined: the count is exact."""
+    columns = [p if isinstance(p, str) else pa.array(p, pa.string()) for p in pieces]
+    assert joined_sizes(columns, 3).to_pylist() == [
+        len(text.encode()) for text in join_pieces(columns).to_pylist()
+    ]
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+def test_event_data_at_the_limit_is_decided_as_the_row_path_decides(extra: int):
+    """Data of exactly Customer.io's limit, a byte under or over it: both paths agree (within
+    it, the entry is still over the entry size limit)."""
+    rows = [{"uid": "a", "k": 1, "blob": ""}, {"uid": "b", "k": 2, "blob": "short"}]
+    size = len(orjson.dumps({"k": 1, "blob": ""}))  # the key columns are data too
+    rows[0]["blob"] = "x" * (MAX_EVENT_DATA_BYTES - size + extra)
+    batch = pa.RecordBatch.from_pylist(rows)
+    mapper = mapper_for(
+        {n: {"name": n} for n in ("uid", "k", "blob")}, event_name="x", event_id=["k"]
+    )
+
+    fast = map_items(mapper, batch)
+
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
+    reason = "event_data_too_large" if extra > 0 else "entry_too_large"
+    assert [r.reason for r in fast.rejections] == [reason]
+    assert fast.block is not None and len(fast.block) == 1

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections import Counter
 from decimal import Decimal
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from cio_destination.actions.identify import repeated_values
 from cio_destination.entries import LazyRow, rows_from_arrow
-from cio_destination.mapper import RowMapper, map_items
+from cio_destination.mapper import COLUMNAR_PATH, RowMapper, map_items
 from cio_destination.mapping import compile_mapping, parse_mapping
 
 from .conftest import mapped_outcome as outcome
@@ -707,3 +712,44 @@ def test_drop_attribute_on_the_columnar_path_is_the_row_path_s():
     assert [(d.row_key, d.field) for d in fast.dropped] == [
         (d.row_key, d.field) for d in slow.dropped
     ]
+
+
+_IDENTS = st.lists(st.one_of(st.none(), st.sampled_from(["", "a", "b", "b ", "c", "ü", "z"])))
+
+
+@given(_IDENTS, st.sampled_from(["as drawn", "increasing", "decreasing"]))
+def test_repeated_values_are_those_that_occur_twice(values, order):
+    if order != "as drawn":
+        values = sorted(values, key=lambda v: (v is None, v), reverse=order == "decreasing")
+    repeated = repeated_values(pa.array(values, pa.string()))
+    found = set() if repeated is None else set(repeated.to_pylist())
+    assert found == {value for value, count in Counter(values).items() if count > 1}
+
+
+def test_a_column_in_key_order_is_found_unrepeated_without_hashing(monkeypatch):
+    def hashed(*_: object, **__: object) -> None:
+        raise AssertionError("value_counts ran")
+
+    monkeypatch.setattr(pc, "value_counts", hashed)
+    for ordered in (["a", "b", "c"], ["c", "b", "a"]):
+        assert repeated_values(pa.array(ordered)) is None
+
+
+@given(
+    st.lists(st.sampled_from(["u1", "u2", "u3", "u4", None]), min_size=1, max_size=12),
+    st.booleans(),
+)
+def test_identifiers_in_key_order_map_as_the_row_path_maps_them(idents, descending):
+    """Sorted identifiers, repeated or not (then the row path collapses their rows): the
+    columnar path's outcome is the row path's, and it wrote the rows of people seen once."""
+    idents = sorted(idents, key=lambda v: (v is None, v), reverse=descending)
+    batch = pa.RecordBatch.from_pylist(
+        [{"ident": ident, "plan": f"p{i}", "score": i} for i, ident in enumerate(idents)]
+    )
+    mapper = mapper_for(batch)
+    before = COLUMNAR_PATH.rows
+    fast = map_items(mapper, batch)
+    assert outcome(fast) == outcome(mapper.map_rows(rows_from_arrow(batch)))
+    counts = Counter(idents)
+    alone = sum(1 for ident in idents if ident is not None and counts[ident] == 1)
+    assert COLUMNAR_PATH.rows - before == alone

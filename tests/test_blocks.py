@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from array import array
 
 import httpx
 import orjson
@@ -14,9 +15,10 @@ from pytest_httpx import HTTPXMock
 
 from cio_destination.batching import body_of
 from cio_destination.entries import Entry, EntryBlock, LazyRow, pack_entries, request_body
-from cio_destination.framing import frame
+from cio_destination.framing import texts_layout
 from cio_destination.mapper import COLUMNAR_PATH, RowMapper, map_items
 from cio_destination.mapping import compile_mapping, parse_mapping
+from cio_destination.report import batch_id
 from cio_destination.transport.api import RetryPolicy
 from cio_destination.transport.ratelimit import RateLimiter
 from cio_destination.transport.sender import Sender
@@ -79,7 +81,9 @@ def test_body_sizes_and_keys_equal_those_of_the_entries():
 
     assert request_body(block) == body_of([e.data for e in entries])
     assert block.sizes() == [len(e.data) for e in entries]
-    assert block.row_key_frame() == frame(e.row_key for e in entries)
+    assert tuple(map(bytes, block.key_layout())) == texts_layout(e.row_key for e in entries)
+    assert bytes(block.size_bytes()) == array("q", (len(e.data) for e in entries)).tobytes()
+    assert batch_id([block], [], None) == batch_id([entries], [], None)
     assert request_body(block[0:0]) == body_of([])
 
 

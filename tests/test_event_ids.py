@@ -103,3 +103,21 @@ def test_timestamp_keys_of_whole_seconds_are_written_as_those_with_fractions():
 
     check()
     assert seen == {True, False}
+
+
+@given(
+    st.lists(st.one_of(st.none(), st.text(max_size=40)), max_size=60),
+    st.integers(0, 3),
+    st.integers(0, 3),
+    st.sampled_from([pa.string(), pa.large_string()]),
+)
+def test_the_column_form_id_of_any_key_is_the_row_form_s(keys, start, cut, kind):
+    """Any keys (a null hashes as no bytes), sliced or not, of any count: each id is the row
+    form's; the ids' text is written by kernels from all the digests at once."""
+    stop = max(start, len(keys) - cut)
+    column = pa.array(keys, kind).slice(start, stop - start)
+    ids = event_ids("orders", column)
+    assert ids.type == pa.string()
+    assert ids.to_pylist() == [
+        deterministic_ulid("orders", (key or "").encode()) for key in keys[start:stop]
+    ]

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cio_destination.entries import Entry, Rejection
-from cio_destination.framing import frame, frame_texts
+from cio_destination.framing import column_layout, frame, frame_into, texts_layout
 from cio_destination.state import PipelineState
 from cio_destination.state.rejects import row_to_json
 
@@ -26,10 +26,26 @@ def test_different_lists_of_parts_frame_differently(one, other):
         assert frame(one) != frame(other)
 
 
-@given(st.lists(st.one_of(st.none(), st.text())))
-def test_a_column_frames_as_its_values(values):
-    assert frame_texts(pa.array(values, pa.string())) == frame(values)
-    assert frame_texts(pa.array(values, pa.large_string())) == frame(values)
+@given(_parts)
+def test_parts_fed_to_a_hash_are_their_frame(parts):
+    fed = hashlib.blake2b()
+    frame_into(fed, [p.encode() if isinstance(p, str) else p for p in parts])
+    assert fed.digest() == hashlib.blake2b(frame(parts)).digest()
+
+
+@given(st.lists(st.text()), st.integers(0, 5), st.integers(0, 5))
+def test_a_column_lays_out_as_its_values(values, start, cut):
+    """Sliced or not, of either offset width, a column gives its texts' layout, no copy made."""
+    stop = max(start, len(values) - cut)
+    for kind in (pa.string(), pa.large_string()):
+        column = pa.array(values, kind).slice(start, stop - start)
+        lengths, data = column_layout(column)
+        assert (bytes(lengths), bytes(data)) == texts_layout(values[start:stop])
+
+
+def test_a_null_lays_out_apart_from_an_empty_text():
+    nulls, empties = (column_layout(pa.array(v, pa.string())) for v in ([None], [""]))
+    assert bytes(nulls[0]) != bytes(empties[0])
 
 
 def _rejection(row: dict, field: str | None, reason: str = "invalid_identifier") -> Rejection:

@@ -664,3 +664,34 @@ def test_floor_divide_rounds_down_as_python_does_with_and_without_negative_value
 
     check()
     assert seen == {True, False}
+
+
+@pytest.mark.parametrize("width", [64, 32])
+def test_float_pieces_joined_are_orjson_s_text(width):
+    """Each finite float as orjson writes it, the two pieces joined (a null stays null)."""
+    from cio_destination.arrow_json import float_pieces, float_text
+
+    finite = st.floats(allow_nan=False, allow_infinity=False, width=width)
+
+    @given(st.lists(st.one_of(st.none(), finite)))
+    def check(values):
+        column = pa.array(values, pa.float64() if width == 64 else pa.float32())
+        text, whole = float_pieces(column)
+        expected = [None if v is None else orjson.dumps(v).decode() for v in column.to_pylist()]
+        assert pa.compute.binary_join_element_wise(text, whole, "").to_pylist() == expected
+        assert float_text(column).to_pylist() == expected
+
+    check()
+
+
+def test_float_members_are_one_text_column_unless_split():
+    """Callers that take a member's values as one column (the changes_only diff) get one; the
+    builders that join every piece of an operation at once ask for the two pieces."""
+    from cio_destination.limits import attribute_texts
+
+    batch = pa.RecordBatch.from_pydict({"ltv": pa.array([1.0, 2.5, None])})
+    (joined,) = attribute_texts(batch, ["ltv"], [], value_limit=False)
+    assert joined[1].to_pylist() == ["1.0", "2.5", None]
+    (split,) = attribute_texts(batch, ["ltv"], [], value_limit=False, split_floats=True)
+    text, whole = split[1]
+    assert pa.compute.binary_join_element_wise(text, whole, "").to_pylist() == joined[1].to_pylist()

@@ -30,7 +30,7 @@ from cio_destination.actions.spec import (
 from cio_destination.arrow_json import (
     as_string,
     is_text,
-    join_pieces,
+    joined_sizes,
     json_string_body,
     object_pieces,
 )
@@ -179,13 +179,15 @@ def map_named_batch(
         '"',
     ]
     pieces += timestamp_pieces(batch, mapping.timestamp, flags)
-    attributes = attribute_texts(batch, attribute_columns, flags, value_limit=False)
+    attributes = attribute_texts(
+        batch, attribute_columns, flags, value_limit=False, split_floats=True
+    )
     if attributes is None:
         return by_row_path(row_path, batch, source_rows)
     if attributes:
-        data = join_pieces(["", *object_pieces("attributes", attributes)])  # "" where none
-        flags.append(event_data_too_large(data, _ATTRIBUTES_HEAD))
-        pieces.append(data)
+        data = object_pieces("attributes", attributes)  # null (left out) where none
+        flags.append(event_data_too_large(joined_sizes(data, batch.num_rows), _ATTRIBUTES_HEAD))
+        pieces += data
     pieces.append("}")
 
     id_columns = compiled.event_id_columns

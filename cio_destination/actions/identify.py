@@ -164,9 +164,8 @@ def map_identify_batch(
 
     # rows the row path must see: every check it makes, made on whole columns
     flags = identifier_flags(ident, kind)
-    counts = pc.value_counts(ident)
-    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
-    if len(repeated):
+    repeated = repeated_values(ident)
+    if repeated is not None:
         flags.append(pc.is_in(ident, value_set=repeated))  # collapsed in row order there
     pieces: list[Any] = [
         '{"type":"person","action":"identify","identifiers":{' + orjson.dumps(kind).decode(),
@@ -174,7 +173,9 @@ def map_identify_batch(
         json_string_body(ident),
         '"}',
     ]
-    attributes = attribute_texts(batch, attribute_columns, flags, value_limit=True)
+    attributes = attribute_texts(
+        batch, attribute_columns, flags, value_limit=True, split_floats=True
+    )
     if attributes is None:
         return by_row_path(row_path, batch, source_rows)
     if attributes:
@@ -182,6 +183,24 @@ def map_identify_batch(
     pieces += timestamp_pieces(batch, mapping.timestamp, flags)
     pieces.append("}")
     return finish(batch, source_rows, row_path, pieces, flags, ident)
+
+
+def repeated_values(column: Any) -> Any | None:
+    """The values that occur more than once in a column, or None where none does.
+
+    A column in strictly increasing or decreasing order (a table read in its key's order) has
+    none: one comparison of each value with the next settles that, cheaper than hashing every
+    value, which the others take.
+    """
+    if len(column) < 2:
+        return None
+    before, after = column.slice(0, len(column) - 1), column.slice(1)
+    for ordered in (pc.less, pc.greater):
+        if pc.all(ordered(before, after).fill_null(False)).as_py():
+            return None
+    counts = pc.value_counts(column)
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    return repeated if len(repeated) else None
 
 
 def batch_columns(

@@ -55,6 +55,10 @@ operations, and every run asserts that the operations it received equal the rows
 Throughput runs use `requests_per_second=1000` (`--rps`): the default 100/s at 500 KB a body caps
 any sender at 50 MB/s, so the payload target could not be measured above the rate limit.
 
+`python -m tests.benchmarks.instructions` counts, under valgrind's callgrind, the instructions
+of the load step per Arrow identify and event row, this destination's and the do-nothing
+destination's: a figure no other process on the machine moves, to compare commits by.
+
 Figures go to `tests/benchmarks/results/latest.json` (git-ignored; `--json PATH` to choose),
 with the commit, so runs can be compared across commits.
 """

@@ -13,7 +13,9 @@ a heap, a GC state or a peak RSS. The spec names the run:
 * `latency`: seconds the sink waits before each answer (set, and its counters zeroed, before the
   warm-up and again before the measured run, so its counters are the measured run's alone);
 * `warmup`: rows of an unmeasured run first (imports, first-call set-up, the credential probe);
-* `profile`: a path to write cProfile stats of the measured run to (every thread).
+* `profile`: a path to write cProfile stats of the measured run to (every thread);
+* `count_instructions`: the process runs under callgrind, which counts the instructions of the
+  measured run's load step only (`tests.benchmarks.instructions`).
 
 The last line on stdout is the result as JSON: seconds per step (wall, and `<step>_cpu`: the
 process's CPU seconds, every thread), `cpu_seconds` of the whole measured run (after the data is
@@ -29,10 +31,12 @@ import os
 os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
 os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
 
+import contextlib
 import cProfile
 import pstats
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -162,11 +166,25 @@ def run_pipeline(
     pipeline.normalize()
     cpu = _step(steps, "normalize", mark, cpu)
     mark = time.perf_counter()
-    info = pipeline.load()
+    with instructions_counted(spec.get("count_instructions", False)):
+        info = pipeline.load()
     _step(steps, "load", mark, cpu)
     steps["total"] = time.perf_counter() - started
     info.raise_on_failed_jobs()
     return steps
+
+
+@contextlib.contextmanager
+def instructions_counted(on: bool) -> Iterator[None]:
+    """Have callgrind (the process runs under it: `tests.benchmarks.instructions`) count the
+    instructions of the block only, every thread's."""
+    if on:
+        subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True)
+    try:
+        yield
+    finally:
+        if on:
+            subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], check=True)
 
 
 def _step(steps: dict[str, float], name: str, mark: float, cpu: float) -> float:
@@ -331,7 +349,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             elif target == "paced_floor":
                 run_paced_floor(spec, [warm])
             else:
-                run_pipeline(spec, [warm], pipelines_dir)
+                run_pipeline({**spec, "count_instructions": False}, [warm], pipelines_dir)
         lazy = spec.get("lazy", False)
         chunks = table_chunks(kind, spec["rows"], lazy, spec.get("tables", 1))
         rss_before = proc_status_kb("VmRSS")
