@@ -26,7 +26,9 @@ from cio_destination.entries import Entry, Mapped
 from cio_destination.exceptions import CustomerioError
 from cio_destination.failures import shorten_job_error_logs
 from cio_destination.jobs import (
+    ALONE_UNIT_ROWS,
     MAP_AHEAD,
+    UNIT_ROWS,
     Answered,
     Answers,
     InOrder,
@@ -80,7 +82,9 @@ def customerio(
         return None if alone else map_items(mapper, unit.items, columns)
 
     try:
-        for unit, mapped in mapped_ahead(job.units(), map_ahead, 0 if alone else MAP_AHEAD):
+        for unit, mapped in mapped_ahead(
+            job.units(ALONE_UNIT_ROWS if alone else UNIT_ROWS), map_ahead, 0 if alone else MAP_AHEAD
+        ):
             if order.failed:
                 break
             send_unit(load, mapper, columns, unit, mapped, order, carry)
