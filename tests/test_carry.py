@@ -35,6 +35,8 @@ from cio_destination.transport.api import unbound
 from cio_destination.transport.results import SendResult
 from cio_destination.transport.sender import Carry, Sender
 
+from .test_jobs import Job
+
 
 def operation(name: str, size: int) -> bytes:
     """A JSON operation of exactly `size` bytes (size >= 12) naming `name`."""
@@ -168,16 +170,6 @@ class Client:
 
     def close(self) -> None:
         pass
-
-
-class Job:
-    def __init__(self) -> None:
-        self.offset = 0
-        self.log: list[str] = []
-
-    def advance(self, rows: int) -> None:
-        self.offset += rows
-        self.log.append(f"advance {self.offset}")
 
 
 def two_units(client: Client) -> tuple[Sender, Carry, list[Entry], list[Entry]]:
