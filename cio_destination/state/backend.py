@@ -124,10 +124,7 @@ class Transaction:
             unique = list({tuple(row[p] for p in positions): row for row in rows}.values())
         if not unique:
             return
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
-        conflict = f"ON CONFLICT ({', '.join(keys)}) DO " + (
-            f"UPDATE SET {updates}" if updates else "NOTHING"
-        )
+        conflict = _on_conflict(columns, keys)
         head = f"INSERT INTO {{{table}}} ({', '.join(columns)}) "
         if self._copy is not None and len(unique) >= _COPY_ROWS:
             scratch = self._copy(table, columns, unique)
@@ -177,12 +174,10 @@ class Transaction:
         scratch = self._copy_table(table, data, new)
         if scratch is None:
             return
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
         listed = ", ".join(columns)
+        conflict = _on_conflict(columns, [*constants, *keys])
         self._execute(
-            f"INSERT INTO {{{table}}} ({listed}) SELECT {listed} FROM {scratch}"
-            f" ON CONFLICT ({', '.join([*constants, *keys])}) DO UPDATE SET {updates}",
-            [],
+            f"INSERT INTO {{{table}}} ({listed}) SELECT {listed} FROM {scratch} {conflict}", []
         )
 
     def delete_in(
@@ -503,12 +498,8 @@ class SqlStore(StateStore):
                 return rows  # type: ignore[no-any-return]
 
             def copy(table: str, columns: Sequence[str], rows: list[Sequence[Any]]) -> str:
-                scratch = f"cio_copy_{table}"
                 with self._driver(connection) as cursor:
-                    cursor.execute(
-                        f"CREATE TEMP TABLE IF NOT EXISTS {scratch}"
-                        f" (LIKE {self._names[table]}) ON COMMIT DELETE ROWS"
-                    )
+                    scratch = self._scratch(cursor, table)
                     cursor.copy_expert(
                         f"COPY {scratch} ({', '.join(columns)}) FROM STDIN", copy_text(rows)
                     )
@@ -537,6 +528,16 @@ class SqlStore(StateStore):
         except Exception as error:
             raise database_error(error, self._key) from None
 
+    def _scratch(self, cursor: Any, table: str) -> str:
+        """The name of a scratch table like `table`, made if need be: rows COPY into it, and an
+        upsert takes them from there (emptied at each commit)."""
+        scratch = f"cio_copy_{table}"
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {scratch}"
+            f" (LIKE {self._names[table]}) ON COMMIT DELETE ROWS"
+        )
+        return scratch
+
     def _copy_table(self, connection: Any, table: str, data: pa.Table, new: bool) -> str | None:
         """COPY an Arrow table, as the CSV Arrow writes, straight into `table` if its rows are
         `new` (None: done), else (or if a key was kept after all) into a scratch table like
@@ -564,11 +565,7 @@ class SqlStore(StateStore):
                     if getattr(error, "pgcode", None) != _UNIQUE_VIOLATION:
                         raise
                     cursor.execute("ROLLBACK TO SAVEPOINT cio_copy")
-            scratch = f"cio_copy_{table}"
-            cursor.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {scratch}"
-                f" (LIKE {self._names[table]}) ON COMMIT DELETE ROWS"
-            )
+            scratch = self._scratch(cursor, table)
             cursor.copy_expert(copy.format(scratch), pa.BufferReader(sink.getvalue()))
         return scratch
 
@@ -609,6 +606,14 @@ def copy_text(rows: Iterable[Sequence[Any]]) -> io.StringIO:
         lines.write("\n")
     lines.seek(0)
     return lines
+
+
+def _on_conflict(columns: Sequence[str], keys: Sequence[str]) -> str:
+    """The clause by which an insert of `columns` replaces the row kept under the same `keys`."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+    return f"ON CONFLICT ({', '.join(keys)}) DO " + (
+        f"UPDATE SET {updates}" if updates else "NOTHING"
+    )
 
 
 def _copy_value(value: Any) -> str:
