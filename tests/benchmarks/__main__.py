@@ -21,7 +21,7 @@ import orjson
 
 from cio_destination.batching import ENVELOPE_BYTES
 from tests.benchmarks import latency, official, state
-from tests.benchmarks.sink import SinkProcess
+from tests.benchmarks.sink import SinkProcess, terminate_as_exit
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -595,6 +595,7 @@ def main() -> None:
         "--no-profile", action="store_true", help="skip the profile even when a target is missed"
     )
     args = parser.parse_args()
+    terminate_as_exit()
     if os.getcwd() != str(REPO):
         os.chdir(REPO)
     raise SystemExit(Bench(args).run())

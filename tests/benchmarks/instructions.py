@@ -22,7 +22,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.benchmarks.sink import SinkProcess
+from tests.benchmarks.sink import SinkProcess, terminate_as_exit
 
 REPO = Path(__file__).resolve().parents[2]
 _COLLECTED = re.compile(r"Collected : (\d+)")
@@ -63,6 +63,7 @@ def main() -> None:
         "--action", action="append", choices=("identify", "event"), help="repeatable; both"
     )
     args = parser.parse_args()
+    terminate_as_exit()
     with SinkProcess("bench-site", "bench-key") as sink:
         for action in args.action or ["identify", "event"]:
             per_row = {}

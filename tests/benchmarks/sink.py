@@ -15,6 +15,10 @@ Basic auth is checked by comparing the `Authorization` header with the expected 
 mismatch answers 401 and is counted. Every 16th batch body is also parsed in full, and a body
 that is not `{"batch": [...]}` with as many operations as counted is counted as malformed.
 Latency is applied per connection with `call_later`, so hundreds of connections wait at once.
+
+Started by `SinkProcess`, the sink watches its standard input (`--exit-with-parent`) and exits
+when it closes, so it never outlives the benchmark that started it, however that one ends
+(SIGTERM, SIGKILL, an exception).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import asyncio
 import base64
 import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -228,12 +234,39 @@ async def serve(site_id: str, api_key: str, port: int) -> None:
         await server.serve_forever()
 
 
+def exit_when_stdin_closes() -> None:
+    """Exit the process once standard input reaches its end: the parent holding the other end
+    of the pipe is gone."""
+
+    def watch() -> None:
+        while sys.stdin.buffer.read(4096):
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, name="sink-parent-watch", daemon=True).start()
+
+
+def terminate_as_exit() -> None:
+    """Turn SIGTERM into `SystemExit` in this (main) thread, so the `with` blocks of a benchmark
+    stopped by SIGTERM still stop the servers it started (a throwaway PostgreSQL, the sink)."""
+
+    def exit_(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--site-id", default="bench-site")
     parser.add_argument("--api-key", default="bench-key")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--exit-with-parent", action="store_true", help="exit when standard input closes"
+    )
     args = parser.parse_args()
+    if args.exit_with_parent:
+        exit_when_stdin_closes()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.site_id, args.api_key, args.port))
 
@@ -257,7 +290,9 @@ class SinkProcess:
                 self.site_id,
                 "--api-key",
                 self.api_key,
+                "--exit-with-parent",
             ],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=os.getcwd(),
@@ -272,6 +307,8 @@ class SinkProcess:
 
     def __exit__(self, *exc: object) -> None:
         if self.process is not None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
             self.process.terminate()
             try:
                 self.process.wait(timeout=5)

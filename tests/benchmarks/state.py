@@ -194,7 +194,9 @@ def main() -> None:
     if args.run:
         sys.stdout.write("\n" + orjson.dumps(run(orjson.loads(args.run))).decode() + "\n")
         return
-    from tests.benchmarks.sink import SinkProcess
+    from tests.benchmarks.sink import SinkProcess, terminate_as_exit
+
+    terminate_as_exit()
 
     with SinkProcess("bench-site", "bench-key") as sink:
         spec = {
