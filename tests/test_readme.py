@@ -19,15 +19,25 @@ def section_code(title: str) -> str:
     return found.group(1)
 
 
-def test_the_use_it_example_defines_every_name_it_uses():
-    """It read from `WAREHOUSE_URL` without saying what that is."""
-    tree = ast.parse(section_code("Use it"))
+def python_block(title: str, containing: str) -> str:
+    """The Python block of a README section that contains `containing`."""
+    for block in re.findall(r"```python\n(.*?)```", section(title), re.DOTALL):
+        if containing in block:
+            return block
+    raise AssertionError(f"no Python block with {containing!r} under {title!r}")
+
+
+def assert_defines_every_name_it_uses(code: str) -> None:
+    """Every name the code reads is a builtin, imported or assigned (or defined) before."""
+    tree = ast.parse(code)
     defined = set(dir(builtins))
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             defined |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             defined.add(node.id)
+        elif isinstance(node, ast.FunctionDef):
+            defined.add(node.name)
     used = [node for node in ast.walk(tree) if isinstance(node, ast.Name)]
     undefined = sorted({node.id for node in used if node.id not in defined})
 
@@ -35,6 +45,42 @@ def test_the_use_it_example_defines_every_name_it_uses():
     stores = {n.id: n.lineno for n in used if isinstance(n.ctx, ast.Store)}
     loads = {n.id: n.lineno for n in reversed(used) if isinstance(n.ctx, ast.Load)}
     assert all(stores[name] < loads[name] for name in stores if name in loads)
+
+
+def test_the_use_it_example_defines_every_name_it_uses():
+    """It read from `WAREHOUSE_URL` without saying what that is."""
+    assert_defines_every_name_it_uses(section_code("Use it"))
+
+
+def test_the_airflow_example_is_a_whole_dag_file():
+    """It used `dlt` and `warehouse` without importing them, and built no DAG."""
+    code = python_block("## Several syncs, one workspace", "PipelineTasksGroup")
+    assert_defines_every_name_it_uses(code)
+    tree = ast.parse(code)
+    dags = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef)
+        and any(ast.unparse(d).startswith("dag(") for d in node.decorator_list)
+    ]
+    assert len(dags) == 1, "one @dag function"
+    called = [
+        node.value.func.id
+        for node in tree.body
+        if isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.func, ast.Name)
+    ]
+    assert dags[0].name in called, "the DAG function is called, so Airflow finds the DAG"
+    imported = {
+        alias.name: node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    pipelines = README.parent / "pipelines"
+    module = pipelines / f"{imported['warehouse']}.py"
+    assert "def warehouse(" in module.read_text(encoding="utf-8")
 
 
 def section(title: str) -> str:
