@@ -75,8 +75,8 @@ def customerio(
     columns = table.get("columns") or {}
     alone = must_go_alone(mapper.compiled)  # then each unit is mapped after its diff's wait
     job = JobFile(items, table)
-    order = InOrder(job)
     carry = Carry() if carries_across_units(mapper.compiled) else None
+    order = InOrder(job, carry)
 
     def map_ahead(unit: Unit) -> Mapped | None:
         return None if alone else map_items(mapper, unit.items, columns)
