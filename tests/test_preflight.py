@@ -18,6 +18,7 @@ from cio_destination import customerio, customerio_adapter, destination
 from cio_destination.emulator import Emulator
 
 from .conftest import API_KEY, SITE_ID, with_region
+from .in_flight import InFlight
 
 pytestmark = pytest.mark.slow  # whole dlt pipelines (against pytest-httpx or the emulator)
 
@@ -80,6 +81,23 @@ def test_the_check_runs_while_the_first_rows_are_mapped(
     assert seen == [True]
     assert len(httpx_mock.get_requests(method="GET")) == 1
     assert len(httpx_mock.get_requests(method="POST")) == 1
+
+
+def test_after_the_check_the_first_batches_go_together(httpx_mock: HTTPXMock, tmp_path: Path):
+    """The check vouched for the credentials: a new workspace's first batch does not go alone
+    (each batch is held until three are in flight, which one sent alone never reaches)."""
+    in_flight = InFlight(3)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        with in_flight.request():
+            return httpx.Response(200, json={})
+
+    httpx_mock.add_callback(with_region(answer, "us"), is_reusable=True)
+
+    pipeline_for(tmp_path, api_key="a-new-workspace", max_request_bytes=1_000).run(people("a", 100))
+
+    assert in_flight.filled
+    assert len(httpx_mock.get_requests(method="POST")) >= 3
 
 
 def test_a_wrong_region_stops_the_load_naming_the_region(httpx_mock: HTTPXMock, tmp_path: Path):

@@ -112,6 +112,7 @@ class Workspace:
             raise
         if self._sender is not None and region == self.region:
             self._sender.forget_refusal()
+            self._sender.credentials_checked()
             if self.emails is not None:
                 self.emails.forget_refusal()
             return
@@ -132,6 +133,7 @@ class Workspace:
             )
         else:
             self._sender.forget_refusal()
+        self._sender.credentials_checked()
         if config.app_credential() is not None:
             self._open_emails(region)
 
