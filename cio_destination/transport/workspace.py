@@ -4,7 +4,8 @@ One per destination config in a process (`workspace_for`), shared by every dlt l
 table: the Track and App clients with their rate limits, the Track sender's request pool, the
 email sender. The first call of every load runs the preflight, one
 `GET /api/v1/accounts/region`, before any data is sent: it checks the credentials and the region
-(`cio_destination.transport.regions`).
+(`cio_destination.transport.regions`). It starts as the load's first table starts
+(`begin_load_soon`), and once it passed, batches need not go one at a time.
 """
 
 from __future__ import annotations
