@@ -72,11 +72,13 @@ def customerio(
     shorten_job_error_logs()
     load = current_load(config)
     mapper = load.mappings.mapper(table)
+    if not load.config.dry_run:  # the credentials' round trip overlaps the first unit's mapping
+        workspace_for(load.config).begin_load_soon(load.load_id)
     columns = table.get("columns") or {}
     alone = must_go_alone(mapper.compiled)  # then each unit is mapped after its diff's wait
     job = JobFile(items, table)
-    order = InOrder(job)
     carry = Carry() if carries_across_units(mapper.compiled) else None
+    order = InOrder(job, carry)
 
     def map_ahead(unit: Unit) -> Mapped | None:
         return None if alone else map_items(mapper, unit.items, columns)

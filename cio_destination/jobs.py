@@ -41,6 +41,7 @@ from dlt.destinations.file_batching import JsonlFileBatchIterator, ParquetFileBa
 from cio_destination.entries import EntryBlock, Mapped
 from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.transport.results import SendResult
+from cio_destination.transport.sender import Carry
 
 BATCH_ROWS = 10_000
 """dlt's batch: a file's offset in the package state is a multiple of it (packages left pending
@@ -258,11 +259,13 @@ class InOrder:
 
     Finishing a unit records it (`finish`, with its result) and then, if nothing failed,
     advances the file's offset past it. After a failure the units behind it are only waited
-    for (their rows are replayed), and `finish_all` raises the failure.
+    for (their rows are replayed), and `finish_all` raises the failure. `carry`: the job's
+    bodies filled across units, whose last one `finish_all` sends before it waits.
     """
 
-    def __init__(self, job: JobFile) -> None:
+    def __init__(self, job: JobFile, carry: Carry | None = None) -> None:
         self._job = job
+        self._carry = carry
         self._pending: list[_Pending] = []
         self._error: BaseException | None = None
 
@@ -309,7 +312,12 @@ class InOrder:
             self._finish_first()
 
     def finish_all(self) -> None:
-        """Finish every unit, in order; raise the first failure."""
+        """Finish every unit, in order; raise the first failure. The job's last, part-filled
+        body goes first: held until the last unit is waited for, it would start only once every
+        earlier unit is answered, a round trip after the rest (at 500 ms, 454 requests took
+        5.5 s instead of 5.0)."""
+        if self._carry is not None:
+            self._carry.flush()
         while self._pending:
             self._finish_first()
         if self._error is not None:

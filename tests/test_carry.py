@@ -208,6 +208,28 @@ def test_a_request_holds_rows_of_two_units_and_the_first_is_answered_only_with_i
     sender.close()
 
 
+def test_the_jobs_last_held_body_goes_before_the_earlier_units_are_answered():
+    """At the end of the file the last, part-filled body is sent at once: held until its unit
+    is waited for, it would start only after every earlier unit's answers, a round trip late."""
+    client = Client()
+    sender, carry, first, second = two_units(client)
+    job = Job()
+    order = InOrder(job, carry)
+    order.add(4, pa.array([], pa.string()), sender.start([block_of(first)], carry), lambda r: None)
+    order.add(5, pa.array([], pa.string()), sender.start([second], carry), lambda r: None)
+    finishing = threading.Thread(target=order.finish_all)
+    finishing.start()
+    try:
+        arrived = client.arrived(3)  # request 1 (unit 0's last row, unit 1's first) unanswered
+    finally:
+        client.answer(1, 2)
+        finishing.join(60)
+
+    assert arrived[2] == ["b2", "b3", "b4"]
+    assert job.log == ["advance 4", "advance 9"]
+    sender.close()
+
+
 def test_a_failed_request_holding_rows_of_two_units_replays_both():
     client = Client()
     client.failing = {"b0"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from pathlib import Path
 
 import dlt
@@ -13,10 +14,11 @@ from dlt.common.destination.exceptions import DestinationTerminalException
 from dlt.pipeline.exceptions import PipelineStepFailed
 from pytest_httpx import HTTPXMock
 
-from cio_destination import customerio, customerio_adapter
+from cio_destination import customerio, customerio_adapter, destination
 from cio_destination.emulator import Emulator
 
 from .conftest import API_KEY, SITE_ID, with_region
+from .in_flight import InFlight
 
 pytestmark = pytest.mark.slow  # whole dlt pipelines (against pytest-httpx or the emulator)
 
@@ -50,6 +52,52 @@ def test_one_check_per_load_before_any_data(httpx_mock: HTTPXMock, tmp_path: Pat
     assert len(checks) == 2  # one per load
     assert checks[0] == 0 and checks[0] < first_load_posts[0]
     assert all(str(r.url).startswith("https://track.customer.io/") for r in requests)
+
+
+def test_the_check_runs_while_the_first_rows_are_mapped(
+    httpx_mock: HTTPXMock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The check's round trip overlaps the mapping of the table's first rows: the first
+    mapping waits for the check to reach Customer.io, which a load that checks only when it
+    sends its first rows never does (the wait then ends in vain, on progress, not on a time)."""
+    checked = threading.Event()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/accounts/region":
+            checked.set()
+        return with_region(accept, "us")(request)
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+    map_items = destination.map_items
+    seen: list[bool] = []
+
+    def mapped_after_the_check(*args, **kwargs):
+        seen.append(checked.wait(30))
+        return map_items(*args, **kwargs)
+
+    monkeypatch.setattr(destination, "map_items", mapped_after_the_check)
+    pipeline_for(tmp_path).run(people("a", 5))
+
+    assert seen == [True]
+    assert len(httpx_mock.get_requests(method="GET")) == 1
+    assert len(httpx_mock.get_requests(method="POST")) == 1
+
+
+def test_after_the_check_the_first_batches_go_together(httpx_mock: HTTPXMock, tmp_path: Path):
+    """The check vouched for the credentials: a new workspace's first batch does not go alone
+    (each batch is held until three are in flight, which one sent alone never reaches)."""
+    in_flight = InFlight(3)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        with in_flight.request():
+            return httpx.Response(200, json={})
+
+    httpx_mock.add_callback(with_region(answer, "us"), is_reusable=True)
+
+    pipeline_for(tmp_path, api_key="a-new-workspace", max_request_bytes=1_000).run(people("a", 100))
+
+    assert in_flight.filled
+    assert len(httpx_mock.get_requests(method="POST")) >= 3
 
 
 def test_a_wrong_region_stops_the_load_naming_the_region(httpx_mock: HTTPXMock, tmp_path: Path):

@@ -105,11 +105,11 @@ def test_one_rate_limit_shared_by_parallel_tables(
 def test_latency_does_not_cut_throughput(
     emulator: Emulator, make_pipeline, monkeypatch: pytest.MonkeyPatch
 ):
-    """Answers take 200 ms each: requests must overlap, or 100 of them take 20 s. Each batch after
-    the first (sent alone, to check the credentials) is held until four are in flight at once,
-    which a sender that waits for each answer before its next request never reaches."""
+    """Answers take 200 ms each: requests must overlap, or 100 of them take 20 s. Each batch is
+    held until four are in flight at once, which a sender that waits for each answer before its
+    next request never reaches."""
     emulator.set_faults(Faults(latency=0.2))
-    in_flight = InFlight(4, let_through=1)
+    in_flight = InFlight(4)
     handle = httpx.HTTPTransport.handle_request
 
     def counted(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:

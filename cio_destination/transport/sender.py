@@ -91,9 +91,10 @@ class Sender:
     the rate limiter, not the pool, decides how fast requests start; the window
     (`InFlightWindow`) decides how many bodies may wait for a start or an answer, about the rate
     times the measured latency. Until one request has been accepted, requests go one at a time,
-    so bad credentials cost a single request; after a terminal answer (refused credentials, a
-    wrong URL), every send of the same load stops without a request, and the next load tries
-    one request first again.
+    so bad credentials cost a single request, unless the caller checked them already
+    (`credentials_checked`: the workspace's region check, a request with the same credentials
+    to the same host); after a terminal answer (refused credentials, a wrong URL), every send
+    of the same load stops without a request, and the next load tries one request first again.
     """
 
     def __init__(self, client: TrackClient, *, max_in_flight: int, max_request_bytes: int) -> None:
@@ -108,6 +109,12 @@ class Sender:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.client.close()
+
+    def credentials_checked(self) -> None:
+        """A request with the client's credentials to its host was just accepted (the load's
+        region check): the first batches need not go one at a time. At 500 ms, one alone held
+        back every other request of a 1M-row sync for a round trip, a tenth of it."""
+        self._verified = True
 
     def forget_refusal(self) -> None:
         """A new load tries the credentials again (they may have been fixed in the meantime)."""
