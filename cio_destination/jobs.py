@@ -55,10 +55,13 @@ ALONE_UNIT_ROWS = 50_000
 earlier unit's answers and diffs against the state, so it pays a round trip and a state read per
 unit; 50,000 rows make those 5x rarer (a 1M-row changes_only re-sync with nothing changed spent
 2.4x a plain sync's load step in units of 10,000), and such a table packs within a unit anyway."""
-MAP_AHEAD = 1
-"""Units of a table mapped ahead on a helper thread while the job sends the one before (a
-table whose units must go alone maps each in turn). Two ahead held 40 MB more at 500 ms for no
-more requests a second on 2 cores."""
+MAP_AHEAD = 2
+"""Units of a table read and mapped ahead while the job sends the one before (a table whose
+units must go alone maps each in turn): one helper thread reads them from the file, another maps
+them, each in the units' order, so the next unit is already read when its mapping can start and
+the job's thread only sends. With one unit ahead the mapping thread stood idle while the job
+read the next unit (a fifth of a 1M-row Arrow sync's load step on 2 cores); a unit of 10,000
+rows ahead holds a few MB."""
 
 QUEUED_REQUESTS = 8
 """Requests of a job that may wait for room in the window (their operations mapped, their
@@ -153,26 +156,40 @@ class JobFile:
 def mapped_ahead(
     units: Iterator[Unit], map_unit: Callable[[Unit], T], depth: int
 ) -> Iterator[tuple[Unit, T]]:
-    """`(unit, map_unit(unit))` in the units' order, `depth` units mapped at once on helper
-    threads while the caller sends the one before (Arrow's kernels let mappings overlap)."""
+    """`(unit, map_unit(unit))` in the units' order, up to `depth` units read and mapped ahead
+    while the caller sends the one before: one helper thread reads the units, another maps
+    them, so reading (Arrow decodes on its own threads), mapping (Arrow's kernels let the
+    caller's thread run meanwhile) and sending overlap."""
     if depth < 1:
         for unit in units:
             yield unit, map_unit(unit)
         return
-    with ThreadPoolExecutor(depth, thread_name_prefix="customerio-map") as pool:
-        ahead: deque[tuple[Unit, Future[T]]] = deque()
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="customerio-read") as reading,
+        ThreadPoolExecutor(1, thread_name_prefix="customerio-map") as mapping,
+    ):
+
+        def read_and_map(read: Future[Unit | None]) -> tuple[Unit, T] | None:
+            unit = read.result()  # the reader's error, in the units' order
+            return None if unit is None else (unit, map_unit(unit))
+
+        def ahead_one() -> tuple[Future[Unit | None], Future[tuple[Unit, T] | None]]:
+            # each helper has one thread: units are read, and mapped, one after the other
+            read = reading.submit(next, units, None)
+            return read, mapping.submit(read_and_map, read)
+
+        ahead = deque(ahead_one() for _ in range(depth))
         try:
-            for unit in units:
-                ahead.append((unit, pool.submit(map_unit, unit)))
-                if len(ahead) > depth:
-                    first, mapped = ahead.popleft()
-                    yield first, mapped.result()
             while ahead:
-                first, mapped = ahead.popleft()
-                yield first, mapped.result()
+                mapped = ahead.popleft()[1].result()
+                if mapped is None:
+                    return
+                ahead.append(ahead_one())
+                yield mapped
         finally:
-            for _, mapped in ahead:
-                mapped.cancel()
+            for read, mapped_later in ahead:
+                mapped_later.cancel()
+                read.cancel()
 
 
 def must_go_alone(mapping: CompiledMapping) -> bool:

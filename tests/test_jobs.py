@@ -4,6 +4,7 @@ a person. Pure: fake answers, no HTTP, no dlt."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
@@ -153,6 +154,61 @@ def test_units_mapped_ahead_come_back_in_order_with_at_most_depth_mapped_ahead()
     first.join(60)
     consumed.extend(mapped for _, mapped in results)
     assert consumed == [10, 20, 30, 40, 50, 60]
+
+
+def test_the_next_unit_is_read_on_a_helper_thread_while_the_one_before_maps():
+    read_on: list[str] = []
+    second_read = threading.Event()
+    gate = threading.Event()
+
+    def units() -> Iterator[Unit]:
+        for n in range(1, 5):
+            read_on.append(threading.current_thread().name)
+            if n == 2:
+                second_read.set()
+            yield Unit(None, n)
+
+    def blocked_map(unit: Unit) -> int:
+        if unit.rows == 1:
+            gate.wait(60)
+        return unit.rows
+
+    results = mapped_ahead(units(), blocked_map, 2)
+    consumed: list[int] = []
+    first = threading.Thread(target=lambda: consumed.append(next(results)[1]))
+    first.start()
+    # unit 2 is read while unit 1 still maps, by neither the mapping thread nor the job's
+    assert second_read.wait(60) and not gate.is_set()
+    gate.set()
+    first.join(60)
+    consumed.extend(mapped for _, mapped in results)
+    assert consumed == [1, 2, 3, 4]
+    assert read_on and all(name.startswith("customerio-read") for name in read_on)
+
+
+def test_a_read_error_reaches_the_job_after_the_units_read_before_it():
+    def units() -> Iterator[Unit]:
+        yield Unit(None, 1)
+        raise OSError("the file is gone")
+
+    results = mapped_ahead(units(), lambda unit: unit.rows, 2)
+    assert next(results)[1] == 1
+    with pytest.raises(OSError, match="gone"):
+        next(results)
+
+
+def test_a_job_that_stops_early_reads_no_more_than_its_units_ahead():
+    read: list[int] = []
+
+    def units() -> Iterator[Unit]:
+        for n in range(1, 100):
+            read.append(n)
+            yield Unit(None, n)
+
+    results = mapped_ahead(units(), lambda unit: unit.rows, 2)
+    assert next(results)[1] == 1
+    results.close()  # the job stopped (a failure): the helpers stop too
+    assert len(read) <= 3
 
 
 def test_a_mapping_error_reaches_the_job_in_the_units_order():
