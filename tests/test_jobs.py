@@ -15,6 +15,7 @@ from cio_destination import jobs
 from cio_destination.entries import Entry, EntryBlock, Mapped
 from cio_destination.exceptions import CustomerioTransientError
 from cio_destination.jobs import InOrder, Unit, identities, mapped_ahead
+from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.transport.results import SendResult
 
 
@@ -275,3 +276,18 @@ def test_make_way_finishes_exactly_up_to_the_last_unit_naming_one_of_the_new_nam
 
     naming = [i for i, unit in enumerate(units) if set(unit) & set(new)]
     assert job.offset == (naming[-1] + 1 if naming else 0)
+
+
+@pytest.mark.parametrize(
+    ("declared", "arrow", "ahead"),
+    [
+        ({}, True, jobs.MAP_AHEAD),  # read and mapped ahead on two helpers
+        ({}, False, 1),  # dicts: reading ahead overlaps nothing and holds 10,000 dicts more
+        ({"changes_only": True}, True, 0),  # each unit mapped after the earlier units' answers
+    ],
+)
+def test_units_ahead_by_rows_and_table(declared: dict, arrow: bool, ahead: int):
+    columns = {"uid": {"name": "uid", "data_type": "text"}}
+    declared = {"action": "identify", "identifier": "uid", **declared}
+    compiled = compile_mapping("people", parse_mapping("people", declared), columns)
+    assert jobs.units_ahead(compiled, arrow) == ahead
