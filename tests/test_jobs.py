@@ -291,3 +291,22 @@ def test_units_ahead_by_rows_and_table(declared: dict, arrow: bool, ahead: int):
     declared = {"action": "identify", "identifier": "uid", **declared}
     compiled = compile_mapping("people", parse_mapping("people", declared), columns)
     assert jobs.units_ahead(compiled, arrow) == ahead
+
+
+@given(
+    values=st.lists(st.none() | st.sampled_from(["", "a", "ab", "b", "ü", "zz"]), max_size=8),
+    in_order=st.booleans(),
+)
+def test_span_of_names_in_order_is_their_first_and_last_as_min_max_says(
+    values: list[str | None], in_order: bool
+):
+    if in_order:
+        values = sorted(value for value in values if value is not None)
+    present = [value for value in values if value is not None]
+    expected = (min(present), max(present)) if present else None
+    fast_way = len(values) > 1 and None not in values and values == sorted(values)
+
+    with pytest.MonkeyPatch.context() as patch:
+        if fast_way:  # then Arrow's min_max is not needed, and not called
+            patch.setattr(jobs.pc, "min_max", None)
+        assert jobs.span(pa.array(values, pa.string())) == expected
