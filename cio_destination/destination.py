@@ -27,7 +27,6 @@ from cio_destination.exceptions import CustomerioError
 from cio_destination.failures import shorten_job_error_logs
 from cio_destination.jobs import (
     ALONE_UNIT_ROWS,
-    MAP_AHEAD,
     UNIT_ROWS,
     Answered,
     Answers,
@@ -38,6 +37,7 @@ from cio_destination.jobs import (
     identities,
     mapped_ahead,
     must_go_alone,
+    units_ahead,
 )
 from cio_destination.loads import Load, current_load
 from cio_destination.mapper import RowMapper, map_items
@@ -83,9 +83,10 @@ def customerio(
     def map_ahead(unit: Unit) -> Mapped | None:
         return None if alone else map_items(mapper, unit.items, columns)
 
+    ahead = units_ahead(mapper.compiled, job.arrow)
     try:
         for unit, mapped in mapped_ahead(
-            job.units(ALONE_UNIT_ROWS if alone else UNIT_ROWS), map_ahead, 0 if alone else MAP_AHEAD
+            job.units(ALONE_UNIT_ROWS if alone else UNIT_ROWS), map_ahead, ahead
         ):
             if order.failed:
                 break

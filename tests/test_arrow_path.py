@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from cio_destination.actions.identify import repeated_values
 from cio_destination.entries import LazyRow, rows_from_arrow
-from cio_destination.mapper import COLUMNAR_PATH, RowMapper, map_items
+from cio_destination.mapper import COLUMNAR_PATH, RowMapper, datetime_array, map_items
 from cio_destination.mapping import compile_mapping, parse_mapping
 
 from .conftest import mapped_outcome as outcome
@@ -415,6 +415,27 @@ def test_dict_rows_through_the_columnar_path_equal_the_row_path(
     # an entry's source row is the dict itself, not a copy rebuilt from Arrow
     first = fast.block[0]
     assert any(first.rows[0] is row for row in rows)
+
+
+@given(
+    zone=st.sampled_from(["utc", "naive", "plus_two", "mixed"]),
+    stamps=st.lists(st.datetimes(), max_size=20),
+    null_at=st.none() | st.integers(0, 20),
+)
+def test_timestamps_of_dict_rows_become_the_array_pyarrow_makes(zone, stamps, null_at):
+    utc, plus_two = dt.timezone.utc, dt.timezone(dt.timedelta(hours=2))
+    zones = {"utc": [utc], "naive": [None], "plus_two": [plus_two], "mixed": [utc, None]}[zone]
+    values: list = [s.replace(tzinfo=zones[i % len(zones)]) for i, s in enumerate(stamps)]
+    if null_at is not None:
+        values.insert(min(null_at, len(values)), None)
+
+    fast = datetime_array(values)
+
+    if zone in ("utc", "naive") and values and null_at is None:
+        assert fast is not None  # the fast way ran: dlt's reader gives these
+    if fast is not None:
+        slow = pa.array(values)
+        assert fast.type == slow.type and fast.equals(slow)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ a person. Pure: fake answers, no HTTP, no dlt."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
@@ -14,6 +15,7 @@ from cio_destination import jobs
 from cio_destination.entries import Entry, EntryBlock, Mapped
 from cio_destination.exceptions import CustomerioTransientError
 from cio_destination.jobs import InOrder, Unit, identities, mapped_ahead
+from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.transport.results import SendResult
 
 
@@ -155,6 +157,61 @@ def test_units_mapped_ahead_come_back_in_order_with_at_most_depth_mapped_ahead()
     assert consumed == [10, 20, 30, 40, 50, 60]
 
 
+def test_the_next_unit_is_read_on_a_helper_thread_while_the_one_before_maps():
+    read_on: list[str] = []
+    second_read = threading.Event()
+    gate = threading.Event()
+
+    def units() -> Iterator[Unit]:
+        for n in range(1, 5):
+            read_on.append(threading.current_thread().name)
+            if n == 2:
+                second_read.set()
+            yield Unit(None, n)
+
+    def blocked_map(unit: Unit) -> int:
+        if unit.rows == 1:
+            gate.wait(60)
+        return unit.rows
+
+    results = mapped_ahead(units(), blocked_map, 2)
+    consumed: list[int] = []
+    first = threading.Thread(target=lambda: consumed.append(next(results)[1]))
+    first.start()
+    # unit 2 is read while unit 1 still maps, by neither the mapping thread nor the job's
+    assert second_read.wait(60) and not gate.is_set()
+    gate.set()
+    first.join(60)
+    consumed.extend(mapped for _, mapped in results)
+    assert consumed == [1, 2, 3, 4]
+    assert read_on and all(name.startswith("customerio-read") for name in read_on)
+
+
+def test_a_read_error_reaches_the_job_after_the_units_read_before_it():
+    def units() -> Iterator[Unit]:
+        yield Unit(None, 1)
+        raise OSError("the file is gone")
+
+    results = mapped_ahead(units(), lambda unit: unit.rows, 2)
+    assert next(results)[1] == 1
+    with pytest.raises(OSError, match="gone"):
+        next(results)
+
+
+def test_a_job_that_stops_early_reads_no_more_than_its_units_ahead():
+    read: list[int] = []
+
+    def units() -> Iterator[Unit]:
+        for n in range(1, 100):
+            read.append(n)
+            yield Unit(None, n)
+
+    results = mapped_ahead(units(), lambda unit: unit.rows, 2)
+    assert next(results)[1] == 1
+    results.close()  # the job stopped (a failure): the helpers stop too
+    assert len(read) <= 3
+
+
 def test_a_mapping_error_reaches_the_job_in_the_units_order():
     def failing(unit: Unit) -> int:
         if unit.rows == 2:
@@ -219,3 +276,37 @@ def test_make_way_finishes_exactly_up_to_the_last_unit_naming_one_of_the_new_nam
 
     naming = [i for i, unit in enumerate(units) if set(unit) & set(new)]
     assert job.offset == (naming[-1] + 1 if naming else 0)
+
+
+@pytest.mark.parametrize(
+    ("declared", "arrow", "ahead"),
+    [
+        ({}, True, jobs.MAP_AHEAD),  # read and mapped ahead on two helpers
+        ({}, False, 1),  # dicts: reading ahead overlaps nothing and holds 10,000 dicts more
+        ({"changes_only": True}, True, 0),  # each unit mapped after the earlier units' answers
+    ],
+)
+def test_units_ahead_by_rows_and_table(declared: dict, arrow: bool, ahead: int):
+    columns = {"uid": {"name": "uid", "data_type": "text"}}
+    declared = {"action": "identify", "identifier": "uid", **declared}
+    compiled = compile_mapping("people", parse_mapping("people", declared), columns)
+    assert jobs.units_ahead(compiled, arrow) == ahead
+
+
+@given(
+    values=st.lists(st.none() | st.sampled_from(["", "a", "ab", "b", "ü", "zz"]), max_size=8),
+    in_order=st.booleans(),
+)
+def test_span_of_names_in_order_is_their_first_and_last_as_min_max_says(
+    values: list[str | None], in_order: bool
+):
+    if in_order:
+        values = sorted(value for value in values if value is not None)
+    present = [value for value in values if value is not None]
+    expected = (min(present), max(present)) if present else None
+    fast_way = len(values) > 1 and None not in values and values == sorted(values)
+
+    with pytest.MonkeyPatch.context() as patch:
+        if fast_way:  # then Arrow's min_max is not needed, and not called
+            patch.setattr(jobs.pc, "min_max", None)
+        assert jobs.span(pa.array(values, pa.string())) == expected
