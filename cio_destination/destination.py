@@ -22,6 +22,7 @@ from dlt.common.schema.typing import TTableSchemaColumns as TTableColumns
 from dlt.common.typing import TDataItems
 
 from cio_destination.configuration import CustomerioConfiguration, keyword_signature
+from cio_destination.diff import Diff
 from cio_destination.entries import Entry, Mapped
 from cio_destination.exceptions import CustomerioError
 from cio_destination.failures import shorten_job_error_logs
@@ -46,6 +47,9 @@ from cio_destination.restore import install_tracking
 from cio_destination.transport.results import SendResult
 from cio_destination.transport.sender import Carry
 from cio_destination.transport.workspace import workspace_for
+
+Ahead = tuple[Diff, Mapped, list[Sequence[Entry]]]
+"""A unit mapped and diffed ahead: its diff, its operations, and the parts to send."""
 
 
 @dlt.destination(
@@ -73,21 +77,27 @@ def customerio(
     load = current_load(config)
     mapper = load.mappings.mapper(table)
     columns = table.get("columns") or {}
-    alone = must_go_alone(mapper.compiled)  # then each unit is mapped after its diff's wait
+    alone = must_go_alone(mapper.compiled, first_sync=load.first_sync(mapper))
     job = JobFile(items, table)
     order = InOrder(job)
     carry = Carry() if carries_across_units(mapper.compiled) else None
 
-    def map_ahead(unit: Unit) -> Mapped | None:
-        return None if alone else map_items(mapper, unit.items, columns)
+    def map_ahead(unit: Unit) -> Ahead | None:
+        """Map and diff a unit ahead: a diff of a table whose units need not go alone reads no
+        state (a first `changes_only` sync hashes the rows and computes their fingerprints)."""
+        if alone:
+            return None  # mapped once every earlier unit is finished
+        diff = load.diff(mapper)
+        mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
+        return diff, mapped, diff.to_send(mapped)
 
     try:
-        for unit, mapped in mapped_ahead(
+        for unit, ahead in mapped_ahead(
             job.units(ALONE_UNIT_ROWS if alone else UNIT_ROWS), map_ahead, 0 if alone else MAP_AHEAD
         ):
             if order.failed:
                 break
-            send_unit(load, mapper, columns, unit, mapped, order, carry)
+            send_unit(load, mapper, columns, unit, ahead, order, carry)
     finally:
         try:
             order.finish_all()
@@ -108,27 +118,27 @@ def send_unit(
     mapper: RowMapper,
     columns: TTableColumns,
     unit: Unit,
-    mapped: Mapped | None,
+    ahead: Ahead | None,
     order: InOrder,
     carry: Carry | None = None,
 ) -> None:
-    """Diff and start delivering one unit of rows (`mapped` ahead, or None: mapped here, once
-    every earlier unit is finished, for a table whose units must go alone); it is recorded
+    """Diff and start delivering one unit of rows (mapped and diffed `ahead`, or None: here,
+    once every earlier unit is finished, for a table whose units must go alone); it is recorded
     once `order` finishes it. Its requests wait for the earlier units that name the same
     people; with `carry`, its first request body also holds the earlier unit's last
     operations, and its own last ones wait there for the next unit."""
     order.wait_admitted()
     started = time.time()
-    if mapped is None:
+    if ahead is None:
         order.make_way(None)
         diff = load.diff(mapper)
         mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
+        parts = diff.to_send(mapped)
     else:
         order.finish_ready()
-        diff = load.diff(mapper)  # no rows to drop before mapping: not a changes_only table
+        diff, mapped, parts = ahead
     names = identities(mapped)
     order.make_way(names)
-    parts = diff.to_send(mapped)
     dry_run = load.config.dry_run
     answers = Answered(SendResult()) if dry_run else deliver(load, mapper, parts, carry)
 
