@@ -106,9 +106,19 @@ class KeptSources:
         self._seen = 0
         self._next_read = 0
         self._hashes: set[int] | None = None
+        self._reading: Future[set[int] | None] | None = None
         self._touched: set[str] = set()
         self.bulk = False
         """Whether the hashes were read in bulk."""
+
+    def prefetch(self, rows: int) -> None:
+        """Start, on a helper thread, the read that `changed` would make for `rows` more rows,
+        so the database reads while the caller hashes them (`changed` waits for it)."""
+        with self._lock:
+            if self._hashes is not None or self._reading is not None:
+                return
+            seen = self._seen + rows
+            self._reading = _reader().submit(self._read, seen)
 
     def changed(self, identifiers: Sequence[str | None], hashes: Sequence[int]) -> list[int]:
         """The positions of the rows to map: an identifier of None, or a hash that is not the
@@ -116,7 +126,8 @@ class KeptSources:
         with self._lock:
             self._seen += len(identifiers)
             if self._hashes is None:
-                self._hashes = self._read()
+                reading, self._reading = self._reading, None
+                self._hashes = self._read(self._seen) if reading is None else reading.result()
             known, touched = self._hashes, self._touched
             if known is not None:
                 # set operations first: nothing changed is settled without a step per row
@@ -139,15 +150,15 @@ class KeptSources:
     def touch(self, identifiers: Iterable[str]) -> None:
         """These people's fingerprints were written or dropped: count them as changed."""
         with self._lock:
-            if self._hashes is not None:
+            if self._hashes is not None or self._reading is not None:  # read, or being read
                 self._touched.update(identifiers)
 
-    def _read(self) -> set[int] | None:
+    def _read(self, seen: int) -> set[int] | None:
         """The hashes, read in bulk if they come to at most `BULK_READ_FACTOR` times the
-        load's rows so far; None (looked up by unit) while they are more. A read that finds
-        more doubles the size of the next, so the reads that fail cost at most the one that
-        does not."""
-        most = max(BULK_READ_FACTOR * self._seen, _FIRST_BULK_READ)
+        load's rows so far (`seen`); None (looked up by unit) while they are more. A read that
+        finds more doubles the size of the next, so the reads that fail cost at most the one
+        that does not."""
+        most = max(BULK_READ_FACTOR * seen, _FIRST_BULK_READ)
         if most < self._next_read:
             return None
         column = self._fingerprints.read_source_hashes(self._scope, most)
@@ -156,6 +167,17 @@ class KeptSources:
             return None
         self.bulk = True
         return set(column.to_pylist())
+
+
+_readers: list[ThreadPoolExecutor] = []
+
+
+def _reader() -> ThreadPoolExecutor:
+    """The thread that reads kept source-row hashes ahead (`KeptSources.prefetch`)."""
+    with _writers_lock:
+        if not _readers:
+            _readers.append(ThreadPoolExecutor(2, "customerio-kept-sources"))
+        return _readers[0]
 
 
 _writers: weakref.WeakKeyDictionary[StateStore, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
