@@ -48,8 +48,8 @@ from cio_destination.transport.results import SendResult
 from cio_destination.transport.sender import Carry
 from cio_destination.transport.workspace import workspace_for
 
-Ahead = tuple[Diff, Mapped, list[Sequence[Entry]]]
-"""A unit mapped and diffed ahead: its diff, its operations, and the parts to send."""
+Ahead = tuple[Diff, Mapped]
+"""A unit mapped ahead, and its diff (which dropped no row: it looks nothing up)."""
 
 
 @dlt.destination(
@@ -83,13 +83,12 @@ def customerio(
     carry = Carry() if carries_across_units(mapper.compiled) else None
 
     def map_ahead(unit: Unit) -> Ahead | None:
-        """Map and diff a unit ahead: a diff of a table whose units need not go alone reads no
-        state (a first `changes_only` sync hashes the rows and computes their fingerprints)."""
+        """Map a unit ahead (a first `changes_only` sync also hashes its rows: its diff reads
+        no state); None for a table whose units go alone (mapped after its diff's wait)."""
         if alone:
-            return None  # mapped once every earlier unit is finished
+            return None
         diff = load.diff(mapper)
-        mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
-        return diff, mapped, diff.to_send(mapped)
+        return diff, map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
 
     try:
         for unit, ahead in mapped_ahead(
@@ -122,8 +121,8 @@ def send_unit(
     order: InOrder,
     carry: Carry | None = None,
 ) -> None:
-    """Diff and start delivering one unit of rows (mapped and diffed `ahead`, or None: here,
-    once every earlier unit is finished, for a table whose units must go alone); it is recorded
+    """Diff and start delivering one unit of rows (mapped `ahead`, or None: mapped here, once
+    every earlier unit is finished, for a table whose units must go alone); it is recorded
     once `order` finishes it. Its requests wait for the earlier units that name the same
     people; with `carry`, its first request body also holds the earlier unit's last
     operations, and its own last ones wait there for the next unit."""
@@ -133,12 +132,12 @@ def send_unit(
         order.make_way(None)
         diff = load.diff(mapper)
         mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
-        parts = diff.to_send(mapped)
     else:
         order.finish_ready()
-        diff, mapped, parts = ahead
+        diff, mapped = ahead
     names = identities(mapped)
     order.make_way(names)
+    parts = diff.to_send(mapped)
     dry_run = load.config.dry_run
     answers = Answered(SendResult()) if dry_run else deliver(load, mapper, parts, carry)
 
