@@ -92,7 +92,9 @@ def customerio(
 
     try:
         for unit, ahead in mapped_ahead(
-            job.units(ALONE_UNIT_ROWS if alone else UNIT_ROWS), map_ahead, 0 if alone else MAP_AHEAD
+            job.units(ALONE_UNIT_ROWS if must_go_alone(mapper.compiled) else UNIT_ROWS),
+            map_ahead,
+            0 if alone else MAP_AHEAD,
         ):
             if order.failed:
                 break
