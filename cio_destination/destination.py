@@ -48,8 +48,9 @@ from cio_destination.transport.results import SendResult
 from cio_destination.transport.sender import Carry
 from cio_destination.transport.workspace import workspace_for
 
-Ahead = tuple[Diff, Mapped]
-"""A unit mapped ahead, and its diff (which dropped no row: it looks nothing up)."""
+Ahead = tuple[Diff, Mapped, list[Sequence[Entry]]]
+"""A unit mapped and diffed ahead: its diff (which looks nothing up), its operations, and the
+parts to send."""
 
 
 @dlt.destination(
@@ -77,24 +78,27 @@ def customerio(
     load = current_load(config)
     mapper = load.mappings.mapper(table)
     columns = table.get("columns") or {}
-    alone = must_go_alone(mapper.compiled, first_sync=load.first_sync(mapper))
+    first_sync = load.first_sync(mapper)
+    alone = must_go_alone(mapper.compiled, first_sync=first_sync)
     job = JobFile(items, table)
     order = InOrder(job)
     carry = Carry() if carries_across_units(mapper.compiled) else None
 
     def map_ahead(unit: Unit) -> Ahead | None:
-        """Map a unit ahead (a first `changes_only` sync also hashes its rows: its diff reads
-        no state); None for a table whose units go alone (mapped after its diff's wait)."""
+        """Map and diff a unit ahead (a first `changes_only` sync hashes its rows and computes
+        their fingerprints: no state read); None for a table whose units go alone (mapped
+        after its diff's wait)."""
         if alone:
             return None
         diff = load.diff(mapper)
-        return diff, map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
+        mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
+        return diff, mapped, diff.to_send(mapped)
 
     try:
-        for unit, ahead in mapped_ahead(
+        for unit, ahead in mapped_ahead(  # a first changes_only sync in units of its re-syncs
             job.units(ALONE_UNIT_ROWS if must_go_alone(mapper.compiled) else UNIT_ROWS),
             map_ahead,
-            0 if alone else MAP_AHEAD,
+            0 if alone else MAP_AHEAD + first_sync,  # a first sync's diff on two threads
         ):
             if order.failed:
                 break
@@ -134,12 +138,12 @@ def send_unit(
         order.make_way(None)
         diff = load.diff(mapper)
         mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
+        parts = diff.to_send(mapped)
     else:
         order.finish_ready()
-        diff, mapped = ahead
+        diff, mapped, parts = ahead
     names = identities(mapped)
     order.make_way(names)
-    parts = diff.to_send(mapped)
     dry_run = load.config.dry_run
     answers = Answered(SendResult()) if dry_run else deliver(load, mapper, parts, carry)
 
