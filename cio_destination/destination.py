@@ -22,7 +22,6 @@ from dlt.common.schema.typing import TTableSchemaColumns as TTableColumns
 from dlt.common.typing import TDataItems
 
 from cio_destination.configuration import CustomerioConfiguration, keyword_signature
-from cio_destination.diff import Diff
 from cio_destination.entries import Entry, Mapped
 from cio_destination.exceptions import CustomerioError
 from cio_destination.failures import shorten_job_error_logs
@@ -47,10 +46,6 @@ from cio_destination.restore import install_tracking
 from cio_destination.transport.results import SendResult
 from cio_destination.transport.sender import Carry
 from cio_destination.transport.workspace import workspace_for
-
-Ahead = tuple[Diff, Mapped, list[Sequence[Entry]]]
-"""A unit mapped and diffed ahead: its diff (which looks nothing up), its operations, and the
-parts to send."""
 
 
 @dlt.destination(
@@ -78,31 +73,21 @@ def customerio(
     load = current_load(config)
     mapper = load.mappings.mapper(table)
     columns = table.get("columns") or {}
-    first_sync = load.first_sync(mapper)
-    alone = must_go_alone(mapper.compiled, first_sync=first_sync)
+    alone = must_go_alone(mapper.compiled)  # then each unit is mapped after its diff's wait
     job = JobFile(items, table)
     order = InOrder(job)
     carry = Carry() if carries_across_units(mapper.compiled) else None
 
-    def map_ahead(unit: Unit) -> Ahead | None:
-        """Map and diff a unit ahead (a first `changes_only` sync hashes its rows and computes
-        their fingerprints: no state read); None for a table whose units go alone (mapped
-        after its diff's wait)."""
-        if alone:
-            return None
-        diff = load.diff(mapper)
-        mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
-        return diff, mapped, diff.to_send(mapped)
+    def map_ahead(unit: Unit) -> Mapped | None:
+        return None if alone else map_items(mapper, unit.items, columns)
 
     try:
-        for unit, ahead in mapped_ahead(  # a first changes_only sync in units of its re-syncs
-            job.units(ALONE_UNIT_ROWS if must_go_alone(mapper.compiled) else UNIT_ROWS),
-            map_ahead,
-            0 if alone else MAP_AHEAD + first_sync,  # a first sync's diff on two threads
+        for unit, mapped in mapped_ahead(
+            job.units(ALONE_UNIT_ROWS if alone else UNIT_ROWS), map_ahead, 0 if alone else MAP_AHEAD
         ):
             if order.failed:
                 break
-            send_unit(load, mapper, columns, unit, ahead, order, carry)
+            send_unit(load, mapper, columns, unit, mapped, order, carry)
     finally:
         try:
             order.finish_all()
@@ -123,27 +108,27 @@ def send_unit(
     mapper: RowMapper,
     columns: TTableColumns,
     unit: Unit,
-    ahead: Ahead | None,
+    mapped: Mapped | None,
     order: InOrder,
     carry: Carry | None = None,
 ) -> None:
-    """Diff and start delivering one unit of rows (mapped `ahead`, or None: mapped here, once
+    """Diff and start delivering one unit of rows (`mapped` ahead, or None: mapped here, once
     every earlier unit is finished, for a table whose units must go alone); it is recorded
     once `order` finishes it. Its requests wait for the earlier units that name the same
     people; with `carry`, its first request body also holds the earlier unit's last
     operations, and its own last ones wait there for the next unit."""
     order.wait_admitted()
     started = time.time()
-    if ahead is None:
+    if mapped is None:
         order.make_way(None)
         diff = load.diff(mapper)
         mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
-        parts = diff.to_send(mapped)
     else:
         order.finish_ready()
-        diff, mapped, parts = ahead
+        diff = load.diff(mapper)  # no rows to drop before mapping: not a changes_only table
     names = identities(mapped)
     order.make_way(names)
+    parts = diff.to_send(mapped)
     dry_run = load.config.dry_run
     answers = Answered(SendResult()) if dry_run else deliver(load, mapper, parts, carry)
 

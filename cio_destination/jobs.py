@@ -175,18 +175,13 @@ def mapped_ahead(
                 mapped.cancel()
 
 
-def must_go_alone(mapping: CompiledMapping, *, first_sync: bool = False) -> bool:
+def must_go_alone(mapping: CompiledMapping) -> bool:
     """Whether a unit of this table waits for every earlier unit's answers before its diff:
     `changes_only` compares with what earlier units had accepted, a mirror records its
-    snapshot once, a merge names two people, and transactional sends keep their own ledger.
-
-    Not a `changes_only` table's units on its `first_sync` (no fingerprint kept when the load
-    began): they compare with nothing, so they overlap as any table's do, a unit naming a
-    person of an earlier unit in flight waits for it (`InOrder.make_way`), and units are
-    recorded in order, so a person's last fingerprint is that of the last values sent."""
+    snapshot once, a merge names two people, and transactional sends keep their own ledger."""
     action = mapping.action
     return (
-        (mapping.mapping.changes_only and not first_sync)
+        mapping.mapping.changes_only
         or mapping.mapping.mirror is not None
         or action in ("merge", "send_email")
     )

@@ -200,23 +200,12 @@ class Load:
 
     def diff(self, mapper: RowMapper) -> Diff:
         """The diff stage of one call for the table `mapper` maps."""
-        scope = self._scope(mapper)
+        scope = f"{self.pipeline.pipeline_name}/{mapper.compiled.table}"
         if not mapper.mapping.changes_only:
             return Diff(mapper, scope, None, self.mappings.mirrors)
         fingerprints = self.state.fingerprints
         kept = self.mappings.kept_sources(scope, fingerprints)
         return Diff(mapper, scope, fingerprints, self.mappings.mirrors, kept=kept)
-
-    def first_sync(self, mapper: RowMapper) -> bool:
-        """Whether the table is `changes_only` and had no fingerprint kept when the load first
-        asked: its diff then looks nothing up (see `Diff`)."""
-        if not mapper.mapping.changes_only:
-            return False
-        fingerprints = self.state.fingerprints
-        return self.mappings.kept_sources(self._scope(mapper), fingerprints) is None
-
-    def _scope(self, mapper: RowMapper) -> str:
-        return f"{self.pipeline.pipeline_name}/{mapper.compiled.table}"
 
     def send_ledger_guard(self) -> SendLedgerGuard:
         """The guard of the load's emails (see `SendLedgerGuard`)."""

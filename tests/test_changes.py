@@ -22,7 +22,7 @@ from cio_destination import (
     exit_status,
     sync_report,
 )
-from cio_destination.emulator import Emulator, Faults
+from cio_destination.emulator import Emulator
 from cio_destination.state import TABLES, PipelineState
 from cio_destination.state.backend import SqlStore
 
@@ -435,43 +435,3 @@ def test_source_hashes_stored_by_an_older_version_resend_nobody(
     report = sync_report(pipeline).tables[0]
     assert (report.rows_in, report.skipped, report.operations) == (3, 3, 0)
     assert store.source_hashes_of(scope, identifiers) == current
-
-
-def test_a_first_sync_overlaps_its_units_and_a_person_in_two_ends_with_the_later_values(
-    emulator: Emulator, make_pipeline, monkeypatch: pytest.MonkeyPatch
-):
-    """A first `changes_only` sync compares with nothing, so its units are in flight together as
-    any table's are (units of 100 Arrow rows, a few 2 KB bodies each, answers in 200 ms: more
-    bodies at once than one unit has). Each of 300 people is in two units, first `stale`, then
-    `final`: the later unit waits for the earlier one naming the same people, so Customer.io
-    ends with `final`, and the fingerprints kept are those of `final`: the same rows again send
-    nothing, the `stale` rows again send every person."""
-    import pyarrow as pa
-
-    from cio_destination import destination, jobs
-
-    monkeypatch.setattr(jobs, "BATCH_ROWS", 50)
-    monkeypatch.setattr(destination, "UNIT_ROWS", 100)
-    monkeypatch.setattr(destination, "ALONE_UNIT_ROWS", 100)  # as many units either way
-    emulator.set_faults(Faults(latency=0.2))
-    pipeline = make_pipeline(max_request_bytes=2_000)
-
-    def people(*plans: str):
-        rows = [{"uid": i, "plan": plan} for plan in plans for i in range(300)]
-        resource = dlt.resource(pa.Table.from_pylist(rows), name="people")
-        return customerio_adapter(resource, action="identify", identifier="uid", changes_only=True)
-
-    pipeline.run(people("stale", "final"))
-
-    requests = sum(1 for r in emulator.requests if r.path == "/api/v2/batch")
-    assert requests <= 6 * 6  # six units of at most six bodies: one unit alone is never 7
-    assert emulator.most_batches_in_flight > 6
-    plans = {p["identifiers"]["id"]: p["attributes"]["plan"] for p in emulator.people}
-    assert plans == {str(i): "final" for i in range(300)}
-    mark = len(emulator.requests)
-    pipeline.run(people("final"))
-    assert batch_ops(emulator, mark) == 0
-    pipeline.run(people("stale"))
-    assert batch_ops(emulator, mark) == 300
-    plans = {p["identifiers"]["id"]: p["attributes"]["plan"] for p in emulator.people}
-    assert plans == {str(i): "stale" for i in range(300)}
