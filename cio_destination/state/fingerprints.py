@@ -6,7 +6,8 @@ state store (`StoredFingerprints`): the pipeline's state file, or the database o
 so runners with no persistent disk keep them.
 
 A load that compares many rows reads the scope's source-row hashes once, in bulk
-(`StoredFingerprints.kept_sources`), instead of looking its rows up a unit at a time; the
+(`StoredFingerprints.kept_sources`; the read starts on a helper thread while the load's first
+rows are hashed, `KeptSources.prefetch`), instead of looking its rows up a unit at a time; the
 columnar diff writes a unit's fingerprints as one Arrow table (`remember_table`).
 """
 
@@ -169,19 +170,18 @@ class KeptSources:
         return set(column.to_pylist())
 
 
+_writers: weakref.WeakKeyDictionary[StateStore, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
+_writers_lock = threading.Lock()
 _readers: list[ThreadPoolExecutor] = []
 
 
 def _reader() -> ThreadPoolExecutor:
-    """The thread that reads kept source-row hashes ahead (`KeptSources.prefetch`)."""
+    """The threads that read kept source-row hashes ahead (`KeptSources.prefetch`), shared by
+    every store and load of the process."""
     with _writers_lock:
         if not _readers:
             _readers.append(ThreadPoolExecutor(2, "customerio-kept-sources"))
         return _readers[0]
-
-
-_writers: weakref.WeakKeyDictionary[StateStore, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
-_writers_lock = threading.Lock()
 
 
 def _writer(store: StateStore) -> ThreadPoolExecutor:
