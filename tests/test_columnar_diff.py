@@ -125,3 +125,36 @@ def test_the_columnar_diff_sends_rejects_and_keeps_what_the_row_diff_does():
 
     check()
     assert examples and computed >= 0.2 * examples, (computed, examples)
+
+
+@given(
+    st.lists(st.one_of(st.none(), st.text(max_size=6), st.integers(0, 3)), max_size=60),
+    st.booleans(),
+)
+def test_value_hashes_are_value_hash_of_each_value_whether_values_repeat_or_not(values, repeat):
+    """The column form hashes each distinct value once where values repeat, and each value
+    where they are mostly distinct: either way the numbers are `value_hash`'s. Both ways run."""
+    import orjson
+    import pyarrow.compute as pc
+
+    from cio_destination.diff import changes
+
+    if repeat:
+        values = values * 3
+    texts = pa.array(
+        [
+            None if v is None else orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode()
+            for v in values
+        ],
+        pa.string(),
+    )
+    encoded = []
+    original = pc.dictionary_encode
+    changes.pc.dictionary_encode = lambda *a, **k: encoded.append(1) or original(*a, **k)  # type: ignore[assignment]
+    try:
+        hashes = changes.value_hashes(texts).to_pylist()
+    finally:
+        changes.pc.dictionary_encode = original  # type: ignore[assignment]
+    assert hashes == [None if v is None else changes.value_hash(v) for v in values]
+    sample = texts.to_pylist()[: changes.DISTINCT_SAMPLE]
+    assert bool(encoded) == (2 * len(set(sample)) <= len(sample))

@@ -338,17 +338,48 @@ def test_a_load_reads_the_kept_source_hashes_in_bulk_once_its_rows_come_to_a_twe
     assert kept.changed(["u5", "u6", "u2000"], [10_005, 7, 7]) == [1, 2]
 
 
+def test_a_load_reads_the_kept_source_hashes_ahead_on_a_helper_thread(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+):
+    """`prefetch` starts the bulk read `changed` would make, on another thread (the database
+    reads while the rows are hashed); `changed` then uses it and reads nothing itself."""
+    import threading
+
+    fingerprints = PipelineState(store, "p").fingerprints
+    fingerprints.remember("p/people", {f"u{i}": {"r": i, "a": {}, "s": i} for i in range(3)})
+    reads: list[str] = []
+    read = fingerprints.read_source_hashes
+
+    def spied(scope: str, most: int) -> Any:
+        reads.append(threading.current_thread().name)
+        return read(scope, most)
+
+    monkeypatch.setattr(fingerprints, "read_source_hashes", spied)
+    kept = fingerprints.kept_sources("p/people")
+
+    kept.prefetch(3)
+    kept.prefetch(3)  # once
+    assert kept.changed(["u0", "u1", "u2"], [0, 5, 2]) == [1]
+    assert kept.bulk
+    assert len(reads) == 1 and reads[0] != threading.current_thread().name
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["read", "read-ahead"])
 @pytest.mark.parametrize("write", ["remember", "remember_table", "forget", "erase"])
 def test_people_written_or_dropped_after_the_bulk_read_count_as_changed(
-    store: StateStore, write: str
+    store: StateStore, write: str, ahead: bool
 ):
     """Without it, a person sent with new values earlier in the load whose row comes again
-    with the old values would be skipped: Customer.io would keep the new ones."""
+    with the old values would be skipped: Customer.io would keep the new ones. A read made
+    ahead (`prefetch`) counts the people written while it may be under way."""
     fingerprints = PipelineState(store, "p").fingerprints
     fingerprints.remember("p/people", {f"u{i}": {"r": i, "a": {}, "s": i} for i in range(3)})
     kept = fingerprints.kept_sources("p/people")
-    assert kept.changed(["u0", "u1", "u2"], [0, 1, 2]) == []
-    assert kept.bulk
+    if ahead:
+        kept.prefetch(3)  # the write below comes while the read may still be under way
+    else:
+        assert kept.changed(["u0", "u1", "u2"], [0, 1, 2]) == []
+        assert kept.bulk
 
     if write == "remember":
         fingerprints.remember("p/people", {"u1": {"r": 9, "a": {}, "s": 9}})

@@ -241,8 +241,7 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[list[Any], list[in
     ident = pc.cast(ident, pa.string()) if pa.types.is_integer(ident.type) else ident
     if not is_text(ident.type):
         return None
-    counts = pc.value_counts(ident)
-    if pc.any(pc.greater(counts.field("counts"), 1)).as_py():
+    if repeated_values(ident) is not None:
         return None
     columns = _hashed_texts(reader, batch)
     if columns is None:

@@ -69,6 +69,8 @@ class Diff:
         accepted. Dicts, and batches this cannot hash (see `source_row_hashes`), stay whole."""
         if self._fingerprints is None or isinstance(items, list):
             return items
+        if self._kept is not None:
+            self._kept.prefetch(items.num_rows)  # the database reads while the rows are hashed
         hashed = source_row_hashes(self._mapper, items)
         if hashed is None:
             return items

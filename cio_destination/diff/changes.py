@@ -61,17 +61,33 @@ def value_hash(value: Any) -> int:
     return (zlib.crc32(data) << 32 | zlib.adler32(data)) - (1 << 63)
 
 
+DISTINCT_SAMPLE = 1_000
+"""The values `value_hashes` looks at to tell a column of mostly distinct values."""
+
+
 def value_hashes(texts: pa.Array) -> pa.Array:
     """The column form of `value_hash`, given each value's JSON as `value_hash` writes it (null:
-    no value, no hash). Each distinct value is hashed once."""
+    no value, no hash). Where values repeat, each distinct value is hashed once; a column whose
+    first values are mostly distinct (emails, names) is hashed value by value, with no hash
+    table of its values (which cost as much again as the hashes)."""
+    sample = texts.slice(0, DISTINCT_SAMPLE)
+    if 2 * pc.count_distinct(sample, mode="all").as_py() > len(sample):
+        return _value_hashes_of(texts)
     encoded = pc.dictionary_encode(texts)
-    distinct = encoded.dictionary.cast(pa.binary()).to_pylist()
-    crc = pa.array(map(zlib.crc32, distinct), pa.uint64(), size=len(distinct))
-    adler = pa.array(map(zlib.adler32, distinct), pa.uint64(), size=len(distinct))
+    return pc.take(_value_hashes_of(encoded.dictionary), encoded.indices)
+
+
+def _value_hashes_of(texts: pa.Array) -> pa.Array:
+    """`value_hash` of each JSON text of `texts`, as crc32 and adler32 (a null: null)."""
+    values = texts.cast(pa.large_binary()).fill_null(b"").to_pylist()
+    crc = pa.array(map(zlib.crc32, values), pa.uint64(), size=len(values))
+    adler = pa.array(map(zlib.adler32, values), pa.uint64(), size=len(values))
     joined = pc.bit_wise_or(pc.shift_left(crc, pa.scalar(32, pa.uint64())), adler)
     # minus 2**63, modulo 2**64: the top bit flipped, read as signed
     signed = pc.bit_wise_xor(joined, pa.scalar(1 << 63, pa.uint64())).view(pa.int64())
-    return pc.take(signed, encoded.indices)
+    if texts.null_count:
+        return pc.if_else(pc.is_valid(texts), signed, pa.scalar(None, pa.int64()))
+    return signed
 
 
 @dataclass

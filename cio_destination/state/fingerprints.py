@@ -6,7 +6,8 @@ state store (`StoredFingerprints`): the pipeline's state file, or the database o
 so runners with no persistent disk keep them.
 
 A load that compares many rows reads the scope's source-row hashes once, in bulk
-(`StoredFingerprints.kept_sources`), instead of looking its rows up a unit at a time; the
+(`StoredFingerprints.kept_sources`; the read starts on a helper thread while the load's first
+rows are hashed, `KeptSources.prefetch`), instead of looking its rows up a unit at a time; the
 columnar diff writes a unit's fingerprints as one Arrow table (`remember_table`).
 """
 
@@ -106,9 +107,19 @@ class KeptSources:
         self._seen = 0
         self._next_read = 0
         self._hashes: set[int] | None = None
+        self._reading: Future[set[int] | None] | None = None
         self._touched: set[str] = set()
         self.bulk = False
         """Whether the hashes were read in bulk."""
+
+    def prefetch(self, rows: int) -> None:
+        """Start, on a helper thread, the read that `changed` would make for `rows` more rows,
+        so the database reads while the caller hashes them (`changed` waits for it)."""
+        with self._lock:
+            if self._hashes is not None or self._reading is not None:
+                return
+            seen = self._seen + rows
+            self._reading = _reader().submit(self._read, seen)
 
     def changed(self, identifiers: Sequence[str | None], hashes: Sequence[int]) -> list[int]:
         """The positions of the rows to map: an identifier of None, or a hash that is not the
@@ -116,7 +127,8 @@ class KeptSources:
         with self._lock:
             self._seen += len(identifiers)
             if self._hashes is None:
-                self._hashes = self._read()
+                reading, self._reading = self._reading, None
+                self._hashes = self._read(self._seen) if reading is None else reading.result()
             known, touched = self._hashes, self._touched
             if known is not None:
                 # set operations first: nothing changed is settled without a step per row
@@ -139,15 +151,15 @@ class KeptSources:
     def touch(self, identifiers: Iterable[str]) -> None:
         """These people's fingerprints were written or dropped: count them as changed."""
         with self._lock:
-            if self._hashes is not None:
+            if self._hashes is not None or self._reading is not None:  # read, or being read
                 self._touched.update(identifiers)
 
-    def _read(self) -> set[int] | None:
+    def _read(self, seen: int) -> set[int] | None:
         """The hashes, read in bulk if they come to at most `BULK_READ_FACTOR` times the
-        load's rows so far; None (looked up by unit) while they are more. A read that finds
-        more doubles the size of the next, so the reads that fail cost at most the one that
-        does not."""
-        most = max(BULK_READ_FACTOR * self._seen, _FIRST_BULK_READ)
+        load's rows so far (`seen`); None (looked up by unit) while they are more. A read that
+        finds more doubles the size of the next, so the reads that fail cost at most the one
+        that does not."""
+        most = max(BULK_READ_FACTOR * seen, _FIRST_BULK_READ)
         if most < self._next_read:
             return None
         column = self._fingerprints.read_source_hashes(self._scope, most)
@@ -160,6 +172,16 @@ class KeptSources:
 
 _writers: weakref.WeakKeyDictionary[StateStore, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
 _writers_lock = threading.Lock()
+_readers: list[ThreadPoolExecutor] = []
+
+
+def _reader() -> ThreadPoolExecutor:
+    """The threads that read kept source-row hashes ahead (`KeptSources.prefetch`), shared by
+    every store and load of the process."""
+    with _writers_lock:
+        if not _readers:
+            _readers.append(ThreadPoolExecutor(2, "customerio-kept-sources"))
+        return _readers[0]
 
 
 def _writer(store: StateStore) -> ThreadPoolExecutor:
