@@ -26,8 +26,6 @@ from cio_destination.entries import Entry, Mapped
 from cio_destination.exceptions import CustomerioError
 from cio_destination.failures import shorten_job_error_logs
 from cio_destination.jobs import (
-    ALONE_UNIT_ROWS,
-    UNIT_ROWS,
     Answered,
     Answers,
     InOrder,
@@ -37,6 +35,7 @@ from cio_destination.jobs import (
     identities,
     mapped_ahead,
     must_go_alone,
+    unit_rows,
     units_ahead,
 )
 from cio_destination.loads import Load, current_load
@@ -85,9 +84,7 @@ def customerio(
 
     ahead = units_ahead(mapper.compiled, job.arrow)
     try:
-        for unit, mapped in mapped_ahead(
-            job.units(ALONE_UNIT_ROWS if alone else UNIT_ROWS), map_ahead, ahead
-        ):
+        for unit, mapped in mapped_ahead(job.units(unit_rows(alone)), map_ahead, ahead):
             if order.failed:
                 break
             send_unit(load, mapper, columns, unit, mapped, order, carry)

@@ -161,6 +161,12 @@ class JobFile:
         commit_load_package_state()
 
 
+def unit_rows(alone: bool) -> int:
+    """Rows per unit: `ALONE_UNIT_ROWS` for a table whose units go alone, else `UNIT_ROWS`
+    (read when called, so a test may set either)."""
+    return ALONE_UNIT_ROWS if alone else UNIT_ROWS
+
+
 def mapped_ahead(
     units: Iterator[Unit], map_unit: Callable[[Unit], T], depth: int
 ) -> Iterator[tuple[Unit, T]]:

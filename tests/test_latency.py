@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dlt
@@ -95,15 +95,26 @@ def test_one_table_keeps_many_requests_in_flight_and_a_kill_mid_load_loses_nothi
 
 
 @pytest.fixture
-def small_units(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Units of 100 rows (two dlt batches of 50), so a few hundred rows make several units."""
+def small_units(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Units of 100 rows (two dlt batches of 50), so a few hundred rows make several units;
+    the rows of each unit read, in order."""
     monkeypatch.setattr(jobs, "BATCH_ROWS", 50)
     monkeypatch.setattr(jobs, "UNIT_ROWS", 100)
+    monkeypatch.setattr(jobs, "ALONE_UNIT_ROWS", 100)
+    read: list[int] = []
+    units = jobs.JobFile.units
+
+    def counted(self: jobs.JobFile, rows: int) -> Iterator[jobs.Unit]:
+        for unit in units(self, rows):
+            read.append(unit.rows)
+            yield unit
+
+    monkeypatch.setattr(jobs.JobFile, "units", counted)
+    return read
 
 
-@pytest.mark.usefixtures("small_units")
 def test_a_changes_only_unit_is_diffed_against_what_the_units_before_it_had_accepted(
-    emulator: Emulator, make_pipeline
+    emulator: Emulator, make_pipeline, small_units: list[int]
 ):
     """Every person changes from `a` to `b` in the first unit and back to `a` in the next one
     (Arrow rows: their source values are hashed before mapping), while Customer.io takes 200 ms
@@ -119,15 +130,16 @@ def test_a_changes_only_unit_is_diffed_against_what_the_units_before_it_had_acce
         return customerio_adapter(resource, action="identify", identifier="uid", changes_only=True)
 
     pipeline.run(people("a"))
+    small_units.clear()
     pipeline.run(people("b", "a"))
 
+    assert small_units == [100, 100]
     plans = {p["identifiers"]["id"]: p["attributes"]["plan"] for p in emulator.people}
     assert plans == {str(i): "a" for i in range(100)}
 
 
-@pytest.mark.usefixtures("small_units")
 def test_units_of_one_table_are_in_flight_together_and_a_person_ends_with_their_last_row(
-    emulator: Emulator, make_pipeline
+    emulator: Emulator, make_pipeline, small_units: list[int]
 ):
     emulator.set_faults(Faults(latency=0.1))
     pipeline = make_pipeline(max_request_bytes=2_000)
@@ -137,6 +149,7 @@ def test_units_of_one_table_are_in_flight_together_and_a_person_ends_with_their_
     pipeline.run(customerio_adapter(resource, action="identify", identifier="uid"))
 
     # six units of 100 rows, a few 2 KB bodies each: more than one unit's bodies at once
+    assert small_units == [100] * 6
     assert emulator.most_batches_in_flight > 5
     plans = {p["identifiers"]["id"]: p["attributes"]["plan"] for p in emulator.people}
     assert plans == {str(i): "final" for i in range(300)}
