@@ -347,7 +347,7 @@ class InOrder:
                 return  # the usual case for a table read in its key's order
             last = _last_naming(names, [self._pending[i].names for i in named])
             if last is None:
-                return  # the usual case: one lookup, whatever the units in flight
+                return  # spans overlap, names do not: one lookup over the overlapping units
             last = named[last]
         for _ in range(last + 1):
             self._finish_first()
