@@ -51,3 +51,13 @@ def run_to_completion(command: Sequence[str]) -> None:
     subprocess.run(
         command, cwd=REPO, env=child_env(), check=True, timeout=_HUNG, stdout=subprocess.DEVNULL
     )
+
+
+def wait_for(condition: Callable[[], bool]) -> float:
+    """Wait until `condition()` holds; returns when it was first seen to (`time.monotonic()`).
+    Only a hung process makes this fail, after `_HUNG` seconds."""
+    deadline = time.monotonic() + _HUNG
+    while not condition():
+        assert time.monotonic() < deadline, "no progress was seen"
+        time.sleep(0.005)  # how often progress is looked at, not when anything happens
+    return time.monotonic()

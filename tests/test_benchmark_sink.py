@@ -8,10 +8,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+
+from .kills import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,15 +60,6 @@ def _alive(pid: int) -> bool:
     return not (status.exists() and status.read_text().split(") ")[-1].startswith("Z"))
 
 
-def _gone(pid: int) -> bool:
-    """Whether `pid` exits, waiting up to a minute (a bound on a loaded machine, not a timing)."""
-    for _ in range(600):
-        if not _alive(pid):
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.slow
 def test_the_sink_exits_when_the_benchmark_is_killed() -> None:
     parent, sink = _parent()
@@ -75,7 +67,7 @@ def test_the_sink_exits_when_the_benchmark_is_killed() -> None:
         assert _alive(sink)
         parent.kill()
         parent.wait()
-        assert _gone(sink)
+        wait_for(lambda: not _alive(sink))
     finally:
         if _alive(sink):
             os.kill(sink, signal.SIGKILL)
@@ -89,7 +81,7 @@ def test_a_benchmark_stopped_by_sigterm_stops_what_it_started() -> None:
         assert parent.wait(timeout=60) == 128 + signal.SIGTERM
         assert parent.stdout is not None
         assert parent.stdout.read().split() == ["stopped"]
-        assert _gone(sink)
+        wait_for(lambda: not _alive(sink))
     finally:
         if _alive(sink):
             os.kill(sink, signal.SIGKILL)

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import dlt
@@ -34,7 +34,7 @@ from cio_destination.exceptions import CustomerioTransientError
 from cio_destination.transport.shared_budget import budget_name, shared_limiter
 
 from . import rate_child
-from .kills import REPO, child_env
+from .kills import REPO, child_env, wait_for
 from .test_postgres import IN_CI, free_port, postgres_url  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow  # child processes, real Redis and PostgreSQL servers
@@ -316,16 +316,6 @@ def test_a_429_to_one_process_slows_them_all(
         assert before >= RATE / 2
         assert after <= before / 2, f"{before:.1f} requests/s before the 429, {after:.1f} after"
         delivered_exactly_once([workspace, throttling], ["t", "a", "b", "c"], rows)
-
-
-def wait_for(condition: Callable[[], bool]) -> float:
-    """Wait until `condition()` holds; returns when it was first seen to (`time.monotonic()`,
-    the emulator's clock)."""
-    deadline = time.monotonic() + _HUNG
-    while not condition():
-        assert time.monotonic() < deadline, "the children made no progress"
-        time.sleep(0.005)  # how often progress is looked at, not when anything happens
-    return time.monotonic()
 
 
 def test_redis_stopped_mid_run_fails_the_load_then_the_next_run_finishes(
