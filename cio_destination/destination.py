@@ -21,6 +21,7 @@ from dlt.common.schema import TTableSchema
 from dlt.common.schema.typing import TTableSchemaColumns as TTableColumns
 from dlt.common.typing import TDataItems
 
+from cio_destination.arrow_memory import load_step_pool
 from cio_destination.configuration import CustomerioConfiguration, keyword_signature
 from cio_destination.entries import Entry, Mapped
 from cio_destination.exceptions import CustomerioError
@@ -69,6 +70,12 @@ def customerio(
     keyword arguments are the keys of `CustomerioConfiguration`, as its signature shows.
     """
     shorten_job_error_logs()
+    with load_step_pool():  # Arrow's buffers from the system allocator: see arrow_memory
+        _load_job(items, table, config)
+
+
+def _load_job(items: TDataItems, table: TTableSchema, config: CustomerioConfiguration) -> None:
+    """One load job: the table's file `items`, read, mapped, sent and recorded unit by unit."""
     load = current_load(config)
     mapper = load.mappings.mapper(table)
     if not load.config.dry_run:  # the credentials' round trip overlaps the first unit's mapping

@@ -38,6 +38,7 @@ from dlt.common.storages.load_package import commit_load_package_state, destinat
 from dlt.common.storages.load_storage import ParsedLoadJobFileName
 from dlt.destinations.file_batching import JsonlFileBatchIterator, ParquetFileBatchIterator
 
+from cio_destination.arrow_memory import release_unused
 from cio_destination.entries import EntryBlock, Mapped
 from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.transport.results import SendResult
@@ -283,14 +284,6 @@ def _last_naming(names: pa.Array, units: list[pa.Array]) -> int | None:
     return None
 
 
-def release_unused_memory() -> None:
-    """Hand the memory Arrow's pool holds but no longer uses back to the system. Its allocator
-    (mimalloc by default) keeps freed pages for reuse, and a unit's buffers are made on the
-    mapping thread and freed on others once recorded: without this, a 1M-row sync at 500 ms
-    peaked about 40 MB higher. A few microseconds a unit."""
-    pa.default_memory_pool().release_unused()
-
-
 @dataclass
 class _Pending:
     rows: int
@@ -378,7 +371,7 @@ class InOrder:
         pending.finish(result)
         error = result.error
         del pending, result  # the unit's buffers go now, and with them their pages
-        release_unused_memory()
+        release_unused()  # the unit's pages, now free
         if error is not None:
             self._error = error
             return
