@@ -120,13 +120,16 @@ def join_pieces(pieces: list[Any]) -> Any:
 
 def joined_sizes(pieces: list[Any], rows: int) -> Any:
     """Per row, the byte size of `join_pieces(pieces)` (int64), without joining them."""
-    constant = sum(len(piece.encode()) for piece in pieces if isinstance(piece, str))
-    sizes = pa.repeat(pa.scalar(constant, pa.int64()), rows)
+    constant = pa.scalar(sum(len(piece.encode()) for piece in pieces if isinstance(piece, str)))
+    sizes = None
     for piece in pieces:
-        if not isinstance(piece, str):
-            length = pc.cast(pc.binary_length(piece), pa.int64()).fill_null(0)
-            sizes = pc.add(sizes, length)
-    return sizes
+        if not isinstance(piece, str):  # the lengths added as they come (one kernel a piece)
+            length = pc.binary_length(piece)
+            length = length.fill_null(0) if length.null_count else length
+            sizes = length if sizes is None else pc.add_checked(sizes, length)
+    if sizes is None:
+        return pa.repeat(pc.cast(constant, pa.int64()), rows)
+    return pc.add_checked(pc.cast(sizes, pa.int64()), pc.cast(constant, pa.int64()))
 
 
 Member = tuple[str, Any, str, bool]
