@@ -3,8 +3,9 @@
 The columnar paths put each row's operation together from constants and columns of JSON text:
 strings are escaped only where a byte needs it (a scan of the column's text buffer finds none in
 the common case), floats take Arrow's text where it is the text orjson writes and orjson's where
-it is not, and one element-wise join makes each row's JSON. No Customer.io rule lives here: what
-a value may be, and which rows the row path must decide, is in `values` and `limits`.
+it is not, and one join makes each row's JSON (`join_pieces`: one `take` of the pieces' values in
+row order, `interleaved`). No Customer.io rule lives here: what a value may be, and which rows
+the row path must decide, is in `values` and `limits`.
 """
 
 from __future__ import annotations
