@@ -3,6 +3,8 @@ element-wise join writes, byte for byte, and is the way it takes."""
 
 from __future__ import annotations
 
+from array import array
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -94,3 +96,15 @@ def test_a_layout_is_kept_for_the_next_unit_and_the_kept_ones_stay_few():
         interleaved(["{", pa.array(["x"] * rows), "}"])
         assert len(arrow_json._layouts) <= 4
     assert ((False, True, False), 7) in arrow_json._layouts
+
+
+def test_a_null_whose_slot_spans_bytes_leaves_them_out():
+    """Arrow lets a null's slot span bytes of the data buffer (kernels may leave them): the
+    join leaves them out, and so does the take."""
+    offsets = pa.py_buffer(array("i", [0, 1, 3]).tobytes())
+    column = pa.Array.from_buffers(
+        pa.string(), 2, [pa.py_buffer(bytes([0b01])), offsets, pa.py_buffer(b"abc")]
+    )
+    pieces = ["[", column, "]"]
+
+    assert interleaved(pieces).to_pylist() == ["[a]", "[]"] == by_arrow(pieces)
