@@ -3,12 +3,14 @@
 The columnar paths put each row's operation together from constants and columns of JSON text:
 strings are escaped only where a byte needs it (a scan of the column's text buffer finds none in
 the common case), floats take Arrow's text where it is the text orjson writes and orjson's where
-it is not, and one element-wise join makes each row's JSON. No Customer.io rule lives here: what
-a value may be, and which rows the row path must decide, is in `values` and `limits`.
+it is not, and one join makes each row's JSON (`join_pieces`: one `take` of the pieces' values in
+row order, `interleaved`). No Customer.io rule lives here: what a value may be, and which rows
+the row path must decide, is in `values` and `limits`.
 """
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -115,7 +117,79 @@ def join_pieces(pieces: list[Any]) -> Any:
         else:
             merged.append(piece)
     assert any(isinstance(piece, str) for piece in merged)
+    joined = interleaved(merged)
+    if joined is not None:
+        return joined
     return pc.binary_join_element_wise(*merged, "", null_handling="skip")
+
+
+_MAX_OFFSET = 2**31 - 1
+_layouts: dict[tuple[tuple[bool, ...], int], tuple[pa.Array, pa.Array]] = {}
+
+
+def interleaved(pieces: list[Any]) -> Any | None:
+    """`join_pieces` of constants and `string` columns of one length (a null value leaves
+    itself out of its row), by one `take` instead of Arrow's element-wise join; None where
+    this way does not apply (a piece of another type or length, no column, over 2 GiB).
+
+    The join visits every piece of every row, a constant as much as a column (an identify
+    operation of 19 pieces: 0.23 us a row). Here the pieces' values lie one after another in
+    one array (a constant's once) and one `take` puts each row's pieces side by side, in the
+    rows' order (0.12 us a row): its data buffer is the joined text as it is, and a row starts
+    where its first piece does (a null is a piece of no bytes).
+    """
+    columns = [piece for piece in pieces if not isinstance(piece, str)]
+    if not columns:
+        return None
+    rows = len(columns[0])
+    if rows == 0 or len(pieces) * (rows + 1) > _MAX_OFFSET:
+        return None
+    size = 0
+    for column in columns:
+        if not (
+            isinstance(column, pa.Array) and column.type == pa.string() and len(column) == rows
+        ):
+            return None
+        start, stop = value_span(column)
+        size += stop - start
+    size += rows * sum(len(piece.encode()) for piece in pieces if isinstance(piece, str))
+    if size > _MAX_OFFSET:
+        return None
+    indices, row_starts = _layout(tuple(not isinstance(piece, str) for piece in pieces), rows)
+    values = pa.concat_arrays(
+        [pa.array([piece], pa.string()) if isinstance(piece, str) else piece for piece in pieces]
+    )
+    taken = pc.take(values, indices, boundscheck=False)
+    ends = pa.Array.from_buffers(pa.int32(), len(taken) + 1, [None, taken.buffers()[1]])
+    starts = pc.take(ends, row_starts, boundscheck=False)
+    data = taken.buffers()[2] or pa.py_buffer(b"")
+    return pa.Array.from_buffers(pa.string(), rows, [None, starts.buffers()[1], data])
+
+
+def _layout(columns: tuple[bool, ...], rows: int) -> tuple[pa.Array, pa.Array]:
+    """For pieces that are columns (True) or constants, laid out one after another: the index
+    of each row's every piece, row after row, and where each row's first piece lands (and the
+    end); kept for the last few layouts (an operation's pieces are the same unit after unit)."""
+    known = _layouts.get((columns, rows))
+    if known is not None:
+        return known
+    count = len(columns)
+    starts = list(accumulate((rows if column else 1 for column in columns[:-1]), initial=0))
+    position = _counting(count * rows)  # row * count + piece
+    row = pc.divide(position, pa.scalar(count, pa.int32()))
+    piece = pc.subtract(position, pc.multiply(row, pa.scalar(count, pa.int32())))
+    step = pc.take(pa.array([int(column) for column in columns], pa.int32()), piece)
+    indices = pc.add(pc.take(pa.array(starts, pa.int32()), piece), pc.multiply(step, row))
+    row_starts = pc.multiply(_counting(rows + 1), pa.scalar(count, pa.int32()))
+    if len(_layouts) >= 4:
+        _layouts.clear()
+    _layouts[(columns, rows)] = indices, row_starts
+    return indices, row_starts
+
+
+def _counting(count: int) -> pa.Array:
+    """0, 1, ..., count - 1 as int32, by a kernel."""
+    return pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int32()), count), start=-1)
 
 
 def joined_sizes(pieces: list[Any], rows: int) -> Any:
