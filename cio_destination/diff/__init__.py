@@ -19,10 +19,10 @@ from itertools import chain
 import pyarrow as pa
 from dlt.common.typing import TDataItems
 
-from cio_destination.actions.identify import source_row_hashes
 from cio_destination.diff.changes import Changes, only_changes
 from cio_destination.diff.columnar import accepted_rows, block_fingerprints, split_block
 from cio_destination.diff.mirror import MirrorPlan, MirrorPlans
+from cio_destination.diff.source_rows import source_row_hashes
 from cio_destination.entries import Entry, EntryBlock, Mapped
 from cio_destination.mapper import RowMapper
 from cio_destination.state.fingerprints import Fingerprint, Fingerprints, KeptSources

@@ -116,7 +116,7 @@ class KeptSources:
     The set stays true to the database: a person whose fingerprint this process writes or
     drops after it was read counts as changed (their rows are mapped, and the stored
     fingerprint has the last word). A hash covers the row's identifier (see
-    `cio_destination.actions.identify.source_row_hashes`), so a row whose hash is in the set
+    `cio_destination.diff.source_rows`), so a row whose hash is in the set
     is a row kept as it is, but for a 64-bit collision.
     """
 
