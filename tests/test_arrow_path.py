@@ -6,6 +6,7 @@ import datetime as dt
 import random
 from collections import Counter
 from decimal import Decimal
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -495,6 +496,14 @@ def _one_row(ident: str = "a", **columns: pa.Array) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict({"ident": pa.array([ident]), **columns})
 
 
+def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list, list] | None:
+    """`cio_destination.diff.source_rows.source_row_hashes`, its two arrays as lists."""
+    from cio_destination.diff.source_rows import source_row_hashes as hashed
+
+    found = hashed(mapper, batch)
+    return None if found is None else (found[0].to_pylist(), found[1].to_pylist())
+
+
 @pytest.mark.parametrize(
     ("first", "second", "mappings"),
     [
@@ -561,8 +570,6 @@ def _one_row(ident: str = "a", **columns: pa.Array) -> pa.RecordBatch:
 def test_source_row_hashes_tell_apart_rows_whose_text_once_read_alike(first, second, mappings):
     """`changes_only` skips a row whose source hash matches the stored one: rows that differ
     in a value, its type, its column or their mapping must never hash alike."""
-    from cio_destination.diff.source_rows import source_row_hashes
-
     one = source_row_hashes(mapper_for(first, **mappings[0]), first)
     other = source_row_hashes(mapper_for(second, **mappings[1]), second)
 
@@ -608,8 +615,6 @@ def test_source_row_hashes_are_each_rows_own_and_tell_rows_apart(
     """A row's hash is the row's alone (the same in any batch, split anywhere), and rows that
     differ in any value (as their column's type holds it) hash apart: the first row, and the
     others as it with one value changed."""
-    from cio_destination.diff.source_rows import source_row_hashes
-
     people = pa.Table.from_pylist(
         [{"ident": f"p{at}", **row} for at, row in enumerate(rows)], schema=HASHED_SCHEMA
     )
@@ -646,8 +651,6 @@ def test_source_row_hashes_are_the_stored_form():
     import struct
 
     import xxhash
-
-    from cio_destination.diff.source_rows import source_row_hashes
 
     batch = pa.RecordBatch.from_pylist(
         [
@@ -758,8 +761,6 @@ def test_a_mapped_column_missing_from_the_batch_maps_as_null(mapping: dict):
 
 
 def test_source_row_hashes_without_the_identifier_column_hash_nothing():
-    from cio_destination.diff.source_rows import source_row_hashes
-
     batch = pa.RecordBatch.from_pylist([{"name": "Ann"}])
     columns = {"name": {"name": "name"}}
     declared = {"action": "identify", "identifier": "ident", "changes_only": True}

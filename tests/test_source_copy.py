@@ -253,6 +253,8 @@ def test_the_copy_settles_rows_as_the_per_person_rows_do(
     pairs = list(zip(identifiers, hashes, strict=True))
     by_row = store.changed_sources(scope, [(i, h) for i, h in pairs if i is not None])
     assert rows == [at for at, (i, h) in enumerate(pairs) if i is None or (i, h) in by_row]
+    as_arrow = KeptSources(store, scope)  # as a load gives them: the identifiers in Arrow
+    assert as_arrow.changed(pa.array(identifiers, pa.string()), hashes) == rows
     state.close()
 
 

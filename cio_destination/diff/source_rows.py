@@ -39,8 +39,9 @@ _STEPS = [
 _NULL_LENGTH = pa.scalar((1 << 64) - 1, _U64)
 
 
-def source_row_hashes(reader: RowReader, batch: Any) -> tuple[list[Any], list[int]] | None:
-    """Per row of an identify batch: its identifier text and a 64-bit hash of its mapped values.
+def source_row_hashes(reader: RowReader, batch: Any) -> tuple[pa.Array, pa.Array] | None:
+    """Per row of an identify batch: its identifier text and a 64-bit hash of its mapped values
+    (int64), as two Arrow arrays.
 
     None when a column's type is not one hashed here, or an identifier repeats in the batch
     (then the order of the rows matters: map them all).
@@ -94,7 +95,7 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[list[Any], list[in
     hashes = pa.array(map(xxhash.xxh3_64_intdigest, values, seed), _U64, size=len(values))
     for word in words:
         hashes = _mixed(pc.bit_wise_xor(hashes, word))
-    return ident.to_pylist(), hashes.view(pa.int64()).to_pylist()
+    return ident, hashes.view(pa.int64())
 
 
 def _whole(column: Any) -> pa.Array:

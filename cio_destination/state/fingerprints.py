@@ -143,7 +143,9 @@ class KeptSources:
             seen = self._seen + rows
             self._reading = _reader().submit(self._read, seen)
 
-    def changed(self, identifiers: Sequence[str | None], hashes: Sequence[int]) -> list[int]:
+    def changed(
+        self, identifiers: Sequence[str | None] | pa.Array, hashes: Sequence[int]
+    ) -> list[int]:
         """The positions of the rows to map: an identifier of None, or a hash that is not the
         one kept with the identifier's fingerprint (or none is kept)."""
         with self._lock:
@@ -153,20 +155,30 @@ class KeptSources:
                 self._hashes = self._read(self._seen) if reading is None else reading.result()
             known, touched = self._hashes, self._touched
             if known is not None:
-                # set operations first: nothing changed is settled without a step per row
+                # nothing changed is settled without a step per row in Python
+                if isinstance(identifiers, pa.Array):
+                    unnamed = identifiers.null_count > 0
+                else:
+                    unnamed = None in identifiers
+                if (
+                    known.issuperset(hashes)
+                    and not unnamed
+                    and (not touched or touched.isdisjoint(_listed(identifiers)))
+                ):
+                    return []
+                listed = _listed(identifiers)
                 missing = set(hashes).difference(known)
-                if missing or None in identifiers or not touched.isdisjoint(identifiers):
-                    return [
-                        at
-                        for at, (i, h) in enumerate(zip(identifiers, hashes, strict=True))
-                        if i is None or h in missing or i in touched
-                    ]
-                return []
-        pairs = [(i, h) for i, h in zip(identifiers, hashes, strict=True) if i is not None]
+                return [
+                    at
+                    for at, (i, h) in enumerate(zip(listed, hashes, strict=True))
+                    if i is None or h in missing or i in touched
+                ]
+        listed = _listed(identifiers)
+        pairs = [(i, h) for i, h in zip(listed, hashes, strict=True) if i is not None]
         found = self._fingerprints.changed_sources(self._scope, pairs)
         return [
             at
-            for at, pair in enumerate(zip(identifiers, hashes, strict=True))
+            for at, pair in enumerate(zip(listed, hashes, strict=True))
             if pair[0] is None or pair in found
         ]
 
@@ -194,6 +206,10 @@ class KeptSources:
             return None
         self.bulk = True
         return set(column.to_pylist())
+
+
+def _listed(identifiers: Sequence[str | None] | pa.Array) -> Sequence[str | None]:
+    return identifiers.to_pylist() if isinstance(identifiers, pa.Array) else identifiers
 
 
 _writers: weakref.WeakKeyDictionary[StateStore, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
