@@ -4,6 +4,9 @@ made stale."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,11 @@ from cio_destination import customerio, customerio_adapter, dry_run
 from cio_destination.emulator import Emulator
 from cio_destination.loads import LoadMappings
 from cio_destination.state import TABLES, PipelineState, stored_state
-from cio_destination.state.backend import StateFile
+from cio_destination.state.backend import SqlStore, StateFile
 from cio_destination.state.fingerprints import KeptSources, StoredFingerprints
 
 from .conftest import API_KEY, SITE_ID
+from .kills import kill_after_progress, run_to_completion
 from .test_changes import ROWS, batch_ops
 
 SCHEMA = pa.schema(
@@ -260,8 +264,6 @@ def test_the_copy_settles_rows_as_the_per_person_rows_do(
 
 def test_the_copy_holds_the_kept_hashes_on_every_store(tmp_path: Path):
     """SQLite and DuckDB URLs (PostgreSQL: the benchmark and tests/test_state_url.py)."""
-    from cio_destination.state.backend import SqlStore
-
     for url in (f"sqlite:///{tmp_path / 's.db'}", f"duckdb:///{tmp_path / 's.duckdb'}"):
         store = SqlStore(url, None, TABLES, "k")
         fingerprints = PipelineState(store, "p").fingerprints
@@ -275,3 +277,54 @@ def test_the_copy_holds_the_kept_hashes_on_every_store(tmp_path: Path):
         fingerprints.forget("p/t", ["c"])
         assert fingerprints.read_copy("p/t", 10) is None
         store.close()
+
+
+@pytest.mark.slow
+def test_a_load_killed_mid_way_leaves_no_stale_copy(emulator: Emulator, tmp_path: Path):
+    """SIGKILLed once a few of its units are recorded (observed progress): the copy is gone or
+    holds exactly the per-person hashes; the load finished on the next run makes it anew, and
+    the run after puts every person back."""
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+
+    def run(plan: str) -> list[str]:
+        args = [str(tmp_path / "pipelines"), emulator.url, state_url, "1000", plan]
+        return [sys.executable, "-m", "tests.copy_child", *args]
+
+    def hashes() -> tuple[list[int] | None, list[int]]:
+        store = SqlStore(state_url, None, TABLES, "k")
+        try:
+            fingerprints, scope = PipelineState(store, "p").fingerprints, "copied_hashes/people"
+            copy = fingerprints.read_copy(scope, 10_000)
+            truth = store.read(
+                "SELECT source_hash FROM {cio_fingerprints} WHERE scope = ?", [scope]
+            )
+            return None if copy is None else sorted(copy), sorted(row[0] for row in truth)
+        finally:
+            store.close()
+
+    run_to_completion(run("free"))
+    copy, before = hashes()
+    assert copy == before and len(before) == 1000
+
+    def recorded() -> int:  # units recorded (each unit's report follows its fingerprints)
+        try:
+            with contextlib.closing(sqlite3.connect(tmp_path / "state.db", timeout=60)) as db:
+                return int(db.execute("SELECT COUNT(*) FROM cio_batch_reports").fetchone()[0])
+        except sqlite3.OperationalError:  # the child holds the file this instant
+            return 0
+
+    # a unit is diffed once the one before is recorded, and its diff waits for the writes
+    # behind: 3 more units recorded means the first ones' fingerprints are rewritten
+    assert kill_after_progress(run("team"), recorded, 3)
+
+    copy, truth = hashes()
+    assert truth != before
+    assert copy is None or copy == truth
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db, db:
+        db.execute("DELETE FROM cio_leases")  # the dead run's lease, as if its time ran out
+    run_to_completion(run("free"))  # dlt finishes the pending load (its data: "team") first
+    copy, truth = hashes()
+    assert copy == truth
+    run_to_completion(run("free"))
+    plans = {emulator.find_person(id=str(uid))["attributes"]["plan"] for uid in range(1000)}
+    assert plans == {"free"}
