@@ -108,24 +108,15 @@ class LoadMappings:
                 self._kept[scope] = None if first_sync else fingerprints.kept_sources(scope)
             return self._kept[scope]
 
-    def completed(self) -> None:
-        """The load completed: make the copies of the source-row hashes of its `changes_only`
-        tables that its writes dropped (see `StoredFingerprints.keep_copy`). A dry run leaves
-        them alone; a copy not made only costs the next load the slower read."""
+    def copies_to_make(self) -> list[tuple[Fingerprints, str]]:
+        """The `changes_only` tables of the load, whose copies of their source-row hashes a
+        completed load step makes (see `make_copies`); none for a dry run, which leaves them
+        alone. The load lets go of what it compared hashes with (it is done)."""
         with self._lock:
             scopes, fingerprints, self._kept = list(self._kept), self._fingerprints, {}
         if self._dry_run or fingerprints is None:
-            return
-        for scope in scopes:
-            try:
-                fingerprints.keep_copy(scope)
-            except CustomerioError as error:
-                logger.warning(
-                    "customerio: the copy of the source-row hashes of %s was not made (%s):"
-                    " the next load reads them the slower way",
-                    scope,
-                    type(error).__name__,
-                )
+            return []
+        return [(fingerprints, scope) for scope in scopes]
 
     def send_ledger(self, context: LoadPackageStateInjectableContext) -> SendLedgerGuard:
         """The load's send ledger guard, recording into the load package's state."""
@@ -173,8 +164,9 @@ class LoadMappings:
 
 _loads: dict[tuple[str, str], LoadMappings] = {}
 _loads_lock = threading.Lock()
-_ended: dict[str, list[LoadMappings]] = {}
-"""Per working directory, loads of its load step that are no longer current, until it ends."""
+_ended: dict[str, list[tuple[Fingerprints, str]]] = {}
+"""Per working directory, the copies to make for the loads of its load step that are no longer
+current, until the step completes."""
 
 
 def load_context() -> LoadPackageStateInjectableContext | None:
@@ -208,7 +200,8 @@ def mappings_for_load(
                     state.purge_older_than(now() - config.state_retention_days * 86_400)
                 mappings.check_package(context, state, pipeline)
             for stale in [k for k in _loads if k[0] == working_dir]:
-                _ended.setdefault(working_dir, []).append(_loads.pop(stale))  # not needed again
+                ended = _loads.pop(stale).copies_to_make()  # the load is not needed again
+                _ended.setdefault(working_dir, []).extend(ended)
             _loads[key] = mappings
         return mappings
 
@@ -277,12 +270,27 @@ def pipeline_state(pipeline: dlt.Pipeline, config: CustomerioConfiguration) -> P
 
 
 def loads_completed(working_dir: str) -> None:
-    """The load step of the pipeline in `working_dir` completed: each of its loads is told."""
+    """The load step of the pipeline in `working_dir` completed: make its loads' copies."""
     with _loads_lock:
-        done = [m for k, m in _loads.items() if k[0] == working_dir]
-        done += _ended.pop(working_dir, [])
-    for mappings in done:
-        mappings.completed()
+        pairs = [p for k, m in _loads.items() if k[0] == working_dir for p in m.copies_to_make()]
+        pairs += _ended.pop(working_dir, [])
+    make_copies(list(dict.fromkeys(pairs)))
+
+
+def make_copies(pairs: list[tuple[Fingerprints, str]]) -> None:
+    """Make the copy of the source-row hashes of each (fingerprints, scope) whose writes dropped
+    it (see `StoredFingerprints.keep_copy`); a copy not made only costs the next load the
+    slower read."""
+    for fingerprints, scope in pairs:
+        try:
+            fingerprints.keep_copy(scope)
+        except CustomerioError as error:
+            logger.warning(
+                "customerio: the copy of the source-row hashes of %s was not made (%s):"
+                " the next load reads them the slower way",
+                scope,
+                type(error).__name__,
+            )
 
 
 class _LoadSteps:

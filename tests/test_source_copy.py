@@ -16,9 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cio_destination import customerio, customerio_adapter, dry_run
+from cio_destination import customerio, customerio_adapter, dry_run, loads
 from cio_destination.emulator import Emulator
-from cio_destination.loads import LoadMappings
 from cio_destination.state import TABLES, PipelineState, stored_state
 from cio_destination.state.backend import SqlStore, StateFile
 from cio_destination.state.fingerprints import KeptSources, StoredFingerprints
@@ -152,7 +151,7 @@ def test_a_load_that_dies_after_writing_leaves_no_copy(
     pipeline = make_pipeline()
     pipeline.run(arrow_people(ROWS))
     with monkeypatch.context() as patched:
-        patched.setattr(LoadMappings, "completed", lambda self: None)
+        patched.setattr(loads, "make_copies", lambda pairs: None)
         pipeline.run(arrow_people(CHANGED))  # person 2 now "team"
     assert copy_of(pipeline) is None
     mark = len(emulator.requests)
