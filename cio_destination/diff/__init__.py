@@ -87,9 +87,7 @@ class Diff:
         self.source_hashes = _int64s(self._sources[1])
         if self._kept is None:
             return items
-        keep = self._kept.changed(
-            identifiers, self.source_hashes if named is None else _int64s(hashes)
-        )
+        keep = self._kept.changed(identifiers, hashes)
         if len(keep) == items.num_rows:
             return items
         self.skipped = items.num_rows - len(keep)

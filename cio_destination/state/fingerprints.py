@@ -111,12 +111,13 @@ class Fingerprints(Protocol):
 class KeptSources:
     """The source-row hashes kept for one scope, as one load sees them: looked up in the
     database a unit at a time, until the load's rows come to `1 / BULK_READ_FACTOR` of the
-    hashes kept; then read once, in bulk, into a set.
+    hashes kept; then read once, in bulk, into an Arrow table, which each unit's hashes are
+    compared with by an anti-join that hashes the unit's side (no Python object per hash kept).
 
-    The set stays true to the database: a person whose fingerprint this process writes or
+    What was read stays true to the database: a person whose fingerprint this process writes or
     drops after it was read counts as changed (their rows are mapped, and the stored
     fingerprint has the last word). A hash covers the row's identifier (see
-    `cio_destination.diff.source_rows`), so a row whose hash is in the set
+    `cio_destination.diff.source_rows`), so a row whose hash is among those kept
     is a row kept as it is, but for a 64-bit collision.
     """
 
@@ -126,8 +127,8 @@ class KeptSources:
         self._lock = threading.Lock()
         self._seen = 0
         self._next_read = 0
-        self._hashes: set[int] | None = None
-        self._reading: Future[set[int] | None] | None = None
+        self._hashes: pa.Table | None = None
+        self._reading: Future[pa.Table | None] | None = None
         self._touched: set[str] = set()
         self.bulk = False
         """Whether the hashes were read in bulk."""
@@ -144,7 +145,7 @@ class KeptSources:
             self._reading = _reader().submit(self._read, seen)
 
     def changed(
-        self, identifiers: Sequence[str | None] | pa.Array, hashes: Sequence[int]
+        self, identifiers: Sequence[str | None] | pa.Array, hashes: Sequence[int] | pa.Array
     ) -> list[int]:
         """The positions of the rows to map: an identifier of None, or a hash that is not the
         one kept with the identifier's fingerprint (or none is kept)."""
@@ -155,23 +156,26 @@ class KeptSources:
                 self._hashes = self._read(self._seen) if reading is None else reading.result()
             known, touched = self._hashes, self._touched
             if known is not None:
-                # nothing changed is settled without a step per row in Python
+                # the hashes not kept, by Arrow (no Python object per row, nor per hash kept)
+                given = hashes if isinstance(hashes, pa.Array) else pa.array(hashes, pa.int64())
+                unit = pa.table({"h": given})
+                missing = known.join(unit, "h", join_type="right anti", use_threads=False)
                 if isinstance(identifiers, pa.Array):
                     unnamed = identifiers.null_count > 0
                 else:
                     unnamed = None in identifiers
                 if (
-                    known.issuperset(hashes)
+                    not len(missing)
                     and not unnamed
                     and (not touched or touched.isdisjoint(_listed(identifiers)))
                 ):
                     return []
                 listed = _listed(identifiers)
-                missing = set(hashes).difference(known)
+                absent = set(missing.column("h").to_pylist())
                 return [
                     at
-                    for at, (i, h) in enumerate(zip(listed, hashes, strict=True))
-                    if i is None or h in missing or i in touched
+                    for at, (i, h) in enumerate(zip(listed, given.to_pylist(), strict=True))
+                    if i is None or h in absent or i in touched
                 ]
         listed = _listed(identifiers)
         pairs = [(i, h) for i, h in zip(listed, hashes, strict=True) if i is not None]
@@ -188,7 +192,7 @@ class KeptSources:
             if self._hashes is not None or self._reading is not None:  # read, or being read
                 self._touched.update(identifiers)
 
-    def _read(self, seen: int) -> set[int] | None:
+    def _read(self, seen: int) -> pa.Table | None:
         """The hashes, read in bulk if they come to at most `BULK_READ_FACTOR` times the
         load's rows so far (`seen`); None (looked up by unit) while they are more. A read that
         finds more doubles the size of the next, so the reads that fail cost at most the one
@@ -199,13 +203,14 @@ class KeptSources:
         copy = self._fingerprints.read_copy(self._scope, most)
         if copy is not None:
             self.bulk = self.from_copy = True
-            return set(copy)
+            buffer = pa.py_buffer(copy)  # the array's own bytes, no copy
+            return pa.table({"h": pa.Array.from_buffers(pa.int64(), len(copy), [None, buffer])})
         column = self._fingerprints.read_source_hashes(self._scope, most)
         if column is None:
             self._next_read = 2 * most
             return None
         self.bulk = True
-        return set(column.to_pylist())
+        return pa.table({"h": column})
 
 
 def _listed(identifiers: Sequence[str | None] | pa.Array) -> Sequence[str | None]:
