@@ -18,11 +18,12 @@ from dlt.common.configuration.container import Container
 from dlt.common.schema import TTableSchema
 from dlt.common.schema.utils import is_dlt_table_or_column
 from dlt.common.storages.load_package import LoadPackageStateInjectableContext
+from dlt.pipeline import trace
 
 from cio_destination.configuration import CustomerioConfiguration
 from cio_destination.diff import Diff
 from cio_destination.diff.mirror import MirrorPlans, plan_mirror
-from cio_destination.exceptions import CustomerioTerminalError
+from cio_destination.exceptions import CustomerioError, CustomerioTerminalError
 from cio_destination.mapper import RowMapper
 from cio_destination.mapping import compile_mapping, resolve_mapping
 from cio_destination.mapping_keys import CompiledMapping
@@ -49,6 +50,8 @@ class LoadMappings:
         self._ledger: SendLedgerGuard | None = None
         self._lock = threading.Lock()
         self._kept: dict[str, KeptSources | None] = {}
+        self._dry_run = config.dry_run
+        self._fingerprints: Fingerprints | None = None
         self.context: LoadPackageStateInjectableContext | None = None
         """The load package context (one per attempt at the package) this was checked in."""
 
@@ -100,9 +103,20 @@ class LoadMappings:
         fingerprint of `scope` was kept when the load first asked (a first sync)."""
         with self._lock:
             if scope not in self._kept:
+                self._fingerprints = fingerprints
                 first_sync = not fingerprints.holds_any(scope)
                 self._kept[scope] = None if first_sync else fingerprints.kept_sources(scope)
             return self._kept[scope]
+
+    def copies_to_make(self) -> list[tuple[Fingerprints, str]]:
+        """The `changes_only` tables of the load, whose copies of their source-row hashes a
+        completed load step makes (see `make_copies`); none for a dry run, which leaves them
+        alone. The load lets go of what it compared hashes with (it is done)."""
+        with self._lock:
+            scopes, fingerprints, self._kept = list(self._kept), self._fingerprints, {}
+        if self._dry_run or fingerprints is None:
+            return []
+        return [(fingerprints, scope) for scope in scopes]
 
     def send_ledger(self, context: LoadPackageStateInjectableContext) -> SendLedgerGuard:
         """The load's send ledger guard, recording into the load package's state."""
@@ -150,6 +164,9 @@ class LoadMappings:
 
 _loads: dict[tuple[str, str], LoadMappings] = {}
 _loads_lock = threading.Lock()
+_ended: dict[str, list[tuple[Fingerprints, str]]] = {}
+"""Per working directory, the copies to make for the loads of its load step that are no longer
+current, until the step completes."""
 
 
 def load_context() -> LoadPackageStateInjectableContext | None:
@@ -183,7 +200,8 @@ def mappings_for_load(
                     state.purge_older_than(now() - config.state_retention_days * 86_400)
                 mappings.check_package(context, state, pipeline)
             for stale in [k for k in _loads if k[0] == working_dir]:
-                del _loads[stale]  # only the current load of a pipeline is needed again
+                ended = _loads.pop(stale).copies_to_make()  # the load is not needed again
+                _ended.setdefault(working_dir, []).extend(ended)
             _loads[key] = mappings
         return mappings
 
@@ -249,3 +267,58 @@ def current_load(config: CustomerioConfiguration) -> Load:
 def pipeline_state(pipeline: dlt.Pipeline, config: CustomerioConfiguration) -> PipelineState:
     """The state of the pipeline: in the database of `state_url`, else its working directory."""
     return state_for(pipeline.working_dir, pipeline.pipeline_name, config.state_location())
+
+
+def loads_completed(working_dir: str) -> None:
+    """The load step of the pipeline in `working_dir` completed: make its loads' copies."""
+    with _loads_lock:
+        pairs = [p for k, m in _loads.items() if k[0] == working_dir for p in m.copies_to_make()]
+        pairs += _ended.pop(working_dir, [])
+    make_copies(list(dict.fromkeys(pairs)))
+
+
+def make_copies(pairs: list[tuple[Fingerprints, str]]) -> None:
+    """Make the copy of the source-row hashes of each (fingerprints, scope) whose writes dropped
+    it (see `StoredFingerprints.keep_copy`); a copy not made only costs the next load the
+    slower read."""
+    for fingerprints, scope in pairs:
+        try:
+            fingerprints.keep_copy(scope)
+        except CustomerioError as error:
+            logger.warning(
+                "customerio: the copy of the source-row hashes of %s was not made (%s):"
+                " the next load reads them the slower way",
+                scope,
+                type(error).__name__,
+            )
+
+
+class _LoadSteps:
+    """dlt's tracking hooks: a load step that completed completes its loads."""
+
+    def on_start_trace(self, trace: Any, step: str, pipeline: Any) -> None:
+        pass
+
+    def on_start_trace_step(self, trace: Any, step: str, pipeline: Any) -> None:
+        pass
+
+    def on_end_trace_step(
+        self, trace: Any, step: Any, pipeline: Any, step_info: Any, send_state: bool
+    ) -> None:
+        if step.step == "load" and step.step_exception is None:
+            loads_completed(pipeline.working_dir)
+
+    def on_end_trace(self, trace: Any, pipeline: Any, send_state: bool) -> None:
+        pass
+
+
+_LOAD_STEPS = _LoadSteps()
+
+
+def install_load_steps() -> None:
+    """Register the hooks with dlt, once."""
+    if _LOAD_STEPS not in trace.TRACKING_MODULES:
+        trace.TRACKING_MODULES.append(_LOAD_STEPS)
+
+
+install_load_steps()  # with the destination: a completed load makes its copies of hashes

@@ -6,6 +6,7 @@ import datetime as dt
 import random
 from collections import Counter
 from decimal import Decimal
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -495,6 +496,14 @@ def _one_row(ident: str = "a", **columns: pa.Array) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict({"ident": pa.array([ident]), **columns})
 
 
+def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list, list] | None:
+    """`cio_destination.diff.source_rows.source_row_hashes`, its two arrays as lists."""
+    from cio_destination.diff.source_rows import source_row_hashes as hashed
+
+    found = hashed(mapper, batch)
+    return None if found is None else (found[0].to_pylist(), found[1].to_pylist())
+
+
 @pytest.mark.parametrize(
     ("first", "second", "mappings"),
     [
@@ -561,8 +570,6 @@ def _one_row(ident: str = "a", **columns: pa.Array) -> pa.RecordBatch:
 def test_source_row_hashes_tell_apart_rows_whose_text_once_read_alike(first, second, mappings):
     """`changes_only` skips a row whose source hash matches the stored one: rows that differ
     in a value, its type, its column or their mapping must never hash alike."""
-    from cio_destination.actions.identify import source_row_hashes
-
     one = source_row_hashes(mapper_for(first, **mappings[0]), first)
     other = source_row_hashes(mapper_for(second, **mappings[1]), second)
 
@@ -570,17 +577,80 @@ def test_source_row_hashes_tell_apart_rows_whose_text_once_read_alike(first, sec
     assert one[1] != other[1]
 
 
+HASHED_SCHEMA = pa.schema(
+    [
+        ("ident", pa.string()),
+        ("name", pa.string()),
+        ("note", pa.large_string()),
+        ("n", pa.int64()),
+        ("small", pa.int8()),
+        ("f", pa.float64()),
+        ("yes", pa.bool_()),
+        ("at", pa.timestamp("ms", "UTC")),
+    ]
+)
+HASHED_ROWS = st.fixed_dictionaries(
+    {
+        "name": st.one_of(st.none(), st.text(max_size=4)),
+        "note": st.one_of(st.none(), st.text(max_size=4)),
+        "n": st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+        "small": st.one_of(st.none(), st.integers(-128, 127)),
+        "f": st.one_of(st.none(), st.floats(allow_nan=False)),
+        "yes": st.one_of(st.none(), st.booleans()),
+        "at": st.one_of(
+            st.none(), st.datetimes(timezones=st.just(dt.timezone.utc)).map(lambda d: d)
+        ),
+    }
+)
+
+
+@given(
+    rows=st.lists(HASHED_ROWS, min_size=1, max_size=12),
+    split=st.integers(0, 12),
+    changed=st.lists(st.sampled_from(HASHED_SCHEMA.names[1:]), min_size=12, max_size=12),
+)
+def test_source_row_hashes_are_each_rows_own_and_tell_rows_apart(
+    rows: list[dict], split: int, changed: list[str]
+):
+    """A row's hash is the row's alone (the same in any batch, split anywhere), and rows that
+    differ in any value (as their column's type holds it) hash apart: the first row, and the
+    others as it with one value changed."""
+    people = pa.Table.from_pylist(
+        [{"ident": f"p{at}", **row} for at, row in enumerate(rows)], schema=HASHED_SCHEMA
+    )
+    mapper = mapper_for(people.to_batches()[0])
+    split_up = pa.Table.from_batches(
+        [*people.slice(0, split).to_batches(), *people.slice(split).to_batches()]
+    )
+    together = source_row_hashes(mapper, split_up)
+    assert together is not None
+    assert together[1] == [
+        source_row_hashes(mapper, people.slice(at, 1))[1][0] for at in range(len(rows))
+    ]
+    edited = [rows[0]] + [
+        {**rows[0], c: row[c]} for row, c in zip(rows[1:], changed[: len(rows) - 1], strict=True)
+    ]
+    one_person = pa.Table.from_pylist(
+        [{"ident": "p", **row} for row in edited], schema=HASHED_SCHEMA
+    )
+    held: dict[int, bytes] = {}
+    for at, row in enumerate(one_person.to_pylist()):
+        hashed = source_row_hashes(mapper, one_person.slice(at, 1))[1][0]
+        key = orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
+        assert held.setdefault(hashed, key) == key
+
+
 def test_source_row_hashes_are_the_stored_form():
-    """The form stored with fingerprints: XXH3-64 of the row's text values back to back, then
-    behind a comma each the byte length of each text and the text of each other value (a null
-    as "~"), seeded with the mapping and the columns' names and types in that order, read as a
-    signed number. The same row hashes alike in any batch, as string or large_string; it hashes
-    otherwise than the blake2b form stored before (`cio-source-row-2`)."""
+    """The form stored with fingerprints (`cio-source-row-4`): XXH3-64 of the row's text values
+    back to back, seeded with the mapping and the columns' names and types in order; then per
+    column, in order, a 64-bit word (a text's byte length, a number's bits, a null number 0),
+    and one word of which numbers have a value, each XORed in and mixed by splitmix64's
+    finalizer; read as a signed number. The same row hashes alike in any batch, as string or
+    large_string; it hashes otherwise than the form stored before (`cio-source-row-3`)."""
     import hashlib
+    import struct
 
     import xxhash
-
-    from cio_destination.actions.identify import source_row_hashes
 
     batch = pa.RecordBatch.from_pylist(
         [
@@ -592,23 +662,26 @@ def test_source_row_hashes_are_the_stored_form():
 
     identifiers, hashes = source_row_hashes(mapper, batch)
 
-    def hashed(layout: list, texts: list[str], person: bytes) -> list[int]:
+    def seed(layout: list, person: bytes) -> int:
         settings = orjson.dumps([{"action": "identify", "identifier": "ident"}, [], layout])
-        if person == b"cio-source-row-2":
-            salt = hashlib.blake2b(settings, digest_size=16).digest()
-            digests = [
-                hashlib.blake2b(t.encode(), digest_size=8, salt=salt, person=person).digest()
-                for t in texts
-            ]
-        else:
-            seed = hashlib.blake2b(settings, digest_size=8, person=person).digest()
-            digests = [
-                xxhash.xxh3_64_digest(t.encode(), int.from_bytes(seed, "big")) for t in texts
-            ]
-        return [int.from_bytes(d, "big", signed=True) for d in digests]
+        return int.from_bytes(hashlib.blake2b(settings, digest_size=8, person=person).digest())
 
-    layout = [["ident", "text"], ["s", "text"], ["n", "int64"], ["f", "double"]]
-    expected = hashed(layout, ["ax,1,1,1,2.5", "bü,1,2,~,~"], b"cio-source-row-3")
+    def mixed(z: int) -> int:
+        z ^= z >> 30
+        z = z * 0xBF58476D1CE4E5B9 % 2**64
+        z ^= z >> 27
+        z = z * 0x94D049BB133111EB % 2**64
+        return z ^ z >> 31
+
+    def hashed(text: str, words: list[int]) -> int:
+        layout = [["ident", "text"], ["n", "int64"], ["s", "text"], ["f", "double"]]
+        h = xxhash.xxh3_64_intdigest(text.encode(), seed(layout, b"cio-source-row-4"))
+        for word in words:
+            h = mixed(h ^ word)
+        return h - 2**64 if h >= 2**63 else h
+
+    bits = struct.unpack("<Q", struct.pack("<d", 2.5))[0]
+    expected = [hashed("ax", [1, 1, 1, bits, 0b11]), hashed("bü", [1, 0, 2, 0, 0b00])]
     assert identifiers == ["a", "b"]
     assert hashes == expected
     assert source_row_hashes(mapper, batch.slice(1, 1))[1] == expected[1:]
@@ -617,9 +690,12 @@ def test_source_row_hashes_are_the_stored_form():
         names=batch.schema.names,
     )
     assert source_row_hashes(mapper, large) == (identifiers, expected)
-    before = [["ident", "text"], ["n", "int64"], ["s", "text"], ["f", "double"]]
-    older = hashed(before, ["1:a1:11:x3:2.5", "1:b-2:ü-"], b"cio-source-row-2")
-    assert not set(older) & set(hashes)
+    before = [["ident", "text"], ["s", "text"], ["n", "int64"], ["f", "double"]]
+    older = [
+        int.from_bytes(xxhash.xxh3_64_digest(t.encode(), seed(before, b"cio-source-row-3")))
+        for t in ["ax,1,1,1,2.5", "bü,1,2,~,~"]
+    ]
+    assert not {o - 2**64 if o >= 2**63 else o for o in older} & set(hashes)
 
 
 def test_a_chunked_table_maps_as_its_rows_and_an_empty_one_as_nothing():
@@ -685,8 +761,6 @@ def test_a_mapped_column_missing_from_the_batch_maps_as_null(mapping: dict):
 
 
 def test_source_row_hashes_without_the_identifier_column_hash_nothing():
-    from cio_destination.actions.identify import source_row_hashes
-
     batch = pa.RecordBatch.from_pylist([{"name": "Ann"}])
     columns = {"name": {"name": "name"}}
     declared = {"action": "identify", "identifier": "ident", "changes_only": True}

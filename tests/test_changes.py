@@ -397,8 +397,32 @@ def _blake2b_source_hash(row: dict) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def _xxh3_joined_source_hash(row: dict) -> int:
+    """The source hash as versions before the column-wise hash stored it (`cio-source-row-3`):
+    XXH3-64 of the row's texts back to back, then behind a comma each the byte length of each
+    text and the text of each other value, seeded with the mapping and the columns' layout."""
+    import hashlib
+
+    import xxhash
+
+    settings = [
+        {"action": "identify", "changes_only": True, "identifier": "uid"},
+        [],
+        [["plan", "text"], ["city", "text"], ["uid", "int64"], ["score", "int64"]],
+    ]
+    texts = [row["plan"], row["city"]]
+    listed = [str(len(t.encode())) for t in texts] + [str(row["uid"]), str(row["score"])]
+    seed = hashlib.blake2b(orjson.dumps(settings), digest_size=8, person=b"cio-source-row-3")
+    digest = xxhash.xxh3_64_digest(
+        ("".join(texts) + "," + ",".join(listed)).encode(), int.from_bytes(seed.digest(), "big")
+    )
+    return int.from_bytes(digest, "big", signed=True)
+
+
 @pytest.mark.parametrize(
-    "older", [_old_source_hash, _blake2b_source_hash], ids=["unframed", "blake2b-framed"]
+    "older",
+    [_old_source_hash, _blake2b_source_hash, _xxh3_joined_source_hash],
+    ids=["unframed", "blake2b-framed", "xxh3-joined"],
 )
 def test_source_hashes_stored_by_an_older_version_resend_nobody(
     emulator: Emulator, make_pipeline, older

@@ -171,6 +171,37 @@ def test_the_layout_version_is_recorded_and_a_newer_one_refused(tmp_path: Path):
         SqlStore(url, None, TABLES, "k")
 
 
+@pytest.mark.parametrize("kind", ["file", "sqlite_url", "duckdb_url"])
+def test_a_store_of_layout_1_is_migrated_to_keep_copies_of_source_hashes(tmp_path: Path, kind: str):
+    """Layout 2 added `cio_source_hashes`; a store of layout 1 gets it on open, its
+    fingerprints kept, and records layout 2 (a release of layout 1, which would write
+    fingerprints without dropping the copies, then refuses the store)."""
+
+    def opened() -> StateStore:
+        if kind == "file":
+            return StateFile(tmp_path / "state.sqlite", TABLES, "p")
+        url = sqlite_url(tmp_path) if kind == "sqlite_url" else duckdb_url(tmp_path)
+        return SqlStore(url, None, TABLES, "k")
+
+    store = opened()
+    PipelineState(store, "p").fingerprints.remember("p/t", {"u": {"r": 1, "a": {}, "s": 7}})
+    with store.transaction() as tx:  # back to layout 1
+        tx.execute("DROP TABLE {cio_source_hashes}")
+        tx.execute("UPDATE {cio_state_meta} SET value = '1' WHERE name = 'schema_version'")
+    store.close()
+
+    store = opened()
+
+    assert store.read("SELECT value FROM {cio_state_meta} WHERE name = 'schema_version'") == [
+        ("2",)
+    ]
+    fingerprints = PipelineState(store, "p").fingerprints
+    assert fingerprints.read_copy("p/t", 10) is None
+    fingerprints.keep_copy("p/t")
+    assert list(fingerprints.read_copy("p/t", 10) or []) == [7]
+    store.close()
+
+
 def test_a_state_file_of_the_layout_before_versions_is_migrated(tmp_path: Path):
     path = tmp_path / "state.sqlite"
     with sqlite3.connect(path) as db:
@@ -285,6 +316,7 @@ def test_only_the_ledger_s_claims_are_synced_to_disk_before_they_return(tmp_path
     assert synced == [
         ("claim", 2),
         ("sent", 1),
+        ("fingerprints", 1),  # the copy of the scope's source-row hashes dropped first
         ("fingerprints", 1),
         ("rejects", 1),
         ("reports", 1),

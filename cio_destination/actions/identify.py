@@ -3,22 +3,17 @@
 Several rows for one person in a batch collapse into one operation, merged in row order: the same
 end state as sending them one by one, but immune to requests being reordered. The columnar builder
 writes the operations of a whole RecordBatch with Arrow kernels; a person who appears twice, and
-any row a column check flags, go through the row path. `source_row_hashes` lets `changes_only`
-skip rows whose mapped values are as when their person was last accepted.
+any row a column check flags, go through the row path. (`changes_only` skips rows whose mapped
+values are as when their person was last accepted: `cio_destination.diff.source_rows`.)
 """
 
 from __future__ import annotations
 
-import hashlib
-from array import array
 from collections.abc import Iterable, Mapping
-from itertools import repeat
 from typing import Any
 
 import orjson
-import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 
 from cio_destination.actions.columns import RowPath, by_row_path, finish, timestamp_pieces
 from cio_destination.actions.rows import Builder, RowReader, as_reject
@@ -29,7 +24,7 @@ from cio_destination.actions.spec import (
     Columnar,
     MappingProblem,
 )
-from cio_destination.arrow_json import as_binary, is_text, json_string_body, object_pieces
+from cio_destination.arrow_json import json_string_body, object_pieces
 from cio_destination.entries import Entry, Mapped, Rejection, Row
 from cio_destination.limits import (
     MAX_ATTRIBUTES_PER_IDENTIFY,
@@ -42,7 +37,6 @@ from cio_destination.limits import (
     identifier_flags,
 )
 from cio_destination.mapping_keys import TableMapping
-from cio_destination.values import is_temporal
 
 
 def identify_op(reader: RowReader, row: Row, dropped: list[str] | None) -> dict[str, Any]:
@@ -211,104 +205,6 @@ def batch_columns(
     if mapping.clear_nulls:
         return None
     return [mapping.identifier, *reader.compiled.attribute_columns, mapping.timestamp]
-
-
-def source_row_hashes(reader: RowReader, batch: Any) -> tuple[list[Any], list[int]] | None:
-    """Per row of an identify batch: its identifier text and a 64-bit hash of its mapped values.
-
-    `changes_only` compares these with the hashes stored when the person was last accepted and
-    maps only the rows that differ. None when a column's type has no plain text form here, or
-    an identifier repeats in the batch (then the order of the rows matters: map them all).
-
-    Two rows hash alike only if they are the same row under the same mapping. The bytes hashed
-    are the row's text values back to back, then, each behind a comma, the byte length of each
-    text value and the text of each other value (numbers, booleans, dates: Arrow's text of
-    them holds no comma and is never `~`), a null as `~`. Read from the end, those parts are
-    as many as the columns and hold no comma, and the lengths cut the texts apart: different
-    values never give the same bytes, whatever the texts hold (see `cio_destination.framing`
-    for why a separator alone is not enough). The hash, XXH3-64 (stable across releases and
-    platforms: never Python's or DuckDB's `hash()`), is seeded with the mapping and with the
-    name and type of every column hashed, in order, so no value can pass for another column
-    or another type (`0`, `"0"` and `0.0`; seconds and milliseconds). Hashes stored by an
-    older encoding simply differ: such a row is mapped again, and the whole-operation hash of
-    its fingerprint settles that it is unchanged.
-    """
-    mapping = reader.mapping
-    names = set(batch.schema.names)
-    if mapping.identifier not in names:
-        return None  # every row is rejected: nothing to skip
-    ident = batch.column(mapping.identifier)
-    ident = pc.cast(ident, pa.string()) if pa.types.is_integer(ident.type) else ident
-    if not is_text(ident.type):
-        return None
-    if repeated_values(ident) is not None:
-        return None
-    columns = _hashed_texts(reader, batch)
-    if columns is None:
-        return None
-    texts, others, layout = columns
-    listed = [*(pc.cast(pc.binary_length(text), pa.string()) for text in texts), *others]
-    rows = pc.binary_join_element_wise(*listed, ",", null_handling="replace", null_replacement="~")
-    if not pc.all(pc.equal(pc.count_substring(rows, ","), len(listed) - 1)).as_py():
-        return None  # a value with a comma in it: never expected, so never skipped
-    if texts:
-        if len({text.type for text in texts}) > 1:  # string and large_string: join as large
-            texts = [pc.cast(text, pa.large_string()) for text in texts]
-        kind = texts[0].type
-        head = pc.binary_join_element_wise(
-            *texts, pa.scalar("", kind), null_handling="replace", null_replacement=""
-        )
-        rows = pc.binary_join_element_wise(head, rows.cast(kind), pa.scalar(",", kind))
-    settings = [
-        mapping.model_dump(mode="json", exclude_defaults=True),
-        sorted(reader.compiled.json_columns),
-        layout,
-    ]
-    salt = hashlib.blake2b(
-        orjson.dumps(settings, option=orjson.OPT_SORT_KEYS),
-        digest_size=8,
-        person=_SOURCE_HASH_PERSON,
-    )
-    seed = repeat(int.from_bytes(salt.digest(), "big"))
-    unsigned = array("Q", map(xxhash.xxh3_64_intdigest, as_binary(rows).to_pylist(), seed))
-    return ident.to_pylist(), array("q", unsigned.tobytes()).tolist()  # read as signed
-
-
-_SOURCE_HASH_PERSON = b"cio-source-row-3"
-
-
-def _hashed_texts(
-    reader: RowReader, batch: Any
-) -> tuple[list[Any], list[Any], list[list[str]]] | None:
-    """The mapped columns as `source_row_hashes` hashes them: the text columns, the others
-    as their text, and the layout (the name and type of each, in the order hashed)."""
-    mapping = reader.mapping
-    names = set(batch.schema.names)
-    columns = [mapping.identifier, *reader.compiled.attribute_columns]
-    if mapping.timestamp:
-        columns.append(mapping.timestamp)
-    texts, others, text_layout, other_layout = [], [], [], []
-    for name in columns:
-        if name not in names:
-            continue
-        column = batch.column(name)
-        kind = column.type
-        if is_text(kind):
-            texts.append(column)
-            text_layout.append([name, "text"])
-            continue
-        if is_temporal(kind):
-            column = pc.cast(column, pa.int64()) if pa.types.is_timestamp(kind) else column
-        elif not (
-            pa.types.is_integer(kind)
-            or pa.types.is_floating(kind)
-            or pa.types.is_boolean(kind)
-            or pa.types.is_decimal(kind)
-        ):
-            return None
-        others.append(pc.cast(column, pa.string()))
-        other_layout.append([name, str(kind)])
-    return texts, others, text_layout + other_layout
 
 
 def _check(mapping: TableMapping) -> None:

@@ -13,16 +13,18 @@ or failed send is tried again in full.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from itertools import chain
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from dlt.common.typing import TDataItems
 
-from cio_destination.actions.identify import source_row_hashes
 from cio_destination.diff.changes import Changes, only_changes
 from cio_destination.diff.columnar import accepted_rows, block_fingerprints, split_block
 from cio_destination.diff.mirror import MirrorPlan, MirrorPlans
+from cio_destination.diff.source_rows import source_row_hashes
 from cio_destination.entries import Entry, EntryBlock, Mapped
 from cio_destination.mapper import RowMapper
 from cio_destination.state.fingerprints import Fingerprint, Fingerprints, KeptSources
@@ -57,8 +59,8 @@ class Diff:
         self._changes: Changes | None = None
         self._pending: pa.Table | None = None
         self._mirror: MirrorPlan | None = None
-        self._sources: tuple[list[str], list[int]] | None = None
-        self.source_hashes: list[int] | None = None
+        self._sources: tuple[pa.Array, pa.Array] | None = None
+        self.source_hashes: array[int] | None = None
         """The source-row hashes of an Arrow batch (of its rows with an identifier), kept with
         its fingerprints (None: none)."""
         self.skipped = 0
@@ -75,12 +77,14 @@ class Diff:
         if hashed is None:
             return items
         identifiers, hashes = hashed
-        if None in identifiers:  # rows that will be rejected have no source hash to keep
-            named = [(i, h) for i, h in zip(identifiers, hashes, strict=True) if i is not None]
-            self._sources = ([i for i, _ in named], [h for _, h in named])
-        else:
-            self._sources = (identifiers, hashes)
-        self.source_hashes = self._sources[1]
+        named = pc.is_valid(identifiers) if identifiers.null_count else None
+        # rows that will be rejected (no identifier) have no source hash to keep
+        self._sources = (
+            (identifiers, hashes)
+            if named is None
+            else (identifiers.filter(named), hashes.filter(named))
+        )
+        self.source_hashes = _int64s(self._sources[1])
         if self._kept is None:
             return items
         keep = self._kept.changed(identifiers, hashes)
@@ -104,7 +108,11 @@ class Diff:
                 self._mapper.compiled.attribute_columns,
                 self._fingerprints,
                 self._scope,
-                dict(zip(*sources, strict=True)) if sources and entries else None,
+                (
+                    dict(zip(sources[0].to_pylist(), sources[1].to_pylist(), strict=True))
+                    if sources and entries
+                    else None
+                ),
                 first_sync=self._kept is None,
                 previous=previous,
             )
@@ -133,11 +141,7 @@ class Diff:
         new, known = split_block(block, set(previous))
         if new:
             sources = self._sources
-            arrays = (
-                (pa.array(sources[0], pa.string()), pa.array(sources[1], pa.int64()))
-                if sources
-                else None
-            )
+            arrays = (sources[0].cast(pa.string()), sources[1]) if sources else None
             self._pending = block_fingerprints(new, self._mapper.compiled, arrays)
             if self._pending is None:  # a column the column forms do not cover
                 return None, [*new, *known, *mapped.entries], previous
@@ -172,3 +176,10 @@ class Diff:
                 self._fingerprints.forget(self._scope, mirror.removed)  # a comeback is sent in full
         else:
             self._mirrors.give_back(mirror)
+
+
+def _int64s(values: pa.Array) -> array[int]:
+    """An int64 Arrow array with no nulls as an `array` (its buffer's bytes, no Python int)."""
+    numbers = array("q")
+    numbers.frombytes(memoryview(values.buffers()[1])[values.offset * 8 :][: len(values) * 8])
+    return numbers

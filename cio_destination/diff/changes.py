@@ -131,8 +131,9 @@ def only_changes(
     sources = source_hashes or {}
     if first_sync:
         previous = {}
-    elif previous is None:
-        previous = fingerprints.fingerprints_of(scope, [entry.row_key for entry in entries])
+    elif previous is None:  # (none to look up: no round trip)
+        keys = [entry.row_key for entry in entries]
+        previous = fingerprints.fingerprints_of(scope, keys) if keys else {}
     mapped = set(attribute_columns)
     changes = Changes(entries=[])
     for entry in entries:

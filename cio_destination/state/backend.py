@@ -47,7 +47,7 @@ from cio_destination.exceptions import (
 
 STATE_DIR = "customerio"
 STATE_FILE = "state.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The layout of the state tables this release writes (recorded in `cio_state_meta`)."""
 
 _META = """

@@ -9,12 +9,23 @@ A load that compares many rows reads the scope's source-row hashes once, in bulk
 (`StoredFingerprints.kept_sources`; the read starts on a helper thread while the load's first
 rows are hashed, `KeptSources.prefetch`), instead of looking its rows up a unit at a time; the
 columnar diff writes a unit's fingerprints as one Arrow table (`remember_table`).
+
+The bulk read is one round trip where the scope's **copy of its source-row hashes** is kept
+(`cio_source_hashes`: the scope's source-row hashes, and nothing else, as one blob of 64-bit
+numbers). The per-person table stays the truth, and the copy holds exactly its hashes or is
+not kept: this process drops it before its first write to the scope since the copy was made
+(`_before_write`), an erasure drops the copies of every scope of the pipeline in its own
+transaction, and a load that completed makes it again from the per-person table (`keep_copy`,
+at the end of the load). No copy (a first sync, a load that died, an older store) only means
+the slower read.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
@@ -79,6 +90,15 @@ class Fingerprints(Protocol):
         """Every source-row hash kept for `scope`, in one read; None if there are over `most`."""
         ...
 
+    def read_copy(self, scope: str, most: int) -> array[int] | None:
+        """The scope's copy of its source-row hashes (see `StoredFingerprints`), in one
+        round trip; None if none is kept, or it holds over `most`."""
+        ...
+
+    def keep_copy(self, scope: str) -> None:
+        """Make the scope's copy of its source-row hashes, unless it is known current."""
+        ...
+
     def forget(self, scope: str, identifiers: Sequence[str]) -> None:
         """Drop fingerprints (the people were removed from Customer.io)."""
         ...
@@ -91,12 +111,13 @@ class Fingerprints(Protocol):
 class KeptSources:
     """The source-row hashes kept for one scope, as one load sees them: looked up in the
     database a unit at a time, until the load's rows come to `1 / BULK_READ_FACTOR` of the
-    hashes kept; then read once, in bulk, into a set.
+    hashes kept; then read once, in bulk, into an Arrow table, which each unit's hashes are
+    compared with by an anti-join that hashes the unit's side (no Python object per hash kept).
 
-    The set stays true to the database: a person whose fingerprint this process writes or
+    What was read stays true to the database: a person whose fingerprint this process writes or
     drops after it was read counts as changed (their rows are mapped, and the stored
     fingerprint has the last word). A hash covers the row's identifier (see
-    `cio_destination.actions.identify.source_row_hashes`), so a row whose hash is in the set
+    `cio_destination.diff.source_rows`), so a row whose hash is among those kept
     is a row kept as it is, but for a 64-bit collision.
     """
 
@@ -106,11 +127,13 @@ class KeptSources:
         self._lock = threading.Lock()
         self._seen = 0
         self._next_read = 0
-        self._hashes: set[int] | None = None
-        self._reading: Future[set[int] | None] | None = None
+        self._hashes: pa.Table | None = None
+        self._reading: Future[pa.Table | None] | None = None
         self._touched: set[str] = set()
         self.bulk = False
         """Whether the hashes were read in bulk."""
+        self.from_copy = False
+        """Whether that read was of the scope's copy of its hashes (one round trip)."""
 
     def prefetch(self, rows: int) -> None:
         """Start, on a helper thread, the read that `changed` would make for `rows` more rows,
@@ -121,7 +144,9 @@ class KeptSources:
             seen = self._seen + rows
             self._reading = _reader().submit(self._read, seen)
 
-    def changed(self, identifiers: Sequence[str | None], hashes: Sequence[int]) -> list[int]:
+    def changed(
+        self, identifiers: Sequence[str | None] | pa.Array, hashes: Sequence[int] | pa.Array
+    ) -> list[int]:
         """The positions of the rows to map: an identifier of None, or a hash that is not the
         one kept with the identifier's fingerprint (or none is kept)."""
         with self._lock:
@@ -131,20 +156,33 @@ class KeptSources:
                 self._hashes = self._read(self._seen) if reading is None else reading.result()
             known, touched = self._hashes, self._touched
             if known is not None:
-                # set operations first: nothing changed is settled without a step per row
-                missing = set(hashes).difference(known)
-                if missing or None in identifiers or not touched.isdisjoint(identifiers):
-                    return [
-                        at
-                        for at, (i, h) in enumerate(zip(identifiers, hashes, strict=True))
-                        if i is None or h in missing or i in touched
-                    ]
-                return []
-        pairs = [(i, h) for i, h in zip(identifiers, hashes, strict=True) if i is not None]
+                # the hashes not kept, by Arrow (no Python object per row, nor per hash kept)
+                given = hashes if isinstance(hashes, pa.Array) else pa.array(hashes, pa.int64())
+                unit = pa.table({"h": given})
+                missing = known.join(unit, "h", join_type="right anti", use_threads=False)
+                if isinstance(identifiers, pa.Array):
+                    unnamed = identifiers.null_count > 0
+                else:
+                    unnamed = None in identifiers
+                if (
+                    not len(missing)
+                    and not unnamed
+                    and (not touched or touched.isdisjoint(_listed(identifiers)))
+                ):
+                    return []
+                listed = _listed(identifiers)
+                absent = set(missing.column("h").to_pylist())
+                return [
+                    at
+                    for at, (i, h) in enumerate(zip(listed, given.to_pylist(), strict=True))
+                    if i is None or h in absent or i in touched
+                ]
+        listed = _listed(identifiers)
+        pairs = [(i, h) for i, h in zip(listed, hashes, strict=True) if i is not None]
         found = self._fingerprints.changed_sources(self._scope, pairs)
         return [
             at
-            for at, pair in enumerate(zip(identifiers, hashes, strict=True))
+            for at, pair in enumerate(zip(listed, hashes, strict=True))
             if pair[0] is None or pair in found
         ]
 
@@ -154,7 +192,7 @@ class KeptSources:
             if self._hashes is not None or self._reading is not None:  # read, or being read
                 self._touched.update(identifiers)
 
-    def _read(self, seen: int) -> set[int] | None:
+    def _read(self, seen: int) -> pa.Table | None:
         """The hashes, read in bulk if they come to at most `BULK_READ_FACTOR` times the
         load's rows so far (`seen`); None (looked up by unit) while they are more. A read that
         finds more doubles the size of the next, so the reads that fail cost at most the one
@@ -162,12 +200,21 @@ class KeptSources:
         most = max(BULK_READ_FACTOR * seen, _FIRST_BULK_READ)
         if most < self._next_read:
             return None
+        copy = self._fingerprints.read_copy(self._scope, most)
+        if copy is not None:
+            self.bulk = self.from_copy = True
+            buffer = pa.py_buffer(copy)  # the array's own bytes, no copy
+            return pa.table({"h": pa.Array.from_buffers(pa.int64(), len(copy), [None, buffer])})
         column = self._fingerprints.read_source_hashes(self._scope, most)
         if column is None:
             self._next_read = 2 * most
             return None
         self.bulk = True
-        return set(column.to_pylist())
+        return pa.table({"h": column})
+
+
+def _listed(identifiers: Sequence[str | None] | pa.Array) -> Sequence[str | None]:
+    return identifiers.to_pylist() if isinstance(identifiers, pa.Array) else identifiers
 
 
 _writers: weakref.WeakKeyDictionary[StateStore, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
@@ -218,8 +265,14 @@ class StoredFingerprints:
             source_hash BIGINT,
             PRIMARY KEY (scope, identifier)
         )""",
+        """CREATE TABLE IF NOT EXISTS {cio_source_hashes} (
+            scope TEXT PRIMARY KEY,
+            size BIGINT,
+            hashes {blob}
+        )""",
     )
-    """The tables it keeps."""
+    """The tables it keeps: the fingerprints, and per scope the copy of their source-row
+    hashes (`hashes`: `size` 64-bit numbers, big-endian; NULL: no copy kept)."""
     _COLUMNS = ("scope", "identifier", "row_hash", "attributes", "source_hash")
 
     def __init__(self, store: StateStore, pipeline_name: str) -> None:
@@ -228,6 +281,11 @@ class StoredFingerprints:
         self._writing: list[Future[None]] = []
         self._lock = threading.Lock()
         self._scopes: weakref.WeakKeyDictionary[KeptSources, str] = weakref.WeakKeyDictionary()
+        self._dropped: set[str] = set()
+        """Scopes whose copy this process dropped since it last made one."""
+        self._copied: set[str] = set()
+        """Scopes whose copy this process read or made, and has not dropped since."""
+        self._copy_lock = threading.Lock()
 
     def kept_sources(self, scope: str) -> KeptSources:
         kept = KeptSources(self, scope)
@@ -243,6 +301,76 @@ class StoredFingerprints:
             pa.schema([("source_hash", pa.int64())]),
         )
         return None if len(table) > most else table.column(0).combine_chunks()
+
+    def read_copy(self, scope: str, most: int) -> array[int] | None:
+        found = self._db.read(
+            "SELECT hashes FROM {cio_source_hashes} WHERE scope = ? AND hashes IS NOT NULL"
+            " AND size <= ?",
+            [scope, most],
+        )
+        if not found:
+            return None
+        hashes = array("q")
+        hashes.frombytes(found[0][0])
+        if sys.byteorder == "little":
+            hashes.byteswap()
+        with self._copy_lock:
+            if scope not in self._dropped:
+                self._copied.add(scope)
+        return hashes
+
+    def _before_write(self, scope: str) -> None:
+        """Drop the scope's copy of its hashes, committed before the write that follows (once
+        per copy: later writes find none to drop)."""
+        with self._copy_lock:
+            if scope in self._dropped:
+                return
+            with self._store.transaction() as tx:
+                tx.execute(
+                    "UPDATE {cio_source_hashes} SET size = NULL, hashes = NULL"
+                    " WHERE scope = ? AND hashes IS NOT NULL",
+                    [scope],
+                )
+            self._dropped.add(scope)
+            self._copied.discard(scope)
+
+    def keep_copy(self, scope: str) -> None:
+        """Make the scope's copy of its source-row hashes from the fingerprints kept, unless
+        the one there is known to be current: at the end of a load that completed, when no
+        other run writes the scope (one run of a pipeline at a time)."""
+        store = self._db  # the writes behind are done
+        with self._copy_lock:
+            if scope in self._copied:
+                return
+            with store.transaction() as tx:
+                tx.execute(
+                    "INSERT INTO {cio_source_hashes} (scope, size, hashes) VALUES (?, NULL, NULL)"
+                    " ON CONFLICT (scope) DO NOTHING",
+                    [scope],
+                )
+                if store.arrays:  # PostgreSQL: the copy made by the server, in one statement
+                    tx.execute(
+                        "UPDATE {cio_source_hashes} SET (size, hashes) = (SELECT count(*),"
+                        " COALESCE(string_agg(int8send(source_hash), ''::bytea), ''::bytea)"
+                        " FROM {cio_fingerprints} WHERE scope = ? AND source_hash IS NOT NULL)"
+                        " WHERE scope = ?",
+                        [scope, scope],
+                    )
+                else:
+                    rows = tx.execute(
+                        "SELECT source_hash FROM {cio_fingerprints} WHERE scope = ?"
+                        " AND source_hash IS NOT NULL",
+                        [scope],
+                    )
+                    hashes = array("q", (row[0] for row in rows))
+                    if sys.byteorder == "little":
+                        hashes.byteswap()
+                    tx.execute(
+                        "UPDATE {cio_source_hashes} SET size = ?, hashes = ? WHERE scope = ?",
+                        [len(hashes), hashes.tobytes(), scope],
+                    )
+            self._dropped.discard(scope)
+            self._copied.add(scope)
 
     def _touch(self, scope: str | None, identifiers: Any) -> None:
         """Tell the loads watching `scope` (None: every scope) of written or dropped people."""
@@ -318,7 +446,9 @@ class StoredFingerprints:
         rows = [
             (scope, k, v["r"], orjson.dumps(v["a"]), v.get("s")) for k, v in fingerprints.items()
         ]
-        with self._db.transaction() as tx:
+        store = self._db
+        self._before_write(scope)
+        with store.transaction() as tx:
             keys = ("scope", "identifier")
             tx.upsert("cio_fingerprints", self._COLUMNS, keys, rows, distinct=True)  # a dict's
         self._touch(scope, fingerprints)
@@ -336,6 +466,7 @@ class StoredFingerprints:
                 )
 
         self._touch(scope, fingerprints.column("identifier"))
+        self._before_write(scope)  # committed before the write behind starts
         store = self._db  # the writes before this one are done
         with self._lock:
             self._writing.append(_writer(store).submit(write))
@@ -355,13 +486,24 @@ class StoredFingerprints:
         return self._store
 
     def forget(self, scope: str, identifiers: Sequence[str]) -> None:
-        with self._db.transaction() as tx:
+        if not identifiers:
+            return
+        store = self._db
+        self._before_write(scope)
+        with store.transaction() as tx:
             tx.delete_in("cio_fingerprints", "scope = ?", [scope], "identifier", identifiers)
         self._touch(scope, identifiers)
 
     def erase(self, identifiers: Sequence[str]) -> None:
         """Drop these people's fingerprints from every table of the pipeline (an erasure)."""
         where, params = pipeline_scopes(self._pipeline)
-        with self._db.transaction() as tx:
+        store = self._db
+        with self._copy_lock, store.transaction() as tx:
             tx.delete_in("cio_fingerprints", where, params, "identifier", identifiers)
+            tx.execute(  # no copy of the pipeline's hashes is left (one may hold theirs)
+                "UPDATE {cio_source_hashes} SET size = NULL, hashes = NULL"
+                f" WHERE {where} AND hashes IS NOT NULL",
+                params,
+            )
+            self._copied.clear()
         self._touch(None, identifiers)

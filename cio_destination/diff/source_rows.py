@@ -1,0 +1,160 @@
+"""The source-row hash of `changes_only`: one 64-bit number per Arrow row of an identify table.
+
+`changes_only` keeps, with each person's fingerprint, the hash of the source row Customer.io
+last accepted (`cio_destination.state.fingerprints`), and maps only the rows whose hash is not
+one kept (`cio_destination.diff.Diff.drop_unchanged_rows`). A re-sync in which nothing changed
+spends most of its time here, so the hash is made a column at a time, with one Python call per
+row only for the text of its text columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from itertools import repeat
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from cio_destination.actions.identify import repeated_values
+from cio_destination.actions.rows import RowReader
+from cio_destination.arrow_json import as_binary, is_text
+from cio_destination.values import is_temporal
+
+__all__ = ["SOURCE_HASH_PERSON", "source_row_hashes"]
+
+SOURCE_HASH_PERSON = b"cio-source-row-4"
+"""The version of the hash (the personalisation of its seed): hashes kept by another version
+never match, so those rows are mapped once more and their fingerprints settle them."""
+
+_U64 = pa.uint64()
+_STEPS = [
+    (30, pa.scalar(0xBF58476D1CE4E5B9, _U64)),
+    (27, pa.scalar(0x94D049BB133111EB, _U64)),
+    (31, None),
+]
+"""splitmix64's finalizer: shift-xor, multiply, shift-xor, multiply, shift-xor (a bijection)."""
+_NULL_LENGTH = pa.scalar((1 << 64) - 1, _U64)
+
+
+def source_row_hashes(reader: RowReader, batch: Any) -> tuple[pa.Array, pa.Array] | None:
+    """Per row of an identify batch: its identifier text and a 64-bit hash of its mapped values
+    (int64), as two Arrow arrays.
+
+    None when a column's type is not one hashed here, or an identifier repeats in the batch
+    (then the order of the rows matters: map them all).
+
+    Two rows hash alike only if they are the same row under the same mapping, but for a 64-bit
+    collision. The hash starts from XXH3-64 (stable across releases and platforms: never
+    Python's or DuckDB's `hash()`) of the row's text values back to back, seeded with the
+    mapping and the name and type of every column hashed, in order. Then, column by column in
+    that order, it takes in one 64-bit word each: a text value's byte length (a null: all ones),
+    or a number's, boolean's or time's bits (an integer as int64, a float as float64, a time as
+    its int64 count; a null as 0), then one word per 64 such columns of whether each has a
+    value (a bit each, in order). Each word is XORed in and mixed by splitmix64's finalizer, a
+    bijection, so rows that differ in one word always differ. The lengths cut the texts apart,
+    so different texts never give the same bytes.
+    """
+    mapping = reader.mapping
+    columns = {name: _whole(batch.column(name)) for name in batch.schema.names}
+    if mapping.identifier not in columns:
+        return None  # every row is rejected: nothing to skip
+    ident = columns[mapping.identifier]
+    ident = pc.cast(ident, pa.string()) if pa.types.is_integer(ident.type) else ident
+    if not is_text(ident.type) or repeated_values(ident) is not None:
+        return None
+    names = [mapping.identifier, *reader.compiled.attribute_columns]
+    if mapping.timestamp:
+        names.append(mapping.timestamp)
+    hashed = _hashed_columns([(name, columns[name]) for name in names if name in columns])
+    if hashed is None:
+        return None
+    texts, words, layout = hashed
+    settings = [
+        mapping.model_dump(mode="json", exclude_defaults=True),
+        sorted(reader.compiled.json_columns),
+        layout,
+    ]
+    salt = hashlib.blake2b(
+        orjson.dumps(settings, option=orjson.OPT_SORT_KEYS),
+        digest_size=8,
+        person=SOURCE_HASH_PERSON,
+    )
+    seed = repeat(int.from_bytes(salt.digest(), "big"))
+    if texts:
+        if len({text.type for text in texts}) > 1:  # string and large_string: join as large
+            texts = [pc.cast(text, pa.large_string()) for text in texts]
+        head = pc.binary_join_element_wise(
+            *texts, pa.scalar("", texts[0].type), null_handling="replace", null_replacement=""
+        )
+        values = as_binary(head).to_pylist()
+    else:
+        values = [b""] * len(ident)
+    hashes = pa.array(map(xxhash.xxh3_64_intdigest, values, seed), _U64, size=len(values))
+    for word in words:
+        hashes = _mixed(pc.bit_wise_xor(hashes, word))
+    return ident, hashes.view(pa.int64())
+
+
+def _whole(column: Any) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _mixed(words: pa.Array) -> pa.Array:
+    for shift, factor in _STEPS:
+        words = pc.bit_wise_xor(words, pc.shift_right(words, pa.scalar(shift, _U64)))
+        if factor is not None:
+            words = pc.multiply(words, factor)  # wraps around, modulo 2**64
+    return words
+
+
+def _hashed_columns(
+    columns: list[tuple[str, pa.Array]],
+) -> tuple[list[pa.Array], list[pa.Array], list[list[str]]] | None:
+    """The text columns (joined for XXH3), the 64-bit words of every column in order, and the
+    layout (the name and type of each column hashed); None for a type not hashed here."""
+    texts: list[pa.Array] = []
+    words: list[pa.Array] = []
+    layout: list[list[str]] = []
+    flags: list[pa.Array] = []  # whether each column of numbers has a value, row by row
+    for name, column in columns:
+        kind = column.type
+        if pa.types.is_decimal(kind):  # its text: one value, one text, whatever its scale
+            column, kind = pc.cast(column, pa.string()), pa.string()
+        if is_text(kind):
+            texts.append(column)
+            length = pc.cast(pc.binary_length(column), pa.int64()).view(_U64)
+            words.append(pc.fill_null(length, _NULL_LENGTH))
+            layout.append([name, "text"])
+            continue
+        bits = _bits(column)
+        if bits is None:
+            return None
+        words.append(bits)
+        flags.append(pc.cast(column.is_valid(), _U64))
+        layout.append([name, str(kind)])
+    for start in range(0, len(flags), 64):  # 64 columns' flags to a word, one bit each
+        word = flags[start]
+        for bit, flag in enumerate(flags[start + 1 : start + 64], 1):
+            word = pc.bit_wise_or(word, pc.shift_left(flag, pa.scalar(bit, _U64)))
+        words.append(word)
+    return texts, words, layout
+
+
+def _bits(column: pa.Array) -> pa.Array | None:
+    """A number's, boolean's or time's value as 64 bits (a null: 0); None for another type."""
+    kind = column.type
+    if pa.types.is_floating(kind):
+        doubles = pc.cast(column, pa.float64()) if kind != pa.float64() else column
+        return pc.fill_null(doubles, 0.0).view(_U64)
+    if pa.types.is_timestamp(kind) or is_temporal(kind):
+        column = pc.cast(column, pa.int64() if not pa.types.is_date32(kind) else pa.int32())
+    elif pa.types.is_boolean(kind):
+        column = pc.cast(column, pa.int8())
+    elif not pa.types.is_integer(kind):
+        return None
+    if kind == pa.uint64():
+        return pc.fill_null(column, 0)
+    return pc.fill_null(pc.cast(column, pa.int64()), 0).view(_U64)
