@@ -162,6 +162,29 @@ def test_a_load_that_dies_after_writing_leaves_no_copy(
     assert emulator.find_person(id="2")["attributes"]["plan"] == "free"
 
 
+@pytest.mark.slow
+def test_a_copy_another_runner_made_is_dropped_by_this_process_next_write(
+    emulator: Emulator, make_pipeline, monkeypatch: pytest.MonkeyPatch
+):
+    """This process's load dies after its writes dropped the copy; another runner's load of the
+    pipeline completes and makes the copy anew; this process's next write drops that one too
+    (a process that remembered having dropped it would leave it behind, stale)."""
+    pipeline = make_pipeline()
+    pipeline.run(arrow_people(ROWS))
+    with monkeypatch.context() as patched:
+        patched.setattr(loads, "make_copies", lambda pairs: None)
+        pipeline.run(arrow_people(CHANGED))  # its writes drop the copy; it never completes
+    store, scope = fingerprints_of(pipeline)
+    state = stored_state(pipeline)
+    assert state is not None and copy_of(pipeline) is None
+
+    StoredFingerprints(state.store, pipeline.pipeline_name).keep_copy(scope)  # the other runner
+    assert copy_of(pipeline) is not None
+
+    _write(store, scope, pipeline)
+    assert copy_of(pipeline) is None
+
+
 def kept_pipeline(emulator: Emulator, tmp_path: Path) -> dlt.Pipeline:
     """A pipeline whose dry runs use its own state store (`state_url`; without, a scratch copy
     of the local state)."""

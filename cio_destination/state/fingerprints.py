@@ -13,7 +13,7 @@ columnar diff writes a unit's fingerprints as one Arrow table (`remember_table`)
 The bulk read is one round trip where the scope's **copy of its source-row hashes** is kept
 (`cio_source_hashes`: the scope's source-row hashes, and nothing else, as one blob of 64-bit
 numbers). The per-person table stays the truth, and the copy holds exactly its hashes or is
-not kept: this process drops it before its first write to the scope since the copy was made
+not kept: every write or forget in the scope first drops it, committed ahead of the write
 (`_before_write`), an erasure drops the copies of every scope of the pipeline in its own
 transaction, and a load that completed makes it again from the per-person table (`keep_copy`,
 at the end of the load). No copy (a first sync, a load that died, an older store) only means
@@ -281,8 +281,9 @@ class StoredFingerprints:
         self._writing: list[Future[None]] = []
         self._lock = threading.Lock()
         self._scopes: weakref.WeakKeyDictionary[KeptSources, str] = weakref.WeakKeyDictionary()
-        self._dropped: set[str] = set()
-        """Scopes whose copy this process dropped since it last made one."""
+        self._drops: dict[str, int] = {}
+        """Per scope, how many times this process dropped its copy (a read that a drop
+        overtook does not count the copy it read as current)."""
         self._copied: set[str] = set()
         """Scopes whose copy this process read or made, and has not dropped since."""
         self._copy_lock = threading.Lock()
@@ -303,35 +304,40 @@ class StoredFingerprints:
         return None if len(table) > most else table.column(0).combine_chunks()
 
     def read_copy(self, scope: str, most: int) -> array[int] | None:
+        with self._copy_lock:
+            drops = self._drops.get(scope, 0)
         found = self._db.read(
             "SELECT hashes FROM {cio_source_hashes} WHERE scope = ? AND hashes IS NOT NULL"
             " AND size <= ?",
             [scope, most],
         )
         if not found:
+            with self._copy_lock:
+                self._copied.discard(scope)
             return None
         hashes = array("q")
         hashes.frombytes(found[0][0])
         if sys.byteorder == "little":
             hashes.byteswap()
         with self._copy_lock:
-            if scope not in self._dropped:
+            if self._drops.get(scope, 0) == drops:
                 self._copied.add(scope)
         return hashes
 
     def _before_write(self, scope: str) -> None:
-        """Drop the scope's copy of its hashes, committed before the write that follows (once
-        per copy: later writes find none to drop)."""
+        """Drop the scope's copy of its hashes, committed before the write that follows. Before
+        every write, not once per process: another runner may have made a copy since this
+        process last dropped one (its load failed, the other's completed), and a copy a write
+        left behind would settle rows against hashes the per-person rows no longer hold. Where
+        no copy is kept, the statement changes nothing."""
         with self._copy_lock:
-            if scope in self._dropped:
-                return
             with self._store.transaction() as tx:
                 tx.execute(
                     "UPDATE {cio_source_hashes} SET size = NULL, hashes = NULL"
                     " WHERE scope = ? AND hashes IS NOT NULL",
                     [scope],
                 )
-            self._dropped.add(scope)
+            self._drops[scope] = self._drops.get(scope, 0) + 1
             self._copied.discard(scope)
 
     def keep_copy(self, scope: str) -> None:
@@ -369,7 +375,6 @@ class StoredFingerprints:
                         "UPDATE {cio_source_hashes} SET size = ?, hashes = ? WHERE scope = ?",
                         [len(hashes), hashes.tobytes(), scope],
                     )
-            self._dropped.discard(scope)
             self._copied.add(scope)
 
     def _touch(self, scope: str | None, identifiers: Any) -> None:
