@@ -18,7 +18,6 @@ from dlt.common.configuration.container import Container
 from dlt.common.schema import TTableSchema
 from dlt.common.schema.utils import is_dlt_table_or_column
 from dlt.common.storages.load_package import LoadPackageStateInjectableContext
-from dlt.pipeline import trace
 
 from cio_destination.configuration import CustomerioConfiguration
 from cio_destination.diff import Diff
@@ -27,7 +26,7 @@ from cio_destination.exceptions import CustomerioError, CustomerioTerminalError
 from cio_destination.mapper import RowMapper
 from cio_destination.mapping import compile_mapping, resolve_mapping
 from cio_destination.mapping_keys import CompiledMapping
-from cio_destination.restore import hold_lease
+from cio_destination.restore import hold_lease, on_completed_load
 from cio_destination.state import PipelineState, state_for
 from cio_destination.state.backend import now
 from cio_destination.state.fingerprints import Fingerprints, KeptSources
@@ -293,32 +292,4 @@ def make_copies(pairs: list[tuple[Fingerprints, str]]) -> None:
             )
 
 
-class _LoadSteps:
-    """dlt's tracking hooks: a load step that completed completes its loads."""
-
-    def on_start_trace(self, trace: Any, step: str, pipeline: Any) -> None:
-        pass
-
-    def on_start_trace_step(self, trace: Any, step: str, pipeline: Any) -> None:
-        pass
-
-    def on_end_trace_step(
-        self, trace: Any, step: Any, pipeline: Any, step_info: Any, send_state: bool
-    ) -> None:
-        if step.step == "load" and step.step_exception is None:
-            loads_completed(pipeline.working_dir)
-
-    def on_end_trace(self, trace: Any, pipeline: Any, send_state: bool) -> None:
-        pass
-
-
-_LOAD_STEPS = _LoadSteps()
-
-
-def install_load_steps() -> None:
-    """Register the hooks with dlt, once."""
-    if _LOAD_STEPS not in trace.TRACKING_MODULES:
-        trace.TRACKING_MODULES.append(_LOAD_STEPS)
-
-
-install_load_steps()  # with the destination: a completed load makes its copies of hashes
+on_completed_load(loads_completed)  # a completed load makes its copies of hashes

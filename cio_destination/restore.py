@@ -21,7 +21,7 @@ import socket
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,12 +221,22 @@ class _Tracking:
     ) -> None:
         if step.step == "load" and step.step_exception is None:
             save_state(pipeline)
+            for hook in _completed_load_hooks:
+                hook(pipeline.working_dir)
 
     def on_end_trace(self, trace: Any, pipeline: Any, send_state: bool) -> None:
         release_leases(pipeline.pipeline_name, run_ended=True)
 
 
 _TRACKING = _Tracking()
+_completed_load_hooks: list[Callable[[str], None]] = []
+
+
+def on_completed_load(hook: Callable[[str], None]) -> None:
+    """Call `hook` with the pipeline's working directory when its load step completes (after
+    its dlt state is saved), once however often this is asked."""
+    if hook not in _completed_load_hooks:
+        _completed_load_hooks.append(hook)
 
 
 def install_tracking() -> None:
