@@ -522,6 +522,7 @@ def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list, list] | None
         (_one_row(n=pa.array([0])), _one_row(n=pa.array(["0"])), ({}, {})),
         (_one_row(n=pa.array([1.0])), _one_row(n=pa.array([1])), ({}, {})),
         (_one_row(n=pa.array([Decimal(1)])), _one_row(n=pa.array([1])), ({}, {})),
+        (_one_row(n=pa.array([Decimal("1.5")])), _one_row(n=pa.array(["1.5"])), ({}, {})),
         (_one_row(n=pa.array([True])), _one_row(n=pa.array(["true"])), ({}, {})),
         (
             _one_row(t=pa.array([1_000], pa.timestamp("s"))),
@@ -557,6 +558,7 @@ def source_row_hashes(mapper: RowMapper, batch: Any) -> tuple[list, list] | None
         "int-or-text",
         "float-or-int",
         "decimal-or-int",
+        "decimal-or-its-text",
         "bool-or-text",
         "seconds-or-millis",
         "other-column",

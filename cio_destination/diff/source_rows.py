@@ -120,14 +120,15 @@ def _hashed_columns(
     layout: list[list[str]] = []
     flags: list[pa.Array] = []  # whether each column of numbers has a value, row by row
     for name, column in columns:
-        kind = column.type
+        kind, label = column.type, "text"
         if pa.types.is_decimal(kind):  # its text: one value, one text, whatever its scale
-            column, kind = pc.cast(column, pa.string()), pa.string()
+            # a decimal apart from a text of the same digits: they map to a number and a string
+            column, kind, label = pc.cast(column, pa.string()), pa.string(), "decimal"
         if is_text(kind):
             texts.append(column)
             length = pc.cast(pc.binary_length(column), pa.int64()).view(_U64)
             words.append(pc.fill_null(length, _NULL_LENGTH))
-            layout.append([name, "text"])
+            layout.append([name, label])
             continue
         bits = _bits(column)
         if bits is None:
