@@ -246,7 +246,7 @@ def test_state_writes_are_batched_never_one_statement_per_row(tmp_path: Path):
 
     writes = [s for s in statements if s.startswith("INSERT")]
     reads = [s for s in statements if s.startswith("SELECT")]
-    assert len(writes) == 4 + 2  # 500 rows per statement
+    assert len(writes) == 4 + 2 + 1  # 500 rows per statement; one drops the copy of kept hashes
     assert len(reads) == 4
     assert len(state.fingerprints.fingerprints_of("p/people", list(people))) == 2_000
     store.close()
@@ -316,8 +316,7 @@ def test_only_the_ledger_s_claims_are_synced_to_disk_before_they_return(tmp_path
     assert synced == [
         ("claim", 2),
         ("sent", 1),
-        ("fingerprints", 1),  # the copy of the scope's source-row hashes dropped first
-        ("fingerprints", 1),
+        ("fingerprints", 1),  # the copy of the kept hashes dropped in the same transaction
         ("rejects", 1),
         ("reports", 1),
     ]
@@ -424,6 +423,34 @@ def test_people_written_or_dropped_after_the_bulk_read_count_as_changed(
     fingerprints.remember("p/others", {"u2": {"r": 9, "a": {}, "s": 9}})  # another table's
 
     assert kept.changed(["u0", "u1", "u2"], [0, 1, 2]) == [1]
+
+
+def test_a_read_on_another_thread_does_not_take_the_failure_of_a_write_behind(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+):
+    """The prefetch of kept hashes reads on a helper thread, and its result may go unused: the
+    write's failure must still reach the job's own `flush`."""
+    import threading
+
+    from cio_destination import CustomerioTransientError
+
+    fingerprints = PipelineState(store, "p").fingerprints
+    transaction = store.transaction
+
+    @contextlib.contextmanager
+    def failing(**kwargs: Any) -> Iterator[Any]:
+        if threading.current_thread().name.startswith("customerio-fingerprints"):
+            raise CustomerioTransientError("the state database failed")
+        with transaction(**kwargs) as tx:
+            yield tx
+
+    monkeypatch.setattr(store, "transaction", failing)
+    fingerprints.remember_table("p/people", arrow_fingerprints({"u2": (2, b"{}", 8)}))
+    reader = threading.Thread(target=fingerprints.fingerprints_of, args=("p/people", ["u2"]))
+    reader.start()
+    reader.join()
+    with pytest.raises(CustomerioTransientError):
+        fingerprints.flush()
 
 
 def test_fingerprints_written_behind_are_in_before_anything_reads_and_a_failure_is_raised(

@@ -325,20 +325,25 @@ class StoredFingerprints:
         return hashes
 
     def _before_write(self, scope: str) -> None:
-        """Drop the scope's copy of its hashes, committed before the write that follows. Before
-        every write, not once per process: another runner may have made a copy since this
-        process last dropped one (its load failed, the other's completed), and a copy a write
-        left behind would settle rows against hashes the per-person rows no longer hold. Where
-        no copy is kept, the statement changes nothing."""
+        """Count a drop of the scope's copy of its hashes (the write that follows makes it, in
+        its own transaction: `_drop_copy`): a read of the copy that a drop overtook does not
+        count the copy as current."""
         with self._copy_lock:
-            with self._store.transaction() as tx:
-                tx.execute(
-                    "UPDATE {cio_source_hashes} SET size = NULL, hashes = NULL"
-                    " WHERE scope = ? AND hashes IS NOT NULL",
-                    [scope],
-                )
             self._drops[scope] = self._drops.get(scope, 0) + 1
             self._copied.discard(scope)
+
+    @staticmethod
+    def _drop_copy(tx: Any, scope: str) -> None:
+        """Drop the scope's copy of its hashes, as the first statement of the transaction that
+        writes the scope's fingerprints: a reader sees the old rows with the old copy or the
+        new rows with none. On every write, not once per process: another runner may have made
+        a copy since. An upsert, so the copy's row is locked even where no copy is kept: a
+        `keep_copy` running meanwhile waits for this write and then reads its rows."""
+        tx.execute(
+            "INSERT INTO {cio_source_hashes} (scope, size, hashes) VALUES (?, NULL, NULL)"
+            " ON CONFLICT (scope) DO UPDATE SET size = NULL, hashes = NULL",
+            [scope],
+        )
 
     def keep_copy(self, scope: str) -> None:
         """Make the scope's copy of its source-row hashes from the fingerprints kept, unless
@@ -355,6 +360,12 @@ class StoredFingerprints:
                     [scope],
                 )
                 if store.arrays:  # PostgreSQL: the copy made by the server, in one statement
+                    # after any write of the scope in flight (`_drop_copy` locks this row
+                    # first), so the statement below, with a snapshot of its own, reads it
+                    tx.execute(
+                        "SELECT scope FROM {cio_source_hashes} WHERE scope = ? FOR UPDATE",
+                        [scope],
+                    )
                     tx.execute(
                         "UPDATE {cio_source_hashes} SET (size, hashes) = (SELECT count(*),"
                         " COALESCE(string_agg(int8send(source_hash), ''::bytea), ''::bytea)"
@@ -454,6 +465,7 @@ class StoredFingerprints:
         store = self._db
         self._before_write(scope)
         with store.transaction() as tx:
+            self._drop_copy(tx, scope)
             keys = ("scope", "identifier")
             tx.upsert("cio_fingerprints", self._COLUMNS, keys, rows, distinct=True)  # a dict's
         self._touch(scope, fingerprints)
@@ -466,12 +478,13 @@ class StoredFingerprints:
 
         def write() -> None:
             with self._store.transaction() as tx:  # people with no fingerprint when diffed
+                self._drop_copy(tx, scope)
                 tx.upsert_table(
                     "cio_fingerprints", ["identifier"], fingerprints, {"scope": scope}, new=True
                 )
 
         self._touch(scope, fingerprints.column("identifier"))
-        self._before_write(scope)  # committed before the write behind starts
+        self._before_write(scope)
         store = self._db  # the writes before this one are done
         with self._lock:
             self._writing.append(_writer(store).submit(write))
@@ -486,8 +499,13 @@ class StoredFingerprints:
 
     @property
     def _db(self) -> StateStore:
-        """The store, once the write behind (if any) is done."""
-        self.flush()
+        """The store, once the writes behind (if any) are done. Their failures are `flush`'s
+        to raise, to the job that wrote them: a read on another thread (the prefetch of kept
+        hashes, whose result may go unused) must not take them."""
+        with self._lock:
+            writing = list(self._writing)
+        for future in writing:
+            future.exception()  # waits; raises nothing
         return self._store
 
     def forget(self, scope: str, identifiers: Sequence[str]) -> None:
@@ -496,6 +514,7 @@ class StoredFingerprints:
         store = self._db
         self._before_write(scope)
         with store.transaction() as tx:
+            self._drop_copy(tx, scope)
             tx.delete_in("cio_fingerprints", "scope = ?", [scope], "identifier", identifiers)
         self._touch(scope, identifiers)
 
@@ -506,9 +525,10 @@ class StoredFingerprints:
         with self._copy_lock, store.transaction() as tx:
             tx.delete_in("cio_fingerprints", where, params, "identifier", identifiers)
             tx.execute(  # no copy of the pipeline's hashes is left (one may hold theirs)
-                "UPDATE {cio_source_hashes} SET size = NULL, hashes = NULL"
-                f" WHERE {where} AND hashes IS NOT NULL",
+                f"UPDATE {{cio_source_hashes}} SET size = NULL, hashes = NULL WHERE {where}",
                 params,
             )
+            for scope in set(self._drops) | self._copied:  # a read it overtook is not current
+                self._drops[scope] = self._drops.get(scope, 0) + 1
             self._copied.clear()
         self._touch(None, identifiers)
