@@ -13,8 +13,8 @@ columnar diff writes a unit's fingerprints as one Arrow table (`remember_table`)
 The bulk read is one round trip where the scope's **copy of its source-row hashes** is kept
 (`cio_source_hashes`: the scope's source-row hashes, and nothing else, as one blob of 64-bit
 numbers). The per-person table stays the truth, and the copy holds exactly its hashes or is
-not kept: every write or forget in the scope first drops it, committed ahead of the write
-(`_before_write`), an erasure drops the copies of every scope of the pipeline in its own
+not kept: every write or forget in the scope drops it in the write's own transaction
+(`_drop_copy`), an erasure drops the copies of every scope of the pipeline in its own
 transaction, and a load that completed makes it again from the per-person table (`keep_copy`,
 at the end of the load). No copy (a first sync, a load that died, an older store) only means
 the slower read.
