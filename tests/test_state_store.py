@@ -425,16 +425,12 @@ def test_people_written_or_dropped_after_the_bulk_read_count_as_changed(
     assert kept.changed(["u0", "u1", "u2"], [0, 1, 2]) == [1]
 
 
-def test_a_read_on_another_thread_does_not_take_the_failure_of_a_write_behind(
-    store: StateStore, monkeypatch: pytest.MonkeyPatch
-):
-    """The prefetch of kept hashes reads on a helper thread, and its result may go unused: the
-    write's failure must still reach the job's own `flush`."""
+def fail_writes_behind(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's transactions fail on the fingerprints' writer thread, and only there."""
     import threading
 
     from cio_destination import CustomerioTransientError
 
-    fingerprints = PipelineState(store, "p").fingerprints
     transaction = store.transaction
 
     @contextlib.contextmanager
@@ -445,6 +441,19 @@ def test_a_read_on_another_thread_does_not_take_the_failure_of_a_write_behind(
             yield tx
 
     monkeypatch.setattr(store, "transaction", failing)
+
+
+def test_a_read_on_another_thread_does_not_take_the_failure_of_a_write_behind(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+):
+    """The prefetch of kept hashes reads on a helper thread, and its result may go unused: the
+    write's failure must still reach the job's own `flush`."""
+    import threading
+
+    from cio_destination import CustomerioTransientError
+
+    fingerprints = PipelineState(store, "p").fingerprints
+    fail_writes_behind(store, monkeypatch)
     fingerprints.remember_table("p/people", arrow_fingerprints({"u2": (2, b"{}", 8)}))
     reader = threading.Thread(target=fingerprints.fingerprints_of, args=("p/people", ["u2"]))
     reader.start()
@@ -477,14 +486,7 @@ def test_fingerprints_written_behind_are_in_before_anything_reads_and_a_failure_
 
     assert set(fingerprints.fingerprints_of("p/people", ["u1"])) == {"u1"}
 
-    @contextlib.contextmanager
-    def failing(**kwargs: Any) -> Iterator[Any]:  # the write behind fails, not the drop before it
-        if threading.current_thread().name.startswith("customerio-fingerprints"):
-            raise CustomerioTransientError("the state database failed")
-        with transaction(**kwargs) as tx:
-            yield tx
-
-    monkeypatch.setattr(store, "transaction", failing)
+    fail_writes_behind(store, monkeypatch)
     fingerprints.remember_table("p/people", arrow_fingerprints({"u2": (2, b"{}", 8)}))
     with pytest.raises(CustomerioTransientError):
         fingerprints.flush()
