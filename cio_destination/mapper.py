@@ -112,9 +112,19 @@ def _map_items(mapper: RowMapper, items: list[Row] | Any, columns: Mapping[str, 
     batch = as_record_batch(items)
     if batch is None:
         return Mapped([], [], 0)
-    if columnar is None:
+    if columnar is None or _holds_variant_values(mapper, batch):
         return mapper.map_rows(rows_from_arrow(batch))
     return columnar.map_batch(mapper, batch, None, mapper.map_rows)
+
+
+def _holds_variant_values(reader: RowReader, batch: Any) -> bool:
+    """Whether a variant column of the batch holds a value: the row path reads it back into
+    its column (`RowReader.decoded`), which the columns' builders do not."""
+    names = set(batch.schema.names)
+    return any(
+        variant in names and batch.column(variant).null_count < batch.num_rows
+        for variant, _ in reader.compiled.variants
+    )
 
 
 def _non_finite_restored(

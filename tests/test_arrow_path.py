@@ -790,6 +790,33 @@ def test_dict_rows_with_a_variant_column_take_the_row_path_and_fold_it():
     ]
 
 
+def test_arrow_rows_with_a_variant_value_take_the_row_path_and_fold_it():
+    variant = "age\u25b6v_text"
+    columns = {
+        "ident": {"name": "ident", "data_type": "text"},
+        "age": {"name": "age", "data_type": "bigint"},
+        variant: {"name": variant, "data_type": "text", "variant": True},
+    }
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "ident": ["a", "b"],
+            "age": pa.array([5, None], pa.int64()),
+            variant: pa.array([None, "unknown"]),
+        }
+    )
+    declared = {"action": "identify", "identifier": "ident"}
+    mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+
+    mapped = map_items(mapper, batch)
+
+    assert [orjson.loads(e.data)["attributes"] for e in mapped.all_entries()] == [
+        {"age": 5},
+        {"age": "unknown"},
+    ]
+    unfilled = map_items(mapper, batch.set_column(2, variant, pa.array([None, None], pa.string())))
+    assert unfilled.block is not None and len(unfilled.block) == 2  # no value there: by columns
+
+
 def test_drop_attribute_on_the_columnar_path_is_the_row_path_s():
     long = "y" * 1_001
     batch = pa.RecordBatch.from_pylist(
