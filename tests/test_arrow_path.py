@@ -817,6 +817,31 @@ def test_arrow_rows_with_a_variant_value_take_the_row_path_and_fold_it():
     assert unfilled.block is not None and len(unfilled.block) == 2  # no value there: by columns
 
 
+def test_source_row_hashes_cover_the_variant_columns_of_the_columns_read():
+    variant = "age\u25b6v_text"
+    columns = {
+        "ident": {"name": "ident", "data_type": "text"},
+        "age": {"name": "age", "data_type": "bigint"},
+        variant: {"name": variant, "data_type": "text", "variant": True},
+    }
+    declared = {"action": "identify", "identifier": "ident", "changes_only": True}
+    mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+
+    def hashed(text: str | None) -> int:
+        batch = pa.RecordBatch.from_pydict(
+            {
+                "ident": ["b"],
+                "age": pa.array([None], pa.int64()),
+                variant: pa.array([text], pa.string()),
+            }
+        )
+        found = source_row_hashes(mapper, batch)
+        assert found is not None
+        return found[1][0]
+
+    assert len({hashed("unknown"), hashed("ninety"), hashed(None)}) == 3
+
+
 def test_drop_attribute_on_the_columnar_path_is_the_row_path_s():
     long = "y" * 1_001
     batch = pa.RecordBatch.from_pylist(

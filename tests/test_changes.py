@@ -459,3 +459,46 @@ def test_source_hashes_stored_by_an_older_version_resend_nobody(
     report = sync_report(pipeline).tables[0]
     assert (report.rows_in, report.skipped, report.operations) == (3, 3, 0)
     assert store.source_hashes_of(scope, identifiers) == current
+
+
+def test_a_person_whose_only_change_is_in_a_variant_column_is_sent(
+    emulator: Emulator, make_pipeline
+):
+    """dlt keeps a value that does not fit its column's type in a variant column (`age▶v_text`
+    beside a bigint `age`): Arrow rows that bring it are read as the row path reads them (the
+    value back in its column), and a change there alone is a change (not skipped as unchanged)."""
+    import pyarrow as pa
+
+    variant = "age\u25b6v_text"
+    pipeline = make_pipeline()
+    pipeline.run(  # dict rows: dlt makes the variant column for the text that is no bigint
+        customerio_adapter(
+            dlt.resource([{"uid": 1, "age": 5}, {"uid": 2, "age": "unknown"}], name="people"),
+            action="identify",
+            identifier="uid",
+            changes_only=True,
+        )
+    )
+    assert pipeline.default_schema.get_table("people")["columns"][variant].get("variant")
+
+    def arrow_run(texts: list[str | None]) -> int:
+        table = pa.table(
+            {
+                "uid": pa.array([1, 2], pa.int64()),
+                "age": pa.array([5, None], pa.int64()),
+                variant: pa.array(texts, pa.string()),
+            }
+        )
+        mark = len(emulator.requests)
+        pipeline.run(arrow_table_people(table))
+        return batch_ops(emulator, mark)
+
+    arrow_run([None, "unknown"])
+    assert arrow_run([None, "unknown"]) == 0  # nothing changed: nothing sent
+
+    assert arrow_run([None, "ninety"]) == 1
+
+    assert emulator.find_person(id="2")["attributes"] == {"age": "ninety"}
+    assert emulator.find_person(id="1")["attributes"] == {"age": 5}
+    report = sync_report(pipeline).tables[0]
+    assert (report.rows_in, report.skipped, report.operations) == (2, 1, 1)

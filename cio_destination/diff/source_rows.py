@@ -46,8 +46,10 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[pa.Array, pa.Array
     None when a column's type is not one hashed here, or an identifier repeats in the batch
     (then the order of the rows matters: map them all).
 
-    Two rows hash alike only if they are the same row under the same mapping, but for a 64-bit
-    collision. The hash starts from XXH3-64 (stable across releases and platforms: never
+    Every column the mapping reads is hashed: the identifier, the attributes, the timestamp,
+    and dlt's variant columns of those (where it kept a value that did not fit the column's
+    type, which the row path reads as the column's value). Two rows hash alike only if they
+    are the same row under the same mapping, but for a 64-bit collision. The hash starts from XXH3-64 (stable across releases and platforms: never
     Python's or DuckDB's `hash()`) of the row's text values back to back, seeded with the
     mapping and the name and type of every column hashed, in order. Then, column by column in
     that order, it takes in one 64-bit word each: a text value's byte length (a null: all ones),
@@ -68,6 +70,8 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[pa.Array, pa.Array
     names = [mapping.identifier, *reader.compiled.attribute_columns]
     if mapping.timestamp:
         names.append(mapping.timestamp)
+    read = set(names)  # and dlt's variant columns of those: their values are the columns'
+    names += [variant for variant, column in reader.compiled.variants if column in read]
     hashed = _hashed_columns([(name, columns[name]) for name in names if name in columns])
     if hashed is None:
         return None
