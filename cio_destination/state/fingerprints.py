@@ -142,6 +142,8 @@ class KeptSources:
         """Whether that read was of the scope's copy of its hashes (one round trip)."""
         self.looked_up = 0
         """Rows looked up in the hashes read in bulk."""
+        self.sorted = False
+        """Whether the hashes read in bulk had to be sorted (the copy is kept in order)."""
 
     def prefetch(self, rows: int) -> None:
         """Start, on a helper thread, the read that `changed` would make for `rows` more rows,
@@ -191,15 +193,18 @@ class KeptSources:
             return None
         copy = self._fingerprints.read_copy(self._scope, most)
         if copy is not None:
-            self.bulk = self.from_copy = True
+            self.from_copy = True
             buffer = pa.py_buffer(copy)  # the array's own bytes, no copy
-            return SortedHashes(pa.Array.from_buffers(pa.int64(), len(copy), [None, buffer]))
-        column = self._fingerprints.read_source_hashes(self._scope, most)
-        if column is None:
-            self._next_read = 2 * most
-            return None
+            column = pa.Array.from_buffers(pa.int64(), len(copy), [None, buffer])
+        else:
+            column = self._fingerprints.read_source_hashes(self._scope, most)
+            if column is None:
+                self._next_read = 2 * most
+                return None
         self.bulk = True
-        return SortedHashes(column)
+        hashes = SortedHashes(column)
+        self.sorted = hashes.sorted_here
+        return hashes
 
 
 def _changed_rows(
@@ -241,7 +246,9 @@ class SortedHashes:
         if isinstance(hashes, pa.ChunkedArray):
             hashes = hashes.combine_chunks()
         size = len(hashes)
-        if size > 1 and not pc.all(pc.less_equal(hashes[:-1], hashes[1:])).as_py():
+        self.sorted_here = size > 1 and not pc.all(pc.less_equal(hashes[:-1], hashes[1:])).as_py()
+        """Whether the hashes came out of order (a copy is kept in order), and were sorted."""
+        if self.sorted_here:
             hashes = pc.take(hashes, pc.sort_indices(hashes))
         bits = max(1, min(self._MOST_BITS, (size >> 4).bit_length()))
         self._shift = pa.scalar(64 - bits, _U64)
@@ -350,7 +357,8 @@ class StoredFingerprints:
         )""",
     )
     """The tables it keeps: the fingerprints, and per scope the copy of their source-row
-    hashes (`hashes`: `size` 64-bit numbers, big-endian; NULL: no copy kept)."""
+    hashes (`hashes`: `size` 64-bit numbers, big-endian, in ascending order, so a load that
+    reads it need not sort them; NULL: no copy kept)."""
     _COLUMNS = ("scope", "identifier", "row_hash", "attributes", "source_hash")
 
     def __init__(self, store: StateStore, pipeline_name: str) -> None:
@@ -446,7 +454,8 @@ class StoredFingerprints:
                     )
                     tx.execute(
                         "UPDATE {cio_source_hashes} SET (size, hashes) = (SELECT count(*),"
-                        " COALESCE(string_agg(int8send(source_hash), ''::bytea), ''::bytea)"
+                        " COALESCE(string_agg(int8send(source_hash), ''::bytea"
+                        " ORDER BY source_hash), ''::bytea)"
                         " FROM {cio_fingerprints} WHERE scope = ? AND source_hash IS NOT NULL)"
                         " WHERE scope = ?",
                         [scope, scope],
@@ -454,7 +463,7 @@ class StoredFingerprints:
                 else:
                     rows = tx.execute(
                         "SELECT source_hash FROM {cio_fingerprints} WHERE scope = ?"
-                        " AND source_hash IS NOT NULL",
+                        " AND source_hash IS NOT NULL ORDER BY source_hash",
                         [scope],
                     )
                     hashes = array("q", (row[0] for row in rows))
