@@ -437,25 +437,6 @@ def test_arrow_fingerprints_go_in_as_one_csv_copy_and_their_hashes_come_back_in_
     store.close()
 
 
-def test_the_copy_of_the_kept_hashes_is_made_in_order(database: Database):
-    """The server makes the copy in ascending order, so a load that reads it sorts nothing."""
-    from cio_destination.state import TABLES, PipelineState
-    from cio_destination.state.backend import SqlStore
-    from cio_destination.state.fingerprints import KeptSources
-
-    store = SqlStore(database.url, database.state, TABLES, "destination.customerio.state_url")
-    fingerprints = PipelineState(store, "p").fingerprints
-    hashes = [5, -(2**63), 2**63 - 1, -5, 0]
-    kept = {f"u{at}": {"r": 1, "a": {}, "s": h} for at, h in enumerate(hashes)}
-    fingerprints.remember("p/t", kept)
-    fingerprints.keep_copy("p/t")
-
-    assert list(fingerprints.read_copy("p/t", 10) or []) == sorted(hashes)
-    load = KeptSources(fingerprints, "p/t")
-    assert load.changed(list(kept), hashes) == [] and load.from_copy and not load.sorted
-    store.close()
-
-
 def test_the_audit_loader_reads_the_history_from_state_url_on_a_runner_that_starts_empty(
     tmp_path: Path, emulator: Emulator, database: Database, monkeypatch: pytest.MonkeyPatch
 ):

@@ -142,8 +142,6 @@ class KeptSources:
         """Whether that read was of the scope's copy of its hashes (one round trip)."""
         self.looked_up = 0
         """Rows looked up in the hashes read in bulk."""
-        self.sorted = False
-        """Whether the hashes read in bulk had to be sorted (the copy is kept in order)."""
 
     def prefetch(self, rows: int) -> None:
         """Start, on a helper thread, the read that `changed` would make for `rows` more rows,
@@ -193,18 +191,15 @@ class KeptSources:
             return None
         copy = self._fingerprints.read_copy(self._scope, most)
         if copy is not None:
-            self.from_copy = True
+            self.bulk = self.from_copy = True
             buffer = pa.py_buffer(copy)  # the array's own bytes, no copy
-            column = pa.Array.from_buffers(pa.int64(), len(copy), [None, buffer])
-        else:
-            column = self._fingerprints.read_source_hashes(self._scope, most)
-            if column is None:
-                self._next_read = 2 * most
-                return None
+            return SortedHashes(pa.Array.from_buffers(pa.int64(), len(copy), [None, buffer]))
+        column = self._fingerprints.read_source_hashes(self._scope, most)
+        if column is None:
+            self._next_read = 2 * most
+            return None
         self.bulk = True
-        hashes = SortedHashes(column)
-        self.sorted = hashes.sorted_here
-        return hashes
+        return SortedHashes(column)
 
 
 def _changed_rows(
@@ -246,9 +241,7 @@ class SortedHashes:
         if isinstance(hashes, pa.ChunkedArray):
             hashes = hashes.combine_chunks()
         size = len(hashes)
-        self.sorted_here = size > 1 and not pc.all(pc.less_equal(hashes[:-1], hashes[1:])).as_py()
-        """Whether the hashes came out of order (a copy is kept in order), and were sorted."""
-        if self.sorted_here:
+        if size > 1 and not pc.all(pc.less_equal(hashes[:-1], hashes[1:])).as_py():
             hashes = pc.take(hashes, pc.sort_indices(hashes))
         bits = max(1, min(self._MOST_BITS, (size >> 4).bit_length()))
         self._shift = pa.scalar(64 - bits, _U64)
@@ -357,8 +350,7 @@ class StoredFingerprints:
         )""",
     )
     """The tables it keeps: the fingerprints, and per scope the copy of their source-row
-    hashes (`hashes`: `size` 64-bit numbers, big-endian, in ascending order, so a load that
-    reads it need not sort them; NULL: no copy kept)."""
+    hashes (`hashes`: `size` 64-bit numbers, big-endian; NULL: no copy kept)."""
     _COLUMNS = ("scope", "identifier", "row_hash", "attributes", "source_hash")
 
     def __init__(self, store: StateStore, pipeline_name: str) -> None:
@@ -454,8 +446,7 @@ class StoredFingerprints:
                     )
                     tx.execute(
                         "UPDATE {cio_source_hashes} SET (size, hashes) = (SELECT count(*),"
-                        " COALESCE(string_agg(int8send(source_hash), ''::bytea"
-                        " ORDER BY source_hash), ''::bytea)"
+                        " COALESCE(string_agg(int8send(source_hash), ''::bytea), ''::bytea)"
                         " FROM {cio_fingerprints} WHERE scope = ? AND source_hash IS NOT NULL)"
                         " WHERE scope = ?",
                         [scope, scope],
@@ -463,7 +454,7 @@ class StoredFingerprints:
                 else:
                     rows = tx.execute(
                         "SELECT source_hash FROM {cio_fingerprints} WHERE scope = ?"
-                        " AND source_hash IS NOT NULL ORDER BY source_hash",
+                        " AND source_hash IS NOT NULL",
                         [scope],
                     )
                     hashes = array("q", (row[0] for row in rows))
