@@ -314,7 +314,7 @@ def test_sorted_hashes_hold_exactly_the_hashes_kept(kept: list[int], others: lis
     assert (
         held.holds(pa.array(asked, pa.int64()).slice(len(kept))).to_pylist() == found[len(kept) :]
     )
-    given_sorted = SortedHashes(pa.array(sorted(kept), pa.int64()))  # as a sorted copy: no sort
+    given_sorted = SortedHashes(pa.array(sorted(kept), pa.int64()))  # in order, or in any
     assert given_sorted.holds(pa.array(asked, pa.int64())).to_pylist() == found
 
 
