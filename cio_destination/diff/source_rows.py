@@ -147,7 +147,8 @@ def _hashed_columns(
             if pa.types.is_large_string(kind) and (pc.max(length).as_py() or 0) >= _NO_LENGTH:
                 return None
             texts.append(column)
-            lengths.append(pc.fill_null(pc.cast(length, _U64), _NO_LENGTH))
+            length = pc.cast(length, _U64)
+            lengths.append(pc.fill_null(length, _NO_LENGTH) if length.null_count else length)
             layout.append([name, label])
             continue
         bits = _bits(column)
@@ -183,13 +184,17 @@ def _bits(column: pa.Array) -> pa.Array | None:
     kind = column.type
     if pa.types.is_floating(kind):
         doubles = pc.cast(column, pa.float64()) if kind != pa.float64() else column
-        return pc.fill_null(doubles, 0.0).view(_U64)
+        return _filled(doubles, 0.0).view(_U64)
     if pa.types.is_timestamp(kind) or is_temporal(kind):
         column = pc.cast(column, pa.int64() if not pa.types.is_date32(kind) else pa.int32())
-    elif pa.types.is_boolean(kind):
-        column = pc.cast(column, pa.int8())
-    elif not pa.types.is_integer(kind):
+    elif not pa.types.is_integer(kind) and not pa.types.is_boolean(kind):
         return None
     if kind == pa.uint64():
-        return pc.fill_null(column, 0)
-    return pc.fill_null(pc.cast(column, pa.int64()), 0).view(_U64)
+        return _filled(column, 0)
+    whole = column if column.type == pa.int64() else pc.cast(column, pa.int64())
+    return _filled(whole, 0).view(_U64)
+
+
+def _filled(column: pa.Array, value: Any) -> pa.Array:
+    """`column` with `value` for its nulls (itself when it has none)."""
+    return pc.fill_null(column, value) if column.null_count else column
