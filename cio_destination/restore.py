@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -33,11 +34,11 @@ from dlt.pipeline import trace
 from dlt.pipeline.state_sync import mark_state_extracted, migrate_state_to_current, state_doc
 
 from cio_destination.configuration import CustomerioConfiguration, pipeline_configuration
-from cio_destination.exceptions import PipelineLeaseError
+from cio_destination.exceptions import LeaseLostError, PipelineLeaseError
 from cio_destination.state import PipelineState, state_for
 from cio_destination.state.runs import SavedDltState
 
-__all__ = ["restore_state", "run_lease"]
+__all__ = ["check_lease", "restore_state", "run_lease"]
 
 logger = logging.getLogger("cio_destination")
 
@@ -50,11 +51,14 @@ class _Lease:
     holder: str
     timeout: float
     stop: threading.Event = field(default_factory=threading.Event)
+    beaten_at: float = field(default_factory=lambda: time.monotonic())
+    """When a beat last found the lease this run's own (`time.monotonic`)."""
+    taken_over: bool = False
 
     def beat_until_stopped(self) -> None:
         while not self.stop.wait(self.timeout / 4):
             try:
-                if not self.state.runs.beat(self.holder):
+                if not self.beat():
                     logger.error(
                         "customerio: pipeline %s: its lease was taken over by another run",
                         self.state.pipeline_name,
@@ -62,6 +66,29 @@ class _Lease:
                     return
             except Exception as error:  # the database may be back at the next beat
                 logger.warning("customerio: lease heartbeat failed (%s)", type(error).__name__)
+
+    def beat(self) -> bool:
+        """Beat once; False once another run holds the lease."""
+        if self.taken_over or not self.state.runs.beat(self.holder):
+            self.taken_over = True
+            return False
+        self.beaten_at = time.monotonic()
+        return True
+
+    def kept(self, *, confirm: bool) -> bool:
+        """Whether this run may go on sending: the lease is its own, as a beat within half the
+        timeout found (or, with `confirm` or none so recent, as a beat now finds). A beat that
+        fails leaves it kept only while the last good one is within the timeout: after that,
+        another run may take the lease over."""
+        if self.taken_over:
+            return False
+        if not confirm and time.monotonic() - self.beaten_at < self.timeout / 2:
+            return True
+        try:
+            return self.beat()
+        except Exception as error:
+            logger.warning("customerio: lease heartbeat failed (%s)", type(error).__name__)
+            return time.monotonic() - self.beaten_at < self.timeout
 
 
 _leases: dict[tuple[int, str], _Lease] = {}
@@ -93,6 +120,16 @@ def hold_lease(state: PipelineState, config: CustomerioConfiguration) -> None:
             )
         lease = _leases[key] = _Lease(state, holder, config.lease_timeout)
     threading.Thread(target=lease.beat_until_stopped, daemon=True, name="cio-lease").start()
+
+
+def check_lease(state: PipelineState, *, confirm: bool = False) -> None:
+    """Raise `LeaseLostError` when this process held the pipeline's lease in a shared store and
+    may hold it no more (see `_Lease.kept`); with `confirm`, ask the database now (a load job's
+    start). Without a lease (local state, a dry run) there is nothing to check."""
+    with _leases_lock:
+        lease = _leases.get((id(state.store), state.pipeline_name))
+    if lease is not None and not lease.kept(confirm=confirm):
+        raise LeaseLostError(state.pipeline_name, lease.timeout)
 
 
 def release_leases(pipeline_name: str, *, run_ended: bool = False) -> None:
@@ -188,6 +225,7 @@ def save_state(pipeline: Any) -> None:
     found = _shared_state(pipeline)
     if found is None or found[1].dry_run or pipeline.has_pending_data:
         return
+    check_lease(found[0], confirm=True)  # a run that lost its lease leaves the state to its holder
     doc = state_doc(pipeline.state)
     schemas = [schema.to_dict() for schema in pipeline.schemas.values()]
     found[0].runs.save_dlt_state(
