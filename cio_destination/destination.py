@@ -77,7 +77,8 @@ def customerio(
 def _load_job(items: TDataItems, table: TTableSchema, config: CustomerioConfiguration) -> None:
     """One load job: the table's file `items`, read, mapped, sent and recorded unit by unit."""
     load = current_load(config)
-    check_lease(load.state, confirm=True)  # with state_url: this run still holds its lease
+    # with state_url: this run still holds its lease
+    check_lease(load.state, load.pipeline.working_dir, confirm=True)
     mapper = load.mappings.mapper(table)
     if not load.config.dry_run:  # the credentials' round trip overlaps the first unit's mapping
         workspace_for(load.config).begin_load_soon(load.load_id)
@@ -167,7 +168,7 @@ def deliver(
     """Start sending `parts` through the workspace of the load's config (with `carry`, bodies
     filled across units), once the load's preflight passed; a `send_email` table's through
     the send ledger, one request per row, answered before this returns."""
-    check_lease(load.state)  # a run whose lease went to another stops sending
+    check_lease(load.state, load.pipeline.working_dir)  # a run that lost its lease stops
     workspace = workspace_for(load.config)
     workspace.begin_load(load.load_id)
     if mapper.compiled.action != "send_email":

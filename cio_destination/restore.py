@@ -92,17 +92,21 @@ class _Lease:
 
 
 _leases: dict[tuple[int, str], _Lease] = {}
+"""The leases this process holds, by state store and pipeline working directory: two runs of
+one pipeline name from two working directories are two runs, and only one gets the lease."""
 _spanning: Counter[str] = Counter()
-"""Pipelines inside a `run_lease` block: the end of one of their runs keeps the lease."""
+"""Working directories of pipelines inside a `run_lease` block: the end of one of their runs
+keeps the lease."""
 _leases_lock = threading.Lock()
 
 
-def hold_lease(state: PipelineState, config: CustomerioConfiguration) -> None:
-    """Hold the pipeline's lease in a shared store until `pipeline.run()` ends; raise
-    `PipelineLeaseError` when a live run of the pipeline holds it."""
+def hold_lease(state: PipelineState, config: CustomerioConfiguration, working_dir: str) -> None:
+    """Hold the pipeline's lease in a shared store for the run of the pipeline in `working_dir`
+    until `pipeline.run()` ends; raise `PipelineLeaseError` when a live run of the pipeline
+    holds it (another process's, or this process's from another working directory)."""
     if not state.store.shared or config.dry_run:
         return
-    key = (id(state.store), state.pipeline_name)
+    key = (id(state.store), working_dir)
     with _leases_lock:
         if key in _leases:
             return
@@ -122,23 +126,23 @@ def hold_lease(state: PipelineState, config: CustomerioConfiguration) -> None:
     threading.Thread(target=lease.beat_until_stopped, daemon=True, name="cio-lease").start()
 
 
-def check_lease(state: PipelineState, *, confirm: bool = False) -> None:
+def check_lease(state: PipelineState, working_dir: str, *, confirm: bool = False) -> None:
     """Raise `LeaseLostError` when this process held the pipeline's lease in a shared store and
     may hold it no more (see `_Lease.kept`); with `confirm`, ask the database now (a load job's
     start). Without a lease (local state, a dry run) there is nothing to check."""
     with _leases_lock:
-        lease = _leases.get((id(state.store), state.pipeline_name))
+        lease = _leases.get((id(state.store), working_dir))
     if lease is not None and not lease.kept(confirm=confirm):
         raise LeaseLostError(state.pipeline_name, lease.timeout)
 
 
-def release_leases(pipeline_name: str, *, run_ended: bool = False) -> None:
-    """Give back the leases this process holds for a pipeline (at the end of a run: unless a
-    `run_lease` block spans the run)."""
+def release_leases(working_dir: str, *, run_ended: bool = False) -> None:
+    """Give back the leases this process holds for the pipeline in `working_dir` (at the end of
+    a run: unless a `run_lease` block spans the run)."""
     with _leases_lock:
-        if run_ended and _spanning[pipeline_name]:
+        if run_ended and _spanning[working_dir]:
             return
-        held = [k for k in _leases if k[1] == pipeline_name]
+        held = [k for k in _leases if k[1] == working_dir]
         leases = [_leases.pop(k) for k in held]
     for lease in leases:
         lease.stop.set()
@@ -160,16 +164,16 @@ def run_lease(pipeline: dlt.Pipeline) -> Iterator[None]:
     another run could start. Raises `PipelineLeaseError` when a live run holds it.
     """
     with _leases_lock:
-        _spanning[pipeline.pipeline_name] += 1
+        _spanning[pipeline.working_dir] += 1
     try:
         found = _shared_state(pipeline)
         if found is not None:
-            hold_lease(*found)
+            hold_lease(*found, pipeline.working_dir)
         yield
     finally:
         with _leases_lock:
-            _spanning[pipeline.pipeline_name] -= 1
-        release_leases(pipeline.pipeline_name, run_ended=True)
+            _spanning[pipeline.working_dir] -= 1
+        release_leases(pipeline.working_dir, run_ended=True)
 
 
 def _shared_state(pipeline: Any) -> tuple[PipelineState, CustomerioConfiguration] | None:
@@ -192,7 +196,7 @@ def restore_state(pipeline: dlt.Pipeline) -> bool:
     if found is None:
         return False
     state, config = found
-    hold_lease(state, config)
+    hold_lease(state, config, pipeline.working_dir)
     return _restore(pipeline, state)
 
 
@@ -225,7 +229,9 @@ def save_state(pipeline: Any) -> None:
     found = _shared_state(pipeline)
     if found is None or found[1].dry_run or pipeline.has_pending_data:
         return
-    check_lease(found[0], confirm=True)  # a run that lost its lease leaves the state to its holder
+    check_lease(
+        found[0], pipeline.working_dir, confirm=True
+    )  # a run that lost its lease leaves the state to its holder
     doc = state_doc(pipeline.state)
     schemas = [schema.to_dict() for schema in pipeline.schemas.values()]
     found[0].runs.save_dlt_state(
@@ -263,7 +269,7 @@ class _Tracking:
                 hook(pipeline.working_dir)
 
     def on_end_trace(self, trace: Any, pipeline: Any, send_state: bool) -> None:
-        release_leases(pipeline.pipeline_name, run_ended=True)
+        release_leases(pipeline.working_dir, run_ended=True)
 
 
 _TRACKING = _Tracking()
