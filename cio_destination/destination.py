@@ -42,7 +42,7 @@ from cio_destination.jobs import (
 from cio_destination.loads import Load, current_load
 from cio_destination.mapper import RowMapper, map_items
 from cio_destination.report import record_batch
-from cio_destination.restore import install_tracking
+from cio_destination.restore import check_lease, install_tracking
 from cio_destination.transport.results import SendResult
 from cio_destination.transport.sender import Carry
 from cio_destination.transport.workspace import workspace_for
@@ -77,6 +77,8 @@ def customerio(
 def _load_job(items: TDataItems, table: TTableSchema, config: CustomerioConfiguration) -> None:
     """One load job: the table's file `items`, read, mapped, sent and recorded unit by unit."""
     load = current_load(config)
+    # with state_url: this run still holds its lease
+    check_lease(load.state, load.pipeline.working_dir, confirm=True)
     mapper = load.mappings.mapper(table)
     if not load.config.dry_run:  # the credentials' round trip overlaps the first unit's mapping
         workspace_for(load.config).begin_load_soon(load.load_id)
@@ -166,6 +168,7 @@ def deliver(
     """Start sending `parts` through the workspace of the load's config (with `carry`, bodies
     filled across units), once the load's preflight passed; a `send_email` table's through
     the send ledger, one request per row, answered before this returns."""
+    check_lease(load.state, load.pipeline.working_dir)  # a run that lost its lease stops
     workspace = workspace_for(load.config)
     workspace.begin_load(load.load_id)
     if mapper.compiled.action != "send_email":

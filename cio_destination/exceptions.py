@@ -8,6 +8,8 @@
       * SendLedgerLostError - earlier loads sent emails through another send ledger than this one
     * PipelineLeaseError - another run of the pipeline holds its lease in `state_url` (run again
       once it ended; exit code 1)
+      * LeaseLostError - this run lost its lease mid-load (taken over, or no heartbeat within
+        `lease_timeout`) and stopped sending
   * CustomerioTransientError - Customer.io was unreachable or kept throttling after every retry
     (or the database of `fingerprints_url` or `rate_limit_url` failed); dlt retries the job and a
     later run resumes the package.
@@ -35,6 +37,7 @@ __all__ = [
     "CustomerioError",
     "CustomerioTerminalError",
     "CustomerioTransientError",
+    "LeaseLostError",
     "MappingError",
     "PipelineLeaseError",
 ]
@@ -147,6 +150,21 @@ class PipelineLeaseError(CustomerioTerminalError):
             " destination.customerio.state_url; this run stopped before reading or sending"
             " anything. Run again once it ended (a run that died is taken over after"
             f" lease_timeout, {timeout:g} s, without its heartbeat)"
+        )
+
+
+class LeaseLostError(PipelineLeaseError):
+    """This run may no longer hold its pipeline's lease in `state_url`: another run took it
+    over, or no heartbeat of this run reached the database within `lease_timeout`, after which
+    another run may take it. The run stops sending; its load package stays pending."""
+
+    def __init__(self, pipeline: str, timeout: float) -> None:
+        CustomerioTerminalError.__init__(
+            self,
+            f"pipeline '{pipeline}' lost its lease in destination.customerio.state_url (taken"
+            f" over by another run, or no heartbeat within lease_timeout, {timeout:g} s): this"
+            " run stopped sending. The cursors of its last completed load are kept, so the run"
+            " that holds the lease, or the next one, reads this load's rows again",
         )
 
 

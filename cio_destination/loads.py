@@ -194,7 +194,7 @@ def mappings_for_load(
             if context is not None and context.load_id == load_id:
                 mappings.context = context
                 state = pipeline_state(pipeline, config)
-                hold_lease(state, config)  # with state_url: one run of the pipeline at a time
+                hold_lease(state, config, working_dir)  # with state_url: one run at a time
                 if not config.dry_run:
                     state.purge_older_than(now() - config.state_retention_days * 86_400)
                 mappings.check_package(context, state, pipeline)

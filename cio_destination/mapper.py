@@ -112,14 +112,15 @@ def _map_items(mapper: RowMapper, items: list[Row] | Any, columns: Mapping[str, 
     batch = as_record_batch(items)
     if batch is None:
         return Mapped([], [], 0)
-    if columnar is None or _holds_variant_values(mapper, batch):
+    if columnar is None or _holds_variants(mapper, batch):
         return mapper.map_rows(rows_from_arrow(batch))
     return columnar.map_batch(mapper, batch, None, mapper.map_rows)
 
 
-def _holds_variant_values(reader: RowReader, batch: Any) -> bool:
-    """Whether a variant column of the batch holds a value: the row path reads it back into
-    its column (`RowReader.decoded`), which the columns' builders do not."""
+def _holds_variants(reader: RowReader, batch: Any) -> bool:
+    """Whether a value of the batch is in one of dlt's variant columns (a value that did not fit
+    its column's type, as dict rows written to parquet keep them): the row path reads those
+    values back into their columns, which the columnar builders do not."""
     names = set(batch.schema.names)
     return any(
         variant in names and batch.column(variant).null_count < batch.num_rows

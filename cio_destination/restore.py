@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -33,11 +34,11 @@ from dlt.pipeline import trace
 from dlt.pipeline.state_sync import mark_state_extracted, migrate_state_to_current, state_doc
 
 from cio_destination.configuration import CustomerioConfiguration, pipeline_configuration
-from cio_destination.exceptions import PipelineLeaseError
+from cio_destination.exceptions import LeaseLostError, PipelineLeaseError
 from cio_destination.state import PipelineState, state_for
 from cio_destination.state.runs import SavedDltState
 
-__all__ = ["restore_state", "run_lease"]
+__all__ = ["check_lease", "restore_state", "run_lease"]
 
 logger = logging.getLogger("cio_destination")
 
@@ -50,11 +51,14 @@ class _Lease:
     holder: str
     timeout: float
     stop: threading.Event = field(default_factory=threading.Event)
+    beaten_at: float = field(default_factory=lambda: time.monotonic())
+    """When a beat last found the lease this run's own (`time.monotonic`)."""
+    taken_over: bool = False
 
     def beat_until_stopped(self) -> None:
         while not self.stop.wait(self.timeout / 4):
             try:
-                if not self.state.runs.beat(self.holder):
+                if not self.beat():
                     logger.error(
                         "customerio: pipeline %s: its lease was taken over by another run",
                         self.state.pipeline_name,
@@ -63,19 +67,46 @@ class _Lease:
             except Exception as error:  # the database may be back at the next beat
                 logger.warning("customerio: lease heartbeat failed (%s)", type(error).__name__)
 
+    def beat(self) -> bool:
+        """Beat once; False once another run holds the lease."""
+        if self.taken_over or not self.state.runs.beat(self.holder):
+            self.taken_over = True
+            return False
+        self.beaten_at = time.monotonic()
+        return True
+
+    def kept(self, *, confirm: bool) -> bool:
+        """Whether this run may go on sending: the lease is its own, as a beat within half the
+        timeout found (or, with `confirm` or none so recent, as a beat now finds). A beat that
+        fails leaves it kept only while the last good one is within the timeout: after that,
+        another run may take the lease over."""
+        if self.taken_over:
+            return False
+        if not confirm and time.monotonic() - self.beaten_at < self.timeout / 2:
+            return True
+        try:
+            return self.beat()
+        except Exception as error:
+            logger.warning("customerio: lease heartbeat failed (%s)", type(error).__name__)
+            return time.monotonic() - self.beaten_at < self.timeout
+
 
 _leases: dict[tuple[int, str], _Lease] = {}
+"""The leases this process holds, by state store and pipeline working directory: two runs of
+one pipeline name from two working directories are two runs, and only one gets the lease."""
 _spanning: Counter[str] = Counter()
-"""Pipelines inside a `run_lease` block: the end of one of their runs keeps the lease."""
+"""Working directories of pipelines inside a `run_lease` block: the end of one of their runs
+keeps the lease."""
 _leases_lock = threading.Lock()
 
 
-def hold_lease(state: PipelineState, config: CustomerioConfiguration) -> None:
-    """Hold the pipeline's lease in a shared store until `pipeline.run()` ends; raise
-    `PipelineLeaseError` when a live run of the pipeline holds it."""
+def hold_lease(state: PipelineState, config: CustomerioConfiguration, working_dir: str) -> None:
+    """Hold the pipeline's lease in a shared store for the run of the pipeline in `working_dir`
+    until `pipeline.run()` ends; raise `PipelineLeaseError` when a live run of the pipeline
+    holds it (another process's, or this process's from another working directory)."""
     if not state.store.shared or config.dry_run:
         return
-    key = (id(state.store), state.pipeline_name)
+    key = (id(state.store), working_dir)
     with _leases_lock:
         if key in _leases:
             return
@@ -95,13 +126,23 @@ def hold_lease(state: PipelineState, config: CustomerioConfiguration) -> None:
     threading.Thread(target=lease.beat_until_stopped, daemon=True, name="cio-lease").start()
 
 
-def release_leases(pipeline_name: str, *, run_ended: bool = False) -> None:
-    """Give back the leases this process holds for a pipeline (at the end of a run: unless a
-    `run_lease` block spans the run)."""
+def check_lease(state: PipelineState, working_dir: str, *, confirm: bool = False) -> None:
+    """Raise `LeaseLostError` when this process held the pipeline's lease in a shared store and
+    may hold it no more (see `_Lease.kept`); with `confirm`, ask the database now (a load job's
+    start). Without a lease (local state, a dry run) there is nothing to check."""
     with _leases_lock:
-        if run_ended and _spanning[pipeline_name]:
+        lease = _leases.get((id(state.store), working_dir))
+    if lease is not None and not lease.kept(confirm=confirm):
+        raise LeaseLostError(state.pipeline_name, lease.timeout)
+
+
+def release_leases(working_dir: str, *, run_ended: bool = False) -> None:
+    """Give back the leases this process holds for the pipeline in `working_dir` (at the end of
+    a run: unless a `run_lease` block spans the run)."""
+    with _leases_lock:
+        if run_ended and _spanning[working_dir]:
             return
-        held = [k for k in _leases if k[1] == pipeline_name]
+        held = [k for k in _leases if k[1] == working_dir]
         leases = [_leases.pop(k) for k in held]
     for lease in leases:
         lease.stop.set()
@@ -123,16 +164,16 @@ def run_lease(pipeline: dlt.Pipeline) -> Iterator[None]:
     another run could start. Raises `PipelineLeaseError` when a live run holds it.
     """
     with _leases_lock:
-        _spanning[pipeline.pipeline_name] += 1
+        _spanning[pipeline.working_dir] += 1
     try:
         found = _shared_state(pipeline)
         if found is not None:
-            hold_lease(*found)
+            hold_lease(*found, pipeline.working_dir)
         yield
     finally:
         with _leases_lock:
-            _spanning[pipeline.pipeline_name] -= 1
-        release_leases(pipeline.pipeline_name, run_ended=True)
+            _spanning[pipeline.working_dir] -= 1
+        release_leases(pipeline.working_dir, run_ended=True)
 
 
 def _shared_state(pipeline: Any) -> tuple[PipelineState, CustomerioConfiguration] | None:
@@ -155,7 +196,7 @@ def restore_state(pipeline: dlt.Pipeline) -> bool:
     if found is None:
         return False
     state, config = found
-    hold_lease(state, config)
+    hold_lease(state, config, pipeline.working_dir)
     return _restore(pipeline, state)
 
 
@@ -188,6 +229,9 @@ def save_state(pipeline: Any) -> None:
     found = _shared_state(pipeline)
     if found is None or found[1].dry_run or pipeline.has_pending_data:
         return
+    check_lease(
+        found[0], pipeline.working_dir, confirm=True
+    )  # a run that lost its lease leaves the state to its holder
     doc = state_doc(pipeline.state)
     schemas = [schema.to_dict() for schema in pipeline.schemas.values()]
     found[0].runs.save_dlt_state(
@@ -225,7 +269,7 @@ class _Tracking:
                 hook(pipeline.working_dir)
 
     def on_end_trace(self, trace: Any, pipeline: Any, send_state: bool) -> None:
-        release_leases(pipeline.pipeline_name, run_ended=True)
+        release_leases(pipeline.working_dir, run_ended=True)
 
 
 _TRACKING = _Tracking()

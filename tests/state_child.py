@@ -17,37 +17,18 @@ from pathlib import Path
 
 import dlt
 
-from cio_destination import customerio, customerio_adapter, restore_state, run_command
+from cio_destination import customerio, restore_state, run_command
+from tests.send_child import receipts_resource, send_settings
 
 PIPELINE = "stateless_sends"
-
-
-def receipts(count: int) -> list[dict[str, object]]:
-    return [
-        {"receipt_id": i, "email": f"buyer{i}@example.com", "amount": i % 50 + 0.25}
-        for i in range(count)
-    ]
 
 
 def main() -> int:
     pipelines_dir, url, state_url, schema, rows, lease_timeout = sys.argv[1:7]
     hold = sys.argv[7:9]
-    resource = customerio_adapter(
-        dlt.resource(receipts(int(rows)), name="receipts"),
-        action="send_email",
-        identifier="email",
-        identifier_type="email",
-        transactional_message_id=3,
-        to="email",
-        event_id="receipt_id",
-    )
+    resource = receipts_resource(int(rows))
     destination = customerio(
-        site_id="test-site",
-        api_key="test-key",
-        app_api_key="test-app-key",
-        track_url=url,
-        app_url=url,
-        app_requests_per_second=4_000,  # the kills follow progress, not time
+        **send_settings(url),
         max_concurrent_requests=4,
         state_url=state_url,
         state_schema=schema,

@@ -808,31 +808,59 @@ def test_dict_rows_with_a_variant_column_take_the_row_path_and_fold_it():
     ]
 
 
-def test_arrow_rows_with_a_variant_value_take_the_row_path_and_fold_it():
-    variant = "age\u25b6v_text"
+@pytest.mark.parametrize(
+    "declared",
+    [
+        {"action": "identify", "identifier": "ident", "attributes": ["age"]},
+        {"action": "event", "identifier": "ident", "event_name": "seen"},
+    ],
+    ids=["identify", "event"],
+)
+def test_an_arrow_batch_with_a_value_in_a_variant_column_maps_as_its_rows_do(declared):
+    """Dict rows loaded as parquet reach the destination as Arrow with dlt's variant columns:
+    the value there is its column's, so the batch takes the row path, which reads it back."""
     columns = {
         "ident": {"name": "ident", "data_type": "text"},
         "age": {"name": "age", "data_type": "bigint"},
-        variant: {"name": variant, "data_type": "text", "variant": True},
+        "age\u25b6v_text": {"name": "age\u25b6v_text", "data_type": "text", "variant": True},
     }
-    batch = pa.RecordBatch.from_pydict(
-        {
-            "ident": ["a", "b"],
-            "age": pa.array([5, None], pa.int64()),
-            variant: pa.array([None, "unknown"]),
-        }
+    schema = pa.schema(
+        [("ident", pa.string()), ("age", pa.int64()), ("age\u25b6v_text", pa.string())]
     )
-    declared = {"action": "identify", "identifier": "ident"}
+    rows = [
+        {"ident": "a", "age": 5, "age\u25b6v_text": None},
+        {"ident": "b", "age": None, "age\u25b6v_text": "unknown"},
+    ]
     mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
 
-    mapped = map_items(mapper, batch)
+    batch = pa.RecordBatch.from_pylist(rows, schema=schema)
 
-    assert [orjson.loads(e.data)["attributes"] for e in mapped.all_entries()] == [
-        {"age": 5},
-        {"age": "unknown"},
-    ]
-    unfilled = map_items(mapper, batch.set_column(2, variant, pa.array([None, None], pa.string())))
-    assert unfilled.block is not None and len(unfilled.block) == 2  # no value there: by columns
+    mapped = map_items(mapper, batch, columns)
+
+    assert outcome(mapped) == outcome(mapper.map_rows(rows_from_arrow(batch)))
+    assert b'"unknown"' in mapped.all_entries()[1].data
+
+
+def test_an_arrow_batch_whose_variant_column_is_empty_stays_on_the_columnar_path():
+    columns = {
+        "ident": {"name": "ident", "data_type": "text"},
+        "age": {"name": "age", "data_type": "bigint"},
+        "age\u25b6v_text": {"name": "age\u25b6v_text", "data_type": "text", "variant": True},
+    }
+    batch = pa.RecordBatch.from_pylist(
+        [{"ident": "a", "age": 5, "age\u25b6v_text": None}],
+        schema=pa.schema(
+            [("ident", pa.string()), ("age", pa.int64()), ("age\u25b6v_text", pa.string())]
+        ),
+    )
+    declared = {"action": "identify", "identifier": "ident", "attributes": ["age"]}
+    mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+    before = COLUMNAR_PATH.rows
+
+    mapped = map_items(mapper, batch, columns)
+
+    assert COLUMNAR_PATH.rows == before + 1
+    assert orjson.loads(mapped.all_entries()[0].data)["attributes"] == {"age": 5}
 
 
 def test_source_row_hashes_cover_the_variant_columns_of_the_columns_read():
@@ -920,3 +948,26 @@ def test_identifiers_in_key_order_map_as_the_row_path_maps_them(idents, descendi
     counts = Counter(idents)
     alone = sum(1 for ident in idents if ident is not None and counts[ident] == 1)
     assert COLUMNAR_PATH.rows - before == alone
+
+
+@pytest.mark.slow
+def test_dict_rows_loaded_as_parquet_keep_the_values_dlt_put_in_variant_columns(tmp_path, emulator):
+    import dlt
+
+    from cio_destination import customerio, customerio_adapter
+
+    from .conftest import API_KEY, SITE_ID
+
+    destination = customerio(site_id=SITE_ID, api_key=API_KEY, track_url=emulator.url)
+    pipeline = dlt.pipeline("variants", destination=destination, pipelines_dir=str(tmp_path))
+
+    def people(rows: list[dict[str, Any]]) -> Any:
+        resource = dlt.resource(rows, name="people")
+        return customerio_adapter(resource, action="identify", identifier="uid")
+
+    pipeline.run(people([{"uid": "a", "age": 5}]), loader_file_format="parquet")
+    # "unknown" does not fit the bigint column: dlt keeps it in the variant column age▶v_text
+    pipeline.run(people([{"uid": "b", "age": "unknown"}]), loader_file_format="parquet")
+
+    assert "age\u25b6v_text" in pipeline.default_schema.tables["people"]["columns"]
+    assert emulator.find_person(id="b")["attributes"] == {"age": "unknown"}

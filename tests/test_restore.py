@@ -12,7 +12,7 @@ import dlt
 import pytest
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from cio_destination import customerio, customerio_adapter, restore_state
+from cio_destination import customerio, customerio_adapter, restore_state, run_lease
 from cio_destination.emulator import Emulator, Faults
 
 from .conftest import API_KEY, SITE_ID
@@ -105,3 +105,33 @@ def test_a_dry_run_saves_no_state_and_takes_no_lease(tmp_path: Path, emulator: E
     runner(tmp_path, emulator).run(orders(15))
 
     assert sent_ops(emulator, mark) == 5  # the dry run's cursors were not saved
+
+
+def test_a_run_whose_lease_was_taken_over_sends_nothing_more_and_saves_no_state(
+    tmp_path: Path, emulator: Emulator
+):
+    from cio_destination import LeaseLostError, customerio_error
+    from cio_destination.loads import pipeline_state
+
+    runner(tmp_path, emulator).run(orders(10))
+    pipeline = runner(tmp_path, emulator)
+    with run_lease(pipeline):  # held across the three steps
+        pipeline.extract(orders(15))
+        pipeline.normalize()
+        state = pipeline_state(pipeline, pipeline.destination.configuration(None))  # type: ignore[union-attr]
+        # another run found this one's heartbeat too old and took the lease over
+        with state.store.transaction() as tx:
+            tx.execute("UPDATE {cio_leases} SET heartbeat_at = 0")
+        assert state.runs.take_lease("other", "host-b", 2, 120).holder == "other"
+        mark = len(emulator.requests)
+
+        with pytest.raises(PipelineStepFailed) as failed:
+            pipeline.load()
+
+    assert isinstance(customerio_error(failed.value), LeaseLostError)
+    assert sent_ops(emulator, mark) == 0
+    assert pipeline.list_normalized_load_packages()  # kept: nothing of it is lost
+    state.runs.release("other")
+    later = runner(tmp_path, emulator)
+    later.run(orders(15))
+    assert sent_ops(emulator, mark) == 5  # the cursors saved are the last completed load's
