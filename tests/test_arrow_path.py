@@ -644,12 +644,13 @@ def test_source_row_hashes_are_each_rows_own_and_tell_rows_apart(
 
 def test_source_row_hashes_are_the_stored_form():
     """The form stored with fingerprints (`cio-source-row-5`): XXH3-64 of the row's text values
-    back to back, seeded with the mapping and the columns' names and types in order; then
-    64-bit words taken in one at a time (XOR, a multiply by an odd number, the high half XORed
-    into the low): the texts' byte lengths two to a word, each number's bits (a null number
-    0), one word of which numbers have a value; then splitmix64's finalizer; read as a signed
-    number. The same row hashes alike in any batch, as string or large_string, whether or
-    not other rows have nulls; it hashes otherwise than the forms stored before (`-3`, `-4`)."""
+    back to back, unseeded; then 64-bit words taken in one at a time (XOR, a multiply by an
+    odd number, the high half XORed into the low): a digest of the mapping and the columns'
+    names and types in order, the texts' byte lengths two to a word, each number's bits (a
+    null number 0), one word of which numbers have a value; then splitmix64's finalizer; read
+    as a signed number. The same row hashes alike in any batch, as string or large_string,
+    whether or not other rows have nulls; it hashes otherwise than the forms stored before
+    (`-3`, `-4`)."""
     import hashlib
     import struct
 
@@ -682,8 +683,8 @@ def test_source_row_hashes_are_the_stored_form():
         return h - 2**64 if h >= 2**63 else h
 
     def hashed(text: str, words: list[int]) -> int:
-        h = xxhash.xxh3_64_intdigest(text.encode(), seed(layout, b"cio-source-row-5"))
-        for word in words:
+        h = xxhash.xxh3_64_intdigest(text.encode())
+        for word in [seed(layout, b"cio-source-row-5"), *words]:
             h = (h ^ word) * 0x9E3779B97F4A7C15 % 2**64
             h ^= h >> 32
         return signed(finished(h))

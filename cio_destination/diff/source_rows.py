@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from itertools import repeat
 from typing import Any
 
 import orjson
@@ -58,15 +57,16 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[pa.Array, pa.Array
     are the same row under the same mapping, but for a 64-bit collision.
 
     The hash starts from XXH3-64 (stable across releases and platforms: never Python's or
-    DuckDB's `hash()`) of the row's text values back to back, seeded with the mapping and the
-    name and type of every column hashed, in order. Then it takes in 64-bit words, one at a
-    time: the byte lengths of the texts, two to a word in order (the first in the low half; a
-    null: all ones), then a number's, boolean's or time's bits per column in order (an integer
-    as int64, a float as float64, a time as its int64 count; a null as 0), then one word per
-    64 such columns of whether each has a value (a bit each, in order). A word is taken in by
-    XOR, a multiply by an odd number and an XOR of the high half into the low, each a
-    bijection, so rows that differ in one word always differ; and at the end splitmix64's
-    finalizer. The lengths cut the texts apart, so different texts never give the same bytes.
+    DuckDB's `hash()`) of the row's text values back to back, with no seed. Then it takes in
+    64-bit words, one at a time: a digest of the mapping and the name and type of every column
+    hashed, in order; the byte lengths of the texts, two to a word in order (the first in the
+    low half; a null: all ones); a number's, boolean's or time's bits per column in order (an
+    integer as int64, a float as float64, a time as its int64 count; a null as 0); then one
+    word per 64 such columns of whether each has a value (a bit each, in order). A word is
+    taken in by XOR, a multiply by an odd number and an XOR of the high half into the low,
+    each a bijection, so rows that differ in one word always differ; and at the end
+    splitmix64's finalizer. The lengths cut the texts apart, so different texts never give the
+    same bytes.
     """
     mapping = reader.mapping
     columns = {name: _whole(batch.column(name)) for name in batch.schema.names}
@@ -95,9 +95,9 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[pa.Array, pa.Array
         digest_size=8,
         person=SOURCE_HASH_PERSON,
     )
-    hashes = _text_hashes(texts, len(ident), int.from_bytes(salt.digest(), "big"))
+    hashes = _text_hashes(texts, len(ident))
     factor, shift = _TAKE_IN
-    for word in words:
+    for word in [pa.scalar(int.from_bytes(salt.digest(), "big"), _U64), *words]:
         hashes = pc.multiply(pc.bit_wise_xor(hashes, word), factor)  # wraps, modulo 2**64
         hashes = pc.bit_wise_xor(hashes, pc.shift_right(hashes, shift))
     for shift, factor in _FINISH:
@@ -111,8 +111,9 @@ def _whole(column: Any) -> pa.Array:
     return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
-def _text_hashes(texts: list[pa.Array], rows: int, seed: int) -> pa.Array:
-    """XXH3-64 of each row's texts back to back (a null as no bytes), with `seed`."""
+def _text_hashes(texts: list[pa.Array], rows: int) -> pa.Array:
+    """XXH3-64 of each row's texts back to back (a null as no bytes), with no seed (a seed is
+    one more Python number to convert per row: the mapping is a word taken in after)."""
     if texts:
         if len({text.type for text in texts}) > 1:  # string and large_string: join as large
             texts = [pc.cast(text, pa.large_string()) for text in texts]
@@ -122,7 +123,7 @@ def _text_hashes(texts: list[pa.Array], rows: int, seed: int) -> pa.Array:
         values = as_binary(head).to_pylist()
     else:
         values = [b""] * rows
-    numbers = array("Q", map(xxhash.xxh3_64_intdigest, values, repeat(seed)))
+    numbers = array("Q", map(xxhash.xxh3_64_intdigest, values))
     return pa.Array.from_buffers(_U64, rows, [None, pa.py_buffer(numbers)])
 
 
