@@ -23,6 +23,7 @@ from dlt.common.typing import TDataItems
 
 from cio_destination.arrow_memory import load_step_pool
 from cio_destination.configuration import CustomerioConfiguration, keyword_signature
+from cio_destination.diff import Diff
 from cio_destination.entries import Entry, Mapped
 from cio_destination.exceptions import CustomerioError
 from cio_destination.failures import shorten_job_error_logs
@@ -81,17 +82,22 @@ def _load_job(items: TDataItems, table: TTableSchema, config: CustomerioConfigur
     if not load.config.dry_run:  # the credentials' round trip overlaps the first unit's mapping
         workspace_for(load.config).begin_load_soon(load.load_id)
     columns = table.get("columns") or {}
-    alone = must_go_alone(mapper.compiled)  # then each unit is mapped after its diff's wait
+    first_sync = load.first_sync(mapper)  # a changes_only table that compares with nothing
+    alone = must_go_alone(mapper.compiled, first_sync=first_sync)  # mapped after its diff's wait
     job = JobFile(items, table)
     carry = Carry() if carries_across_units(mapper.compiled) else None
     order = InOrder(job, carry)
 
-    def map_ahead(unit: Unit) -> Mapped | None:
-        return None if alone else map_items(mapper, unit.items, columns)
+    def map_ahead(unit: Unit) -> tuple[Diff, Mapped] | None:
+        if alone:
+            return None
+        diff = load.diff(mapper)  # a first sync's source rows are hashed ahead too
+        return diff, map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
 
-    ahead = units_ahead(mapper.compiled, job.arrow)
+    ahead = units_ahead(mapper.compiled, job.arrow, first_sync=first_sync)
+    rows = unit_rows(alone or first_sync)
     try:
-        for unit, mapped in mapped_ahead(job.units(unit_rows(alone)), map_ahead, ahead):
+        for unit, mapped in mapped_ahead(job.units(rows), map_ahead, ahead):
             if order.failed:
                 break
             send_unit(load, mapper, columns, unit, mapped, order, carry)
@@ -115,24 +121,24 @@ def send_unit(
     mapper: RowMapper,
     columns: TTableColumns,
     unit: Unit,
-    mapped: Mapped | None,
+    ahead: tuple[Diff, Mapped] | None,
     order: InOrder,
     carry: Carry | None = None,
 ) -> None:
-    """Diff and start delivering one unit of rows (`mapped` ahead, or None: mapped here, once
-    every earlier unit is finished, for a table whose units must go alone); it is recorded
-    once `order` finishes it. Its requests wait for the earlier units that name the same
-    people; with `carry`, its first request body also holds the earlier unit's last
-    operations, and its own last ones wait there for the next unit."""
+    """Diff and start delivering one unit of rows (`ahead`: its diff and its rows, mapped
+    ahead, or None: mapped here, once every earlier unit is finished, for a table whose units
+    must go alone); it is recorded once `order` finishes it. Its requests wait for the earlier
+    units that name the same people; with `carry`, its first request body also holds the
+    earlier unit's last operations, and its own last ones wait there for the next unit."""
     order.wait_admitted()
     started = time.time()
-    if mapped is None:
+    if ahead is None:
         order.make_way(None)
         diff = load.diff(mapper)
         mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
     else:
         order.finish_ready()
-        diff = load.diff(mapper)  # no rows to drop before mapping: not a changes_only table
+        diff, mapped = ahead
     names = identities(mapped)
     order.make_way(names)
     parts = diff.to_send(mapped)
