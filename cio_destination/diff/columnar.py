@@ -109,7 +109,14 @@ def _filtered(block: EntryBlock, mask: Any) -> EntryBlock:
 
 
 def accepted_rows(pending: pa.Table, delivered: Sequence[Sequence[Entry]]) -> pa.Table:
-    """The rows of `pending` (fingerprints by identifier) whose entries were delivered."""
+    """The rows of `pending` (fingerprints by identifier) whose entries were delivered.
+
+    `pending` are the fingerprints of one block's entries, each in one row, and its slices
+    are the only blocks `delivered` holds: if those come to as many entries, the whole block
+    was delivered (the usual case), and nothing is looked up."""
+    blocks = [group for group in delivered if isinstance(group, EntryBlock)]
+    if sum(len(block) for block in blocks) == len(pending):
+        return pending
     keys: list[pa.Array] = []
     for group in delivered:
         if isinstance(group, EntryBlock) and group.row_keys is not None:
