@@ -134,7 +134,8 @@ def test_the_columnar_diff_sends_rejects_and_keeps_what_the_row_diff_does():
 )
 def test_value_hashes_are_value_hash_of_each_value_whether_values_repeat_or_not(values, repeat):
     """The column form hashes each distinct value once where values repeat, and each value
-    where they are mostly distinct: either way the numbers are `value_hash`'s. Both ways run."""
+    where they are mostly distinct: either way the numbers are `value_hash`'s (and their
+    decimal text, `as_text`). Both ways run."""
     import orjson
     import pyarrow.compute as pc
 
@@ -154,9 +155,11 @@ def test_value_hashes_are_value_hash_of_each_value_whether_values_repeat_or_not(
     changes.pc.dictionary_encode = lambda *a, **k: encoded.append(1) or original(*a, **k)  # type: ignore[assignment]
     try:
         hashes = changes.value_hashes(texts).to_pylist()
+        written = changes.value_hashes(texts, as_text=True).to_pylist()
     finally:
         changes.pc.dictionary_encode = original  # type: ignore[assignment]
     assert hashes == [None if v is None else changes.value_hash(v) for v in values]
+    assert written == [None if h is None else str(h) for h in hashes]
     sample = texts.to_pylist()[: changes.DISTINCT_SAMPLE]
     assert bool(encoded) == (2 * len(set(sample)) <= len(sample))
 
