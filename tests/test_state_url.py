@@ -487,3 +487,93 @@ def _load_pipeline(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_a_first_syncs_copy_of_hashes_is_made_of_its_writes_not_read_back_at_its_end(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+):
+    """Fingerprints COPYed in of people a table had none of, since it had none, with no other
+    write between: the load's end makes the table's copy of source-row hashes of what those
+    writes wrote, without the database reading every fingerprint back. Any other write between
+    (this process's, another runner's, one that replaced fingerprints kept, one that failed)
+    and the end reads them back, and the copy always holds exactly the hashes kept."""
+    import contextlib
+
+    from cio_destination import CustomerioTransientError
+    from cio_destination.state import TABLES, PipelineState
+    from cio_destination.state.backend import SqlStore
+    from cio_destination.state.fingerprints import StoredFingerprints
+
+    from .test_state_store import arrow_fingerprints
+
+    store = SqlStore(database.url, database.state, TABLES, "destination.customerio.state_url")
+    read_back: list[str] = []
+    make_copy = StoredFingerprints._make_copy
+
+    def counted(tx: Any, scope: str, *, server: bool) -> None:
+        read_back.append(scope)
+        make_copy(tx, scope, server=server)
+
+    monkeypatch.setattr(StoredFingerprints, "_make_copy", staticmethod(counted))
+    fingerprints = PipelineState(store, "p").fingerprints
+    other_runner = StoredFingerprints(store, "p")
+
+    def people(first: int, count: int = 1_500) -> Any:
+        return arrow_fingerprints(
+            {
+                f"u{i}": (i, b"{}", None if i % 7 == 0 else i * 1_000_003)
+                for i in range(first, first + count)
+            }
+        )
+
+    def write(scope: str, first: int, count: int = 1_500) -> None:
+        fingerprints.remember_table(scope, people(first, count))
+        fingerprints.flush()
+
+    def copy_is_the_truth(scope: str) -> bool:
+        copy = other_runner.read_copy(scope, 10**6)
+        rows = store.read("SELECT source_hash FROM {cio_fingerprints} WHERE scope = ?", [scope])
+        truth = sorted(row[0] for row in rows if row[0] is not None)
+        return copy is not None and sorted(copy) == truth != []
+
+    for first in (0, 1_500, 3_000):  # a first sync's units
+        write("p/first", first)
+        assert other_runner.read_copy("p/first", 10**6) is None  # none until the end
+    fingerprints.keep_copy("p/first")
+    assert read_back == [] and copy_is_the_truth("p/first")
+
+    write("p/first", 4_000)  # new people, but the table had fingerprints
+    fingerprints.keep_copy("p/first")
+    write("p/replaced", 0)
+    write("p/replaced", 1_000)  # 500 of them kept already
+    write("p/replaced", 3_000)
+    fingerprints.keep_copy("p/replaced")
+    write("p/between", 0)
+    fingerprints.remember("p/between", {"x": {"r": 1, "a": {}, "s": 5}})
+    write("p/between", 1_500)
+    fingerprints.keep_copy("p/between")
+    write("p/other", 0)
+    other_runner.remember_table("p/other", people(1_500))
+    other_runner.flush()
+    write("p/other", 3_000)
+    fingerprints.keep_copy("p/other")
+    assert read_back == ["p/first", "p/replaced", "p/between", "p/other"]
+    assert all(copy_is_the_truth(s) for s in ("p/first", "p/replaced", "p/between", "p/other"))
+
+    write("p/failed", 0)
+    transaction = store.transaction
+
+    @contextlib.contextmanager
+    def failing_at_commit(**kwargs: Any) -> Any:
+        with transaction(**kwargs) as tx:
+            yield tx
+            raise CustomerioTransientError("the commit failed")  # rolled back
+
+    monkeypatch.setattr(store, "transaction", failing_at_commit)
+    fingerprints.remember_table("p/failed", people(1_500))
+    with pytest.raises(CustomerioTransientError):
+        fingerprints.flush()
+    monkeypatch.setattr(store, "transaction", transaction)
+    fingerprints.keep_copy("p/failed")
+    assert read_back[4:] == [] and copy_is_the_truth("p/failed")  # the first write's, alone
+    store.close()

@@ -157,30 +157,32 @@ class Transaction:
         constants: Mapping[str, Any],
         *,
         new: bool = False,
-    ) -> None:
+    ) -> bool:
         """`upsert` of the rows of an Arrow table (binary columns for blobs), each with the
         `constants` too; its `keys` are distinct. PostgreSQL gets one binary COPY of the table,
         written by Arrow (`new`: its keys are most likely not kept yet, so the COPY goes
         straight into the table, and through a scratch table only if one was); the other
-        databases get its rows, as `upsert` writes them."""
+        databases get its rows, as `upsert` writes them. True: every row was inserted, none
+        replaced one kept (known only of a COPY that went straight in)."""
         if not len(data):
-            return
+            return True
         columns = [*constants, *data.column_names]
         if self._copy_table is None or len(data) < _COPY_ROWS:
             values = [column.to_pylist() for column in data.columns]
             rows = [(*constants.values(), *row) for row in zip(*values, strict=True)]
             self.upsert(table, columns, [*constants, *keys], rows, distinct=True)
-            return
+            return False
         for position, (name, value) in enumerate(constants.items()):
             data = data.add_column(position, name, pa.repeat(value, len(data)))
         scratch = self._copy_table(table, data, new)
         if scratch is None:
-            return
+            return True
         listed = ", ".join(columns)
         conflict = _on_conflict(columns, [*constants, *keys])
         self._execute(
             f"INSERT INTO {{{table}}} ({listed}) SELECT {listed} FROM {scratch} {conflict}", []
         )
+        return False
 
     def delete_in(
         self, table: str, where: str, params: Sequence[Any], column: str, values: Sequence[Any]
