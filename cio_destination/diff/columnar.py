@@ -68,7 +68,10 @@ def block_fingerprints(
     source = pa.nulls(size, pa.int64())
     if sources is not None:
         keys, values_ = sources
-        source = pc.take(values_, pc.index_in(identifiers, value_set=keys))
+        if len(keys) == size and pc.all(pc.equal(keys, identifiers)).as_py() is not False:
+            source = values_  # a hash per row of the batch, in the block's order: no lookup
+        else:
+            source = pc.take(values_, pc.index_in(identifiers, value_set=keys))
     return pa.table(
         [
             identifiers,
