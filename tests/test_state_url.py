@@ -577,3 +577,55 @@ def test_a_first_syncs_copy_of_hashes_is_made_of_its_writes_not_read_back_at_its
     fingerprints.keep_copy("p/failed")
     assert read_back[4:] == [] and copy_is_the_truth("p/failed")  # the first write's, alone
     store.close()
+
+
+def test_a_write_behind_is_not_stopped_by_an_erasure_that_waits_for_its_row(database: Database):
+    """A first sync's write behind locks the copy's row with its first statement; an erasure
+    (a delete table's job) holds the fingerprints' copy lock while its own statement waits for
+    that row. The write must then finish without the copy lock, or the load hangs: a Python
+    lock and a row lock that PostgreSQL cannot see as a deadlock."""
+    import threading
+
+    from cio_destination.state import TABLES, PipelineState
+    from cio_destination.state.backend import SqlStore
+
+    from .kills import wait_for
+    from .test_state_store import arrow_fingerprints
+
+    store = SqlStore(database.url, database.state, TABLES, "destination.customerio.state_url")
+    fingerprints = PipelineState(store, "p").fingerprints
+
+    def people(first: int) -> Any:
+        return arrow_fingerprints({f"u{i}": (i, b"{}", i) for i in range(first, first + 1_500)})
+
+    fingerprints.remember_table("p/first", people(0))  # a first sync's first unit
+    fingerprints.flush()
+    with database.engine.connect() as holder:  # the row is held until the erasure waits too
+        holder.exec_driver_sql(
+            f"SELECT 1 FROM {database.state}.cio_source_hashes WHERE scope = 'p/first' FOR UPDATE"
+        )
+        fingerprints.remember_table("p/first", people(1_500))  # its next unit, behind
+
+        def waiting_for_the_row() -> bool:
+            with database.engine.connect() as connection:
+                return bool(
+                    connection.exec_driver_sql(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE '%%cio_source_hashes%%'"
+                    ).scalar()
+                )
+
+        wait_for(waiting_for_the_row)
+        written = threading.Event()
+
+        def flushed() -> None:
+            fingerprints.flush()
+            written.set()
+
+        with fingerprints._copy_lock:  # as `erase` holds it while its statement waits
+            holder.commit()  # the write behind goes on
+            threading.Thread(target=flushed, daemon=True).start()
+            finished = written.wait(timeout=120)  # only a hang takes this long
+    assert finished
+    assert store.read("SELECT count(*) FROM {cio_fingerprints}", [])[0][0] == 3_000
+    store.close()

@@ -309,6 +309,10 @@ class StoredFingerprints:
         self._chains: dict[str, _Chain] = {}
         """Per scope, this process's unbroken chain of writes since the scope had no
         fingerprint (see `_Chain`)."""
+        self._chains_lock = threading.Lock()
+        """Guards `_chains` alone, and is never held across a statement: the writer thread
+        takes it inside a transaction that locks the copy's row, where `_copy_lock` (held by
+        `erase` and `keep_copy` across statements that wait for that row) would deadlock."""
 
     def kept_sources(self, scope: str) -> KeptSources:
         kept = KeptSources(self, scope)
@@ -379,7 +383,7 @@ class StoredFingerprints:
             [scope],
         )
         mark, dropped = found[0]
-        with self._copy_lock:
+        with self._chains_lock:
             chain = self._chains.get(scope)
         if chain is None or not dropped or mark != chain.token:
             chain = None
@@ -430,7 +434,8 @@ class StoredFingerprints:
                     [scope],
                 )
                 size, dropped = found[0]
-                chain = self._chains.pop(scope, None)
+                with self._chains_lock:
+                    chain = self._chains.pop(scope, None)
                 if dropped and chain is not None and size == chain.token:  # made of the chain
                     hashes = b"".join(chain.hashes)
                     tx.execute(
@@ -565,7 +570,7 @@ class StoredFingerprints:
                 return
             with self._store.transaction() as tx:  # people with no fingerprint when diffed
                 chain = self._write_new(tx, scope, fingerprints)
-            with self._copy_lock:  # once committed
+            with self._chains_lock:  # once committed
                 if chain is None:
                     self._chains.pop(scope, None)
                 else:
