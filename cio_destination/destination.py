@@ -23,6 +23,7 @@ from dlt.common.typing import TDataItems
 
 from cio_destination.arrow_memory import load_step_pool
 from cio_destination.configuration import CustomerioConfiguration, keyword_signature
+from cio_destination.diff import Diff
 from cio_destination.entries import Entry, Mapped
 from cio_destination.exceptions import CustomerioError
 from cio_destination.failures import shorten_job_error_logs
@@ -83,17 +84,19 @@ def _load_job(items: TDataItems, table: TTableSchema, config: CustomerioConfigur
     if not load.config.dry_run:  # the credentials' round trip overlaps the first unit's mapping
         workspace_for(load.config).begin_load_soon(load.load_id)
     columns = table.get("columns") or {}
-    alone = must_go_alone(mapper.compiled)  # then each unit is mapped after its diff's wait
+    first_sync = load.first_sync(mapper)  # a changes_only table that compares with nothing
+    alone = must_go_alone(mapper.compiled, first_sync=first_sync)  # mapped after its diff's wait
     job = JobFile(items, table)
     carry = Carry() if carries_across_units(mapper.compiled) else None
     order = InOrder(job, carry)
 
-    def map_ahead(unit: Unit) -> Mapped | None:
-        return None if alone else map_items(mapper, unit.items, columns)
+    def map_ahead(unit: Unit) -> Diffed | None:
+        return None if alone else map_and_diff(load, mapper, unit, columns)
 
-    ahead = units_ahead(mapper.compiled, job.arrow)
+    ahead = units_ahead(mapper.compiled, job.arrow, first_sync=first_sync)
+    rows = unit_rows(alone or first_sync)
     try:
-        for unit, mapped in mapped_ahead(job.units(unit_rows(alone)), map_ahead, ahead):
+        for unit, mapped in mapped_ahead(job.units(rows), map_ahead, ahead):
             if order.failed:
                 break
             send_unit(load, mapper, columns, unit, mapped, order, carry)
@@ -112,32 +115,43 @@ install_tracking()  # the dlt state of completed loads and the run lease, with s
 customerio.__signature__ = keyword_signature()  # type: ignore[attr-defined]
 
 
+Diffed = tuple[Diff, Mapped, list[Sequence[Entry]]]
+"""A unit's diff, its mapped rows, and the operations to send of them."""
+
+
+def map_and_diff(load: Load, mapper: RowMapper, unit: Unit, columns: TTableColumns) -> Diffed:
+    """Map one unit's rows and keep them to what Customer.io does not have yet: ahead, while
+    the units before it wait for their answers (`mapped_ahead`; a first sync's fingerprints
+    too), or once those are answered, for a table whose units go alone."""
+    diff = load.diff(mapper)
+    mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
+    return diff, mapped, diff.to_send(mapped)
+
+
 def send_unit(
     load: Load,
     mapper: RowMapper,
     columns: TTableColumns,
     unit: Unit,
-    mapped: Mapped | None,
+    ahead: Diffed | None,
     order: InOrder,
     carry: Carry | None = None,
 ) -> None:
-    """Diff and start delivering one unit of rows (`mapped` ahead, or None: mapped here, once
-    every earlier unit is finished, for a table whose units must go alone); it is recorded
-    once `order` finishes it. Its requests wait for the earlier units that name the same
-    people; with `carry`, its first request body also holds the earlier unit's last
-    operations, and its own last ones wait there for the next unit."""
+    """Start delivering one unit of rows (`ahead`: mapped and diffed ahead, or None: mapped
+    and diffed here, once every earlier unit is finished, for a table whose units must go
+    alone); it is recorded once `order` finishes it. Its requests wait for the earlier units
+    that name the same people; with `carry`, its first request body also holds the earlier
+    unit's last operations, and its own last ones wait there for the next unit."""
     order.wait_admitted()
     started = time.time()
-    if mapped is None:
+    if ahead is None:
         order.make_way(None)
-        diff = load.diff(mapper)
-        mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
+        ahead = map_and_diff(load, mapper, unit, columns)
     else:
         order.finish_ready()
-        diff = load.diff(mapper)  # no rows to drop before mapping: not a changes_only table
+    diff, mapped, parts = ahead
     names = identities(mapped)
     order.make_way(names)
-    parts = diff.to_send(mapped)
     dry_run = load.config.dry_run
     answers = Answered(SendResult()) if dry_run else deliver(load, mapper, parts, carry)
 

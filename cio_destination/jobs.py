@@ -56,7 +56,8 @@ ALONE_UNIT_ROWS = 50_000
 """Rows of a unit of a table whose units go alone (`must_go_alone`): each waits for every
 earlier unit's answers and diffs against the state, so it pays a round trip and a state read per
 unit; 50,000 rows make those 5x rarer (a 1M-row changes_only re-sync with nothing changed spent
-2.4x a plain sync's load step in units of 10,000), and such a table packs within a unit anyway."""
+2.4x a plain sync's load step in units of 10,000), and such a table packs within a unit anyway.
+A `changes_only` first sync, whose units do not wait, has them too: it packs within a unit."""
 MAP_AHEAD = 2
 """Units of an Arrow (parquet) table read and mapped ahead while the job sends the one before
 (a table whose units must go alone maps each in turn): one helper thread reads them from the
@@ -207,21 +208,22 @@ def mapped_ahead(
                 read.cancel()
 
 
-def units_ahead(mapping: CompiledMapping, arrow: bool) -> int:
+def units_ahead(mapping: CompiledMapping, arrow: bool, *, first_sync: bool = False) -> int:
     """How many units of a table `mapped_ahead` reads and maps ahead (`MAP_AHEAD`): none for a
     table whose units go alone, one for dict rows, `MAP_AHEAD` for Arrow rows."""
-    if must_go_alone(mapping):
+    if must_go_alone(mapping, first_sync=first_sync):
         return 0
     return MAP_AHEAD if arrow else 1
 
 
-def must_go_alone(mapping: CompiledMapping) -> bool:
+def must_go_alone(mapping: CompiledMapping, *, first_sync: bool = False) -> bool:
     """Whether a unit of this table waits for every earlier unit's answers before its diff:
-    `changes_only` compares with what earlier units had accepted, a mirror records its
-    snapshot once, a merge names two people, and transactional sends keep their own ledger."""
+    `changes_only` compares with what earlier units had accepted (but on a `first_sync`, with
+    nothing: no fingerprint was kept when the load started), a mirror records its snapshot
+    once, a merge names two people, and transactional sends keep their own ledger."""
     action = mapping.action
     return (
-        mapping.mapping.changes_only
+        (mapping.mapping.changes_only and not first_sync)
         or mapping.mapping.mirror is not None
         or action in ("merge", "send_email")
     )
@@ -229,8 +231,9 @@ def must_go_alone(mapping: CompiledMapping) -> bool:
 
 def carries_across_units(mapping: CompiledMapping) -> bool:
     """Whether a unit's last, part-filled body is held back for the next unit's first
-    operations (`transport.sender.Carry`). Not for a table whose units go alone, nor for
-    `delete` and `suppress`, whose unit, once recorded, purges the people its own delivered
+    operations (`transport.sender.Carry`). Not for a table whose units go alone, nor for a
+    `changes_only` one even on a first sync (a unit keeps the fingerprints of the operations
+    its own requests delivered), nor for `delete` and `suppress`, whose unit, once recorded, purges the people its own delivered
     requests removed: it must see every one of them."""
     return not must_go_alone(mapping) and mapping.action not in ("delete", "suppress")
 

@@ -224,6 +224,15 @@ class Load:
         kept = self.mappings.kept_sources(scope, fingerprints)
         return Diff(mapper, scope, fingerprints, self.mappings.mirrors, kept=kept)
 
+    def first_sync(self, mapper: RowMapper) -> bool:
+        """Whether the table is `changes_only` and none of its fingerprints was kept when the
+        load first asked: its diff then compares with nothing, so no unit of it waits for the
+        answers of the units before it (see `cio_destination.jobs.must_go_alone`)."""
+        if not mapper.mapping.changes_only:
+            return False
+        scope = f"{self.pipeline.pipeline_name}/{mapper.compiled.table}"
+        return self.mappings.kept_sources(scope, self.state.fingerprints) is None
+
     def send_ledger_guard(self) -> SendLedgerGuard:
         """The guard of the load's emails (see `SendLedgerGuard`)."""
         context = load_context()

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import dlt
+import sqlalchemy
 from dlt.pipeline.exceptions import CannotRestorePipelineException
 
 from cio_destination import customerio, rejected_rows, run_command, sync_reports
@@ -58,13 +59,19 @@ def load_audit(
     """Load the sync reports and rejected rows of `sync_pipeline_name` into the warehouse."""
     sync_pipeline = attach_sync(sync_pipeline_name, pipelines_dir)
     url = destination_url or dlt.secrets["sources.warehouse.credentials"]
-    audit = dlt.pipeline(
-        f"{sync_pipeline_name}_rejections",  # the earlier name: its state carries on
-        destination=dlt.destinations.sqlalchemy(credentials=url),
-        dataset_name=dataset_name,
-        pipelines_dir=pipelines_dir,
-    )
-    audit.run([sync_reports(sync_pipeline), rejected_rows(sync_pipeline)])
+    # an engine of its own, closed once loaded: no connection to the warehouse stays open in
+    # the process (DuckDB refuses a second configuration of a file a connection holds open)
+    engine = sqlalchemy.create_engine(url)
+    try:
+        audit = dlt.pipeline(
+            f"{sync_pipeline_name}_rejections",  # the earlier name: its state carries on
+            destination=dlt.destinations.sqlalchemy(credentials=engine),
+            dataset_name=dataset_name,
+            pipelines_dir=pipelines_dir,
+        )
+        audit.run([sync_reports(sync_pipeline), rejected_rows(sync_pipeline)])
+    finally:
+        engine.dispose()
     return Loaded(
         reports=sum(1 for _ in sync_reports(sync_pipeline)),
         rejections=sum(1 for _ in rejected_rows(sync_pipeline)),

@@ -490,6 +490,83 @@ def test_source_hashes_stored_by_an_older_version_resend_nobody(
     assert store.source_hashes_of(scope, identifiers) == current
 
 
+@pytest.fixture
+def units_of_100(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """dlt batches of 50 rows and units of 50 (100 for a table that packs within its units);
+    the rows of each unit read, in order."""
+    from cio_destination import jobs
+
+    monkeypatch.setattr(jobs, "BATCH_ROWS", 50)
+    monkeypatch.setattr(jobs, "UNIT_ROWS", 50)
+    monkeypatch.setattr(jobs, "ALONE_UNIT_ROWS", 100)
+    read: list[int] = []
+    units = jobs.JobFile.units
+
+    def counted(self: jobs.JobFile, rows: int):
+        for unit in units(self, rows):
+            read.append(unit.rows)
+            yield unit
+
+    monkeypatch.setattr(jobs.JobFile, "units", counted)
+    return read
+
+
+def test_a_first_sync_sends_a_unit_while_the_units_before_it_wait_for_their_answers(
+    httpx_mock: HTTPXMock, tmp_path: Path, units_of_100: list[int]
+):
+    """A first sync compares with no fingerprint, so its units need not wait for each other's
+    answers: each request is held until two are in flight, which only units sent while the
+    one before waits for its answers reach (a unit is one request). Its units are of the size
+    of a table that packs within them, and the fingerprints of every unit are kept: the run
+    after sends nothing."""
+    from .in_flight import InFlight
+
+    in_flight = InFlight(2)
+    sent: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        with in_flight.request():
+            sent.extend(op["identifiers"]["id"] for op in orjson.loads(request.content)["batch"])
+            return httpx.Response(200, json={})
+
+    httpx_mock.add_callback(with_region(answer), is_reusable=True)
+    pipeline = dlt.pipeline(
+        "first", destination=customerio(site_id="s", api_key="k"), pipelines_dir=str(tmp_path)
+    )
+    rows = [{"uid": i, "plan": "pro", "score": i} for i in range(300)]
+
+    pipeline.run(arrow_people(rows))
+
+    assert in_flight.filled
+    assert units_of_100 == [100, 100, 100]
+    assert sorted(sent, key=int) == [str(i) for i in range(300)]
+    sent.clear()
+    pipeline.run(arrow_people(rows))
+    assert sent == []
+
+
+def test_a_person_in_two_units_of_a_first_sync_keeps_the_later_units_fingerprint(
+    emulator: Emulator, make_pipeline, units_of_100: list[int]
+):
+    """On a first sync a person in two units is sent in full twice, in the table's order, and
+    the fingerprint kept is that of their later row."""
+    pipeline = make_pipeline()
+    stale = [{"uid": i, "plan": "stale"} for i in range(100)]
+    final = [{"uid": i, "plan": "final"} for i in range(100)]
+
+    pipeline.run(arrow_people(stale + final))
+
+    assert units_of_100 == [100, 100]
+    assert {p["identifiers"]["id"]: p["attributes"]["plan"] for p in emulator.people} == {
+        str(i): "final" for i in range(100)
+    }
+    mark = len(emulator.requests)
+    pipeline.run(arrow_people(final))
+    assert batch_ops(emulator, mark) == 0
+    pipeline.run(arrow_people(stale))
+    assert batch_ops(emulator, mark) == 100
+
+
 def test_a_person_whose_only_change_is_in_a_variant_column_is_sent(
     emulator: Emulator, make_pipeline
 ):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -133,7 +134,8 @@ def test_the_columnar_diff_sends_rejects_and_keeps_what_the_row_diff_does():
 )
 def test_value_hashes_are_value_hash_of_each_value_whether_values_repeat_or_not(values, repeat):
     """The column form hashes each distinct value once where values repeat, and each value
-    where they are mostly distinct: either way the numbers are `value_hash`'s. Both ways run."""
+    where they are mostly distinct: either way the numbers are `value_hash`'s (and their
+    decimal text, `as_text`). Both ways run."""
     import orjson
     import pyarrow.compute as pc
 
@@ -153,8 +155,53 @@ def test_value_hashes_are_value_hash_of_each_value_whether_values_repeat_or_not(
     changes.pc.dictionary_encode = lambda *a, **k: encoded.append(1) or original(*a, **k)  # type: ignore[assignment]
     try:
         hashes = changes.value_hashes(texts).to_pylist()
+        written = changes.value_hashes(texts, as_text=True).to_pylist()
     finally:
         changes.pc.dictionary_encode = original  # type: ignore[assignment]
     assert hashes == [None if v is None else changes.value_hash(v) for v in values]
+    assert written == [None if h is None else str(h) for h in hashes]
     sample = texts.to_pylist()[: changes.DISTINCT_SAMPLE]
     assert bool(encoded) == (2 * len(set(sample)) <= len(sample))
+
+
+@pytest.mark.parametrize(
+    "delivered",
+    ["whole", "two slices", "a slice", "single entries", "none"],
+)
+def test_the_fingerprints_kept_are_those_of_the_block_entries_delivered(delivered: str):
+    """A block delivered whole (in one body or several) keeps every fingerprint without a
+    lookup; one delivered in part (a failed body, a 207 answered entry by entry) keeps those
+    of the entries delivered, and no other."""
+    from cio_destination.entries import EntryBlock
+
+    batch = pa.RecordBatch.from_pylist([{"uid": f"u{i}", "plan": f"p{i % 3}"} for i in range(10)])
+    declared = {"action": "identify", "identifier": "uid", "changes_only": True}
+    columns = {name: {"name": name} for name in batch.schema.names}
+    mapper = RowMapper(compile_mapping("things", parse_mapping("things", declared), columns))
+    with tempfile.TemporaryDirectory() as directory:
+        side = Side(mapper, directory, True)
+        diff = Diff(mapper, SCOPE, side.state.fingerprints, MirrorPlans(), kept=None)
+        (block,) = diff.to_send(map_items(mapper, diff.drop_unchanged_rows(batch)))
+        assert isinstance(block, EntryBlock)
+        groups: list[Any] = {
+            "whole": [block],
+            "two slices": [block[:4], block[4:]],
+            "a slice": [block[2:7]],
+            "single entries": [[block[1], block[8]]],
+            "none": [],
+        }[delivered]
+
+        from cio_destination.diff import columnar
+
+        looked_up: list[int] = []
+        is_in = columnar.pc.is_in
+        columnar.pc.is_in = lambda *a, **k: looked_up.append(1) or is_in(*a, **k)  # type: ignore[assignment]
+        try:
+            diff.delivered(SendResult(delivered=groups), side.state.snapshots)
+        finally:
+            columnar.pc.is_in = is_in  # type: ignore[assignment]
+
+        assert bool(looked_up) == (delivered in ("a slice", "single entries"))
+        expected = sorted(entry.row_key for group in groups for entry in group)
+        assert [row[0] for row in side.kept()] == expected
+        side.state.close()

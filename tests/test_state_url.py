@@ -388,9 +388,11 @@ def test_large_writes_stream_through_copy_and_keep_every_value(database: Databas
     store.close()
 
 
-def test_arrow_fingerprints_go_in_as_one_csv_copy_and_their_hashes_come_back_in_one_read(
+def test_arrow_fingerprints_go_in_as_one_binary_copy_and_their_hashes_come_back_in_one_read(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ):
+    """Texts, blobs of any bytes (the binary COPY takes them as they are; the CSV one took
+    only UTF-8) and 64-bit numbers, NULL or not, come back as they went in."""
     import orjson
 
     from cio_destination.state import TABLES, PipelineState
@@ -412,9 +414,9 @@ def test_arrow_fingerprints_go_in_as_one_csv_copy_and_their_hashes_come_back_in_
     odd = ["tab\there", "line\nbreak\r", "back\\slash", "\\N", "ünï 😀", "quote'\"", ""]
     people = {
         f"{odd[i % len(odd)]}-{i}": (
-            -(2**63) + i,
-            orjson.dumps({"k\t\\ü": i}),
-            None if i % 2 else i,
+            -(2**63) + i if i % 4 else 2**63 - 1 - i,
+            orjson.dumps({"k\t\\ü": i}) if i % 5 else bytes([i % 256, 0, 255, 92, 10]),
+            None if i % 2 else i * (-1) ** (i // 2),
         )
         for i in range(3_000)
     }
@@ -425,9 +427,7 @@ def test_arrow_fingerprints_go_in_as_one_csv_copy_and_their_hashes_come_back_in_
     fingerprints.flush()  # written behind
     assert copies == [(3_000, True), (1_500, False)]  # the second through a scratch table
     found = fingerprints.fingerprints_of("p/people", list(people))
-    assert {k: (v["r"], v.get("a")) for k, v in found.items()} == {
-        k: (r, orjson.loads(a)) for k, (r, a, _) in people.items()
-    }
+    assert {k: v["r"] for k, v in found.items()} == {k: r for k, (r, _, _) in people.items()}
     with store.transaction() as tx:  # the blobs are the bytes given, not their text
         blobs = dict(tx.execute("SELECT identifier, attributes FROM {cio_fingerprints}"))
     assert {k: bytes(v) for k, v in blobs.items()} == {k: a for k, (_, a, _) in people.items()}
@@ -487,3 +487,145 @@ def _load_pipeline(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_a_first_syncs_copy_of_hashes_is_made_of_its_writes_not_read_back_at_its_end(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+):
+    """Fingerprints COPYed in of people a table had none of, since it had none, with no other
+    write between: the load's end makes the table's copy of source-row hashes of what those
+    writes wrote, without the database reading every fingerprint back. Any other write between
+    (this process's, another runner's, one that replaced fingerprints kept, one that failed)
+    and the end reads them back, and the copy always holds exactly the hashes kept."""
+    import contextlib
+
+    from cio_destination import CustomerioTransientError
+    from cio_destination.state import TABLES, PipelineState
+    from cio_destination.state.backend import SqlStore
+    from cio_destination.state.fingerprints import StoredFingerprints
+
+    from .test_state_store import arrow_fingerprints
+
+    store = SqlStore(database.url, database.state, TABLES, "destination.customerio.state_url")
+    read_back: list[str] = []
+    make_copy = StoredFingerprints._make_copy
+
+    def counted(tx: Any, scope: str, *, server: bool) -> None:
+        read_back.append(scope)
+        make_copy(tx, scope, server=server)
+
+    monkeypatch.setattr(StoredFingerprints, "_make_copy", staticmethod(counted))
+    fingerprints = PipelineState(store, "p").fingerprints
+    other_runner = StoredFingerprints(store, "p")
+
+    def people(first: int, count: int = 1_500) -> Any:
+        return arrow_fingerprints(
+            {
+                f"u{i}": (i, b"{}", None if i % 7 == 0 else i * 1_000_003)
+                for i in range(first, first + count)
+            }
+        )
+
+    def write(scope: str, first: int, count: int = 1_500) -> None:
+        fingerprints.remember_table(scope, people(first, count))
+        fingerprints.flush()
+
+    def copy_is_the_truth(scope: str) -> bool:
+        copy = other_runner.read_copy(scope, 10**6)
+        rows = store.read("SELECT source_hash FROM {cio_fingerprints} WHERE scope = ?", [scope])
+        truth = sorted(row[0] for row in rows if row[0] is not None)
+        return copy is not None and sorted(copy) == truth != []
+
+    for first in (0, 1_500, 3_000):  # a first sync's units
+        write("p/first", first)
+        assert other_runner.read_copy("p/first", 10**6) is None  # none until the end
+    fingerprints.keep_copy("p/first")
+    assert read_back == [] and copy_is_the_truth("p/first")
+
+    write("p/first", 4_000)  # new people, but the table had fingerprints
+    fingerprints.keep_copy("p/first")
+    write("p/replaced", 0)
+    write("p/replaced", 1_000)  # 500 of them kept already
+    write("p/replaced", 3_000)
+    fingerprints.keep_copy("p/replaced")
+    write("p/between", 0)
+    fingerprints.remember("p/between", {"x": {"r": 1, "a": {}, "s": 5}})
+    write("p/between", 1_500)
+    fingerprints.keep_copy("p/between")
+    write("p/other", 0)
+    other_runner.remember_table("p/other", people(1_500))
+    other_runner.flush()
+    write("p/other", 3_000)
+    fingerprints.keep_copy("p/other")
+    assert read_back == ["p/first", "p/replaced", "p/between", "p/other"]
+    assert all(copy_is_the_truth(s) for s in ("p/first", "p/replaced", "p/between", "p/other"))
+
+    write("p/failed", 0)
+    transaction = store.transaction
+
+    @contextlib.contextmanager
+    def failing_at_commit(**kwargs: Any) -> Any:
+        with transaction(**kwargs) as tx:
+            yield tx
+            raise CustomerioTransientError("the commit failed")  # rolled back
+
+    monkeypatch.setattr(store, "transaction", failing_at_commit)
+    fingerprints.remember_table("p/failed", people(1_500))
+    with pytest.raises(CustomerioTransientError):
+        fingerprints.flush()
+    monkeypatch.setattr(store, "transaction", transaction)
+    fingerprints.keep_copy("p/failed")
+    assert read_back[4:] == [] and copy_is_the_truth("p/failed")  # the first write's, alone
+    store.close()
+
+
+def test_a_write_behind_is_not_stopped_by_an_erasure_that_waits_for_its_row(database: Database):
+    """A first sync's write behind locks the copy's row with its first statement; an erasure
+    (a delete table's job) holds the fingerprints' copy lock while its own statement waits for
+    that row. The write must then finish without the copy lock, or the load hangs: a Python
+    lock and a row lock that PostgreSQL cannot see as a deadlock."""
+    import threading
+
+    from cio_destination.state import TABLES, PipelineState
+    from cio_destination.state.backend import SqlStore
+
+    from .kills import wait_for
+    from .test_state_store import arrow_fingerprints
+
+    store = SqlStore(database.url, database.state, TABLES, "destination.customerio.state_url")
+    fingerprints = PipelineState(store, "p").fingerprints
+
+    def people(first: int) -> Any:
+        return arrow_fingerprints({f"u{i}": (i, b"{}", i) for i in range(first, first + 1_500)})
+
+    fingerprints.remember_table("p/first", people(0))  # a first sync's first unit
+    fingerprints.flush()
+    with database.engine.connect() as holder:  # the row is held until the erasure waits too
+        holder.exec_driver_sql(
+            f"SELECT 1 FROM {database.state}.cio_source_hashes WHERE scope = 'p/first' FOR UPDATE"
+        )
+        fingerprints.remember_table("p/first", people(1_500))  # its next unit, behind
+
+        def waiting_for_the_row() -> bool:
+            with database.engine.connect() as connection:
+                return bool(
+                    connection.exec_driver_sql(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE '%%cio_source_hashes%%'"
+                    ).scalar()
+                )
+
+        wait_for(waiting_for_the_row)
+        written = threading.Event()
+
+        def flushed() -> None:
+            fingerprints.flush()
+            written.set()
+
+        with fingerprints._copy_lock:  # as `erase` holds it while its statement waits
+            holder.commit()  # the write behind goes on
+            threading.Thread(target=flushed, daemon=True).start()
+            finished = written.wait(timeout=120)  # only a hang takes this long
+    assert finished
+    assert store.read("SELECT count(*) FROM {cio_fingerprints}", [])[0][0] == 3_000
+    store.close()

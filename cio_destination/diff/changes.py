@@ -52,7 +52,7 @@ def operation_hashes(operations: Iterable[bytes]) -> pa.Array:
     hashes = array("q", digests)  # each digest read as a signed big-endian 64-bit number
     if sys.byteorder == "little":
         hashes.byteswap()
-    return pa.array(hashes, pa.int64())
+    return _arrow_of(hashes, pa.int64())
 
 
 def value_hash(value: Any) -> int:
@@ -61,33 +61,45 @@ def value_hash(value: Any) -> int:
     return (zlib.crc32(data) << 32 | zlib.adler32(data)) - (1 << 63)
 
 
-DISTINCT_SAMPLE = 1_000
-"""The values `value_hashes` looks at to tell a column of mostly distinct values."""
+DISTINCT_SAMPLE = 4_096
+"""The values `value_hashes` looks at to tell a column of mostly distinct values (enough to
+see the repeats of a column of a thousand distinct values, a count of logins)."""
 
 
-def value_hashes(texts: pa.Array) -> pa.Array:
+def value_hashes(texts: pa.Array, *, as_text: bool = False) -> pa.Array:
     """The column form of `value_hash`, given each value's JSON as `value_hash` writes it (null:
-    no value, no hash). Where values repeat, each distinct value is hashed once; a column whose
-    first values are mostly distinct (emails, names) is hashed value by value, with no hash
-    table of its values (which cost as much again as the hashes)."""
+    no value, no hash); `as_text`: each hash as its decimal text. Where values repeat, each
+    distinct value is hashed (and written) once; a column whose first values are mostly
+    distinct (emails, names) is hashed value by value, with no hash table of its values (which
+    cost as much again as the hashes)."""
     sample = texts.slice(0, DISTINCT_SAMPLE)
     if 2 * pc.count_distinct(sample, mode="all").as_py() > len(sample):
-        return _value_hashes_of(texts)
+        hashes = _value_hashes_of(texts)
+        return pc.cast(hashes, pa.string()) if as_text else hashes
     encoded = pc.dictionary_encode(texts)
-    return pc.take(_value_hashes_of(encoded.dictionary), encoded.indices)
+    hashes = _value_hashes_of(encoded.dictionary)
+    return pc.take(pc.cast(hashes, pa.string()) if as_text else hashes, encoded.indices)
 
 
 def _value_hashes_of(texts: pa.Array) -> pa.Array:
     """`value_hash` of each JSON text of `texts`, as crc32 and adler32 (a null: null)."""
     values = texts.cast(pa.large_binary()).fill_null(b"").to_pylist()
-    crc = pa.array(map(zlib.crc32, values), pa.uint64(), size=len(values))
-    adler = pa.array(map(zlib.adler32, values), pa.uint64(), size=len(values))
+    crc, adler = (_arrow_of(array("Q", map(f, values)), pa.uint64()) for f in _CHECKSUMS)
     joined = pc.bit_wise_or(pc.shift_left(crc, pa.scalar(32, pa.uint64())), adler)
     # minus 2**63, modulo 2**64: the top bit flipped, read as signed
     signed = pc.bit_wise_xor(joined, pa.scalar(1 << 63, pa.uint64())).view(pa.int64())
     if texts.null_count:
         return pc.if_else(pc.is_valid(texts), signed, pa.scalar(None, pa.int64()))
     return signed
+
+
+_CHECKSUMS = (zlib.crc32, zlib.adler32)
+
+
+def _arrow_of(numbers: array[int], kind: pa.DataType) -> pa.Array:
+    """An `array` of 64-bit numbers as an Arrow array of `kind` over its own bytes (Arrow's
+    conversion of a sequence reads a Python int per number)."""
+    return pa.Array.from_buffers(kind, len(numbers), [None, pa.py_buffer(numbers)])
 
 
 @dataclass

@@ -51,9 +51,10 @@ def block_fingerprints(
         return None
     hashed = []
     for name, (prefix, values, suffix, _) in zip(columns, members, strict=True):
-        text = pc.binary_join_element_wise(prefix[len(json_key(name)) :], values, suffix, "")
-        hashes = value_hashes(text)
-        hashed.append((json_key(name), pc.cast(hashes, pa.string()), "", hashes.null_count > 0))
+        hashes = value_hashes(
+            _value_texts(prefix[len(json_key(name)) :], values, suffix), as_text=True
+        )
+        hashed.append((json_key(name), hashes, "", hashes.null_count > 0))
     size = len(block)
     if any(nullable for *_, nullable in hashed):
         attributes = pc.binary_join_element_wise("{", comma_listed(hashed), "}", "")
@@ -67,7 +68,10 @@ def block_fingerprints(
     source = pa.nulls(size, pa.int64())
     if sources is not None:
         keys, values_ = sources
-        source = pc.take(values_, pc.index_in(identifiers, value_set=keys))
+        if len(keys) == size and pc.all(pc.equal(keys, identifiers)).as_py() is not False:
+            source = values_  # a hash per row of the batch, in the block's order: no lookup
+        else:
+            source = pc.take(values_, pc.index_in(identifiers, value_set=keys))
     return pa.table(
         [
             identifiers,
@@ -77,6 +81,18 @@ def block_fingerprints(
         ],
         schema=FINGERPRINT_SCHEMA,
     )
+
+
+def _value_texts(lead: str, values: pa.Array, suffix: str) -> pa.Array:
+    """Each value's JSON, from a member's values between `lead` and `suffix` (a string's
+    quotes), a null where the value is: by one `take` (`join_pieces`), not Arrow's slower
+    element-wise join, and by none where nothing goes around the values (numbers)."""
+    if not lead and not suffix:
+        return values
+    text = join_pieces([lead, values, suffix])
+    if values.null_count:
+        return pc.if_else(pc.is_valid(values), text, pa.scalar(None, text.type))
+    return text
 
 
 def _every_row_in_order(block: EntryBlock) -> bool:
@@ -109,7 +125,14 @@ def _filtered(block: EntryBlock, mask: Any) -> EntryBlock:
 
 
 def accepted_rows(pending: pa.Table, delivered: Sequence[Sequence[Entry]]) -> pa.Table:
-    """The rows of `pending` (fingerprints by identifier) whose entries were delivered."""
+    """The rows of `pending` (fingerprints by identifier) whose entries were delivered.
+
+    `pending` are the fingerprints of one block's entries, each in one row, and its slices
+    are the only blocks `delivered` holds: if those come to as many entries, the whole block
+    was delivered (the usual case), and nothing is looked up."""
+    blocks = [group for group in delivered if isinstance(group, EntryBlock)]
+    if sum(len(block) for block in blocks) == len(pending):
+        return pending
     keys: list[pa.Array] = []
     for group in delivered:
         if isinstance(group, EntryBlock) and group.row_keys is not None:

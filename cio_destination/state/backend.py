@@ -14,7 +14,7 @@ of its tables' layout (`SCHEMA_VERSION`), so a later release can migrate them; a
 layout before that version is migrated on open.
 
 Writes are batched per call (`Transaction.upsert` sends many rows per statement; `upsert_table`
-takes an Arrow table, which PostgreSQL gets as one COPY of the CSV Arrow writes, and reads of
+takes an Arrow table, which PostgreSQL gets as one binary COPY Arrow writes, and reads of
 many rows come back as one Arrow table, `StateStore.read_table`). Only a
 `durable` transaction (the send ledger's claims) is synced to disk before it returns; the rest
 may be lost by a power cut (never by a crash of the process), which costs at most work done again.
@@ -26,11 +26,13 @@ from __future__ import annotations
 import io
 import re
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from functools import lru_cache
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +97,7 @@ class Transaction:
         as parameters (PostgreSQL): then a write is one statement, however many its rows;
         `copy`: streams rows into a scratch table like the table named (PostgreSQL's COPY),
         returning its name, for large writes; `copy_table`: the same for an Arrow table (its
-        CSV), or straight into the table (then None), see `upsert_table`."""
+        binary COPY), or straight into the table (then None), see `upsert_table`."""
         self._execute = execute
         self._many = many
         self._arrays = array_types
@@ -155,30 +157,32 @@ class Transaction:
         constants: Mapping[str, Any],
         *,
         new: bool = False,
-    ) -> None:
+    ) -> bool:
         """`upsert` of the rows of an Arrow table (binary columns for blobs), each with the
-        `constants` too; its `keys` are distinct. PostgreSQL gets one COPY of the table's CSV,
+        `constants` too; its `keys` are distinct. PostgreSQL gets one binary COPY of the table,
         written by Arrow (`new`: its keys are most likely not kept yet, so the COPY goes
         straight into the table, and through a scratch table only if one was); the other
-        databases get its rows, as `upsert` writes them."""
+        databases get its rows, as `upsert` writes them. True: every row was inserted, none
+        replaced one kept (known only of a COPY that went straight in)."""
         if not len(data):
-            return
+            return True
         columns = [*constants, *data.column_names]
         if self._copy_table is None or len(data) < _COPY_ROWS:
             values = [column.to_pylist() for column in data.columns]
             rows = [(*constants.values(), *row) for row in zip(*values, strict=True)]
             self.upsert(table, columns, [*constants, *keys], rows, distinct=True)
-            return
+            return False
         for position, (name, value) in enumerate(constants.items()):
             data = data.add_column(position, name, pa.repeat(value, len(data)))
         scratch = self._copy_table(table, data, new)
         if scratch is None:
-            return
+            return True
         listed = ", ".join(columns)
         conflict = _on_conflict(columns, [*constants, *keys])
         self._execute(
             f"INSERT INTO {{{table}}} ({listed}) SELECT {listed} FROM {scratch} {conflict}", []
         )
+        return False
 
     def delete_in(
         self, table: str, where: str, params: Sequence[Any], column: str, values: Sequence[Any]
@@ -443,7 +447,7 @@ class SqlStore(StateStore):
                 create_tables(tx, tables, lambda: None)
                 self._arrays = self._column_types(tx, schema)
                 self.arrays = self._arrays is not None
-                # Arrow's CSV is UTF-8, its blobs' text turned back into bytes by the server
+                # Arrow's texts are UTF-8: COPYs of them (and its CSV reads) need the server's
                 self._csv = self.arrays and tx.execute("SHOW server_encoding")[0][0] == "UTF8"
 
     def _column_types(
@@ -539,34 +543,26 @@ class SqlStore(StateStore):
         return scratch
 
     def _copy_table(self, connection: Any, table: str, data: pa.Table, new: bool) -> str | None:
-        """COPY an Arrow table, as the CSV Arrow writes, straight into `table` if its rows are
-        `new` (None: done), else (or if a key was kept after all) into a scratch table like
-        it, whose name it returns."""
-        assert self._arrays is not None
-        types = self._arrays[table]
-        for index, name in enumerate(data.column_names):
-            if types[name] == "bytea":  # its escape format: each byte itself, but the backslash
-                text = pc.replace_substring(data.column(index).cast(pa.string()), "\\", "\\\\")
-                data = data.set_column(index, name, text)
-        sink = pa.BufferOutputStream()
-        pa_csv.write_csv(data, sink, pa_csv.WriteOptions(include_header=False))
+        """COPY an Arrow table, in PostgreSQL's binary format (`copy_binary`), straight into
+        `table` if its rows are `new` (None: done), else (or if a key was kept after all) into
+        a scratch table like it, whose name it returns."""
+        stream = copy_binary(data)
         listed = ", ".join(data.column_names)
-        copy = "COPY {} (" + listed + ") FROM STDIN WITH (FORMAT csv)"
+        copy = "COPY {} (" + listed + ") FROM STDIN WITH (FORMAT binary)"
         with self._driver(connection) as cursor:
             if new:
                 cursor.execute("SAVEPOINT cio_copy")
                 try:
-                    cursor.copy_expert(
-                        copy.format(self._names[table]), pa.BufferReader(sink.getvalue())
-                    )
+                    cursor.copy_expert(copy.format(self._names[table]), stream, _COPY_READ)
                     cursor.execute("RELEASE SAVEPOINT cio_copy")
                     return None
                 except Exception as error:
                     if getattr(error, "pgcode", None) != _UNIQUE_VIOLATION:
                         raise
                     cursor.execute("ROLLBACK TO SAVEPOINT cio_copy")
+                    stream.seek(0)
             scratch = self._scratch(cursor, table)
-            cursor.copy_expert(copy.format(scratch), pa.BufferReader(sink.getvalue()))
+            cursor.copy_expert(copy.format(scratch), stream, _COPY_READ)
         return scratch
 
     def read_table(self, sql: str, params: Sequence[Any], schema: pa.Schema) -> pa.Table:
@@ -596,6 +592,83 @@ class SqlStore(StateStore):
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # the signature, no flags, no extension
+_COPY_END = b"\xff\xff"
+_COPY_NULL = b"\xff\xff\xff\xff"  # a field's length of -1
+_COPY_READ = 1 << 20
+"""Bytes of a COPY's stream handed to the driver at a time."""
+
+
+def copy_binary(data: pa.Table) -> io.BytesIO:
+    """The rows of `data` (text, binary and 64-bit integer columns) in PostgreSQL's binary COPY
+    format: a row is its count of fields, then each field's length and bytes, big-endian (a
+    length of -1: NULL). The server parses no text, nor an escaped blob. Written by one Arrow
+    `take` that lays each row's pieces side by side: its data buffer is the stream."""
+    pieces: list[pa.Array] = [_constant(len(data.column_names).to_bytes(2, "big"))]
+    for column in data.columns:
+        values = column.combine_chunks()
+        if pa.types.is_int64(values.type):
+            head = _constant(b"\0\0\0\x08")
+            body = _big_endian(values, 8)
+        else:
+            body = values.cast(pa.binary())
+            head = _big_endian(pc.binary_length(body), 4)
+        if values.null_count:
+            valid = pc.is_valid(values)
+            head = pc.if_else(valid, head if len(head) > 1 else head[0], _COPY_NULL)
+            body = body.fill_null(b"")
+        pieces += [head, body]
+    rows = len(data)
+    columns = tuple(len(piece) == rows for piece in pieces)
+    taken = pc.take(pa.concat_arrays(pieces), _layout(columns, rows), boundscheck=False)
+    stream = memoryview(taken.buffers()[2] or b"")[: _end_offset(taken)]
+    return io.BytesIO(b"".join([_COPY_SIGNATURE, stream, _COPY_END]))
+
+
+_layouts: dict[tuple[tuple[bool, ...], int], pa.Array] = {}
+
+
+def _layout(columns: tuple[bool, ...], rows: int) -> pa.Array:
+    """The index of each row's every piece, row after row, in pieces laid one after another
+    (a column's `rows` values, or a constant's one); kept for the last layout (the same unit
+    after unit)."""
+    known = _layouts.get((columns, rows))
+    if known is not None:
+        return known
+    count = len(columns)
+    starts = list(accumulate((rows if column else 1 for column in columns[:-1]), initial=0))
+    position = pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int32()), count * rows), start=-1)
+    row = pc.divide(position, pa.scalar(count, pa.int32()))
+    piece = pc.subtract(position, pc.multiply(row, pa.scalar(count, pa.int32())))
+    indices = pc.add(
+        pc.take(pa.array(starts, pa.int32()), piece),
+        pc.multiply(pc.take(pa.array([int(c) for c in columns], pa.int32()), piece), row),
+    )
+    _layouts.clear()
+    _layouts[(columns, rows)] = indices
+    return indices
+
+
+def _constant(value: bytes) -> pa.Array:
+    return pa.array([value], pa.binary())
+
+
+def _end_offset(array: pa.Array) -> int:
+    """Where the last value of a binary array (of offset 0) ends in its data buffer."""
+    ends = pa.Array.from_buffers(pa.int32(), len(array) + 1, [None, array.buffers()[1]])
+    return int(ends[len(array)].as_py())
+
+
+def _big_endian(numbers: pa.Array, size: int) -> pa.Array:
+    """Each of `numbers` (integers of `size` bytes) as its big-endian bytes."""
+    validity, values = numbers.buffers()[:2]
+    raw = pa.Array.from_buffers(
+        pa.binary(size), len(numbers), [validity, values], offset=numbers.offset
+    )
+    as_bytes = raw.cast(pa.binary())
+    return pc.binary_reverse(as_bytes) if sys.byteorder == "little" else as_bytes
 
 
 def copy_text(rows: Iterable[Sequence[Any]]) -> io.StringIO:

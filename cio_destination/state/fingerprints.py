@@ -16,18 +16,21 @@ numbers). The per-person table stays the truth, and the copy holds exactly its h
 not kept: every write or forget in the scope drops it in the write's own transaction
 (`_drop_copy`), an erasure drops the copies of every scope of the pipeline in its own
 transaction, and a load that completed makes it again from the per-person table (`keep_copy`,
-at the end of the load). No copy (a first sync, a load that died, an older store) only means
-the slower read.
+at the end of the load), or, on PostgreSQL, from the hashes its own writes wrote where those
+were the scope's only writes since it had no fingerprint (a first sync: `_Chain`). No copy (a
+first sync, a load that died, an older store) only means the slower read.
 """
 
 from __future__ import annotations
 
+import secrets
 import sys
 import threading
 import weakref
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -360,6 +363,22 @@ class _LazyFingerprint(dict):  # type: ignore[type-arg]
         return super().get(key, default)
 
 
+@dataclass(frozen=True)
+class _Chain:
+    """This process's writes of a scope's fingerprints since the scope had none, each of
+    people it had none of (a first sync's units, COPYed straight in), with no other write
+    between: the source-row hashes they wrote are the scope's, so the copy of them is made
+    from these at the end of the load (`keep_copy`), instead of read back from every
+    fingerprint by the database. The chain's writes mark the copy's row with its `token`
+    (hashes NULL: no copy, to any reader); any other write or erasure sets it NULL, another
+    process's chain marks it with its own, so the end finds the token only where the chain
+    holds."""
+
+    token: int
+    hashes: tuple[bytes, ...]
+    """Each write's source-row hashes, as the copy holds them (big-endian 64-bit numbers)."""
+
+
 class StoredFingerprints:
     """Fingerprints in the state store (local, or behind `state_url`)."""
 
@@ -394,6 +413,13 @@ class StoredFingerprints:
         self._copied: set[str] = set()
         """Scopes whose copy this process read or made, and has not dropped since."""
         self._copy_lock = threading.Lock()
+        self._chains: dict[str, _Chain] = {}
+        """Per scope, this process's unbroken chain of writes since the scope had no
+        fingerprint (see `_Chain`)."""
+        self._chains_lock = threading.Lock()
+        """Guards `_chains` alone, and is never held across a statement: the writer thread
+        takes it inside a transaction that locks the copy's row, where `_copy_lock` (held by
+        `erase` and `keep_copy` across statements that wait for that row) would deadlock."""
 
     def kept_sources(self, scope: str) -> KeptSources:
         kept = KeptSources(self, scope)
@@ -452,10 +478,50 @@ class StoredFingerprints:
             [scope],
         )
 
+    def _write_new(self, tx: Any, scope: str, fingerprints: pa.Table) -> _Chain | None:
+        """Write fingerprints of people the scope has none of, most likely (PostgreSQL), and
+        drop the scope's copy of its hashes in the same transaction, as every write does; the
+        chain of this process's writes (see `_Chain`) that this write starts or goes on with,
+        or None (it breaks it: another write came between, or this one replaced fingerprints
+        kept). Its first statement locks the copy's row (as `_drop_copy` does) and reads it."""
+        found = tx.execute(
+            "INSERT INTO {cio_source_hashes} AS c (scope, size, hashes) VALUES (?, NULL, NULL)"
+            " ON CONFLICT (scope) DO UPDATE SET size = c.size RETURNING size, hashes IS NULL",
+            [scope],
+        )
+        mark, dropped = found[0]
+        with self._chains_lock:
+            chain = self._chains.get(scope)
+        if chain is None or not dropped or mark != chain.token:
+            chain = None
+            if not tx.execute("SELECT 1 FROM {cio_fingerprints} WHERE scope = ? LIMIT 1", [scope]):
+                chain = _Chain(secrets.randbits(63), ())  # the scope had none
+        inserted = tx.upsert_table(
+            "cio_fingerprints", ["identifier"], fingerprints, {"scope": scope}, new=True
+        )
+        if chain is None or not inserted:
+            tx.execute(
+                "UPDATE {cio_source_hashes} SET size = NULL, hashes = NULL WHERE scope = ?",
+                [scope],
+            )
+            return None
+        tx.execute(
+            "UPDATE {cio_source_hashes} SET size = ?, hashes = NULL WHERE scope = ?",
+            [chain.token, scope],
+        )
+        column = fingerprints.column("source_hash").combine_chunks().drop_null()
+        hashes = array("q")
+        hashes.frombytes(memoryview(column.buffers()[1])[column.offset * 8 :][: len(column) * 8])
+        if sys.byteorder == "little":
+            hashes.byteswap()
+        return _Chain(chain.token, (*chain.hashes, hashes.tobytes()))
+
     def keep_copy(self, scope: str) -> None:
         """Make the scope's copy of its source-row hashes from the fingerprints kept, unless
         the one there is known to be current: at the end of a load that completed, when no
-        other run writes the scope (one run of a pipeline at a time)."""
+        other run writes the scope (one run of a pipeline at a time). A copy kept holds the
+        hashes kept (every write drops it), so it stays; one dropped only by this process's
+        chain of writes (`_Chain`) is made of the hashes they wrote, not read back."""
         store = self._db  # the writes behind are done
         with self._copy_lock:
             if scope in self._copied:
@@ -466,34 +532,52 @@ class StoredFingerprints:
                     " ON CONFLICT (scope) DO NOTHING",
                     [scope],
                 )
-                if store.arrays:  # PostgreSQL: the copy made by the server, in one statement
-                    # after any write of the scope in flight (`_drop_copy` locks this row
-                    # first), so the statement below, with a snapshot of its own, reads it
-                    tx.execute(
-                        "SELECT scope FROM {cio_source_hashes} WHERE scope = ? FOR UPDATE",
-                        [scope],
-                    )
-                    tx.execute(
-                        "UPDATE {cio_source_hashes} SET (size, hashes) = (SELECT count(*),"
-                        " COALESCE(string_agg(int8send(source_hash), ''::bytea), ''::bytea)"
-                        " FROM {cio_fingerprints} WHERE scope = ? AND source_hash IS NOT NULL)"
-                        " WHERE scope = ?",
-                        [scope, scope],
-                    )
-                else:
-                    rows = tx.execute(
-                        "SELECT source_hash FROM {cio_fingerprints} WHERE scope = ?"
-                        " AND source_hash IS NOT NULL",
-                        [scope],
-                    )
-                    hashes = array("q", (row[0] for row in rows))
-                    if sys.byteorder == "little":
-                        hashes.byteswap()
+                # PostgreSQL: after any write of the scope in flight (`_drop_copy` and
+                # `_write_new` lock this row first), so the statement that makes the copy,
+                # with a snapshot of its own, reads it
+                lock = " FOR UPDATE" if store.arrays else ""
+                found = tx.execute(
+                    "SELECT size, hashes IS NULL FROM {cio_source_hashes} WHERE scope = ?" + lock,
+                    [scope],
+                )
+                size, dropped = found[0]
+                with self._chains_lock:
+                    chain = self._chains.pop(scope, None)
+                if dropped and chain is not None and size == chain.token:  # made of the chain
+                    hashes = b"".join(chain.hashes)
                     tx.execute(
                         "UPDATE {cio_source_hashes} SET size = ?, hashes = ? WHERE scope = ?",
-                        [len(hashes), hashes.tobytes(), scope],
+                        [len(hashes) // 8, hashes, scope],
                     )
+                elif dropped:  # (a copy kept holds the hashes kept)
+                    self._make_copy(tx, scope, server=store.arrays)
             self._copied.add(scope)
+
+    @staticmethod
+    def _make_copy(tx: Any, scope: str, *, server: bool) -> None:
+        """Make the scope's copy from its fingerprints, by the server in one statement
+        (PostgreSQL) or read back here."""
+        if server:
+            tx.execute(
+                "UPDATE {cio_source_hashes} SET (size, hashes) = (SELECT count(*),"
+                " COALESCE(string_agg(int8send(source_hash), ''::bytea), ''::bytea)"
+                " FROM {cio_fingerprints} WHERE scope = ? AND source_hash IS NOT NULL)"
+                " WHERE scope = ?",
+                [scope, scope],
+            )
+            return
+        rows = tx.execute(
+            "SELECT source_hash FROM {cio_fingerprints} WHERE scope = ?"
+            " AND source_hash IS NOT NULL",
+            [scope],
+        )
+        hashes = array("q", (row[0] for row in rows))
+        if sys.byteorder == "little":
+            hashes.byteswap()
+        tx.execute(
+            "UPDATE {cio_source_hashes} SET size = ?, hashes = ? WHERE scope = ?",
+            [len(hashes), hashes.tobytes(), scope],
+        )
 
     def _touch(self, scope: str | None, identifiers: Any) -> None:
         """Tell the loads watching `scope` (None: every scope) of written or dropped people."""
@@ -584,11 +668,20 @@ class StoredFingerprints:
             return
 
         def write() -> None:
+            if not self._store.arrays:
+                with self._store.transaction() as tx:
+                    self._drop_copy(tx, scope)
+                    tx.upsert_table(
+                        "cio_fingerprints", ["identifier"], fingerprints, {"scope": scope}
+                    )
+                return
             with self._store.transaction() as tx:  # people with no fingerprint when diffed
-                self._drop_copy(tx, scope)
-                tx.upsert_table(
-                    "cio_fingerprints", ["identifier"], fingerprints, {"scope": scope}, new=True
-                )
+                chain = self._write_new(tx, scope, fingerprints)
+            with self._chains_lock:  # once committed
+                if chain is None:
+                    self._chains.pop(scope, None)
+                else:
+                    self._chains[scope] = chain
 
         self._touch(scope, fingerprints.column("identifier"))
         self._before_write(scope)
