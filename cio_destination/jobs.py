@@ -38,7 +38,7 @@ from dlt.common.storages.load_package import commit_load_package_state, destinat
 from dlt.common.storages.load_storage import ParsedLoadJobFileName
 from dlt.destinations.file_batching import JsonlFileBatchIterator, ParquetFileBatchIterator
 
-from cio_destination.arrow_memory import release_unused
+from cio_destination.arrow_memory import unit_done, unit_held
 from cio_destination.entries import EntryBlock, Mapped
 from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.transport.results import SendResult
@@ -312,6 +312,7 @@ class InOrder:
         self, rows: int, names: pa.Array, answers: Answers, finish: Callable[[SendResult], None]
     ) -> None:
         self._pending.append(_Pending(rows, names, answers, finish, span(names)))
+        unit_held()
 
     def wait_admitted(self) -> None:
         """Block until at most `QUEUED_REQUESTS` requests of the job's units wait for room in
@@ -363,17 +364,19 @@ class InOrder:
             raise self._error
 
     def _finish_first(self) -> None:
-        pending = self._pending.pop(0)
+        try:
+            self._finish(self._pending.pop(0))
+        finally:
+            unit_done()  # the unit's buffers are gone now, and with them their pages
+
+    def _finish(self, pending: _Pending) -> None:
         rows = pending.rows
         result = pending.answers.result()
         if self._error is not None:
             return  # after a failure: its rows are replayed, nothing of it is recorded
         pending.finish(result)
-        error = result.error
-        del pending, result  # the unit's buffers go now, and with them their pages
-        release_unused()  # the unit's pages, now free
-        if error is not None:
-            self._error = error
+        if result.error is not None:
+            self._error = result.error
             return
         self._job.advance(rows)
 
