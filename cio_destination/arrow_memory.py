@@ -34,7 +34,7 @@ are handed back at all. Few are held when answers come quickly (a 1M-row Arrow t
 five at 0 ms, five to eight at 50 ms, 18 at 500 ms), and the pages a finished unit frees are
 then the next unit's working set: handing them back made the mapping thread fault them in again
 (112,000 of the 186,000 page faults of a 1M-row Arrow sync at 0 ms, about 0.4 s of system CPU),
-for a peak 17 MB lower (254 against 271 MB, do-nothing 236). With many units held, their
+for a peak 12 MB lower (260 against 272 MB, do-nothing 236). With many units held, their
 buffers and the freed pages between them add up: at 500 ms, without hand-backs, the peak rose
 from 313-319 to 366-368 MB."""
 
