@@ -2,7 +2,8 @@
 
 Its effect on memory is a benchmark figure (`python -m tests.benchmarks --only latency`: peak
 memory at 500 ms); these tests assert the switch itself: taken by every load job, shared by
-concurrent jobs, given back after the last, left alone when the user chose an allocator."""
+concurrent jobs, given back after the last, left alone when the user chose an allocator; and
+when freed pages go back (every third unit, while many units are held)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import dlt
 import pyarrow as pa
 import pytest
 
-from cio_destination import arrow_memory, destination
+from cio_destination import arrow_memory, destination, jobs
 from cio_destination.adapter import customerio_adapter
+from cio_destination.transport.results import SendResult
 
 
 def test_a_load_job_maps_from_the_system_pool_and_gives_the_pool_back(
@@ -82,18 +84,72 @@ def test_a_job_that_fails_still_gives_the_pool_back(monkeypatch: pytest.MonkeyPa
     assert pa.default_memory_pool().backend_name == before
 
 
-def test_freed_pages_go_back_on_every_third_finished_unit(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Pool:
-        released = 0
+class CountingPool:
+    released = 0
 
-        def release_unused(self) -> None:
-            self.released += 1
+    def release_unused(self) -> None:
+        self.released += 1
 
-    pool = Pool()
+
+def finish_units(units: int, held: int) -> None:
+    """`units` units finished, one at a time, while `held` units (each included) are held."""
+    for _ in range(held - 1):
+        arrow_memory.unit_held()
+    for _ in range(units):
+        arrow_memory.unit_held()
+        arrow_memory.unit_done()
+    for _ in range(held - 1):
+        arrow_memory.unit_done()
+
+
+@pytest.fixture
+def pool(monkeypatch: pytest.MonkeyPatch) -> CountingPool:
+    pool = CountingPool()
     monkeypatch.setattr(arrow_memory, "_releases", itertools.count(1))
+    monkeypatch.setattr(arrow_memory, "_held", 0)
     monkeypatch.setattr(arrow_memory.pa, "default_memory_pool", lambda: pool)
-    for _ in range(arrow_memory.RELEASE_EVERY * 4 - 1):
-        arrow_memory.release_unused()
+    return pool
+
+
+def test_freed_pages_go_back_on_every_third_unit_finished_while_many_are_held(
+    pool: CountingPool,
+) -> None:
+    held = arrow_memory.RELEASE_WHEN_HELD
+    finish_units(arrow_memory.RELEASE_EVERY * 4 - 1, held)
     assert pool.released == 3
-    arrow_memory.release_unused()
+    finish_units(1, held)
     assert pool.released == 4
+
+
+def test_freed_pages_stay_while_few_units_are_held(pool: CountingPool) -> None:
+    finish_units(arrow_memory.RELEASE_EVERY * 10, arrow_memory.RELEASE_WHEN_HELD - 1)
+    assert pool.released == 0
+    assert arrow_memory._held == 0
+
+
+def test_a_job_counts_each_unit_it_holds_until_it_is_finished(pool: CountingPool) -> None:
+    finished: list[int] = []
+
+    class Job:
+        def advance(self, rows: int) -> None:
+            finished.append(rows)
+
+    order = jobs.InOrder(Job())  # type: ignore[arg-type]
+    for rows in range(1, arrow_memory.RELEASE_WHEN_HELD + 3):
+        order.add(rows, pa.array(["a"]), jobs.Answered(SendResult()), lambda result: None)
+    assert arrow_memory._held == arrow_memory.RELEASE_WHEN_HELD + 2
+    order.finish_all()
+    assert finished == list(range(1, arrow_memory.RELEASE_WHEN_HELD + 3))
+    assert arrow_memory._held == 0
+    assert pool.released == 1  # the units finished while at least RELEASE_WHEN_HELD were held
+
+
+def test_a_unit_whose_recording_fails_is_still_counted_out(pool: CountingPool) -> None:
+    def fail(result: SendResult) -> None:
+        raise RuntimeError("the state store is gone")
+
+    order = jobs.InOrder(object())  # type: ignore[arg-type]
+    order.add(1, pa.array(["a"]), jobs.Answered(SendResult()), fail)
+    with pytest.raises(RuntimeError):
+        order.finish_all()
+    assert arrow_memory._held == 0
