@@ -643,12 +643,14 @@ def test_source_row_hashes_are_each_rows_own_and_tell_rows_apart(
 
 
 def test_source_row_hashes_are_the_stored_form():
-    """The form stored with fingerprints (`cio-source-row-4`): XXH3-64 of the row's text values
-    back to back, seeded with the mapping and the columns' names and types in order; then per
-    column, in order, a 64-bit word (a text's byte length, a number's bits, a null number 0),
-    and one word of which numbers have a value, each XORed in and mixed by splitmix64's
-    finalizer; read as a signed number. The same row hashes alike in any batch, as string or
-    large_string; it hashes otherwise than the form stored before (`cio-source-row-3`)."""
+    """The form stored with fingerprints (`cio-source-row-5`): XXH3-64 of the row's text values
+    back to back, unseeded; then 64-bit words taken in one at a time (XOR, a multiply by an
+    odd number, the high half XORed into the low): a digest of the mapping and the columns'
+    names and types in order, the texts' byte lengths two to a word, each number's bits (a
+    null number 0), one word of which numbers have a value; then splitmix64's finalizer; read
+    as a signed number. The same row hashes alike in any batch, as string or large_string,
+    whether or not other rows have nulls; it hashes otherwise than the forms stored before
+    (`-3`, `-4`)."""
     import hashlib
     import struct
 
@@ -664,40 +666,57 @@ def test_source_row_hashes_are_the_stored_form():
 
     identifiers, hashes = source_row_hashes(mapper, batch)
 
+    layout = [["ident", "text"], ["n", "int64"], ["s", "text"], ["f", "double"]]
+
     def seed(layout: list, person: bytes) -> int:
         settings = orjson.dumps([{"action": "identify", "identifier": "ident"}, [], layout])
         return int.from_bytes(hashlib.blake2b(settings, digest_size=8, person=person).digest())
 
-    def mixed(z: int) -> int:
+    def finished(z: int) -> int:
         z ^= z >> 30
         z = z * 0xBF58476D1CE4E5B9 % 2**64
         z ^= z >> 27
         z = z * 0x94D049BB133111EB % 2**64
         return z ^ z >> 31
 
-    def hashed(text: str, words: list[int]) -> int:
-        layout = [["ident", "text"], ["n", "int64"], ["s", "text"], ["f", "double"]]
-        h = xxhash.xxh3_64_intdigest(text.encode(), seed(layout, b"cio-source-row-4"))
-        for word in words:
-            h = mixed(h ^ word)
+    def signed(h: int) -> int:
         return h - 2**64 if h >= 2**63 else h
 
+    def hashed(text: str, words: list[int]) -> int:
+        h = xxhash.xxh3_64_intdigest(text.encode())
+        for word in [seed(layout, b"cio-source-row-5"), *words]:
+            h = (h ^ word) * 0x9E3779B97F4A7C15 % 2**64
+            h ^= h >> 32
+        return signed(finished(h))
+
     bits = struct.unpack("<Q", struct.pack("<d", 2.5))[0]
-    expected = [hashed("ax", [1, 1, 1, bits, 0b11]), hashed("bü", [1, 0, 2, 0, 0b00])]
+    expected = [
+        hashed("ax", [1 | 1 << 32, 1, bits, 0b11]),
+        hashed("bü", [1 | 2 << 32, 0, 0, 0b00]),
+    ]
     assert identifiers == ["a", "b"]
     assert hashes == expected
+    assert source_row_hashes(mapper, batch.slice(0, 1))[1] == expected[:1]  # no null there
     assert source_row_hashes(mapper, batch.slice(1, 1))[1] == expected[1:]
     large = pa.RecordBatch.from_arrays(
         [batch.column(0).cast(pa.large_string()), *batch.columns[1:]],
         names=batch.schema.names,
     )
     assert source_row_hashes(mapper, large) == (identifiers, expected)
+
+    def column_wise(text: str, words: list[int]) -> int:  # cio-source-row-4
+        h = xxhash.xxh3_64_intdigest(text.encode(), seed(layout, b"cio-source-row-4"))
+        for word in words:
+            h = finished(h ^ word)
+        return signed(h)
+
     before = [["ident", "text"], ["s", "text"], ["n", "int64"], ["f", "double"]]
     older = [
-        int.from_bytes(xxhash.xxh3_64_digest(t.encode(), seed(before, b"cio-source-row-3")))
+        signed(int.from_bytes(xxhash.xxh3_64_digest(t.encode(), seed(before, b"cio-source-row-3"))))
         for t in ["ax,1,1,1,2.5", "bü,1,2,~,~"]
     ]
-    assert not {o - 2**64 if o >= 2**63 else o for o in older} & set(hashes)
+    older += [column_wise("ax", [1, 1, 1, bits, 0b11]), column_wise("bü", [1, 0, 2, 0, 0b00])]
+    assert not set(older) & set(hashes)
 
 
 def test_a_chunked_table_maps_as_its_rows_and_an_empty_one_as_nothing():
@@ -843,6 +862,31 @@ def test_an_arrow_batch_whose_variant_column_is_empty_stays_on_the_columnar_path
 
     assert COLUMNAR_PATH.rows == before + 1
     assert orjson.loads(mapped.all_entries()[0].data)["attributes"] == {"age": 5}
+
+
+def test_source_row_hashes_cover_the_variant_columns_of_the_columns_read():
+    variant = "age\u25b6v_text"
+    columns = {
+        "ident": {"name": "ident", "data_type": "text"},
+        "age": {"name": "age", "data_type": "bigint"},
+        variant: {"name": variant, "data_type": "text", "variant": True},
+    }
+    declared = {"action": "identify", "identifier": "ident", "changes_only": True}
+    mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+
+    def hashed(text: str | None) -> int:
+        batch = pa.RecordBatch.from_pydict(
+            {
+                "ident": ["b"],
+                "age": pa.array([None], pa.int64()),
+                variant: pa.array([text], pa.string()),
+            }
+        )
+        found = source_row_hashes(mapper, batch)
+        assert found is not None
+        return found[1][0]
+
+    assert len({hashed("unknown"), hashed("ninety"), hashed(None)}) == 3
 
 
 def test_drop_attribute_on_the_columnar_path_is_the_row_path_s():

@@ -20,7 +20,7 @@ from cio_destination import customerio, customerio_adapter, dry_run, loads
 from cio_destination.emulator import Emulator
 from cio_destination.state import TABLES, PipelineState, stored_state
 from cio_destination.state.backend import SqlStore, StateFile
-from cio_destination.state.fingerprints import KeptSources, StoredFingerprints
+from cio_destination.state.fingerprints import KeptSources, SortedHashes, StoredFingerprints
 
 from .conftest import API_KEY, SITE_ID
 from .kills import kill_after_progress, run_to_completion
@@ -275,13 +275,47 @@ def test_the_copy_settles_rows_as_the_per_person_rows_do(
 
     rows = fast.changed(identifiers, hashes)
 
-    assert fast.from_copy
+    assert fast.from_copy and fast.looked_up == len(asked)  # in the sorted hashes read
     pairs = list(zip(identifiers, hashes, strict=True))
     by_row = store.changed_sources(scope, [(i, h) for i, h in pairs if i is not None])
     assert rows == [at for at, (i, h) in enumerate(pairs) if i is None or (i, h) in by_row]
     as_arrow = KeptSources(store, scope)  # as a load gives them: the identifiers in Arrow
     assert as_arrow.changed(pa.array(identifiers, pa.string()), hashes) == rows
     state.close()
+
+
+HASHES = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.sampled_from([-(2**63), -(2**63) + 1, -2, -1, 0, 1, 2**63 - 2, 2**63 - 1]),
+    # many under the same top bits: wide buckets, searched in several steps
+    st.builds(
+        lambda top, low: top + low, st.sampled_from([-(2**63), -(2**40), 0]), st.integers(0, 99)
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kept=st.lists(HASHES, max_size=400), others=st.lists(HASHES, max_size=50), near=st.booleans()
+)
+def test_sorted_hashes_hold_exactly_the_hashes_kept(kept: list[int], others: list[int], near: bool):
+    """The lookup a load makes in the hashes it read in bulk (`SortedHashes`: sorted once,
+    bucketed by top bits, binary searched by Arrow kernels) says of every hash what a set
+    says: the kept ones, their neighbours, the extremes, and hashes under shared top bits."""
+    held = SortedHashes(pa.array(kept, pa.int64()))
+    asked = [*kept, *others]
+    if near:  # a number next to each one kept (in range)
+        asked += [h + 1 for h in kept if h < 2**63 - 1] + [h - 1 for h in kept if h > -(2**63)]
+
+    found = held.holds(pa.array(asked, pa.int64())).to_pylist()
+
+    assert len(held) == len(kept)
+    assert found == [h in set(kept) for h in asked]
+    assert (
+        held.holds(pa.array(asked, pa.int64()).slice(len(kept))).to_pylist() == found[len(kept) :]
+    )
+    given_sorted = SortedHashes(pa.array(sorted(kept), pa.int64()))  # in order, or in any
+    assert given_sorted.holds(pa.array(asked, pa.int64())).to_pylist() == found
 
 
 def test_the_copy_holds_the_kept_hashes_on_every_store(tmp_path: Path):

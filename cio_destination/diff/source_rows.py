@@ -10,7 +10,7 @@ row only for the text of its text columns.
 from __future__ import annotations
 
 import hashlib
-from itertools import repeat
+from array import array
 from typing import Any
 
 import orjson
@@ -25,37 +25,48 @@ from cio_destination.values import is_temporal
 
 __all__ = ["SOURCE_HASH_PERSON", "source_row_hashes"]
 
-SOURCE_HASH_PERSON = b"cio-source-row-4"
+SOURCE_HASH_PERSON = b"cio-source-row-5"
 """The version of the hash (the personalisation of its seed): hashes kept by another version
 never match, so those rows are mapped once more and their fingerprints settle them."""
 
 _U64 = pa.uint64()
-_STEPS = [
+_TAKE_IN = (pa.scalar(0x9E3779B97F4A7C15, _U64), pa.scalar(32, _U64))
+"""How a word is taken in: XORed, multiplied by an odd number (wrapping around), then the
+high half XORed into the low: each a bijection of the hash, and of the word."""
+_FINISH = [
     (30, pa.scalar(0xBF58476D1CE4E5B9, _U64)),
     (27, pa.scalar(0x94D049BB133111EB, _U64)),
     (31, None),
 ]
 """splitmix64's finalizer: shift-xor, multiply, shift-xor, multiply, shift-xor (a bijection)."""
-_NULL_LENGTH = pa.scalar((1 << 64) - 1, _U64)
+_NO_LENGTH = (1 << 32) - 1
+"""The length word's half of a null text (no text is that long here)."""
+_HALF = pa.scalar(32, _U64)
 
 
 def source_row_hashes(reader: RowReader, batch: Any) -> tuple[pa.Array, pa.Array] | None:
     """Per row of an identify batch: its identifier text and a 64-bit hash of its mapped values
     (int64), as two Arrow arrays.
 
-    None when a column's type is not one hashed here, or an identifier repeats in the batch
-    (then the order of the rows matters: map them all).
+    None when a column's type is not one hashed here, a text is 4 GiB long or more, or an
+    identifier repeats in the batch (then the order of the rows matters: map them all).
 
-    Two rows hash alike only if they are the same row under the same mapping, but for a 64-bit
-    collision. The hash starts from XXH3-64 (stable across releases and platforms: never
-    Python's or DuckDB's `hash()`) of the row's text values back to back, seeded with the
-    mapping and the name and type of every column hashed, in order. Then, column by column in
-    that order, it takes in one 64-bit word each: a text value's byte length (a null: all ones),
-    or a number's, boolean's or time's bits (an integer as int64, a float as float64, a time as
-    its int64 count; a null as 0), then one word per 64 such columns of whether each has a
-    value (a bit each, in order). Each word is XORed in and mixed by splitmix64's finalizer, a
-    bijection, so rows that differ in one word always differ. The lengths cut the texts apart,
-    so different texts never give the same bytes.
+    Every column the mapping reads is hashed: the identifier, the attributes, the timestamp,
+    and dlt's variant columns of those (where it kept a value that did not fit the column's
+    type, which the row path reads as the column's value). Two rows hash alike only if they
+    are the same row under the same mapping, but for a 64-bit collision.
+
+    The hash starts from XXH3-64 (stable across releases and platforms: never Python's or
+    DuckDB's `hash()`) of the row's text values back to back, with no seed. Then it takes in
+    64-bit words, one at a time: a digest of the mapping and the name and type of every column
+    hashed, in order; the byte lengths of the texts, two to a word in order (the first in the
+    low half; a null: all ones); a number's, boolean's or time's bits per column in order (an
+    integer as int64, a float as float64, a time as its int64 count; a null as 0); then one
+    word per 64 such columns of whether each has a value (a bit each, in order). A word is
+    taken in by XOR, a multiply by an odd number and an XOR of the high half into the low,
+    each a bijection, so rows that differ in one word always differ; and at the end
+    splitmix64's finalizer. The lengths cut the texts apart, so different texts never give the
+    same bytes.
     """
     mapping = reader.mapping
     columns = {name: _whole(batch.column(name)) for name in batch.schema.names}
@@ -68,6 +79,8 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[pa.Array, pa.Array
     names = [mapping.identifier, *reader.compiled.attribute_columns]
     if mapping.timestamp:
         names.append(mapping.timestamp)
+    read = set(names)  # and dlt's variant columns of those: their values are the columns'
+    names += [variant for variant, column in reader.compiled.variants if column in read]
     hashed = _hashed_columns([(name, columns[name]) for name in names if name in columns])
     if hashed is None:
         return None
@@ -82,7 +95,25 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[pa.Array, pa.Array
         digest_size=8,
         person=SOURCE_HASH_PERSON,
     )
-    seed = repeat(int.from_bytes(salt.digest(), "big"))
+    hashes = _text_hashes(texts, len(ident))
+    factor, shift = _TAKE_IN
+    for word in [pa.scalar(int.from_bytes(salt.digest(), "big"), _U64), *words]:
+        hashes = pc.multiply(pc.bit_wise_xor(hashes, word), factor)  # wraps, modulo 2**64
+        hashes = pc.bit_wise_xor(hashes, pc.shift_right(hashes, shift))
+    for shift, factor in _FINISH:
+        hashes = pc.bit_wise_xor(hashes, pc.shift_right(hashes, pa.scalar(shift, _U64)))
+        if factor is not None:
+            hashes = pc.multiply(hashes, factor)
+    return ident, hashes.view(pa.int64())
+
+
+def _whole(column: Any) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _text_hashes(texts: list[pa.Array], rows: int) -> pa.Array:
+    """XXH3-64 of each row's texts back to back (a null as no bytes), with no seed (a seed is
+    one more Python number to convert per row: the mapping is a word taken in after)."""
     if texts:
         if len({text.type for text in texts}) > 1:  # string and large_string: join as large
             texts = [pc.cast(text, pa.large_string()) for text in texts]
@@ -91,57 +122,62 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[pa.Array, pa.Array
         )
         values = as_binary(head).to_pylist()
     else:
-        values = [b""] * len(ident)
-    hashes = pa.array(map(xxhash.xxh3_64_intdigest, values, seed), _U64, size=len(values))
-    for word in words:
-        hashes = _mixed(pc.bit_wise_xor(hashes, word))
-    return ident, hashes.view(pa.int64())
-
-
-def _whole(column: Any) -> pa.Array:
-    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-
-
-def _mixed(words: pa.Array) -> pa.Array:
-    for shift, factor in _STEPS:
-        words = pc.bit_wise_xor(words, pc.shift_right(words, pa.scalar(shift, _U64)))
-        if factor is not None:
-            words = pc.multiply(words, factor)  # wraps around, modulo 2**64
-    return words
+        values = [b""] * rows
+    numbers = array("Q", map(xxhash.xxh3_64_intdigest, values))
+    return pa.Array.from_buffers(_U64, rows, [None, pa.py_buffer(numbers)])
 
 
 def _hashed_columns(
     columns: list[tuple[str, pa.Array]],
-) -> tuple[list[pa.Array], list[pa.Array], list[list[str]]] | None:
-    """The text columns (joined for XXH3), the 64-bit words of every column in order, and the
-    layout (the name and type of each column hashed); None for a type not hashed here."""
+) -> tuple[list[pa.Array], list[pa.Array | pa.Scalar], list[list[str]]] | None:
+    """The text columns (joined for XXH3), the 64-bit words in order (a scalar where every
+    row's is the same), and the layout (the name and type of each column hashed); None for a
+    type not hashed here, or a text too long for its half of a length word."""
     texts: list[pa.Array] = []
-    words: list[pa.Array] = []
+    lengths: list[pa.Array] = []
+    numbers: list[pa.Array] = []
     layout: list[list[str]] = []
-    flags: list[pa.Array] = []  # whether each column of numbers has a value, row by row
+    flags: list[pa.Array | None] = []  # whether each column of numbers has a value (None: all)
     for name, column in columns:
         kind, label = column.type, "text"
         if pa.types.is_decimal(kind):  # its text: one value, one text, whatever its scale
             # a decimal apart from a text of the same digits: they map to a number and a string
             column, kind, label = pc.cast(column, pa.string()), pa.string(), "decimal"
         if is_text(kind):
+            length = pc.binary_length(column)
+            if pa.types.is_large_string(kind) and (pc.max(length).as_py() or 0) >= _NO_LENGTH:
+                return None
             texts.append(column)
-            length = pc.cast(pc.binary_length(column), pa.int64()).view(_U64)
-            words.append(pc.fill_null(length, _NULL_LENGTH))
+            length = pc.cast(length, _U64)
+            lengths.append(pc.fill_null(length, _NO_LENGTH) if length.null_count else length)
             layout.append([name, label])
             continue
         bits = _bits(column)
         if bits is None:
             return None
-        words.append(bits)
-        flags.append(pc.cast(column.is_valid(), _U64))
+        numbers.append(bits)
+        flags.append(pc.cast(column.is_valid(), _U64) if column.null_count else None)
         layout.append([name, str(kind)])
+    words: list[pa.Array | pa.Scalar] = []
+    for at in range(0, len(lengths), 2):  # two lengths to a word
+        pair = lengths[at : at + 2]
+        words.append(
+            pair[0] if len(pair) == 1 else pc.bit_wise_or(pair[0], pc.shift_left(pair[1], _HALF))
+        )
+    words += numbers
     for start in range(0, len(flags), 64):  # 64 columns' flags to a word, one bit each
-        word = flags[start]
-        for bit, flag in enumerate(flags[start + 1 : start + 64], 1):
-            word = pc.bit_wise_or(word, pc.shift_left(flag, pa.scalar(bit, _U64)))
-        words.append(word)
+        words.append(_flag_word(flags[start : start + 64]))
     return texts, words, layout
+
+
+def _flag_word(flags: list[pa.Array | None]) -> pa.Array | pa.Scalar:
+    """One bit per column, in order: whether the row has a value there (None: every row)."""
+    constant = sum(1 << bit for bit, flag in enumerate(flags) if flag is None)
+    word: pa.Array | pa.Scalar = pa.scalar(constant, _U64)
+    for bit, flag in enumerate(flags):
+        if flag is not None:
+            word = pc.bit_wise_or(word, pc.shift_left(flag, pa.scalar(bit, _U64)))
+    return word
 
 
 def _bits(column: pa.Array) -> pa.Array | None:
@@ -149,13 +185,17 @@ def _bits(column: pa.Array) -> pa.Array | None:
     kind = column.type
     if pa.types.is_floating(kind):
         doubles = pc.cast(column, pa.float64()) if kind != pa.float64() else column
-        return pc.fill_null(doubles, 0.0).view(_U64)
+        return _filled(doubles, 0.0).view(_U64)
     if pa.types.is_timestamp(kind) or is_temporal(kind):
         column = pc.cast(column, pa.int64() if not pa.types.is_date32(kind) else pa.int32())
-    elif pa.types.is_boolean(kind):
-        column = pc.cast(column, pa.int8())
-    elif not pa.types.is_integer(kind):
+    elif not pa.types.is_integer(kind) and not pa.types.is_boolean(kind):
         return None
     if kind == pa.uint64():
-        return pc.fill_null(column, 0)
-    return pc.fill_null(pc.cast(column, pa.int64()), 0).view(_U64)
+        return _filled(column, 0)
+    whole = column if column.type == pa.int64() else pc.cast(column, pa.int64())
+    return _filled(whole, 0).view(_U64)
+
+
+def _filled(column: pa.Array, value: Any) -> pa.Array:
+    """`column` with `value` for its nulls (itself when it has none)."""
+    return pc.fill_null(column, value) if column.null_count else column
