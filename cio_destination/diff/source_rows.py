@@ -9,6 +9,7 @@ row only for the text of its text columns.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from array import array
 from typing import Any
@@ -20,7 +21,7 @@ import xxhash
 
 from cio_destination.actions.identify import repeated_values
 from cio_destination.actions.rows import RowReader
-from cio_destination.arrow_json import as_binary, is_text
+from cio_destination.arrow_json import is_text
 from cio_destination.values import is_temporal
 
 __all__ = ["SOURCE_HASH_PERSON", "source_row_hashes"]
@@ -30,15 +31,6 @@ SOURCE_HASH_PERSON = b"cio-source-row-5"
 never match, so those rows are mapped once more and their fingerprints settle them."""
 
 _U64 = pa.uint64()
-_TAKE_IN = (pa.scalar(0x9E3779B97F4A7C15, _U64), pa.scalar(32, _U64))
-"""How a word is taken in: XORed, multiplied by an odd number (wrapping around), then the
-high half XORed into the low: each a bijection of the hash, and of the word."""
-_FINISH = [
-    (30, pa.scalar(0xBF58476D1CE4E5B9, _U64)),
-    (27, pa.scalar(0x94D049BB133111EB, _U64)),
-    (31, None),
-]
-"""splitmix64's finalizer: shift-xor, multiply, shift-xor, multiply, shift-xor (a bijection)."""
 _NO_LENGTH = (1 << 32) - 1
 """The length word's half of a null text (no text is that long here)."""
 _HALF = pa.scalar(32, _U64)
@@ -56,17 +48,17 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[pa.Array, pa.Array
     type, which the row path reads as the column's value). Two rows hash alike only if they
     are the same row under the same mapping, but for a 64-bit collision.
 
-    The hash starts from XXH3-64 (stable across releases and platforms: never Python's or
-    DuckDB's `hash()`) of the row's text values back to back, with no seed. Then it takes in
-    64-bit words, one at a time: a digest of the mapping and the name and type of every column
-    hashed, in order; the byte lengths of the texts, two to a word in order (the first in the
-    low half; a null: all ones); a number's, boolean's or time's bits per column in order (an
-    integer as int64, a float as float64, a time as its int64 count; a null as 0); then one
-    word per 64 such columns of whether each has a value (a bit each, in order). A word is
-    taken in by XOR, a multiply by an odd number and an XOR of the high half into the low,
-    each a bijection, so rows that differ in one word always differ; and at the end
-    splitmix64's finalizer. The lengths cut the texts apart, so different texts never give the
-    same bytes.
+    The hash is XXH3-64 (stable across releases: never Python's or DuckDB's `hash()`), with
+    no seed, of the row's bytes: a digest of the mapping and of the name and type of every
+    column hashed, in order (8 bytes); the row's text values back to back; then 64-bit words,
+    each as its 8 bytes, little-endian (the machine's order: a big-endian machine hashes
+    otherwise, which only maps its rows once more): the byte lengths of the texts, two to a
+    word in order (the first in the low half; a null: all ones), a number's, boolean's or
+    time's bits per column in order (an integer as int64, a float as float64, a time as its
+    int64 count; a null as 0), then one word per 64 such columns of whether each has a value
+    (a bit each, in order). The words are as many for every row of a layout and the lengths
+    cut the texts apart, so two rows give the same bytes only if they hold the same values: a
+    collision of XXH3 is the only way two rows hash alike.
     """
     mapping = reader.mapping
     columns = {name: _whole(batch.column(name)) for name in batch.schema.names}
@@ -95,15 +87,9 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[pa.Array, pa.Array
         digest_size=8,
         person=SOURCE_HASH_PERSON,
     )
-    hashes = _text_hashes(texts, len(ident))
-    factor, shift = _TAKE_IN
-    for word in [pa.scalar(int.from_bytes(salt.digest(), "big"), _U64), *words]:
-        hashes = pc.multiply(pc.bit_wise_xor(hashes, word), factor)  # wraps, modulo 2**64
-        hashes = pc.bit_wise_xor(hashes, pc.shift_right(hashes, shift))
-    for shift, factor in _FINISH:
-        hashes = pc.bit_wise_xor(hashes, pc.shift_right(hashes, pa.scalar(shift, _U64)))
-        if factor is not None:
-            hashes = pc.multiply(hashes, factor)
+    values = _row_bytes(salt.digest(), texts, words, len(ident)).to_pylist()
+    numbers = array("Q", map(xxhash.xxh3_64_intdigest, values))
+    hashes = pa.Array.from_buffers(_U64, len(values), [None, pa.py_buffer(numbers)])
     return ident, hashes.view(pa.int64())
 
 
@@ -111,20 +97,33 @@ def _whole(column: Any) -> pa.Array:
     return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
-def _text_hashes(texts: list[pa.Array], rows: int) -> pa.Array:
-    """XXH3-64 of each row's texts back to back (a null as no bytes), with no seed (a seed is
-    one more Python number to convert per row: the mapping is a word taken in after)."""
-    if texts:
-        if len({text.type for text in texts}) > 1:  # string and large_string: join as large
-            texts = [pc.cast(text, pa.large_string()) for text in texts]
-        head = pc.binary_join_element_wise(
-            *texts, pa.scalar("", texts[0].type), null_handling="replace", null_replacement=""
+def _row_bytes(
+    head: bytes, texts: list[pa.Array], words: list[pa.Array | pa.Scalar], rows: int
+) -> pa.Array:
+    """Each row's bytes: `head`, its texts back to back (a null as no bytes), then each of its
+    words' 8 bytes (laid side by side by one take)."""
+    large = any(pa.types.is_large_string(text.type) for text in texts)
+    kind = pa.large_binary() if large else pa.binary()
+    pieces: list[pa.Array | pa.Scalar] = [pa.scalar(head, kind)]
+    pieces += [text.cast(kind) for text in texts]
+    if words:
+        columns = [pa.repeat(w, rows) if isinstance(w, pa.Scalar) else w for w in words]
+        side_by_side = pc.take(pa.concat_arrays(columns), _interleaving(rows, len(words)))
+        wide = pa.Array.from_buffers(
+            pa.binary(8 * len(words)), rows, [None, side_by_side.buffers()[1]]
         )
-        values = as_binary(head).to_pylist()
+        pieces.append(wide.cast(kind))
     else:
-        values = [b""] * rows
-    numbers = array("Q", map(xxhash.xxh3_64_intdigest, values))
-    return pa.Array.from_buffers(_U64, rows, [None, pa.py_buffer(numbers)])
+        pieces.append(pa.repeat(pa.scalar(b"", kind), rows))  # the join's length: the rows'
+    return pc.binary_join_element_wise(
+        *pieces, pa.scalar(b"", kind), null_handling="replace", null_replacement=b""
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _interleaving(rows: int, words: int) -> pa.Array:
+    """The positions that take `words` arrays of `rows` each, one after the other, row by row."""
+    return pa.array([word * rows + row for row in range(rows) for word in range(words)], pa.int64())
 
 
 def _hashed_columns(
