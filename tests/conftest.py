@@ -99,3 +99,24 @@ def mapped_outcome(mapped: Any) -> tuple[list, list, list]:
         for records in (mapped.rejections, mapped.dropped)
     )
     return entries, rejections, dropped
+
+
+def small_units(monkeypatch: pytest.MonkeyPatch, unit_rows: int, alone_rows: int) -> list[int]:
+    """dlt batches of 50 rows, units of `unit_rows` (`alone_rows` for a table whose units go
+    alone), so a few hundred rows make several units; returns the rows of each unit read, in
+    order, as the job reads them."""
+    from cio_destination import jobs
+
+    monkeypatch.setattr(jobs, "BATCH_ROWS", 50)
+    monkeypatch.setattr(jobs, "UNIT_ROWS", unit_rows)
+    monkeypatch.setattr(jobs, "ALONE_UNIT_ROWS", alone_rows)
+    read: list[int] = []
+    units = jobs.JobFile.units
+
+    def counted(self: jobs.JobFile, rows: int) -> Iterator[jobs.Unit]:
+        for unit in units(self, rows):
+            read.append(unit.rows)
+            yield unit
+
+    monkeypatch.setattr(jobs.JobFile, "units", counted)
+    return read

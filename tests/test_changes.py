@@ -26,7 +26,7 @@ from cio_destination.emulator import Emulator
 from cio_destination.state import TABLES, PipelineState
 from cio_destination.state.backend import SqlStore
 
-from .conftest import API_KEY, SITE_ID, with_region
+from .conftest import API_KEY, SITE_ID, small_units, with_region
 
 pytestmark = pytest.mark.slow  # whole dlt pipelines against the emulator
 
@@ -494,21 +494,7 @@ def test_source_hashes_stored_by_an_older_version_resend_nobody(
 def units_of_100(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """dlt batches of 50 rows and units of 50 (100 for a table that packs within its units);
     the rows of each unit read, in order."""
-    from cio_destination import jobs
-
-    monkeypatch.setattr(jobs, "BATCH_ROWS", 50)
-    monkeypatch.setattr(jobs, "UNIT_ROWS", 50)
-    monkeypatch.setattr(jobs, "ALONE_UNIT_ROWS", 100)
-    read: list[int] = []
-    units = jobs.JobFile.units
-
-    def counted(self: jobs.JobFile, rows: int):
-        for unit in units(self, rows):
-            read.append(unit.rows)
-            yield unit
-
-    monkeypatch.setattr(jobs.JobFile, "units", counted)
-    return read
+    return small_units(monkeypatch, 50, 100)
 
 
 def test_a_first_sync_sends_a_unit_while_the_units_before_it_wait_for_their_answers(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import dlt
@@ -11,10 +11,11 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from cio_destination import customerio_adapter, jobs
+from cio_destination import customerio_adapter
 from cio_destination.emulator import Emulator, Faults
 from cio_destination.event_ids import canonical_key, deterministic_ulid
 
+from .conftest import small_units as counted_units
 from .kills import kill_after_progress, run_to_completion
 from .latency_child import event_rows, final_person
 
@@ -94,23 +95,11 @@ def test_one_table_keeps_many_requests_in_flight_and_a_kill_mid_load_loses_nothi
         assert seen[str(i)] == {"plan": final["plan"], "score": final["score"]}
 
 
-@pytest.fixture
-def small_units(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+@pytest.fixture(name="small_units")
+def units_of_100(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Units of 100 rows (two dlt batches of 50), so a few hundred rows make several units;
     the rows of each unit read, in order."""
-    monkeypatch.setattr(jobs, "BATCH_ROWS", 50)
-    monkeypatch.setattr(jobs, "UNIT_ROWS", 100)
-    monkeypatch.setattr(jobs, "ALONE_UNIT_ROWS", 100)
-    read: list[int] = []
-    units = jobs.JobFile.units
-
-    def counted(self: jobs.JobFile, rows: int) -> Iterator[jobs.Unit]:
-        for unit in units(self, rows):
-            read.append(unit.rows)
-            yield unit
-
-    monkeypatch.setattr(jobs.JobFile, "units", counted)
-    return read
+    return counted_units(monkeypatch, 100, 100)
 
 
 def test_a_changes_only_unit_is_diffed_against_what_the_units_before_it_had_accepted(
