@@ -824,6 +824,17 @@ def test_dict_rows_with_a_variant_column_take_the_row_path_and_fold_it():
     ]
 
 
+AGED_COLUMNS = {
+    "ident": {"name": "ident", "data_type": "text"},
+    "age": {"name": "age", "data_type": "bigint"},
+    "age\u25b6v_text": {"name": "age\u25b6v_text", "data_type": "text", "variant": True},
+}
+"""A table whose `age` dlt typed bigint, with the variant column it keeps text ages in."""
+AGED_SCHEMA = pa.schema(
+    [("ident", pa.string()), ("age", pa.int64()), ("age\u25b6v_text", pa.string())]
+)
+
+
 @pytest.mark.parametrize(
     "declared",
     [
@@ -835,21 +846,14 @@ def test_dict_rows_with_a_variant_column_take_the_row_path_and_fold_it():
 def test_an_arrow_batch_with_a_value_in_a_variant_column_maps_as_its_rows_do(declared):
     """Dict rows loaded as parquet reach the destination as Arrow with dlt's variant columns:
     the value there is its column's, so the batch takes the row path, which reads it back."""
-    columns = {
-        "ident": {"name": "ident", "data_type": "text"},
-        "age": {"name": "age", "data_type": "bigint"},
-        "age\u25b6v_text": {"name": "age\u25b6v_text", "data_type": "text", "variant": True},
-    }
-    schema = pa.schema(
-        [("ident", pa.string()), ("age", pa.int64()), ("age\u25b6v_text", pa.string())]
-    )
+    columns = AGED_COLUMNS
     rows = [
         {"ident": "a", "age": 5, "age\u25b6v_text": None},
         {"ident": "b", "age": None, "age\u25b6v_text": "unknown"},
     ]
     mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
 
-    batch = pa.RecordBatch.from_pylist(rows, schema=schema)
+    batch = pa.RecordBatch.from_pylist(rows, schema=AGED_SCHEMA)
 
     mapped = map_items(mapper, batch, columns)
 
@@ -858,16 +862,9 @@ def test_an_arrow_batch_with_a_value_in_a_variant_column_maps_as_its_rows_do(dec
 
 
 def test_an_arrow_batch_whose_variant_column_is_empty_stays_on_the_columnar_path():
-    columns = {
-        "ident": {"name": "ident", "data_type": "text"},
-        "age": {"name": "age", "data_type": "bigint"},
-        "age\u25b6v_text": {"name": "age\u25b6v_text", "data_type": "text", "variant": True},
-    }
+    columns = AGED_COLUMNS
     batch = pa.RecordBatch.from_pylist(
-        [{"ident": "a", "age": 5, "age\u25b6v_text": None}],
-        schema=pa.schema(
-            [("ident", pa.string()), ("age", pa.int64()), ("age\u25b6v_text", pa.string())]
-        ),
+        [{"ident": "a", "age": 5, "age\u25b6v_text": None}], schema=AGED_SCHEMA
     )
     declared = {"action": "identify", "identifier": "ident", "attributes": ["age"]}
     mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
@@ -880,22 +877,12 @@ def test_an_arrow_batch_whose_variant_column_is_empty_stays_on_the_columnar_path
 
 
 def test_source_row_hashes_cover_the_variant_columns_of_the_columns_read():
-    variant = "age\u25b6v_text"
-    columns = {
-        "ident": {"name": "ident", "data_type": "text"},
-        "age": {"name": "age", "data_type": "bigint"},
-        variant: {"name": variant, "data_type": "text", "variant": True},
-    }
     declared = {"action": "identify", "identifier": "ident", "changes_only": True}
-    mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+    mapper = RowMapper(compile_mapping("people", parse_mapping("people", declared), AGED_COLUMNS))
 
     def hashed(text: str | None) -> int:
-        batch = pa.RecordBatch.from_pydict(
-            {
-                "ident": ["b"],
-                "age": pa.array([None], pa.int64()),
-                variant: pa.array([text], pa.string()),
-            }
+        batch = pa.RecordBatch.from_pylist(
+            [{"ident": "b", "age": None, "age\u25b6v_text": text}], schema=AGED_SCHEMA
         )
         found = source_row_hashes(mapper, batch)
         assert found is not None
