@@ -34,9 +34,10 @@ from dlt.pipeline import trace
 from dlt.pipeline.state_sync import mark_state_extracted, migrate_state_to_current, state_doc
 
 from cio_destination.configuration import CustomerioConfiguration, pipeline_configuration
-from cio_destination.exceptions import LeaseLostError, PipelineLeaseError
+from cio_destination.exceptions import LeaseLostError, PipelineLeaseError, StateFileError
 from cio_destination.state import PipelineState, state_for
 from cio_destination.state.runs import SavedDltState
+from cio_destination.version import __version__
 
 __all__ = ["check_lease", "restore_state", "run_lease"]
 
@@ -204,7 +205,7 @@ def _restore(pipeline: dlt.Pipeline, state: PipelineState) -> bool:
     saved = state.runs.dlt_state()
     if saved is None:
         return False
-    local = pipeline._get_state()  # dlt has no public call for it (dlt issue 1233)
+    local = pipeline.state
     if saved.version < local["_state_version"] or saved.version_hash == local.get("_version_hash"):
         return False
     remote = migrate_state_to_current(
@@ -214,7 +215,7 @@ def _restore(pipeline: dlt.Pipeline, state: PipelineState) -> bool:
     remote["_local"] = local["_local"]
     mark_state_extracted(remote, remote["_version_hash"])
     schemas = [Schema.from_dict(stored) for stored in orjson.loads(saved.schemas)]
-    pipeline._install_state_and_schemas(remote, schemas, replace=True, update_last_run_context=True)
+    _install(pipeline, remote, schemas, state.path)
     logger.info(
         "customerio: pipeline %s: restored its dlt state (version %d) from %s",
         pipeline.pipeline_name,
@@ -222,6 +223,23 @@ def _restore(pipeline: dlt.Pipeline, state: PipelineState) -> bool:
         state.path,
     )
     return True
+
+
+def _install(pipeline: dlt.Pipeline, state: Any, schemas: list[Schema], where: str) -> None:
+    """Commit a restored state and its schemas to the pipeline's working directory, as dlt's
+    own `sync_destination` does. dlt has no public call for it (dlt issue 1233): a dlt release
+    without this one stops the run with a line naming the versions, rather than an
+    AttributeError deep in a load."""
+    install = getattr(pipeline, "_install_state_and_schemas", None)
+    if install is None:
+        raise StateFileError(
+            where,
+            f"dlt {dlt.__version__} has no way to install a restored pipeline state, which"
+            f" this release of cio-destination ({__version__}) needs; install the dlt version"
+            " its pyproject names (dlt>=1.31,<2) or a newer cio-destination",
+            shared=True,
+        )
+    install(state, schemas, replace=True, update_last_run_context=True)
 
 
 def save_state(pipeline: Any) -> None:

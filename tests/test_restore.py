@@ -12,7 +12,13 @@ import dlt
 import pytest
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from cio_destination import customerio, customerio_adapter, restore_state, run_lease
+from cio_destination import (
+    StateFileError,
+    customerio,
+    customerio_adapter,
+    restore_state,
+    run_lease,
+)
 from cio_destination.emulator import Emulator, Faults
 
 from .conftest import API_KEY, SITE_ID
@@ -135,3 +141,19 @@ def test_a_run_whose_lease_was_taken_over_sends_nothing_more_and_saves_no_state(
     later = runner(tmp_path, emulator)
     later.run(orders(15))
     assert sent_ops(emulator, mark) == 5  # the cursors saved are the last completed load's
+
+
+def test_a_dlt_without_the_state_install_stops_the_restore_with_one_line_naming_it(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+):
+    """The restore commits the state through a dlt call that is not public (dlt issue 1233): a
+    dlt release without it names the versions instead of failing deep inside."""
+    runner(tmp_path, emulator).run(orders(3))
+    monkeypatch.delattr(dlt.Pipeline, "_install_state_and_schemas")
+
+    with pytest.raises(StateFileError) as raised:
+        restore_state(runner(tmp_path, emulator))
+
+    message = str(raised.value)
+    assert f"dlt {dlt.__version__}" in message and "state_url" in message
+    assert "\n" not in message
