@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
@@ -367,6 +368,24 @@ def test_a_load_reads_the_kept_source_hashes_in_bulk_once_its_rows_come_to_a_twe
     assert kept.changed(rows, [10_000 + i + 90_000 * (i == 7) for i in range(100)]) == [7]
     assert kept.bulk  # 105 rows so far: 1,500 kept are no more than 20 times as many
     assert kept.changed(["u5", "u6", "u2000"], [10_005, 7, 7]) == [1, 2]
+
+
+def test_a_small_load_looks_up_arrow_hashes_unit_by_unit_and_maps_only_the_changed_rows(
+    store: StateStore,
+):
+    """A load hands its rows' identifiers and hashes over as Arrow arrays. Looked up unit by
+    unit (the load's rows are under a twentieth of the hashes kept: the usual incremental
+    run), the changed row is mapped and the unchanged ones are not."""
+    fingerprints = PipelineState(store, "p").fingerprints
+    fingerprints.remember(
+        "p/people", {f"u{i}": {"r": i, "a": {}, "s": 10_000 + i} for i in range(2_000)}
+    )
+    kept = fingerprints.kept_sources("p/people")
+    identifiers = pa.array([f"u{i}" for i in range(10)] + [None, "u9999"], pa.string())
+    hashes = pa.array([10_000 + i + (5 if i == 3 else 0) for i in range(10)] + [1, 2], pa.int64())
+
+    assert kept.changed(identifiers, hashes) == [3, 10, 11]
+    assert not kept.bulk  # looked up, not read in bulk
 
 
 def test_a_load_reads_the_kept_source_hashes_ahead_on_a_helper_thread(

@@ -20,6 +20,7 @@ from typing import Any
 
 import dlt
 import duckdb
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from dlt.pipeline.exceptions import CannotRestorePipelineException
@@ -350,6 +351,29 @@ def test_postgres_writes_and_compares_a_whole_batch_in_one_statement(
     assert changed == {(i, h) for i, h in asked if int(i[1:]) >= 2_000 or int(i[1:]) % 4 == 0}
     # the write: the drop of the copy of kept hashes, then the 2,000 rows in one statement
     assert [s for s in statements if s in ("INSERT", "SELECT")] == ["INSERT", "INSERT", "SELECT"]
+    store.close()
+
+
+def test_postgres_looks_up_a_small_loads_arrow_hashes_and_maps_only_the_changed_rows(
+    database: Database,
+):
+    """The lost update this guards against: the usual incremental run (rows under a twentieth
+    of the hashes kept) compared Arrow scalars with the database's ints, found no row changed
+    and skipped them all, the changed person included."""
+    from cio_destination.state import TABLES, PipelineState
+    from cio_destination.state.backend import SqlStore
+
+    store = SqlStore(database.url, database.state, TABLES, "destination.customerio.state_url")
+    fingerprints = PipelineState(store, "p").fingerprints
+    fingerprints.remember(
+        "p/people", {f"u{i}": {"r": i, "a": {}, "s": 10_000 + i} for i in range(2_000)}
+    )
+    kept = fingerprints.kept_sources("p/people")
+    identifiers = pa.array([f"u{i}" for i in range(10)] + [None, "u9999"], pa.string())
+    hashes = pa.array([10_000 + i + (5 if i == 3 else 0) for i in range(10)] + [1, 2], pa.int64())
+
+    assert kept.changed(identifiers, hashes) == [3, 10, 11]
+    assert not kept.bulk
     store.close()
 
 

@@ -170,11 +170,13 @@ class KeptSources:
                 self.looked_up += len(identifiers)
                 return _changed_rows(known, identifiers, hashes, touched)
         listed = _listed(identifiers)
-        pairs = [(i, h) for i, h in zip(listed, hashes, strict=True) if i is not None]
+        # as Python ints: an Arrow scalar never equals the int a store answers with
+        numbers = hashes.to_pylist() if isinstance(hashes, pa.Array) else list(hashes)
+        pairs = [(i, h) for i, h in zip(listed, numbers, strict=True) if i is not None]
         found = self._fingerprints.changed_sources(self._scope, pairs)
         return [
             at
-            for at, pair in enumerate(zip(listed, hashes, strict=True))
+            for at, pair in enumerate(zip(listed, numbers, strict=True))
             if pair[0] is None or pair in found
         ]
 
