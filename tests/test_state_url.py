@@ -193,6 +193,33 @@ def test_a_sync_on_runners_that_start_empty_sends_each_change_once(
     assert list(rejected_rows(reader)) == []
 
 
+def test_an_incremental_changes_only_run_sends_the_person_who_changed(
+    tmp_path: Path, emulator: Emulator, database: Database
+):
+    """The usual incremental run: far fewer rows than people kept, so each unit's source-row
+    hashes are looked up in the database rather than read in bulk. A changed person is sent,
+    the others are not."""
+
+    def people(count: int, changed: int | None = None) -> Any:
+        rows = pa.table(
+            {
+                "uid": [f"u{i}" for i in range(count)],
+                "plan": ["team" if i == changed else "pro" for i in range(count)],
+            }
+        )
+        resource = dlt.resource(rows, name="people")
+        return customerio_adapter(resource, action="identify", identifier="uid", changes_only=True)
+
+    fresh_runner(tmp_path, emulator, database, "incremental").run(people(2_000))
+    mark = len(emulator.requests)
+
+    fresh_runner(tmp_path, emulator, database, "incremental").run(people(10, changed=3))
+
+    assert batch_ops(emulator, mark) == (1, 1)
+    found = {p["identifiers"]["id"]: p["attributes"] for p in emulator.people}
+    assert found["u3"]["plan"] == "team" and found["u4"]["plan"] == "pro"
+
+
 def test_a_send_killed_mid_load_is_finished_by_a_runner_with_an_empty_disk(
     tmp_path: Path, emulator: Emulator, database: Database
 ):
