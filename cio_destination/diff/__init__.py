@@ -142,7 +142,9 @@ class Diff:
         if new:
             sources = self._sources
             arrays = (sources[0].cast(pa.string()), sources[1]) if sources else None
-            self._pending = block_fingerprints(new, self._mapper.compiled, arrays)
+            self._pending = block_fingerprints(
+                new, self._mapper.compiled, arrays, mapped.attribute_texts
+            )
             if self._pending is None:  # a column the column forms do not cover
                 return None, [*new, *known, *mapped.entries], previous
         return new or None, [*known, *mapped.entries], previous

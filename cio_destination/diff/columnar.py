@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cio_destination.arrow_json import comma_listed, join_pieces, json_key
+from cio_destination.arrow_json import Member, comma_listed, join_pieces, json_key
 from cio_destination.diff.changes import operation_hashes, value_hashes
 from cio_destination.entries import Entry, EntryBlock
 from cio_destination.limits import attribute_texts
@@ -27,12 +27,17 @@ __all__ = ["accepted_rows", "block_fingerprints", "split_block"]
 
 
 def block_fingerprints(
-    block: EntryBlock, compiled: CompiledMapping, sources: tuple[pa.Array, pa.Array] | None
+    block: EntryBlock,
+    compiled: CompiledMapping,
+    sources: tuple[pa.Array, pa.Array] | None,
+    texts: list[Member] | None = None,
 ) -> pa.Table | None:
     """The fingerprints (`FINGERPRINT_SCHEMA`) `only_changes` keeps for the block's entries
-    sent in full; `sources`: the source-row hash of each identifier, if the rows were hashed.
-    None when an attribute's JSON may not be the text its value hash is of (a JSON column or
-    a decimal: the row diff reads those back from the operation)."""
+    sent in full; `sources`: the source-row hash of each identifier, if the rows were hashed;
+    `texts`: the attributes' JSON members the mapping wrote, of every row of the block's batch
+    (`Mapped.attribute_texts`; else they are written here). None when an attribute's JSON may
+    not be the text its value hash is of (a JSON column or a decimal: the row diff reads those
+    back from the operation)."""
     batch = block.batch
     names = set(batch.schema.names)
     columns = [
@@ -45,8 +50,7 @@ def block_fingerprints(
         for c in columns
     ):
         return None
-    rows = batch if _every_row_in_order(block) else batch.take(block.rows)
-    members = attribute_texts(rows, columns, [], value_limit=False)
+    members = _members(block, columns, texts)
     if members is None:
         return None
     hashed = []
@@ -65,22 +69,49 @@ def block_fingerprints(
         attributes = join_pieces([*pieces, "}"]) if hashed else pa.array(["{}"] * size)
     operations = pc.binary_slice(block.data, 0, -1)  # without the comma after each
     identifiers = block.row_keys.cast(pa.string())
-    source = pa.nulls(size, pa.int64())
-    if sources is not None:
-        keys, values_ = sources
-        if len(keys) == size and pc.all(pc.equal(keys, identifiers)).as_py() is not False:
-            source = values_  # a hash per row of the batch, in the block's order: no lookup
-        else:
-            source = pc.take(values_, pc.index_in(identifiers, value_set=keys))
     return pa.table(
         [
             identifiers,
             operation_hashes(operations.to_pylist()),
             attributes.cast(pa.binary()),
-            source,
+            _source_hashes(identifiers, sources),
         ],
         schema=FINGERPRINT_SCHEMA,
     )
+
+
+def _members(
+    block: EntryBlock, columns: list[str], texts: list[Member] | None
+) -> list[Member] | None:
+    """The JSON member of each of `columns` for the block's rows, one column of text each: the
+    mapping's `texts` taken where they are of these columns, else written again."""
+    every = _every_row_in_order(block)
+    if texts is None or len(texts) != len(columns):
+        texts = None
+    elif not all(m[0].startswith(json_key(c)) for m, c in zip(texts, columns, strict=True)):
+        texts = None  # (never expected: the mapping's columns are these)
+    if texts is None:
+        rows = block.batch if every else block.batch.take(block.rows)
+        return attribute_texts(rows, columns, [], value_limit=False)
+    members = []
+    for prefix, values, suffix, nullable in texts:
+        pieces = values if isinstance(values, tuple) else (values,)  # a float's two pieces
+        if not every:
+            pieces = tuple(piece.take(block.rows) for piece in pieces)
+        text = pieces[0] if len(pieces) == 1 else pc.binary_join_element_wise(*pieces, "")
+        members.append((prefix, text, suffix, nullable))
+    return members
+
+
+def _source_hashes(identifiers: pa.Array, sources: tuple[pa.Array, pa.Array] | None) -> pa.Array:
+    """The source-row hash of each identifier, from `sources` (null where the rows were not
+    hashed)."""
+    if sources is None:
+        return pa.nulls(len(identifiers), pa.int64())
+    keys, values = sources
+    if len(keys) == len(identifiers) and pc.all(pc.equal(keys, identifiers)).as_py() is not False:
+        return values  # a hash per row of the batch, in the block's order: no lookup
+    return pc.take(values, pc.index_in(identifiers, value_set=keys))
 
 
 def _value_texts(lead: str, values: pa.Array, suffix: str) -> pa.Array:
