@@ -79,7 +79,7 @@ class Side:
             )
             assert mapped.block is None
         parts = diff.to_send(mapped)
-        self.computed += diff._pending is not None and len(diff._pending) > 0
+        self.computed += diff._pending is not None  # (only for a block of new people)
         diff.delivered(SendResult(delivered=parts), self.state.snapshots)
         sent = sorted((entry.row_key, entry.data) for part in parts for entry in part)
         return sent, mapped
@@ -229,3 +229,36 @@ def test_the_fingerprints_kept_are_those_of_the_block_entries_delivered(delivere
         expected = sorted(entry.row_key for group in groups for entry in group)
         assert [row[0] for row in side.kept()] == expected
         side.state.close()
+
+
+def test_a_blocks_fingerprints_are_hashed_once_it_is_delivered_not_while_it_is_mapped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """The hashes are most of a first sync's diff: they wait for `Diff.delivered` (on the
+    thread that records the unit), so the mapping thread goes on with the next rows."""
+    hashed: list[int] = []
+    value_hashes = columnar_diff.value_hashes
+
+    def counted(texts: pa.Array, **options: Any) -> pa.Array:
+        hashed.append(len(texts))
+        return value_hashes(texts, **options)
+
+    monkeypatch.setattr(columnar_diff, "value_hashes", counted)
+    batch = pa.record_batch({"uid": ["a", "b", "c"], "plan": ["x", "y", None]})
+    declared = {"action": "identify", "identifier": "uid", "changes_only": True}
+    columns = {name: {"name": name} for name in batch.schema.names}
+    mapper = RowMapper(compile_mapping("things", parse_mapping("things", declared), columns))
+    state = PipelineState.in_file(tmp_path / "state.sqlite", "p")
+    diff = Diff(mapper, SCOPE, state.fingerprints, MirrorPlans(), kept=None)
+    mapped = map_items(mapper, diff.drop_unchanged_rows(batch))
+    parts = diff.to_send(mapped)
+
+    assert mapped.block is not None and len(mapped.block) == 3
+    assert hashed == []  # mapped and diffed: nothing hashed yet
+
+    diff.delivered(SendResult(delivered=parts), state.snapshots)
+
+    assert hashed == [3]
+    state.fingerprints.flush()
+    assert len(state.fingerprints.fingerprints_of(SCOPE, ["a", "b", "c"])) == 3
+    state.close()

@@ -14,7 +14,7 @@ or failed send is tried again in full.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 
 import pyarrow as pa
@@ -57,7 +57,7 @@ class Diff:
         self._mirrors = mirrors
         self._kept = kept
         self._changes: Changes | None = None
-        self._pending: pa.Table | None = None
+        self._pending: Callable[[], pa.Table] | None = None
         self._mirror: MirrorPlan | None = None
         self._sources: tuple[pa.Array, pa.Array] | None = None
         self.source_hashes: array[int] | None = None
@@ -128,7 +128,8 @@ class Diff:
     ) -> tuple[EntryBlock | None, list[Entry], dict[str, Fingerprint] | None]:
         """The columnar diff where it applies (see `cio_destination.diff.columnar`): the block
         of people with no fingerprint, sent in full, their fingerprints computed a column at
-        a time (`_pending`); the entries for `only_changes`, and their fingerprints."""
+        a time once it is delivered (`_pending`, by `delivered`); the entries for
+        `only_changes`, and their fingerprints."""
         block = mapped.block
         if not block or block.row_keys is None:
             return None, mapped.all_entries(), None
@@ -167,7 +168,7 @@ class Diff:
             accepted = self._changes.accepted(chain.from_iterable(groups))
             self._fingerprints.remember(self._scope, accepted)
             if self._pending is not None:  # the block's, delivered whole or in part
-                rows = accepted_rows(self._pending, result.delivered)
+                rows = accepted_rows(self._pending(), result.delivered)
                 self._fingerprints.remember_table(self._scope, rows)
         mirror = self._mirror
         if mirror is None:

@@ -10,7 +10,8 @@ a column at a time with the column forms of its hashes (`cio_destination.diff.ch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -31,13 +32,16 @@ def block_fingerprints(
     compiled: CompiledMapping,
     sources: tuple[pa.Array, pa.Array] | None,
     texts: list[Member] | None = None,
-) -> pa.Table | None:
-    """The fingerprints (`FINGERPRINT_SCHEMA`) `only_changes` keeps for the block's entries
-    sent in full; `sources`: the source-row hash of each identifier, if the rows were hashed;
-    `texts`: the attributes' JSON members the mapping wrote, of every row of the block's batch
-    (`Mapped.attribute_texts`; else they are written here). None when an attribute's JSON may
-    not be the text its value hash is of (a JSON column or a decimal: the row diff reads those
-    back from the operation)."""
+) -> Callable[[], pa.Table] | None:
+    """What computes the fingerprints (`FINGERPRINT_SCHEMA`) `only_changes` keeps for the
+    block's entries sent in full; `sources`: the source-row hash of each identifier, if the
+    rows were hashed; `texts`: the attributes' JSON members the mapping wrote, of every row of
+    the block's batch (`Mapped.attribute_texts`; else they are written here, now). The hashing
+    waits for the call: `Diff` calls it once the block is delivered, on the thread that
+    records it, so the mapping thread goes on with the next rows meanwhile (the hashes are
+    most of a first sync's diff). None when an attribute's JSON may not be the text its value
+    hash is of (a JSON column or a decimal: the row diff reads those back from the
+    operation)."""
     batch = block.batch
     names = set(batch.schema.names)
     columns = [
@@ -50,23 +54,47 @@ def block_fingerprints(
         for c in columns
     ):
         return None
-    members = _members(block, columns, texts)
-    if members is None:
+    if texts is not None and _of_columns(texts, columns):
+        return partial(_fingerprints, block, columns, texts, sources, handed=True)
+    rows = batch if _every_row_in_order(block) else batch.take(block.rows)
+    written = attribute_texts(rows, columns, [], value_limit=False)  # of the block's rows
+    if written is None:
         return None
+    return partial(_fingerprints, block, columns, written, sources, handed=False)
+
+
+def _of_columns(texts: list[Member], columns: list[str]) -> bool:
+    """Whether `texts` are the members of `columns` (never expected otherwise)."""
+    return len(texts) == len(columns) and all(
+        member[0].startswith(json_key(column))
+        for member, column in zip(texts, columns, strict=True)
+    )
+
+
+def _fingerprints(
+    block: EntryBlock,
+    columns: list[str],
+    texts: list[Member],
+    sources: tuple[pa.Array, pa.Array] | None,
+    *,
+    handed: bool,
+) -> pa.Table:
+    """The fingerprints of `block_fingerprints`, from the members of `columns`: `texts`, of
+    every row of the batch if `handed` (by the mapping), else of the block's rows."""
+    members = _of_block(block, texts) if handed else texts
     hashed = []
     for name, (prefix, values, suffix, _) in zip(columns, members, strict=True):
         hashes = value_hashes(
             _value_texts(prefix[len(json_key(name)) :], values, suffix), as_text=True
         )
         hashed.append((json_key(name), hashes, "", hashes.null_count > 0))
-    size = len(block)
     if any(nullable for *_, nullable in hashed):
         attributes = pc.binary_join_element_wise("{", comma_listed(hashed), "}", "")
     else:  # every row has every attribute: one join
         pieces: list[Any] = ["{"]
         for index, (key, hashes, _, _) in enumerate(hashed):
             pieces += [("," if index else "") + key, hashes]
-        attributes = join_pieces([*pieces, "}"]) if hashed else pa.array(["{}"] * size)
+        attributes = join_pieces([*pieces, "}"]) if hashed else pa.array(["{}"] * len(block))
     operations = pc.binary_slice(block.data, 0, -1)  # without the comma after each
     identifiers = block.row_keys.cast(pa.string())
     return pa.table(
@@ -80,19 +108,10 @@ def block_fingerprints(
     )
 
 
-def _members(
-    block: EntryBlock, columns: list[str], texts: list[Member] | None
-) -> list[Member] | None:
-    """The JSON member of each of `columns` for the block's rows, one column of text each: the
-    mapping's `texts` taken where they are of these columns, else written again."""
+def _of_block(block: EntryBlock, texts: list[Member]) -> list[Member]:
+    """The mapping's members (of every row of the block's batch, a float's in two pieces) of
+    the block's rows, one column of text each."""
     every = _every_row_in_order(block)
-    if texts is None or len(texts) != len(columns):
-        texts = None
-    elif not all(m[0].startswith(json_key(c)) for m, c in zip(texts, columns, strict=True)):
-        texts = None  # (never expected: the mapping's columns are these)
-    if texts is None:
-        rows = block.batch if every else block.batch.take(block.rows)
-        return attribute_texts(rows, columns, [], value_limit=False)
     members = []
     for prefix, values, suffix, nullable in texts:
         pieces = values if isinstance(values, tuple) else (values,)  # a float's two pieces
