@@ -14,6 +14,7 @@ wrote itself (half the examples hand none along), so it cannot pass without eith
 from __future__ import annotations
 
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -231,16 +232,17 @@ def test_the_fingerprints_kept_are_those_of_the_block_entries_delivered(delivere
         side.state.close()
 
 
-def test_a_blocks_fingerprints_are_hashed_once_it_is_delivered_not_while_it_is_mapped(
+def test_a_blocks_fingerprints_are_hashed_on_a_helper_thread_and_kept_once_delivered(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ):
-    """The hashes are most of a first sync's diff: they wait for `Diff.delivered` (on the
-    thread that records the unit), so the mapping thread goes on with the next rows."""
-    hashed: list[int] = []
+    """The hashes are most of a first sync's diff: they are computed on a helper thread, not
+    on the thread that maps and diffs the unit (which goes on with the next rows), and
+    `Diff.delivered` waits for them."""
+    hashed_by: list[str] = []
     value_hashes = columnar_diff.value_hashes
 
     def counted(texts: pa.Array, **options: Any) -> pa.Array:
-        hashed.append(len(texts))
+        hashed_by.append(threading.current_thread().name)
         return value_hashes(texts, **options)
 
     monkeypatch.setattr(columnar_diff, "value_hashes", counted)
@@ -252,13 +254,13 @@ def test_a_blocks_fingerprints_are_hashed_once_it_is_delivered_not_while_it_is_m
     diff = Diff(mapper, SCOPE, state.fingerprints, MirrorPlans(), kept=None)
     mapped = map_items(mapper, diff.drop_unchanged_rows(batch))
     parts = diff.to_send(mapped)
-
     assert mapped.block is not None and len(mapped.block) == 3
-    assert hashed == []  # mapped and diffed: nothing hashed yet
 
     diff.delivered(SendResult(delivered=parts), state.snapshots)
 
-    assert hashed == [3]
+    assert len(hashed_by) == 1  # the one attribute column, of the block's three rows
+    assert hashed_by[0] != threading.current_thread().name
+    assert hashed_by[0].startswith("customerio-fingerprint-hashes")
     state.fingerprints.flush()
     assert len(state.fingerprints.fingerprints_of(SCOPE, ["a", "b", "c"])) == 3
     state.close()

@@ -22,7 +22,12 @@ import pyarrow.compute as pc
 from dlt.common.typing import TDataItems
 
 from cio_destination.diff.changes import Changes, only_changes
-from cio_destination.diff.columnar import accepted_rows, block_fingerprints, split_block
+from cio_destination.diff.columnar import (
+    accepted_rows,
+    block_fingerprints,
+    hashed_behind,
+    split_block,
+)
 from cio_destination.diff.mirror import MirrorPlan, MirrorPlans
 from cio_destination.diff.source_rows import source_row_hashes
 from cio_destination.entries import Entry, EntryBlock, Mapped
@@ -128,7 +133,7 @@ class Diff:
     ) -> tuple[EntryBlock | None, list[Entry], dict[str, Fingerprint] | None]:
         """The columnar diff where it applies (see `cio_destination.diff.columnar`): the block
         of people with no fingerprint, sent in full, their fingerprints computed a column at
-        a time once it is delivered (`_pending`, by `delivered`); the entries for
+        a time on a helper thread (`_pending`, waited for by `delivered`); the entries for
         `only_changes`, and their fingerprints."""
         block = mapped.block
         if not block or block.row_keys is None:
@@ -143,11 +148,10 @@ class Diff:
         if new:
             sources = self._sources
             arrays = (sources[0].cast(pa.string()), sources[1]) if sources else None
-            self._pending = block_fingerprints(
-                new, self._mapper.compiled, arrays, mapped.attribute_texts
-            )
-            if self._pending is None:  # a column the column forms do not cover
+            compute = block_fingerprints(new, self._mapper.compiled, arrays, mapped.attribute_texts)
+            if compute is None:  # a column the column forms do not cover
                 return None, [*new, *known, *mapped.entries], previous
+            self._pending = hashed_behind(compute)
         return new or None, [*known, *mapped.entries], previous
 
     def erased(self, result: SendResult) -> list[str]:

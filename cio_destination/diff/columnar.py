@@ -10,7 +10,9 @@ a column at a time with the column forms of its hashes (`cio_destination.diff.ch
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -24,7 +26,7 @@ from cio_destination.limits import attribute_texts
 from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.state.fingerprints import FINGERPRINT_SCHEMA
 
-__all__ = ["accepted_rows", "block_fingerprints", "split_block"]
+__all__ = ["accepted_rows", "block_fingerprints", "hashed_behind", "split_block"]
 
 
 def block_fingerprints(
@@ -37,11 +39,9 @@ def block_fingerprints(
     block's entries sent in full; `sources`: the source-row hash of each identifier, if the
     rows were hashed; `texts`: the attributes' JSON members the mapping wrote, of every row of
     the block's batch (`Mapped.attribute_texts`; else they are written here, now). The hashing
-    waits for the call: `Diff` calls it once the block is delivered, on the thread that
-    records it, so the mapping thread goes on with the next rows meanwhile (the hashes are
-    most of a first sync's diff). None when an attribute's JSON may not be the text its value
-    hash is of (a JSON column or a decimal: the row diff reads those back from the
-    operation)."""
+    is not done by the caller (see `hashed_behind`). None when an attribute's JSON may not be
+    the text its value hash is of (a JSON column or a decimal: the row diff reads those back
+    from the operation)."""
     batch = block.batch
     names = set(batch.schema.names)
     columns = [
@@ -61,6 +61,23 @@ def block_fingerprints(
     if written is None:
         return None
     return partial(_fingerprints, block, columns, written, sources, handed=False)
+
+
+_hashers: list[ThreadPoolExecutor] = []
+_hashers_lock = threading.Lock()
+
+
+def hashed_behind(compute: Callable[[], pa.Table]) -> Callable[[], pa.Table]:
+    """Start `compute` (of `block_fingerprints`) on the process's helper thread that hashes
+    blocks; returns what waits for its table. The hashes are most of a first sync's diff: off
+    the mapping thread, which goes on with the next rows, and off the thread that records the
+    units (and waits for each write of fingerprints before the next), they are computed while
+    the block is sent."""
+    with _hashers_lock:
+        if not _hashers:
+            _hashers.append(ThreadPoolExecutor(1, "customerio-fingerprint-hashes"))
+        future = _hashers[0].submit(compute)
+    return future.result
 
 
 def _of_columns(texts: list[Member], columns: list[str]) -> bool:
