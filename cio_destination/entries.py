@@ -23,7 +23,7 @@ from typing import Any, overload
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cio_destination.arrow_json import value_span
+from cio_destination.arrow_json import Member, value_span
 from cio_destination.batching import (
     ENVELOPE_BYTES,
     body_chunks,
@@ -107,6 +107,10 @@ class Mapped:
     dropped: list[Rejection] = field(default_factory=list)
     """Attributes left out of rows that are sent (`oversized_attribute = "drop_attribute"`),
     one record each (reason `attribute_dropped`): kept with the rejections, counted apart."""
+    attribute_texts: list[Member] | None = None
+    """The JSON members of the attributes the columnar identify builder wrote, of every row of
+    the block's batch (`limits.attribute_texts`, floats in two pieces): `changes_only` hashes
+    these values rather than writing them again (`diff.columnar.block_fingerprints`)."""
 
     def parts(self) -> list[Sequence[Entry]]:
         """The operations, as the sender takes them: the block (if any), then the list."""

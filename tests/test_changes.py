@@ -490,6 +490,63 @@ def test_source_hashes_stored_by_an_older_version_resend_nobody(
     assert store.source_hashes_of(scope, identifiers) == current
 
 
+def _blake2b_operation_hash(operation: dict) -> int:
+    """The whole-operation hash as versions before XXH3 stored it: blake2b-64 of its bytes."""
+    import hashlib
+
+    digest = hashlib.blake2b(orjson.dumps(operation), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "dicts"])
+def test_fingerprints_with_an_older_versions_operation_hash_resend_nobody(
+    httpx_mock: HTTPXMock, tmp_path: Path, arrow: bool
+):
+    """Fingerprints kept with the blake2b operation hash of earlier versions: after the upgrade
+    it matches no operation, so each person's attributes are compared one by one. A person
+    unchanged is sent nothing, a person with one attribute changed only that attribute, and the
+    hashes are refreshed. The Arrow rows' source hashes are made stale as well, so each row is
+    mapped and its operation hash consulted (as after an upgrade of both)."""
+    from cio_destination.state import state_for
+
+    sent: list[dict] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.extend(orjson.loads(request.content)["batch"])
+        return httpx.Response(200, json={})
+
+    httpx_mock.add_callback(with_region(answer), is_reusable=True)
+    pipeline = dlt.pipeline(
+        "upgraded", destination=customerio(site_id="s", api_key="k"), pipelines_dir=str(tmp_path)
+    )
+    make = arrow_people if arrow else people
+    pipeline.run(make(ROWS))
+    operations = {op["identifiers"]["id"]: op for op in sent}
+    store = state_for(pipeline.working_dir, pipeline.pipeline_name).fingerprints
+    scope = f"{pipeline.pipeline_name}/people"
+    current = store.fingerprints_of(scope, list(operations))
+    older = {i: _blake2b_operation_hash(op) for i, op in operations.items()}
+    assert len(older) == 3 and all(current[i]["r"] != older[i] for i in older)
+    stale = 1 if arrow else None
+    store.remember(scope, {i: {"r": older[i], "a": current[i].get("a"), "s": stale} for i in older})
+    sent.clear()
+
+    pipeline.run(make([{**ROWS[0], "plan": "team"}, *ROWS[1:]]))
+
+    assert sent == [
+        {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {"id": "1"},
+            "attributes": {"plan": "team"},
+        }
+    ]
+    report = sync_report(pipeline).tables[0]
+    assert (report.rows_in, report.skipped, report.operations) == (3, 2, 1)
+    refreshed = store.fingerprints_of(scope, ["2", "3"])
+    assert {i: f["r"] for i, f in refreshed.items()} == {i: current[i]["r"] for i in ("2", "3")}
+
+
 @pytest.fixture
 def units_of_100(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """dlt batches of 50 rows and units of 50 (100 for a table that packs within its units);

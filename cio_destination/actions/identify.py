@@ -176,7 +176,9 @@ def map_identify_batch(
         pieces += object_pieces("attributes", attributes)
     pieces += timestamp_pieces(batch, mapping.timestamp, flags)
     pieces.append("}")
-    return finish(batch, source_rows, row_path, pieces, flags, ident)
+    mapped = finish(batch, source_rows, row_path, pieces, flags, ident)
+    mapped.attribute_texts = attributes  # for changes_only's fingerprints
+    return mapped
 
 
 def repeated_values(column: Any) -> Any | None:

@@ -10,29 +10,38 @@ a column at a time with the column forms of its hashes (`cio_destination.diff.ch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cio_destination.arrow_json import comma_listed, join_pieces, json_key
+from cio_destination.arrow_json import Member, comma_listed, join_pieces, json_key
 from cio_destination.diff.changes import operation_hashes, value_hashes
 from cio_destination.entries import Entry, EntryBlock
 from cio_destination.limits import attribute_texts
 from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.state.fingerprints import FINGERPRINT_SCHEMA
 
-__all__ = ["accepted_rows", "block_fingerprints", "split_block"]
+__all__ = ["accepted_rows", "block_fingerprints", "hashed_behind", "split_block"]
 
 
 def block_fingerprints(
-    block: EntryBlock, compiled: CompiledMapping, sources: tuple[pa.Array, pa.Array] | None
-) -> pa.Table | None:
-    """The fingerprints (`FINGERPRINT_SCHEMA`) `only_changes` keeps for the block's entries
-    sent in full; `sources`: the source-row hash of each identifier, if the rows were hashed.
-    None when an attribute's JSON may not be the text its value hash is of (a JSON column or
-    a decimal: the row diff reads those back from the operation)."""
+    block: EntryBlock,
+    compiled: CompiledMapping,
+    sources: tuple[pa.Array, pa.Array] | None,
+    texts: list[Member] | None = None,
+) -> Callable[[], pa.Table] | None:
+    """What computes the fingerprints (`FINGERPRINT_SCHEMA`) `only_changes` keeps for the
+    block's entries sent in full; `sources`: the source-row hash of each identifier, if the
+    rows were hashed; `texts`: the attributes' JSON members the mapping wrote, of every row of
+    the block's batch (`Mapped.attribute_texts`; else they are written here, now). The hashing
+    is not done by the caller (see `hashed_behind`). None when an attribute's JSON may not be
+    the text its value hash is of (a JSON column or a decimal: the row diff reads those back
+    from the operation)."""
     batch = block.batch
     names = set(batch.schema.names)
     columns = [
@@ -45,42 +54,100 @@ def block_fingerprints(
         for c in columns
     ):
         return None
+    if texts is not None and _of_columns(texts, columns):
+        return partial(_fingerprints, block, columns, texts, sources, handed=True)
     rows = batch if _every_row_in_order(block) else batch.take(block.rows)
-    members = attribute_texts(rows, columns, [], value_limit=False)
-    if members is None:
+    written = attribute_texts(rows, columns, [], value_limit=False)  # of the block's rows
+    if written is None:
         return None
+    return partial(_fingerprints, block, columns, written, sources, handed=False)
+
+
+_hashers: list[ThreadPoolExecutor] = []
+_hashers_lock = threading.Lock()
+
+
+def hashed_behind(compute: Callable[[], pa.Table]) -> Callable[[], pa.Table]:
+    """Start `compute` (of `block_fingerprints`) on the process's helper thread that hashes
+    blocks; returns what waits for its table. The hashes are most of a first sync's diff: off
+    the mapping thread, which goes on with the next rows, and off the thread that records the
+    units (and waits for each write of fingerprints before the next), they are computed while
+    the block is sent."""
+    with _hashers_lock:
+        if not _hashers:
+            _hashers.append(ThreadPoolExecutor(1, "customerio-fingerprint-hashes"))
+        future = _hashers[0].submit(compute)
+    return future.result
+
+
+def _of_columns(texts: list[Member], columns: list[str]) -> bool:
+    """Whether `texts` are the members of `columns` (never expected otherwise)."""
+    return len(texts) == len(columns) and all(
+        member[0].startswith(json_key(column))
+        for member, column in zip(texts, columns, strict=True)
+    )
+
+
+def _fingerprints(
+    block: EntryBlock,
+    columns: list[str],
+    texts: list[Member],
+    sources: tuple[pa.Array, pa.Array] | None,
+    *,
+    handed: bool,
+) -> pa.Table:
+    """The fingerprints of `block_fingerprints`, from the members of `columns`: `texts`, of
+    every row of the batch if `handed` (by the mapping), else of the block's rows."""
+    members = _of_block(block, texts) if handed else texts
     hashed = []
     for name, (prefix, values, suffix, _) in zip(columns, members, strict=True):
         hashes = value_hashes(
             _value_texts(prefix[len(json_key(name)) :], values, suffix), as_text=True
         )
         hashed.append((json_key(name), hashes, "", hashes.null_count > 0))
-    size = len(block)
     if any(nullable for *_, nullable in hashed):
         attributes = pc.binary_join_element_wise("{", comma_listed(hashed), "}", "")
     else:  # every row has every attribute: one join
         pieces: list[Any] = ["{"]
         for index, (key, hashes, _, _) in enumerate(hashed):
             pieces += [("," if index else "") + key, hashes]
-        attributes = join_pieces([*pieces, "}"]) if hashed else pa.array(["{}"] * size)
+        attributes = join_pieces([*pieces, "}"]) if hashed else pa.array(["{}"] * len(block))
     operations = pc.binary_slice(block.data, 0, -1)  # without the comma after each
     identifiers = block.row_keys.cast(pa.string())
-    source = pa.nulls(size, pa.int64())
-    if sources is not None:
-        keys, values_ = sources
-        if len(keys) == size and pc.all(pc.equal(keys, identifiers)).as_py() is not False:
-            source = values_  # a hash per row of the batch, in the block's order: no lookup
-        else:
-            source = pc.take(values_, pc.index_in(identifiers, value_set=keys))
     return pa.table(
         [
             identifiers,
             operation_hashes(operations.to_pylist()),
             attributes.cast(pa.binary()),
-            source,
+            _source_hashes(identifiers, sources),
         ],
         schema=FINGERPRINT_SCHEMA,
     )
+
+
+def _of_block(block: EntryBlock, texts: list[Member]) -> list[Member]:
+    """The mapping's members (of every row of the block's batch, a float's in two pieces) of
+    the block's rows, one column of text each."""
+    every = _every_row_in_order(block)
+    members = []
+    for prefix, values, suffix, nullable in texts:
+        pieces = values if isinstance(values, tuple) else (values,)  # a float's two pieces
+        if not every:
+            pieces = tuple(piece.take(block.rows) for piece in pieces)
+        text = pieces[0] if len(pieces) == 1 else pc.binary_join_element_wise(*pieces, "")
+        members.append((prefix, text, suffix, nullable))
+    return members
+
+
+def _source_hashes(identifiers: pa.Array, sources: tuple[pa.Array, pa.Array] | None) -> pa.Array:
+    """The source-row hash of each identifier, from `sources` (null where the rows were not
+    hashed)."""
+    if sources is None:
+        return pa.nulls(len(identifiers), pa.int64())
+    keys, values = sources
+    if len(keys) == len(identifiers) and pc.all(pc.equal(keys, identifiers)).as_py() is not False:
+        return values  # a hash per row of the batch, in the block's order: no lookup
+    return pc.take(values, pc.index_in(identifiers, value_set=keys))
 
 
 def _value_texts(lead: str, values: pa.Array, suffix: str) -> pa.Array:
