@@ -264,3 +264,25 @@ def test_a_blocks_fingerprints_are_hashed_on_a_helper_thread_and_kept_once_deliv
     state.fingerprints.flush()
     assert len(state.fingerprints.fingerprints_of(SCOPE, ["a", "b", "c"])) == 3
     state.close()
+
+
+@pytest.mark.parametrize("changes_only", [False, True])
+def test_only_a_changes_only_mapping_holds_its_attribute_texts_and_the_diff_lets_them_go(
+    tmp_path: Path, changes_only: bool
+):
+    """The texts live as long as a unit's answers are awaited: a plain sync does not keep
+    them, and a `changes_only` one gives them to its fingerprints' hashing and drops them."""
+    declared = {"action": "identify", "identifier": "uid", "changes_only": changes_only}
+    columns = {name: {"name": name} for name in ("uid", "plan")}
+    mapper = RowMapper(compile_mapping("things", parse_mapping("things", declared), columns))
+    batch = pa.RecordBatch.from_pydict({"uid": ["a", "b"], "plan": ["pro", "team"]})
+
+    mapped = map_items(mapper, batch)
+
+    assert (mapped.attribute_texts is not None) is changes_only
+    if changes_only:
+        state = PipelineState.in_file(tmp_path / "s.sqlite", "p")
+        diff = Diff(mapper, SCOPE, state.fingerprints, MirrorPlans())
+        diff.to_send(mapped)
+        assert mapped.attribute_texts is None
+        state.close()

@@ -177,7 +177,8 @@ def map_identify_batch(
     pieces += timestamp_pieces(batch, mapping.timestamp, flags)
     pieces.append("}")
     mapped = finish(batch, source_rows, row_path, pieces, flags, ident)
-    mapped.attribute_texts = attributes  # for changes_only's fingerprints
+    if mapping.changes_only:  # for its fingerprints; a plain sync does not hold them
+        mapped.attribute_texts = attributes
     return mapped
 
 

@@ -149,6 +149,7 @@ class Diff:
             sources = self._sources
             arrays = (sources[0].cast(pa.string()), sources[1]) if sources else None
             compute = block_fingerprints(new, self._mapper.compiled, arrays, mapped.attribute_texts)
+            mapped.attribute_texts = None  # held by `compute` until hashed, then let go
             if compute is None:  # a column the column forms do not cover
                 return None, [*new, *known, *mapped.entries], previous
             self._pending = hashed_behind(compute)
