@@ -13,6 +13,8 @@ wrote itself (half the examples hand none along), so it cannot pass without eith
 
 from __future__ import annotations
 
+import os
+import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -286,3 +288,22 @@ def test_only_a_changes_only_mapping_holds_its_attribute_texts_and_the_diff_lets
         diff.to_send(mapped)
         assert mapped.attribute_texts is None
         state.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_forked_child_hashes_and_reads_on_threads_of_its_own():
+    """An orchestrator may fork a worker from a process that already ran a load. The child
+    does not inherit the helper threads, and the pools must not believe it did: each of them
+    runs a task in the child, which exits 0 (a pool that believed would hang it)."""
+    from cio_destination.state import fingerprints
+
+    assert columnar_diff.hashed_behind(lambda: 1)() == 1  # the parent's pools, in use
+    assert fingerprints._reader().submit(lambda: 2).result() == 2
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        signal.alarm(120)  # a hang ends the child (killed), not the test run
+        ok = columnar_diff.hashed_behind(lambda: 3)() == 3
+        ok = ok and fingerprints._reader().submit(lambda: 4).result() == 4
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

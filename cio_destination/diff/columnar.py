@@ -10,6 +10,7 @@ a column at a time with the column forms of its hashes (`cio_destination.diff.ch
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,17 @@ def block_fingerprints(
 
 _hashers: list[ThreadPoolExecutor] = []
 _hashers_lock = threading.Lock()
+
+
+def _forget_hashers() -> None:
+    """In a forked child: the parent's helper thread is not there, and an executor believing
+    it is would never run what it is given (the load would hang): the child starts its own."""
+    global _hashers_lock
+    _hashers.clear()
+    _hashers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_hashers)
 
 
 def hashed_behind(compute: Callable[[], pa.Table]) -> Callable[[], pa.Table]:

@@ -23,6 +23,7 @@ first sync, a load that died, an older store) only means the slower read.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 import threading
@@ -332,6 +333,19 @@ def _listed(identifiers: Sequence[str | None] | pa.Array) -> Sequence[str | None
 _writers: weakref.WeakKeyDictionary[StateStore, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
 _writers_lock = threading.Lock()
 _readers: list[ThreadPoolExecutor] = []
+
+
+def _forget_pools() -> None:
+    """In a forked child: the parent's reader and writer threads are not there, and an
+    executor believing they are would never run what it is given (the load would hang): the
+    child starts its own."""
+    global _writers_lock
+    _writers.clear()
+    _readers.clear()
+    _writers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _reader() -> ThreadPoolExecutor:
