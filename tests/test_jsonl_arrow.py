@@ -22,8 +22,8 @@ from dlt.destinations.file_batching import JsonlFileBatchIterator
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from cio_destination import jsonl_arrow, mapper
-from cio_destination.jsonl_arrow import typed_jsonl_units
+from cio_destination import jobs, jsonl_arrow, mapper
+from cio_destination.jsonl_arrow import JsonlRows, typed_jsonl_units
 from cio_destination.mapper import RowMapper, map_items
 from cio_destination.mapping import compile_mapping, parse_mapping
 from tests.benchmarks import data
@@ -326,6 +326,28 @@ def test_a_rejected_row_records_the_row_dlt_reads_and_only_it_is_made_a_dict(
     expected = map_items(identify_mapper(), dlt_rows(path, 0, list(PEOPLE)), PEOPLE)
     assert mapped_outcome(ours) == mapped_outcome(expected)
     assert sorted(r.row["_dlt_id"] for r in ours.rejections) == ["id7", "id9"]
+
+
+def test_a_dict_job_reads_its_file_into_arrow_from_its_offset_in_whole_dlt_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "people.a1b2c3.0.typed-jsonl"
+    write_typed_jsonl(
+        path, [[{"id": i} for i in range(4)], [{"id": i} for i in range(4, 9)]], False
+    )
+    monkeypatch.setattr(jobs, "destination_state", lambda: {"people.a1b2c3": 2})
+    monkeypatch.setattr(jobs, "BATCH_ROWS", 2)
+    job = jobs.JobFile(
+        str(path), {"name": "people", "columns": {"id": {"name": "id", "data_type": "bigint"}}}
+    )
+
+    units = list(job.units(3))  # 3 rows a unit: two whole batches of 2
+
+    assert all(isinstance(unit.items, JsonlRows) for unit in units)
+    assert [unit.rows for unit in units] == [4, 3]
+    assert [list(unit.items) for unit in units] == [
+        [{"id": i} for i in r] for r in (range(2, 6), range(6, 9))
+    ]
 
 
 @pytest.mark.slow
