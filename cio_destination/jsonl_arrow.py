@@ -90,10 +90,10 @@ class _Line:
             return self.records[index]
         if self._texts is None:
             self._texts = self.body.split(b"\n")
-        return only(json.typed_loadb(self._texts[index]), wanted)
+        return _only(json.typed_loadb(self._texts[index]), wanted)
 
 
-def only(record: Row, wanted: frozenset[str]) -> Row:
+def _only(record: Row, wanted: frozenset[str]) -> Row:
     """`record` with only the keys in `wanted` (all when empty), copied only if it has others."""
     if wanted and not wanted.issuperset(record):
         return {key: value for key, value in record.items() if key in wanted}
@@ -275,7 +275,7 @@ def _read_line(
     if table is None:
         records = json.typed_loadb(text)
         records = [records] if isinstance(records, dict) else records
-        return _Line(b"", None, [only(record, wanted) for record in records])
+        return _Line(b"", None, [_only(record, wanted) for record in records])
     return _Line(body, table, None, _ints_in(body, doubles))
 
 
