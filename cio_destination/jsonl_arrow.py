@@ -85,7 +85,7 @@ class _Line:
         return len(self.records) if self.records is not None else self.table.num_rows  # type: ignore[union-attr]
 
     def row(self, index: int, wanted: frozenset[str]) -> Row:
-        """Row `index` of the line as `typed_jsonl_batches` gives it."""
+        """Row `index` of the line as dlt's `JsonlFileBatchIterator` gives it."""
         if self.records is not None:
             return self.records[index]
         if self._texts is None:
@@ -101,7 +101,7 @@ def _only(record: Row, wanted: frozenset[str]) -> Row:
 
 
 class JsonlRows(Sequence[Row]):
-    """Consecutive rows of a typed-jsonl file: dicts (as `typed_jsonl_batches` gives them) when
+    """Consecutive rows of a typed-jsonl file: dicts (as dlt's own reader gives them) when
     read, or the Arrow columns of them that the mapping reads (`batch`)."""
 
     def __init__(self, pieces: list[tuple[_Line, int, int]], wanted: frozenset[str]) -> None:
@@ -219,8 +219,8 @@ def typed_jsonl_units(
     path: str, unit_rows: int, offset: int, columns: Mapping[str, Any]
 ) -> Iterator[JsonlRows]:
     """The rows of a typed-jsonl file after the first `offset`, `unit_rows` at a time (the last
-    unit fewer), each kept to the keys in `columns` (all when empty), as `typed_jsonl_batches`
-    gives them; read a line at a time."""
+    unit fewer), each kept to the keys in `columns` (all when empty), as dlt's
+    `JsonlFileBatchIterator` gives them; read a line at a time."""
     wanted = frozenset(columns)
     options = _parse_options(columns)
     doubles = [name for name, column in columns.items() if column.get("data_type") == "double"]

@@ -19,7 +19,7 @@ import pytest
 from dlt.common.data_writers.writers import TypedJsonlListWriter
 from dlt.common.json import PUA_START, json
 from dlt.destinations.file_batching import JsonlFileBatchIterator
-from hypothesis import event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from cio_destination import jobs, jsonl_arrow, mapper
@@ -134,7 +134,6 @@ def tables(draw: st.DrawFn) -> tuple[dict[str, dict], list[Any], bool]:
     return columns, lines, odd
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     table=tables(),
     unit_rows=st.integers(1, 5),
