@@ -1,6 +1,7 @@
 """One entry point from a table's rows to its operations: `map_items`.
 
-dlt hands the destination `list[dict]` rows (typed-jsonl) or a `pyarrow.RecordBatch` (parquet).
+dlt hands the destination dict rows (typed-jsonl: a `list[dict]`, or `JsonlRows`, which a job
+reads from its file straight into Arrow) or a `pyarrow.RecordBatch` (parquet).
 `map_items` maps either through the table's action (`cio_destination.actions`): through its
 columnar builder where it has one and the rows allow it (Arrow input, or dict rows whose mapped
 columns have plain dlt types), through its row builder otherwise. Both give the same operations
@@ -24,6 +25,7 @@ import pyarrow as pa
 from cio_destination.actions import ACTIONS
 from cio_destination.actions.rows import RowReader, gc_paused
 from cio_destination.entries import Mapped, Row, rows_from_arrow
+from cio_destination.jsonl_arrow import JsonlRows
 from cio_destination.mapping import with_columns
 from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.non_finite import NON_FINITE_COLUMN, restore_non_finite
@@ -79,16 +81,18 @@ class RowMapper(RowReader):
 
 
 def map_items(
-    mapper: RowMapper, items: list[Row] | Any, columns: Mapping[str, Any] | None = None
+    mapper: RowMapper, items: Sequence[Row] | Any, columns: Mapping[str, Any] | None = None
 ) -> Mapped:
     """The operations (or rejections) of a batch of one table's rows.
 
-    `items` are dict rows (dlt's typed-jsonl, `columns` the table's column schemas: dlt has read
-    the JSON of the columns it types as json) or a pyarrow RecordBatch or Table (JSON columns
+    `items` are dict rows (dlt's typed-jsonl, a list or `JsonlRows`, `columns` the table's
+    column schemas: dlt has read the JSON of the columns it types as json) or a pyarrow RecordBatch or Table (JSON columns
     as text). The action's columnar builder maps them where it can, else its row builder: the
     outcome is the same either way.
     """
     columns = columns or {}
+    if isinstance(items, JsonlRows) and NON_FINITE_COLUMN in columns:
+        items = items.rows()  # restored in the dicts (and nowhere else)
     if isinstance(items, list) and NON_FINITE_COLUMN in columns:
         mapper, columns = _non_finite_restored(mapper, items, columns)
     with gc_paused():
@@ -98,14 +102,14 @@ def map_items(
     return mapped
 
 
-def _map_items(mapper: RowMapper, items: list[Row] | Any, columns: Mapping[str, Any]) -> Mapped:
+def _map_items(mapper: RowMapper, items: Sequence[Row] | Any, columns: Mapping[str, Any]) -> Mapped:
     columnar = mapper.action.columnar if COLUMNAR_PATH.enabled else None
     if mapper.compiled.reads_json:
         columnar = None  # JSON text is the value it holds: the row path reads it
-    if isinstance(items, list):
+    if isinstance(items, (list, JsonlRows)):
         mapper = mapper.of_dict_rows()
         wanted = None if columnar is None else columnar.batch_columns(mapper, items, columns)
-        batch = None if wanted is None else _rows_to_batch(mapper, items, columns, wanted)
+        batch = None if wanted is None else _dict_batch(mapper, items, columns, wanted)
         if columnar is None or batch is None:
             return mapper.map_rows(items)
         return columnar.map_batch(mapper, batch, items, mapper.map_rows)
@@ -182,8 +186,23 @@ def _of_type(values: list[Any], data_type: str) -> bool:
     )
 
 
+def _dict_batch(
+    reader: RowReader,
+    rows: list[Row] | JsonlRows,
+    columns: Mapping[str, Any],
+    wanted: list[str | None],
+) -> Any | None:
+    """`_rows_to_batch` of dict rows: read from Arrow's table of a typed-jsonl file's rows where
+    `JsonlRows.batch` can (no dict made), else from the dicts."""
+    if isinstance(rows, JsonlRows):
+        batch = rows.batch(wanted, columns, [variant for variant, _ in reader.compiled.variants])
+        if batch is not None:
+            return batch
+    return _rows_to_batch(reader, rows, columns, wanted)
+
+
 def _rows_to_batch(
-    reader: RowReader, rows: list[Row], columns: Mapping[str, Any], wanted: list[str | None]
+    reader: RowReader, rows: Sequence[Row], columns: Mapping[str, Any], wanted: list[str | None]
 ) -> Any | None:
     """The `wanted` columns of dict rows as a RecordBatch, or None when they cannot all be.
 

@@ -3,15 +3,11 @@ a person. Pure: fake answers, no HTTP, no dlt."""
 
 from __future__ import annotations
 
-import datetime as dt
-import gzip
 import threading
 from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
-from dlt.common.json import json
-from dlt.destinations.file_batching import JsonlFileBatchIterator
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -314,69 +310,3 @@ def test_span_of_names_in_order_is_their_first_and_last_as_min_max_says(
         if fast_way:  # then Arrow's min_max is not needed, and not called
             patch.setattr(jobs.pc, "min_max", None)
         assert jobs.span(pa.array(values, pa.string())) == expected
-
-
-_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(alphabet=st.sampled_from('ab\u00e9\uf026\uf027\uf028-:T0123456789\n"\\'))
-    | st.datetimes(timezones=st.none() | st.just(dt.timezone.utc))
-    | st.dates()
-    | st.decimals(allow_nan=False, allow_infinity=False, places=4),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("xyz"), inner),
-    max_leaves=6,
-)
-_RECORDS = st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), _VALUES, max_size=4)
-
-
-@given(
-    lines=st.lists(_RECORDS | st.lists(_RECORDS, min_size=1, max_size=3), max_size=12),
-    batch_size=st.integers(1, 5),
-    offset=st.integers(0, 8),
-    columns=st.lists(st.sampled_from(["a", "b", "c", "e"]), unique=True, max_size=3),
-    gzipped=st.booleans(),
-)
-def test_typed_jsonl_batches_are_what_dlts_reader_gives(
-    tmp_path_factory: pytest.TempPathFactory,
-    lines: list,
-    batch_size: int,
-    offset: int,
-    columns: list[str],
-    gzipped: bool,
-) -> None:
-    path = tmp_path_factory.mktemp("jsonl") / "rows.typed-jsonl"
-    data = b"".join(json.typed_dumpb(line) + b"\n" for line in lines)
-    path.write_bytes(gzip.compress(data) if gzipped else data)
-    dlts = list(JsonlFileBatchIterator(str(path), batch_size, offset, columns))
-    ours = list(jobs.typed_jsonl_batches(str(path), batch_size, offset, columns))
-    assert _typed(ours) == _typed(dlts)
-
-
-def _typed(value: object) -> object:
-    """`value` with each leaf's type beside it: 1 and 1.0 and Decimal(1) are equal in Python."""
-    if isinstance(value, dict):
-        return {key: _typed(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_typed(item) for item in value]
-    return (type(value).__name__, value)
-
-
-def test_a_dict_job_reads_its_file_with_typed_jsonl_batches(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "people.a1b2c3.0.typed-jsonl"
-    path.write_bytes(b"".join(json.typed_dumpb({"id": i}) + b"\n" for i in range(5)))
-    calls = []
-    read = jobs.typed_jsonl_batches
-
-    def counted(*args: object) -> Iterator[list[dict]]:
-        calls.append(args)
-        return read(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(jobs, "typed_jsonl_batches", counted)
-    monkeypatch.setattr(jobs, "destination_state", dict)
-    job = jobs.JobFile(str(path), {"name": "people", "columns": {"id": {"name": "id"}}})
-    assert [unit.items for unit in job.units(3)] == [[{"id": i} for i in range(5)]]
-    assert calls == [(str(path), jobs.BATCH_ROWS, 0, ["id"])]

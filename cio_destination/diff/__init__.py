@@ -74,7 +74,7 @@ class Diff:
     def drop_unchanged_rows(self, items: TDataItems) -> TDataItems:
         """`items` without the rows of an Arrow batch whose source values hash as when last
         accepted. Dicts, and batches this cannot hash (see `source_row_hashes`), stay whole."""
-        if self._fingerprints is None or isinstance(items, list):
+        if self._fingerprints is None or not isinstance(items, (pa.RecordBatch, pa.Table)):
             return items
         if self._kept is not None:
             self._kept.prefetch(items.num_rows)  # the database reads while the rows are hashed
