@@ -41,7 +41,7 @@ from cio_destination.jobs import (
     units_ahead,
 )
 from cio_destination.loads import Load, current_load
-from cio_destination.mapper import RowMapper, map_items
+from cio_destination.mapper import RowMapper, map_items, reads_dicts_into_arrow
 from cio_destination.report import record_batch
 from cio_destination.restore import check_lease, install_tracking
 from cio_destination.transport.results import SendResult
@@ -96,7 +96,8 @@ def _load_job(items: TDataItems, table: TTableSchema, config: CustomerioConfigur
     ahead = units_ahead(mapper.compiled, job.arrow, first_sync=first_sync)
     rows = unit_rows(alone or first_sync)
     try:
-        for unit, mapped in mapped_ahead(job.units(rows), map_ahead, ahead):
+        units = job.units(rows, into_arrow=reads_dicts_into_arrow(mapper, columns))
+        for unit, mapped in mapped_ahead(units, map_ahead, ahead):
             if order.failed:
                 break
             send_unit(load, mapper, columns, unit, mapped, order, carry)

@@ -140,11 +140,15 @@ class JobFile:
         """Rows of the file already delivered and recorded."""
         return int(self._state.get(self._key, 0))
 
-    def units(self, unit_rows: int = UNIT_ROWS) -> Iterator[Unit]:
-        """The rows after `offset`, `unit_rows` (whole dlt batches) at a time."""
+    def units(self, unit_rows: int = UNIT_ROWS, *, into_arrow: bool = True) -> Iterator[Unit]:
+        """The rows after `offset`, `unit_rows` (whole dlt batches) at a time; dict rows read
+        into Arrow too where `into_arrow` (see `jsonl_arrow.typed_jsonl_units`)."""
         if not self._parquet:
             whole = -(-unit_rows // BATCH_ROWS) * BATCH_ROWS
-            for rows in typed_jsonl_units(self._path, whole, self.offset, self._schemas):
+            read = typed_jsonl_units(
+                self._path, whole, self.offset, self._schemas, into_arrow=into_arrow
+            )
+            for rows in read:
                 yield Unit(rows, len(rows))
             return
         read = ParquetFileBatchIterator(self._path, BATCH_ROWS, self.offset, self._columns)

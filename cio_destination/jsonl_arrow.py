@@ -215,14 +215,25 @@ def _cast(texts: pa.Array, kind: pa.DataType) -> pa.Array | None:
 _CONVERT = {"text": _text, "timestamp": _timestamp, "date": _date}
 
 
+def arrow_readable(columns: Mapping[str, Any], names: Iterable[str | None]) -> bool:
+    """Whether Arrow's reader reads every one of `names` that is a column of `columns` (a name
+    that is not: no row has a value for it) as a type `JsonlRows.batch` converts."""
+    return all(
+        columns[name].get("data_type") in _READ_TYPES
+        for name in names
+        if name is not None and name in columns
+    )
+
+
 def typed_jsonl_units(
-    path: str, unit_rows: int, offset: int, columns: Mapping[str, Any]
+    path: str, unit_rows: int, offset: int, columns: Mapping[str, Any], *, into_arrow: bool = True
 ) -> Iterator[JsonlRows]:
     """The rows of a typed-jsonl file after the first `offset`, `unit_rows` at a time (the last
     unit fewer), each kept to the keys in `columns` (all when empty), as dlt's
-    `JsonlFileBatchIterator` gives them; read a line at a time."""
+    `JsonlFileBatchIterator` gives them; read a line at a time. Without `into_arrow` (the
+    mapping would decline Arrow's read), each line is read as dlt's dicts only, as dlt does."""
     wanted = frozenset(columns)
-    options = _parse_options(columns)
+    options = _parse_options(columns if into_arrow else {})
     doubles = [name for name, column in columns.items() if column.get("data_type") == "double"]
     pieces: list[tuple[_Line, int, int]] = []
     held = 0

@@ -25,7 +25,7 @@ import pyarrow as pa
 from cio_destination.actions import ACTIONS
 from cio_destination.actions.rows import RowReader, gc_paused
 from cio_destination.entries import Mapped, Row, rows_from_arrow
-from cio_destination.jsonl_arrow import JsonlRows
+from cio_destination.jsonl_arrow import JsonlRows, arrow_readable
 from cio_destination.mapping import with_columns
 from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.non_finite import NON_FINITE_COLUMN, restore_non_finite
@@ -100,6 +100,20 @@ def map_items(
     if mapped.block:
         COLUMNAR_PATH.wrote(len(mapped.block))
     return mapped
+
+
+def reads_dicts_into_arrow(mapper: RowMapper, columns: Mapping[str, Any]) -> bool:
+    """Whether a dict job of this table is worth reading into Arrow as well as dicts (see
+    `jsonl_arrow`): only where the action's columnar builder may take `JsonlRows.batch`, so a
+    table it would decline anyway (no columnar builder, JSON, non-finite or variant columns, a
+    column of a type Arrow's read does not convert) reads the dicts alone, as dlt does."""
+    columnar = mapper.action.columnar if COLUMNAR_PATH.enabled else None
+    if columnar is None or mapper.compiled.reads_json or NON_FINITE_COLUMN in columns:
+        return False
+    if any(variant in columns for variant, _ in mapper.compiled.variants):
+        return False
+    wanted = columnar.batch_columns(mapper.of_dict_rows(), [], columns)
+    return wanted is not None and arrow_readable(columns, wanted)
 
 
 def _map_items(mapper: RowMapper, items: Sequence[Row] | Any, columns: Mapping[str, Any]) -> Mapped:

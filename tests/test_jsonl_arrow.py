@@ -378,3 +378,45 @@ def test_markers_moved_by_dlts_environment_variable_move_with_it(tmp_path: Path)
         [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True
     )
     assert done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.parametrize(
+    ("declared", "extra", "into_arrow"),
+    [
+        ({"action": "identify", "identifier": "uid", "timestamp": "updated_at"}, None, True),
+        (  # the column Arrow's read does not convert is not mapped: still read into Arrow
+            {"action": "identify", "identifier": "uid", "attributes": ["plan"]},
+            "decimal",
+            True,
+        ),
+        ({"action": "identify", "identifier": "uid"}, "decimal", False),  # every column mapped
+        ({"action": "identify", "identifier": "uid"}, "json", False),
+        ({"action": "identify", "identifier": "uid", "clear_nulls": True}, None, False),
+        ({"action": "delete", "identifier": "uid"}, None, False),  # no columnar builder
+        (
+            {"action": "event", "identifier": "uid", "event_name": "buy", "event_id": ["uid"]},
+            None,
+            True,
+        ),
+    ],
+    ids=["identify", "unmapped-decimal", "decimal", "json", "clear-nulls", "delete", "event"],
+)
+def test_a_dict_job_is_read_into_arrow_only_where_its_mapping_may_take_the_batch(
+    tmp_path: Path, declared: dict, extra: str | None, into_arrow: bool
+) -> None:
+    """Reading a line into Arrow as well costs time and memory: a table whose mapping would
+    decline the batch reads dlt's dicts alone, and its units hold no Arrow table."""
+    columns = dict(PEOPLE)
+    if extra is not None:
+        columns["score"] = {"name": "score", "data_type": extra}
+    mapping = RowMapper(compile_mapping("people", parse_mapping("people", declared), columns))
+    path = people_file(tmp_path, data.dict_rows(0, 1500))
+
+    decided = mapper.reads_dicts_into_arrow(mapping, columns)
+    units = list(typed_jsonl_units(path, 1000, 0, columns, into_arrow=decided))
+
+    assert decided is into_arrow
+    lines = [line for unit in units for line, _, _ in unit._pieces]
+    assert all((line.table is not None) is into_arrow for line in lines)
+    rows = [row for unit in units for row in unit]
+    assert rows == dlt_rows(path, 0, list(columns))
