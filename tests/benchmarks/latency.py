@@ -6,8 +6,9 @@ sharing them (loaded in parallel), and the paced floor (`runs.run_paced_floor`: 
 posted by a thread pool within the same rate, no dlt). Rates are over the batch requests' span
 at the sink (first batch request to last answer); the seconds from the run's start to the first
 batch request (dlt's extract and normalize, the credential check) are a figure of their own.
-Then dict rows at 0 and 200 ms (latency hidden: about equal load-step rates), and the peak
-memory of the 1M-row run at 500 ms against the do-nothing destination.
+Then dict rows at 0 and 200 ms (latency hidden: about equal rates over the batch requests' span,
+enough rows that the budget, not a load's fixed round trips, sets the pace), and the peak memory
+of the 1M-row run at 500 ms against the do-nothing destination.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from typing import Any
 
 LATENCIES = (0.0, 0.05, 0.2, 0.5)
 RPS = 100.0
-SIZES = {"latency_rows": 1_000_000, "latency_dict_rows": 200_000}
+# Dict rows: since dict jobs are read straight into Arrow, 200k rows load in about a second at
+# 0 ms, so the two or three round trips every load waits for at 200 ms (the credential check's,
+# the last answers') were a third of the load step and the ratio measured them, not how well
+# the latency is hidden. 500k rows take 2.5 s of the budget.
+SIZES = {"latency_rows": 1_000_000, "latency_dict_rows": 500_000}
 TARGETS = {
     **{
         f"latency_{tables}_{ms}ms_{figure}": target
@@ -95,7 +100,9 @@ def arrow_at(bench: Any, rows: int, warm: int, latency: float) -> None:
 
 def dict_rows(bench: Any) -> None:
     rows, warm = bench.sizes["latency_dict_rows"], bench.sizes["warmup_rows"]
-    print(f"\n[latency:dict] {rows:,} dict identify rows at 0 and 200 ms (load step rows/s)")
+    print(
+        f"\n[latency:dict] {rows:,} dict identify rows at 0 and 200 ms (rows/s over the batch span)"
+    )
     specs = {
         f"{ms}ms dict customerio": bench.spec(
             "customerio", "dict", rows, requests_per_second=RPS, latency=ms / 1000, warmup=warm
@@ -107,9 +114,16 @@ def dict_rows(bench: Any) -> None:
         ms: max(rows / r["seconds"]["load"] for r in results[f"{ms}ms dict customerio"])
         for ms in (0, 200)
     }
+    span_rate = {  # as the Arrow figures above: over the batch requests' span at the sink
+        ms: max(rows / r["sink"]["batch_span"] for r in results[f"{ms}ms dict customerio"])
+        for ms in (0, 200)
+    }
     bench.figure("latency_dict_0ms_load_rows_per_s", load_rate[0], "rows/s")
     bench.figure("latency_dict_200ms_load_rows_per_s", load_rate[200], "rows/s")
-    bench.figure("latency_dict_200ms_vs_0ms", load_rate[200] / load_rate[0], "x")
+    bench.figure("latency_dict_200ms_vs_0ms_load_step", load_rate[200] / load_rate[0], "x")
+    bench.figure("latency_dict_0ms_rows_per_s", span_rate[0], "rows/s")
+    bench.figure("latency_dict_200ms_rows_per_s", span_rate[200], "rows/s")
+    bench.figure("latency_dict_200ms_vs_0ms", span_rate[200] / span_rate[0], "x")
 
 
 def memory(bench: Any) -> None:
