@@ -69,6 +69,12 @@ idle while the job read the next unit (a fifth of a 1M-row Arrow sync's load ste
 a unit of 10,000 Arrow rows ahead holds a few MB. Dict rows (typed-jsonl) go one ahead: their
 reading and mapping both hold the GIL, so reading ahead overlaps nothing, and 10,000 dicts held
 ahead raised the 1M-row dict sync's peak by 13 MB (1.31x -> 1.39x the do-nothing one's)."""
+HASH_AHEAD = 6
+"""Units of a `changes_only` table of Arrow rows read and hashed ahead (`hashes_ahead`) while
+the job diffs and sends the one before. Its first unit's diff waits for the kept hashes to be
+read and put in order (about 0.1 s at 1M people); with `MAP_AHEAD` units ahead the hashing
+stood idle for most of that wait, while six hash on through it (300,000 Arrow rows of 50,000:
+each unit held ahead is a few MB, and a unit with nothing to send is let go at once)."""
 
 QUEUED_REQUESTS = 8
 """Requests of a job that may wait for room in the window (their operations mapped, their
@@ -242,10 +248,10 @@ def mapped_ahead(
 
 def units_ahead(mapping: CompiledMapping, arrow: bool, *, first_sync: bool = False) -> int:
     """How many units of a table `mapped_ahead` reads and maps ahead (`MAP_AHEAD`): none for a
-    table whose units go alone (but `MAP_AHEAD` read and hashed, see `hashes_ahead`), one for
+    table whose units go alone (but `HASH_AHEAD` read and hashed, see `hashes_ahead`), one for
     dict rows, `MAP_AHEAD` for Arrow rows."""
     if must_go_alone(mapping, first_sync=first_sync):
-        return MAP_AHEAD if hashes_ahead(mapping, arrow, first_sync=first_sync) else 0
+        return HASH_AHEAD if hashes_ahead(mapping, arrow, first_sync=first_sync) else 0
     return MAP_AHEAD if arrow else 1
 
 
