@@ -92,6 +92,10 @@ def _load_job(items: TDataItems, table: TTableSchema, config: CustomerioConfigur
     order = InOrder(job, carry)
 
     hashed = hashes_ahead(mapper.compiled, job.arrow, first_sync=first_sync)
+    rows = unit_rows(alone or first_sync)
+    left = job.rows_left() if hashed else None
+    if left:  # the kept hashes are read and put in order while the first unit is read
+        load.diff(mapper).read_kept_ahead(min(rows, left))
 
     def map_ahead(unit: Unit) -> Diffed | Diff | None:
         if not alone:
@@ -103,7 +107,6 @@ def _load_job(items: TDataItems, table: TTableSchema, config: CustomerioConfigur
         return diff
 
     ahead = units_ahead(mapper.compiled, job.arrow, first_sync=first_sync)
-    rows = unit_rows(alone or first_sync)
     try:
         for unit, mapped in mapped_ahead(job.units(rows), map_ahead, ahead):
             if order.failed:

@@ -146,6 +146,15 @@ class JobFile:
         """Rows of the file already delivered and recorded."""
         return int(self._state.get(self._key, 0))
 
+    def rows_left(self) -> int | None:
+        """Rows after `offset`, from a parquet file's footer (None for dict rows: unknown until
+        read)."""
+        if not self._parquet:
+            return None
+        import pyarrow.parquet as pq  # as dlt's reader does: only where a parquet file is read
+
+        return max(0, pq.read_metadata(self._path).num_rows - self.offset)
+
     def units(self, unit_rows: int = UNIT_ROWS) -> Iterator[Unit]:
         """The rows after `offset`, `unit_rows` (whole dlt batches) at a time."""
         if self._parquet:

@@ -589,6 +589,48 @@ def test_a_resync_hashes_a_unit_while_the_unit_before_it_waits_for_its_answers(
     assert overlapped == [True, True]  # the last unit has no next one
 
 
+def test_a_resync_reads_the_kept_hashes_while_its_first_unit_is_read(
+    emulator: Emulator, make_pipeline, units_of_100: list[int], monkeypatch: pytest.MonkeyPatch
+):
+    """The kept hashes a re-sync compares with start being read when its job starts, not once
+    its first unit is read and hashed: the first unit is held until the read has begun
+    (observed, never timed: a job that reads them only for its first unit never gets there,
+    and the test fails on the flag). The re-sync sends the changed person alone."""
+    import threading
+
+    from cio_destination import jobs
+    from cio_destination.state.fingerprints import StoredFingerprints
+
+    pipeline = make_pipeline()
+    rows = [{"uid": i, "plan": "pro", "score": i} for i in range(300)]
+    pipeline.run(arrow_people(rows))
+    reading = threading.Event()
+    read_copy = StoredFingerprints.read_copy
+
+    def observed(self: StoredFingerprints, scope: str, most: int):
+        reading.set()
+        return read_copy(self, scope, most)
+
+    units = jobs.JobFile.units
+    waited: list[bool] = []
+
+    def first_waits(self: jobs.JobFile, rows: int):
+        for at, unit in enumerate(units(self, rows)):
+            if at == 0:
+                waited.append(reading.wait(60.0))
+            yield unit
+
+    monkeypatch.setattr(StoredFingerprints, "read_copy", observed)
+    monkeypatch.setattr(jobs.JobFile, "units", first_waits)
+    mark = len(emulator.requests)
+
+    pipeline.run(arrow_people([{**rows[0], "plan": "team"}, *rows[1:]]))
+
+    assert waited == [True]
+    assert batch_ops(emulator, mark) == 1
+    assert emulator.find_person(id="0")["attributes"]["plan"] == "team"
+
+
 def test_a_person_in_two_units_of_a_first_sync_keeps_the_later_units_fingerprint(
     emulator: Emulator, make_pipeline, units_of_100: list[int]
 ):

@@ -68,6 +68,12 @@ class Diff:
         self.skipped = 0
         """Rows not sent because nothing of them changed."""
 
+    def read_kept_ahead(self, rows: int) -> None:
+        """Start reading the kept hashes (`KeptSources.prefetch`) for a first unit of `rows`,
+        before its rows are read: the read and the first rows' reading overlap."""
+        if self._kept is not None:
+            self._kept.prefetch(rows)
+
     def hash_rows(self, items: TDataItems) -> None:
         """Hash the source rows of an Arrow batch for `drop_unchanged_rows`, which then only
         compares them. The hashes depend on no earlier unit's answers, so a unit whose diff
