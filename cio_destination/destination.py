@@ -34,6 +34,7 @@ from cio_destination.jobs import (
     JobFile,
     Unit,
     carries_across_units,
+    hashes_ahead,
     identities,
     mapped_ahead,
     must_go_alone,
@@ -90,11 +91,22 @@ def _load_job(items: TDataItems, table: TTableSchema, config: CustomerioConfigur
     carry = Carry() if carries_across_units(mapper.compiled) else None
     order = InOrder(job, carry)
 
-    def map_ahead(unit: Unit) -> Diffed | None:
-        return None if alone else map_and_diff(load, mapper, unit, columns)
+    hashed = hashes_ahead(mapper.compiled, job.arrow, first_sync=first_sync)
+    rows = unit_rows(alone or first_sync)
+    left = job.rows_left() if hashed else None
+    if left:  # the kept hashes are read and put in order while the first unit is read
+        load.diff(mapper).read_kept_ahead(min(rows, left))
+
+    def map_ahead(unit: Unit) -> Diffed | Diff | None:
+        if not alone:
+            return map_and_diff(load, mapper, unit, columns)
+        if not hashed:
+            return None
+        diff = load.diff(mapper)
+        diff.hash_rows(unit.items)  # the unit's diff waits; its rows' hashes need not
+        return diff
 
     ahead = units_ahead(mapper.compiled, job.arrow, first_sync=first_sync)
-    rows = unit_rows(alone or first_sync)
     try:
         units = job.units(rows, into_arrow=reads_dicts_into_arrow(mapper, columns))
         for unit, mapped in mapped_ahead(units, map_ahead, ahead):
@@ -120,11 +132,14 @@ Diffed = tuple[Diff, Mapped, list[Sequence[Entry]]]
 """A unit's diff, its mapped rows, and the operations to send of them."""
 
 
-def map_and_diff(load: Load, mapper: RowMapper, unit: Unit, columns: TTableColumns) -> Diffed:
+def map_and_diff(
+    load: Load, mapper: RowMapper, unit: Unit, columns: TTableColumns, diff: Diff | None = None
+) -> Diffed:
     """Map one unit's rows and keep them to what Customer.io does not have yet: ahead, while
     the units before it wait for their answers (`mapped_ahead`; a first sync's fingerprints
-    too), or once those are answered, for a table whose units go alone."""
-    diff = load.diff(mapper)
+    too), or once those are answered, for a table whose units go alone (`diff`: the unit's,
+    its rows hashed ahead, or None)."""
+    diff = diff or load.diff(mapper)
     mapped = map_items(mapper, diff.drop_unchanged_rows(unit.items), columns)
     return diff, mapped, diff.to_send(mapped)
 
@@ -134,20 +149,20 @@ def send_unit(
     mapper: RowMapper,
     columns: TTableColumns,
     unit: Unit,
-    ahead: Diffed | None,
+    ahead: Diffed | Diff | None,
     order: InOrder,
     carry: Carry | None = None,
 ) -> None:
-    """Start delivering one unit of rows (`ahead`: mapped and diffed ahead, or None: mapped
-    and diffed here, once every earlier unit is finished, for a table whose units must go
-    alone); it is recorded once `order` finishes it. Its requests wait for the earlier units
+    """Start delivering one unit of rows (`ahead`: mapped and diffed ahead, or, for a table
+    whose units must go alone, mapped and diffed here once every earlier unit is finished:
+    None, or its diff with its rows hashed ahead); it is recorded once `order` finishes it. Its requests wait for the earlier units
     that name the same people; with `carry`, its first request body also holds the earlier
     unit's last operations, and its own last ones wait there for the next unit."""
     order.wait_admitted()
     started = time.time()
-    if ahead is None:
+    if ahead is None or isinstance(ahead, Diff):
         order.make_way(None)
-        ahead = map_and_diff(load, mapper, unit, columns)
+        ahead = map_and_diff(load, mapper, unit, columns, ahead)
     else:
         order.finish_ready()
     diff, mapped, parts = ahead

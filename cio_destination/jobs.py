@@ -68,6 +68,12 @@ idle while the job read the next unit (a fifth of a 1M-row Arrow sync's load ste
 a unit of 10,000 Arrow rows ahead holds a few MB. Dict rows (typed-jsonl, read into Arrow by
 `jsonl_arrow`) go one ahead: two ahead took the same load step (1.08-1.21 s against 1.04-1.39 s
 of wall time for 200,000 rows, three runs each) for another unit held."""
+HASH_AHEAD = 6
+"""Units of a `changes_only` table of Arrow rows read and hashed ahead (`hashes_ahead`) while
+the job diffs and sends the one before. Its first unit's diff waits for the kept hashes to be
+read and put in order (about 0.1 s at 1M people); with `MAP_AHEAD` units ahead the hashing
+stood idle for most of that wait, while six hash on through it (300,000 Arrow rows of 50,000:
+each unit held ahead is a few MB, and a unit with nothing to send is let go at once)."""
 
 QUEUED_REQUESTS = 8
 """Requests of a job that may wait for room in the window (their operations mapped, their
@@ -139,6 +145,15 @@ class JobFile:
     def offset(self) -> int:
         """Rows of the file already delivered and recorded."""
         return int(self._state.get(self._key, 0))
+
+    def rows_left(self) -> int | None:
+        """Rows after `offset`, from a parquet file's footer (None for dict rows: unknown until
+        read)."""
+        if not self._parquet:
+            return None
+        import pyarrow.parquet as pq  # as dlt's reader does: only where a parquet file is read
+
+        return max(0, pq.read_metadata(self._path).num_rows - self.offset)
 
     def units(self, unit_rows: int = UNIT_ROWS, *, into_arrow: bool = True) -> Iterator[Unit]:
         """The rows after `offset`, `unit_rows` (whole dlt batches) at a time; dict rows read
@@ -219,10 +234,20 @@ def mapped_ahead(
 
 def units_ahead(mapping: CompiledMapping, arrow: bool, *, first_sync: bool = False) -> int:
     """How many units of a table `mapped_ahead` reads and maps ahead (`MAP_AHEAD`): none for a
-    table whose units go alone, one for dict rows, `MAP_AHEAD` for Arrow rows."""
+    table whose units go alone (but `HASH_AHEAD` read and hashed, see `hashes_ahead`), one for
+    dict rows, `MAP_AHEAD` for Arrow rows."""
     if must_go_alone(mapping, first_sync=first_sync):
-        return 0
+        return HASH_AHEAD if hashes_ahead(mapping, arrow, first_sync=first_sync) else 0
     return MAP_AHEAD if arrow else 1
+
+
+def hashes_ahead(mapping: CompiledMapping, arrow: bool, *, first_sync: bool = False) -> bool:
+    """Whether a table whose units go alone has its units read, and their rows' source hashes
+    made (`cio_destination.diff.Diff.hash_rows`), ahead while it sends the one before: a
+    `changes_only` table of Arrow rows. A unit's hashes depend on no earlier unit's answers;
+    comparing them with the kept ones does, and waits. At 1M unchanged rows, hashing was a
+    third of the load step, on the job's thread, with the second core idle."""
+    return must_go_alone(mapping, first_sync=first_sync) and mapping.mapping.changes_only and arrow
 
 
 def must_go_alone(mapping: CompiledMapping, *, first_sync: bool = False) -> bool:

@@ -588,6 +588,106 @@ def test_a_first_sync_sends_a_unit_while_the_units_before_it_wait_for_their_answ
     assert sent == []
 
 
+def test_a_resync_hashes_a_unit_while_the_unit_before_it_waits_for_its_answers(
+    httpx_mock: HTTPXMock,
+    tmp_path: Path,
+    units_of_100: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """A re-sync's unit is diffed only once the units before it are answered, but its rows'
+    source hashes depend on no answer: they are made ahead. Each request is held until the
+    next unit's rows are hashed (observed, never timed: a job that hashes a unit only once the
+    one before is answered never gets there, and the test fails on the count); the changed
+    person of each unit is sent all the same, and only they are."""
+    import threading
+
+    from cio_destination import diff
+
+    hashed = threading.Condition()
+    calls: list[int] = []
+    overlapped: list[bool] = []
+    source_row_hashes = diff.source_row_hashes
+
+    def counted(mapper, batch):
+        found = source_row_hashes(mapper, batch)
+        with hashed:
+            calls.append(batch.num_rows)
+            hashed.notify_all()
+        return found
+
+    sent: list[str] = []
+    holding: list[bool] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        batch = orjson.loads(request.content)["batch"]
+        sent.extend(op["identifiers"]["id"] for op in batch)
+        unit = len(sent)  # on the re-sync, one person a unit: the unit's place
+        if holding and unit < 3:  # until the next unit's rows are hashed
+            with hashed:
+                overlapped.append(hashed.wait_for(lambda: len(calls) > unit, 60.0))
+        return httpx.Response(200, json={})
+
+    httpx_mock.add_callback(with_region(answer), is_reusable=True)
+    pipeline = dlt.pipeline(
+        "resync", destination=customerio(site_id="s", api_key="k"), pipelines_dir=str(tmp_path)
+    )
+    rows = [{"uid": i, "plan": "pro", "score": i} for i in range(300)]
+    pipeline.run(arrow_people(rows))
+    assert len(sent) == 300
+    monkeypatch.setattr(diff, "source_row_hashes", counted)
+    sent.clear()
+    holding.append(True)
+    changed = [{**row, "plan": "team"} if row["uid"] % 100 == 7 else row for row in rows]
+
+    pipeline.run(arrow_people(changed))
+
+    assert units_of_100 == [100, 100, 100] * 2
+    assert sent == ["7", "107", "207"]
+    assert overlapped == [True, True]  # the last unit has no next one
+
+
+def test_a_resync_reads_the_kept_hashes_while_its_first_unit_is_read(
+    emulator: Emulator, make_pipeline, units_of_100: list[int], monkeypatch: pytest.MonkeyPatch
+):
+    """The kept hashes a re-sync compares with start being read when its job starts, not once
+    its first unit is read and hashed: the first unit is held until the read has begun
+    (observed, never timed: a job that reads them only for its first unit never gets there,
+    and the test fails on the flag). The re-sync sends the changed person alone."""
+    import threading
+
+    from cio_destination import jobs
+    from cio_destination.state.fingerprints import StoredFingerprints
+
+    pipeline = make_pipeline()
+    rows = [{"uid": i, "plan": "pro", "score": i} for i in range(300)]
+    pipeline.run(arrow_people(rows))
+    reading = threading.Event()
+    read_copy = StoredFingerprints.read_copy
+
+    def observed(self: StoredFingerprints, scope: str, most: int):
+        reading.set()
+        return read_copy(self, scope, most)
+
+    units = jobs.JobFile.units
+    waited: list[bool] = []
+
+    def first_waits(self: jobs.JobFile, rows: int):
+        for at, unit in enumerate(units(self, rows)):
+            if at == 0:
+                waited.append(reading.wait(60.0))
+            yield unit
+
+    monkeypatch.setattr(StoredFingerprints, "read_copy", observed)
+    monkeypatch.setattr(jobs.JobFile, "units", first_waits)
+    mark = len(emulator.requests)
+
+    pipeline.run(arrow_people([{**rows[0], "plan": "team"}, *rows[1:]]))
+
+    assert waited == [True]
+    assert batch_ops(emulator, mark) == 1
+    assert emulator.find_person(id="0")["attributes"]["plan"] == "team"
+
+
 def test_a_person_in_two_units_of_a_first_sync_keeps_the_later_units_fingerprint(
     emulator: Emulator, make_pipeline, units_of_100: list[int]
 ):

@@ -283,7 +283,10 @@ def test_make_way_finishes_exactly_up_to_the_last_unit_naming_one_of_the_new_nam
     [
         ({}, True, jobs.MAP_AHEAD),  # read and mapped ahead on two helpers
         ({}, False, 1),  # dicts: reading ahead overlaps nothing and holds 10,000 dicts more
-        ({"changes_only": True}, True, 0),  # each unit mapped after the earlier units' answers
+        # each unit diffed after the earlier units' answers, its rows read and hashed ahead
+        ({"changes_only": True}, True, jobs.HASH_AHEAD),
+        ({"changes_only": True}, False, 0),  # dicts: no source hash to make ahead
+        ({"mirror": "delete"}, True, 0),  # a mirror's units wait, and have nothing to do ahead
     ],
 )
 def test_units_ahead_by_rows_and_table(declared: dict, arrow: bool, ahead: int):

@@ -64,6 +64,8 @@ class Diff:
         self._changes: Changes | None = None
         self._pending: Callable[[], pa.Table] | None = None
         self._mirror: MirrorPlan | None = None
+        self._hashed: tuple[tuple[pa.Array, pa.Array] | None] | None = None
+        """The batch's identifiers and source-row hashes, once hashed (`hash_rows`)."""
         self._sources: tuple[pa.Array, pa.Array] | None = None
         self.source_hashes: array[int] | None = None
         """The source-row hashes of an Arrow batch (of its rows with an identifier), kept with
@@ -71,14 +73,31 @@ class Diff:
         self.skipped = 0
         """Rows not sent because nothing of them changed."""
 
+    def read_kept_ahead(self, rows: int) -> None:
+        """Start reading the kept hashes (`KeptSources.prefetch`) for a first unit of `rows`,
+        before its rows are read: the read and the first rows' reading overlap."""
+        if self._kept is not None:
+            self._kept.prefetch(rows)
+
+    def hash_rows(self, items: TDataItems) -> None:
+        """Hash the source rows of an Arrow batch for `drop_unchanged_rows`, which then only
+        compares them. The hashes depend on no earlier unit's answers, so a unit whose diff
+        waits for those has its rows hashed ahead, while the units before it are sent; the
+        kept hashes start being read here too (`KeptSources.prefetch`)."""
+        if self._hashed is not None or self._fingerprints is None or isinstance(items, list):
+            return
+        if self._kept is not None:
+            self._kept.prefetch(items.num_rows)  # the database reads while the rows are hashed
+        self._hashed = (source_row_hashes(self._mapper, items),)
+
     def drop_unchanged_rows(self, items: TDataItems) -> TDataItems:
         """`items` without the rows of an Arrow batch whose source values hash as when last
         accepted. Dicts, and batches this cannot hash (see `source_row_hashes`), stay whole."""
         if self._fingerprints is None or not isinstance(items, (pa.RecordBatch, pa.Table)):
             return items
-        if self._kept is not None:
-            self._kept.prefetch(items.num_rows)  # the database reads while the rows are hashed
-        hashed = source_row_hashes(self._mapper, items)
+        self.hash_rows(items)  # unless it was, ahead
+        assert self._hashed is not None
+        hashed = self._hashed[0]
         if hashed is None:
             return items
         identifiers, hashes = hashed
