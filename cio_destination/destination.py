@@ -28,6 +28,7 @@ from cio_destination.entries import Entry, Mapped
 from cio_destination.exceptions import CustomerioError
 from cio_destination.failures import shorten_job_error_logs
 from cio_destination.jobs import (
+    HASH_AHEAD_BYTES,
     Answered,
     Answers,
     InOrder,
@@ -109,7 +110,8 @@ def _load_job(items: TDataItems, table: TTableSchema, config: CustomerioConfigur
     ahead = units_ahead(mapper.compiled, job.arrow, first_sync=first_sync)
     try:
         units = job.units(rows, into_arrow=reads_dicts_into_arrow(mapper, columns))
-        for unit, mapped in mapped_ahead(units, map_ahead, ahead):
+        most = HASH_AHEAD_BYTES if hashed else None
+        for unit, mapped in mapped_ahead(units, map_ahead, ahead, most_bytes=most):
             if order.failed:
                 break
             send_unit(load, mapper, columns, unit, mapped, order, carry)

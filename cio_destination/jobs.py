@@ -74,6 +74,9 @@ the job diffs and sends the one before. Its first unit's diff waits for the kept
 read and put in order (about 0.1 s at 1M people); with `MAP_AHEAD` units ahead the hashing
 stood idle for most of that wait, while six hash on through it (300,000 Arrow rows of 50,000:
 each unit held ahead is a few MB, and a unit with nothing to send is let go at once)."""
+HASH_AHEAD_BYTES = 64 << 20
+"""At most this much Arrow data in units hashed ahead (`mapped_ahead`'s `most_bytes`): six
+units of 50,000 rows of 2 KB would hold 600 MB, so a wide table hashes fewer ahead."""
 
 QUEUED_REQUESTS = 8
 """Requests of a job that may wait for room in the window (their operations mapped, their
@@ -194,12 +197,17 @@ def unit_rows(alone: bool) -> int:
 
 
 def mapped_ahead(
-    units: Iterator[Unit], map_unit: Callable[[Unit], T], depth: int
+    units: Iterator[Unit],
+    map_unit: Callable[[Unit], T],
+    depth: int,
+    *,
+    most_bytes: int | None = None,
 ) -> Iterator[tuple[Unit, T]]:
     """`(unit, map_unit(unit))` in the units' order, up to `depth` units read and mapped ahead
     while the caller sends the one before: one helper thread reads the units, another maps
     them, so reading (Arrow decodes on its own threads), mapping (Arrow's kernels let the
-    caller's thread run meanwhile) and sending overlap."""
+    caller's thread run meanwhile) and sending overlap. With `most_bytes`, it starts one ahead
+    and goes as deep as units the size of the last one fit in it (at least one)."""
     if depth < 1:
         for unit in units:
             yield unit, map_unit(unit)
@@ -218,18 +226,26 @@ def mapped_ahead(
             read = reading.submit(next, units, None)
             return read, mapping.submit(read_and_map, read)
 
-        ahead = deque(ahead_one() for _ in range(depth))
+        ahead = deque(ahead_one() for _ in range(depth if most_bytes is None else 1))
         try:
             while ahead:
                 mapped = ahead.popleft()[1].result()
                 if mapped is None:
                     return
-                ahead.append(ahead_one())
+                deep = depth if most_bytes is None else _fitting(mapped[0], depth, most_bytes)
+                while len(ahead) < deep:
+                    ahead.append(ahead_one())
                 yield mapped
         finally:
             for read, mapped_later in ahead:
                 mapped_later.cancel()
                 read.cancel()
+
+
+def _fitting(unit: Unit, depth: int, most_bytes: int) -> int:
+    """Units like `unit` to hold ahead: at most `depth`, within `most_bytes`, at least one."""
+    size = unit.items.nbytes if hasattr(unit.items, "nbytes") else 0
+    return max(1, min(depth, most_bytes // size)) if size else depth
 
 
 def units_ahead(mapping: CompiledMapping, arrow: bool, *, first_sync: bool = False) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
@@ -313,3 +314,27 @@ def test_span_of_names_in_order_is_their_first_and_last_as_min_max_says(
         if fast_way:  # then Arrow's min_max is not needed, and not called
             patch.setattr(jobs.pc, "min_max", None)
         assert jobs.span(pa.array(values, pa.string())) == expected
+
+
+@pytest.mark.parametrize(("size", "deep"), [(10, 6), (50, 2), (1_000, 1)])
+def test_units_hashed_ahead_are_as_many_as_fit_in_the_bytes_given(size: int, deep: int):
+    """A wide table's units (2 KB rows: 100 MB a unit of 50,000) are not held six ahead: as
+    many as the last unit's size fits in `most_bytes`, at least one, at most the depth."""
+    assert jobs._fitting(Unit(SimpleNamespace(nbytes=size), 1), 6, 100) == deep
+    consumed: list[int] = []
+    leads: list[int] = []
+    reached = threading.Event()
+
+    def units() -> Iterator[Unit]:
+        for n in range(1, 13):
+            leads.append(n - len(consumed))  # units read beyond those the job took
+            if n == 1 + deep:
+                reached.set()
+            yield Unit(SimpleNamespace(nbytes=size), n)
+
+    results = mapped_ahead(units(), lambda unit: unit.rows, 6, most_bytes=100)
+    consumed.append(next(results)[1])
+    assert reached.wait(60)  # it goes `deep` ahead of the unit the job holds ...
+    consumed.extend(mapped for _, mapped in results)
+    assert consumed == list(range(1, 13))
+    assert max(leads) <= deep + 1  # ... and never further
