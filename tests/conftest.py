@@ -113,10 +113,25 @@ def small_units(monkeypatch: pytest.MonkeyPatch, unit_rows: int, alone_rows: int
     read: list[int] = []
     units = jobs.JobFile.units
 
-    def counted(self: jobs.JobFile, rows: int) -> Iterator[jobs.Unit]:
-        for unit in units(self, rows):
+    def counted(self: jobs.JobFile, rows: int, **options: Any) -> Iterator[jobs.Unit]:
+        for unit in units(self, rows, **options):
             read.append(unit.rows)
             yield unit
 
     monkeypatch.setattr(jobs.JobFile, "units", counted)
     return read
+
+
+def check_small_load_lookup(fingerprints: Any) -> None:
+    """A load's rows as Arrow arrays, under a twentieth of the 2,000 hashes kept: looked up unit
+    by unit, only the changed row, the one without an identifier and the unknown person map."""
+    import pyarrow as pa
+
+    kept_people = {f"u{i}": {"r": i, "a": {}, "s": 10_000 + i} for i in range(2_000)}
+    fingerprints.remember("p/people", kept_people)
+    kept = fingerprints.kept_sources("p/people")
+    identifiers = pa.array([f"u{i}" for i in range(10)] + [None, "u9999"], pa.string())
+    hashes = pa.array([10_000 + i + 5 * (i == 3) for i in range(10)] + [1, 2], pa.int64())
+
+    assert kept.changed(identifiers, hashes) == [3, 10, 11]
+    assert not kept.bulk  # looked up, not read in bulk

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import dlt
 import httpx
@@ -29,6 +30,25 @@ from cio_destination.state.backend import SqlStore
 from .conftest import API_KEY, SITE_ID, small_units, with_region
 
 pytestmark = pytest.mark.slow  # whole dlt pipelines against the emulator
+
+
+def identify(person: str, attributes: dict[str, Any]) -> dict[str, Any]:
+    """The identify operation Customer.io receives for `person` with these attributes."""
+    return {
+        "type": "person",
+        "action": "identify",
+        "identifiers": {"id": person},
+        "attributes": attributes,
+    }
+
+
+def assert_sent_one_of_three(
+    sent: list[dict[str, Any]], pipeline: Any, person: str, attributes: dict[str, Any]
+) -> None:
+    """Of the three rows of the last run, only `person` was sent, with only `attributes`."""
+    assert sent == [identify(person, attributes)]
+    report = sync_report(pipeline).tables[0]
+    assert (report.rows_in, report.skipped, report.operations) == (3, 2, 1)
 
 
 def people(rows: list[dict]):
@@ -95,14 +115,7 @@ def test_exact_bodies_carry_only_changed_attributes(httpx_mock: HTTPXMock, tmp_p
 
     pipeline.run(people([{"uid": 1, "plan": "pro", "score": 11}, *ROWS[1:]]))
 
-    assert sent == [
-        {
-            "type": "person",
-            "action": "identify",
-            "identifiers": {"id": "1"},
-            "attributes": {"score": 11, "city": ""},
-        }
-    ]
+    assert sent == [identify("1", {"score": 11, "city": ""})]
 
 
 def test_a_rejected_send_records_no_fingerprint(httpx_mock: HTTPXMock, tmp_path: Path):
@@ -304,16 +317,7 @@ def test_arrow_rows_that_did_not_change_are_skipped_before_mapping(
 
     pipeline.run(arrow_people([ROWS[0], {"uid": 2, "plan": "free", "score": 20}, ROWS[2]]))
 
-    assert sent == [
-        {
-            "type": "person",
-            "action": "identify",
-            "identifiers": {"id": "2"},
-            "attributes": {"city": ""},
-        }
-    ]
-    report = sync_report(pipeline).tables[0]
-    assert (report.rows_in, report.skipped, report.operations) == (3, 2, 1)
+    assert_sent_one_of_three(sent, pipeline, "2", {"city": ""})
 
 
 def test_repeated_identifiers_in_an_arrow_batch_keep_row_order(emulator: Emulator, make_pipeline):
@@ -533,16 +537,7 @@ def test_fingerprints_with_an_older_versions_operation_hash_resend_nobody(
 
     pipeline.run(make([{**ROWS[0], "plan": "team"}, *ROWS[1:]]))
 
-    assert sent == [
-        {
-            "type": "person",
-            "action": "identify",
-            "identifiers": {"id": "1"},
-            "attributes": {"plan": "team"},
-        }
-    ]
-    report = sync_report(pipeline).tables[0]
-    assert (report.rows_in, report.skipped, report.operations) == (3, 2, 1)
+    assert_sent_one_of_three(sent, pipeline, "1", {"plan": "team"})
     refreshed = store.fingerprints_of(scope, ["2", "3"])
     assert {i: f["r"] for i, f in refreshed.items()} == {i: current[i]["r"] for i in ("2", "3")}
 
@@ -671,8 +666,8 @@ def test_a_resync_reads_the_kept_hashes_while_its_first_unit_is_read(
     units = jobs.JobFile.units
     waited: list[bool] = []
 
-    def first_waits(self: jobs.JobFile, rows: int):
-        for at, unit in enumerate(units(self, rows)):
+    def first_waits(self: jobs.JobFile, rows: int, **options: Any):
+        for at, unit in enumerate(units(self, rows, **options)):
             if at == 0:
                 waited.append(reading.wait(60.0))
             yield unit

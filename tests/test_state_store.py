@@ -22,6 +22,8 @@ from cio_destination.report import key_columns
 from cio_destination.state import TABLES, PipelineState
 from cio_destination.state.backend import SCHEMA_VERSION, SqlStore, StateFile, StateStore
 
+from .conftest import check_small_load_lookup
+
 
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'state.db'}"
@@ -325,7 +327,6 @@ def test_only_the_ledger_s_claims_are_synced_to_disk_before_they_return(tmp_path
 
 
 def arrow_fingerprints(people: dict[str, tuple[int, bytes, int | None]]) -> Any:
-    import pyarrow as pa
 
     from cio_destination.state.fingerprints import FINGERPRINT_SCHEMA
 
@@ -376,16 +377,7 @@ def test_a_small_load_looks_up_arrow_hashes_unit_by_unit_and_maps_only_the_chang
     """A load hands its rows' identifiers and hashes over as Arrow arrays. Looked up unit by
     unit (the load's rows are under a twentieth of the hashes kept: the usual incremental
     run), the changed row is mapped and the unchanged ones are not."""
-    fingerprints = PipelineState(store, "p").fingerprints
-    fingerprints.remember(
-        "p/people", {f"u{i}": {"r": i, "a": {}, "s": 10_000 + i} for i in range(2_000)}
-    )
-    kept = fingerprints.kept_sources("p/people")
-    identifiers = pa.array([f"u{i}" for i in range(10)] + [None, "u9999"], pa.string())
-    hashes = pa.array([10_000 + i + (5 if i == 3 else 0) for i in range(10)] + [1, 2], pa.int64())
-
-    assert kept.changed(identifiers, hashes) == [3, 10, 11]
-    assert not kept.bulk  # looked up, not read in bulk
+    check_small_load_lookup(PipelineState(store, "p").fingerprints)
 
 
 def test_a_load_reads_the_kept_source_hashes_ahead_on_a_helper_thread(

@@ -36,7 +36,7 @@ from cio_destination import (
 )
 from cio_destination.emulator import Emulator
 
-from .conftest import API_KEY, SITE_ID
+from .conftest import API_KEY, SITE_ID, check_small_load_lookup
 from .kills import REPO, child_env, kill_after_progress
 from .test_postgres import postgres_url  # noqa: F401 - the server fixture
 
@@ -391,16 +391,7 @@ def test_postgres_looks_up_a_small_loads_arrow_hashes_and_maps_only_the_changed_
     from cio_destination.state.backend import SqlStore
 
     store = SqlStore(database.url, database.state, TABLES, "destination.customerio.state_url")
-    fingerprints = PipelineState(store, "p").fingerprints
-    fingerprints.remember(
-        "p/people", {f"u{i}": {"r": i, "a": {}, "s": 10_000 + i} for i in range(2_000)}
-    )
-    kept = fingerprints.kept_sources("p/people")
-    identifiers = pa.array([f"u{i}" for i in range(10)] + [None, "u9999"], pa.string())
-    hashes = pa.array([10_000 + i + (5 if i == 3 else 0) for i in range(10)] + [1, 2], pa.int64())
-
-    assert kept.changed(identifiers, hashes) == [3, 10, 11]
-    assert not kept.bulk
+    check_small_load_lookup(PipelineState(store, "p").fingerprints)
     store.close()
 
 
