@@ -32,6 +32,18 @@ from .conftest import API_KEY, SITE_ID, small_units, with_region
 pytestmark = pytest.mark.slow  # whole dlt pipelines against the emulator
 
 
+def capture_batches(httpx_mock: HTTPXMock) -> list[dict[str, Any]]:
+    """Answer every batch request 200 and collect its operations (the list returned)."""
+    sent: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.extend(orjson.loads(request.content)["batch"])
+        return httpx.Response(200, json={})
+
+    httpx_mock.add_callback(with_region(answer), is_reusable=True)
+    return sent
+
+
 def identify(person: str, attributes: dict[str, Any]) -> dict[str, Any]:
     """The identify operation Customer.io receives for `person` with these attributes."""
     return {
@@ -98,13 +110,7 @@ def test_unchanged_rows_send_nothing_and_changes_send_only_what_changed(
 
 
 def test_exact_bodies_carry_only_changed_attributes(httpx_mock: HTTPXMock, tmp_path: Path):
-    sent: list[dict] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        sent.extend(orjson.loads(request.content)["batch"])
-        return httpx.Response(200, json={})
-
-    httpx_mock.add_callback(with_region(answer), is_reusable=True)
+    sent = capture_batches(httpx_mock)
     pipeline = dlt.pipeline(
         "exact",
         destination=customerio(site_id="s", api_key="k"),
@@ -294,13 +300,7 @@ def arrow_people(rows: list[dict]):
 def test_arrow_rows_that_did_not_change_are_skipped_before_mapping(
     httpx_mock: HTTPXMock, tmp_path: Path
 ):
-    sent: list[dict] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        sent.extend(orjson.loads(request.content)["batch"])
-        return httpx.Response(200, json={})
-
-    httpx_mock.add_callback(with_region(answer), is_reusable=True)
+    sent = capture_batches(httpx_mock)
     pipeline = dlt.pipeline(
         "arrow_changes",
         destination=customerio(site_id="s", api_key="k"),
@@ -513,13 +513,7 @@ def test_fingerprints_with_an_older_versions_operation_hash_resend_nobody(
     mapped and its operation hash consulted (as after an upgrade of both)."""
     from cio_destination.state import state_for
 
-    sent: list[dict] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        sent.extend(orjson.loads(request.content)["batch"])
-        return httpx.Response(200, json={})
-
-    httpx_mock.add_callback(with_region(answer), is_reusable=True)
+    sent = capture_batches(httpx_mock)
     pipeline = dlt.pipeline(
         "upgraded", destination=customerio(site_id="s", api_key="k"), pipelines_dir=str(tmp_path)
     )
