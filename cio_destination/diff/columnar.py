@@ -10,10 +10,7 @@ a column at a time with the column forms of its hashes (`cio_destination.diff.ch
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -25,6 +22,7 @@ from cio_destination.diff.changes import operation_hashes, value_hashes
 from cio_destination.entries import Entry, EntryBlock
 from cio_destination.limits import attribute_texts
 from cio_destination.mapping_keys import CompiledMapping
+from cio_destination.pools import SharedPool
 from cio_destination.state.fingerprints import FINGERPRINT_SCHEMA
 
 __all__ = ["accepted_rows", "block_fingerprints", "hashed_behind", "split_block"]
@@ -64,19 +62,7 @@ def block_fingerprints(
     return partial(_fingerprints, block, columns, written, sources, handed=False)
 
 
-_hashers: list[ThreadPoolExecutor] = []
-_hashers_lock = threading.Lock()
-
-
-def _forget_hashers() -> None:
-    """In a forked child: the parent's helper thread is not there, and an executor believing
-    it is would never run what it is given (the load would hang): the child starts its own."""
-    global _hashers_lock
-    _hashers.clear()
-    _hashers_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_hashers)
+_hashers = SharedPool(1, "customerio-fingerprint-hashes")
 
 
 def hashed_behind(compute: Callable[[], pa.Table]) -> Callable[[], pa.Table]:
@@ -85,11 +71,7 @@ def hashed_behind(compute: Callable[[], pa.Table]) -> Callable[[], pa.Table]:
     the mapping thread, which goes on with the next rows, and off the thread that records the
     units (and waits for each write of fingerprints before the next), they are computed while
     the block is sent."""
-    with _hashers_lock:
-        if not _hashers:
-            _hashers.append(ThreadPoolExecutor(1, "customerio-fingerprint-hashes"))
-        future = _hashers[0].submit(compute)
-    return future.result
+    return _hashers.executor().submit(compute).result
 
 
 def _of_columns(texts: list[Member], columns: list[str]) -> bool:

@@ -23,7 +23,6 @@ first sync, a load that died, an older store) only means the slower read.
 
 from __future__ import annotations
 
-import os
 import secrets
 import sys
 import threading
@@ -38,6 +37,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cio_destination.pools import SharedPool
 from cio_destination.state.backend import StateStore, pipeline_scopes
 
 Fingerprint = dict[str, Any]
@@ -330,40 +330,20 @@ def _listed(identifiers: Sequence[str | None] | pa.Array) -> Sequence[str | None
     return identifiers.to_pylist() if isinstance(identifiers, pa.Array) else identifiers
 
 
-_writers: weakref.WeakKeyDictionary[StateStore, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
-_writers_lock = threading.Lock()
-_readers: list[ThreadPoolExecutor] = []
-
-
-def _forget_pools() -> None:
-    """In a forked child: the parent's reader and writer threads are not there, and an
-    executor believing they are would never run what it is given (the load would hang): the
-    child starts its own."""
-    global _writers_lock
-    _writers.clear()
-    _readers.clear()
-    _writers_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pools)
+_writers: weakref.WeakKeyDictionary[StateStore, SharedPool] = weakref.WeakKeyDictionary()
+_readers = SharedPool(2, "customerio-kept-sources")
 
 
 def _reader() -> ThreadPoolExecutor:
     """The threads that read kept source-row hashes ahead (`KeptSources.prefetch`), shared by
     every store and load of the process."""
-    with _writers_lock:
-        if not _readers:
-            _readers.append(ThreadPoolExecutor(2, "customerio-kept-sources"))
-        return _readers[0]
+    return _readers.executor()
 
 
 def _writer(store: StateStore) -> ThreadPoolExecutor:
     """The one thread that writes fingerprints behind, per store."""
-    with _writers_lock:
-        writer = _writers.get(store)
-        if writer is None:
-            writer = _writers[store] = ThreadPoolExecutor(1, "customerio-fingerprints")
-        return writer
+    # one pool per store even when two threads ask at once: dict.setdefault is atomic
+    return _writers.setdefault(store, SharedPool(1, "customerio-fingerprints")).executor()
 
 
 class _LazyFingerprint(dict):  # type: ignore[type-arg]
