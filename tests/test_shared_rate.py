@@ -266,11 +266,11 @@ def test_four_processes_share_one_budget(
     # a loaded machine bunches a few late requests into the next second. So one second may hold
     # up to half the rate more (four unshared processes would send 4x), and over the whole run,
     # past one second's burst, the rate holds.
+    # How much of the budget they used depends on the machine's speed: the benchmark measures
+    # it (`python -m tests.benchmarks --only shared`); what holds at any speed is asserted here.
     most = most_in_one_second(times)
     assert most <= RATE * 1.5, f"{most} requests in one second"  # 4 processes x 2 tables
     assert (len(times) - RATE) / span <= RATE, f"{len(times)} requests in {span:.1f} s"
-    used = len(times) / (span * RATE)
-    assert used >= 0.85, f"{len(times)} requests used {used:.0%} of the budget"
     assert all(r.status == 200 for r in workspace.requests)
     delivered_exactly_once([workspace], names, ROWS)
 

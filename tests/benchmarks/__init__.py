@@ -34,6 +34,8 @@ Sections (`--only NAME`, repeatable):
 * `state`: a 1,000,000-row DuckDB table synced plainly, against `changes_only` with `state_url`
   on PostgreSQL: the first sync, a re-sync with nothing changed and one with 1% changed (see
   `tests/benchmarks/state.py`).
+* `shared`: four sync processes sharing one `rate_limit_url` budget (Redis, then PostgreSQL) at
+  20 requests/s: the share of the budget they used (see `tests/benchmarks/shared.py`).
 * `official`: the anchor, Customer.io's official Python client (customerio-python 3.x,
   `pip install -e ".[bench]"`) end to end from a 1,000,000-row DuckDB table: DuckDB's fetch,
   operations chunked under 500 KB, `batch()` from 32 threads; against this destination reading

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from cio_destination.batching import ENVELOPE_BYTES
-from tests.benchmarks import latency, official, state
+from tests.benchmarks import latency, official, shared, state
 from tests.benchmarks.sink import SinkProcess, terminate_as_exit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +35,7 @@ SECTIONS = (
     "latency",
     "changes",
     "state",
+    "shared",
     "official",
     "profile",
 )
@@ -57,6 +58,7 @@ FULL = {
 # Targets: (figure, comparison, threshold)
 TARGETS = {
     **state.TARGETS,
+    **shared.TARGETS,
     "dict_ratio": (">=", 0.85),
     # against the kernel floor (tests/benchmarks/floor.py), dlt included on our side
     "arrow_ratio": (">=", 0.5),
@@ -363,6 +365,9 @@ class Bench:
         for failure in failures:
             self.failures.append(f"state: {failure}")
             print(f"  CHECK FAILED state: {failure}", flush=True)
+
+    def section_shared(self) -> None:
+        shared.section(self)
 
     def section_official(self) -> None:
         official.section(self)
