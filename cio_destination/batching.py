@@ -36,23 +36,14 @@ def enveloped_runs(runs: Sequence[bytes | memoryview]) -> bytes:
     return b"".join((_HEAD, *runs[:-1], last, _TAIL))
 
 
-CHUNK_BYTES = 65_536
-"""The largest piece of a body handed to the HTTP client at once: it copies each piece as it
-writes it, so this bounds that copy."""
-
-
 def body_chunks(runs: Sequence[bytes | memoryview]) -> tuple[bytes | memoryview, ...]:
-    """The request body of runs (as `enveloped_runs`) as pieces of at most `CHUNK_BYTES`,
-    views of the runs, not copies: the body is never made whole in memory."""
+    """The request body of runs (as `enveloped_runs`) as pieces, views of the runs, not
+    copies: the body is made whole only as its request is written, and let go once it is."""
     if not runs:
         return (body_of([]),)
     views = [memoryview(run) for run in runs]
     views[-1] = views[-1][:-1]
-    pieces: list[bytes | memoryview] = [_HEAD]
-    for view in views:
-        pieces.extend(view[at : at + CHUNK_BYTES] for at in range(0, len(view), CHUNK_BYTES))
-    pieces.append(_TAIL)
-    return tuple(pieces)
+    return (_HEAD, *views, _TAIL)
 
 
 def body_size(entry_sizes: Sequence[int]) -> int:

@@ -366,7 +366,8 @@ def request_body(entries: Sequence[Entry]) -> bytes:
 
 def request_chunks(entries: Sequence[Entry]) -> bytes | tuple[bytes | memoryview, ...]:
     """The request body of the entries, as `request_body` writes it; for operations kept in
-    Arrow, as views of their buffer (`body_chunks`): the client streams it without a copy."""
+    Arrow, as views of their buffer (`body_chunks`), joined only while the request is written
+    (`transport.api.JoinedBody`)."""
     if isinstance(entries, EntryBlock):
         return body_chunks([entries.run()]) if len(entries) else body_of([])
     if isinstance(entries, JoinedEntries):

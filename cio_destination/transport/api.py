@@ -11,7 +11,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,14 +24,36 @@ from cio_destination.exceptions import (
     CustomerioTransientError,
 )
 from cio_destination.transport.answers import Verdict, classify, retry_after_of
+from cio_destination.transport.credentials import BearerAuth
 from cio_destination.transport.ratelimit import RateLimiter
 from cio_destination.transport.results import SendStats
 from cio_destination.version import __version__
 
 logger = logging.getLogger("cio_destination")
+_httpx_logger = logging.getLogger("httpx")
 
 Body = bytes | tuple[bytes | memoryview, ...]
-"""A request body: whole, or in pieces the client writes one after another."""
+"""A request body: whole, or in pieces (views of the operations' Arrow buffers)."""
+
+STATIC_AUTHS = (httpx.BasicAuth, BearerAuth)
+"""Auths that put the same header on every request: the direct lane writes it once."""
+
+
+class JoinedBody:
+    """A body's pieces, handed to the client as one piece joined as it is written.
+
+    The client writes each piece it is given with a round of its own Python (about 35 calls a
+    piece); pieces of 64 KB made ten rounds a 500 KB body. Joined when the client reads it, the
+    body is one copy held only while it is written, as each piece's copy was, not while the
+    request waits for its answer. Read again for a retry."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, pieces: Sequence[bytes | memoryview]) -> None:
+        self.pieces = pieces
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"".join(self.pieces)
 
 
 @dataclass(frozen=True)
@@ -77,6 +100,14 @@ class ApiClient:
     `url_source` is the config key that chose `base_url` (`track_url`/`app_url`, or `region`
     for Customer.io's own hosts): errors about the URL name it. Thread-safe; create one per
     destination config.
+
+    Requests go through a direct lane: the request the client would build (its URL, headers,
+    auth header and timeouts, made once per path by the client itself) is handed straight to
+    the client's transport, without the client's per-request rounds (URL merge, header merge,
+    auth flow, cookies): 1,680 Python calls a 500 KB batch request through the client, about
+    1,050 this way. The lane is closed, and the client sends, where the client would pick
+    another transport (a proxy named by the environment) or the auth is not a fixed header.
+    Cookies are never sent either way (Customer.io's APIs set none).
     """
 
     api_name = "API"
@@ -104,15 +135,22 @@ class ApiClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        if transport is None and not environment_proxies():
+            # the transport the client would make itself, kept to hand requests to directly
+            transport = httpx.HTTPTransport(limits=limits)
+        self._auth = auth
+        self._direct = transport if isinstance(auth, STATIC_AUTHS) else None
+        self._prepared: dict[tuple[str, str], Prepared] = {}
         self._http = httpx.Client(
             base_url=self.base_url,
             auth=auth,
             timeout=timeout,
             transport=transport,
             follow_redirects=False,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            limits=limits,
             headers={
                 "content-type": "application/json",
                 "user-agent": f"cio-destination/{__version__}",
@@ -158,10 +196,12 @@ class ApiClient:
         """
         attempt = 0
         waited = 0.0
-        headers = None
+        headers: list[tuple[str, str]] = []
+        content: bytes | JoinedBody | None = body
         if body is not None and not isinstance(body, bytes):
-            # pieces: streamed, not joined; a length, so they go as one body, not chunked
-            headers = {"content-length": str(sum(len(piece) for piece in body))}
+            # pieces: one body of a known length (not chunked), joined as it is written
+            headers = [("content-length", str(sum(len(piece) for piece in body)))]
+            content = JoinedBody(body)
         while True:
             attempt += 1
             stats.throttled_seconds += self.limiter.acquire()
@@ -170,7 +210,7 @@ class ApiClient:
             stats.requests += 1
             answer: httpx.Response | httpx.RequestError
             try:
-                answer = unbound(self._http.request(method, path, content=body, headers=headers))
+                answer = unbound(self._attempt(method, path, content, headers))
             except httpx.RequestError as exc:
                 answer = exc
             verdict = classify(answer, repeatable=repeatable, preflight=preflight)
@@ -179,6 +219,62 @@ class ApiClient:
             if watcher is not None:
                 watcher.failed(classify(answer, repeatable=False) is Verdict.UNCERTAIN)
             waited += self._back_off(answer, attempt, waited, path, stats)
+
+    def _attempt(
+        self,
+        method: str,
+        path: str,
+        content: bytes | JoinedBody | None,
+        headers: list[tuple[str, str]],
+    ) -> httpx.Response:
+        """One attempt: through the direct lane where it is open, else through the client."""
+        prepared = self._prepared_for(method, path)
+        if prepared is None or self._direct is None:
+            return self._http.request(method, path, content=content, headers=dict(headers))
+        url, fixed, auth, extensions = prepared
+        if content and isinstance(content, bytes) and not headers:  # as the client writes it
+            headers = [("Content-Length", str(len(content)))]
+        request = httpx.Request(
+            method,
+            url,
+            headers=[*fixed, *((n.encode(), v.encode()) for n, v in headers), *auth],
+            content=content,
+            extensions=extensions,
+        )
+        response = self._direct.handle_request(request)
+        response.request = request
+        try:
+            response.read()
+        finally:
+            response.close()
+        if _httpx_logger.isEnabledFor(logging.INFO):  # the line the client logs
+            _httpx_logger.info(
+                'HTTP Request: %s %s "%s %d %s"',
+                method,
+                url,
+                response.http_version,
+                response.status_code,
+                response.reason_phrase,
+            )
+        return response
+
+    def _prepared_for(self, method: str, path: str) -> Prepared | None:
+        """The direct lane's fixed parts of requests to `path` (None: it is closed)."""
+        if self._direct is None or self._http.is_closed:
+            return None
+        prepared = self._prepared.get((method, path))
+        if prepared is None:
+            prepared = self._prepared[(method, path)] = self._prepare(method, path)
+        return prepared
+
+    def _prepare(self, method: str, path: str) -> Prepared:
+        """What the client puts on every request to `path`, made once by the client itself:
+        the URL, its headers, the headers its auth adds, the timeouts."""
+        template = self._http.build_request(method, path)
+        before = {name.lower() for name, _ in template.headers.raw}
+        authed = next(self._auth.sync_auth_flow(template))
+        auth = [(name, value) for name, value in authed.headers.raw if name.lower() not in before]
+        return authed.url, list(self._http.headers.raw), auth, dict(authed.extensions)
 
     def _settled(
         self, answer: httpx.Response | httpx.RequestError, verdict: Verdict, path: str
@@ -266,6 +362,18 @@ class ApiClient:
             f"Customer.io {self.api_name} at {self.base_url} answered HTTP {status} for {path}:"
             f" check {keys}"
         )
+
+
+Prepared = tuple[httpx.URL, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], dict[str, object]]
+"""A direct-lane request's fixed parts: URL, the client's headers, the auth's, extensions."""
+
+
+def environment_proxies() -> bool:
+    """Whether the environment names a proxy httpx would send through (`HTTP_PROXY`,
+    `HTTPS_PROXY`, `ALL_PROXY`): then the client picks a transport per URL, and every request
+    goes through it."""
+    proxies = urllib.request.getproxies()
+    return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
 def unbound(response: httpx.Response) -> httpx.Response:
