@@ -330,3 +330,39 @@ def test_a_first_sync_into_postgresql_keeps_its_units_digests(
     pipeline.run(arrow_people(people))
 
     assert (batch_ops(emulator, mark), hashed[1:], loads[-1].settled) == (0, [], 4)
+
+
+def test_a_unit_not_settled_ahead_has_the_kept_hashes_put_in_order_on_a_helper_thread(
+    state: PipelineState, monkeypatch: pytest.MonkeyPatch
+):
+    """Where units may be settled whole, the kept hashes are put in order only for a unit that
+    is not: found so ahead (`may_settle`, on the mapping thread), on a helper thread, while the
+    unit is hashed; its lookup then waits for that, and puts them in order no second time."""
+    import threading
+
+    from cio_destination.state import fingerprints as module
+
+    unit = as_batch([{"ident": 1, "name": "a"}, {"ident": 2, "name": "b"}])
+    fingerprints = state.fingerprints
+    keep(state, unit)
+    keep(state, unit, fingerprints.kept_sources("p/people"))
+    built: list[str] = []
+    sort = module.SortedHashes.__init__
+
+    def watched(self: Any, hashes: Any) -> None:
+        built.append(threading.current_thread().name)
+        sort(self, hashes)
+
+    monkeypatch.setattr(module.SortedHashes, "__init__", watched)
+    kept = fingerprints.kept_sources("p/people")
+    changed = as_batch([{"ident": 1, "name": "a"}, {"ident": 2, "name": "c"}])
+    digest = unit_digest(mapper_for(changed, **MAPPING), changed)
+    assert digest is not None
+    assert not kept.settles(digest, 2, lambda: pa.array(["1", "2"]))  # the copy is read
+    assert built == []  # nothing put in order yet: the units kept may settle every unit
+
+    assert not kept.may_settle(digest)
+    left = unit_diff(state, kept, changed).drop_unchanged_rows(changed)
+
+    assert left.column("ident").to_pylist() == [2]
+    assert len(built) == 1 and built[0] != threading.current_thread().name

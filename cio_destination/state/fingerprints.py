@@ -202,7 +202,12 @@ class KeptSources:
             known, reading = self._hashes, self._reading
         if known is None and reading is not None and reading.done() and not reading.exception():
             known = reading.result()
-        return known is not None and unit in known.units
+        if known is None:
+            return False
+        if unit in known.units:
+            return True
+        known.sort_ahead()  # `changed` will look this unit up: its hashes go in order meanwhile
+        return False
 
     def settles(self, unit: bytes, rows: int, identifiers: Callable[[], pa.Array]) -> bool:
         """Whether a unit of `rows` rows with this digest is kept as it is, every row (none
@@ -296,24 +301,35 @@ class _Known:
     """Hashes read in bulk: `copy`, the digest of the copy they were read from (None: read
     from the per-person rows), `units`, the digests of units it holds whole, and the hashes
     put in order for lookups (`sorted`). Where units may be settled whole, they are put in
-    order only once a unit is not (a re-sync in which nothing changed never does); else at
-    once, on the thread that read them."""
+    order only once a unit is not (a re-sync in which nothing changed never does; a unit
+    found not settled ahead starts it on a helper thread, `sort_ahead`); else at once, on the
+    thread that read them."""
 
     def __init__(self, column: pa.Array, copy: bytes | None, units: frozenset[bytes]) -> None:
         self.copy = copy
         self.units = units
-        self._column: pa.Array | None = column
-        self._sorted: SortedHashes | None = None
+        self._column: pa.Array | None = column  # until it is put in order
+        self._sorting: Future[SortedHashes] | None = None
+        self._lock = threading.Lock()
         if not units:
             self.sorted()
 
+    def sort_ahead(self) -> None:
+        """Start putting the hashes in order on a helper thread, unless that was started."""
+        with self._lock:
+            if self._sorting is None:
+                self._sorting = _reader().submit(SortedHashes, self._column)
+                self._column = None
+
     def sorted(self) -> SortedHashes:
-        """The hashes, in order (under `KeptSources`' lock, or on the thread that read them
-        before any other sees this)."""
-        if self._sorted is None:
-            assert self._column is not None
-            self._sorted, self._column = SortedHashes(self._column), None
-        return self._sorted
+        """The hashes, in order: put so here, or waited for (`sort_ahead`)."""
+        with self._lock:
+            if self._sorting is None:
+                done: Future[SortedHashes] = Future()
+                done.set_result(SortedHashes(self._column))
+                self._sorting, self._column = done, None
+            sorting = self._sorting
+        return sorting.result()
 
 
 def _changed_rows(
