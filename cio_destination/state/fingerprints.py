@@ -557,9 +557,10 @@ class StoredFingerprints:
         """Per scope, the units written whole by this process's chain of writes (`_Chain`) of
         this token: a copy made of the chain holds them."""
         self._chains_lock = threading.Lock()
-        """Guards `_chains` and `_chain_units` alone, and is never held across a statement: the writer thread
-        takes it inside a transaction that locks the copy's row, where `_copy_lock` (held by
-        `erase` and `keep_copy` across statements that wait for that row) would deadlock."""
+        """Guards `_chains` and `_chain_units` alone, and is never held across a statement: the
+        writer thread takes it inside a transaction that locks the copy's row, where
+        `_copy_lock` (held by `erase` and `keep_copy` across statements that wait for that
+        row) would deadlock."""
 
     def kept_sources(self, scope: str) -> KeptSources:
         kept = KeptSources(self, scope)
