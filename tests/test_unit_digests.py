@@ -30,6 +30,7 @@ from .conftest import small_units
 from .test_arrow_path import mapper_for
 from .test_changes import batch_ops
 from .test_postgres import postgres_url  # noqa: F401 - the server fixture
+from .test_state_store import store  # noqa: F401 - file, SQLite URL, DuckDB URL
 
 COLUMNS = {
     "ident": pa.int64(),
@@ -366,3 +367,23 @@ def test_a_unit_not_settled_ahead_has_the_kept_hashes_put_in_order_on_a_helper_t
 
     assert left.column("ident").to_pylist() == [2]
     assert len(built) == 1 and built[0] != threading.current_thread().name
+
+
+def test_the_units_a_copy_holds_are_kept_and_read_back_on_every_store(
+    store: Any,  # noqa: F811
+):
+    """File, SQLite URL, DuckDB URL (PostgreSQL: the first-sync test above): the digests kept
+    with a copy are read back with it, and settle a unit."""
+    state = PipelineState(store, "p")
+    unit = as_batch([{"ident": 1, "name": "a"}, {"ident": 2, "name": "b"}])
+    digest = unit_digest(mapper_for(unit, **MAPPING), unit)
+    fingerprints = state.fingerprints
+    keep(state, unit)
+    copy = fingerprints.read_copy("p/people", 10)
+    assert copy is not None and copy.units == frozenset()
+
+    keep(state, unit, fingerprints.kept_sources("p/people"))
+    copy = fingerprints.read_copy("p/people", 10)
+    assert copy is not None and copy.units == {digest}
+    kept = fingerprints.kept_sources("p/people")
+    assert unit_diff(state, kept, unit).drop_unchanged_rows(unit) == [] and kept.settled == 1
