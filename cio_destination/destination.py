@@ -187,7 +187,7 @@ def send_unit(
             parts=parts,
             result=result,
             skipped=diff.skipped + result.skipped,
-            source_hashes=diff.source_hashes,
+            source_hashes=diff.unit or diff.source_hashes,  # the rows' digest, where made
             started=started,
         )
 

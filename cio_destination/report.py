@@ -305,7 +305,7 @@ def record_batch(
     parts: list[Sequence[Entry]],
     result: SendResult,
     skipped: int,
-    source_hashes: Sequence[int] | None,
+    source_hashes: Sequence[int] | bytes | None,
     started: float,
 ) -> None:
     """Record one call of the table `mapping` maps: its rejections (none in a dry run), its
@@ -313,7 +313,8 @@ def record_batch(
 
     `keys_only`: rejected rows keep only the columns that identify them
     (`rejected_row_payload`). `mapped` is what the rows mapped to, `parts` what was sent of it, `skipped` how many rows
-    were not sent (unchanged, or already sent); `source_hashes` were hashed before mapping.
+    were not sent (unchanged, or already sent); `source_hashes` were hashed before mapping (or
+    the digest of the rows' values, `cio_destination.diff.source_rows.unit_digest`).
     """
     table, action = mapping.table, mapping.action
     rejections = mapped.rejections + result.rejections
@@ -379,10 +380,18 @@ def key_columns(mapping: CompiledMapping) -> set[str]:
     return {c for c in named if c} | set(mapping.event_id_columns) | set(mapping.primary_key)
 
 
+def _rows_hashed(source_hashes: Sequence[int] | bytes | None) -> bytes | None:
+    if not source_hashes:
+        return None
+    if isinstance(source_hashes, bytes):
+        return b"d" + source_hashes
+    return array("q", source_hashes).tobytes()
+
+
 def batch_id(
     parts: list[Sequence[Entry]],
     rejections: list[Rejection],
-    source_hashes: Sequence[int] | None,
+    source_hashes: Sequence[int] | bytes | None,
 ) -> str:
     """The same rows give the same id, so a replayed batch replaces its record in the report.
 
@@ -391,8 +400,9 @@ def batch_id(
     block's keys and sizes are hashed straight from its Arrow buffers.
     """
     pieces: list[bytes | memoryview | None] = [
-        # rows skipped before mapping are part of the batch too
-        array("q", source_hashes).tobytes() if source_hashes else None,
+        # rows skipped before mapping are part of the batch too: their hashes, or a digest
+        # of their values behind a mark (17 bytes, never a whole number of 8-byte hashes)
+        _rows_hashed(source_hashes),
         b"%d" % len(parts),
     ]
     for part in parts:

@@ -201,7 +201,8 @@ def test_a_store_of_layout_1_is_migrated_to_keep_copies_of_source_hashes(tmp_pat
     fingerprints = PipelineState(store, "p").fingerprints
     assert fingerprints.read_copy("p/t", 10) is None
     fingerprints.keep_copy("p/t")
-    assert list(fingerprints.read_copy("p/t", 10) or []) == [7]
+    copy = fingerprints.read_copy("p/t", 10)
+    assert copy is not None and list(copy.hashes) == [7]
     store.close()
 
 

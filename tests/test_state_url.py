@@ -576,7 +576,7 @@ def test_a_first_syncs_copy_of_hashes_is_made_of_its_writes_not_read_back_at_its
         copy = other_runner.read_copy(scope, 10**6)
         rows = store.read("SELECT source_hash FROM {cio_fingerprints} WHERE scope = ?", [scope])
         truth = sorted(row[0] for row in rows if row[0] is not None)
-        return copy is not None and sorted(copy) == truth != []
+        return copy is not None and sorted(copy.hashes) == truth != []
 
     for first in (0, 1_500, 3_000):  # a first sync's units
         write("p/first", first)

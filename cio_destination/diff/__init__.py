@@ -29,7 +29,7 @@ from cio_destination.diff.columnar import (
     split_block,
 )
 from cio_destination.diff.mirror import MirrorPlan, MirrorPlans
-from cio_destination.diff.source_rows import source_row_hashes
+from cio_destination.diff.source_rows import source_row_hashes, unit_digest
 from cio_destination.entries import Entry, EntryBlock, Mapped
 from cio_destination.mapper import RowMapper
 from cio_destination.state.fingerprints import Fingerprint, Fingerprints, KeptSources
@@ -67,9 +67,14 @@ class Diff:
         self._hashed: tuple[tuple[pa.Array, pa.Array] | None] | None = None
         """The batch's identifiers and source-row hashes, once hashed (`hash_rows`)."""
         self._sources: tuple[pa.Array, pa.Array] | None = None
+        self._rows = 0
+        self._settles_ahead = False
         self.source_hashes: array[int] | None = None
         """The source-row hashes of an Arrow batch (of its rows with an identifier), kept with
-        its fingerprints (None: none)."""
+        its fingerprints (None: none, or the batch was settled whole by its `unit` digest)."""
+        self.unit: bytes | None = None
+        """The digest of an Arrow batch's values (`unit_digest`): a batch settled whole by it
+        is neither hashed nor looked up (None: none)."""
         self.skipped = 0
         """Rows not sent because nothing of them changed."""
 
@@ -86,8 +91,13 @@ class Diff:
         kept hashes start being read here too (`KeptSources.prefetch`)."""
         if self._hashed is not None or self._fingerprints is None or isinstance(items, list):
             return
-        if self._kept is not None:
-            self._kept.prefetch(items.num_rows)  # the database reads while the rows are hashed
+        kept = self._kept
+        if kept is not None:
+            kept.prefetch(items.num_rows)  # the database reads while the rows are hashed
+        self.unit = unit_digest(self._mapper, items)
+        if kept is not None and self.unit is not None and kept.may_settle(self.unit):
+            self._hashed, self._settles_ahead = (None,), True  # hashed later if it is not
+            return
         self._hashed = (source_row_hashes(self._mapper, items),)
 
     def drop_unchanged_rows(self, items: TDataItems) -> TDataItems:
@@ -97,6 +107,10 @@ class Diff:
             return items
         self.hash_rows(items)  # unless it was, ahead
         assert self._hashed is not None
+        self._rows = items.num_rows
+        if self._settled(items):
+            self.skipped = items.num_rows
+            return []
         hashed = self._hashed[0]
         if hashed is None:
             return items
@@ -111,13 +125,26 @@ class Diff:
         self.source_hashes = _int64s(self._sources[1])
         if self._kept is None:
             return items
-        keep = self._kept.changed(identifiers, hashes)
+        keep = self._kept.changed(identifiers, hashes, self.unit)
         if len(keep) == items.num_rows:
             return items
         self.skipped = items.num_rows - len(keep)
         if not keep:
             return []  # nothing to map (and a batch of no rows is not mapped)
         return items.take(pa.array(keep, pa.int64()))
+
+    def _settled(self, items: pa.RecordBatch | pa.Table) -> bool:
+        """Whether the batch is kept as it is, every row, by its digest (`KeptSources.settles`);
+        if it was thought so ahead but is not (a person of it was written since), its rows are
+        hashed here."""
+        kept, unit = self._kept, self.unit
+        if kept is None or unit is None:
+            return False
+        if kept.settles(unit, items.num_rows, lambda: _identifier_texts(self._mapper, items)):
+            return True
+        if self._settles_ahead:
+            self._hashed, self._settles_ahead = (source_row_hashes(self._mapper, items),), False
+        return False
 
     def to_send(self, mapped: Mapped) -> list[Sequence[Entry]]:
         """The operations to send: the mapped ones, as far as they changed, then the removals
@@ -193,7 +220,9 @@ class Diff:
             self._fingerprints.remember(self._scope, accepted)
             if self._pending is not None:  # the block's, delivered whole or in part
                 rows = accepted_rows(self._pending(), result.delivered)
-                self._fingerprints.remember_table(self._scope, rows)
+                whole = len(rows) == self._rows and not rows.column("source_hash").null_count
+                unit = self.unit if whole else None  # every row of it written, with its hash
+                self._fingerprints.remember_table(self._scope, rows, unit=unit)
         mirror = self._mirror
         if mirror is None:
             return
@@ -203,6 +232,14 @@ class Diff:
                 self._fingerprints.forget(self._scope, mirror.removed)  # a comeback is sent in full
         else:
             self._mirrors.give_back(mirror)
+
+
+def _identifier_texts(mapper: RowMapper, items: pa.RecordBatch | pa.Table) -> pa.Array:
+    """The identifier column of a batch `unit_digest` took, as text."""
+    column = items.column(mapper.mapping.identifier)
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return pc.cast(column, pa.string()) if pa.types.is_integer(column.type) else column
 
 
 def _int64s(values: pa.Array) -> array[int]:

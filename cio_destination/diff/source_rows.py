@@ -23,13 +23,17 @@ import xxhash
 from cio_destination.actions.identify import repeated_values
 from cio_destination.actions.rows import RowReader
 from cio_destination.arrow_json import is_text
+from cio_destination.framing import frame_into
 from cio_destination.values import is_temporal
 
-__all__ = ["SOURCE_HASH_PERSON", "source_row_hashes"]
+__all__ = ["SOURCE_HASH_PERSON", "UNIT_DIGEST_PERSON", "source_row_hashes", "unit_digest"]
 
 SOURCE_HASH_PERSON = b"cio-source-row-5"
 """The version of the hash (the personalisation of its seed): hashes kept by another version
 never match, so those rows are mapped once more and their fingerprints settle them."""
+UNIT_DIGEST_PERSON = b"cio-unit-digest-1/" + SOURCE_HASH_PERSON
+"""The version of `unit_digest`, which names the source-row hash's: a digest kept by another
+version of either never matches."""
 
 _U64 = pa.uint64()
 _NO_LENGTH = (1 << 32) - 1
@@ -64,33 +68,17 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[pa.Array, pa.Array
     cut the texts apart, so two rows give the same bytes only if they hold the same values: a
     collision of XXH3 is the only way two rows hash alike.
     """
-    mapping = reader.mapping
-    columns = {name: _whole(batch.column(name)) for name in batch.schema.names}
-    if mapping.identifier not in columns:
-        return None  # every row is rejected: nothing to skip
-    ident = columns[mapping.identifier]
-    ident = pc.cast(ident, pa.string()) if pa.types.is_integer(ident.type) else ident
-    if not is_text(ident.type) or repeated_values(ident) is not None:
+    read = _columns_read(reader, batch)
+    if read is None:
         return None
-    names = [mapping.identifier, *reader.compiled.attribute_columns]
-    if mapping.timestamp:
-        names.append(mapping.timestamp)
-    read = set(names)  # and dlt's variant columns of those: their values are the columns'
-    names += [variant for variant, column in reader.compiled.variants if column in read]
-    hashed = _hashed_columns([(name, columns[name]) for name in names if name in columns])
+    ident, columns = read
+    if repeated_values(ident) is not None:
+        return None
+    hashed = _hashed_columns(columns)
     if hashed is None:
         return None
     texts, words, layout = hashed
-    settings = [
-        mapping.model_dump(mode="json", exclude_defaults=True),
-        sorted(reader.compiled.json_columns),
-        layout,
-    ]
-    salt = hashlib.blake2b(
-        orjson.dumps(settings, option=orjson.OPT_SORT_KEYS),
-        digest_size=8,
-        person=SOURCE_HASH_PERSON,
-    )
+    salt = hashlib.blake2b(_settings(reader, layout), digest_size=8, person=SOURCE_HASH_PERSON)
     values = _row_bytes(salt.digest(), texts, words, len(ident)).to_pylist()
     numbers = array("Q")
     # each hash's 8 bytes, big-endian (a third less time than a Python int per row)
@@ -99,6 +87,115 @@ def source_row_hashes(reader: RowReader, batch: Any) -> tuple[pa.Array, pa.Array
         numbers.byteswap()
     hashes = pa.Array.from_buffers(_U64, len(values), [None, pa.py_buffer(numbers)])
     return ident, hashes.view(pa.int64())
+
+
+def unit_digest(reader: RowReader, batch: Any) -> bytes | None:
+    """A 128-bit digest of the values of an identify batch that `source_row_hashes` hashes,
+    under the same mapping and hash version: two batches with the same digest give the same
+    source-row hashes, row for row, but for a collision of XXH3-128. A `changes_only` load
+    keeps the digests of its units whose every row's hash was kept as it is
+    (`cio_destination.state.fingerprints`), so the next load settles such a unit, read again
+    unchanged, by this one digest: none of its rows is hashed or looked up.
+
+    XXH3-128 of the framed parts (`cio_destination.framing`): the version
+    (`UNIT_DIGEST_PERSON`, which names the source-row hash's), the settings the source-row
+    hash is seeded with (the mapping, the JSON columns, the name and type of each column
+    hashed, in order), then per column the row count, whether each row has a value (one byte
+    a row; none where every row has one) and the bytes of the values that are there: a
+    number's, time's or decimal's fixed-width bytes, a boolean as a byte, a text column's
+    offsets and its bytes up to the last offset. Those bytes are the values (Arrow's layout),
+    so equal parts are equal values. None where `source_row_hashes` would hash nothing, or
+    for a column of a type it does not hash."""
+    read = _columns_read(reader, batch)
+    if read is None:
+        return None
+    columns = read[1]
+    layout: list[list[str]] = []
+    parts: list[bytes | memoryview | None] = []
+    for name, column in columns:
+        values = _value_bytes(column)
+        if values is None:
+            return None
+        layout.append([name, str(column.type)])
+        parts += values
+    digest = xxhash.xxh3_128()
+    frame_into(digest, [UNIT_DIGEST_PERSON, _settings(reader, layout), *parts])
+    return digest.digest()
+
+
+def _columns_read(
+    reader: RowReader, batch: Any
+) -> tuple[pa.Array, list[tuple[str, pa.Array]]] | None:
+    """The identifier as text, and every column the mapping reads, in order: the identifier,
+    the attributes, the timestamp, and dlt's variant columns of those (where it kept a value
+    that did not fit the column's type, which the row path reads as the column's value).
+    None without the identifier column (every row is rejected: nothing to skip), or with one
+    that is not text or integers."""
+    mapping = reader.mapping
+    columns = {name: _whole(batch.column(name)) for name in batch.schema.names}
+    if mapping.identifier not in columns:
+        return None
+    ident = columns[mapping.identifier]
+    ident = pc.cast(ident, pa.string()) if pa.types.is_integer(ident.type) else ident
+    if not is_text(ident.type):
+        return None
+    names = [mapping.identifier, *reader.compiled.attribute_columns]
+    if mapping.timestamp:
+        names.append(mapping.timestamp)
+    read = set(names)
+    names += [variant for variant, column in reader.compiled.variants if column in read]
+    return ident, [(name, columns[name]) for name in names if name in columns]
+
+
+def _settings(reader: RowReader, layout: list[list[str]]) -> bytes:
+    """What the source-row hash is seeded with, besides its version: the mapping, the JSON
+    columns, the layout of the columns hashed."""
+    settings = [
+        reader.mapping.model_dump(mode="json", exclude_defaults=True),
+        sorted(reader.compiled.json_columns),
+        layout,
+    ]
+    return orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)
+
+
+def _value_bytes(
+    column: pa.Array, parts: list[bytes | memoryview | None] | None = None
+) -> list[bytes | memoryview | None] | None:
+    """A column's parts of `unit_digest`: its row count, whether each row has a value (None:
+    every row), the bytes of the values there; None for a type `source_row_hashes` does not
+    hash. (`parts`: the first two, for a column of the values there alone.)"""
+    kind = column.type
+    if parts is not None:
+        return [*parts, *(_value_bytes(column) or [])[2:]]
+    if not (
+        is_text(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_integer(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_timestamp(kind)
+        or is_temporal(kind)
+    ):
+        return None
+    parts: list[bytes | memoryview | None] = [b"%d" % len(column), None]
+    if column.null_count:  # the values there, and a byte a row for whether each is
+        parts[1] = memoryview(pc.cast(column.is_valid(), pa.uint8()).buffers()[1])[: len(column)]
+        column = column.drop_null()
+    if pa.types.is_boolean(kind):
+        column = pc.cast(column, pa.uint8())
+    rows, start = len(column), column.offset
+    if not rows:
+        return parts
+    buffers = column.buffers()
+    if is_text(kind):
+        width = 8 if pa.types.is_large_string(kind) else 4
+        offsets = memoryview(buffers[1])[start * width : (start + rows + 1) * width]
+        numbers = offsets.cast("q" if width == 8 else "i")
+        if numbers[0]:  # a slice: its texts as an array of their own, offsets from 0
+            return _value_bytes(pc.take(column, pa.array(range(rows), pa.int64())), parts)
+        return [*parts, offsets, memoryview(buffers[2])[: numbers[-1]] if numbers[-1] else b""]
+    width = column.type.bit_width // 8
+    return [*parts, memoryview(buffers[1])[start * width : (start + rows) * width]]
 
 
 def _whole(column: Any) -> pa.Array:

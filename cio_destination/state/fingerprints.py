@@ -28,7 +28,7 @@ import sys
 import threading
 import weakref
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 
 from cio_destination.pools import SharedPool
 from cio_destination.state.backend import StateStore, pipeline_scopes
@@ -87,8 +88,12 @@ class Fingerprints(Protocol):
         """Keep these fingerprints (of people Customer.io accepted), replacing earlier ones."""
         ...
 
-    def remember_table(self, scope: str, fingerprints: pa.Table) -> None:
-        """`remember` for fingerprints in Arrow (`FINGERPRINT_SCHEMA`, distinct identifiers)."""
+    def remember_table(
+        self, scope: str, fingerprints: pa.Table, *, unit: bytes | None = None
+    ) -> None:
+        """`remember` for fingerprints in Arrow (`FINGERPRINT_SCHEMA`, distinct identifiers);
+        `unit`: the digest of the unit of rows they are, every one of its rows with its
+        source-row hash (see `KeptCopy.units`)."""
         ...
 
     def kept_sources(self, scope: str) -> KeptSources:
@@ -99,9 +104,14 @@ class Fingerprints(Protocol):
         """Every source-row hash kept for `scope`, in one read; None if there are over `most`."""
         ...
 
-    def read_copy(self, scope: str, most: int) -> array[int] | None:
+    def read_copy(self, scope: str, most: int) -> KeptCopy | None:
         """The scope's copy of its source-row hashes (see `StoredFingerprints`), in one
         round trip; None if none is kept, or it holds over `most`."""
+        ...
+
+    def units_held(self, scope: str, copy: bytes, units: Iterable[bytes]) -> None:
+        """The digests of units whose every row's hash the copy whose digest is `copy` holds
+        (see `KeptCopy.units`): kept by `keep_copy`, with that copy's digest."""
         ...
 
     def keep_copy(self, scope: str) -> None:
@@ -117,6 +127,27 @@ class Fingerprints(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class KeptCopy:
+    """A scope's copy of its source-row hashes, as `read_copy` read it."""
+
+    hashes: array[int]
+    digest: bytes
+    """XXH3-128 of the copy as it is stored: the copy's content, which `units` are of."""
+    units: frozenset[bytes] = frozenset()
+    """Digests of units of rows (`cio_destination.diff.source_rows.unit_digest`) whose every
+    row's source-row hash this copy holds. A fact about the content, kept with its digest
+    (`cio_unit_digests`, written by `keep_copy`), so never stale: a load that reads a copy of
+    this content settles a unit of one of these digests whole (every row kept as it is),
+    with no row hashed or looked up; a copy of any other content (a write changed a hash)
+    finds none of them."""
+
+
+def copy_digest(stored: bytes | memoryview) -> bytes:
+    """The digest a copy of source-row hashes is known by (`KeptCopy.digest`)."""
+    return xxhash.xxh3_128_digest(stored)
+
+
 class KeptSources:
     """The source-row hashes kept for one scope, as one load sees them: looked up in the
     database a unit at a time, until the load's rows come to `1 / BULK_READ_FACTOR` of the
@@ -129,6 +160,10 @@ class KeptSources:
     fingerprint has the last word). A hash covers the row's identifier (see
     `cio_destination.diff.source_rows`), so a row whose hash is among those kept
     is a row kept as it is, but for a 64-bit collision.
+
+    Read from the scope's copy, a unit whose digest is one of the copy's `KeptCopy.units` is
+    settled whole (`settles`); a unit whose every row it finds kept as it is adds its digest
+    to those kept with the copy (`Fingerprints.units_held`).
     """
 
     def __init__(self, fingerprints: Fingerprints, scope: str) -> None:
@@ -137,8 +172,8 @@ class KeptSources:
         self._lock = threading.Lock()
         self._seen = 0
         self._next_read = 0
-        self._hashes: SortedHashes | None = None
-        self._reading: Future[SortedHashes | None] | None = None
+        self._hashes: _Known | None = None
+        self._reading: Future[_Known | None] | None = None
         self._touched: set[str] = set()
         self.bulk = False
         """Whether the hashes were read in bulk."""
@@ -146,6 +181,8 @@ class KeptSources:
         """Whether that read was of the scope's copy of its hashes (one round trip)."""
         self.looked_up = 0
         """Rows looked up in the hashes read in bulk."""
+        self.settled = 0
+        """Units settled whole by their digest."""
 
     def prefetch(self, rows: int) -> None:
         """Start, on a helper thread, the read that `changed` would make for `rows` more rows,
@@ -156,20 +193,63 @@ class KeptSources:
             seen = self._seen + rows
             self._reading = _reader().submit(self._read, seen)
 
+    def may_settle(self, unit: bytes) -> bool:
+        """Whether a unit of this digest may be settled whole (`settles`), as far as the read
+        begun (`prefetch`) tells, never waiting for it (a unit hashed while the read is on
+        costs no time the load waits for): its rows need no hashing unless `settles` finds
+        one of them written since."""
+        with self._lock:
+            known, reading = self._hashes, self._reading
+        if known is None and reading is not None and reading.done() and not reading.exception():
+            known = reading.result()
+        if known is None:
+            return False
+        if unit in known.units:
+            return True
+        known.sort_ahead()  # `changed` will look this unit up: its hashes go in order meanwhile
+        return False
+
+    def settles(self, unit: bytes, rows: int, identifiers: Callable[[], pa.Array]) -> bool:
+        """Whether a unit of `rows` rows with this digest is kept as it is, every row (none
+        to map): its digest is one of those kept with the copy read, and none of its people
+        (`identifiers`, text, asked for only if any was) had their fingerprint written or
+        dropped since. A unit it does not settle goes to `changed`."""
+        with self._lock:
+            known = self._known(self._seen + rows)
+            if known is None or unit not in known.units:
+                return False
+            if self._touched:
+                names = identifiers()
+                written = pa.array(list(self._touched), names.type)
+                if pc.any(pc.is_in(names, value_set=written)).as_py():
+                    return False
+            self._seen += rows
+            self.settled += 1
+            copy = known.copy
+        assert copy is not None
+        self._fingerprints.units_held(self._scope, copy, [unit])  # held by the copy still
+        return True
+
     def changed(
-        self, identifiers: Sequence[str | None] | pa.Array, hashes: Sequence[int] | pa.Array
+        self,
+        identifiers: Sequence[str | None] | pa.Array,
+        hashes: Sequence[int] | pa.Array,
+        unit: bytes | None = None,
     ) -> list[int]:
         """The positions of the rows to map: an identifier of None, or a hash that is not the
-        one kept with the identifier's fingerprint (or none is kept)."""
+        one kept with the identifier's fingerprint (or none is kept). `unit`: the digest of
+        the unit the rows are, kept with the copy read if it holds every row's hash."""
         with self._lock:
             self._seen += len(identifiers)
-            if self._hashes is None:
-                reading, self._reading = self._reading, None
-                self._hashes = self._read(self._seen) if reading is None else reading.result()
-            known, touched = self._hashes, self._touched
+            known, touched = self._known(self._seen), self._touched
             if known is not None:
                 self.looked_up += len(identifiers)
-                return _changed_rows(known, identifiers, hashes, touched)
+                to_map, held = _changed_rows(known.sorted(), identifiers, hashes, touched)
+                copy = known.copy
+        if known is not None:
+            if held and unit is not None and copy is not None:
+                self._fingerprints.units_held(self._scope, copy, [unit])
+            return to_map
         listed = _listed(identifiers)
         # as Python ints: an Arrow scalar never equals the int a store answers with
         numbers = hashes.to_pylist() if isinstance(hashes, pa.Array) else list(hashes)
@@ -181,13 +261,20 @@ class KeptSources:
             if pair[0] is None or pair in found
         ]
 
+    def _known(self, seen: int) -> _Known | None:
+        """The hashes read in bulk (`_read`): read now, or waited for, unless they were."""
+        if self._hashes is None:
+            reading, self._reading = self._reading, None
+            self._hashes = self._read(seen) if reading is None else reading.result()
+        return self._hashes
+
     def touch(self, identifiers: Iterable[str]) -> None:
         """These people's fingerprints were written or dropped: count them as changed."""
         with self._lock:
             if self._hashes is not None or self._reading is not None:  # read, or being read
                 self._touched.update(identifiers)
 
-    def _read(self, seen: int) -> SortedHashes | None:
+    def _read(self, seen: int) -> _Known | None:
         """The hashes, read in bulk if they come to at most `BULK_READ_FACTOR` times the
         load's rows so far (`seen`); None (looked up by unit) while they are more. A read that
         finds more doubles the size of the next, so the reads that fail cost at most the one
@@ -198,14 +285,51 @@ class KeptSources:
         copy = self._fingerprints.read_copy(self._scope, most)
         if copy is not None:
             self.bulk = self.from_copy = True
-            buffer = pa.py_buffer(copy)  # the array's own bytes, no copy
-            return SortedHashes(pa.Array.from_buffers(pa.int64(), len(copy), [None, buffer]))
+            hashes = copy.hashes
+            buffer = pa.py_buffer(hashes)  # the array's own bytes, no copy
+            column = pa.Array.from_buffers(pa.int64(), len(hashes), [None, buffer])
+            return _Known(column, copy.digest, copy.units)
         column = self._fingerprints.read_source_hashes(self._scope, most)
         if column is None:
             self._next_read = 2 * most
             return None
         self.bulk = True
-        return SortedHashes(column)
+        return _Known(column, None, frozenset())
+
+
+class _Known:
+    """Hashes read in bulk: `copy`, the digest of the copy they were read from (None: read
+    from the per-person rows), `units`, the digests of units it holds whole, and the hashes
+    put in order for lookups (`sorted`). Where units may be settled whole, they are put in
+    order only once a unit is not (a re-sync in which nothing changed never does; a unit
+    found not settled ahead starts it on a helper thread, `sort_ahead`); else at once, on the
+    thread that read them."""
+
+    def __init__(self, column: pa.Array, copy: bytes | None, units: frozenset[bytes]) -> None:
+        self.copy = copy
+        self.units = units
+        self._column: pa.Array | None = column  # until it is put in order
+        self._sorting: Future[SortedHashes] | None = None
+        self._lock = threading.Lock()
+        if not units:
+            self.sorted()
+
+    def sort_ahead(self) -> None:
+        """Start putting the hashes in order on a helper thread, unless that was started."""
+        with self._lock:
+            if self._sorting is None:
+                self._sorting = _reader().submit(SortedHashes, self._column)
+                self._column = None
+
+    def sorted(self) -> SortedHashes:
+        """The hashes, in order: put so here, or waited for (`sort_ahead`)."""
+        with self._lock:
+            if self._sorting is None:
+                done: Future[SortedHashes] = Future()
+                done.set_result(SortedHashes(self._column))
+                self._sorting, self._column = done, None
+            sorting = self._sorting
+        return sorting.result()
 
 
 def _changed_rows(
@@ -213,22 +337,24 @@ def _changed_rows(
     identifiers: Sequence[str | None] | pa.Array,
     hashes: Sequence[int] | pa.Array,
     touched: set[str],
-) -> list[int]:
+) -> tuple[list[int], bool]:
     """`KeptSources.changed` against hashes read in bulk, in Arrow: the positions of the rows
-    with no identifier, a hash not kept, or an identifier this process wrote since."""
+    with no identifier, a hash not kept, or an identifier this process wrote since; and
+    whether every row had an identifier and a hash kept (whatever was written since)."""
     given = hashes if isinstance(hashes, pa.Array) else pa.array(hashes, pa.int64())
     names = identifiers
     if not isinstance(names, pa.Array):
         names = pa.array(names, pa.string())
     to_map = pc.invert(known.holds(given))
+    held = not pc.any(to_map).as_py() and not names.null_count
     if names.null_count:
         to_map = pc.or_(to_map, pc.is_null(names))
     if touched:
         written = pa.array(list(touched), names.type)
         to_map = pc.or_(to_map, pc.is_in(names, value_set=written))
-    if not pc.any(to_map).as_py():
-        return []
-    return pc.indices_nonzero(to_map).to_pylist()  # type: ignore[no-any-return]
+    if (held and not touched) or not pc.any(to_map).as_py():
+        return [], held
+    return pc.indices_nonzero(to_map).to_pylist(), held
 
 
 class SortedHashes:
@@ -326,6 +452,11 @@ def _bucket_starts(buckets: pa.Array, size: int, count: int) -> tuple[pa.Array, 
     return pa.array(starts, pa.int64()), widest_bits
 
 
+def _split_units(units: bytes | None) -> Iterable[bytes]:
+    """The 16-byte digests kept back to back in `units`."""
+    return (units[at : at + 16] for at in range(0, len(units), 16)) if units else ()
+
+
 def _listed(identifiers: Sequence[str | None] | pa.Array) -> Sequence[str | None]:
     return identifiers.to_pylist() if isinstance(identifiers, pa.Array) else identifiers
 
@@ -392,9 +523,16 @@ class StoredFingerprints:
             size BIGINT,
             hashes {blob}
         )""",
+        """CREATE TABLE IF NOT EXISTS {cio_unit_digests} (
+            scope TEXT PRIMARY KEY,
+            copy_digest {blob} NOT NULL,
+            units {blob} NOT NULL
+        )""",
     )
-    """The tables it keeps: the fingerprints, and per scope the copy of their source-row
-    hashes (`hashes`: `size` 64-bit numbers, big-endian; NULL: no copy kept)."""
+    """The tables it keeps: the fingerprints, per scope the copy of their source-row hashes
+    (`hashes`: `size` 64-bit numbers, big-endian; NULL: no copy kept), and per scope the
+    digests of units a copy holds whole (`KeptCopy.units`: `units`, 16 bytes each, of the
+    copy whose `copy_digest` it is; any other copy's reader ignores them)."""
     _COLUMNS = ("scope", "identifier", "row_hash", "attributes", "source_hash")
 
     def __init__(self, store: StateStore, pipeline_name: str) -> None:
@@ -412,10 +550,17 @@ class StoredFingerprints:
         self._chains: dict[str, _Chain] = {}
         """Per scope, this process's unbroken chain of writes since the scope had no
         fingerprint (see `_Chain`)."""
+        self._units: dict[str, tuple[bytes, set[bytes], frozenset[bytes]]] = {}
+        """Per scope, the digest of the copy read, the units found held by it (`units_held`),
+        and those kept with it when read: kept by `keep_copy` if they are more."""
+        self._chain_units: dict[str, tuple[int, list[bytes]]] = {}
+        """Per scope, the units written whole by this process's chain of writes (`_Chain`) of
+        this token: a copy made of the chain holds them."""
         self._chains_lock = threading.Lock()
-        """Guards `_chains` alone, and is never held across a statement: the writer thread
-        takes it inside a transaction that locks the copy's row, where `_copy_lock` (held by
-        `erase` and `keep_copy` across statements that wait for that row) would deadlock."""
+        """Guards `_chains` and `_chain_units` alone, and is never held across a statement: the
+        writer thread takes it inside a transaction that locks the copy's row, where
+        `_copy_lock` (held by `erase` and `keep_copy` across statements that wait for that
+        row) would deadlock."""
 
     def kept_sources(self, scope: str) -> KeptSources:
         kept = KeptSources(self, scope)
@@ -432,26 +577,50 @@ class StoredFingerprints:
         )
         return None if len(table) > most else table.column(0).combine_chunks()
 
-    def read_copy(self, scope: str, most: int) -> array[int] | None:
+    def read_copy(self, scope: str, most: int) -> KeptCopy | None:
         with self._copy_lock:
             drops = self._drops.get(scope, 0)
         found = self._db.read(
-            "SELECT hashes FROM {cio_source_hashes} WHERE scope = ? AND hashes IS NOT NULL"
-            " AND size <= ?",
+            "SELECT c.hashes, d.copy_digest, d.units FROM {cio_source_hashes} c"
+            " LEFT JOIN {cio_unit_digests} d ON d.scope = c.scope"
+            " WHERE c.scope = ? AND c.hashes IS NOT NULL AND c.size <= ?",
             [scope, most],
         )
         if not found:
             with self._copy_lock:
                 self._copied.discard(scope)
             return None
+        stored, units_of, units = found[0]  # bytes, or memoryviews (PostgreSQL's driver)
+        digest = copy_digest(stored)
+        units_of, units = bytes(units_of or b""), bytes(units or b"")
         hashes = array("q")
-        hashes.frombytes(found[0][0])
+        hashes.frombytes(stored)
         if sys.byteorder == "little":
             hashes.byteswap()
+        held = frozenset(_split_units(units) if units_of == digest else ())
         with self._copy_lock:
             if self._drops.get(scope, 0) == drops:
                 self._copied.add(scope)
-        return hashes
+            self._units[scope] = (digest, set(held), held)
+        return KeptCopy(hashes, digest, held)
+
+    def units_held(self, scope: str, copy: bytes, units: Iterable[bytes]) -> None:
+        with self._copy_lock:
+            known = self._units.get(scope)
+            if known is None or known[0] != copy:
+                known = self._units[scope] = (copy, set(), frozenset())
+            known[1].update(units)
+
+    def _keep_units(self, tx: Any, scope: str, copy: bytes, units: Iterable[bytes]) -> None:
+        """Keep the digests of units the copy whose digest is `copy` holds whole, instead of
+        any kept before (in a row of their own: the copy's row and its writes are not
+        touched)."""
+        tx.execute(
+            "INSERT INTO {cio_unit_digests} (scope, copy_digest, units) VALUES (?, ?, ?)"
+            " ON CONFLICT (scope) DO UPDATE SET copy_digest = excluded.copy_digest,"
+            " units = excluded.units",
+            [scope, copy, b"".join(sorted(units))],
+        )
 
     def _before_write(self, scope: str) -> None:
         """Count a drop of the scope's copy of its hashes (the write that follows makes it, in
@@ -520,7 +689,11 @@ class StoredFingerprints:
         chain of writes (`_Chain`) is made of the hashes they wrote, not read back."""
         store = self._db  # the writes behind are done
         with self._copy_lock:
+            found = self._units.pop(scope, None)
             if scope in self._copied:
+                if found is not None and found[1] - found[2]:  # units found held, not kept
+                    with store.transaction() as tx:
+                        self._keep_units(tx, scope, found[0], found[1])
                 return
             with store.transaction() as tx:
                 tx.execute(
@@ -539,12 +712,15 @@ class StoredFingerprints:
                 size, dropped = found[0]
                 with self._chains_lock:
                     chain = self._chains.pop(scope, None)
+                    token, units = self._chain_units.pop(scope, (None, []))
                 if dropped and chain is not None and size == chain.token:  # made of the chain
                     hashes = b"".join(chain.hashes)
                     tx.execute(
                         "UPDATE {cio_source_hashes} SET size = ?, hashes = ? WHERE scope = ?",
                         [len(hashes) // 8, hashes, scope],
                     )
+                    if units and token == chain.token:  # each unit's hashes are the copy's
+                        self._keep_units(tx, scope, copy_digest(hashes), units)
                 elif dropped:  # (a copy kept holds the hashes kept)
                     self._make_copy(tx, scope, server=store.arrays)
             self._copied.add(scope)
@@ -657,7 +833,9 @@ class StoredFingerprints:
             tx.upsert("cio_fingerprints", self._COLUMNS, keys, rows, distinct=True)  # a dict's
         self._touch(scope, fingerprints)
 
-    def remember_table(self, scope: str, fingerprints: pa.Table) -> None:
+    def remember_table(
+        self, scope: str, fingerprints: pa.Table, *, unit: bytes | None = None
+    ) -> None:
         """Written behind: the write runs on a helper thread while the caller goes on, and
         anything that reads or writes fingerprints next waits for it first (`flush`)."""
         if not len(fingerprints):
@@ -678,12 +856,21 @@ class StoredFingerprints:
                     self._chains.pop(scope, None)
                 else:
                     self._chains[scope] = chain
+                    self._chain_unit(scope, chain.token, unit)
 
         self._touch(scope, fingerprints.column("identifier"))
         self._before_write(scope)
         store = self._db  # the writes before this one are done
         with self._lock:
             self._writing.append(_writer(store).submit(write))
+
+    def _chain_unit(self, scope: str, token: int, unit: bytes | None) -> None:
+        """Note the unit a write of the chain `token` wrote whole (under `_chains_lock`)."""
+        known = self._chain_units.get(scope)
+        if known is None or known[0] != token:
+            known = self._chain_units[scope] = (token, [])
+        if unit is not None:
+            known[1].append(unit)
 
     def flush(self) -> None:
         with self._lock:
