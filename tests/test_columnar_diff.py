@@ -152,7 +152,8 @@ def test_the_columnar_diff_sends_rejects_and_keeps_what_the_row_diff_does(
             rows.state.close()
 
     check()
-    assert examples and min(computed.values()) >= 0.1 * examples, (computed, examples)
+    # the fast path ran both ways (a share of the draws would depend on how hypothesis split them)
+    assert examples and min(computed.values()) >= 1, (computed, examples)
 
 
 @given(
