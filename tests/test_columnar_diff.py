@@ -20,7 +20,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pytest
 from hypothesis import given
@@ -33,7 +32,6 @@ from cio_destination.entries import Mapped, rows_from_arrow
 from cio_destination.mapper import RowMapper, map_items
 from cio_destination.mapping import compile_mapping, parse_mapping
 from cio_destination.state import PipelineState
-from cio_destination.state.attribute_hashes import decode
 from cio_destination.transport.results import SendResult
 
 from .conftest import mapped_outcome as outcome
@@ -90,23 +88,13 @@ class Side:
         return sent, mapped
 
     def kept(self) -> list[tuple[Any, ...]]:
-        """The fingerprints kept, their attribute hashes read back (the blobs of the two
-        sides may refer to lists of names of their own: a row's attributes, or the block's)."""
         self.state.fingerprints.flush()  # the columnar diff's are written behind
-        store = self.state.store
-        names = dict(
-            store.read(
-                "SELECT names_id, names FROM {cio_fingerprint_names} WHERE scope = ?", [SCOPE]
-            )
-        )
-        rows = store.read(
-            "SELECT identifier, row_hash, attributes, source_hash FROM {cio_fingerprints}"
-            " WHERE scope = ?",
-            [SCOPE],
-        )
         return sorted(
-            (identifier, row_hash, decode(blob, lambda i: orjson.loads(names[i])), source)
-            for identifier, row_hash, blob, source in rows
+            self.state.store.read(
+                "SELECT identifier, row_hash, attributes, source_hash FROM {cio_fingerprints}"
+                " WHERE scope = ?",
+                [SCOPE],
+            )
         )
 
     def disturb(self, dropped: list[str], stale: list[str]) -> None:
@@ -174,7 +162,7 @@ def test_the_columnar_diff_sends_rejects_and_keeps_what_the_row_diff_does(
 def test_value_hashes_are_value_hash_of_each_value_whether_values_repeat_or_not(values, repeat):
     """The column form hashes each distinct value once where values repeat, and each value
     where they are mostly distinct: either way the numbers are `value_hash`'s (and their
-    Both ways run."""
+    decimal text, `as_text`). Both ways run."""
     import orjson
     import pyarrow.compute as pc
 
@@ -194,9 +182,11 @@ def test_value_hashes_are_value_hash_of_each_value_whether_values_repeat_or_not(
     changes.pc.dictionary_encode = lambda *a, **k: encoded.append(1) or original(*a, **k)  # type: ignore[assignment]
     try:
         hashes = changes.value_hashes(texts).to_pylist()
+        written = changes.value_hashes(texts, as_text=True).to_pylist()
     finally:
         changes.pc.dictionary_encode = original  # type: ignore[assignment]
     assert hashes == [None if v is None else changes.value_hash(v) for v in values]
+    assert written == [None if h is None else str(h) for h in hashes]
     sample = texts.to_pylist()[: changes.DISTINCT_SAMPLE]
     assert bool(encoded) == (2 * len(set(sample)) <= len(sample))
 

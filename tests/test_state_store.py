@@ -178,8 +178,7 @@ def test_the_layout_version_is_recorded_and_a_newer_one_refused(tmp_path: Path):
 def test_a_store_of_layout_1_is_migrated_to_keep_copies_of_source_hashes(tmp_path: Path, kind: str):
     """Layout 2 added `cio_source_hashes`; a store of layout 1 gets it on open, its
     fingerprints kept, and records layout 2 (a release of layout 1, which would write
-    fingerprints without dropping the copies, then refuses the store); now the layout of
-    this release."""
+    fingerprints without dropping the copies, then refuses the store)."""
 
     def opened() -> StateStore:
         if kind == "file":
@@ -197,7 +196,7 @@ def test_a_store_of_layout_1_is_migrated_to_keep_copies_of_source_hashes(tmp_pat
     store = opened()
 
     assert store.read("SELECT value FROM {cio_state_meta} WHERE name = 'schema_version'") == [
-        (str(SCHEMA_VERSION),)
+        ("2",)
     ]
     fingerprints = PipelineState(store, "p").fingerprints
     assert fingerprints.read_copy("p/t", 10) is None
@@ -250,9 +249,8 @@ def test_state_writes_are_batched_never_one_statement_per_row(tmp_path: Path):
 
     writes = [s for s in statements if s.startswith("INSERT")]
     reads = [s for s in statements if s.startswith("SELECT")]
-    # 500 rows per statement; one drops the copy of kept hashes, one keeps the names list
-    assert len(writes) == 4 + 2 + 1 + 1
-    assert len(reads) == 4 + 1  # and the names list, read once
+    assert len(writes) == 4 + 2 + 1  # 500 rows per statement; one drops the copy of kept hashes
+    assert len(reads) == 4
     assert len(state.fingerprints.fingerprints_of("p/people", list(people))) == 2_000
     store.close()
 

@@ -62,17 +62,19 @@ DISTINCT_SAMPLE = 4_096
 see the repeats of a column of a thousand distinct values, a count of logins)."""
 
 
-def value_hashes(texts: pa.Array) -> pa.Array:
+def value_hashes(texts: pa.Array, *, as_text: bool = False) -> pa.Array:
     """The column form of `value_hash`, given each value's JSON as `value_hash` writes it (null:
-    no value, no hash). Where values repeat, each
+    no value, no hash); `as_text`: each hash as its decimal text. Where values repeat, each
     distinct value is hashed (and written) once; a column whose first values are mostly
     distinct (emails, names) is hashed value by value, with no hash table of its values (which
     cost as much again as the hashes)."""
     sample = texts.slice(0, DISTINCT_SAMPLE)
     if 2 * pc.count_distinct(sample, mode="all").as_py() > len(sample):
-        return _value_hashes_of(texts)
+        hashes = _value_hashes_of(texts)
+        return pc.cast(hashes, pa.string()) if as_text else hashes
     encoded = pc.dictionary_encode(texts)
-    return pc.take(_value_hashes_of(encoded.dictionary), encoded.indices)
+    hashes = _value_hashes_of(encoded.dictionary)
+    return pc.take(pc.cast(hashes, pa.string()) if as_text else hashes, encoded.indices)
 
 
 def _value_hashes_of(texts: pa.Array) -> pa.Array:

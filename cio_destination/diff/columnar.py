@@ -17,13 +17,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cio_destination.arrow_json import Member, join_pieces, json_key
+from cio_destination.arrow_json import Member, comma_listed, join_pieces, json_key
 from cio_destination.diff.changes import operation_hashes, value_hashes
 from cio_destination.entries import Entry, EntryBlock
 from cio_destination.limits import attribute_texts
 from cio_destination.mapping_keys import CompiledMapping
 from cio_destination.pools import SharedPool
-from cio_destination.state.attribute_hashes import blobs, with_names
 from cio_destination.state.fingerprints import FINGERPRINT_SCHEMA
 
 __all__ = ["accepted_rows", "block_fingerprints", "hashed_behind", "split_block"]
@@ -94,22 +93,30 @@ def _fingerprints(
     """The fingerprints of `block_fingerprints`, from the members of `columns`: `texts`, of
     every row of the batch if `handed` (by the mapping), else of the block's rows."""
     members = _of_block(block, texts) if handed else texts
-    hashes = [
-        value_hashes(_value_texts(prefix[len(json_key(name)) :], values, suffix))
-        for name, (prefix, values, suffix, _) in zip(columns, members, strict=True)
-    ]
+    hashed = []
+    for name, (prefix, values, suffix, _) in zip(columns, members, strict=True):
+        hashes = value_hashes(
+            _value_texts(prefix[len(json_key(name)) :], values, suffix), as_text=True
+        )
+        hashed.append((json_key(name), hashes, "", hashes.null_count > 0))
+    if any(nullable for *_, nullable in hashed):
+        attributes = pc.binary_join_element_wise("{", comma_listed(hashed), "}", "")
+    else:  # every row has every attribute: one join
+        pieces: list[Any] = ["{"]
+        for index, (key, hashes, _, _) in enumerate(hashed):
+            pieces += [("," if index else "") + key, hashes]
+        attributes = join_pieces([*pieces, "}"]) if hashed else pa.array(["{}"] * len(block))
     operations = pc.binary_slice(block.data, 0, -1)  # without the comma after each
     identifiers = block.row_keys.cast(pa.string())
-    table = pa.table(
+    return pa.table(
         [
             identifiers,
             operation_hashes(operations.to_pylist()),
-            blobs(columns, hashes, len(block)),
+            attributes.cast(pa.binary()),
             _source_hashes(identifiers, sources),
         ],
         schema=FINGERPRINT_SCHEMA,
     )
-    return with_names(table, columns)
 
 
 def _of_block(block: EntryBlock, texts: list[Member]) -> list[Member]:

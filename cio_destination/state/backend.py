@@ -49,11 +49,8 @@ from cio_destination.exceptions import (
 
 STATE_DIR = "customerio"
 STATE_FILE = "state.sqlite"
-SCHEMA_VERSION = 3
-"""The layout of the state tables this release writes (recorded in `cio_state_meta`). 2 added
-`cio_source_hashes`; 3 keeps fingerprints' attribute hashes as binary, their names in
-`cio_fingerprint_names` (`cio_destination.state.attribute_hashes`). An older layout is upgraded
-by making the tables it lacks: its rows are read as they are."""
+SCHEMA_VERSION = 2
+"""The layout of the state tables this release writes (recorded in `cio_state_meta`)."""
 
 _META = """
     CREATE TABLE IF NOT EXISTS {cio_state_meta} (

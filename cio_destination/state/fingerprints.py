@@ -28,7 +28,7 @@ import sys
 import threading
 import weakref
 from array import array
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,8 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cio_destination.pools import SharedPool
-from cio_destination.state.attribute_hashes import blob_names_id, decode, encode, names_of_table
-from cio_destination.state.backend import StateStore, Transaction, pipeline_scopes
+from cio_destination.state.backend import StateStore, pipeline_scopes
 
 Fingerprint = dict[str, Any]
 
@@ -51,8 +50,8 @@ FINGERPRINT_SCHEMA = pa.schema(
         ("source_hash", pa.int64()),
     ]
 )
-"""The columns of the fingerprints `remember_table` keeps (`attributes`: `Fingerprint["a"]` as
-`cio_destination.state.attribute_hashes` stores it; the table carries its names lists)."""
+"""The columns of the fingerprints `remember_table` keeps (`attributes`: the JSON `remember`
+writes of `Fingerprint["a"]`)."""
 BULK_READ_FACTOR = 20
 """A load reads a scope's source-row hashes in bulk once its rows come to 1/20 of the hashes
 kept: below that, looking its rows up in the database costs less than reading them all."""
@@ -350,14 +349,13 @@ def _writer(store: StateStore) -> ThreadPoolExecutor:
 class _LazyFingerprint(dict):  # type: ignore[type-arg]
     """A stored fingerprint whose attribute hashes are parsed only when asked for."""
 
-    def __init__(self, row_hash: int, blob: bytes, names_of: Callable[[int], list[str]]) -> None:
+    def __init__(self, row_hash: int, blob: bytes) -> None:
         super().__init__(r=row_hash)
         self._blob = blob
-        self._names_of = names_of
 
     def get(self, key: str, default: Any = None) -> Any:
         if key == "a" and "a" not in self:
-            self["a"] = decode(self._blob, self._names_of)
+            self["a"] = orjson.loads(self._blob)
         return super().get(key, default)
 
 
@@ -394,17 +392,9 @@ class StoredFingerprints:
             size BIGINT,
             hashes {blob}
         )""",
-        """CREATE TABLE IF NOT EXISTS {cio_fingerprint_names} (
-            scope TEXT NOT NULL,
-            names_id BIGINT NOT NULL,
-            names TEXT NOT NULL,
-            PRIMARY KEY (scope, names_id)
-        )""",
     )
-    """The tables it keeps: the fingerprints, per scope the copy of their source-row hashes
-    (`hashes`: `size` 64-bit numbers, big-endian; NULL: no copy kept), and the lists of
-    attribute names the fingerprints' blobs refer to (`attribute_hashes`; JSON lists, never
-    dropped: they hold column names only)."""
+    """The tables it keeps: the fingerprints, and per scope the copy of their source-row
+    hashes (`hashes`: `size` 64-bit numbers, big-endian; NULL: no copy kept)."""
     _COLUMNS = ("scope", "identifier", "row_hash", "attributes", "source_hash")
 
     def __init__(self, store: StateStore, pipeline_name: str) -> None:
@@ -422,8 +412,6 @@ class StoredFingerprints:
         self._chains: dict[str, _Chain] = {}
         """Per scope, this process's unbroken chain of writes since the scope had no
         fingerprint (see `_Chain`)."""
-        self._names: dict[tuple[str, int], list[str]] = {}
-        """The attribute names lists read, per scope and id (a list kept never changes)."""
         self._chains_lock = threading.Lock()
         """Guards `_chains` alone, and is never held across a statement: the writer thread
         takes it inside a transaction that locks the copy's row, where `_copy_lock` (held by
@@ -609,43 +597,15 @@ class StoredFingerprints:
                 [list(identifiers), scope],
             )
         else:
-            found = list(
-                store.read_in(
-                    "SELECT identifier, row_hash, attributes FROM {{cio_fingerprints}}"
-                    " WHERE scope = ? AND identifier IN ({marks})",
-                    [scope],
-                    identifiers,
-                )
-            )
-        names_of = self._names_of(scope, [blob for *_, blob in found])
-        return {
-            identifier: _LazyFingerprint(row_hash, blob, names_of)
-            for identifier, row_hash, blob in found
-        }
-
-    def _names_of(self, scope: str, blobs: list[bytes]) -> Callable[[int], list[str]]:
-        """What gives the names of a names id of `scope`, those of `blobs` read (in one query)
-        where not read before."""
-        wanted = {blob_names_id(blob) for blob in blobs} - {None}
-        missing = [ident for ident in wanted if (scope, ident) not in self._names]
-        if missing:
-            found = self._store.read_in(
-                "SELECT names_id, names FROM {{cio_fingerprint_names}} WHERE scope = ?"
-                " AND names_id IN ({marks})",
+            found = store.read_in(
+                "SELECT identifier, row_hash, attributes FROM {{cio_fingerprints}}"
+                " WHERE scope = ? AND identifier IN ({marks})",
                 [scope],
-                missing,
+                identifiers,
             )
-            self._names.update({(scope, ident): orjson.loads(names) for ident, names in found})
-        return lambda ident: self._names[(scope, ident)]
-
-    @staticmethod
-    def _keep_names(tx: Transaction, scope: str, named: Mapping[int, list[str]]) -> None:
-        """Keep the attribute names lists of a write's blobs, in the write's transaction."""
-        if named:
-            rows = [(scope, ident, orjson.dumps(names).decode()) for ident, names in named.items()]
-            tx.upsert(
-                "cio_fingerprint_names", ("scope", "names_id", "names"), ("scope", "names_id"), rows
-            )
+        return {
+            identifier: _LazyFingerprint(row_hash, blob) for identifier, row_hash, blob in found
+        }
 
     def holds_any(self, scope: str) -> bool:
         return bool(
@@ -686,19 +646,15 @@ class StoredFingerprints:
     def remember(self, scope: str, fingerprints: Mapping[str, Fingerprint]) -> None:
         if not fingerprints:
             return
-        named: dict[int, list[str]] = {}
-        rows = []
-        for identifier, fingerprint in fingerprints.items():
-            ident, names, blob = encode(fingerprint["a"])
-            named[ident] = names
-            rows.append((scope, identifier, fingerprint["r"], blob, fingerprint.get("s")))
+        rows = [
+            (scope, k, v["r"], orjson.dumps(v["a"]), v.get("s")) for k, v in fingerprints.items()
+        ]
         store = self._db
         self._before_write(scope)
         with store.transaction() as tx:
             self._drop_copy(tx, scope)
             keys = ("scope", "identifier")
             tx.upsert("cio_fingerprints", self._COLUMNS, keys, rows, distinct=True)  # a dict's
-            self._keep_names(tx, scope, named)
         self._touch(scope, fingerprints)
 
     def remember_table(self, scope: str, fingerprints: pa.Table) -> None:
@@ -707,8 +663,6 @@ class StoredFingerprints:
         if not len(fingerprints):
             return
 
-        named = names_of_table(fingerprints)
-
         def write() -> None:
             if not self._store.arrays:
                 with self._store.transaction() as tx:
@@ -716,11 +670,9 @@ class StoredFingerprints:
                     tx.upsert_table(
                         "cio_fingerprints", ["identifier"], fingerprints, {"scope": scope}
                     )
-                    self._keep_names(tx, scope, named)
                 return
             with self._store.transaction() as tx:  # people with no fingerprint when diffed
                 chain = self._write_new(tx, scope, fingerprints)
-                self._keep_names(tx, scope, named)
             with self._chains_lock:  # once committed
                 if chain is None:
                     self._chains.pop(scope, None)
