@@ -671,3 +671,20 @@ def test_a_write_behind_is_not_stopped_by_an_erasure_that_waits_for_its_row(data
     assert finished
     assert store.read("SELECT count(*) FROM {cio_fingerprints}", [])[0][0] == 3_000
     store.close()
+
+
+def test_a_bulk_read_of_source_hashes_that_finds_none_gives_an_empty_column(database: Database):
+    """Fingerprints with no source-row hash (kept from dict rows, or by a release that kept
+    none), then Arrow rows: the COPY of no row is an empty file, which Arrow's CSV reader
+    refuses; the read gives no hash instead of failing the load."""
+    from cio_destination.state import TABLES, PipelineState
+    from cio_destination.state.backend import SqlStore
+
+    store = SqlStore(database.url, database.state, TABLES, "destination.customerio.state_url")
+    fingerprints = PipelineState(store, "p").fingerprints
+    fingerprints.remember("p/people", {"u1": {"r": 1, "a": {"plan": 2}}})
+
+    found = fingerprints.read_source_hashes("p/people", 10)
+
+    assert found is not None and found.to_pylist() == []
+    store.close()

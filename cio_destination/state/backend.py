@@ -579,6 +579,8 @@ class SqlStore(StateStore):
                 _to_paramstyle(sql.format_map(self._names), "format"), tuple(params)
             ).decode()
             cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)", sink)
+        if not sink.getbuffer().nbytes:  # no row: Arrow's CSV reader refuses an empty file
+            return schema.empty_table()
         return pa_csv.read_csv(
             pa.BufferReader(sink.getvalue()),
             read_options=pa_csv.ReadOptions(column_names=schema.names),

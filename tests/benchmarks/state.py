@@ -41,30 +41,56 @@ TARGETS = {
 
 
 @contextlib.contextmanager
-def postgres() -> Iterator[str]:
-    """A PostgreSQL URL: the one given, or a throwaway server's."""
+def postgres() -> Iterator[tuple[str, str | None]]:
+    """A PostgreSQL URL: the one given, or a throwaway server's; and the server's data directory
+    where known (a throwaway server's), to count its CPU."""
     given = os.environ.get("CIO_TEST_POSTGRES_URL")
     if given:
-        yield given
+        yield given, None
         return
     from tests.test_postgres import ThrowawayPostgres
 
     server = ThrowawayPostgres()
     try:
-        yield server.start()
+        yield server.start(), str(server.data)
     finally:
         server.stop()
 
 
-def _timed(pipeline: Any, resource: Any) -> dict[str, float]:
-    """Seconds reading the source (extract + normalize) and in the destination (load)."""
+def server_cpu(data: str | None) -> float:
+    """CPU seconds used so far by the processes of the PostgreSQL server of data directory
+    `data` (its postmaster and the backends it started); 0 where not known."""
+    if data is None:
+        return 0.0
+    with open(os.path.join(data, "postmaster.pid")) as pid_file:
+        postmaster = int(pid_file.readline())
+    ticks = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if postmaster in (int(pid), int(fields[1])):
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(pipeline: Any, resource: Any, data: str | None = None) -> dict[str, float]:
+    """Seconds reading the source (extract + normalize) and in the destination (load), and the
+    load's CPU seconds: this process's and the PostgreSQL server's (0 where not known)."""
     started = time.perf_counter()
     pipeline.extract(resource)
     pipeline.normalize()
     source = time.perf_counter() - started
-    mark = time.perf_counter()
+    cpu, server, mark = time.process_time(), server_cpu(data), time.perf_counter()
     pipeline.load().raise_on_failed_jobs()
-    return {"source": source, "load": time.perf_counter() - mark}
+    return {
+        "source": source,
+        "load": time.perf_counter() - mark,
+        "load_cpu": time.process_time() - cpu,
+        "server_cpu": server_cpu(data) - server,
+    }
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +131,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             )
 
         before = sink_stats(spec)["ops"]
-        result: dict[str, Any] = {"first": _timed(pipeline, resource())}
+        result: dict[str, Any] = {"first": _timed(pipeline, resource(), spec.get("data"))}
         result["first"]["ops"] = sink_stats(spec)["ops"] - before
         if spec["side"] == "state":
             for name in ("unchanged", "changed"):
@@ -116,7 +142,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                             " WHERE CAST(substr(uid, 6) AS BIGINT) % 100 = 0"
                         )
                 before = sink_stats(spec)["ops"]
-                result[name] = _timed(pipeline, resource())
+                result[name] = _timed(pipeline, resource(), spec.get("data"))
                 result[name]["ops"] = sink_stats(spec)["ops"] - before
         return result
     finally:
@@ -147,15 +173,17 @@ def section(spec: dict[str, Any], repeat: int) -> tuple[dict[str, float], list[s
     plain: list[dict[str, Any]] = []
     state: list[dict[str, Any]] = []
     failures = []
-    with postgres() as url:
+    with postgres() as (url, data):
         for round_ in range(1, repeat + 1):
             for side, runs in (("plain", plain), ("state", state)):
-                result = measure({**spec, "side": side, "postgres": url})
+                result = measure({**spec, "side": side, "postgres": url, "data": data})
                 runs.append(result)
                 print(
                     f"  {side} #{round_}: "
                     + ", ".join(
-                        f"{name} source {r['source']:.2f} s load {r['load']:.2f} s {r['ops']:,} ops"
+                        f"{name} source {r['source']:.2f} s load {r['load']:.2f} s"
+                        f" (CPU {r['load_cpu']:.2f} s, server {r['server_cpu']:.2f} s)"
+                        f" {r['ops']:,} ops"
                         for name, r in result.items()
                     ),
                     flush=True,
@@ -176,6 +204,8 @@ def section(spec: dict[str, Any], repeat: int) -> tuple[dict[str, float], list[s
         "state_unchanged_load_seconds": min(r["unchanged"]["load"] for r in state),
         "state_changed_load_seconds": min(r["changed"]["load"] for r in state),
         "state_changed_source_seconds": min(r["changed"]["source"] for r in state),
+        "state_first_load_cpu_seconds": min(r["first"]["load_cpu"] for r in state),
+        "state_first_server_cpu_seconds": min(r["first"]["server_cpu"] for r in state),
     }
     figures["state_first_sync_ratio"] = figures["state_first_load_seconds"] / plain_load
     figures["state_unchanged_ratio"] = figures["state_unchanged_load_seconds"] / plain_load
