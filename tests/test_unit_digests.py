@@ -387,3 +387,24 @@ def test_the_units_a_copy_holds_are_kept_and_read_back_on_every_store(
     assert copy is not None and copy.units == {digest}
     kept = fingerprints.kept_sources("p/people")
     assert unit_diff(state, kept, unit).drop_unchanged_rows(unit) == [] and kept.settled == 1
+
+
+def test_the_digests_kept_are_those_of_the_last_load_that_found_its_units_held(
+    state: PipelineState,
+):
+    """The same people read in another order each load: nothing is written, the copy stays,
+    and the digests kept are the last load's units, not every load's before it."""
+    fingerprints = state.fingerprints
+    keep(state, as_batch([{"ident": i, "name": "a"} for i in range(1, 5)]))
+    for order in ([1, 2, 3, 4], [4, 3, 2, 1], [2, 4, 1, 3], [1, 2, 3, 4]):
+        units = [
+            as_batch([{"ident": i, "name": "a"} for i in pair]) for pair in (order[:2], order[2:])
+        ]
+        kept = fingerprints.kept_sources("p/people")
+        for unit in units:
+            assert unit_diff(state, kept, unit).drop_unchanged_rows(unit) == []
+        fingerprints.keep_copy("p/people")
+
+        copy = fingerprints.read_copy("p/people", 10)
+        assert copy is not None
+        assert copy.units == {unit_digest(mapper_for(u, **MAPPING), u) for u in units}

@@ -601,7 +601,7 @@ class StoredFingerprints:
         with self._copy_lock:
             if self._drops.get(scope, 0) == drops:
                 self._copied.add(scope)
-            self._units[scope] = (digest, set(held), held)
+            self._units[scope] = (digest, set(), held)  # this load's own, kept instead
         return KeptCopy(hashes, digest, held)
 
     def units_held(self, scope: str, copy: bytes, units: Iterable[bytes]) -> None:
@@ -691,7 +691,9 @@ class StoredFingerprints:
         with self._copy_lock:
             found = self._units.pop(scope, None)
             if scope in self._copied:
-                if found is not None and found[1] - found[2]:  # units found held, not kept
+                # the units this load found held, in place of those kept, unless the same
+                # (only a load's own are kept: read in another order each load, they would grow)
+                if found is not None and found[1] and found[1] != found[2]:
                     with store.transaction() as tx:
                         self._keep_units(tx, scope, found[0], found[1])
                 return
