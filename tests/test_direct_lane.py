@@ -154,3 +154,40 @@ def test_without_a_proxy_requests_go_through_the_direct_lane(
     assert spy.call_count == 0
     request = httpx_mock.get_requests()[0]
     assert request.headers["authorization"] == "Basic " + base64.b64encode(b"site-1:key-1").decode()
+
+
+def test_a_cookie_set_by_a_gateway_is_sent_back_by_neither_lane():
+    """A gateway in front of the API may set a cookie: neither lane keeps it, so no later
+    request carries it, whichever lane sends."""
+    auth = httpx.BasicAuth("site-1", "key-1")
+    for chosen in (auth, FlowAuth(auth)):
+        seen: list[httpx.Request] = []
+
+        def answer(request: httpx.Request, seen: list[httpx.Request] = seen) -> httpx.Response:
+            seen.append(request)
+            return httpx.Response(200, json={}, headers={"set-cookie": "__cf_bm=abc; Path=/"})
+
+        client = ApiClient(
+            BASE, chosen, limiter=RateLimiter(1e9), transport=httpx.MockTransport(answer)
+        )
+        for _ in range(2):
+            client.request("POST", "/api/v2/batch", b"{}", SendStats())
+        assert [r.headers.get("cookie") for r in seen] == [None, None]
+
+
+def test_a_transport_error_on_the_direct_lane_names_its_request():
+    """As through the client: an error raised by the transport carries the request it was."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    client = ApiClient(
+        BASE,
+        httpx.BasicAuth("site-1", "key-1"),
+        limiter=RateLimiter(1e9),
+        transport=httpx.MockTransport(refuse),
+    )
+    with client_sends() as spy, pytest.raises(httpx.ConnectError) as raised:
+        client._attempt("POST", "/api/v2/batch", b"{}", [])
+    assert spy.call_count == 0
+    assert str(raised.value.request.url) == f"{BASE}/api/v2/batch"

@@ -7,6 +7,7 @@ answer that is not to be retried, and turns the terminal verdicts into this pack
 
 from __future__ import annotations
 
+import http.cookiejar
 import logging
 import random
 import threading
@@ -107,7 +108,7 @@ class ApiClient:
     auth flow, cookies): 1,680 Python calls a 500 KB batch request through the client, about
     1,050 this way. The lane is closed, and the client sends, where the client would pick
     another transport (a proxy named by the environment) or the auth is not a fixed header.
-    Cookies are never sent either way (Customer.io's APIs set none).
+    Cookies are never kept or sent either way (the client's jar refuses them all).
     """
 
     api_name = "API"
@@ -151,6 +152,7 @@ class ApiClient:
             transport=transport,
             follow_redirects=False,
             limits=limits,
+            cookies=_no_cookies(),  # both lanes alike: a gateway's cookie is never sent back
             headers={
                 "content-type": "application/json",
                 "user-agent": f"cio-destination/{__version__}",
@@ -241,7 +243,11 @@ class ApiClient:
             content=content,
             extensions=extensions,
         )
-        response = self._direct.handle_request(request)
+        try:
+            response = self._direct.handle_request(request)
+        except httpx.RequestError as exc:
+            exc.request = request  # as the client's request context sets it
+            raise
         response.request = request
         try:
             response.read()
@@ -366,6 +372,12 @@ class ApiClient:
 
 Prepared = tuple[httpx.URL, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], dict[str, object]]
 """A direct-lane request's fixed parts: URL, the client's headers, the auth's, extensions."""
+
+
+def _no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that keeps no cookie: Customer.io's APIs need none, and a proxy's or
+    gateway's cookie (e.g. a bot-management one) must not ride along on later requests."""
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
 def environment_proxies() -> bool:
