@@ -62,15 +62,14 @@ TARGETS = {
     "dict_ratio": (">=", 0.85),
     # against the kernel floor (tests/benchmarks/floor.py), dlt included on our side
     "arrow_ratio": (">=", 0.5),
-    # against dlt alone: the CPU target below (at most 2.3 us/row over dlt's own) allows half
-    "arrow_vs_do_nothing": (">=", 0.5),
+    # against dlt alone (`arrow_vs_do_nothing`): the rate the CPU target below allows, its
+    # target made in the run from the do-nothing side's CPU (see `Bench.against_floor`)
     "arrow_cpu_over_dlt_us_per_row": ("<=", 2.3),
     "arrow_requests_vs_floor": ("<=", 1.01),
     "arrow_op_bytes_vs_floor": ("<=", 1.0),
     "arrow_mb_per_s": (">", 50.0),
     "events_arrow_ratio": (">=", 0.5),
-    # an event id hashed per row: at most 4 us/row over dlt's own allows a third of dlt's rate
-    "events_arrow_vs_do_nothing": (">=", 0.33),
+    # an event id hashed per row: at most 4 us/row over dlt's own
     "events_arrow_cpu_over_dlt_us_per_row": ("<=", 4.0),
     "events_arrow_requests_vs_floor": ("<=", 1.01),
     "events_arrow_op_bytes_vs_floor": ("<=", 1.0),
@@ -164,8 +163,15 @@ class Bench:
             self.failures.append(f"{label}: {problem}")
             print(f"  CHECK FAILED {label}: {problem}", flush=True)
 
-    def figure(self, name: str, value: float, unit: str, **info: Any) -> None:
-        comparison, threshold = TARGETS.get(name, (None, None))
+    def figure(
+        self,
+        name: str,
+        value: float,
+        unit: str,
+        target: tuple[str, float] | None = None,
+        **info: Any,
+    ) -> None:
+        comparison, threshold = target or TARGETS.get(name, (None, None))
         status = "info"
         if comparison is not None:
             passed = {
@@ -257,7 +263,17 @@ class Bench:
                 f" {fastest['sink']['batch_requests']:>9}"
             )
         self.figure(f"{prefix}_ratio", best(ours) / best(floor_), "x", note="vs the kernel floor")
-        self.figure(f"{prefix}_vs_do_nothing", best(ours) / best(nothing), "x")
+        # The rate against dlt alone that the CPU target allows: dlt's own CPU per row over
+        # dlt's plus the allowance. A constant here (0.5 for identify, 0.33 for events) was
+        # derived when dlt took about 2.3 us/row and went stale as dlt's side got faster.
+        allowed = TARGETS[f"{prefix}_cpu_over_dlt_us_per_row"][1]
+        self.figure(
+            f"{prefix}_vs_do_nothing",
+            best(ours) / best(nothing),
+            "x",
+            target=(">=", round(best_cpu(nothing) / (best_cpu(nothing) + allowed), 2)),
+            note="target: the do-nothing side's CPU per row over itself plus the CPU allowance",
+        )
         self.figure(
             f"{prefix}_cpu_over_dlt_us_per_row",
             best_cpu(ours) - best_cpu(nothing),
