@@ -157,7 +157,31 @@ def _non_finite_restored(
     if not unseen:
         return mapper, columns
     added = {name: {"name": name, "data_type": "double"} for name in sorted(unseen)}
-    return RowMapper(with_columns(mapper.compiled, added)), {**columns, **added}
+    placed = _placed_as_in_rows(mapper.compiled.columns, added, rows)
+    return RowMapper(with_columns(mapper.compiled, placed)), {**columns, **added}
+
+
+def _placed_as_in_rows(
+    columns: Mapping[str, Any], added: Mapping[str, Any], rows: list[Row]
+) -> dict[str, Any]:
+    """`columns` with the `added` ones each placed after the column before it in the first row
+    that holds it: the order the table's columns had where dlt did not leave one out, so a row
+    with several problems names the same column first either way."""
+    after: dict[str | None, list[str]] = {}
+    for name in added:
+        row = next((r for r in rows if name in r), {})
+        before = None
+        for key in row:
+            if key == name:
+                break
+            if key in columns:
+                before = key
+        after.setdefault(before, []).append(name)
+    placed = {name: added[name] for name in after.get(None, [])}
+    for column, schema in columns.items():
+        placed[column] = schema
+        placed.update((name, added[name]) for name in after.get(column, []))
+    return placed
 
 
 def as_record_batch(items: Any) -> Any | None:

@@ -151,7 +151,8 @@ def compile_mapping(
     )
 
 
-def with_columns(compiled: CompiledMapping, added: Mapping[str, Any]) -> CompiledMapping:
-    """The mapping compiled again with `added` columns the table's schema lacks (a column dlt
-    left out because all its values were NULL to it: see `non_finite`)."""
-    return compile_mapping(compiled.table, compiled.mapping, {**compiled.columns, **added})
+def with_columns(compiled: CompiledMapping, columns: Mapping[str, Any]) -> CompiledMapping:
+    """The mapping compiled again with `columns`: the table's, with columns its schema lacks (a
+    column dlt left out because all its values were NULL to it: see `non_finite`) among them;
+    any of the table's left out stay, after them."""
+    return compile_mapping(compiled.table, compiled.mapping, {**columns, **compiled.columns})

@@ -3,14 +3,16 @@ the mapper puts them back, so a row is rejected as the same row from Arrow is (r
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+from decimal import Decimal
 from typing import Any
 
 import dlt
 import orjson
 import pyarrow as pa
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cio_destination import customerio_adapter, mark_non_finite, rejected_rows
@@ -126,7 +128,24 @@ def test_dict_rows_written_by_dlt_map_as_the_rows_they_were():
     to what the rows themselves map to: the same operations, and the same rejections (of NaN
     and infinity where the mapping reads them, as from Arrow)."""
 
+    day = dt.date(2000, 1, 1)
+    two_problems = (  # a column dlt leaves out (inf only) before another problem (found in CI)
+        [
+            {"ident": "a", "0": math.inf, "1": day, "2": Decimal("NaN"), "00": 0},
+            {"ident": "b", "1": day, "2": 0, "00": 0},
+        ],
+        {
+            "ident": {"name": "ident", "data_type": "text"},
+            "0": {"name": "0", "data_type": "double"},
+            "1": {"name": "1", "data_type": "date"},
+            "2": {"name": "2", "data_type": "bigint"},
+            "00": {"name": "00", "data_type": "bigint"},
+        },
+        {"action": "identify", "identifier": "ident", "identifier_type": "id"},
+    )
+
     @given(cases())
+    @example(two_problems)
     def check(case: tuple[list[dict], dict, dict]) -> None:
         rows, columns, declared = case
         arrived = written(note_non_finite([dict(row) for row in rows]))
