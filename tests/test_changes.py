@@ -275,6 +275,23 @@ def test_a_dry_run_records_no_fingerprint(emulator: Emulator, tmp_path: Path):
     assert batch_ops(emulator) == 3  # so the real run still sends all three
 
 
+def people_rows(count: int) -> list[dict]:
+    return [{"uid": i, "plan": "pro", "score": i} for i in range(count)]
+
+
+def synced_people(
+    httpx_mock: HTTPXMock, tmp_path: Path, name: str, answer: Any
+) -> tuple[dlt.Pipeline, list[dict]]:
+    """A pipeline whose requests `answer` takes, after its first sync of 300 people."""
+    httpx_mock.add_callback(with_region(answer), is_reusable=True)
+    pipeline = dlt.pipeline(
+        name, destination=customerio(site_id="s", api_key="k"), pipelines_dir=str(tmp_path)
+    )
+    rows = people_rows(300)
+    pipeline.run(arrow_people(rows))
+    return pipeline, rows
+
+
 def arrow_people(rows: list[dict]):
     import pyarrow as pa
 
@@ -561,13 +578,7 @@ def test_a_first_sync_sends_a_unit_while_the_units_before_it_wait_for_their_answ
             sent.extend(op["identifiers"]["id"] for op in orjson.loads(request.content)["batch"])
             return httpx.Response(200, json={})
 
-    httpx_mock.add_callback(with_region(answer), is_reusable=True)
-    pipeline = dlt.pipeline(
-        "first", destination=customerio(site_id="s", api_key="k"), pipelines_dir=str(tmp_path)
-    )
-    rows = [{"uid": i, "plan": "pro", "score": i} for i in range(300)]
-
-    pipeline.run(arrow_people(rows))
+    pipeline, rows = synced_people(httpx_mock, tmp_path, "first", answer)
 
     assert in_flight.filled
     assert units_of_100 == [100, 100, 100]
@@ -616,12 +627,7 @@ def test_a_resync_hashes_a_unit_while_the_unit_before_it_waits_for_its_answers(
                 overlapped.append(hashed.wait_for(lambda: len(calls) > unit, 60.0))
         return httpx.Response(200, json={})
 
-    httpx_mock.add_callback(with_region(answer), is_reusable=True)
-    pipeline = dlt.pipeline(
-        "resync", destination=customerio(site_id="s", api_key="k"), pipelines_dir=str(tmp_path)
-    )
-    rows = [{"uid": i, "plan": "pro", "score": i} for i in range(300)]
-    pipeline.run(arrow_people(rows))
+    pipeline, rows = synced_people(httpx_mock, tmp_path, "resync", answer)
     assert len(sent) == 300
     monkeypatch.setattr(diff, "source_row_hashes", counted)
     sent.clear()
@@ -648,7 +654,7 @@ def test_a_resync_reads_the_kept_hashes_while_its_first_unit_is_read(
     from cio_destination.state.fingerprints import StoredFingerprints
 
     pipeline = make_pipeline()
-    rows = [{"uid": i, "plan": "pro", "score": i} for i in range(300)]
+    rows = people_rows(300)
     pipeline.run(arrow_people(rows))
     reading = threading.Event()
     read_copy = StoredFingerprints.read_copy
