@@ -158,15 +158,11 @@ def _settings(reader: RowReader, layout: list[list[str]]) -> bytes:
     return orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)
 
 
-def _value_bytes(
-    column: pa.Array, parts: list[bytes | memoryview | None] | None = None
-) -> list[bytes | memoryview | None] | None:
+def _value_bytes(column: pa.Array) -> list[bytes | memoryview | None] | None:
     """A column's parts of `unit_digest`: its row count, whether each row has a value (None:
     every row), the bytes of the values there; None for a type `source_row_hashes` does not
-    hash. (`parts`: the first two, for a column of the values there alone.)"""
+    hash."""
     kind = column.type
-    if parts is not None:
-        return [*parts, *(_value_bytes(column) or [])[2:]]
     if not (
         is_text(kind)
         or pa.types.is_decimal(kind)
@@ -183,19 +179,30 @@ def _value_bytes(
         column = column.drop_null()
     if pa.types.is_boolean(kind):
         column = pc.cast(column, pa.uint8())
-    rows, start = len(column), column.offset
+    rows = len(column)
     if not rows:
         return parts
-    buffers = column.buffers()
     if is_text(kind):
-        width = 8 if pa.types.is_large_string(kind) else 4
-        offsets = memoryview(buffers[1])[start * width : (start + rows + 1) * width]
-        numbers = offsets.cast("q" if width == 8 else "i")
-        if numbers[0]:  # a slice: its texts as an array of their own, offsets from 0
-            return _value_bytes(pc.take(column, pa.array(range(rows), pa.int64())), parts)
-        return [*parts, offsets, memoryview(buffers[2])[: numbers[-1]] if numbers[-1] else b""]
+        return [*parts, *_text_bytes(column)]
     width = column.type.bit_width // 8
-    return [*parts, memoryview(buffers[1])[start * width : (start + rows) * width]]
+    start = column.offset
+    return [*parts, memoryview(column.buffers()[1])[start * width : (start + rows) * width]]
+
+
+def _text_bytes(column: pa.Array) -> tuple[memoryview, memoryview | bytes]:
+    """A text column's offsets (from 0) and its bytes up to the last offset."""
+    code = "q" if pa.types.is_large_string(column.type) else "i"
+    width, rows = 8 if code == "q" else 4, len(column)
+
+    def offsets() -> memoryview:
+        start = column.offset
+        return memoryview(column.buffers()[1])[start * width : (start + rows + 1) * width]
+
+    if offsets().cast(code)[0]:  # a slice: its texts as an array of their own, offsets from 0
+        column = pc.take(column, pa.array(range(rows), pa.int64()))
+    found = offsets()
+    end = found.cast(code)[-1]
+    return found, memoryview(column.buffers()[2])[:end] if end else b""
 
 
 def _whole(column: Any) -> pa.Array:
