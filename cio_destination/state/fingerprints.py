@@ -552,7 +552,8 @@ class StoredFingerprints:
         fingerprint (see `_Chain`)."""
         self._units: dict[str, tuple[bytes, set[bytes], frozenset[bytes]]] = {}
         """Per scope, the digest of the copy read, the units found held by it (`units_held`),
-        and those kept with it when read: kept by `keep_copy` if they are more."""
+        and those kept with it when read: the first, if any and not the same as the second,
+        kept by `keep_copy` in their place."""
         self._chain_units: dict[str, tuple[int, list[bytes]]] = {}
         """Per scope, the units written whole by this process's chain of writes (`_Chain`) of
         this token: a copy made of the chain holds them."""
