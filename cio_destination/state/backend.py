@@ -6,7 +6,8 @@
   DuckDB too), shared by every pipeline that names it, its tables in `state_schema`.
 
 A repository (`cio_destination.state.rejects`, `.reports`, `.ledger`, `.fingerprints`,
-`.snapshots`, `.runs`) declares its tables (`TABLES`, one DDL each, `{blob}` for a binary type)
+`.snapshots`, `.runs`) declares its tables (`TABLES`, one DDL each, `{blob}` for a binary type,
+`{external_blob}` for one PostgreSQL stores uncompressed: written whole, never compressed)
 and reaches the store only through `read` and `transaction`, in SQL both backends speak: `?`
 parameters, `{name}` for a table (schema-qualified by the store), `ON CONFLICT` upserts. Every
 row carries its pipeline's name, so pipelines can share one store. The store records the version
@@ -49,8 +50,12 @@ from cio_destination.exceptions import (
 
 STATE_DIR = "customerio"
 STATE_FILE = "state.sqlite"
-SCHEMA_VERSION = 2
-"""The layout of the state tables this release writes (recorded in `cio_state_meta`)."""
+SCHEMA_VERSION = 3
+"""The layout of the state tables this release writes (recorded in `cio_state_meta`). 2 added
+`cio_source_hashes`; 3 adds `cio_fingerprint_segments` (`cio_destination.state.segments`). An
+older layout is upgraded by making the tables it lacks (on PostgreSQL, their blobs stored
+uncompressed): its rows are read as they are. A release of an older layout refuses a store of
+this one (it would not read the segments, and send everyone again)."""
 
 _META = """
     CREATE TABLE IF NOT EXISTS {cio_state_meta} (
@@ -157,17 +162,19 @@ class Transaction:
         constants: Mapping[str, Any],
         *,
         new: bool = False,
+        blobs: bool = False,
     ) -> bool:
         """`upsert` of the rows of an Arrow table (binary columns for blobs), each with the
         `constants` too; its `keys` are distinct. PostgreSQL gets one binary COPY of the table,
         written by Arrow (`new`: its keys are most likely not kept yet, so the COPY goes
-        straight into the table, and through a scratch table only if one was); the other
+        straight into the table, and through a scratch table only if one was), if its rows are
+        many or carry large `blobs` (as parameters, a blob goes as escaped text); the other
         databases get its rows, as `upsert` writes them. True: every row was inserted, none
         replaced one kept (known only of a COPY that went straight in)."""
         if not len(data):
             return True
         columns = [*constants, *data.column_names]
-        if self._copy_table is None or len(data) < _COPY_ROWS:
+        if self._copy_table is None or (len(data) < _COPY_ROWS and not blobs):
             values = [column.to_pylist() for column in data.columns]
             rows = [(*constants.values(), *row) for row in zip(*values, strict=True)]
             self.upsert(table, columns, [*constants, *keys], rows, distinct=True)
@@ -220,6 +227,11 @@ class StateStore:
         for start in range(0, len(values), _ROWS_PER_STATEMENT):
             chunk = list(values[start : start + _ROWS_PER_STATEMENT])
             yield from self.read(sql.format(marks=",".join("?" * len(chunk))), [*params, *chunk])
+
+    def read_blobs(self, sql: str, params: Sequence[Any]) -> list[tuple[int, bytes]]:
+        """The rows of one query of an integer and a blob (large: PostgreSQL sends them as
+        their bytes, not as text, see `SqlStore`)."""
+        return [(int(key), bytes(blob)) for key, blob in self.read(sql, params)]
 
     def read_table(self, sql: str, params: Sequence[Any], schema: pa.Schema) -> pa.Table:
         """The rows of one query as an Arrow table of `schema` (its columns, in order)."""
@@ -335,7 +347,7 @@ def create_tables(tx: Transaction, tables: Iterable[str], migrate: Callable[[], 
             f" newer release (this one writes layout {SCHEMA_VERSION}): upgrade cio-destination"
         )
     for ddl in tables:
-        tx.execute(ddl.replace("{blob}", "{blob_type}"))
+        tx.execute(ddl.replace("{blob}", "{blob_type}").replace("{external_blob}", "{blob_type}"))
     if version < SCHEMA_VERSION:
         migrate()
         tx.execute(
@@ -343,6 +355,19 @@ def create_tables(tx: Transaction, tables: Iterable[str], migrate: Callable[[], 
             " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             [str(SCHEMA_VERSION)],
         )
+
+
+def store_uncompressed(tx: Transaction, tables: Iterable[str]) -> None:
+    """PostgreSQL: store the `{external_blob}` columns of `tables` uncompressed (a blob of
+    hashes does not compress; trying costs the server's CPU on every write). Made once, with
+    the tables (it locks them)."""
+    for ddl in tables:
+        table = re.search(r"CREATE TABLE IF NOT EXISTS \{(\w+)\}", ddl)
+        for column in re.findall(r"(\w+) \{external_blob\}", ddl):
+            assert table is not None
+            tx.execute(
+                f"ALTER TABLE {{{table.group(1)}}} ALTER COLUMN {column} SET STORAGE EXTERNAL"
+            )
 
 
 # the tables of the file before the layout was versioned, and how their rows move over
@@ -444,7 +469,13 @@ class SqlStore(StateStore):
                     if self._dialect == "postgresql":  # CREATE ... IF NOT EXISTS races otherwise
                         tx.execute("SELECT pg_advisory_xact_lock(7305982117)")
                     tx.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
-                create_tables(tx, tables, lambda: None)
+                tables = list(tables)
+
+                def migrate() -> None:
+                    if self._dialect == "postgresql":
+                        store_uncompressed(tx, tables)
+
+                create_tables(tx, tables, migrate)
                 self._arrays = self._column_types(tx, schema)
                 self.arrays = self._arrays is not None
                 # Arrow's texts are UTF-8: COPYs of them (and its CSV reads) need the server's
@@ -564,6 +595,30 @@ class SqlStore(StateStore):
             scratch = self._scratch(cursor, table)
             cursor.copy_expert(copy.format(scratch), stream, _COPY_READ)
         return scratch
+
+    def read_blobs(self, sql: str, params: Sequence[Any]) -> list[tuple[int, bytes]]:
+        if not self.arrays:
+            return super().read_blobs(sql, params)
+        # one binary COPY of the rows: a query's blob comes as hex text, twice its size
+        sink = io.BytesIO()
+        with (
+            self._database(),
+            self._engine.begin() as connection,
+            self._driver(connection) as cursor,
+        ):
+            query = cursor.mogrify(
+                _to_paramstyle(sql.format_map(self._names), "format"), tuple(params)
+            ).decode()
+            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT binary)", sink)
+        stream = sink.getbuffer()
+        at = len(_COPY_SIGNATURE) + int.from_bytes(stream[15:19], "big")  # + its extension
+        rows: list[tuple[int, bytes]] = []
+        while stream[at : at + 2] != _COPY_END:  # 2 fields: 8 bytes (an int8), then the blob
+            key = int.from_bytes(stream[at + 6 : at + 14], "big", signed=True)
+            size = int.from_bytes(stream[at + 14 : at + 18], "big")
+            rows.append((key, bytes(stream[at + 18 : at + 18 + size])))
+            at += 18 + size
+        return rows
 
     def read_table(self, sql: str, params: Sequence[Any], schema: pa.Schema) -> pa.Table:
         if not getattr(self, "_csv", False):
