@@ -56,8 +56,10 @@ def test_positions_find_each_identifier_where_it_is_among_the_sorted_ones(
     asked = [*kept, *others]
 
     found = positions(ordered, pa.array(asked, pa.string())).to_pylist()
+    many = positions(ordered, pa.array(asked * 20, pa.string())).to_pylist()  # by a hash table
 
     assert found == [where.get(t) for t in asked]
+    assert many == found * 20
     assert pc.sort_indices(ordered).to_pylist() == list(range(len(ordered)))
 
 

@@ -43,6 +43,8 @@ CHAIN_MOST = 2_000_000
 """The most people one chain of a first sync's writes keeps in segments: a unit is checked
 against every segment the chain wrote before it (no person in two), a cost that grows with
 the square of the people; the people after these are written one row each, as any write."""
+_SEARCHED_MOST = 256
+"""The most identifiers looked for in a segment by a binary search (see `positions`)."""
 _CACHED_MOST = 4_000_000
 """The most people whose keys a process keeps read (then it forgets them all)."""
 
@@ -116,8 +118,12 @@ def _table(blob: Any) -> pa.Table:
 
 
 def positions(identifiers: pa.Array, asked: pa.Array) -> pa.Array:
-    """Where each of `asked` is among the sorted `identifiers` (int64; null: not there), by a
-    binary search made for all of them at once by Arrow kernels."""
+    """Where each of `asked` is among the sorted `identifiers` (int64; null: not there): by a
+    binary search made for all of them at once by Arrow kernels (a step costs a few kernels
+    over `asked`), or, for many, by a hash table of `identifiers` (a cost that grows with
+    them, not with the steps)."""
+    if len(asked) > _SEARCHED_MOST:
+        return pc.index_in(asked, value_set=identifiers).cast(pa.int64())
     size = len(identifiers)
     low = pa.repeat(pa.scalar(0, pa.int64()), len(asked))
     if not size or not len(asked):
