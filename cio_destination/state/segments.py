@@ -43,8 +43,10 @@ CHAIN_MOST = 2_000_000
 """The most people one chain of a first sync's writes keeps in segments: a unit is checked
 against every segment the chain wrote before it (no person in two), a cost that grows with
 the square of the people; the people after these are written one row each, as any write."""
-_SEARCHED_MOST = 256
-"""The most identifiers looked for in a segment by a binary search (see `positions`)."""
+_SEARCH_STEPS = 16
+"""A binary search costs about this many times a hash table's work per identifier looked for
+(its steps, each a few kernels), against one per identifier of the segment: `positions` takes
+the hash table for more than a sixteenth of a segment's people."""
 _CACHED_MOST = 4_000_000
 """The most people whose keys a process keeps read (then it forgets them all)."""
 
@@ -122,12 +124,20 @@ def positions(identifiers: pa.Array, asked: pa.Array) -> pa.Array:
     binary search made for all of them at once by Arrow kernels (a step costs a few kernels
     over `asked`), or, for many, by a hash table of `identifiers` (a cost that grows with
     them, not with the steps)."""
-    if len(asked) > _SEARCHED_MOST:
-        return pc.index_in(asked, value_set=identifiers).cast(pa.int64())
     size = len(identifiers)
-    low = pa.repeat(pa.scalar(0, pa.int64()), len(asked))
     if not size or not len(asked):
         return pa.nulls(len(asked), pa.int64())
+    inside = pc.and_(  # only those in the segment's range are looked for
+        pc.greater_equal(asked, identifiers[0]), pc.less_equal(asked, identifiers[size - 1])
+    )
+    if not pc.any(inside).as_py():
+        return pa.nulls(len(asked), pa.int64())
+    if not pc.all(inside).as_py():
+        found = positions(identifiers, asked.filter(inside))
+        return pc.replace_with_mask(pa.nulls(len(asked), pa.int64()), inside, found)
+    if len(asked) * _SEARCH_STEPS > size:
+        return pc.index_in(asked, value_set=identifiers).cast(pa.int64())
+    low = pa.repeat(pa.scalar(0, pa.int64()), len(asked))
     last = pa.scalar(size - 1, pa.int64())
     step = 1 << (size.bit_length() - 1)
     while step:  # the count of identifiers below each asked one
