@@ -662,7 +662,10 @@ def copy_binary(data: pa.Table) -> io.BytesIO:
     """The rows of `data` (text, binary and 64-bit integer columns) in PostgreSQL's binary COPY
     format: a row is its count of fields, then each field's length and bytes, big-endian (a
     length of -1: NULL). The server parses no text, nor an escaped blob. Written by one Arrow
-    `take` that lays each row's pieces side by side: its data buffer is the stream."""
+    `take` that lays each row's pieces side by side: its data buffer is the stream (one row,
+    of large blobs: joined as they are)."""
+    if len(data) == 1:
+        return io.BytesIO(b"".join([_COPY_SIGNATURE, *_row_fields(data), _COPY_END]))
     pieces: list[pa.Array] = [_constant(len(data.column_names).to_bytes(2, "big"))]
     for column in data.columns:
         values = column.combine_chunks()
@@ -682,6 +685,21 @@ def copy_binary(data: pa.Table) -> io.BytesIO:
     taken = pc.take(pa.concat_arrays(pieces), _layout(columns, rows), boundscheck=False)
     stream = memoryview(taken.buffers()[2] or b"")[: _end_offset(taken)]
     return io.BytesIO(b"".join([_COPY_SIGNATURE, stream, _COPY_END]))
+
+
+def _row_fields(data: pa.Table) -> Iterator[bytes | pa.Buffer]:
+    """The one row of `data` in the binary COPY format (see `copy_binary`), piece by piece."""
+    yield len(data.column_names).to_bytes(2, "big")
+    for column in data.columns:
+        value = column[0]
+        if not value.is_valid:
+            yield _COPY_NULL
+        elif pa.types.is_int64(value.type):
+            yield b"\0\0\0\x08" + value.as_py().to_bytes(8, "big", signed=True)
+        else:
+            body = value.cast(pa.binary()).as_buffer()
+            yield body.size.to_bytes(4, "big")
+            yield body
 
 
 _layouts: dict[tuple[tuple[bool, ...], int], pa.Array] = {}

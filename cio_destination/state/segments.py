@@ -80,13 +80,15 @@ class InTransaction:
 def encoded(fingerprints: pa.Table) -> tuple[pa.Array, pa.Array, pa.Buffer, pa.Buffer]:
     """A unit's fingerprints (`FINGERPRINT_SCHEMA`, distinct identifiers) as a segment: its
     identifiers and source-row hashes sorted by identifier, and its two blobs."""
-    order = pc.sort_indices(fingerprints.column("identifier"))
-    ordered = fingerprints.take(order).combine_chunks()
-    keys = pa.table([ordered.column(n) for n in KEYS.names], schema=KEYS)
-    body = pa.table([ordered.column(n) for n in BODY.names], schema=BODY)
-    identifiers = keys.column("identifier").chunk(0) if len(keys) else pa.array([], pa.string())
-    hashes = keys.column("source_hash").combine_chunks()
-    return identifiers, hashes, _stream(keys), _stream(body)
+    ordered = fingerprints
+    given = _whole(ordered.column("identifier"))
+    rows = len(given)
+    if rows > 1 and not pc.all(pc.less(given.slice(0, rows - 1), given.slice(1))).as_py():
+        ordered = ordered.take(pc.sort_indices(given))  # (a table read in key order is not)
+    columns = {name: _whole(ordered.column(name)) for name in ordered.column_names}
+    keys = pa.table([columns[n] for n in KEYS.names], schema=KEYS)
+    body = pa.table([columns[n] for n in BODY.names], schema=BODY)
+    return columns["identifier"], columns["source_hash"], _stream(keys), _stream(body)
 
 
 def overlaps(earlier: Sequence[pa.Array], identifiers: pa.Array) -> bool:
@@ -100,6 +102,11 @@ def overlaps(earlier: Sequence[pa.Array], identifiers: pa.Array) -> bool:
         return False
     found = pc.is_in(pa.chunked_array(near, pa.string()), value_set=identifiers)
     return bool(pc.any(found).as_py())
+
+
+def _whole(column: pa.ChunkedArray) -> pa.Array:
+    """A column as one array (its one chunk as it is: `combine_chunks` copies it)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _stream(table: pa.Table) -> pa.Buffer:
