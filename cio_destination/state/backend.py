@@ -578,13 +578,16 @@ class SqlStore(StateStore):
         `table` if its rows are `new` (None: done), else (or if a key was kept after all) into
         a scratch table like it, whose name it returns."""
         stream = copy_binary(data)
+        # the stream is in memory: handed over in one piece, so the thread writing it takes
+        # Python's lock back once, not once a megabyte (the load's other threads hold it)
+        size = max(_COPY_READ, stream.getbuffer().nbytes)
         listed = ", ".join(data.column_names)
         copy = "COPY {} (" + listed + ") FROM STDIN WITH (FORMAT binary)"
         with self._driver(connection) as cursor:
             if new:
                 cursor.execute("SAVEPOINT cio_copy")
                 try:
-                    cursor.copy_expert(copy.format(self._names[table]), stream, _COPY_READ)
+                    cursor.copy_expert(copy.format(self._names[table]), stream, size)
                     cursor.execute("RELEASE SAVEPOINT cio_copy")
                     return None
                 except Exception as error:
@@ -593,7 +596,7 @@ class SqlStore(StateStore):
                     cursor.execute("ROLLBACK TO SAVEPOINT cio_copy")
                     stream.seek(0)
             scratch = self._scratch(cursor, table)
-            cursor.copy_expert(copy.format(scratch), stream, _COPY_READ)
+            cursor.copy_expert(copy.format(scratch), stream, size)
         return scratch
 
     def read_blobs(self, sql: str, params: Sequence[Any]) -> list[tuple[int, bytes]]:
@@ -655,7 +658,7 @@ _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # the signature, no flags,
 _COPY_END = b"\xff\xff"
 _COPY_NULL = b"\xff\xff\xff\xff"  # a field's length of -1
 _COPY_READ = 1 << 20
-"""Bytes of a COPY's stream handed to the driver at a time."""
+"""Bytes of a COPY's stream handed to the driver at a time, at least."""
 
 
 def copy_binary(data: pa.Table) -> io.BytesIO:
