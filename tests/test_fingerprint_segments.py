@@ -27,6 +27,7 @@ from cio_destination import customerio, customerio_adapter
 from cio_destination import state as states
 from cio_destination.emulator import Emulator
 from cio_destination.state import TABLES, PipelineState, backend, release_state
+from cio_destination.state import fingerprints as fingerprints_module
 from cio_destination.state.backend import SCHEMA_VERSION, SqlStore, StateFile, state_path
 from cio_destination.state.fingerprints import FINGERPRINT_SCHEMA, StoredFingerprints
 from cio_destination.state.segments import encoded, overlaps, positions
@@ -455,3 +456,26 @@ def test_a_person_who_changes_after_a_first_sync_on_postgres_and_changes_back_is
     back = run(10, {})
     assert back["ops"] == 1 and back["plans"]["u4"] == "pro"
     assert run(2_000, {})["ops"] == 0
+
+
+@pytest.mark.slow
+def test_a_first_sync_over_the_most_people_in_segments_writes_the_rest_per_person(
+    postgres_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+):
+    """Past `CHAIN_MOST` people (the check of a unit against the segments before it grows with
+    their square), a first sync's units go a row per person; every read answers the same."""
+    monkeypatch.setattr(fingerprints_module, "CHAIN_MOST", 2_000)
+    segmented = PipelineState(postgres_store, "a").fingerprints
+    plain = PipelineState(postgres_store, "b").fingerprints
+    units = [
+        ("write", {f"u{i}": (1, {"plan": 5}, i) for i in range(u, u + 1_500)}, True)
+        for u in (0, 1_500, 3_000)
+    ]
+
+    replay([*units, ("copy",)], segmented, plain, ("a/t", "b/t"), forced=False)
+
+    rows = postgres_store.read(
+        "SELECT (SELECT count(*) FROM {cio_fingerprints} WHERE scope = 'a/t'),"
+        " (SELECT count(*) FROM {cio_fingerprint_segments} WHERE scope = 'a/t')"
+    )
+    assert tuple(rows[0]) == (3_000, 1)
