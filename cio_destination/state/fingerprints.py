@@ -19,6 +19,11 @@ transaction, and a load that completed makes it again from the per-person table 
 at the end of the load), or, on PostgreSQL, from the hashes its own writes wrote where those
 were the scope's only writes since it had no fingerprint (a first sync: `_Chain`). No copy (a
 first sync, a load that died, an older store) only means the slower read.
+
+On PostgreSQL, such a chain of a first sync writes each unit as one **segment**, not a row per
+person (`cio_destination.state.segments`): a person's fingerprint is their row in
+`cio_fingerprints` if there is one, else their entry in a segment, and every read here (and the
+copy) honours that; a forget or an erasure takes them out of both.
 """
 
 from __future__ import annotations
