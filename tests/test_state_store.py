@@ -177,8 +177,8 @@ def test_the_layout_version_is_recorded_and_a_newer_one_refused(tmp_path: Path):
 @pytest.mark.parametrize("kind", ["file", "sqlite_url", "duckdb_url"])
 def test_a_store_of_layout_1_is_migrated_to_keep_copies_of_source_hashes(tmp_path: Path, kind: str):
     """Layout 2 added `cio_source_hashes`; a store of layout 1 gets it on open, its
-    fingerprints kept, and records layout 2 (a release of layout 1, which would write
-    fingerprints without dropping the copies, then refuses the store)."""
+    fingerprints kept, and records this release's layout (a release of layout 1, which would
+    write fingerprints without dropping the copies, then refuses the store)."""
 
     def opened() -> StateStore:
         if kind == "file":
@@ -196,7 +196,7 @@ def test_a_store_of_layout_1_is_migrated_to_keep_copies_of_source_hashes(tmp_pat
     store = opened()
 
     assert store.read("SELECT value FROM {cio_state_meta} WHERE name = 'schema_version'") == [
-        ("2",)
+        (str(SCHEMA_VERSION),)
     ]
     fingerprints = PipelineState(store, "p").fingerprints
     assert fingerprints.read_copy("p/t", 10) is None

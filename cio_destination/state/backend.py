@@ -6,7 +6,8 @@
   DuckDB too), shared by every pipeline that names it, its tables in `state_schema`.
 
 A repository (`cio_destination.state.rejects`, `.reports`, `.ledger`, `.fingerprints`,
-`.snapshots`, `.runs`) declares its tables (`TABLES`, one DDL each, `{blob}` for a binary type)
+`.snapshots`, `.runs`) declares its tables (`TABLES`, one DDL each, `{blob}` for a binary type,
+`{external_blob}` for one PostgreSQL stores uncompressed: written whole, never compressed)
 and reaches the store only through `read` and `transaction`, in SQL both backends speak: `?`
 parameters, `{name}` for a table (schema-qualified by the store), `ON CONFLICT` upserts. Every
 row carries its pipeline's name, so pipelines can share one store. The store records the version
@@ -49,8 +50,12 @@ from cio_destination.exceptions import (
 
 STATE_DIR = "customerio"
 STATE_FILE = "state.sqlite"
-SCHEMA_VERSION = 2
-"""The layout of the state tables this release writes (recorded in `cio_state_meta`)."""
+SCHEMA_VERSION = 3
+"""The layout of the state tables this release writes (recorded in `cio_state_meta`). 2 added
+`cio_source_hashes`; 3 adds `cio_fingerprint_segments` (`cio_destination.state.segments`). An
+older layout is upgraded by making the tables it lacks (on PostgreSQL, their blobs stored
+uncompressed): its rows are read as they are. A release of an older layout refuses a store of
+this one (it would not read the segments, and send everyone again)."""
 
 _META = """
     CREATE TABLE IF NOT EXISTS {cio_state_meta} (
@@ -157,17 +162,19 @@ class Transaction:
         constants: Mapping[str, Any],
         *,
         new: bool = False,
+        blobs: bool = False,
     ) -> bool:
         """`upsert` of the rows of an Arrow table (binary columns for blobs), each with the
         `constants` too; its `keys` are distinct. PostgreSQL gets one binary COPY of the table,
         written by Arrow (`new`: its keys are most likely not kept yet, so the COPY goes
-        straight into the table, and through a scratch table only if one was); the other
+        straight into the table, and through a scratch table only if one was), if its rows are
+        many or carry large `blobs` (as parameters, a blob goes as escaped text); the other
         databases get its rows, as `upsert` writes them. True: every row was inserted, none
         replaced one kept (known only of a COPY that went straight in)."""
         if not len(data):
             return True
         columns = [*constants, *data.column_names]
-        if self._copy_table is None or len(data) < _COPY_ROWS:
+        if self._copy_table is None or (len(data) < _COPY_ROWS and not blobs):
             values = [column.to_pylist() for column in data.columns]
             rows = [(*constants.values(), *row) for row in zip(*values, strict=True)]
             self.upsert(table, columns, [*constants, *keys], rows, distinct=True)
@@ -220,6 +227,11 @@ class StateStore:
         for start in range(0, len(values), _ROWS_PER_STATEMENT):
             chunk = list(values[start : start + _ROWS_PER_STATEMENT])
             yield from self.read(sql.format(marks=",".join("?" * len(chunk))), [*params, *chunk])
+
+    def read_blobs(self, sql: str, params: Sequence[Any]) -> list[tuple[int, bytes]]:
+        """The rows of one query of an integer and a blob (large: PostgreSQL sends them as
+        their bytes, not as text, see `SqlStore`)."""
+        return [(int(key), bytes(blob)) for key, blob in self.read(sql, params)]
 
     def read_table(self, sql: str, params: Sequence[Any], schema: pa.Schema) -> pa.Table:
         """The rows of one query as an Arrow table of `schema` (its columns, in order)."""
@@ -335,7 +347,7 @@ def create_tables(tx: Transaction, tables: Iterable[str], migrate: Callable[[], 
             f" newer release (this one writes layout {SCHEMA_VERSION}): upgrade cio-destination"
         )
     for ddl in tables:
-        tx.execute(ddl.replace("{blob}", "{blob_type}"))
+        tx.execute(ddl.replace("{blob}", "{blob_type}").replace("{external_blob}", "{blob_type}"))
     if version < SCHEMA_VERSION:
         migrate()
         tx.execute(
@@ -343,6 +355,19 @@ def create_tables(tx: Transaction, tables: Iterable[str], migrate: Callable[[], 
             " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             [str(SCHEMA_VERSION)],
         )
+
+
+def store_uncompressed(tx: Transaction, tables: Iterable[str]) -> None:
+    """PostgreSQL: store the `{external_blob}` columns of `tables` uncompressed (a blob of
+    hashes does not compress; trying costs the server's CPU on every write). Made once, with
+    the tables (it locks them)."""
+    for ddl in tables:
+        table = re.search(r"CREATE TABLE IF NOT EXISTS \{(\w+)\}", ddl)
+        for column in re.findall(r"(\w+) \{external_blob\}", ddl):
+            assert table is not None
+            tx.execute(
+                f"ALTER TABLE {{{table.group(1)}}} ALTER COLUMN {column} SET STORAGE EXTERNAL"
+            )
 
 
 # the tables of the file before the layout was versioned, and how their rows move over
@@ -444,7 +469,13 @@ class SqlStore(StateStore):
                     if self._dialect == "postgresql":  # CREATE ... IF NOT EXISTS races otherwise
                         tx.execute("SELECT pg_advisory_xact_lock(7305982117)")
                     tx.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
-                create_tables(tx, tables, lambda: None)
+                tables = list(tables)
+
+                def migrate() -> None:
+                    if self._dialect == "postgresql":
+                        store_uncompressed(tx, tables)
+
+                create_tables(tx, tables, migrate)
                 self._arrays = self._column_types(tx, schema)
                 self.arrays = self._arrays is not None
                 # Arrow's texts are UTF-8: COPYs of them (and its CSV reads) need the server's
@@ -547,13 +578,16 @@ class SqlStore(StateStore):
         `table` if its rows are `new` (None: done), else (or if a key was kept after all) into
         a scratch table like it, whose name it returns."""
         stream = copy_binary(data)
+        # the stream is in memory: handed over in one piece, so the thread writing it takes
+        # Python's lock back once, not once a megabyte (the load's other threads hold it)
+        size = max(_COPY_READ, stream.getbuffer().nbytes)
         listed = ", ".join(data.column_names)
         copy = "COPY {} (" + listed + ") FROM STDIN WITH (FORMAT binary)"
         with self._driver(connection) as cursor:
             if new:
                 cursor.execute("SAVEPOINT cio_copy")
                 try:
-                    cursor.copy_expert(copy.format(self._names[table]), stream, _COPY_READ)
+                    cursor.copy_expert(copy.format(self._names[table]), stream, size)
                     cursor.execute("RELEASE SAVEPOINT cio_copy")
                     return None
                 except Exception as error:
@@ -562,8 +596,32 @@ class SqlStore(StateStore):
                     cursor.execute("ROLLBACK TO SAVEPOINT cio_copy")
                     stream.seek(0)
             scratch = self._scratch(cursor, table)
-            cursor.copy_expert(copy.format(scratch), stream, _COPY_READ)
+            cursor.copy_expert(copy.format(scratch), stream, size)
         return scratch
+
+    def read_blobs(self, sql: str, params: Sequence[Any]) -> list[tuple[int, bytes]]:
+        if not self.arrays:
+            return super().read_blobs(sql, params)
+        # one binary COPY of the rows: a query's blob comes as hex text, twice its size
+        sink = io.BytesIO()
+        with (
+            self._database(),
+            self._engine.begin() as connection,
+            self._driver(connection) as cursor,
+        ):
+            query = cursor.mogrify(
+                _to_paramstyle(sql.format_map(self._names), "format"), tuple(params)
+            ).decode()
+            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT binary)", sink)
+        stream = sink.getbuffer()
+        at = len(_COPY_SIGNATURE) + int.from_bytes(stream[15:19], "big")  # + its extension
+        rows: list[tuple[int, bytes]] = []
+        while stream[at : at + 2] != _COPY_END:  # 2 fields: 8 bytes (an int8), then the blob
+            key = int.from_bytes(stream[at + 6 : at + 14], "big", signed=True)
+            size = int.from_bytes(stream[at + 14 : at + 18], "big")
+            rows.append((key, bytes(stream[at + 18 : at + 18 + size])))
+            at += 18 + size
+        return rows
 
     def read_table(self, sql: str, params: Sequence[Any], schema: pa.Schema) -> pa.Table:
         if not getattr(self, "_csv", False):
@@ -600,14 +658,17 @@ _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # the signature, no flags,
 _COPY_END = b"\xff\xff"
 _COPY_NULL = b"\xff\xff\xff\xff"  # a field's length of -1
 _COPY_READ = 1 << 20
-"""Bytes of a COPY's stream handed to the driver at a time."""
+"""Bytes of a COPY's stream handed to the driver at a time, at least."""
 
 
 def copy_binary(data: pa.Table) -> io.BytesIO:
     """The rows of `data` (text, binary and 64-bit integer columns) in PostgreSQL's binary COPY
     format: a row is its count of fields, then each field's length and bytes, big-endian (a
     length of -1: NULL). The server parses no text, nor an escaped blob. Written by one Arrow
-    `take` that lays each row's pieces side by side: its data buffer is the stream."""
+    `take` that lays each row's pieces side by side: its data buffer is the stream (one row,
+    of large blobs: joined as they are)."""
+    if len(data) == 1:
+        return io.BytesIO(b"".join([_COPY_SIGNATURE, *_row_fields(data), _COPY_END]))
     pieces: list[pa.Array] = [_constant(len(data.column_names).to_bytes(2, "big"))]
     for column in data.columns:
         values = column.combine_chunks()
@@ -627,6 +688,21 @@ def copy_binary(data: pa.Table) -> io.BytesIO:
     taken = pc.take(pa.concat_arrays(pieces), _layout(columns, rows), boundscheck=False)
     stream = memoryview(taken.buffers()[2] or b"")[: _end_offset(taken)]
     return io.BytesIO(b"".join([_COPY_SIGNATURE, stream, _COPY_END]))
+
+
+def _row_fields(data: pa.Table) -> Iterator[bytes | pa.Buffer]:
+    """The one row of `data` in the binary COPY format (see `copy_binary`), piece by piece."""
+    yield len(data.column_names).to_bytes(2, "big")
+    for column in data.columns:
+        value = column[0]
+        if not value.is_valid:
+            yield _COPY_NULL
+        elif pa.types.is_int64(value.type):
+            yield b"\0\0\0\x08" + value.as_py().to_bytes(8, "big", signed=True)
+        else:
+            body = value.cast(pa.binary()).as_buffer()
+            yield body.size.to_bytes(4, "big")
+            yield body
 
 
 _layouts: dict[tuple[tuple[bool, ...], int], pa.Array] = {}

@@ -19,6 +19,11 @@ transaction, and a load that completed makes it again from the per-person table 
 at the end of the load), or, on PostgreSQL, from the hashes its own writes wrote where those
 were the scope's only writes since it had no fingerprint (a first sync: `_Chain`). No copy (a
 first sync, a load that died, an older store) only means the slower read.
+
+On PostgreSQL, such a chain of a first sync writes each unit as one **segment**, not a row per
+person (`cio_destination.state.segments`): a person's fingerprint is their row in
+`cio_fingerprints` if there is one, else their entry in a segment, and every read here (and the
+copy) honours that; a forget or an erasure takes them out of both.
 """
 
 from __future__ import annotations
@@ -40,6 +45,15 @@ import xxhash
 
 from cio_destination.pools import SharedPool
 from cio_destination.state.backend import StateStore, pipeline_scopes
+from cio_destination.state.segments import (
+    CHAIN_MOST,
+    KEYS,
+    TABLE,
+    InTransaction,
+    Segments,
+    encoded,
+    overlaps,
+)
 
 Fingerprint = dict[str, Any]
 
@@ -504,6 +518,8 @@ class _Chain:
     token: int
     hashes: tuple[bytes, ...]
     """Each write's source-row hashes, as the copy holds them (big-endian 64-bit numbers)."""
+    identifiers: tuple[pa.Array, ...] = ()
+    """The identifiers of each segment the chain wrote (sorted), which a unit's must miss."""
 
 
 class StoredFingerprints:
@@ -528,11 +544,14 @@ class StoredFingerprints:
             copy_digest {blob} NOT NULL,
             units {blob} NOT NULL
         )""",
+        TABLE,
     )
     """The tables it keeps: the fingerprints, per scope the copy of their source-row hashes
     (`hashes`: `size` 64-bit numbers, big-endian; NULL: no copy kept), and per scope the
     digests of units a copy holds whole (`KeptCopy.units`: `units`, 16 bytes each, of the
-    copy whose `copy_digest` it is; any other copy's reader ignores them)."""
+    copy whose `copy_digest` it is; any other copy's reader ignores them), and a first sync's
+    fingerprints a unit at a time (`cio_destination.state.segments`): a person's fingerprint
+    is their row in `cio_fingerprints` if there is one, else their entry in a segment."""
     _COLUMNS = ("scope", "identifier", "row_hash", "attributes", "source_hash")
 
     def __init__(self, store: StateStore, pipeline_name: str) -> None:
@@ -557,6 +576,7 @@ class StoredFingerprints:
         self._chain_units: dict[str, tuple[int, list[bytes]]] = {}
         """Per scope, the units written whole by this process's chain of writes (`_Chain`) of
         this token: a copy made of the chain holds them."""
+        self._segments = Segments()
         self._chains_lock = threading.Lock()
         """Guards `_chains` and `_chain_units` alone, and is never held across a statement: the
         writer thread takes it inside a transaction that locks the copy's row, where
@@ -570,13 +590,32 @@ class StoredFingerprints:
         return kept
 
     def read_source_hashes(self, scope: str, most: int) -> pa.Array | None:
-        table = self._db.read_table(
-            "SELECT source_hash FROM {cio_fingerprints} WHERE scope = ?"
-            " AND source_hash IS NOT NULL LIMIT ?",
-            [scope, most + 1],
-            pa.schema([("source_hash", pa.int64())]),
+        """With segments: the per-person hashes, and the segments' of the people with no row
+        of their own (a segment's hash of a person written since is not theirs)."""
+        store = self._db
+        held = self._segments.held(store, "scope = ?", [scope])
+        if not held:
+            table = store.read_table(
+                "SELECT source_hash FROM {cio_fingerprints} WHERE scope = ?"
+                " AND source_hash IS NOT NULL LIMIT ?",
+                [scope, most + 1],
+                pa.schema([("source_hash", pa.int64())]),
+            )
+            return None if len(table) > most else table.column(0).combine_chunks()
+        own = store.read_table(
+            "SELECT identifier, source_hash FROM {cio_fingerprints} WHERE scope = ?",
+            [scope],
+            KEYS,
         )
-        return None if len(table) > most else table.column(0).combine_chunks()
+        hashes = pa.concat_arrays(
+            [
+                own.column("source_hash").combine_chunks().drop_null(),
+                self._segments.source_hashes(
+                    store, scope, own.column("identifier").combine_chunks()
+                ),
+            ]
+        )
+        return None if len(hashes) > most else hashes
 
     def read_copy(self, scope: str, most: int) -> KeptCopy | None:
         with self._copy_lock:
@@ -660,12 +699,19 @@ class StoredFingerprints:
             chain = self._chains.get(scope)
         if chain is None or not dropped or mark != chain.token:
             chain = None
-            if not tx.execute("SELECT 1 FROM {cio_fingerprints} WHERE scope = ? LIMIT 1", [scope]):
+            if not self.holds_any_in(tx, scope):
                 chain = _Chain(secrets.randbits(63), ())  # the scope had none
-        inserted = tx.upsert_table(
-            "cio_fingerprints", ["identifier"], fingerprints, {"scope": scope}, new=True
-        )
-        if chain is None or not inserted:
+        written = chain is not None and self._write_segment(tx, scope, fingerprints, chain)
+        if written:
+            assert chain is not None
+            chain = _Chain(chain.token, chain.hashes, (*chain.identifiers, written))
+        else:
+            inserted = tx.upsert_table(
+                "cio_fingerprints", ["identifier"], fingerprints, {"scope": scope}, new=True
+            )
+            if chain is not None and (chain.identifiers or not inserted):
+                chain = None  # (a person in a segment of the chain may be among them)
+        if chain is None:
             tx.execute(
                 "UPDATE {cio_source_hashes} SET size = NULL, hashes = NULL WHERE scope = ?",
                 [scope],
@@ -680,7 +726,33 @@ class StoredFingerprints:
         hashes.frombytes(memoryview(column.buffers()[1])[column.offset * 8 :][: len(column) * 8])
         if sys.byteorder == "little":
             hashes.byteswap()
-        return _Chain(chain.token, (*chain.hashes, hashes.tobytes()))
+        return _Chain(chain.token, (*chain.hashes, hashes.tobytes()), chain.identifiers)
+
+    @staticmethod
+    def holds_any_in(tx: Any, scope: str) -> bool:
+        """`holds_any`, in a transaction."""
+        return bool(
+            tx.execute(
+                "SELECT 1 FROM {cio_fingerprints} WHERE scope = ? UNION ALL"
+                " SELECT 1 FROM {cio_fingerprint_segments} WHERE scope = ? LIMIT 1",
+                [scope, scope],
+            )
+        )
+
+    def _write_segment(
+        self, tx: Any, scope: str, fingerprints: pa.Table, chain: _Chain
+    ) -> pa.Array | None:
+        """Write a unit of a chain (`_Chain`: the scope held nobody else) as one segment
+        (`cio_destination.state.segments`), unless one of its people is in a segment the chain
+        wrote, or the chain's segments hold `CHAIN_MOST` people; its identifiers,
+        sorted, or None (not written)."""
+        if sum(len(i) for i in chain.identifiers) + len(fingerprints) > CHAIN_MOST:
+            return None
+        identifiers, _, keys, body = encoded(fingerprints)
+        if overlaps(chain.identifiers, identifiers):
+            return None
+        self._segments.write(tx, scope, len(identifiers), keys, body)
+        return identifiers
 
     def keep_copy(self, scope: str) -> None:
         """Make the scope's copy of its source-row hashes from the fingerprints kept, unless
@@ -728,10 +800,27 @@ class StoredFingerprints:
                     self._make_copy(tx, scope, server=store.arrays)
             self._copied.add(scope)
 
-    @staticmethod
-    def _make_copy(tx: Any, scope: str, *, server: bool) -> None:
+    def _make_copy(self, tx: Any, scope: str, *, server: bool) -> None:
         """Make the scope's copy from its fingerprints, by the server in one statement
-        (PostgreSQL) or read back here."""
+        (PostgreSQL) or read back here (always, where the scope has segments: the people with
+        a row of their own hide their entries in segments)."""
+        if self._segments.held(InTransaction(tx), "scope = ?", [scope]):
+            rows = tx.execute(
+                "SELECT identifier, source_hash FROM {cio_fingerprints} WHERE scope = ?", [scope]
+            )
+            own = pa.array([row[0] for row in rows], pa.string())
+            mine = pa.array([row[1] for row in rows], pa.int64()).drop_null()
+            hidden = self._segments.source_hashes(InTransaction(tx), scope, own)
+            column = pa.concat_arrays([mine, hidden])
+            hashes = array("q")
+            hashes.frombytes(memoryview(column.buffers()[1])[: len(column) * 8])
+            if sys.byteorder == "little":
+                hashes.byteswap()
+            tx.execute(
+                "UPDATE {cio_source_hashes} SET size = ?, hashes = ? WHERE scope = ?",
+                [len(hashes), hashes.tobytes(), scope],
+            )
+            return
         if server:
             tx.execute(
                 "UPDATE {cio_source_hashes} SET (size, hashes) = (SELECT count(*),"
@@ -782,45 +871,64 @@ class StoredFingerprints:
                 [scope],
                 identifiers,
             )
-        return {
+        kept = {
             identifier: _LazyFingerprint(row_hash, blob) for identifier, row_hash, blob in found
         }
+        if len(kept) < len(identifiers):  # the others' may be in segments
+            missing = [i for i in identifiers if i not in kept]
+            for identifier, row_hash, blob in self._segments.fingerprints_of(store, scope, missing):
+                kept[identifier] = _LazyFingerprint(row_hash, blob)
+        return kept
 
     def holds_any(self, scope: str) -> bool:
-        return bool(
-            self._db.read("SELECT 1 FROM {cio_fingerprints} WHERE scope = ? LIMIT 1", [scope])
-        )
+        with self._db.transaction() as tx:
+            return self.holds_any_in(tx, scope)
 
     def source_hashes_of(self, scope: str, identifiers: Sequence[str]) -> dict[str, int]:
-        return dict(
-            self._db.read_in(  # type: ignore[arg-type]
+        store = self._db
+        own = dict(
+            store.read_in(
                 "SELECT identifier, source_hash FROM {{cio_fingerprints}} WHERE scope = ?"
-                " AND source_hash IS NOT NULL AND identifier IN ({marks})",
+                " AND identifier IN ({marks})",
                 [scope],
                 identifiers,
             )
         )
+        known = {i: h for i, h in own.items() if h is not None}
+        if len(own) < len(identifiers):  # those with no row of their own: in segments?
+            missing = [i for i in identifiers if i not in own]
+            known.update(self._segments.source_hashes_of(store, scope, missing))
+        return known
 
     def changed_sources(self, scope: str, pairs: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
-        if self._db.arrays:  # compared by the database: only what changed comes back
-            identifiers = [i for i, _ in pairs]
-            hashes = ",".join(str(h) for _, h in pairs)
-            if any("\n" in i for i in identifiers):  # as an array of texts, each adapted
-                keys, given = "?::text[]", [identifiers, hashes]
-            else:  # as one text, split by the database: about half the time
-                keys, given = "string_to_array(?, E'\\n')", ["\n".join(identifiers), hashes]
-            return set(
-                self._db.read(
-                    # one index probe per pair: a join would read the whole table's scope
-                    f"SELECT k.identifier, k.source_hash FROM unnest({keys},"
-                    " string_to_array(?, ',')::bigint[]) AS k(identifier, source_hash)"
-                    " WHERE k.source_hash IS DISTINCT FROM (SELECT f.source_hash FROM"
-                    " {cio_fingerprints} f WHERE f.scope = ? AND f.identifier = k.identifier)",
-                    [*given, scope],
-                )
-            )
-        known = self.source_hashes_of(scope, [identifier for identifier, _ in pairs])
-        return {(i, h) for i, h in pairs if known.get(i) != h}
+        store = self._db
+        if not store.arrays:
+            known = self.source_hashes_of(scope, [identifier for identifier, _ in pairs])
+            return {(i, h) for i, h in pairs if known.get(i) != h}
+        # compared by the database: only what changed comes back, with whether the person
+        # has a row of their own (else their segment's entry, if any, is theirs)
+        identifiers = [i for i, _ in pairs]
+        hashes = ",".join(str(h) for _, h in pairs)
+        if any("\n" in i for i in identifiers):  # as an array of texts, each adapted
+            keys, given = "?::text[]", [identifiers, hashes]
+        else:  # as one text, split by the database: about half the time
+            keys, given = "string_to_array(?, E'\\n')", ["\n".join(identifiers), hashes]
+        found = store.read(
+            # one index probe per pair: a join would read the whole table's scope
+            "SELECT k.identifier, k.source_hash, f.own, EXISTS (SELECT 1 FROM"
+            f" {{cio_fingerprint_segments}} WHERE scope = ?) FROM unnest({keys},"
+            " string_to_array(?, ',')::bigint[]) AS k(identifier, source_hash)"
+            " LEFT JOIN LATERAL (SELECT true AS own, f.source_hash FROM {cio_fingerprints} f"
+            " WHERE f.scope = ? AND f.identifier = k.identifier OFFSET 0) f ON true"
+            " WHERE k.source_hash IS DISTINCT FROM f.source_hash",
+            [scope, *given, scope],
+        )
+        changed = {(i, h) for i, h, own, _ in found if own}
+        others = [(i, h) for i, h, own, _ in found if not own]
+        if others and found[0][3]:  # the scope has segments
+            known = self._segments.source_hashes_of(store, scope, [i for i, _ in others])
+            others = [(i, h) for i, h in others if known.get(i) != h]
+        return changed.union(others)
 
     def remember(self, scope: str, fingerprints: Mapping[str, Fingerprint]) -> None:
         if not fingerprints:
@@ -902,6 +1010,7 @@ class StoredFingerprints:
         with store.transaction() as tx:
             self._drop_copy(tx, scope)
             tx.delete_in("cio_fingerprints", "scope = ?", [scope], "identifier", identifiers)
+            self._segments.remove(tx, "scope = ?", [scope], identifiers)
         self._touch(scope, identifiers)
 
     def erase(self, identifiers: Sequence[str]) -> None:
@@ -910,6 +1019,7 @@ class StoredFingerprints:
         store = self._db
         with self._copy_lock, store.transaction() as tx:
             tx.delete_in("cio_fingerprints", where, params, "identifier", identifiers)
+            self._segments.remove(tx, where, params, identifiers)
             tx.execute(  # no copy of the pipeline's hashes is left (one may hold theirs)
                 f"UPDATE {{cio_source_hashes}} SET size = NULL, hashes = NULL WHERE {where}",
                 params,

@@ -1,0 +1,481 @@
+"""A first sync's fingerprints kept a unit at a time (`cio_destination.state.segments`).
+
+A store holding segments answers every read as a store of one row per person does after the
+same writes, forgets and erasures: a person's row of their own, where there is one, hides
+their entry in a segment (a later load's change, then a revert to the first row, is seen as a
+change); a forget or an erasure takes them out of the segments too.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dlt
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pytest_httpx import HTTPXMock
+
+from cio_destination import customerio, customerio_adapter
+from cio_destination import state as states
+from cio_destination.emulator import Emulator
+from cio_destination.state import TABLES, PipelineState, backend, release_state
+from cio_destination.state import fingerprints as fingerprints_module
+from cio_destination.state.backend import SCHEMA_VERSION, SqlStore, StateFile, state_path
+from cio_destination.state.fingerprints import FINGERPRINT_SCHEMA, StoredFingerprints
+from cio_destination.state.segments import encoded, overlaps, positions
+
+from .test_changes import ROWS, capture_batches, identify
+from .test_postgres import postgres_url  # noqa: F401 - the server fixture
+from .test_state_url import Database, database, fresh_runner  # noqa: F401 - a fixture
+
+TEXTS = st.text(  # (PostgreSQL keeps no NUL in a text)
+    st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters="\x00"), max_size=6
+)
+IDENTIFIERS = st.one_of(
+    st.sampled_from([f"p{i}" for i in range(10)] + ["tab\there", "line\nbreak", "ünï 😀", ""]),
+    TEXTS,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(kept=st.sets(TEXTS, max_size=80), others=st.lists(TEXTS, max_size=20))
+def test_positions_find_each_identifier_where_it_is_among_the_sorted_ones(
+    kept: set[str], others: list[str]
+):
+    """The binary search by Arrow kernels says of every identifier what a dict says, in the
+    order Arrow sorts texts (by their UTF-8 bytes)."""
+    ordered = pa.array(sorted(kept, key=lambda t: t.encode()), pa.string())
+    where = {t: at for at, t in enumerate(ordered.to_pylist())}
+    asked = [*kept, *others]
+
+    found = positions(ordered, pa.array(asked, pa.string())).to_pylist()  # a hash table
+    one_by_one = [positions(ordered, pa.array([t], pa.string()))[0].as_py() for t in asked]
+
+    assert found == [where.get(t) for t in asked]
+    assert one_by_one == found  # by a binary search, from 16 kept
+    assert pc.sort_indices(ordered).to_pylist() == list(range(len(ordered)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sets(TEXTS, max_size=12), max_size=5), st.sets(TEXTS, min_size=1, max_size=12))
+def test_a_unit_overlaps_the_segments_before_it_exactly_when_it_shares_a_person(
+    earlier: list[set[str]], unit: set[str]
+):
+    def segment(people: set[str]) -> pa.Array:
+        table = pa.table(
+            {
+                "identifier": pa.array(list(people), pa.string()),
+                "row_hash": pa.array([1] * len(people), pa.int64()),
+                "attributes": pa.array([b"{}"] * len(people), pa.binary()),
+                "source_hash": pa.array([None] * len(people), pa.int64()),
+            },
+            schema=FINGERPRINT_SCHEMA,
+        )
+        return encoded(table)[0]
+
+    found = overlaps([segment(e) for e in earlier], segment(unit))
+
+    assert found == any(e & unit for e in earlier)
+
+
+Person = tuple[int, dict[str, int], int | None]
+PEOPLE = st.dictionaries(
+    IDENTIFIERS,
+    st.tuples(
+        st.sampled_from([1, 2, 3]),
+        st.dictionaries(st.sampled_from(["plan", "city"]), st.sampled_from([5, 6])),
+        st.sampled_from([10, 11, -(2**63), 2**63 - 1, None]),
+    ),
+    min_size=1,
+    max_size=8,
+)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), PEOPLE, st.booleans()),
+        st.tuples(st.just("forget"), st.lists(IDENTIFIERS, max_size=4)),
+        st.tuples(st.just("erase"), st.lists(IDENTIFIERS, max_size=4)),
+        st.tuples(st.just("copy")),
+    ),
+    max_size=14,
+)
+
+
+def table_of(people: dict[str, Person]) -> pa.Table:
+    rows = [(k, r, orjson.dumps(a), s) for k, (r, a, s) in people.items()]
+    return pa.table([list(c) for c in zip(*rows, strict=True)], schema=FINGERPRINT_SCHEMA)
+
+
+def dicts_of(people: dict[str, Person]) -> dict[str, dict[str, Any]]:
+    return {k: {"r": r, "a": a, "s": s} for k, (r, a, s) in people.items()}
+
+
+def write_segment(fingerprints: StoredFingerprints, scope: str, people: dict[str, Person]) -> None:
+    """What a first sync's chain of writes does on PostgreSQL (`_write_segment`), forced on
+    any store: the unit in one segment, the scope's copy dropped in the same transaction."""
+    _, _, keys, body = encoded(table_of(people))
+    fingerprints._before_write(scope)
+    with fingerprints._store.transaction() as tx:
+        fingerprints._drop_copy(tx, scope)
+        fingerprints._segments.write(tx, scope, len(people), keys, body)
+    fingerprints._touch(scope, list(people))
+
+
+def answers(fingerprints: StoredFingerprints, scope: str, universe: list[str]) -> dict[str, Any]:
+    """Every read a load makes, of every person of `universe` and every hash drawn."""
+    found = fingerprints.fingerprints_of(scope, universe)
+    hashes = [10, 11, -(2**63), 2**63 - 1, 12]
+    pairs = [(i, h) for i in universe for h in hashes]
+    kept = fingerprints.read_source_hashes(scope, 10**6)
+    assert kept is not None
+    size = len(kept)
+    return {
+        "fingerprints": {k: (v["r"], v.get("a")) for k, v in found.items()},
+        "source_hashes": fingerprints.source_hashes_of(scope, universe),
+        "changed": fingerprints.changed_sources(scope, pairs),
+        "bulk": sorted(kept.to_pylist()),
+        "bulk_at_most": (
+            fingerprints.read_source_hashes(scope, size) is not None,
+            size == 0 or fingerprints.read_source_hashes(scope, size - 1) is None,
+        ),
+        "holds_any": fingerprints.holds_any(scope),
+    }
+
+
+def copy_of(fingerprints: StoredFingerprints, scope: str) -> list[int] | None:
+    copy = fingerprints.read_copy(scope, 10**6)
+    return None if copy is None else sorted(copy.hashes)
+
+
+def replay(
+    ops: list[Any],
+    segmented: StoredFingerprints,
+    plain: StoredFingerprints,
+    scopes: tuple[str, str],
+    *,
+    forced: bool,
+) -> int:
+    """Apply `ops` to both stores (`forced`: the segmented store writes a unit of people it
+    holds none of as a segment when the op says so; else its writes go the way the store
+    takes them); check every read after each; the segments written."""
+    mine, theirs = scopes
+    named = {i for op in ops if op[0] != "copy" for i in op[1]}
+    universe = sorted(named | {"p0", "p1", "nobody"})
+    held: set[str] = set()
+    segments = 0
+    for op in ops:
+        if op[0] == "write":
+            people: dict[str, Person] = op[1]
+            if forced and op[2] and not held & set(people):
+                write_segment(segmented, mine, people)
+                segments += 1
+            elif forced:
+                segmented.remember(mine, dicts_of(people))
+            else:
+                segmented.remember_table(mine, table_of(people))
+            plain.remember(theirs, dicts_of(people))
+            held |= set(people)
+        elif op[0] == "forget":
+            segmented.forget(mine, op[1])
+            plain.forget(theirs, op[1])
+            held -= set(op[1])
+        elif op[0] == "erase":
+            segmented.erase(op[1])
+            plain.erase(op[1])
+            held -= set(op[1])
+        else:
+            segmented.keep_copy(mine)
+            plain.keep_copy(theirs)
+            assert copy_of(segmented, mine) == copy_of(plain, theirs)
+        segmented.flush()
+        assert answers(segmented, mine, universe) == answers(plain, theirs, universe), op
+    return segments
+
+
+WRITE_IN_SEGMENTS_THEN_CHANGE_AND_REVERT = [
+    ("write", {"a": (1, {"plan": 5}, 10), "b": (1, {"plan": 5}, 11), "c": (2, {}, None)}, True),
+    ("copy",),
+    ("write", {"a": (2, {"plan": 6}, 12)}, False),  # a later load's change, per person
+    ("copy",),
+    ("write", {"a": (1, {"plan": 5}, 10)}, False),  # back to the row the segment holds
+    ("copy",),
+    ("forget", ["b"]),
+    ("erase", ["a"]),
+    ("copy",),
+]
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(OPS)
+def test_a_store_with_segments_answers_as_one_of_a_row_per_person(tmp_path: Path, ops: list[Any]):
+    """The local state file, its segments written as a first sync's chain writes them on
+    PostgreSQL (the reads and the forgets are the same code on every store)."""
+    path = tmp_path / f"{uuid.uuid4().hex}.sqlite"
+    store = StateFile(path, TABLES, "a")
+    try:
+        segmented = PipelineState(store, "a").fingerprints
+        plain = PipelineState(store, "b").fingerprints
+        replay(ops, segmented, plain, ("a/t", "b/t"), forced=True)
+    finally:
+        store.close()
+
+
+def test_a_person_changed_after_a_first_sync_then_back_is_a_change(tmp_path: Path):
+    """The case a stale hash of a segment would lose: written in a segment, changed by a later
+    load (a row of their own), then back to the row the segment holds."""
+    store = StateFile(tmp_path / "state.sqlite", TABLES, "a")
+    segmented = PipelineState(store, "a").fingerprints
+    plain = PipelineState(store, "b").fingerprints
+
+    ops = WRITE_IN_SEGMENTS_THEN_CHANGE_AND_REVERT
+    assert replay(ops[:4], segmented, plain, ("a/t", "b/t"), forced=True) == 1
+
+    assert copy_of(segmented, "a/t") == [11, 12]  # not the segment's 10 for a
+    assert segmented.kept_sources("a/t").changed(["a", "b"], [10, 11]) == [0]  # read in bulk
+    assert segmented.changed_sources("a/t", [("a", 10), ("b", 11)]) == {("a", 10)}
+    assert replay(ops[4:], segmented, plain, ("a/t", "b/t"), forced=True) == 0
+    store.close()
+
+
+@pytest.fixture
+def postgres_store(postgres_url: str) -> Iterator[SqlStore]:  # noqa: F811
+    schema = f"segments_{uuid.uuid4().hex[:8]}"
+    store = SqlStore(postgres_url, schema, TABLES, "destination.customerio.state_url")
+    try:
+        yield store
+    finally:
+        with store.transaction() as tx:
+            tx.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        store.close()
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(OPS)
+def test_postgres_with_its_first_syncs_in_segments_answers_as_a_row_per_person(
+    postgres_store: SqlStore, ops: list[Any]
+):
+    """PostgreSQL, its writes as a load makes them (`remember_table`: a first sync's units in
+    segments, any other write a row per person), against a row per person (`remember`)."""
+    mine, theirs = f"a{uuid.uuid4().hex[:8]}", f"b{uuid.uuid4().hex[:8]}"
+    segmented = PipelineState(postgres_store, mine).fingerprints
+    plain = PipelineState(postgres_store, theirs).fingerprints
+    replay(ops, segmented, plain, (f"{mine}/t", f"{theirs}/t"), forced=False)
+
+
+@pytest.mark.slow
+def test_postgres_writes_a_first_syncs_units_as_segments_and_the_rest_per_person(
+    postgres_store: SqlStore,
+):
+    """The segment path runs where a first sync writes (and only there), and the revert case
+    holds on PostgreSQL's own reads (its comparison in the database, its copy)."""
+    segmented = PipelineState(postgres_store, "a").fingerprints
+    plain = PipelineState(postgres_store, "b").fingerprints
+
+    def counts(scope: str) -> tuple[int, int]:
+        per_person = postgres_store.read(
+            "SELECT count(*) FROM {cio_fingerprints} WHERE scope = ?", [scope]
+        )[0][0]
+        segments = postgres_store.read(
+            "SELECT count(*) FROM {cio_fingerprint_segments} WHERE scope = ?", [scope]
+        )[0][0]
+        return per_person, segments
+
+    first = [
+        ("write", {f"u{i}": (1, {"plan": 5}, i) for i in range(u, u + 1_500)}, True)
+        for u in (0, 1_500)
+    ]
+    replay(first, segmented, plain, ("a/t", "b/t"), forced=False)
+    assert counts("a/t") == (0, 2)  # two units, two rows: no row per person
+    segmented.keep_copy("a/t")
+    assert copy_of(segmented, "a/t") == list(range(3_000))  # made of the chain's writes
+
+    later = [
+        ("write", {"u1": (2, {"plan": 6}, -1), "u2000": (2, {"plan": 6}, -2)}, False),
+        ("copy",),
+        ("write", {"u1": (1, {"plan": 5}, 1), "u2000": (1, {"plan": 5}, 2_000)}, False),
+        ("copy",),
+        ("forget", ["u3", "u4"]),
+        ("erase", ["u1", "u2999"]),
+        ("copy",),
+    ]
+    replay(later, segmented, plain, ("a/t", "b/t"), forced=False)
+    assert counts("a/t") == (1, 2)  # u2000 alone has a row of their own; both units rewritten
+
+
+def people_resource(rows: list[dict[str, Any]], arrow: bool) -> Any:
+    data: Any = rows
+    if arrow:
+        data = [pa.Table.from_pylist(rows, schema=ROWS_SCHEMA)]
+    return customerio_adapter(
+        dlt.resource(data, name="people"), action="identify", identifier="uid", changes_only=True
+    )
+
+
+ROWS_SCHEMA = pa.schema(
+    [("uid", pa.int64()), ("plan", pa.string()), ("city", pa.string()), ("score", pa.int64())]
+)
+
+
+@pytest.fixture(params=["file", "sqlite_url", "duckdb_url", "postgresql"])
+def state_keys(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The state keys of a store of each kind, an engine reaching it and its tables' prefix."""
+    kind = request.param
+    schema = None
+    if kind == "file":
+        url, keys = f"sqlite:///{state_path(tmp_path / 'pipelines' / 'upgraded')}", {}
+    elif kind == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        schema = f"layout_{uuid.uuid4().hex[:8]}"
+        keys = {"state_url": url, "state_schema": schema}
+    else:
+        suffix = "db" if kind == "sqlite_url" else "duckdb"
+        url = f"{kind.split('_')[0]}:///{tmp_path / f'state.{suffix}'}"
+        keys = {"state_url": url}
+    engine = sa.create_engine(url)
+    try:
+        yield {"keys": keys, "engine": engine, "prefix": f'"{schema}".' if schema else ""}
+    finally:
+        if schema:
+            with engine.begin() as connection:
+                connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        engine.dispose()
+
+
+def let_go(pipeline: dlt.Pipeline, keys: dict[str, Any]) -> None:
+    """Close the pipeline's state in this process, as a runner that ends does."""
+    if "state_url" not in keys:
+        release_state(pipeline.working_dir)
+        return
+    location = (keys["state_url"], keys.get("state_schema"))
+    state = states._states.pop((*location, pipeline.pipeline_name))
+    backend._stores.pop(location)
+    state.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "dicts"])
+def test_a_store_of_layout_2_is_upgraded_and_resends_nobody(
+    httpx_mock: HTTPXMock, tmp_path: Path, state_keys: dict[str, Any], arrow: bool
+):
+    """A store the release before segments wrote (layout 2: a row per person) is upgraded on
+    open (layout 3, the segments' table made; PostgreSQL: its blobs stored uncompressed) and
+    its fingerprints read as they are: unchanged rows send nothing, one changed attribute
+    only that attribute."""
+    sent = capture_batches(httpx_mock)
+    keys, engine, prefix = state_keys["keys"], state_keys["engine"], state_keys["prefix"]
+    destination = customerio(site_id="s", api_key="k", **keys)
+    pipeline = dlt.pipeline(
+        "upgraded", destination=destination, pipelines_dir=str(tmp_path / "pipelines")
+    )
+    pipeline.run(people_resource([{"uid": 0, "plan": "x", "city": "y", "score": 0}], arrow))
+    pipeline.run(people_resource(ROWS, arrow))  # not a first sync: a row per person
+    let_go(pipeline, keys)
+    with engine.begin() as connection:  # back to layout 2, as its release left the store
+        connection.exec_driver_sql(f"DROP TABLE {prefix}cio_fingerprint_segments")
+        connection.exec_driver_sql(
+            f"UPDATE {prefix}cio_state_meta SET value = '2' WHERE name = 'schema_version'"
+        )
+    sent.clear()
+
+    pipeline.run(people_resource(ROWS, arrow))
+
+    assert sent == []
+    pipeline.run(people_resource([{**ROWS[0], "plan": "team"}, *ROWS[1:]], arrow))
+    assert sent == [identify("1", {"plan": "team"})]
+    with engine.connect() as connection:
+        version = connection.exec_driver_sql(
+            f"SELECT value FROM {prefix}cio_state_meta WHERE name = 'schema_version'"
+        ).scalar()
+        segments = connection.exec_driver_sql(
+            f"SELECT count(*) FROM {prefix}cio_fingerprint_segments"
+        ).scalar()
+        storage = None
+        if "state_schema" in keys:
+            storage = connection.exec_driver_sql(
+                "SELECT string_agg(attname || ':' || attstorage::text, ',' ORDER BY attname)"
+                " FROM pg_attribute WHERE attrelid = %s::regclass AND attname IN"
+                " ('keys', 'fingerprints')",
+                (f"{prefix}cio_fingerprint_segments",),
+            ).scalar()
+    assert version == str(SCHEMA_VERSION) == "3" and segments == 0
+    assert storage in (None, "fingerprints:e,keys:e")
+
+
+@pytest.mark.slow
+def test_a_person_who_changes_after_a_first_sync_on_postgres_and_changes_back_is_sent_back(
+    tmp_path: Path,
+    emulator: Emulator,
+    database: Database,  # noqa: F811
+):
+    """End to end, on runners that start empty: a first sync keeps its fingerprints in
+    segments; a later load changes a person (a row of their own), the next one brings back the
+    row the segment holds: sent, whether the load reads the kept hashes in bulk (all rows) or
+    looks its rows up (a few rows)."""
+
+    def people(count: int, changed: dict[int, str]) -> Any:
+        rows = pa.table(
+            {
+                "uid": [f"u{i}" for i in range(count)],
+                "plan": [changed.get(i, "pro") for i in range(count)],
+            }
+        )
+        resource = dlt.resource(rows, name="people")
+        return customerio_adapter(resource, action="identify", identifier="uid", changes_only=True)
+
+    def run(count: int, changed: dict[int, str]) -> dict[str, Any]:
+        mark = len(emulator.requests)
+        fresh_runner(tmp_path, emulator, database, "segments").run(people(count, changed))
+        sent = [r for r in emulator.requests[mark:] if r.path.endswith("/batch")]
+        plans = {p["identifiers"]["id"]: p["attributes"]["plan"] for p in emulator.people}
+        return {"ops": sum(r.ops for r in sent), "plans": plans}
+
+    assert run(2_000, {})["ops"] == 2_000
+    with database.engine.connect() as connection:
+        kept = connection.exec_driver_sql(
+            f"SELECT (SELECT count(*) FROM {database.state}.cio_fingerprints),"
+            f" (SELECT sum(size) FROM {database.state}.cio_fingerprint_segments)"
+        ).one()
+    assert tuple(kept) == (0, 2_000)  # the first sync's, in segments alone
+
+    assert run(2_000, {3: "team"})["ops"] == 1  # in bulk
+    back = run(2_000, {})
+    assert back["ops"] == 1 and back["plans"]["u3"] == "pro"
+    assert run(10, {4: "team"})["ops"] == 1  # looked up
+    back = run(10, {})
+    assert back["ops"] == 1 and back["plans"]["u4"] == "pro"
+    assert run(2_000, {})["ops"] == 0
+
+
+@pytest.mark.slow
+def test_a_first_sync_over_the_most_people_in_segments_writes_the_rest_per_person(
+    postgres_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+):
+    """Past `CHAIN_MOST` people (the check of a unit against the segments before it grows with
+    their square), a first sync's units go a row per person; every read answers the same."""
+    monkeypatch.setattr(fingerprints_module, "CHAIN_MOST", 2_000)
+    segmented = PipelineState(postgres_store, "a").fingerprints
+    plain = PipelineState(postgres_store, "b").fingerprints
+    units = [
+        ("write", {f"u{i}": (1, {"plan": 5}, i) for i in range(u, u + 1_500)}, True)
+        for u in (0, 1_500, 3_000)
+    ]
+
+    replay([*units, ("copy",)], segmented, plain, ("a/t", "b/t"), forced=False)
+
+    rows = postgres_store.read(
+        "SELECT (SELECT count(*) FROM {cio_fingerprints} WHERE scope = 'a/t'),"
+        " (SELECT count(*) FROM {cio_fingerprint_segments} WHERE scope = 'a/t')"
+    )
+    assert tuple(rows[0]) == (3_000, 1)
