@@ -24,11 +24,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from cio_destination.diff.checksums import crc32_adler32
 from cio_destination.entries import Entry
 from cio_destination.state.fingerprints import Fingerprint, Fingerprints
 
@@ -78,18 +80,15 @@ def value_hashes(texts: pa.Array, *, as_text: bool = False) -> pa.Array:
 
 
 def _value_hashes_of(texts: pa.Array) -> pa.Array:
-    """`value_hash` of each JSON text of `texts`, as crc32 and adler32 (a null: null)."""
-    values = texts.cast(pa.large_binary()).fill_null(b"").to_pylist()
-    crc, adler = (_arrow_of(array("Q", map(f, values)), pa.uint64()) for f in _CHECKSUMS)
-    joined = pc.bit_wise_or(pc.shift_left(crc, pa.scalar(32, pa.uint64())), adler)
+    """`value_hash` of each JSON text of `texts`, as crc32 and adler32 (a null: null), all at
+    once (`crc32_adler32`)."""
+    crc, adler = crc32_adler32(texts)
     # minus 2**63, modulo 2**64: the top bit flipped, read as signed
-    signed = pc.bit_wise_xor(joined, pa.scalar(1 << 63, pa.uint64())).view(pa.int64())
+    joined = (crc.astype(np.uint64) << np.uint64(32)) | adler
+    signed = (joined ^ np.uint64(1 << 63)).view(np.int64)
     if texts.null_count:
-        return pc.if_else(pc.is_valid(texts), signed, pa.scalar(None, pa.int64()))
-    return signed
-
-
-_CHECKSUMS = (zlib.crc32, zlib.adler32)
+        return pa.array(signed, mask=texts.is_null().to_numpy(zero_copy_only=False))
+    return pa.array(signed)
 
 
 def _arrow_of(numbers: array[int], kind: pa.DataType) -> pa.Array:

@@ -1,0 +1,132 @@
+"""The column form of the attribute value hash: zlib's checksums of a whole column at once.
+
+`changes_only` keeps each attribute value's hash (crc32 and adler32 of its JSON) for good, so the
+numpy sums of `cio_destination.diff.checksums` must be zlib's numbers for any bytes: empty,
+unicode, values longer than the table's reach, nulls, sliced arrays, every offset width, and
+values that fall on the boundary of a round of bytes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from cio_destination.diff import changes, checksums
+from cio_destination.diff.checksums import LONGEST, crc32_adler32
+
+LONG = st.tuples(st.binary(min_size=1, max_size=4), st.integers(LONGEST // 4 - 2, LONGEST)).map(
+    lambda part: part[0] * part[1]
+)
+"""Values around `LONGEST` bytes: some summed, some too long and given to zlib."""
+VALUES = st.lists(
+    st.one_of(st.none(), st.binary(max_size=40), st.text(max_size=12).map(str.encode), LONG),
+    max_size=40,
+)
+KINDS = st.sampled_from([pa.binary(), pa.large_binary(), pa.string(), pa.large_string()])
+
+
+def _as(kind: pa.DataType, values: list[bytes | None]) -> pa.Array:
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return pa.array(values, kind)
+    texts = [None if v is None else v.decode("utf-8", "replace") for v in values]
+    return pa.array(texts, kind)
+
+
+@given(VALUES, KINDS, st.integers(0, 5), st.integers(0, 5), st.integers(1, 3 * LONGEST))
+@example([b"", b"a", None, b"a" * (LONGEST + 1), b"\xff" * LONGEST], pa.binary(), 1, 0, 1)
+def test_the_sums_are_zlibs_checksums_of_each_value(
+    values: list[bytes | None], kind: pa.DataType, skip: int, trim: int, at_once: int
+):
+    """Whatever the bytes, the offsets' width, the slice and the bytes summed at a time (a
+    round's boundary falling anywhere), the numbers are zlib's, a null's those of no bytes."""
+    column = _as(kind, values)
+    column = column.slice(min(skip, len(column)), max(0, len(column) - skip - trim))
+    crc, adler = crc32_adler32(column, at_once=at_once)
+    written = [b"" if v is None else v for v in column.cast(pa.large_binary()).to_pylist()]
+    assert crc.tolist() == [zlib.crc32(v) for v in written]
+    assert adler.tolist() == [zlib.adler32(v) for v in written]
+
+
+def test_a_column_of_another_layout_is_summed_as_its_bytes():
+    """A string view (no offsets buffer) is read as the same bytes."""
+    column = pa.array(["a", "", "\u00e9t\u00e9", None], pa.string_view())
+    crc, adler = crc32_adler32(column)
+    assert crc.tolist() == [zlib.crc32(v) for v in (b"a", b"", "\u00e9t\u00e9".encode(), b"")]
+    assert adler.tolist() == [zlib.adler32(v) for v in (b"a", b"", "\u00e9t\u00e9".encode(), b"")]
+
+
+JSON_VALUES = st.one_of(
+    st.none(),
+    st.text(max_size=20),
+    st.text(min_size=1, max_size=3).map(lambda t: t * 400),
+    st.integers(-(2**63), 2**64 - 1),  # what JSON is written for
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+)
+
+
+@given(st.lists(JSON_VALUES, max_size=50), st.integers(0, 4), st.booleans())
+def test_value_hashes_are_value_hash_of_each_value(values: list[Any], skip: int, repeat: bool):
+    """The column form's numbers are `value_hash`'s, the scalar form kept by every release:
+    short and long texts, unicode, numbers, nulls, a sliced column, repeated or distinct."""
+    values = values * 3 if repeat else values
+    texts = pa.array(
+        [None if v is None else orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in values],
+        pa.binary(),
+    ).cast(pa.string())
+    texts = texts.slice(min(skip, len(texts)))
+    values = values[skip:]
+    expected = [None if v is None else changes.value_hash(v) for v in values]
+    assert changes.value_hashes(texts).to_pylist() == expected
+    assert changes.value_hashes(texts, as_text=True).to_pylist() == [
+        None if h is None else str(h) for h in expected
+    ]
+
+
+def test_the_numbers_kept_by_earlier_releases_are_the_same():
+    """Fingerprints are persistent state: these numbers were kept by the release before the
+    column form was summed with numpy (`value_hash` of each value, one zlib call each)."""
+    values = ['"a"', '"user1@example.com"', "12.5", "true", '""', '"\u00e9t\u00e9"', None]
+    assert changes.value_hashes(pa.array(values)).to_pylist() == [
+        -1365064997489803098,
+        -4994967563039275314,
+        -7815790268989374265,
+        9078215117421216193,
+        -5545315173022564283,
+        8220265176526554001,
+        None,
+    ]
+
+
+def test_the_column_is_hashed_at_once_and_only_a_value_too_long_by_zlib(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The vectorised path ran: the values are summed by one call for the column, and zlib
+    hashes only the value longer than the table's reach."""
+    summed: list[int] = []
+    hashed: list[int] = []
+
+    def counted(values: pa.Array, **options: Any) -> Any:
+        summed.append(len(values))
+        return crc32_adler32(values, **options)
+
+    class Zlib:
+        def crc32(self, data: Any) -> int:
+            hashed.append(len(data))
+            return zlib.crc32(data)
+
+        adler32 = staticmethod(zlib.adler32)
+
+    monkeypatch.setattr(changes, "crc32_adler32", counted)
+    monkeypatch.setattr(checksums, "zlib", Zlib())
+    texts = pa.array([f'"person {i}"' for i in range(5_000)] + ['"' + "x" * LONGEST + '"'])
+    hashes = changes.value_hashes(texts).to_pylist()
+    assert hashes == [changes.value_hash(orjson.loads(t)) for t in texts.to_pylist()]
+    assert summed == [5_001]
+    assert hashed == [LONGEST + 2]
