@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -38,17 +39,32 @@ def _as(kind: pa.DataType, values: list[bytes | None]) -> pa.Array:
     return pa.array(texts, kind)
 
 
-@given(VALUES, KINDS, st.integers(0, 5), st.integers(0, 5), st.integers(1, 3 * LONGEST))
-@example([b"", b"a", None, b"a" * (LONGEST + 1), b"\xff" * LONGEST], pa.binary(), 1, 0, 1)
+AROUND = st.tuples(st.binary(max_size=3), st.binary(max_size=3))
+
+
+@given(VALUES, KINDS, st.integers(0, 5), st.integers(0, 5), st.integers(1, 3 * LONGEST), AROUND)
+@example(
+    [b"", b"a", None, b"a" * (LONGEST + 1), b"\xff" * LONGEST], pa.binary(), 1, 0, 1, (b"", b"")
+)
+@example([b"", b"a" * (LONGEST - 2), b"a" * (LONGEST - 1)], pa.binary(), 0, 0, 9, (b'"', b'"'))
 def test_the_sums_are_zlibs_checksums_of_each_value(
-    values: list[bytes | None], kind: pa.DataType, skip: int, trim: int, at_once: int
+    values: list[bytes | None],
+    kind: pa.DataType,
+    skip: int,
+    trim: int,
+    at_once: int,
+    around: tuple[bytes, bytes],
 ):
-    """Whatever the bytes, the offsets' width, the slice and the bytes summed at a time (a
-    round's boundary falling anywhere), the numbers are zlib's, a null's those of no bytes."""
+    """Whatever the bytes, the offsets' width, the slice, the bytes summed at a time (a
+    round's boundary falling anywhere) and the bytes around each value (none, a string's
+    quotes), the numbers are zlib's of the value between them, a null's those of no value."""
     column = _as(kind, values)
     column = column.slice(min(skip, len(column)), max(0, len(column) - skip - trim))
-    crc, adler = crc32_adler32(column, at_once=at_once)
-    written = [b"" if v is None else v for v in column.cast(pa.large_binary()).to_pylist()]
+    crc, adler = crc32_adler32(column, around=around, at_once=at_once)
+    written = [
+        around[0] + (b"" if v is None else v) + around[1]
+        for v in column.cast(pa.large_binary()).to_pylist()
+    ]
     assert crc.tolist() == [zlib.crc32(v) for v in written]
     assert adler.tolist() == [zlib.adler32(v) for v in written]
 
@@ -74,7 +90,8 @@ JSON_VALUES = st.one_of(
 @given(st.lists(JSON_VALUES, max_size=50), st.integers(0, 4), st.booleans())
 def test_value_hashes_are_value_hash_of_each_value(values: list[Any], skip: int, repeat: bool):
     """The column form's numbers are `value_hash`'s, the scalar form kept by every release:
-    short and long texts, unicode, numbers, nulls, a sliced column, repeated or distinct."""
+    short and long texts, unicode, numbers, nulls, a sliced column, repeated or distinct, and
+    a string column given as its JSON bodies (the quotes around them not written)."""
     values = values * 3 if repeat else values
     texts = pa.array(
         [None if v is None else orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in values],
@@ -87,6 +104,9 @@ def test_value_hashes_are_value_hash_of_each_value(values: list[Any], skip: int,
     assert changes.value_hashes(texts, as_text=True).to_pylist() == [
         None if h is None else str(h) for h in expected
     ]
+    if all(v is None or isinstance(v, str) for v in values):  # a string column's bodies
+        bodies = pc.utf8_slice_codeunits(texts, 1, -1)
+        assert changes.value_hashes(bodies, around=('"', '"')).to_pylist() == expected
 
 
 def test_the_numbers_kept_by_earlier_releases_are_the_same():
@@ -117,16 +137,16 @@ def test_the_column_is_hashed_at_once_and_only_a_value_too_long_by_zlib(
         return crc32_adler32(values, **options)
 
     class Zlib:
-        def crc32(self, data: Any) -> int:
+        def crc32(self, data: Any, value: int = 0) -> int:
             hashed.append(len(data))
-            return zlib.crc32(data)
+            return zlib.crc32(data, value)
 
         adler32 = staticmethod(zlib.adler32)
 
     monkeypatch.setattr(changes, "crc32_adler32", counted)
     monkeypatch.setattr(checksums, "zlib", Zlib())
-    texts = pa.array([f'"person {i}"' for i in range(5_000)] + ['"' + "x" * LONGEST + '"'])
-    hashes = changes.value_hashes(texts).to_pylist()
-    assert hashes == [changes.value_hash(orjson.loads(t)) for t in texts.to_pylist()]
+    texts = pa.array([f"person {i}" for i in range(5_000)] + ["x" * LONGEST])
+    hashes = changes.value_hashes(texts, around=('"', '"')).to_pylist()
+    assert hashes == [changes.value_hash(t) for t in texts.to_pylist()]
     assert summed == [5_001]
-    assert hashed == [LONGEST + 2]
+    assert hashed == [1, LONGEST, 1]  # the quote before, the value, the quote after

@@ -64,25 +64,28 @@ DISTINCT_SAMPLE = 4_096
 see the repeats of a column of a thousand distinct values, a count of logins)."""
 
 
-def value_hashes(texts: pa.Array, *, as_text: bool = False) -> pa.Array:
+def value_hashes(
+    texts: pa.Array, *, as_text: bool = False, around: tuple[str, str] = ("", "")
+) -> pa.Array:
     """The column form of `value_hash`, given each value's JSON as `value_hash` writes it (null:
-    no value, no hash); `as_text`: each hash as its decimal text. Where values repeat, each
-    distinct value is hashed (and written) once; a column whose first values are mostly
-    distinct (emails, names) is hashed value by value, with no hash table of its values (which
-    cost as much again as the hashes)."""
+    no value, no hash), or the part of it between `around` (a string's quotes); `as_text`: each
+    hash as its decimal text. Where values repeat, each distinct value is hashed (and written)
+    once; a column whose first values are mostly distinct (emails, names) is hashed value by
+    value, with no hash table of its values (which cost as much again as the hashes)."""
+    affixes = (around[0].encode(), around[1].encode())
     sample = texts.slice(0, DISTINCT_SAMPLE)
     if 2 * pc.count_distinct(sample, mode="all").as_py() > len(sample):
-        hashes = _value_hashes_of(texts)
+        hashes = _value_hashes_of(texts, affixes)
         return pc.cast(hashes, pa.string()) if as_text else hashes
     encoded = pc.dictionary_encode(texts)
-    hashes = _value_hashes_of(encoded.dictionary)
+    hashes = _value_hashes_of(encoded.dictionary, affixes)
     return pc.take(pc.cast(hashes, pa.string()) if as_text else hashes, encoded.indices)
 
 
-def _value_hashes_of(texts: pa.Array) -> pa.Array:
-    """`value_hash` of each JSON text of `texts`, as crc32 and adler32 (a null: null), all at
-    once (`crc32_adler32`)."""
-    crc, adler = crc32_adler32(texts)
+def _value_hashes_of(texts: pa.Array, around: tuple[bytes, bytes]) -> pa.Array:
+    """`value_hash` of each JSON text of `texts` (between `around`), as crc32 and adler32 (a
+    null: null), all at once (`crc32_adler32`)."""
+    crc, adler = crc32_adler32(texts, around=around)
     # minus 2**63, modulo 2**64: the top bit flipped, read as signed
     joined = (crc.astype(np.uint64) << np.uint64(32)) | adler
     signed = (joined ^ np.uint64(1 << 63)).view(np.int64)

@@ -14,8 +14,10 @@ end (1 for the last byte, the value's length `n` for the first):
   zero bytes XORed with each byte's own part, which depends only on the byte and `d` (a
   table of 256 numbers per distance, `_crc_parts`).
 
-So all bytes of many values are looked up and summed by a few array operations. A value longer
-than `LONGEST` bytes (the table's reach) is given to zlib on its own. The values are taken
+So all bytes of many values are looked up and summed by a few array operations. Bytes around
+every value (a JSON string's quotes) are added by their distance, which the value's length
+sets: the values are read where they lie, never copied to put the quotes around them. A text
+longer than `LONGEST` bytes (the table's reach) is given to zlib on its own. The values are taken
 `BYTES_AT_ONCE` bytes at a time: the arrays made per byte then stay in the CPU's cache, which
 makes the whole twice as fast as one round per column.
 """
@@ -46,12 +48,13 @@ _OFFSET_LAYOUT = {
 
 
 def crc32_adler32(
-    values: pa.Array, *, at_once: int = BYTES_AT_ONCE
+    values: pa.Array, *, around: tuple[bytes, bytes] = (b"", b""), at_once: int = BYTES_AT_ONCE
 ) -> tuple[np.ndarray, np.ndarray]:
     """`zlib.crc32` and `zlib.adler32` of each value of `values` (a string or binary array,
-    large or not, sliced or not), as two uint32 arrays; `at_once`: the bytes of values summed
-    at a time. A null's numbers are those of the bytes its offsets span (none, as Arrow
-    writes nulls): the caller masks them."""
+    large or not, sliced or not) between the bytes `around` (a JSON string's quotes: no copy
+    of the values is made to put them there), as two uint32 arrays; `at_once`: the bytes of
+    values summed at a time. A null's numbers are those of the bytes its offsets span (none,
+    as Arrow writes nulls): the caller masks them."""
     if not _OFFSET_LAYOUT.get(values.type.id):  # e.g. a string view: laid out as offsets
         values = values.cast(pa.large_binary())
     rows = len(values)
@@ -61,7 +64,7 @@ def crc32_adler32(
         return crc, adler
     offsets, data = _buffers(values)
     lengths = np.diff(offsets)
-    longer = np.flatnonzero(lengths > LONGEST)
+    longer = np.flatnonzero(lengths > LONGEST - len(around[0]) - len(around[1]))
     lengths[longer] = 0  # none of their bytes here: zlib's, below
     summed = np.concatenate([[0], np.cumsum(lengths)])
     start = 0
@@ -70,11 +73,14 @@ def crc32_adler32(
         stop = min(rows, max(stop, start + 1))
         counts = lengths[start:stop].astype(np.int32)
         gaps = len(longer) > 0 and longer[0] < stop and longer[-1] >= start
-        _sum_into(crc[start:stop], adler[start:stop], counts, offsets[start:], data, gaps)
+        found = _sums(counts, offsets[start:], data, around, gaps)
+        crc[start:stop], adler[start:stop] = found
         start = stop
+    head, tail = around
     for row in longer.tolist():
         value = data[offsets[row] : offsets[row + 1]]
-        crc[row], adler[row] = zlib.crc32(value), zlib.adler32(value)
+        crc[row] = zlib.crc32(tail, zlib.crc32(value, zlib.crc32(head)))
+        adler[row] = zlib.adler32(tail, zlib.adler32(value, zlib.adler32(head)))
     return crc, adler
 
 
@@ -88,42 +94,60 @@ def _buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets, data
 
 
-def _sum_into(
-    crc: np.ndarray,
-    adler: np.ndarray,
+def _sums(
     counts: np.ndarray,
     offsets: np.ndarray,
     data: np.ndarray,
+    around: tuple[bytes, bytes],
     gaps: bool,
-) -> None:
-    """The checksums of values of `counts` bytes each, the first at `offsets[0]`, into `crc`
-    and `adler` (a value of 0 bytes keeps the numbers of none); `gaps`: some values' bytes
-    are left out (too long), so the others' are not one run of `data`."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The crc32 and adler32 of values of `counts` bytes each (the first at `offsets[0]`)
+    between the bytes `around`; `gaps`: some values' bytes are left out (too long), so the
+    others' are not one run of `data`."""
+    head, tail = around
+    linear = np.zeros(len(counts), np.uint32)
+    weighted = np.zeros(len(counts), np.int64)
+    sums = np.full(len(counts), 1 + sum(head) + sum(tail), np.int64)
     ends = np.cumsum(counts, dtype=np.int32)
     total = int(ends[-1])
-    if not total:
-        return
-    # each byte's distance from its value's end (1 for the last)
-    distance = np.repeat(ends, counts)
-    distance -= np.arange(total, dtype=np.int32)
-    if gaps:
-        byte = data[np.repeat(offsets[1 : len(counts) + 1], counts) - distance]
-    else:
-        byte = data[offsets[0] : offsets[0] + total]
-    filled = np.flatnonzero(counts)
-    heads = (ends - counts)[filled]
-    weighted = np.add.reduceat(distance * byte, heads)
-    distance <<= 8
-    distance |= byte
-    linear = np.bitwise_xor.reduceat(np.take(_crc_parts(), distance), heads)
-    sums = np.add.reduceat(byte, heads, dtype=np.int32)
-    lengths = counts[filled]
-    crc[filled] = linear ^ _crc_of_zeros()[lengths]
-    sums += 1
-    sums %= _ADLER_BASE
-    weighted += lengths
-    weighted %= _ADLER_BASE
-    adler[filled] = (weighted.astype(np.uint32) << 16) | sums.astype(np.uint32)
+    if total:
+        # each byte's distance from the end of its text (1 for the last)
+        distance = np.repeat(ends + len(tail), counts)
+        distance -= _counting(total)
+        if gaps:
+            byte = data[np.repeat(offsets[1 : len(counts) + 1] + len(tail), counts) - distance]
+        else:
+            byte = data[offsets[0] : offsets[0] + total]
+        filled = np.flatnonzero(counts)
+        heads = (ends - counts)[filled]
+        weighted[filled] = np.add.reduceat(distance * byte, heads)
+        sums[filled] += np.add.reduceat(byte, heads, dtype=np.int32)
+        distance <<= 8
+        distance |= byte
+        linear[filled] = np.bitwise_xor.reduceat(np.take(_crc_parts(), distance), heads)
+    parts = _crc_parts()
+    for at, byte_ in enumerate(head):  # its distance from the end: as the value's length sets
+        distance = counts + (len(head) - at + len(tail))
+        linear ^= parts[(distance << 8) | byte_]
+        weighted += distance * byte_
+    for at, byte_ in enumerate(tail):
+        linear ^= parts[(len(tail) - at) << 8 | byte_]
+        weighted += (len(tail) - at) * byte_
+    lengths = counts + (len(head) + len(tail))
+    crc = linear ^ _crc_of_zeros()[lengths]
+    a = sums % _ADLER_BASE
+    b = (weighted + lengths) % _ADLER_BASE
+    return crc, (b.astype(np.uint32) << 16) | a.astype(np.uint32)
+
+
+def _counting(most: int) -> np.ndarray:
+    """0, 1, 2, ... `most - 1` (int32): a slice of one kept array for a round's bytes."""
+    if most > len(_COUNTED):
+        return np.arange(most, dtype=np.int32)
+    return _COUNTED[:most]
+
+
+_COUNTED = np.arange(BYTES_AT_ONCE + LONGEST, dtype=np.int32)
 
 
 @functools.cache

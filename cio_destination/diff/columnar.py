@@ -95,9 +95,8 @@ def _fingerprints(
     members = _of_block(block, texts) if handed else texts
     hashed = []
     for name, (prefix, values, suffix, _) in zip(columns, members, strict=True):
-        hashes = value_hashes(
-            _value_texts(prefix[len(json_key(name)) :], values, suffix), as_text=True
-        )
+        around = (prefix[len(json_key(name)) :], suffix)  # a string's quotes
+        hashes = value_hashes(values, as_text=True, around=around)
         hashed.append((json_key(name), hashes, "", hashes.null_count > 0))
     if any(nullable for *_, nullable in hashed):
         attributes = pc.binary_join_element_wise("{", comma_listed(hashed), "}", "")
@@ -142,18 +141,6 @@ def _source_hashes(identifiers: pa.Array, sources: tuple[pa.Array, pa.Array] | N
     if len(keys) == len(identifiers) and pc.all(pc.equal(keys, identifiers)).as_py() is not False:
         return values  # a hash per row of the batch, in the block's order: no lookup
     return pc.take(values, pc.index_in(identifiers, value_set=keys))
-
-
-def _value_texts(lead: str, values: pa.Array, suffix: str) -> pa.Array:
-    """Each value's JSON, from a member's values between `lead` and `suffix` (a string's
-    quotes), a null where the value is: by one `take` (`join_pieces`), not Arrow's slower
-    element-wise join, and by none where nothing goes around the values (numbers)."""
-    if not lead and not suffix:
-        return values
-    text = join_pieces([lead, values, suffix])
-    if values.null_count:
-        return pc.if_else(pc.is_valid(values), text, pa.scalar(None, text.type))
-    return text
 
 
 def _every_row_in_order(block: EntryBlock) -> bool:
