@@ -19,7 +19,6 @@ fingerprints of a whole Arrow block of new people with the column forms, the sam
 from __future__ import annotations
 
 import zlib
-from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,9 +47,10 @@ def _hash(data: bytes) -> int:
 
 
 def operation_hashes(operations: Iterable[bytes]) -> pa.Array:
-    """The column form of `_hash`: the whole-operation hash of each of `operations`."""
-    numbers = array("Q", map(xxhash.xxh3_64_intdigest, operations))
-    return _arrow_of(numbers, pa.uint64()).view(pa.int64())
+    """The column form of `_hash`: the whole-operation hash of each of `operations`, from
+    each hash's 8 bytes (big-endian), not a Python int per operation."""
+    digests = np.frombuffer(b"".join(map(xxhash.xxh3_64_digest, operations)), ">u8")
+    return pa.array(digests.astype(np.uint64).view(np.int64))
 
 
 def value_hash(value: Any) -> int:
@@ -92,12 +92,6 @@ def _value_hashes_of(texts: pa.Array, around: tuple[bytes, bytes]) -> pa.Array:
     if texts.null_count:
         return pa.array(signed, mask=texts.is_null().to_numpy(zero_copy_only=False))
     return pa.array(signed)
-
-
-def _arrow_of(numbers: array[int], kind: pa.DataType) -> pa.Array:
-    """An `array` of 64-bit numbers as an Arrow array of `kind` over its own bytes (Arrow's
-    conversion of a sequence reads a Python int per number)."""
-    return pa.Array.from_buffers(kind, len(numbers), [None, pa.py_buffer(numbers)])
 
 
 @dataclass

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import zlib
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -118,9 +119,12 @@ def _sums(
             byte = data[np.repeat(offsets[1 : len(counts) + 1] + len(tail), counts) - distance]
         else:
             byte = data[offsets[0] : offsets[0] + total]
-        filled = np.flatnonzero(counts)
+        filled: Any = np.flatnonzero(counts)
+        if len(filled) == len(counts):
+            filled = slice(None)  # (no value of none: no rows to pick)
         heads = (ends - counts)[filled]
-        weighted[filled] = np.add.reduceat(distance * byte, heads)
+        # exact in 32 bits: at most 255 * (1 + 2 + ... + LONGEST) a value
+        weighted[filled] = np.add.reduceat(distance * byte, heads, dtype=np.int32)
         sums[filled] += np.add.reduceat(byte, heads, dtype=np.int32)
         distance <<= 8
         distance |= byte
