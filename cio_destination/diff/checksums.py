@@ -48,45 +48,62 @@ _OFFSET_LAYOUT = {
 """The types laid out as offsets and data, by the width of their offsets."""
 
 
+Piece = tuple[np.ndarray, np.ndarray]
+"""A column's offsets (int64, one more than its rows) and its data buffer (uint8)."""
+
+
 def crc32_adler32(
-    values: pa.Array, *, around: tuple[bytes, bytes] = (b"", b""), at_once: int = BYTES_AT_ONCE
+    values: pa.Array | tuple[pa.Array, ...],
+    *,
+    around: tuple[bytes, bytes] = (b"", b""),
+    at_once: int = BYTES_AT_ONCE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`zlib.crc32` and `zlib.adler32` of each value of `values` (a string or binary array,
-    large or not, sliced or not) between the bytes `around` (a JSON string's quotes: no copy
-    of the values is made to put them there), as two uint32 arrays; `at_once`: the bytes of
+    large or not, sliced or not; or a tuple of such, each row's values one after the other,
+    as a float's two pieces) between the bytes `around` (a JSON string's quotes: no copy of
+    the values is made to put them there), as two uint32 arrays; `at_once`: the bytes of
     values summed at a time. A null's numbers are those of the bytes its offsets span (none,
     as Arrow writes nulls): the caller masks them."""
-    if not _OFFSET_LAYOUT.get(values.type.id):  # e.g. a string view: laid out as offsets
-        values = values.cast(pa.large_binary())
-    rows = len(values)
+    columns = values if isinstance(values, tuple) else (values,)
+    pieces = [_buffers(column) for column in columns]
+    rows = len(columns[0])
     crc = np.zeros(rows, np.uint32)
     adler = np.ones(rows, np.uint32)
     if not rows:
         return crc, adler
-    offsets, data = _buffers(values)
-    lengths = np.diff(offsets)
-    longer = np.flatnonzero(lengths > LONGEST - len(around[0]) - len(around[1]))
-    lengths[longer] = 0  # none of their bytes here: zlib's, below
-    summed = np.concatenate([[0], np.cumsum(lengths)])
+    lengths = [np.diff(offsets) for offsets, _ in pieces]
+    longer = np.flatnonzero(sum(lengths) > LONGEST - len(around[0]) - len(around[1]))
+    for each in lengths:
+        each[longer] = 0  # none of their bytes here: zlib's, below
+    summed = np.concatenate([[0], np.cumsum(sum(lengths))])
     start = 0
     while start < rows:
         stop = int(np.searchsorted(summed, summed[start] + at_once, side="right")) - 1
         stop = min(rows, max(stop, start + 1))
-        counts = lengths[start:stop].astype(np.int32)
+        counts = [each[start:stop].astype(np.int32) for each in lengths]
         gaps = len(longer) > 0 and longer[0] < stop and longer[-1] >= start
-        found = _sums(counts, offsets[start:], data, around, gaps)
+        found = _sums(counts, [(o[start:], d) for o, d in pieces], around, gaps)
         crc[start:stop], adler[start:stop] = found
         start = stop
-    head, tail = around
     for row in longer.tolist():
-        value = data[offsets[row] : offsets[row + 1]]
-        crc[row] = zlib.crc32(tail, zlib.crc32(value, zlib.crc32(head)))
-        adler[row] = zlib.adler32(tail, zlib.adler32(value, zlib.adler32(head)))
+        texts = [around[0], *(d[o[row] : o[row + 1]] for o, d in pieces), around[1]]
+        crc[row], adler[row] = _by_zlib(texts)
     return crc, adler
 
 
-def _buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """The offsets of `values` (int64, one more than its rows) and its data buffer (uint8)."""
+def _by_zlib(texts: list[Any]) -> tuple[int, int]:
+    """zlib's crc32 and adler32 of `texts` one after the other."""
+    crc, adler = 0, 1
+    for text in texts:
+        crc, adler = zlib.crc32(text, crc), zlib.adler32(text, adler)
+    return crc, adler
+
+
+def _buffers(values: pa.Array) -> Piece:
+    """The offsets and data of a string or binary column (another, as a string view, first
+    cast to one)."""
+    if not _OFFSET_LAYOUT.get(values.type.id):  # e.g. a string view: no offsets
+        values = values.cast(pa.large_binary())
     width = np.dtype(_OFFSET_LAYOUT[values.type.id])
     buffers = values.buffers()
     at = values.offset * width.itemsize
@@ -96,52 +113,68 @@ def _buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sums(
-    counts: np.ndarray,
-    offsets: np.ndarray,
-    data: np.ndarray,
-    around: tuple[bytes, bytes],
-    gaps: bool,
+    counts: list[np.ndarray], pieces: list[Piece], around: tuple[bytes, bytes], gaps: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The crc32 and adler32 of values of `counts` bytes each (the first at `offsets[0]`)
-    between the bytes `around`; `gaps`: some values' bytes are left out (too long), so the
-    others' are not one run of `data`."""
+    """The crc32 and adler32 of values of `counts` bytes in each piece (the row's first at
+    the piece's first offset), between the bytes `around`; `gaps`: some values' bytes are
+    left out (too long), so a piece's others are not one run of its data."""
     head, tail = around
-    linear = np.zeros(len(counts), np.uint32)
-    weighted = np.zeros(len(counts), np.int64)
-    sums = np.full(len(counts), 1 + sum(head) + sum(tail), np.int64)
-    ends = np.cumsum(counts, dtype=np.int32)
-    total = int(ends[-1])
-    if total:
-        # each byte's distance from the end of its text (1 for the last)
-        distance = np.repeat(ends + len(tail), counts)
-        distance -= _counting(total)
-        if gaps:
-            byte = data[np.repeat(offsets[1 : len(counts) + 1] + len(tail), counts) - distance]
-        else:
-            byte = data[offsets[0] : offsets[0] + total]
-        filled: Any = np.flatnonzero(counts)
-        if len(filled) == len(counts):
-            filled = slice(None)  # (no value of none: no rows to pick)
-        heads = (ends - counts)[filled]
-        # exact in 32 bits: at most 255 * (1 + 2 + ... + LONGEST) a value
-        weighted[filled] = np.add.reduceat(distance * byte, heads, dtype=np.int32)
-        sums[filled] += np.add.reduceat(byte, heads, dtype=np.int32)
-        distance <<= 8
-        distance |= byte
-        linear[filled] = np.bitwise_xor.reduceat(np.take(_crc_parts(), distance), heads)
+    rows = len(counts[0])
+    found = (np.zeros(rows, np.uint32), np.zeros(rows, np.int64))  # crc's XOR, B's sum
+    sums = np.full(rows, 1 + sum(head) + sum(tail), np.int64)  # A
+    after = np.full(rows, len(tail), np.int32)  # the bytes after the piece, in its row
+    for count, piece in zip(reversed(counts), reversed(pieces), strict=True):
+        _add_piece(found, sums, count, piece, after, gaps)
+        after += count
+    linear, weighted = found
     parts = _crc_parts()
-    for at, byte_ in enumerate(head):  # its distance from the end: as the value's length sets
-        distance = counts + (len(head) - at + len(tail))
-        linear ^= parts[(distance << 8) | byte_]
-        weighted += distance * byte_
-    for at, byte_ in enumerate(tail):
-        linear ^= parts[(len(tail) - at) << 8 | byte_]
-        weighted += (len(tail) - at) * byte_
-    lengths = counts + (len(head) + len(tail))
+    for at, byte in enumerate(head):  # its distance from the end: as the row's length sets
+        distance = after + (len(head) - at)
+        linear ^= parts[(distance << 8) | byte]
+        weighted += distance * byte
+    for at, byte in enumerate(tail):
+        linear ^= parts[(len(tail) - at) << 8 | byte]
+        weighted += (len(tail) - at) * byte
+    lengths = after + len(head)
     crc = linear ^ _crc_of_zeros()[lengths]
     a = sums % _ADLER_BASE
     b = (weighted + lengths) % _ADLER_BASE
     return crc, (b.astype(np.uint32) << 16) | a.astype(np.uint32)
+
+
+def _add_piece(
+    found: tuple[np.ndarray, np.ndarray],
+    sums: np.ndarray,
+    counts: np.ndarray,
+    piece: Piece,
+    after: np.ndarray,
+    gaps: bool,
+) -> None:
+    """Add one piece's bytes (`counts` a row, `after` bytes from the end of the row's text)
+    to the crc's XOR and the sums of its rows."""
+    offsets, data = piece
+    ends = np.cumsum(counts, dtype=np.int32)
+    total = int(ends[-1])
+    if not total:
+        return
+    # each byte's distance from the end of its row's text (1 for the last)
+    distance = np.repeat(ends + after, counts)
+    distance -= _counting(total)
+    if gaps:
+        byte = data[np.repeat(offsets[1 : len(counts) + 1] + after, counts) - distance]
+    else:
+        byte = data[offsets[0] : offsets[0] + total]
+    filled: Any = np.flatnonzero(counts)
+    if len(filled) == len(counts):
+        filled = slice(None)  # (no value of none: no rows to pick)
+    heads = (ends - counts)[filled]
+    linear, weighted = found
+    # exact in 32 bits: at most 255 * (1 + 2 + ... + LONGEST) a value
+    weighted[filled] += np.add.reduceat(distance * byte, heads, dtype=np.int32)
+    sums[filled] += np.add.reduceat(byte, heads, dtype=np.int32)
+    distance <<= 8
+    distance |= byte
+    linear[filled] ^= np.bitwise_xor.reduceat(np.take(_crc_parts(), distance), heads)
 
 
 def _counting(most: int) -> np.ndarray:

@@ -119,16 +119,17 @@ def _fingerprints(
 
 
 def _of_block(block: EntryBlock, texts: list[Member]) -> list[Member]:
-    """The mapping's members (of every row of the block's batch, a float's in two pieces) of
-    the block's rows, one column of text each."""
-    every = _every_row_in_order(block)
+    """The mapping's members (of every row of the block's batch, a float's in two pieces,
+    which the hashes read as they are) of the block's rows."""
+    if _every_row_in_order(block):
+        return texts
     members = []
     for prefix, values, suffix, nullable in texts:
-        pieces = values if isinstance(values, tuple) else (values,)  # a float's two pieces
-        if not every:
-            pieces = tuple(piece.take(block.rows) for piece in pieces)
-        text = pieces[0] if len(pieces) == 1 else pc.binary_join_element_wise(*pieces, "")
-        members.append((prefix, text, suffix, nullable))
+        if isinstance(values, tuple):  # a float's two pieces
+            values = tuple(piece.take(block.rows) for piece in values)
+        else:
+            values = values.take(block.rows)
+        members.append((prefix, values, suffix, nullable))
     return members
 
 
