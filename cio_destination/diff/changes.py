@@ -19,16 +19,17 @@ fingerprints of a whole Arrow block of new people with the column forms, the sam
 from __future__ import annotations
 
 import zlib
-from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from cio_destination.diff.checksums import crc32_adler32
 from cio_destination.entries import Entry
 from cio_destination.state.fingerprints import Fingerprint, Fingerprints
 
@@ -46,9 +47,10 @@ def _hash(data: bytes) -> int:
 
 
 def operation_hashes(operations: Iterable[bytes]) -> pa.Array:
-    """The column form of `_hash`: the whole-operation hash of each of `operations`."""
-    numbers = array("Q", map(xxhash.xxh3_64_intdigest, operations))
-    return _arrow_of(numbers, pa.uint64()).view(pa.int64())
+    """The column form of `_hash`: the whole-operation hash of each of `operations`, from
+    each hash's 8 bytes (big-endian), not a Python int per operation."""
+    digests = np.frombuffer(b"".join(map(xxhash.xxh3_64_digest, operations)), ">u8")
+    return pa.array(digests.astype(np.uint64).view(np.int64))
 
 
 def value_hash(value: Any) -> int:
@@ -62,40 +64,46 @@ DISTINCT_SAMPLE = 4_096
 see the repeats of a column of a thousand distinct values, a count of logins)."""
 
 
-def value_hashes(texts: pa.Array, *, as_text: bool = False) -> pa.Array:
+def value_hashes(
+    texts: pa.Array | tuple[pa.Array, ...],
+    *,
+    as_text: bool = False,
+    around: tuple[str, str] = ("", ""),
+) -> pa.Array:
     """The column form of `value_hash`, given each value's JSON as `value_hash` writes it (null:
-    no value, no hash); `as_text`: each hash as its decimal text. Where values repeat, each
-    distinct value is hashed (and written) once; a column whose first values are mostly
-    distinct (emails, names) is hashed value by value, with no hash table of its values (which
-    cost as much again as the hashes)."""
-    sample = texts.slice(0, DISTINCT_SAMPLE)
+    no value, no hash), or the part of it between `around` (a string's quotes), in one column
+    or in pieces (a tuple of columns: a float's text and its ".0"); `as_text`: each hash as its
+    decimal text. Where values repeat, each distinct value is hashed (and written) once; a
+    column whose first values are mostly distinct (emails, names) is hashed value by value,
+    with no hash table of its values (which cost as much again as the hashes)."""
+    affixes = (around[0].encode(), around[1].encode())
+    first = texts[0] if isinstance(texts, tuple) else texts
+    sample = first.slice(0, DISTINCT_SAMPLE)
     if 2 * pc.count_distinct(sample, mode="all").as_py() > len(sample):
-        hashes = _value_hashes_of(texts)
+        hashes = _value_hashes_of(texts, affixes)
         return pc.cast(hashes, pa.string()) if as_text else hashes
+    if isinstance(texts, tuple):
+        texts = pc.binary_join_element_wise(*texts, "")
     encoded = pc.dictionary_encode(texts)
-    hashes = _value_hashes_of(encoded.dictionary)
+    hashes = _value_hashes_of(encoded.dictionary, affixes)
     return pc.take(pc.cast(hashes, pa.string()) if as_text else hashes, encoded.indices)
 
 
-def _value_hashes_of(texts: pa.Array) -> pa.Array:
-    """`value_hash` of each JSON text of `texts`, as crc32 and adler32 (a null: null)."""
-    values = texts.cast(pa.large_binary()).fill_null(b"").to_pylist()
-    crc, adler = (_arrow_of(array("Q", map(f, values)), pa.uint64()) for f in _CHECKSUMS)
-    joined = pc.bit_wise_or(pc.shift_left(crc, pa.scalar(32, pa.uint64())), adler)
+def _value_hashes_of(
+    texts: pa.Array | tuple[pa.Array, ...], around: tuple[bytes, bytes]
+) -> pa.Array:
+    """`value_hash` of each JSON text of `texts` (between `around`), as crc32 and adler32 (a
+    null in any piece: null), all at once (`crc32_adler32`)."""
+    crc, adler = crc32_adler32(texts, around=around)
     # minus 2**63, modulo 2**64: the top bit flipped, read as signed
-    signed = pc.bit_wise_xor(joined, pa.scalar(1 << 63, pa.uint64())).view(pa.int64())
-    if texts.null_count:
-        return pc.if_else(pc.is_valid(texts), signed, pa.scalar(None, pa.int64()))
-    return signed
-
-
-_CHECKSUMS = (zlib.crc32, zlib.adler32)
-
-
-def _arrow_of(numbers: array[int], kind: pa.DataType) -> pa.Array:
-    """An `array` of 64-bit numbers as an Arrow array of `kind` over its own bytes (Arrow's
-    conversion of a sequence reads a Python int per number)."""
-    return pa.Array.from_buffers(kind, len(numbers), [None, pa.py_buffer(numbers)])
+    joined = (crc.astype(np.uint64) << np.uint64(32)) | adler
+    signed = (joined ^ np.uint64(1 << 63)).view(np.int64)
+    nulls = None
+    for piece in texts if isinstance(texts, tuple) else (texts,):
+        if piece.null_count:
+            missing = piece.is_null().to_numpy(zero_copy_only=False)
+            nulls = missing if nulls is None else nulls | missing
+    return pa.array(signed, mask=nulls)
 
 
 @dataclass

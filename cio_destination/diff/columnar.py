@@ -95,9 +95,8 @@ def _fingerprints(
     members = _of_block(block, texts) if handed else texts
     hashed = []
     for name, (prefix, values, suffix, _) in zip(columns, members, strict=True):
-        hashes = value_hashes(
-            _value_texts(prefix[len(json_key(name)) :], values, suffix), as_text=True
-        )
+        around = (prefix[len(json_key(name)) :], suffix)  # a string's quotes
+        hashes = value_hashes(values, as_text=True, around=around)
         hashed.append((json_key(name), hashes, "", hashes.null_count > 0))
     if any(nullable for *_, nullable in hashed):
         attributes = pc.binary_join_element_wise("{", comma_listed(hashed), "}", "")
@@ -120,16 +119,17 @@ def _fingerprints(
 
 
 def _of_block(block: EntryBlock, texts: list[Member]) -> list[Member]:
-    """The mapping's members (of every row of the block's batch, a float's in two pieces) of
-    the block's rows, one column of text each."""
-    every = _every_row_in_order(block)
+    """The mapping's members (of every row of the block's batch, a float's in two pieces,
+    which the hashes read as they are) of the block's rows."""
+    if _every_row_in_order(block):
+        return texts
     members = []
     for prefix, values, suffix, nullable in texts:
-        pieces = values if isinstance(values, tuple) else (values,)  # a float's two pieces
-        if not every:
-            pieces = tuple(piece.take(block.rows) for piece in pieces)
-        text = pieces[0] if len(pieces) == 1 else pc.binary_join_element_wise(*pieces, "")
-        members.append((prefix, text, suffix, nullable))
+        if isinstance(values, tuple):  # a float's two pieces
+            values = tuple(piece.take(block.rows) for piece in values)
+        else:
+            values = values.take(block.rows)
+        members.append((prefix, values, suffix, nullable))
     return members
 
 
@@ -142,18 +142,6 @@ def _source_hashes(identifiers: pa.Array, sources: tuple[pa.Array, pa.Array] | N
     if len(keys) == len(identifiers) and pc.all(pc.equal(keys, identifiers)).as_py() is not False:
         return values  # a hash per row of the batch, in the block's order: no lookup
     return pc.take(values, pc.index_in(identifiers, value_set=keys))
-
-
-def _value_texts(lead: str, values: pa.Array, suffix: str) -> pa.Array:
-    """Each value's JSON, from a member's values between `lead` and `suffix` (a string's
-    quotes), a null where the value is: by one `take` (`join_pieces`), not Arrow's slower
-    element-wise join, and by none where nothing goes around the values (numbers)."""
-    if not lead and not suffix:
-        return values
-    text = join_pieces([lead, values, suffix])
-    if values.null_count:
-        return pc.if_else(pc.is_valid(values), text, pa.scalar(None, text.type))
-    return text
 
 
 def _every_row_in_order(block: EntryBlock) -> bool:
