@@ -8,6 +8,7 @@ change); a forget or an erasure takes them out of the segments too.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from cio_destination import state as states
 from cio_destination.emulator import Emulator
 from cio_destination.state import TABLES, PipelineState, backend, release_state
 from cio_destination.state import fingerprints as fingerprints_module
+from cio_destination.state import segments as segments_module
 from cio_destination.state.backend import SCHEMA_VERSION, SqlStore, StateFile, state_path
 from cio_destination.state.fingerprints import FINGERPRINT_SCHEMA, StoredFingerprints
 from cio_destination.state.segments import encoded, overlaps, positions
@@ -479,3 +481,139 @@ def test_a_first_sync_over_the_most_people_in_segments_writes_the_rest_per_perso
         " (SELECT count(*) FROM {cio_fingerprint_segments} WHERE scope = 'a/t')"
     )
     assert tuple(rows[0]) == (3_000, 1)
+
+
+def segment_people(store: SqlStore, scope: str) -> list[str]:
+    """Every identifier the segments of `scope` hold, once per segment that holds it."""
+    people: list[str] = []
+    for _, blob in store.read_blobs(
+        "SELECT segment, keys FROM {cio_fingerprint_segments} WHERE scope = ?", [scope]
+    ):
+        table = pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
+        people += table.column("identifier").to_pylist()
+    return people
+
+
+def first_sync(fingerprints: StoredFingerprints, scope: str, people: int) -> None:
+    fingerprints.remember_table(
+        scope,
+        pa.table(
+            {
+                "identifier": [f"p{i}" for i in range(people)],
+                "row_hash": [1] * people,
+                "attributes": [b"{}"] * people,
+                "source_hash": list(range(people)),
+            },
+            schema=FINGERPRINT_SCHEMA,
+        ),
+    )
+    fingerprints.flush()
+
+
+@pytest.mark.slow
+def test_a_forget_and_an_erasure_of_one_segment_at_once_both_take_their_person_out(
+    postgres_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+):
+    """A mirror's removal (forget) and a delete table's erasure in the same process, of two
+    people of one segment: the erasure waits for the forget's rewrite of the segment and
+    rewrites the segment that replaced it, so neither person comes back (no stale copy of
+    the segment survives beside the new one). The erasure is let in while the forget holds
+    its rewrite uncommitted, once the database shows it waiting on a lock: no timer."""
+    fingerprints = PipelineState(postgres_store, "a").fingerprints
+    first_sync(fingerprints, "a/t", 1_200)
+    assert postgres_store.read("SELECT count(*) FROM {cio_fingerprint_segments}")[0][0] == 1
+    written, release = threading.Event(), threading.Event()
+    write = segments_module.Segments.write
+
+    def held_open(tx: Any, scope: str, size: int, keys: Any, body: Any) -> int:
+        segment = write(tx, scope, size, keys, body)
+        if threading.current_thread().name == "forget":
+            written.set()
+            assert release.wait(120)
+        return segment
+
+    monkeypatch.setattr(segments_module.Segments, "write", staticmethod(held_open))
+    errors: list[BaseException] = []
+
+    def run(call: Any) -> None:
+        try:
+            call()
+        except BaseException as error:
+            errors.append(error)
+
+    forget = threading.Thread(
+        target=run, args=(lambda: fingerprints.forget("a/t", ["p1"]),), name="forget"
+    )
+    forget.start()
+    assert written.wait(120)
+    erase = threading.Thread(target=run, args=(lambda: fingerprints.erase(["p2"]),))
+    erase.start()
+    waiting = 0
+    for _ in range(120_000):  # until the erasure waits on the forget's locks
+        waiting = postgres_store.read(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database()"
+        )[0][0]
+        if waiting or not erase.is_alive():
+            break
+        erase.join(0.001)
+    release.set()
+    forget.join(120)
+    erase.join(120)
+    assert not errors and waiting
+
+    people = segment_people(postgres_store, "a/t")
+    assert "p1" not in people and "p2" not in people
+    assert len(people) == len(set(people)) == 1_198  # one segment, its people once each
+    assert sorted(fingerprints.fingerprints_of("a/t", ["p1", "p2", "p3"])) == ["p3"]
+
+
+@pytest.mark.slow
+def test_a_segment_rewritten_between_a_reads_statements_is_read_again(
+    postgres_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+):
+    """A lookup lists the scope's segments, then reads their keys and bodies: one rewritten
+    between (another thread's forget) is listed again with the one that replaced it, so no
+    person of it is missed (and sent again in full)."""
+    fingerprints = PipelineState(postgres_store, "a").fingerprints
+    first_sync(fingerprints, "a/t", 1_200)
+    keys = segments_module.Segments.keys
+    calls = []
+
+    def rewritten_first(self: Any, reader: Any, held: Any) -> Any:
+        if not calls:  # the first time, after the list was read: a forget rewrites it
+            calls.append(1)
+            other = threading.Thread(target=fingerprints.forget, args=("a/t", ["p500"]))
+            other.start()
+            other.join()
+        return keys(self, reader, held)
+
+    monkeypatch.setattr(segments_module.Segments, "keys", rewritten_first)
+    found = fingerprints.fingerprints_of("a/t", [f"p{i}" for i in range(100)])
+    assert calls and sorted(found) == sorted(f"p{i}" for i in range(100))
+    assert fingerprints.source_hashes_of("a/t", ["p7", "p500"]) == {"p7": 7}
+
+
+@pytest.mark.slow
+def test_a_first_sync_that_wrote_a_unit_per_person_writes_no_segment_after_it(
+    postgres_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+):
+    """A first unit over `CHAIN_MOST` goes a row per person; a later unit of the same first
+    sync with one of those people again must not go into a segment under their own row
+    (which would hide the later value): it goes per person too, and answers as a store of
+    one row per person does."""
+    monkeypatch.setattr(fingerprints_module, "CHAIN_MOST", 1_000)
+    segmented = PipelineState(postgres_store, "a").fingerprints
+    plain = PipelineState(postgres_store, "b").fingerprints
+    units = [
+        ("write", {f"u{i}": (1, {"plan": 5}, i) for i in range(1_500)}, True),
+        ("write", {"u1": (2, {"plan": 6}, -1), "u9000": (2, {"plan": 6}, -2)}, True),
+        ("copy",),
+    ]
+    replay(units, segmented, plain, ("a/t", "b/t"), forced=False)
+    assert (
+        postgres_store.read("SELECT count(*) FROM {cio_fingerprint_segments} WHERE scope = 'a/t'")[
+            0
+        ][0]
+        == 0
+    )

@@ -520,6 +520,9 @@ class _Chain:
     """Each write's source-row hashes, as the copy holds them (big-endian 64-bit numbers)."""
     identifiers: tuple[pa.Array, ...] = ()
     """The identifiers of each segment the chain wrote (sorted), which a unit's must miss."""
+    per_person: bool = False
+    """Whether the chain wrote a unit a row per person: it writes no segment after it (its
+    people's own rows would hide a later segment's entries of them)."""
 
 
 class StoredFingerprints:
@@ -711,6 +714,8 @@ class StoredFingerprints:
             )
             if chain is not None and (chain.identifiers or not inserted):
                 chain = None  # (a person in a segment of the chain may be among them)
+            elif chain is not None:
+                chain = _Chain(chain.token, chain.hashes, chain.identifiers, per_person=True)
         if chain is None:
             tx.execute(
                 "UPDATE {cio_source_hashes} SET size = NULL, hashes = NULL WHERE scope = ?",
@@ -726,7 +731,9 @@ class StoredFingerprints:
         hashes.frombytes(memoryview(column.buffers()[1])[column.offset * 8 :][: len(column) * 8])
         if sys.byteorder == "little":
             hashes.byteswap()
-        return _Chain(chain.token, (*chain.hashes, hashes.tobytes()), chain.identifiers)
+        return _Chain(
+            chain.token, (*chain.hashes, hashes.tobytes()), chain.identifiers, chain.per_person
+        )
 
     @staticmethod
     def holds_any_in(tx: Any, scope: str) -> bool:
@@ -744,8 +751,11 @@ class StoredFingerprints:
     ) -> pa.Array | None:
         """Write a unit of a chain (`_Chain`: the scope held nobody else) as one segment
         (`cio_destination.state.segments`), unless one of its people is in a segment the chain
-        wrote, or the chain's segments hold `CHAIN_MOST` people; its identifiers,
+        wrote, the chain's segments hold `CHAIN_MOST` people, or the chain wrote a unit a row
+        per person (`_Chain.per_person`); its identifiers,
         sorted, or None (not written)."""
+        if chain.per_person:
+            return None
         if sum(len(i) for i in chain.identifiers) + len(fingerprints) > CHAIN_MOST:
             return None
         identifiers, _, keys, body = encoded(fingerprints)
@@ -1018,12 +1028,15 @@ class StoredFingerprints:
         where, params = pipeline_scopes(self._pipeline)
         store = self._db
         with self._copy_lock, store.transaction() as tx:
-            tx.delete_in("cio_fingerprints", where, params, "identifier", identifiers)
-            self._segments.remove(tx, where, params, identifiers)
-            tx.execute(  # no copy of the pipeline's hashes is left (one may hold theirs)
+            # first: no copy of the pipeline's hashes is left (one may hold theirs), and the
+            # copies' rows locked, as every write and forget of a scope locks its row first,
+            # so a rewrite of a segment by any of them is over before this reads the segments
+            tx.execute(
                 f"UPDATE {{cio_source_hashes}} SET size = NULL, hashes = NULL WHERE {where}",
                 params,
             )
+            tx.delete_in("cio_fingerprints", where, params, "identifier", identifiers)
+            self._segments.remove(tx, where, params, identifiers)
             for scope in set(self._drops) | self._copied:  # a read it overtook is not current
                 self._drops[scope] = self._drops.get(scope, 0) + 1
             self._copied.clear()

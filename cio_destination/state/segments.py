@@ -27,6 +27,8 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cio_destination.exceptions import CustomerioTransientError
+
 TABLE = """CREATE TABLE IF NOT EXISTS {cio_fingerprint_segments} (
     scope TEXT NOT NULL,
     segment BIGINT NOT NULL,
@@ -48,7 +50,19 @@ _SEARCH_STEPS = 16
 (its steps, each a few kernels), against one per identifier of the segment: `positions` takes
 the hash table for more than a sixteenth of a segment's people."""
 _CACHED_MOST = 4_000_000
-"""The most people whose keys a process keeps read (then it forgets them all)."""
+"""The most people whose keys a process keeps read (past it, a read lets go of the keys of
+segments it did not ask for)."""
+
+_READS_MOST = 8
+"""The most times a read is made again because a segment it listed was rewritten meanwhile."""
+
+
+def _rewritten() -> CustomerioTransientError:
+    """Segments were rewritten while a read or a rewrite of them was on, every time it was
+    tried: the job is tried again (dlt retries it; a later run resumes the package)."""
+    return CustomerioTransientError(
+        "changes_only: fingerprint segments in the state store were rewritten while read; retrying"
+    )
 
 
 class Reader(Protocol):
@@ -213,14 +227,25 @@ class Segments:
             ):
                 found[(scope, segment)] = _table(blob)
         with self._lock:
-            if self._cached > _CACHED_MOST:
-                self._keys.clear()
-                self._cached = 0
+            if self._cached > _CACHED_MOST:  # the keys asked for stay; the others go
+                for key in [k for k in self._keys if k not in found]:
+                    self._cached -= len(self._keys.pop(key))
             for key in missing:
                 if key in found and key not in self._keys:
                     self._keys[key] = found[key]
                     self._cached += len(found[key])
         return found
+
+    def scope_keys(self, reader: Reader, scope: str) -> dict[tuple[str, int], pa.Table]:
+        """The keys of every segment of `scope`, as one state of the store: a segment listed
+        but rewritten (a forget, an erasure) before its keys were read is listed again, with
+        the one that replaced it (never a person missed because their segment moved)."""
+        for _ in range(_READS_MOST):
+            held = self.held(reader, "scope = ?", [scope])
+            found = self.keys(reader, held)
+            if len(found) == len(held):
+                return found
+        raise _rewritten()
 
     def forget_cached(self, gone: Iterable[tuple[str, int]]) -> None:
         """Let go of the keys of segments deleted."""
@@ -235,12 +260,11 @@ class Segments:
     ) -> dict[int, tuple[pa.Array, pa.Array, pa.Table]]:
         """Per segment of `scope` holding any of `asked`: those people (their positions among
         `asked`, and in the segment) and the segment's keys."""
-        held = self.held(reader, "scope = ?", [scope])
-        if not held or not asked:
+        if not asked:
             return {}
         names = pa.array(asked, pa.string())
         hits: dict[int, tuple[pa.Array, pa.Array, pa.Table]] = {}
-        for (_, segment), keys in self.keys(reader, held).items():
+        for (_, segment), keys in self.scope_keys(reader, scope).items():
             at = positions(keys.column("identifier").chunk(0), names)
             if at.null_count == len(at):
                 continue
@@ -263,15 +287,22 @@ class Segments:
     ) -> list[tuple[str, int, bytes]]:
         """(identifier, operation hash, attribute hashes' JSON) of those of `asked` the
         segments of `scope` hold: only the segments holding any are read."""
-        hits = self.found(reader, scope, asked)
-        if not hits:
-            return []
-        marks = ",".join("?" * len(hits))
-        rows = reader.read_blobs(
-            "SELECT segment, fingerprints FROM {cio_fingerprint_segments}"
-            f" WHERE scope = ? AND segment IN ({marks})",
-            [scope, *hits],
-        )
+        for _ in range(_READS_MOST):
+            hits = self.found(reader, scope, asked)
+            if not hits:
+                return []
+            marks = ",".join("?" * len(hits))
+            rows = reader.read_blobs(
+                "SELECT segment, fingerprints FROM {cio_fingerprint_segments}"
+                f" WHERE scope = ? AND segment IN ({marks})",
+                [scope, *hits],
+            )
+            if len(rows) == len(hits):
+                break
+            # a segment listed was rewritten (a forget, an erasure) before its body was read:
+            # its people are in the one that replaced it, read again
+        else:
+            raise _rewritten()
         found: list[tuple[str, int, bytes]] = []
         for segment, blob in rows:
             mine, at, _ = hits[segment]
@@ -288,7 +319,7 @@ class Segments:
     def source_hashes(self, reader: Reader, scope: str, hidden: pa.Array | None) -> pa.Array:
         """Every source-row hash the segments of `scope` keep, but those of the people
         `hidden` (text: they have a row of their own in `cio_fingerprints`)."""
-        tables = list(self.keys(reader, self.held(reader, "scope = ?", [scope])).values())
+        tables = list(self.scope_keys(reader, scope).values())
         if not tables:
             return pa.array([], pa.int64())
         keys = pa.concat_tables(tables)
@@ -317,10 +348,12 @@ class Segments:
             )[0][1]
             keep = pc.invert(pc.is_in(keys.column("identifier"), value_set=names))
             kept_keys, body = keys.filter(keep), _table(blob).filter(keep)
-            tx.execute(
-                "DELETE FROM {cio_fingerprint_segments} WHERE scope = ? AND segment = ?",
+            if not tx.execute(
+                "DELETE FROM {cio_fingerprint_segments} WHERE scope = ? AND segment = ?"
+                " RETURNING segment",
                 [scope, segment],
-            )
+            ):  # rewritten meanwhile (never, while callers lock the copy's row first)
+                raise _rewritten()
             if len(kept_keys):
                 self.write(tx, scope, len(kept_keys), _stream(kept_keys), _stream(body))
             rewritten.append((scope, segment))
