@@ -107,9 +107,12 @@ def _load_job(items: TDataItems, table: TTableSchema, config: CustomerioConfigur
         diff.hash_rows(unit.items)  # the unit's diff waits; its rows' hashes need not
         return diff
 
-    ahead = units_ahead(mapper.compiled, job.arrow, first_sync=first_sync)
+    into_arrow = not job.arrow and reads_dicts_into_arrow(mapper, columns)
+    ahead = units_ahead(
+        mapper.compiled, job.arrow, first_sync=first_sync, read_into_arrow=into_arrow
+    )
     try:
-        units = job.units(rows, into_arrow=reads_dicts_into_arrow(mapper, columns))
+        units = job.units(rows, into_arrow=into_arrow)
         most = HASH_AHEAD_BYTES if hashed else None
         for unit, mapped in mapped_ahead(units, map_ahead, ahead, most_bytes=most):
             if order.failed:

@@ -420,3 +420,44 @@ def test_a_dict_job_is_read_into_arrow_only_where_its_mapping_may_take_the_batch
     assert all((line.table is not None) is into_arrow for line in lines)
     rows = [row for unit in units for row in unit]
     assert rows == dlt_rows(path, 0, list(columns))
+
+
+def test_a_dict_job_read_into_arrow_is_mapped_as_far_ahead_as_arrow_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, httpx_mock: Any
+) -> None:
+    """Arrow's JSON reader reads a unit outside the GIL: a dict job read into Arrow has its
+    next unit read while the one before maps (`jobs.MAP_AHEAD`), where one ahead read it only
+    once the job took the one before; a table read as dicts alone stays one ahead."""
+    import dlt
+    import httpx
+
+    from cio_destination import customerio, customerio_adapter, destination
+
+    from .conftest import with_region
+
+    httpx_mock.add_callback(with_region(lambda _: httpx.Response(200, json={})), is_reusable=True)
+    depths: dict[str, int] = {}
+    real = destination.mapped_ahead
+
+    def spied(units: Any, map_unit: Any, depth: int, **options: Any) -> Any:
+        for unit, mapped in real(units, map_unit, depth, **options):
+            depths[unit.items[0]["uid"]] = depth
+            yield unit, mapped
+
+    monkeypatch.setattr(destination, "mapped_ahead", spied)
+    people = [{"uid": f"p-{i}", "plan": "pro"} for i in range(5)]
+    gone = [{"uid": f"g-{i}"} for i in range(5)]
+    pipeline = dlt.pipeline(
+        "ahead",
+        destination=customerio(site_id="s", api_key="k", track_url="http://127.0.0.1:1"),
+        pipelines_dir=str(tmp_path),
+        dev_mode=True,
+    )
+    pipeline.run(
+        [
+            customerio_adapter(dlt.resource(people, name="people"), "identify", identifier="uid"),
+            customerio_adapter(dlt.resource(gone, name="gone"), "delete", identifier="uid"),
+        ]
+    ).raise_on_failed_jobs()
+
+    assert depths == {"p-0": jobs.MAP_AHEAD, "g-0": 1}  # delete: no columnar builder
