@@ -107,12 +107,9 @@ def _load_job(items: TDataItems, table: TTableSchema, config: CustomerioConfigur
         diff.hash_rows(unit.items)  # the unit's diff waits; its rows' hashes need not
         return diff
 
-    into_arrow = not job.arrow and reads_dicts_into_arrow(mapper, columns)
-    ahead = units_ahead(
-        mapper.compiled, job.arrow, first_sync=first_sync, read_into_arrow=into_arrow
-    )
+    ahead = units_ahead(mapper.compiled, job.arrow, first_sync=first_sync)
     try:
-        units = job.units(rows, into_arrow=into_arrow)
+        units = job.units(rows, into_arrow=reads_dicts_into_arrow(mapper, columns))
         most = HASH_AHEAD_BYTES if hashed else None
         for unit, mapped in mapped_ahead(units, map_ahead, ahead, most_bytes=most):
             if order.failed:
