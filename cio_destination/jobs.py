@@ -65,13 +65,9 @@ MAP_AHEAD = 2
 file, another maps them, each in the units' order, so the next unit is already read when its
 mapping can start and the job's thread only sends. With one unit ahead the mapping thread stood
 idle while the job read the next unit (a fifth of a 1M-row Arrow sync's load step on 2 cores);
-a unit of 10,000 Arrow rows ahead holds a few MB. Dict rows read into Arrow (typed-jsonl, by
-`jsonl_arrow`: Arrow's JSON reader, outside the GIL) go as far ahead: one ahead read each unit
-only once the job took the one before, then mapped it, so a unit took the reader's time plus the
-mapper's (about 30 + 10 ms of CPU), and at 100 requests/s both a 0 ms and a 200 ms sink waited
-for bodies (most requests started with none queued behind them); two ahead overlap them. Dicts
-read as dicts alone (`typed_loadb`, under the GIL) go one ahead: reading ahead overlaps nothing
-there."""
+a unit of 10,000 Arrow rows ahead holds a few MB. Dict rows (typed-jsonl, read into Arrow by
+`jsonl_arrow`) go one ahead: two ahead took the same load step (1.08-1.21 s against 1.04-1.39 s
+of wall time for 200,000 rows, three runs each) for another unit held."""
 HASH_AHEAD = 6
 """Units of a `changes_only` table of Arrow rows read and hashed ahead (`hashes_ahead`) while
 the job diffs and sends the one before. Its first unit's diff waits for the kept hashes to be
@@ -252,20 +248,13 @@ def _fitting(unit: Unit, depth: int, most_bytes: int) -> int:
     return max(1, min(depth, most_bytes // size)) if size else depth
 
 
-def units_ahead(
-    mapping: CompiledMapping,
-    arrow: bool,
-    *,
-    first_sync: bool = False,
-    read_into_arrow: bool = False,
-) -> int:
+def units_ahead(mapping: CompiledMapping, arrow: bool, *, first_sync: bool = False) -> int:
     """How many units of a table `mapped_ahead` reads and maps ahead (`MAP_AHEAD`): none for a
-    table whose units go alone (but `HASH_AHEAD` read and hashed, see `hashes_ahead`),
-    `MAP_AHEAD` for Arrow rows and for dict rows read into Arrow (`read_into_arrow`), one for
-    dict rows read as dicts alone."""
+    table whose units go alone (but `HASH_AHEAD` read and hashed, see `hashes_ahead`), one for
+    dict rows, `MAP_AHEAD` for Arrow rows."""
     if must_go_alone(mapping, first_sync=first_sync):
         return HASH_AHEAD if hashes_ahead(mapping, arrow, first_sync=first_sync) else 0
-    return MAP_AHEAD if arrow or read_into_arrow else 1
+    return MAP_AHEAD if arrow else 1
 
 
 def hashes_ahead(mapping: CompiledMapping, arrow: bool, *, first_sync: bool = False) -> bool:

@@ -280,23 +280,21 @@ def test_make_way_finishes_exactly_up_to_the_last_unit_naming_one_of_the_new_nam
 
 
 @pytest.mark.parametrize(
-    ("declared", "arrow", "into_arrow", "ahead"),
+    ("declared", "arrow", "ahead"),
     [
-        ({}, True, False, jobs.MAP_AHEAD),  # read and mapped ahead on two helpers
-        # dicts read into Arrow: Arrow's JSON reader reads the next unit while one maps
-        ({}, False, True, jobs.MAP_AHEAD),
-        ({}, False, False, 1),  # dicts alone: reading ahead overlaps nothing, holds 10,000 more
+        ({}, True, jobs.MAP_AHEAD),  # read and mapped ahead on two helpers
+        ({}, False, 1),  # dicts: reading ahead overlaps nothing and holds 10,000 dicts more
         # each unit diffed after the earlier units' answers, its rows read and hashed ahead
-        ({"changes_only": True}, True, False, jobs.HASH_AHEAD),
-        ({"changes_only": True}, False, True, 0),  # dicts: no source hash to make ahead
-        ({"mirror": "delete"}, True, False, 0),  # a mirror's units wait, with nothing to do ahead
+        ({"changes_only": True}, True, jobs.HASH_AHEAD),
+        ({"changes_only": True}, False, 0),  # dicts: no source hash to make ahead
+        ({"mirror": "delete"}, True, 0),  # a mirror's units wait, and have nothing to do ahead
     ],
 )
-def test_units_ahead_by_rows_and_table(declared: dict, arrow: bool, into_arrow: bool, ahead: int):
+def test_units_ahead_by_rows_and_table(declared: dict, arrow: bool, ahead: int):
     columns = {"uid": {"name": "uid", "data_type": "text"}}
     declared = {"action": "identify", "identifier": "uid", **declared}
     compiled = compile_mapping("people", parse_mapping("people", declared), columns)
-    assert jobs.units_ahead(compiled, arrow, read_into_arrow=into_arrow) == ahead
+    assert jobs.units_ahead(compiled, arrow) == ahead
 
 
 @given(
