@@ -308,3 +308,50 @@ def test_a_forked_child_hashes_and_reads_on_threads_of_its_own():
         os._exit(0 if ok else 1)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("handed", [True, False])
+def test_a_blocks_attribute_hashes_are_columns_and_a_row_per_person_holds_the_json_as_before(
+    tmp_path: Path, handed: bool
+):
+    """The columnar diff gives a block's attribute hashes as an int64 column per attribute
+    (null: no value), writes no JSON of them; the rows a store keeps per person hold, byte for
+    byte, the JSON the row diff keeps (`orjson.dumps` of the hashes), names JSON escapes or
+    that are not ASCII, and absent values, included."""
+    import orjson
+
+    from cio_destination.diff.changes import value_hash
+
+    names = ["plan", 'say "hi"', "ünï.😀.d", "back\\slash", "n"]
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "uid": ["a", "b", "c"],
+            "plan": ["pro", None, "team"],
+            'say "hi"': [1, 2, None],
+            "ünï.😀.d": [None, None, 1.5],
+            "back\\slash": [True, False, True],
+            "n": pa.array([None, None, None], pa.int64()),
+        }
+    )
+    declared = {"action": "identify", "identifier": "uid", "changes_only": True}
+    columns = {name: {"name": name} for name in batch.schema.names}
+    mapper = RowMapper(compile_mapping("things", parse_mapping("things", declared), columns))
+    columnar, rows = Side(mapper, str(tmp_path), True, handed), Side(mapper, str(tmp_path), False)
+    diff = Diff(mapper, SCOPE, columnar.state.fingerprints, MirrorPlans(), kept=None)
+    mapped = map_items(mapper, diff.drop_unchanged_rows(batch))
+    if not handed:
+        mapped.attribute_texts = None
+    parts = diff.to_send(mapped)
+    pending = diff._pending()
+    diff.delivered(SendResult(delivered=parts), columnar.state.snapshots)
+    rows.sync(batch)
+
+    assert pending.schema.field("attributes").type == pa.struct([(n, pa.int64()) for n in names])
+    values = batch.to_pylist()
+    expected = [
+        orjson.dumps({n: value_hash(row[n]) for n in names if row[n] is not None}) for row in values
+    ]
+    assert [bytes(row[2]) for row in columnar.kept()] == expected
+    assert columnar.kept() == rows.kept()
+    columnar.state.close()
+    rows.state.close()

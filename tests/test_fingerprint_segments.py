@@ -32,7 +32,7 @@ from cio_destination.state import fingerprints as fingerprints_module
 from cio_destination.state import segments as segments_module
 from cio_destination.state.backend import SCHEMA_VERSION, SqlStore, StateFile, state_path
 from cio_destination.state.fingerprints import FINGERPRINT_SCHEMA, StoredFingerprints
-from cio_destination.state.segments import encoded, overlaps, positions
+from cio_destination.state.segments import attributes_json, encoded, overlaps, positions
 
 from .test_changes import ROWS, capture_batches, identify
 from .test_postgres import postgres_url  # noqa: F401 - the server fixture
@@ -88,12 +88,48 @@ def test_a_unit_overlaps_the_segments_before_it_exactly_when_it_shares_a_person(
     assert found == any(e & unit for e in earlier)
 
 
+HASHES = st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, -1]))
+NAMED_ROWS = st.lists(
+    st.text(st.characters(codec="utf-8"), max_size=6), unique=True, max_size=5
+).flatmap(
+    lambda names: st.tuples(
+        st.just(names), st.lists(st.lists(HASHES, min_size=len(names), max_size=len(names)))
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(NAMED_ROWS, st.integers(0, 3))
+def test_attributes_json_writes_from_the_columns_what_remember_writes_byte_for_byte(
+    named_rows: tuple[list[str], list[list[int | None]]], cut: int
+):
+    """The JSON a row per person holds, written from the columns of the columnar diff (a
+    struct of int64 fields, null: no value; a slice of one, in chunks), is what `remember`
+    writes of the same hashes (`orjson.dumps`), byte for byte, whatever the names (quotes,
+    backslashes, control characters, unicode, dots, empty) and hashes (both ends of int64)."""
+    names, rows = named_rows
+    kind = pa.struct([pa.field(n, pa.int64()) for n in names])
+    column = pa.array([dict(zip(names, row, strict=True)) for row in rows], kind)
+    expected = [
+        orjson.dumps({n: h for n, h in zip(names, row, strict=True) if h is not None})
+        for row in rows
+    ]
+
+    assert attributes_json(column).to_pylist() == expected
+    assert attributes_json(column.slice(cut)).to_pylist() == expected[cut:]
+    halves = pa.chunked_array([column.slice(0, cut), column.slice(cut)], kind)
+    assert attributes_json(halves).to_pylist() == expected
+    assert attributes_json(pa.array(expected, pa.binary())).to_pylist() == expected  # as given
+
+
 Person = tuple[int, dict[str, int], int | None]
+ATTRIBUTES = ["plan", 'say "hi"', "ünï.😀.d", "back\\slash"]
+"""Attribute names, some that JSON escapes or that are not ASCII (a name is a column's)."""
 PEOPLE = st.dictionaries(
     IDENTIFIERS,
     st.tuples(
         st.sampled_from([1, 2, 3]),
-        st.dictionaries(st.sampled_from(["plan", "city"]), st.sampled_from([5, 6])),
+        st.dictionaries(st.sampled_from(ATTRIBUTES), st.sampled_from([5, 6, -(2**63)])),
         st.sampled_from([10, 11, -(2**63), 2**63 - 1, None]),
     ),
     min_size=1,
@@ -111,12 +147,51 @@ OPS = st.lists(
 
 
 def table_of(people: dict[str, Person]) -> pa.Table:
-    rows = [(k, r, orjson.dumps(a), s) for k, (r, a, s) in people.items()]
-    return pa.table([list(c) for c in zip(*rows, strict=True)], schema=FINGERPRINT_SCHEMA)
+    """The people's fingerprints as the columnar diff gives them: their attribute hashes a
+    struct of int64 fields, one per attribute any of them has (null: none)."""
+    names = [n for n in ATTRIBUTES if any(n in a for _, a, _ in people.values())]
+    attributes = pa.array(
+        [{n: a.get(n) for n in names} for _, a, _ in people.values()],
+        pa.struct([pa.field(n, pa.int64()) for n in names]),
+    )
+    return pa.table(
+        [
+            pa.array(list(people), pa.string()),
+            pa.array([r for r, _, _ in people.values()], pa.int64()),
+            attributes,
+            pa.array([s for _, _, s in people.values()], pa.int64()),
+        ],
+        names=FINGERPRINT_SCHEMA.names,
+    )
 
 
 def dicts_of(people: dict[str, Person]) -> dict[str, dict[str, Any]]:
     return {k: {"r": r, "a": a, "s": s} for k, (r, a, s) in people.items()}
+
+
+def test_a_segments_body_holds_the_attribute_hashes_as_int64_columns_not_json():
+    """A segment keeps each attribute's hashes as a column (null: the person has none), not
+    the JSON text a row per person holds; read back, a person's fingerprint is theirs."""
+    people = {
+        "p2": (2, {"ünï.😀.d": -(2**63)}, None),
+        "p1": (1, {"plan": 1234567890123, 'say "hi"': 6}, 10),
+    }
+    _, _, _, body = encoded(table_of(people))
+    stored = body.to_pybytes()
+
+    table = pa.ipc.open_stream(body).read_all()
+    assert table.schema == pa.schema(
+        [
+            ("row_hash", pa.int64()),
+            ("attributes", pa.struct([(n, pa.int64()) for n in ATTRIBUTES[:3]])),
+        ]
+    )
+    assert table.column("attributes").to_pylist() == [  # sorted by identifier
+        {"plan": 1234567890123, 'say "hi"': 6, "ünï.😀.d": None},
+        {"plan": None, 'say "hi"': None, "ünï.😀.d": -(2**63)},
+    ]
+    assert b"1234567890123" not in stored and b'"plan":' not in stored  # no JSON text
+    assert b"-9223372036854775808" not in stored
 
 
 def write_segment(fingerprints: StoredFingerprints, scope: str, people: dict[str, Person]) -> None:
@@ -314,6 +389,48 @@ def test_postgres_writes_a_first_syncs_units_as_segments_and_the_rest_per_person
     ]
     replay(later, segmented, plain, ("a/t", "b/t"), forced=False)
     assert counts("a/t") == (1, 2)  # u2000 alone has a row of their own; both units rewritten
+
+
+@pytest.mark.slow
+def test_postgres_keeps_a_first_syncs_attribute_hashes_as_columns_and_writes_rows_as_before(
+    postgres_store: SqlStore,
+):
+    """On PostgreSQL a first sync's unit is a segment whose body holds the attribute hashes
+    as columns; a unit that is not (its chain broke: a person of it in a segment before) goes a
+    row per person, whose JSON, written from the columns on the writer thread, is byte for
+    byte what `remember` writes."""
+    fingerprints = PipelineState(postgres_store, "a").fingerprints
+    first = {
+        f"u{i}": (1, {"plan": i, 'say "hi"': -i} if i % 3 else {"plan": i}, i) for i in range(1_500)
+    }
+    again = {"u1": (2, {"ünï.😀.d": 7, "plan": 8}, -1), "v": (3, {}, None)}
+
+    fingerprints.remember_table("a/t", table_of(first))
+    fingerprints.remember_table("a/t", table_of(again))
+    fingerprints.flush()
+
+    blobs = postgres_store.read_blobs(
+        "SELECT size, fingerprints FROM {cio_fingerprint_segments} WHERE scope = ?", ["a/t"]
+    )
+    assert [size for size, _ in blobs] == [1_500]
+    body = pa.ipc.open_stream(pa.py_buffer(blobs[0][1])).read_all()
+    assert body.schema.field("attributes").type == pa.struct(
+        [("plan", pa.int64()), ('say "hi"', pa.int64())]
+    )
+    rows = postgres_store.read(
+        "SELECT identifier, attributes FROM {cio_fingerprints} WHERE scope = ?", ["a/t"]
+    )
+    assert sorted((i, bytes(a)) for i, a in rows) == [
+        ("u1", orjson.dumps({"plan": 8, "ünï.😀.d": 7})),
+        ("v", b"{}"),
+    ]
+    found = fingerprints.fingerprints_of("a/t", ["u1", "u2", "u3", "v"])
+    assert {k: (v["r"], v.get("a")) for k, v in found.items()} == {
+        "u1": (2, {"ünï.😀.d": 7, "plan": 8}),
+        "u2": (1, {"plan": 2, 'say "hi"': -2}),
+        "u3": (1, {"plan": 3}),
+        "v": (3, {}),
+    }
 
 
 def people_resource(rows: list[dict[str, Any]], arrow: bool) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cio_destination.arrow_json import Member, comma_listed, join_pieces, json_key
+from cio_destination.arrow_json import Member, json_key
 from cio_destination.diff.changes import operation_hashes, value_hashes
 from cio_destination.entries import Entry, EntryBlock
 from cio_destination.limits import attribute_texts
@@ -34,10 +34,10 @@ def block_fingerprints(
     sources: tuple[pa.Array, pa.Array] | None,
     texts: list[Member] | None = None,
 ) -> Callable[[], pa.Table] | None:
-    """What computes the fingerprints (`FINGERPRINT_SCHEMA`) `only_changes` keeps for the
-    block's entries sent in full; `sources`: the source-row hash of each identifier, if the
-    rows were hashed; `texts`: the attributes' JSON members the mapping wrote, of every row of
-    the block's batch (`Mapped.attribute_texts`; else they are written here, now). The hashing
+    """What computes the fingerprints (`FINGERPRINT_SCHEMA`, the attribute hashes as a struct
+    of int64 fields: no JSON written) `only_changes` keeps for the block's entries sent in
+    full; `sources`: the source-row hash of each identifier, if the rows were hashed; `texts`:
+    the attributes' JSON members the mapping wrote, of every row of the block's batch (`Mapped.attribute_texts`; else they are written here, now). The hashing
     is not done by the caller (see `hashed_behind`). None when an attribute's JSON may not be
     the text its value hash is of (a JSON column or a decimal: the row diff reads those back
     from the operation)."""
@@ -93,28 +93,25 @@ def _fingerprints(
     """The fingerprints of `block_fingerprints`, from the members of `columns`: `texts`, of
     every row of the batch if `handed` (by the mapping), else of the block's rows."""
     members = _of_block(block, texts) if handed else texts
-    hashed = []
-    for name, (prefix, values, suffix, _) in zip(columns, members, strict=True):
-        around = (prefix[len(json_key(name)) :], suffix)  # a string's quotes
-        hashes = value_hashes(values, as_text=True, around=around)
-        hashed.append((json_key(name), hashes, "", hashes.null_count > 0))
-    if any(nullable for *_, nullable in hashed):
-        attributes = pc.binary_join_element_wise("{", comma_listed(hashed), "}", "")
-    else:  # every row has every attribute: one join
-        pieces: list[Any] = ["{"]
-        for index, (key, hashes, _, _) in enumerate(hashed):
-            pieces += [("," if index else "") + key, hashes]
-        attributes = join_pieces([*pieces, "}"]) if hashed else pa.array(["{}"] * len(block))
+    hashed = [
+        value_hashes(values, around=(prefix[len(json_key(name)) :], suffix))  # a string's quotes
+        for name, (prefix, values, suffix, _) in zip(columns, members, strict=True)
+    ]
+    attributes = (
+        pa.StructArray.from_arrays(hashed, fields=[pa.field(c, pa.int64()) for c in columns])
+        if columns
+        else pa.array([{}] * len(block), pa.struct([]))
+    )
     operations = pc.binary_slice(block.data, 0, -1)  # without the comma after each
     identifiers = block.row_keys.cast(pa.string())
     return pa.table(
         [
             identifiers,
             operation_hashes(operations.to_pylist()),
-            attributes.cast(pa.binary()),
+            attributes,
             _source_hashes(identifiers, sources),
         ],
-        schema=FINGERPRINT_SCHEMA,
+        names=FINGERPRINT_SCHEMA.names,
     )
 
 

@@ -51,6 +51,7 @@ from cio_destination.state.segments import (
     TABLE,
     InTransaction,
     Segments,
+    attributes_json,
     encoded,
     overlaps,
 )
@@ -65,8 +66,11 @@ FINGERPRINT_SCHEMA = pa.schema(
         ("source_hash", pa.int64()),
     ]
 )
-"""The columns of the fingerprints `remember_table` keeps (`attributes`: the JSON `remember`
-writes of `Fingerprint["a"]`)."""
+"""The columns of the fingerprints `remember_table` keeps, as a row per person holds them
+(`attributes`: the JSON `remember` writes of `Fingerprint["a"]`). The columnar diff gives
+`attributes` as a struct of int64 fields instead, one per attribute (null: no value): a
+segment keeps them so, and the JSON is written from them only for a row per person
+(`cio_destination.state.segments.attributes_json`)."""
 BULK_READ_FACTOR = 20
 """A load reads a scope's source-row hashes in bulk once its rows come to 1/20 of the hashes
 kept: below that, looking its rows up in the database costs less than reading them all."""
@@ -491,6 +495,15 @@ def _writer(store: StateStore) -> ThreadPoolExecutor:
     return _writers.setdefault(store, SharedPool(1, "customerio-fingerprints")).executor()
 
 
+def _per_person(fingerprints: pa.Table) -> pa.Table:
+    """Fingerprints (`FINGERPRINT_SCHEMA`) as rows of `cio_fingerprints` hold them: their
+    attribute hashes as JSON, written here where the columnar diff gave them as columns."""
+    at = fingerprints.schema.get_field_index("attributes")
+    if not pa.types.is_struct(fingerprints.schema.field(at).type):
+        return fingerprints
+    return fingerprints.set_column(at, "attributes", attributes_json(fingerprints.column(at)))
+
+
 class _LazyFingerprint(dict):  # type: ignore[type-arg]
     """A stored fingerprint whose attribute hashes are parsed only when asked for."""
 
@@ -709,8 +722,9 @@ class StoredFingerprints:
             assert chain is not None
             chain = _Chain(chain.token, chain.hashes, (*chain.identifiers, written))
         else:
+            rows = _per_person(fingerprints)  # (on the writer thread)
             inserted = tx.upsert_table(
-                "cio_fingerprints", ["identifier"], fingerprints, {"scope": scope}, new=True
+                "cio_fingerprints", ["identifier"], rows, {"scope": scope}, new=True
             )
             if chain is not None and (chain.identifiers or not inserted):
                 chain = None  # (a person in a segment of the chain may be among them)
@@ -964,11 +978,10 @@ class StoredFingerprints:
 
         def write() -> None:
             if not self._store.arrays:
+                rows = _per_person(fingerprints)
                 with self._store.transaction() as tx:
                     self._drop_copy(tx, scope)
-                    tx.upsert_table(
-                        "cio_fingerprints", ["identifier"], fingerprints, {"scope": scope}
-                    )
+                    tx.upsert_table("cio_fingerprints", ["identifier"], rows, {"scope": scope})
                 return
             with self._store.transaction() as tx:  # people with no fingerprint when diffed
                 chain = self._write_new(tx, scope, fingerprints)

@@ -6,8 +6,10 @@ one row with two blobs per unit, instead of one row, one primary-key entry and t
 person. A segment holds its people sorted by identifier, in two Arrow IPC streams: `keys`
 (identifier and source-row hash: what lookups and bulk reads of source-row hashes read) and
 `fingerprints` (operation hash and attribute hashes, in the same order: read only for the
-segments a lookup found people in). On PostgreSQL both are stored uncompressed (`STORAGE
-EXTERNAL`: no compression CPU on a write).
+segments a lookup found people in). The attribute hashes are kept as the columnar diff gives
+them, an int64 column per attribute (null: the person has no value), not as the JSON a row per
+person holds: that JSON is written only for the people read back (`attributes_json`). On
+PostgreSQL both are stored uncompressed (`STORAGE EXTERNAL`: no compression CPU on a write).
 
 A person's fingerprint is their row in `cio_fingerprints` if there is one, else their entry in
 a segment: a later load's writes go to `cio_fingerprints` and hide the segment's entry, which
@@ -27,6 +29,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cio_destination.arrow_json import comma_listed, join_pieces, json_key
 from cio_destination.exceptions import CustomerioTransientError
 
 TABLE = """CREATE TABLE IF NOT EXISTS {cio_fingerprint_segments} (
@@ -40,7 +43,10 @@ TABLE = """CREATE TABLE IF NOT EXISTS {cio_fingerprint_segments} (
 """One row per segment: `size` people, their `keys` and `fingerprints` (Arrow IPC streams of
 `KEYS` and `BODY`, row for row, sorted by identifier)."""
 KEYS = pa.schema([("identifier", pa.string()), ("source_hash", pa.int64())])
-BODY = pa.schema([("row_hash", pa.int64()), ("attributes", pa.binary())])
+BODY = ("row_hash", "attributes")
+"""The columns of a segment's `fingerprints`: `row_hash` (int64) and `attributes`, the
+attribute hashes as the unit's fingerprints hold them (a struct of int64 fields, one per
+attribute, see `attributes_json`)."""
 CHAIN_MOST = 2_000_000
 """The most people one chain of a first sync's writes keeps in segments: a unit is checked
 against every segment the chain wrote before it (no person in two), a cost that grows with
@@ -101,7 +107,7 @@ def encoded(fingerprints: pa.Table) -> tuple[pa.Array, pa.Array, pa.Buffer, pa.B
         ordered = ordered.take(pc.sort_indices(given))  # (a table read in key order is not)
     columns = {name: _whole(ordered.column(name)) for name in ordered.column_names}
     keys = pa.table([columns[n] for n in KEYS.names], schema=KEYS)
-    body = pa.table([columns[n] for n in BODY.names], schema=BODY)
+    body = pa.table([columns[n] for n in BODY], names=list(BODY))
     return columns["identifier"], columns["source_hash"], _stream(keys), _stream(body)
 
 
@@ -116,6 +122,32 @@ def overlaps(earlier: Sequence[pa.Array], identifiers: pa.Array) -> bool:
         return False
     found = pc.is_in(pa.chunked_array(near, pa.string()), value_set=identifiers)
     return bool(pc.any(found).as_py())
+
+
+def attributes_json(attributes: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Per person, the JSON of their attribute hashes (binary) as `remember` writes it
+    (`orjson.dumps` of a fingerprint's `"a"`: `{"name":hash,...}`, no spaces, the fields in
+    order, an attribute with no hash left out), from `attributes` as the columnar diff gives
+    them: a struct of int64 fields, one per attribute (null: no value). JSON given (binary,
+    a row per person's) is as it is."""
+    if isinstance(attributes, pa.ChunkedArray):
+        attributes = _whole(attributes)
+    if not pa.types.is_struct(attributes.type):
+        return attributes
+    hashed = [
+        (json_key(field.name), pc.cast(values, pa.string()), "", values.null_count > 0)
+        for field, values in zip(attributes.type, attributes.flatten(), strict=True)
+    ]
+    if not hashed:
+        return pa.array([b"{}"] * len(attributes), pa.binary())
+    if any(nullable for *_, nullable in hashed):
+        joined = pc.binary_join_element_wise("{", comma_listed(hashed), "}", "")
+    else:  # every person has every attribute: one join
+        pieces: list[Any] = ["{"]
+        for index, (key, values, _, _) in enumerate(hashed):
+            pieces += [("," if index else "") + key, values]
+        joined = join_pieces([*pieces, "}"])
+    return joined.cast(pa.binary())
 
 
 def _whole(column: pa.ChunkedArray) -> pa.Array:
@@ -306,11 +338,11 @@ class Segments:
         found: list[tuple[str, int, bytes]] = []
         for segment, blob in rows:
             mine, at, _ = hits[segment]
-            body = _table(blob).take(at)
+            body = _table(blob).take(at)  # the JSON of only those
             for position, row_hash, attributes in zip(
                 mine.to_pylist(),
                 body.column("row_hash").to_pylist(),
-                body.column("attributes").to_pylist(),
+                attributes_json(body.column("attributes")).to_pylist(),
                 strict=True,
             ):
                 found.append((asked[position], row_hash, attributes))
