@@ -599,10 +599,8 @@ class SqlStore(StateStore):
             cursor.copy_expert(copy.format(scratch), stream, size)
         return scratch
 
-    def read_blobs(self, sql: str, params: Sequence[Any]) -> list[tuple[int, bytes]]:
-        if not self.arrays:
-            return super().read_blobs(sql, params)
-        # one binary COPY of the rows: a query's blob comes as hex text, twice its size
+    def _copy_out(self, sql: str, params: Sequence[Any], form: str) -> io.BytesIO:
+        """The rows of one query, as one COPY of them in `form` (PostgreSQL's binary or csv)."""
         sink = io.BytesIO()
         with (
             self._database(),
@@ -612,8 +610,14 @@ class SqlStore(StateStore):
             query = cursor.mogrify(
                 _to_paramstyle(sql.format_map(self._names), "format"), tuple(params)
             ).decode()
-            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT binary)", sink)
-        stream = sink.getbuffer()
+            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT {form})", sink)
+        return sink
+
+    def read_blobs(self, sql: str, params: Sequence[Any]) -> list[tuple[int, bytes]]:
+        if not self.arrays:
+            return super().read_blobs(sql, params)
+        # one binary COPY of the rows: a query's blob comes as hex text, twice its size
+        stream = self._copy_out(sql, params, "binary").getbuffer()
         at = len(_COPY_SIGNATURE) + int.from_bytes(stream[15:19], "big")  # + its extension
         rows: list[tuple[int, bytes]] = []
         while stream[at : at + 2] != _COPY_END:  # 2 fields: 8 bytes (an int8), then the blob
@@ -627,16 +631,7 @@ class SqlStore(StateStore):
         if not getattr(self, "_csv", False):
             return super().read_table(sql, params, schema)
         # one COPY of the rows as CSV, parsed by Arrow: no Python object per value
-        sink = io.BytesIO()
-        with (
-            self._database(),
-            self._engine.begin() as connection,
-            self._driver(connection) as cursor,
-        ):
-            query = cursor.mogrify(
-                _to_paramstyle(sql.format_map(self._names), "format"), tuple(params)
-            ).decode()
-            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)", sink)
+        sink = self._copy_out(sql, params, "csv")
         if not sink.getbuffer().nbytes:  # no row: Arrow's CSV reader refuses an empty file
             return schema.empty_table()
         return pa_csv.read_csv(
