@@ -67,26 +67,23 @@ see the repeats of a column of a thousand distinct values, a count of logins).""
 def value_hashes(
     texts: pa.Array | tuple[pa.Array, ...],
     *,
-    as_text: bool = False,
     around: tuple[str, str] = ("", ""),
 ) -> pa.Array:
     """The column form of `value_hash`, given each value's JSON as `value_hash` writes it (null:
     no value, no hash), or the part of it between `around` (a string's quotes), in one column
-    or in pieces (a tuple of columns: a float's text and its ".0"); `as_text`: each hash as its
-    decimal text. Where values repeat, each distinct value is hashed (and written) once; a
+    or in pieces (a tuple of columns: a float's text and its ".0"). Where values repeat, each distinct value is hashed (and written) once; a
     column whose first values are mostly distinct (emails, names) is hashed value by value,
     with no hash table of its values (which cost as much again as the hashes)."""
     affixes = (around[0].encode(), around[1].encode())
     first = texts[0] if isinstance(texts, tuple) else texts
     sample = first.slice(0, DISTINCT_SAMPLE)
     if 2 * pc.count_distinct(sample, mode="all").as_py() > len(sample):
-        hashes = _value_hashes_of(texts, affixes)
-        return pc.cast(hashes, pa.string()) if as_text else hashes
+        return _value_hashes_of(texts, affixes)
     if isinstance(texts, tuple):
         texts = pc.binary_join_element_wise(*texts, "")
     encoded = pc.dictionary_encode(texts)
     hashes = _value_hashes_of(encoded.dictionary, affixes)
-    return pc.take(pc.cast(hashes, pa.string()) if as_text else hashes, encoded.indices)
+    return pc.take(hashes, encoded.indices)
 
 
 def _value_hashes_of(
