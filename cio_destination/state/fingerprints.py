@@ -470,6 +470,15 @@ def _bucket_starts(buckets: pa.Array, size: int, count: int) -> tuple[pa.Array, 
     return pa.array(starts, pa.int64()), widest_bits
 
 
+def _as_copy(hashes: pa.Array) -> bytes:
+    """Source-row hashes (int64, no nulls) as the copy holds them: big-endian 64-bit numbers."""
+    numbers = array("q")
+    numbers.frombytes(memoryview(hashes.buffers()[1])[hashes.offset * 8 :][: len(hashes) * 8])
+    if sys.byteorder == "little":
+        numbers.byteswap()
+    return numbers.tobytes()
+
+
 def _split_units(units: bytes | None) -> Iterable[bytes]:
     """The 16-byte digests kept back to back in `units`."""
     return (units[at : at + 16] for at in range(0, len(units), 16)) if units else ()
@@ -741,12 +750,8 @@ class StoredFingerprints:
             [chain.token, scope],
         )
         column = fingerprints.column("source_hash").combine_chunks().drop_null()
-        hashes = array("q")
-        hashes.frombytes(memoryview(column.buffers()[1])[column.offset * 8 :][: len(column) * 8])
-        if sys.byteorder == "little":
-            hashes.byteswap()
         return _Chain(
-            chain.token, (*chain.hashes, hashes.tobytes()), chain.identifiers, chain.per_person
+            chain.token, (*chain.hashes, _as_copy(column)), chain.identifiers, chain.per_person
         )
 
     @staticmethod
@@ -834,15 +839,11 @@ class StoredFingerprints:
             )
             own = pa.array([row[0] for row in rows], pa.string())
             mine = pa.array([row[1] for row in rows], pa.int64()).drop_null()
-            hidden = self._segments.source_hashes(InTransaction(tx), scope, own)
-            column = pa.concat_arrays([mine, hidden])
-            hashes = array("q")
-            hashes.frombytes(memoryview(column.buffers()[1])[: len(column) * 8])
-            if sys.byteorder == "little":
-                hashes.byteswap()
+            theirs = self._segments.source_hashes(InTransaction(tx), scope, own)
+            column = pa.concat_arrays([mine, theirs])
             tx.execute(
                 "UPDATE {cio_source_hashes} SET size = ?, hashes = ? WHERE scope = ?",
-                [len(hashes), hashes.tobytes(), scope],
+                [len(column), _as_copy(column), scope],
             )
             return
         if server:
