@@ -121,25 +121,42 @@ def _sums(
     head, tail = around
     rows = len(counts[0])
     found = (np.zeros(rows, np.uint32), np.zeros(rows, np.int64))  # crc's XOR, B's sum
-    sums = np.full(rows, 1 + sum(head) + sum(tail), np.int64)  # A
+    sums = np.zeros(rows, np.int64)  # the values' bytes' part of A
     after = np.full(rows, len(tail), np.int32)  # the bytes after the piece, in its row
     for count, piece in zip(reversed(counts), reversed(pieces), strict=True):
         _add_piece(found, sums, count, piece, after, gaps)
         after += count
     linear, weighted = found
+    # all else a row's sums hold depends only on its values' length: looked up by it
+    crc_rest, weighted_rest, sum_rest = _affixed(head, tail)
+    lengths = after - len(tail)
+    crc = linear ^ crc_rest[lengths]
+    weighted += weighted_rest[lengths]
+    sums += sum_rest
+    a = sums % _ADLER_BASE
+    b = weighted % _ADLER_BASE
+    return crc, (b.astype(np.uint32) << 16) | a.astype(np.uint32)
+
+
+@functools.cache
+def _affixed(head: bytes, tail: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+    """What a row's sums add to its values' bytes' parts, by the values' length `n` (at `n`,
+    up to the longest summed): the crc's XOR of the bytes `head` before them and `tail` after
+    them, and of the crc32 of as many zero bytes as the row's text; B's weighted sum of
+    those bytes, plus the text's length; and A's (the same for every row): 1 and their bytes."""
+    n = np.arange(LONGEST + 1 - len(head) - len(tail), dtype=np.int64)
+    total = n + len(head) + len(tail)  # the row's text: head, values, tail
     parts = _crc_parts()
-    for at, byte in enumerate(head):  # its distance from the end: as the row's length sets
-        distance = after + (len(head) - at)
-        linear ^= parts[(distance << 8) | byte]
+    crc = _crc_of_zeros()[total]
+    weighted = total.copy()
+    for at, byte in enumerate(head):  # its distance from the end: as the values' length sets
+        distance = total - at
+        crc ^= parts[(distance << 8) | byte]
         weighted += distance * byte
     for at, byte in enumerate(tail):
-        linear ^= parts[(len(tail) - at) << 8 | byte]
+        crc ^= parts[(len(tail) - at) << 8 | byte]
         weighted += (len(tail) - at) * byte
-    lengths = after + len(head)
-    crc = linear ^ _crc_of_zeros()[lengths]
-    a = sums % _ADLER_BASE
-    b = (weighted + lengths) % _ADLER_BASE
-    return crc, (b.astype(np.uint32) << 16) | a.astype(np.uint32)
+    return crc, weighted, 1 + sum(head) + sum(tail)
 
 
 def _add_piece(
