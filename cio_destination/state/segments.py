@@ -8,8 +8,13 @@ person. A segment holds its people sorted by identifier, in two Arrow IPC stream
 `fingerprints` (operation hash and attribute hashes, in the same order: read only for the
 segments a lookup found people in). The attribute hashes are kept as the columnar diff gives
 them, an int64 column per attribute (null: the person has no value), not as the JSON a row per
-person holds: that JSON is written only for the people read back (`attributes_json`). On
-PostgreSQL both are stored uncompressed (`STORAGE EXTERNAL`: no compression CPU on a write).
+person holds: that JSON is written only for the people read back (`attributes_json`). Arrow
+compresses each stream's buffers (zstd, `_COMPRESSED`; a reader of any release decompresses
+them as it reads), and PostgreSQL stores them as they come (`STORAGE EXTERNAL`: it does not try
+again). At 1M people of the benchmark's table the segments came to 41 MB instead of 82 MB: the
+server's CPU in the load fell by about half (0.4-0.5 s to 0.22-0.25 s) for 2-3 ms of this
+process's a segment; sorted identifiers and the hashes of an attribute of few values shrink
+most, a column of distinct values (its hashes) not at all.
 
 A person's fingerprint is their row in `cio_fingerprints` if there is one, else their entry in
 a segment: a later load's writes go to `cio_fingerprints` and hide the segment's entry, which
@@ -157,9 +162,14 @@ def _whole(column: pa.ChunkedArray) -> pa.Array:
 
 def _stream(table: pa.Table) -> pa.Buffer:
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    with pa.ipc.new_stream(sink, table.schema, options=_COMPRESSED) as writer:
         writer.write_table(table)
     return sink.getvalue()
+
+
+_COMPRESSED = pa.ipc.IpcWriteOptions(compression="zstd", use_threads=False)
+"""How a segment's streams are written: zstd (Arrow's level, 1), on the writer's own thread
+(the load's other threads have the cores)."""
 
 
 def _blob(data: pa.Buffer) -> pa.Array:
