@@ -71,35 +71,30 @@ def value_hashes(
 ) -> pa.Array:
     """The column form of `value_hash`, given each value's JSON as `value_hash` writes it (null:
     no value, no hash), or the part of it between `around` (a string's quotes), in one column
-    or in pieces (a tuple of columns: a float's text and its ".0"). Where values repeat, each distinct value is hashed (and written) once; a
+    or in pieces (a tuple of columns: a float's text and its ".0"; joined first, as one column
+    sums faster than its pieces, and a null in any piece is a null). Where values repeat, each
+    distinct value is hashed (and written) once; a
     column whose first values are mostly distinct (emails, names) is hashed value by value,
     with no hash table of its values (which cost as much again as the hashes)."""
     affixes = (around[0].encode(), around[1].encode())
-    first = texts[0] if isinstance(texts, tuple) else texts
-    sample = first.slice(0, DISTINCT_SAMPLE)
+    if isinstance(texts, tuple):  # one column to sum: a quarter less time than the pieces
+        texts = pc.binary_join_element_wise(*texts, "")
+    sample = texts.slice(0, DISTINCT_SAMPLE)
     if 2 * pc.count_distinct(sample, mode="all").as_py() > len(sample):
         return _value_hashes_of(texts, affixes)
-    if isinstance(texts, tuple):
-        texts = pc.binary_join_element_wise(*texts, "")
     encoded = pc.dictionary_encode(texts)
     hashes = _value_hashes_of(encoded.dictionary, affixes)
     return pc.take(hashes, encoded.indices)
 
 
-def _value_hashes_of(
-    texts: pa.Array | tuple[pa.Array, ...], around: tuple[bytes, bytes]
-) -> pa.Array:
+def _value_hashes_of(texts: pa.Array, around: tuple[bytes, bytes]) -> pa.Array:
     """`value_hash` of each JSON text of `texts` (between `around`), as crc32 and adler32 (a
-    null in any piece: null), all at once (`crc32_adler32`)."""
+    null: null), all at once (`crc32_adler32`)."""
     crc, adler = crc32_adler32(texts, around=around)
     # minus 2**63, modulo 2**64: the top bit flipped, read as signed
     joined = (crc.astype(np.uint64) << np.uint64(32)) | adler
     signed = (joined ^ np.uint64(1 << 63)).view(np.int64)
-    nulls = None
-    for piece in texts if isinstance(texts, tuple) else (texts,):
-        if piece.null_count:
-            missing = piece.is_null().to_numpy(zero_copy_only=False)
-            nulls = missing if nulls is None else nulls | missing
+    nulls = texts.is_null().to_numpy(zero_copy_only=False) if texts.null_count else None
     return pa.array(signed, mask=nulls)
 
 

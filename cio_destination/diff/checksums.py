@@ -15,8 +15,9 @@ end (1 for the last byte, the value's length `n` for the first):
   table of 256 numbers per distance, `_crc_parts`).
 
 So all bytes of many values are looked up and summed by a few array operations. Bytes around
-every value (a JSON string's quotes) are added by their distance, which the value's length
-sets: the values are read where they lie, never copied to put the quotes around them. A text
+every value (a JSON string's quotes) depend only on their distance, which the value's length
+sets: their parts are looked up by that length (`_affixed`), with the values read where they
+lie, never copied to put the quotes around them. A text
 longer than `LONGEST` bytes (the table's reach) is given to zlib on its own. The values are taken
 `BYTES_AT_ONCE` bytes at a time: the arrays made per byte then stay in the CPU's cache, which
 makes the whole twice as fast as one round per column.
@@ -48,46 +49,39 @@ _OFFSET_LAYOUT = {
 """The types laid out as offsets and data, by the width of their offsets."""
 
 
-Piece = tuple[np.ndarray, np.ndarray]
-"""A column's offsets (int64, one more than its rows) and its data buffer (uint8)."""
-
-
 def crc32_adler32(
-    values: pa.Array | tuple[pa.Array, ...],
+    values: pa.Array,
     *,
     around: tuple[bytes, bytes] = (b"", b""),
     at_once: int = BYTES_AT_ONCE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`zlib.crc32` and `zlib.adler32` of each value of `values` (a string or binary array,
-    large or not, sliced or not; or a tuple of such, each row's values one after the other,
-    as a float's two pieces) between the bytes `around` (a JSON string's quotes: no copy of
-    the values is made to put them there), as two uint32 arrays; `at_once`: the bytes of
+    large or not, sliced or not) between the bytes `around` (a JSON string's quotes: no copy
+    of the values is made to put them there), as two uint32 arrays; `at_once`: the bytes of
     values summed at a time. A null's numbers are those of the bytes its offsets span (none,
     as Arrow writes nulls): the caller masks them."""
-    columns = values if isinstance(values, tuple) else (values,)
-    pieces = [_buffers(column) for column in columns]
-    rows = len(columns[0])
+    offsets, data = _buffers(values)
+    rows = len(values)
     crc = np.zeros(rows, np.uint32)
     adler = np.ones(rows, np.uint32)
     if not rows:
         return crc, adler
-    lengths = [np.diff(offsets) for offsets, _ in pieces]
-    longer = np.flatnonzero(sum(lengths) > LONGEST - len(around[0]) - len(around[1]))
-    for each in lengths:
-        each[longer] = 0  # none of their bytes here: zlib's, below
-    summed = np.concatenate([[0], np.cumsum(sum(lengths))])
+    lengths = np.diff(offsets)
+    longer = np.flatnonzero(lengths > LONGEST - len(around[0]) - len(around[1]))
+    lengths[longer] = 0  # none of their bytes here: zlib's, below
+    summed = np.concatenate([[0], np.cumsum(lengths)])
+    gaps = len(longer) > 0
     start = 0
     while start < rows:
         stop = int(np.searchsorted(summed, summed[start] + at_once, side="right")) - 1
         stop = min(rows, max(stop, start + 1))
-        counts = [each[start:stop].astype(np.int32) for each in lengths]
-        gaps = len(longer) > 0 and longer[0] < stop and longer[-1] >= start
-        found = _sums(counts, [(o[start:], d) for o, d in pieces], around, gaps)
+        counts = lengths[start:stop].astype(np.int32)
+        found = _sums(counts, offsets[start:], data, around, gaps)
         crc[start:stop], adler[start:stop] = found
         start = stop
     for row in longer.tolist():
-        texts = [around[0], *(d[o[row] : o[row + 1]] for o, d in pieces), around[1]]
-        crc[row], adler[row] = _by_zlib(texts)
+        text = data[offsets[row] : offsets[row + 1]]
+        crc[row], adler[row] = _by_zlib([around[0], text, around[1]])
     return crc, adler
 
 
@@ -99,9 +93,9 @@ def _by_zlib(texts: list[Any]) -> tuple[int, int]:
     return crc, adler
 
 
-def _buffers(values: pa.Array) -> Piece:
-    """The offsets and data of a string or binary column (another, as a string view, first
-    cast to one)."""
+def _buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets (int64) and data (uint8) of a string or binary column (another, as a
+    string view, first cast to one)."""
     if not _OFFSET_LAYOUT.get(values.type.id):  # e.g. a string view: no offsets
         values = values.cast(pa.large_binary())
     width = np.dtype(_OFFSET_LAYOUT[values.type.id])
@@ -113,25 +107,44 @@ def _buffers(values: pa.Array) -> Piece:
 
 
 def _sums(
-    counts: list[np.ndarray], pieces: list[Piece], around: tuple[bytes, bytes], gaps: bool
+    counts: np.ndarray,
+    offsets: np.ndarray,
+    data: np.ndarray,
+    around: tuple[bytes, bytes],
+    gaps: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The crc32 and adler32 of values of `counts` bytes in each piece (the row's first at
-    the piece's first offset), between the bytes `around`; `gaps`: some values' bytes are
-    left out (too long), so a piece's others are not one run of its data."""
+    """The crc32 and adler32 of values of `counts` bytes (the first row's at `offsets[0]` in
+    `data`), between the bytes `around`; `gaps`: some values' bytes are left out (too long),
+    so the others are not one run of the data."""
     head, tail = around
-    rows = len(counts[0])
-    found = (np.zeros(rows, np.uint32), np.zeros(rows, np.int64))  # crc's XOR, B's sum
-    sums = np.zeros(rows, np.int64)  # the values' bytes' part of A
-    after = np.full(rows, len(tail), np.int32)  # the bytes after the piece, in its row
-    for count, piece in zip(reversed(counts), reversed(pieces), strict=True):
-        _add_piece(found, sums, count, piece, after, gaps)
-        after += count
-    linear, weighted = found
-    # all else a row's sums hold depends only on its values' length: looked up by it
+    rows = len(counts)
+    ends = np.cumsum(counts, dtype=np.int32)
+    total = int(ends[-1])
+    linear = np.zeros(rows, np.uint32)  # the crc's XOR of the values' bytes' parts
+    weighted = np.zeros(rows, np.int64)  # B's sum of them
+    sums = np.zeros(rows, np.int64)  # A's
+    if total:
+        # each byte's distance from the end of its row's text (1 for the last)
+        distance = np.repeat(ends + len(tail), counts)
+        distance -= _counting(total)
+        if gaps:
+            byte = data[np.repeat(offsets[1 : rows + 1] + len(tail), counts) - distance]
+        else:
+            byte = data[offsets[0] : offsets[0] + total]
+        filled: Any = np.flatnonzero(counts)
+        if len(filled) == rows:
+            filled = slice(None)  # (no value of none: no rows to pick)
+        heads = (ends - counts)[filled]
+        # exact in 32 bits: at most 255 * (1 + 2 + ... + LONGEST) a value
+        weighted[filled] = np.add.reduceat(distance * byte, heads, dtype=np.int32)
+        sums[filled] = np.add.reduceat(byte, heads, dtype=np.int32)
+        distance <<= 8
+        distance |= byte
+        linear[filled] = np.bitwise_xor.reduceat(np.take(_crc_parts(), distance), heads)
+    # all else a row's sums hold depends only on its value's length: looked up by it
     crc_rest, weighted_rest, sum_rest = _affixed(head, tail)
-    lengths = after - len(tail)
-    crc = linear ^ crc_rest[lengths]
-    weighted += weighted_rest[lengths]
+    crc = linear ^ crc_rest[counts]
+    weighted += weighted_rest[counts]
     sums += sum_rest
     a = sums % _ADLER_BASE
     b = weighted % _ADLER_BASE
@@ -140,16 +153,16 @@ def _sums(
 
 @functools.cache
 def _affixed(head: bytes, tail: bytes) -> tuple[np.ndarray, np.ndarray, int]:
-    """What a row's sums add to its values' bytes' parts, by the values' length `n` (at `n`,
-    up to the longest summed): the crc's XOR of the bytes `head` before them and `tail` after
-    them, and of the crc32 of as many zero bytes as the row's text; B's weighted sum of
-    those bytes, plus the text's length; and A's (the same for every row): 1 and their bytes."""
+    """What a row's sums add to its value's bytes' parts, by the value's length `n` (at `n`,
+    up to the longest summed): the crc's XOR of the bytes `head` before it and `tail` after
+    it, and of the crc32 of as many zero bytes as the row's text; B's weighted sum of those
+    bytes, plus the text's length; and A's (the same for every row): 1 and their bytes."""
     n = np.arange(LONGEST + 1 - len(head) - len(tail), dtype=np.int64)
-    total = n + len(head) + len(tail)  # the row's text: head, values, tail
+    total = n + len(head) + len(tail)  # the row's text: head, value, tail
     parts = _crc_parts()
     crc = _crc_of_zeros()[total]
     weighted = total.copy()
-    for at, byte in enumerate(head):  # its distance from the end: as the values' length sets
+    for at, byte in enumerate(head):  # its distance from the end: as the value's length sets
         distance = total - at
         crc ^= parts[(distance << 8) | byte]
         weighted += distance * byte
@@ -157,41 +170,6 @@ def _affixed(head: bytes, tail: bytes) -> tuple[np.ndarray, np.ndarray, int]:
         crc ^= parts[(len(tail) - at) << 8 | byte]
         weighted += (len(tail) - at) * byte
     return crc, weighted, 1 + sum(head) + sum(tail)
-
-
-def _add_piece(
-    found: tuple[np.ndarray, np.ndarray],
-    sums: np.ndarray,
-    counts: np.ndarray,
-    piece: Piece,
-    after: np.ndarray,
-    gaps: bool,
-) -> None:
-    """Add one piece's bytes (`counts` a row, `after` bytes from the end of the row's text)
-    to the crc's XOR and the sums of its rows."""
-    offsets, data = piece
-    ends = np.cumsum(counts, dtype=np.int32)
-    total = int(ends[-1])
-    if not total:
-        return
-    # each byte's distance from the end of its row's text (1 for the last)
-    distance = np.repeat(ends + after, counts)
-    distance -= _counting(total)
-    if gaps:
-        byte = data[np.repeat(offsets[1 : len(counts) + 1] + after, counts) - distance]
-    else:
-        byte = data[offsets[0] : offsets[0] + total]
-    filled: Any = np.flatnonzero(counts)
-    if len(filled) == len(counts):
-        filled = slice(None)  # (no value of none: no rows to pick)
-    heads = (ends - counts)[filled]
-    linear, weighted = found
-    # exact in 32 bits: at most 255 * (1 + 2 + ... + LONGEST) a value
-    weighted[filled] += np.add.reduceat(distance * byte, heads, dtype=np.int32)
-    sums[filled] += np.add.reduceat(byte, heads, dtype=np.int32)
-    distance <<= 8
-    distance |= byte
-    linear[filled] ^= np.bitwise_xor.reduceat(np.take(_crc_parts(), distance), heads)
 
 
 def _counting(most: int) -> np.ndarray:
