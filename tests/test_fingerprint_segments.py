@@ -199,7 +199,7 @@ def test_a_segments_streams_are_compressed_and_an_uncompressed_one_reads_the_sam
     attribute of few values take a fraction of their bytes. A segment a release before wrote
     uncompressed answers every read as the compressed one does."""
     people = {
-        f"user-{i:09d}": (i * 7919, {"plan": [11, 22, 33, 44][i % 4], "say \"hi\"": i}, i)
+        f"user-{i:09d}": (i * 7919, {"plan": [11, 22, 33, 44][i % 4], 'say "hi"': i}, i)
         for i in range(3000)
     }
     _, _, keys, body = encoded(table_of(people))
