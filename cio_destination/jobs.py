@@ -58,7 +58,13 @@ ALONE_UNIT_ROWS = 50_000
 earlier unit's answers and diffs against the state, so it pays a round trip and a state read per
 unit; 50,000 rows make those 5x rarer (a 1M-row changes_only re-sync with nothing changed spent
 2.4x a plain sync's load step in units of 10,000), and such a table packs within a unit anyway.
-A `changes_only` first sync, whose units do not wait, has them too: it packs within a unit."""
+A `changes_only` first sync, whose units do not wait, has them too: it packs within a unit.
+A parquet file's first unit is only `UNIT_ROWS`: the units after it are read and their work
+(hashing, mapping, sending, writing fingerprints) starts only once it is mapped, so a first unit
+of 50,000 rows kept the load's other threads waiting for it (a tenth of a second of a 1M-row
+first sync, at whose end the last unit's fingerprints came that much later too). The units
+after it start at the same rows in every load of the file's rows, so the unit digests one load
+keeps (see `cio_destination.diff.Diff.hash_rows`) are found by the next."""
 MAP_AHEAD = 2
 """Units of an Arrow (parquet) table read and mapped ahead while the job sends the one before
 (a table whose units must go alone maps each in turn): one helper thread reads them from the
@@ -159,8 +165,9 @@ class JobFile:
         return max(0, pq.read_metadata(self._path).num_rows - self.offset)
 
     def units(self, unit_rows: int = UNIT_ROWS, *, into_arrow: bool = True) -> Iterator[Unit]:
-        """The rows after `offset`, `unit_rows` (whole dlt batches) at a time; dict rows read
-        into Arrow too where `into_arrow` (see `jsonl_arrow.typed_jsonl_units`)."""
+        """The rows after `offset`, `unit_rows` (whole dlt batches) at a time, a parquet file's
+        first unit at most `UNIT_ROWS` (read when called); dict rows read into Arrow too where
+        `into_arrow` (see `jsonl_arrow.typed_jsonl_units`)."""
         if not self._parquet:
             whole = -(-unit_rows // BATCH_ROWS) * BATCH_ROWS
             read = typed_jsonl_units(
@@ -172,12 +179,13 @@ class JobFile:
         read = ParquetFileBatchIterator(self._path, BATCH_ROWS, self.offset, self._columns)
         batches: list[Any] = []
         rows = 0
+        wanted = min(unit_rows, UNIT_ROWS)  # the first unit (see `ALONE_UNIT_ROWS`)
         for batch in read:
             batches.append(batch)
             rows += len(batch)
-            if rows >= unit_rows:
+            if rows >= wanted:
                 yield self._unit(batches, rows)
-                batches, rows = [], 0
+                batches, rows, wanted = [], 0, unit_rows
         if rows:
             yield self._unit(batches, rows)
 

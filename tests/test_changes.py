@@ -566,8 +566,8 @@ def test_a_first_sync_sends_a_unit_while_the_units_before_it_wait_for_their_answ
     """A first sync compares with no fingerprint, so its units need not wait for each other's
     answers: each request is held until two are in flight, which only units sent while the
     one before waits for its answers reach (a unit is one request). Its units are of the size
-    of a table that packs within them, and the fingerprints of every unit are kept: the run
-    after sends nothing."""
+    of a table that packs within them but the first (one dlt batch: the others wait for it),
+    and the fingerprints of every unit are kept: the run after sends nothing."""
     from .in_flight import InFlight
 
     in_flight = InFlight(2)
@@ -581,7 +581,7 @@ def test_a_first_sync_sends_a_unit_while_the_units_before_it_wait_for_their_answ
     pipeline, rows = synced_people(httpx_mock, tmp_path, "first", answer)
 
     assert in_flight.filled
-    assert units_of_100 == [100, 100, 100]
+    assert units_of_100 == [50, 100, 100, 50]  # the first unit: one dlt batch
     assert sorted(sent, key=int) == [str(i) for i in range(300)]
     sent.clear()
     pipeline.run(arrow_people(rows))
@@ -636,7 +636,7 @@ def test_a_resync_hashes_a_unit_while_the_unit_before_it_waits_for_its_answers(
 
     pipeline.run(arrow_people(changed))
 
-    assert units_of_100 == [100, 100, 100] * 2
+    assert units_of_100 == [50, 100, 100, 50] * 2  # the same units each load
     assert sent == ["7", "107", "207"]
     assert overlapped == [True, True]  # the last unit has no next one
 
@@ -694,7 +694,7 @@ def test_a_person_in_two_units_of_a_first_sync_keeps_the_later_units_fingerprint
 
     pipeline.run(arrow_people(stale + final))
 
-    assert units_of_100 == [100, 100]
+    assert units_of_100 == [50, 100, 50]
     assert {p["identifiers"]["id"]: p["attributes"]["plan"] for p in emulator.people} == {
         str(i): "final" for i in range(100)
     }
