@@ -37,8 +37,10 @@ def block_fingerprints(
     """What computes the fingerprints (`FINGERPRINT_SCHEMA`, the attribute hashes as a struct
     of int64 fields: no JSON written) `only_changes` keeps for the block's entries sent in
     full; `sources`: the source-row hash of each identifier, if the rows were hashed; `texts`:
-    the attributes' JSON members the mapping wrote, of every row of the block's batch (`Mapped.attribute_texts`; else they are written here, now). The hashing
-    is not done by the caller (see `hashed_behind`). None when an attribute's JSON may not be
+    the attributes' JSON members the mapping wrote, of every row of the block's batch
+    (`Mapped.attribute_texts`; else they are written here, now). The operations are hashed
+    here, the values are not (the caller has them hashed behind, see `hashed_behind`). None
+    when an attribute's JSON may not be
     the text its value hash is of (a JSON column or a decimal: the row diff reads those back
     from the operation)."""
     batch = block.batch
@@ -53,13 +55,17 @@ def block_fingerprints(
         for c in columns
     ):
         return None
-    if texts is not None and _of_columns(texts, columns):
-        return partial(_fingerprints, block, columns, texts, sources, handed=True)
-    rows = batch if _every_row_in_order(block) else batch.take(block.rows)
-    written = attribute_texts(rows, columns, [], value_limit=False)  # of the block's rows
-    if written is None:
-        return None
-    return partial(_fingerprints, block, columns, written, sources, handed=False)
+    handed = texts is not None and _of_columns(texts, columns)
+    if not handed:
+        rows = batch if _every_row_in_order(block) else batch.take(block.rows)
+        texts = attribute_texts(rows, columns, [], value_limit=False)  # of the block's rows
+        if texts is None:
+            return None
+    assert texts is not None
+    # the operations' hashes here, on the mapping's thread: the helper that hashes the values
+    # was the slower of the two, and the last to finish a first sync
+    operations = operation_hashes(pc.binary_slice(block.data, 0, -1).to_pylist())
+    return partial(_fingerprints, block, columns, texts, sources, operations, handed=handed)
 
 
 _hashers = SharedPool(1, "customerio-fingerprint-hashes")
@@ -87,11 +93,13 @@ def _fingerprints(
     columns: list[str],
     texts: list[Member],
     sources: tuple[pa.Array, pa.Array] | None,
+    operations: pa.Array,
     *,
     handed: bool,
 ) -> pa.Table:
     """The fingerprints of `block_fingerprints`, from the members of `columns`: `texts`, of
-    every row of the batch if `handed` (by the mapping), else of the block's rows."""
+    every row of the batch if `handed` (by the mapping), else of the block's rows; and the
+    hashes of the block's `operations`."""
     members = _of_block(block, texts) if handed else texts
     hashed = [
         value_hashes(values, around=(prefix[len(json_key(name)) :], suffix))  # a string's quotes
@@ -102,12 +110,11 @@ def _fingerprints(
         if columns
         else pa.array([{}] * len(block), pa.struct([]))
     )
-    operations = pc.binary_slice(block.data, 0, -1)  # without the comma after each
     identifiers = block.row_keys.cast(pa.string())
     return pa.table(
         [
             identifiers,
-            operation_hashes(operations.to_pylist()),
+            operations,
             attributes,
             _source_hashes(identifiers, sources),
         ],
