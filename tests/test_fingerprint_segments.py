@@ -229,6 +229,22 @@ def test_a_segments_streams_are_compressed_and_an_uncompressed_one_reads_the_sam
         store.close()
 
 
+def test_a_pyarrow_without_zstd_writes_segments_uncompressed(monkeypatch: pytest.MonkeyPatch):
+    """A pyarrow built without the zstd codec imports the module and writes its segments
+    uncompressed (which any reader reads), not an error."""
+    people = {f"user-{i:09d}": (i, {"plan": i % 4}, i) for i in range(500)}
+    compressed = encoded(table_of(people))[2]
+    monkeypatch.setattr(segments_module, "_has_codec", lambda name: False)
+    segments_module.write_options.cache_clear()
+    try:
+        _, _, keys, _ = encoded(table_of(people))
+    finally:
+        monkeypatch.undo()
+        segments_module.write_options.cache_clear()
+    assert keys.size > compressed.size
+    assert pa.ipc.open_stream(keys).read_all().column("identifier").to_pylist() == sorted(people)
+
+
 def write_segment(fingerprints: StoredFingerprints, scope: str, people: dict[str, Person]) -> None:
     """What a first sync's chain of writes does on PostgreSQL (`_write_segment`), forced on
     any store: the unit in one segment, the scope's copy dropped in the same transaction."""

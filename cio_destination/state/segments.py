@@ -9,7 +9,7 @@ person. A segment holds its people sorted by identifier, in two Arrow IPC stream
 segments a lookup found people in). The attribute hashes are kept as the columnar diff gives
 them, an int64 column per attribute (null: the person has no value), not as the JSON a row per
 person holds: that JSON is written only for the people read back (`attributes_json`). Arrow
-compresses each stream's buffers (zstd, `_COMPRESSED`; a reader of any release decompresses
+compresses each stream's buffers (zstd, `write_options`; a reader of any release decompresses
 them as it reads), and PostgreSQL stores them as they come (`STORAGE EXTERNAL`: it does not try
 again). At 1M people of the benchmark's table the segments came to 41 MB instead of 82 MB: the
 server's CPU in the load fell by about half (0.4-0.5 s to 0.22-0.25 s) for 2-3 ms of this
@@ -26,6 +26,7 @@ read once are kept by (scope, segment) and never read again.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
@@ -162,14 +163,23 @@ def _whole(column: pa.ChunkedArray) -> pa.Array:
 
 def _stream(table: pa.Table) -> pa.Buffer:
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=_COMPRESSED) as writer:
+    with pa.ipc.new_stream(sink, table.schema, options=write_options()) as writer:
         writer.write_table(table)
     return sink.getvalue()
 
 
-_COMPRESSED = pa.ipc.IpcWriteOptions(compression="zstd", use_threads=False)
-"""How a segment's streams are written: zstd (Arrow's level, 1), on the writer's own thread
-(the load's other threads have the cores)."""
+@functools.cache
+def write_options() -> pa.ipc.IpcWriteOptions:
+    """How a segment's streams are written: zstd (Arrow's level, 1) where this pyarrow has the
+    codec (every wheel on PyPI does), else uncompressed (a build without it still writes, and
+    reads what it wrote); on the writer's own thread (the load's other threads have the cores).
+    Made when first asked for, so a build without zstd still imports this module."""
+    codec = "zstd" if _has_codec("zstd") else None
+    return pa.ipc.IpcWriteOptions(compression=codec, use_threads=False)
+
+
+def _has_codec(name: str) -> bool:
+    return bool(pa.Codec.is_available(name))
 
 
 def _blob(data: pa.Buffer) -> pa.Array:
