@@ -111,6 +111,30 @@ def test_a_completed_load_keeps_a_copy_that_the_next_load_reads_in_one_round_tri
     assert store.read_copy(scope, 2) is None  # more hashes than a load would read in bulk
 
 
+def test_a_copy_larger_than_a_blob_holds_is_not_kept_and_the_next_load_reads_the_rows(
+    emulator: Emulator, make_pipeline, reads: dict[str, int], monkeypatch: pytest.MonkeyPatch
+):
+    """A copy over `COPY_MOST_BYTES` (a blob's limit: 1 GB) is not kept, and no error comes of
+    it: the next load reads the per-person hashes and sends nothing unchanged. One at the limit
+    is kept."""
+    from cio_destination.state import fingerprints as fingerprints_module
+
+    monkeypatch.setattr(fingerprints_module, "COPY_MOST_BYTES", 8 * len(ROWS) - 1)
+    pipeline = make_pipeline()
+    pipeline.run(arrow_people(ROWS))
+    assert copy_of(pipeline) is None
+    mark = len(emulator.requests)
+
+    pipeline.run(arrow_people(ROWS))
+
+    assert batch_ops(emulator, mark) == 0
+    assert (reads["copy_found"], reads["bulk"]) == (0, 1)
+    monkeypatch.setattr(fingerprints_module, "COPY_MOST_BYTES", 8 * len(ROWS))
+    pipeline.run(arrow_people(CHANGED))  # a write drops the copy, the load's end makes it
+    found = copy_of(pipeline)
+    assert found is not None and found[0] == len(ROWS)
+
+
 def _write(store: StoredFingerprints, scope: str, pipeline: dlt.Pipeline) -> None:
     store.remember(scope, {"2": {"r": 0, "a": {}, "s": 123}})
 

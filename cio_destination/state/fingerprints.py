@@ -28,6 +28,7 @@ copy) honours that; a forget or an erasure takes them out of both.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sys
 import threading
@@ -71,6 +72,8 @@ FINGERPRINT_SCHEMA = pa.schema(
 `attributes` as a struct of int64 fields instead, one per attribute (null: no value): a
 segment keeps them so, and the JSON is written from them only for a row per person
 (`cio_destination.state.segments.attributes_json`)."""
+logger = logging.getLogger("cio_destination")
+
 BULK_READ_FACTOR = 20
 """A load reads a scope's source-row hashes in bulk once its rows come to 1/20 of the hashes
 kept: below that, looking its rows up in the database costs less than reading them all."""
@@ -470,10 +473,25 @@ def _bucket_starts(buckets: pa.Array, size: int, count: int) -> tuple[pa.Array, 
     return pa.array(starts, pa.int64()), widest_bits
 
 
+COPY_MOST_BYTES = 1_000_000_000
+"""The largest copy of source-row hashes kept (125M hashes): SQLite's longest blob by default,
+just under PostgreSQL's 1 GB `bytea`. A scope with more has none; its loads read the hashes
+the slower way."""
+
+
 def _set_copy(tx: Any, scope: str, hashes: bytes) -> None:
     """Keep `hashes` (big-endian, 8 bytes each) as the scope's copy, in the row `keep_copy`
     made and holds: as a blob, so PostgreSQL gets it in a binary COPY, not as a parameter
-    (escaped as hex text, which cost three times as long: 0.23 s at 1M hashes)."""
+    (escaped as hex text, which cost three times as long: 0.23 s at 1M hashes). Over
+    `COPY_MOST_BYTES` the copy stays dropped."""
+    if len(hashes) > COPY_MOST_BYTES:
+        logger.info(
+            "customerio: no copy of the source-row hashes of %s is kept (%d hashes, more than"
+            " a blob holds): its loads read them the slower way",
+            scope,
+            len(hashes) // 8,
+        )
+        return
     copy = pa.table({"size": pa.array([len(hashes) // 8]), "hashes": pa.array([hashes])})
     tx.upsert_table("cio_source_hashes", [], copy, {"scope": scope}, blobs=True)
 
