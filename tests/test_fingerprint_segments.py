@@ -386,6 +386,26 @@ def postgres_store(postgres_url: str) -> Iterator[SqlStore]:  # noqa: F811
         store.close()
 
 
+def test_a_scratch_table_gives_its_rows_to_one_upsert_only(postgres_store: SqlStore):
+    """Rows go through a scratch table to an upsert of many rows or of a blob; a second upsert
+    of the table in the same transaction takes only its own: a copy of hashes dropped between
+    the two does not come back."""
+    rows = pa.table({"size": pa.array([1]), "hashes": pa.array([b"\x00" * 8])})
+    with postgres_store.transaction() as tx:
+        for scope in ("p/a", "p/b"):
+            tx.execute(
+                "INSERT INTO {cio_source_hashes} (scope, size, hashes) VALUES (?, NULL, NULL)",
+                [scope],
+            )
+        tx.upsert_table("cio_source_hashes", [], rows, {"scope": "p/a"}, blobs=True)
+        tx.execute(
+            "UPDATE {cio_source_hashes} SET size = NULL, hashes = NULL WHERE scope = ?", ["p/a"]
+        )
+        tx.upsert_table("cio_source_hashes", [], rows, {"scope": "p/b"}, blobs=True)
+    kept = postgres_store.read("SELECT scope, size FROM {cio_source_hashes} ORDER BY scope")
+    assert kept == [("p/a", None), ("p/b", 1)]
+
+
 @pytest.mark.slow
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -136,6 +136,7 @@ class Transaction:
         if self._copy is not None and len(unique) >= _COPY_ROWS:
             scratch = self._copy(table, columns, unique)
             self._execute(f"{head}SELECT {', '.join(columns)} FROM {scratch} {conflict}", [])
+            self._execute(f"TRUNCATE {scratch}", [])  # (see `upsert_table`)
             return
         if self._arrays is not None:  # one array per column, unnested by the server
             types = self._arrays[table]
@@ -189,6 +190,9 @@ class Transaction:
         self._execute(
             f"INSERT INTO {{{table}}} ({listed}) SELECT {listed} FROM {scratch} {conflict}", []
         )
+        # emptied now, not only at the commit: a later upsert of the table in the same
+        # transaction must not take these rows again (a copy dropped since would come back)
+        self._execute(f"TRUNCATE {scratch}", [])
         return False
 
     def delete_in(
