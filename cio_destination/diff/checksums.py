@@ -70,12 +70,13 @@ def crc32_adler32(
     longer = np.flatnonzero(lengths > LONGEST - len(around[0]) - len(around[1]))
     lengths[longer] = 0  # none of their bytes here: zlib's, below
     summed = np.concatenate([[0], np.cumsum(lengths)])
-    gaps = len(longer) > 0
     start = 0
     while start < rows:
         stop = int(np.searchsorted(summed, summed[start] + at_once, side="right")) - 1
         stop = min(rows, max(stop, start + 1))
         counts = lengths[start:stop].astype(np.int32)
+        first_longer = int(np.searchsorted(longer, start))  # a long value in this round?
+        gaps = first_longer < len(longer) and int(longer[first_longer]) < stop
         found = _sums(counts, offsets[start:], data, around, gaps)
         crc[start:stop], adler[start:stop] = found
         start = stop
