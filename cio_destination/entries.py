@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate, chain
 from typing import Any, overload
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -256,7 +257,7 @@ class EntryBlock(Sequence[Entry]):
         return int64_view(pc.cast(pc.subtract(pc.binary_length(self.data), 1), pa.int64()))
 
 
-_row_numbers = pa.array(range(10_000), pa.int64())
+_row_numbers = pa.array(np.arange(10_000, dtype=np.int64))
 
 
 def row_numbers(count: int) -> pa.Array:
@@ -264,7 +265,7 @@ def row_numbers(count: int) -> pa.Array:
     global _row_numbers
     numbers = _row_numbers
     if len(numbers) < count:
-        numbers = _row_numbers = pa.array(range(max(count, 2 * len(numbers))), pa.int64())
+        numbers = _row_numbers = pa.array(np.arange(max(count, 2 * len(numbers)), dtype=np.int64))
     return numbers.slice(0, count)
 
 
