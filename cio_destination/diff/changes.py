@@ -73,9 +73,9 @@ def value_hashes(
     no value, no hash), or the part of it between `around` (a string's quotes), in one column
     or in pieces (a tuple of columns: a float's text and its ".0"; joined first, as one column
     sums faster than its pieces, and a null in any piece is a null). Where values repeat, each
-    distinct value is hashed (and written) once; a
-    column whose first values are mostly distinct (emails, names) is hashed value by value,
-    with no hash table of its values (which cost as much again as the hashes)."""
+    distinct value is hashed (and written) once; a column whose first values are mostly
+    distinct (emails, names) is hashed value by value, with no hash table of its values (which
+    cost as much again as the hashes)."""
     affixes = (around[0].encode(), around[1].encode())
     if isinstance(texts, tuple):  # one column to sum: a quarter less time than the pieces
         texts = pc.binary_join_element_wise(*texts, "")

@@ -24,6 +24,7 @@ import xxhash
 from cio_destination.actions.identify import repeated_values
 from cio_destination.actions.rows import RowReader
 from cio_destination.arrow_json import is_text
+from cio_destination.entries import row_numbers
 from cio_destination.framing import frame_into
 from cio_destination.values import is_temporal
 
@@ -200,7 +201,7 @@ def _text_bytes(column: pa.Array) -> tuple[memoryview, memoryview | bytes]:
         return memoryview(column.buffers()[1])[start * width : (start + rows + 1) * width]
 
     if offsets().cast(code)[0]:  # a slice: its texts as an array of their own, offsets from 0
-        column = pc.take(column, pa.array(np.arange(rows, dtype=np.int64)))
+        column = pc.take(column, row_numbers(rows))
     found = offsets()
     end = found.cast(code)[-1]
     return found, memoryview(column.buffers()[2])[:end] if end else b""
