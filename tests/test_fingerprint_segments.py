@@ -31,7 +31,7 @@ from cio_destination.state import TABLES, PipelineState, backend, release_state
 from cio_destination.state import fingerprints as fingerprints_module
 from cio_destination.state import segments as segments_module
 from cio_destination.state.backend import SCHEMA_VERSION, SqlStore, StateFile, state_path
-from cio_destination.state.fingerprints import FINGERPRINT_SCHEMA, StoredFingerprints
+from cio_destination.state.fingerprints import FINGERPRINT_SCHEMA, PARTS_MARK, StoredFingerprints
 from cio_destination.state.segments import attributes_json, encoded, overlaps, positions
 
 from .test_changes import ROWS, capture_batches, identify
@@ -440,14 +440,20 @@ def test_postgres_writes_a_first_syncs_units_as_segments_and_the_rest_per_person
         )[0][0]
         return per_person, segments
 
+    def parts(scope: str) -> list[tuple[int, int]]:
+        return parts_of(postgres_store, scope)
+
     first = [
         ("write", {f"u{i}": (1, {"plan": 5}, i) for i in range(u, u + 1_500)}, True)
         for u in (0, 1_500)
     ]
     replay(first, segmented, plain, ("a/t", "b/t"), forced=False)
     assert counts("a/t") == (0, 2)  # two units, two rows: no row per person
+    assert parts("a/t") == [(0, 1_500), (1, 1_500)]  # each write wrote its hashes
     segmented.keep_copy("a/t")
     assert copy_of(segmented, "a/t") == list(range(3_000))  # made of the chain's writes
+    mark = postgres_store.read("SELECT size, hashes FROM {cio_source_hashes} WHERE scope = 'a/t'")
+    assert mark[0][0] == 3_000 and bytes(mark[0][1]).startswith(PARTS_MARK)  # not a blob
 
     later = [
         ("write", {"u1": (2, {"plan": 6}, -1), "u2000": (2, {"plan": 6}, -2)}, False),
@@ -460,6 +466,57 @@ def test_postgres_writes_a_first_syncs_units_as_segments_and_the_rest_per_person
     ]
     replay(later, segmented, plain, ("a/t", "b/t"), forced=False)
     assert counts("a/t") == (1, 2)  # u2000 alone has a row of their own; both units rewritten
+    assert parts("a/t") == []  # the first write after the first sync dropped them
+
+
+@pytest.mark.slow
+def test_a_copy_kept_in_parts_is_read_whole_or_not_at_all_and_an_erasure_drops_its_parts(
+    postgres_store: SqlStore,
+):
+    """A first sync's copy on PostgreSQL is kept in parts (each write's hashes, written with
+    it); a copy missing a part reads as no copy (never as fewer hashes); a new chain of the
+    scope drops the parts of one that died; an erasure drops the parts with the copy."""
+    fingerprints = PipelineState(postgres_store, "e").fingerprints
+    units = [
+        {f"u{i}": (1, {"plan": 5}, i) for i in range(start, start + 1_200)} for start in (0, 1_200)
+    ]
+    for unit in units:
+        fingerprints.remember_table("e/t", table_of(unit))
+    fingerprints.flush()
+    fingerprints.keep_copy("e/t")
+    assert copy_of(fingerprints, "e/t") == list(range(2_400))
+
+    with postgres_store.transaction() as tx:
+        tx.execute("DELETE FROM {cio_source_hash_parts} WHERE scope = 'e/t' AND part = 1")
+    assert copy_of(fingerprints, "e/t") is None and parts_of(postgres_store, "e/t") == [(0, 1_200)]
+
+    fingerprints.erase(["u7"])
+    assert parts_of(postgres_store, "e/t") == [] and copy_of(fingerprints, "e/t") is None
+    fingerprints.keep_copy("e/t")  # made by the server, in one blob
+    assert copy_of(fingerprints, "e/t") == [i for i in range(2_400) if i != 7]
+
+    dying = PipelineState(postgres_store, "f").fingerprints
+    dying.remember_table("f/t", table_of(units[0]))  # a chain whose runner dies: no `keep_copy`
+    dying.flush()
+    assert parts_of(postgres_store, "f/t") == [(0, 1_200)]
+    nxt = PipelineState(postgres_store, "f").fingerprints  # the next runner's completed load
+    nxt.keep_copy("f/t")
+    assert parts_of(postgres_store, "f/t") == [] and copy_of(nxt, "f/t") == list(range(1_200))
+    nxt.forget("f/t", list(units[0]))  # the scope holds nobody: the next write starts a chain
+    nxt.remember_table("f/t", table_of(units[1]))
+    nxt.flush()
+    nxt.keep_copy("f/t")
+    assert parts_of(postgres_store, "f/t") == [(0, 1_200)]
+    assert copy_of(nxt, "f/t") == list(range(1_200, 2_400))
+
+
+def parts_of(store: SqlStore, scope: str) -> list[tuple[int, int]]:
+    """The parts of a copy of the scope (`cio_source_hash_parts`): each one's number and count
+    of hashes."""
+    rows = store.read(
+        "SELECT part, hashes FROM {cio_source_hash_parts} WHERE scope = ? ORDER BY part", [scope]
+    )
+    return [(part, len(hashes) // 8) for part, hashes in rows]
 
 
 @pytest.mark.slow
@@ -560,7 +617,7 @@ def test_a_store_of_layout_2_is_upgraded_and_resends_nobody(
     httpx_mock: HTTPXMock, tmp_path: Path, state_keys: dict[str, Any], arrow: bool
 ):
     """A store the release before segments wrote (layout 2: a row per person) is upgraded on
-    open (layout 3, the segments' table made; PostgreSQL: its blobs stored uncompressed) and
+    open (layout 4, the segments' table made; PostgreSQL: its blobs stored uncompressed) and
     its fingerprints read as they are: unchanged rows send nothing, one changed attribute
     only that attribute."""
     sent = capture_batches(httpx_mock)
@@ -574,6 +631,7 @@ def test_a_store_of_layout_2_is_upgraded_and_resends_nobody(
     let_go(pipeline, keys)
     with engine.begin() as connection:  # back to layout 2, as its release left the store
         connection.exec_driver_sql(f"DROP TABLE {prefix}cio_fingerprint_segments")
+        connection.exec_driver_sql(f"DROP TABLE {prefix}cio_source_hash_parts")
         connection.exec_driver_sql(
             f"UPDATE {prefix}cio_state_meta SET value = '2' WHERE name = 'schema_version'"
         )
@@ -599,7 +657,7 @@ def test_a_store_of_layout_2_is_upgraded_and_resends_nobody(
                 " ('keys', 'fingerprints')",
                 (f"{prefix}cio_fingerprint_segments",),
             ).scalar()
-    assert version == str(SCHEMA_VERSION) == "3" and segments == 0
+    assert version == str(SCHEMA_VERSION) == "4" and segments == 0
     assert storage in (None, "fingerprints:e,keys:e")
 
 

@@ -50,12 +50,14 @@ from cio_destination.exceptions import (
 
 STATE_DIR = "customerio"
 STATE_FILE = "state.sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The layout of the state tables this release writes (recorded in `cio_state_meta`). 2 added
-`cio_source_hashes`; 3 adds `cio_fingerprint_segments` (`cio_destination.state.segments`). An
-older layout is upgraded by making the tables it lacks (on PostgreSQL, their blobs stored
-uncompressed): its rows are read as they are. A release of an older layout refuses a store of
-this one (it would not read the segments, and send everyone again)."""
+`cio_source_hashes`; 3 adds `cio_fingerprint_segments` (`cio_destination.state.segments`); 4
+adds `cio_source_hash_parts` (a copy of source-row hashes kept in parts, its row holding their
+mark). An older layout is upgraded by making the tables it lacks (on PostgreSQL, their blobs
+stored uncompressed): its rows are read as they are. A release of an older layout refuses a
+store of this one (it would not read the segments, and send everyone again; nor read a copy
+kept in parts)."""
 
 _META = """
     CREATE TABLE IF NOT EXISTS {cio_state_meta} (

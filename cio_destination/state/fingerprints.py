@@ -17,8 +17,10 @@ not kept: every write or forget in the scope drops it in the write's own transac
 (`_drop_copy`), an erasure drops the copies of every scope of the pipeline in its own
 transaction, and a load that completed makes it again from the per-person table (`keep_copy`,
 at the end of the load), or, on PostgreSQL, from the hashes its own writes wrote where those
-were the scope's only writes since it had no fingerprint (a first sync: `_Chain`). No copy (a
-first sync, a load that died, an older store) only means the slower read.
+were the scope's only writes since it had no fingerprint (a first sync: `_Chain`): each such
+write writes its hashes too, as a part of the copy (`cio_source_hash_parts`), and the load's end
+only marks the parts as the copy. No copy (a first sync, a load that died, an older store) only
+means the slower read.
 
 On PostgreSQL, such a chain of a first sync writes each unit as one **segment**, not a row per
 person (`cio_destination.state.segments`): a person's fingerprint is their row in
@@ -485,15 +487,64 @@ def _set_copy(tx: Any, scope: str, hashes: bytes) -> None:
     (escaped as hex text, which cost three times as long: 0.23 s at 1M hashes). Over
     `COPY_MOST_BYTES` the copy stays dropped."""
     if len(hashes) > COPY_MOST_BYTES:
-        logger.info(
-            "customerio: no copy of the source-row hashes of %s is kept (%d hashes, more than"
-            " a blob holds): its loads read them the slower way",
-            scope,
-            len(hashes) // 8,
-        )
+        _no_copy(scope, len(hashes))
         return
     copy = pa.table({"size": pa.array([len(hashes) // 8]), "hashes": pa.array([hashes])})
     tx.upsert_table("cio_source_hashes", [], copy, {"scope": scope}, blobs=True)
+
+
+PARTS_MARK = b"cio-copy-parts/"
+"""How the mark of a copy kept in parts begins (`_parts_mark`)."""
+
+
+def _parts_mark(token: int) -> bytes:
+    """What a copy's row holds in place of its hashes where they are kept in parts: the mark
+    of the chain (`_Chain.token`) whose writes wrote the parts. 23 bytes, never a whole number
+    of 8-byte hashes, so never taken for a copy's hashes."""
+    return PARTS_MARK + token.to_bytes(8, "big")
+
+
+def _mark_parts(tx: Any, scope: str, token: int, size: int) -> None:
+    """Keep, as the scope's copy, the parts the writes of the chain `token` wrote (`size` bytes
+    in all), in the row `keep_copy` made and holds: one short statement at the end of the
+    load, where the copy's bytes were written by the writes themselves, behind the load.
+    Over `COPY_MOST_BYTES` the copy stays dropped, as `_set_copy`'s."""
+    if size > COPY_MOST_BYTES:
+        _no_copy(scope, size)
+        return
+    tx.execute(
+        "UPDATE {cio_source_hashes} SET size = ?, hashes = ? WHERE scope = ?",
+        [size // 8, _parts_mark(token), scope],
+    )
+
+
+def _copy_found(rows: list[tuple[Any, ...]]) -> bytes | memoryview | None:
+    """The hashes of a copy `read_copy` found: its blob, or its parts joined; None where none
+    was found, or its parts are not all there (read as no copy)."""
+    if not rows:
+        return None
+    size, stored = rows[0][:2]
+    if len(stored) % 8 == 0:  # the hashes themselves (a mark never is 8-byte words)
+        return stored  # type: ignore[no-any-return]
+    if bytes(stored[: len(PARTS_MARK)]) != PARTS_MARK:
+        return None
+    joined = b"".join(row[4] for row in rows if row[4] is not None)
+    return joined if len(joined) == size * 8 else None
+
+
+def _drop_parts(tx: Any, where: str, params: Sequence[Any]) -> None:
+    """Delete the parts of the copies of the scopes matching `where` (with `params`): where a
+    copy's row no longer names them, they are nobody's."""
+    tx.execute(f"DELETE FROM {{cio_source_hash_parts}} WHERE {where}", params)
+
+
+def _no_copy(scope: str, size: int) -> None:
+    logger.info(
+        "customerio: no copy of the source-row hashes of %s is kept (%d hashes, more than"
+        " a blob holds): its loads read them the slower way",
+        scope,
+        size // 8,
+    )
 
 
 def _as_copy(hashes: pa.Array) -> bytes:
@@ -590,6 +641,13 @@ class StoredFingerprints:
             size BIGINT,
             hashes {blob}
         )""",
+        """CREATE TABLE IF NOT EXISTS {cio_source_hash_parts} (
+            scope TEXT NOT NULL,
+            part BIGINT NOT NULL,
+            mark {blob} NOT NULL,
+            hashes {external_blob} NOT NULL,
+            PRIMARY KEY (scope, part)
+        )""",
         """CREATE TABLE IF NOT EXISTS {cio_unit_digests} (
             scope TEXT PRIMARY KEY,
             copy_digest {blob} NOT NULL,
@@ -598,7 +656,10 @@ class StoredFingerprints:
         TABLE,
     )
     """The tables it keeps: the fingerprints, per scope the copy of their source-row hashes
-    (`hashes`: `size` 64-bit numbers, big-endian; NULL: no copy kept), and per scope the
+    (`hashes`: `size` 64-bit numbers, big-endian, or the mark of the parts that hold them,
+    `_parts_mark`; NULL: no copy kept), the parts of copies made of a chain's writes
+    (`cio_source_hash_parts`: each write's hashes, in order, under the chain's mark), and per
+    scope the
     digests of units a copy holds whole (`KeptCopy.units`: `units`, 16 bytes each, of the
     copy whose `copy_digest` it is; any other copy's reader ignores them), and a first sync's
     fingerprints a unit at a time (`cio_destination.state.segments`): a person's fingerprint
@@ -671,17 +732,21 @@ class StoredFingerprints:
     def read_copy(self, scope: str, most: int) -> KeptCopy | None:
         with self._copy_lock:
             drops = self._drops.get(scope, 0)
+        # one statement (one snapshot): the copy's row, with its parts where it names some
         found = self._db.read(
-            "SELECT c.hashes, d.copy_digest, d.units FROM {cio_source_hashes} c"
+            "SELECT c.size, c.hashes, d.copy_digest, d.units, p.hashes"
+            " FROM {cio_source_hashes} c"
             " LEFT JOIN {cio_unit_digests} d ON d.scope = c.scope"
-            " WHERE c.scope = ? AND c.hashes IS NOT NULL AND c.size <= ?",
+            " LEFT JOIN {cio_source_hash_parts} p ON p.scope = c.scope AND p.mark = c.hashes"
+            " WHERE c.scope = ? AND c.hashes IS NOT NULL AND c.size <= ? ORDER BY p.part",
             [scope, most],
         )
-        if not found:
+        stored = _copy_found(found)
+        if stored is None:
             with self._copy_lock:
                 self._copied.discard(scope)
             return None
-        stored, units_of, units = found[0]  # bytes, or memoryviews (PostgreSQL's driver)
+        units_of, units = found[0][2:4]  # bytes, or memoryviews (PostgreSQL's driver)
         digest = copy_digest(stored)
         units_of, units = bytes(units_of or b""), bytes(units or b"")
         hashes = array("q")
@@ -733,6 +798,7 @@ class StoredFingerprints:
             " ON CONFLICT (scope) DO UPDATE SET size = NULL, hashes = NULL",
             [scope],
         )
+        _drop_parts(tx, "scope = ?", [scope])
 
     def _write_new(self, tx: Any, scope: str, fingerprints: pa.Table) -> _Chain | None:
         """Write fingerprints of people the scope has none of, most likely (PostgreSQL), and
@@ -752,6 +818,7 @@ class StoredFingerprints:
             chain = None
             if not self.holds_any_in(tx, scope):
                 chain = _Chain(secrets.randbits(63), ())  # the scope had none
+                _drop_parts(tx, "scope = ?", [scope])  # (another chain's, that died)
         written = chain is not None and self._write_segment(tx, scope, fingerprints, chain)
         if written:
             assert chain is not None
@@ -770,15 +837,26 @@ class StoredFingerprints:
                 "UPDATE {cio_source_hashes} SET size = NULL, hashes = NULL WHERE scope = ?",
                 [scope],
             )
+            _drop_parts(tx, "scope = ?", [scope])
             return None
         tx.execute(
             "UPDATE {cio_source_hashes} SET size = ?, hashes = NULL WHERE scope = ?",
             [chain.token, scope],
         )
         column = fingerprints.column("source_hash").combine_chunks().drop_null()
-        return _Chain(
-            chain.token, (*chain.hashes, _as_copy(column)), chain.identifiers, chain.per_person
-        )
+        part = _as_copy(column)
+        if part:  # written here, behind the load: its end only marks the copy kept
+            row = pa.table(
+                {
+                    "part": pa.array([len(chain.hashes)], pa.int64()),
+                    "mark": pa.array([_parts_mark(chain.token)], pa.binary()),
+                    "hashes": pa.array([part], pa.binary()),
+                }
+            )
+            tx.upsert_table(
+                "cio_source_hash_parts", ["part"], row, {"scope": scope}, new=True, blobs=True
+            )
+        return _Chain(chain.token, (*chain.hashes, part), chain.identifiers, chain.per_person)
 
     @staticmethod
     def holds_any_in(tx: Any, scope: str) -> bool:
@@ -845,7 +923,7 @@ class StoredFingerprints:
                     token, units = self._chain_units.pop(scope, (None, []))
                 if dropped and chain is not None and size == chain.token:  # made of the chain
                     hashes = b"".join(chain.hashes)
-                    _set_copy(tx, scope, hashes)
+                    _mark_parts(tx, scope, chain.token, len(hashes))
                     if units and token == chain.token:  # each unit's hashes are the copy's
                         self._keep_units(tx, scope, copy_digest(hashes), units)
                 elif dropped:  # (a copy kept holds the hashes kept)
@@ -856,6 +934,7 @@ class StoredFingerprints:
         """Make the scope's copy from its fingerprints, by the server in one statement
         (PostgreSQL) or read back here (always, where the scope has segments: the people with
         a row of their own hide their entries in segments)."""
+        _drop_parts(tx, "scope = ?", [scope])  # (a chain's that died: its mark is gone)
         if self._segments.held(InTransaction(tx), "scope = ?", [scope]):
             rows = tx.execute(
                 "SELECT identifier, source_hash FROM {cio_fingerprints} WHERE scope = ?", [scope]
@@ -1065,6 +1144,7 @@ class StoredFingerprints:
                 f"UPDATE {{cio_source_hashes}} SET size = NULL, hashes = NULL WHERE {where}",
                 params,
             )
+            _drop_parts(tx, where, params)
             tx.delete_in("cio_fingerprints", where, params, "identifier", identifiers)
             self._segments.remove(tx, where, params, identifiers)
             for scope in set(self._drops) | self._copied:  # a read it overtook is not current
