@@ -233,12 +233,12 @@ def test_the_fingerprints_kept_are_those_of_the_block_entries_delivered(delivere
         side.state.close()
 
 
-def test_a_blocks_fingerprints_are_hashed_on_a_helper_thread_and_kept_once_delivered(
+def test_a_blocks_fingerprints_are_hashed_on_the_mapping_thread_and_kept_once_delivered(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ):
-    """The hashes are most of a first sync's diff: they are computed on a helper thread, not
-    on the thread that maps and diffs the unit (which goes on with the next rows), and
-    `Diff.delivered` waits for them."""
+    """A block's values are hashed while it is diffed, on the thread that maps and diffs the
+    unit (on a helper thread, numpy's many short calls each waited for Python's lock while the
+    mapping held it), and its fingerprints are kept once Customer.io accepted the block."""
     hashed_by: list[str] = []
     value_hashes = columnar_diff.value_hashes
 
@@ -256,12 +256,13 @@ def test_a_blocks_fingerprints_are_hashed_on_a_helper_thread_and_kept_once_deliv
     mapped = map_items(mapper, diff.drop_unchanged_rows(batch))
     parts = diff.to_send(mapped)
     assert mapped.block is not None and len(mapped.block) == 3
+    assert hashed_by == [threading.current_thread().name]  # the one attribute column, now
+    state.fingerprints.flush()
+    assert state.fingerprints.fingerprints_of(SCOPE, ["a", "b", "c"]) == {}  # not yet sent
 
     diff.delivered(SendResult(delivered=parts), state.snapshots)
 
-    assert len(hashed_by) == 1  # the one attribute column, of the block's three rows
-    assert hashed_by[0] != threading.current_thread().name
-    assert hashed_by[0].startswith("customerio-fingerprint-hashes")
+    assert len(hashed_by) == 1  # hashed once
     state.fingerprints.flush()
     assert len(state.fingerprints.fingerprints_of(SCOPE, ["a", "b", "c"])) == 3
     state.close()
@@ -290,19 +291,17 @@ def test_only_a_changes_only_mapping_holds_its_attribute_texts_and_the_diff_lets
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
-def test_a_forked_child_hashes_and_reads_on_threads_of_its_own():
+def test_a_forked_child_reads_on_threads_of_its_own():
     """An orchestrator may fork a worker from a process that already ran a load. The child
-    does not inherit the helper threads, and the pools must not believe it did: each of them
+    does not inherit the helper threads, and the pools must not believe it did: the pool
     runs a task in the child, which exits 0 (a pool that believed would hang it)."""
     from cio_destination.state import fingerprints
 
-    assert columnar_diff.hashed_behind(lambda: 1)() == 1  # the parent's pools, in use
-    assert fingerprints._reader().submit(lambda: 2).result() == 2
+    assert fingerprints._reader().submit(lambda: 2).result() == 2  # the parent's pool, in use
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         signal.alarm(120)  # a hang ends the child (killed), not the test run
-        ok = columnar_diff.hashed_behind(lambda: 3)() == 3
-        ok = ok and fingerprints._reader().submit(lambda: 4).result() == 4
+        ok = fingerprints._reader().submit(lambda: 4).result() == 4
         os._exit(0 if ok else 1)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
@@ -340,7 +339,7 @@ def test_a_blocks_attribute_hashes_are_columns_and_a_row_per_person_holds_the_js
     if not handed:
         mapped.attribute_texts = None
     parts = diff.to_send(mapped)
-    pending = diff._pending()
+    pending = diff._pending
     diff.delivered(SendResult(delivered=parts), columnar.state.snapshots)
     rows.sync(batch)
 

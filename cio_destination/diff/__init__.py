@@ -14,7 +14,7 @@ or failed send is tried again in full.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import chain
 
 import pyarrow as pa
@@ -22,12 +22,7 @@ import pyarrow.compute as pc
 from dlt.common.typing import TDataItems
 
 from cio_destination.diff.changes import Changes, only_changes
-from cio_destination.diff.columnar import (
-    accepted_rows,
-    block_fingerprints,
-    hashed_behind,
-    split_block,
-)
+from cio_destination.diff.columnar import accepted_rows, block_fingerprints, split_block
 from cio_destination.diff.mirror import MirrorPlan, MirrorPlans
 from cio_destination.diff.source_rows import source_row_hashes, unit_digest
 from cio_destination.entries import Entry, EntryBlock, Mapped
@@ -62,7 +57,9 @@ class Diff:
         self._mirrors = mirrors
         self._kept = kept
         self._changes: Changes | None = None
-        self._pending: Callable[[], pa.Table] | None = None
+        self._pending: pa.Table | None = None
+        """The fingerprints of the block of people sent in full (`_split`), kept once
+        delivered."""
         self._mirror: MirrorPlan | None = None
         self._hashed: tuple[tuple[pa.Array, pa.Array] | None] | None = None
         """The batch's identifiers and source-row hashes, once hashed (`hash_rows`)."""
@@ -179,8 +176,8 @@ class Diff:
     ) -> tuple[EntryBlock | None, list[Entry], dict[str, Fingerprint] | None]:
         """The columnar diff where it applies (see `cio_destination.diff.columnar`): the block
         of people with no fingerprint, sent in full, their fingerprints computed a column at
-        a time on a helper thread (`_pending`, waited for by `delivered`); the entries for
-        `only_changes`, and their fingerprints."""
+        a time (`_pending`, kept by `delivered`); the entries for `only_changes`, and their
+        fingerprints."""
         block = mapped.block
         if not block or block.row_keys is None:
             return None, mapped.all_entries(), None
@@ -194,11 +191,13 @@ class Diff:
         if new:
             sources = self._sources
             arrays = (sources[0].cast(pa.string()), sources[1]) if sources else None
-            compute = block_fingerprints(new, self._mapper.compiled, arrays, mapped.attribute_texts)
-            mapped.attribute_texts = None  # held by `compute` until hashed, then let go
-            if compute is None:  # a column the column forms do not cover
+            # hashed here, on the mapping's thread: on a helper thread (as they were), each of
+            # numpy's many short calls gave up Python's lock and then waited for it while the
+            # mapping held it, which cost a first sync more than the hashing itself
+            texts, mapped.attribute_texts = mapped.attribute_texts, None  # let go once hashed
+            self._pending = block_fingerprints(new, self._mapper.compiled, arrays, texts)
+            if self._pending is None:  # a column the column forms do not cover
                 return None, [*new, *known, *mapped.entries], previous
-            self._pending = hashed_behind(compute)
         return new or None, [*known, *mapped.entries], previous
 
     def erased(self, result: SendResult) -> list[str]:
@@ -219,7 +218,7 @@ class Diff:
             accepted = self._changes.accepted(chain.from_iterable(groups))
             self._fingerprints.remember(self._scope, accepted)
             if self._pending is not None:  # the block's, delivered whole or in part
-                rows = accepted_rows(self._pending(), result.delivered)
+                rows = accepted_rows(self._pending, result.delivered)
                 whole = len(rows) == self._rows and not rows.column("source_hash").null_count
                 unit = self.unit if whole else None  # every row of it written, with its hash
                 self._fingerprints.remember_table(self._scope, rows, unit=unit)

@@ -10,8 +10,7 @@ a column at a time with the column forms of its hashes (`cio_destination.diff.ch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -22,10 +21,9 @@ from cio_destination.diff.changes import operation_hashes, value_hashes
 from cio_destination.entries import Entry, EntryBlock
 from cio_destination.limits import attribute_texts
 from cio_destination.mapping_keys import CompiledMapping
-from cio_destination.pools import SharedPool
 from cio_destination.state.fingerprints import FINGERPRINT_SCHEMA
 
-__all__ = ["accepted_rows", "block_fingerprints", "hashed_behind", "split_block"]
+__all__ = ["accepted_rows", "block_fingerprints", "split_block"]
 
 
 def block_fingerprints(
@@ -33,13 +31,11 @@ def block_fingerprints(
     compiled: CompiledMapping,
     sources: tuple[pa.Array, pa.Array] | None,
     texts: list[Member] | None = None,
-) -> Callable[[], pa.Table] | None:
-    """What computes the fingerprints (`FINGERPRINT_SCHEMA`, the attribute hashes as a struct
-    of int64 fields: no JSON written) `only_changes` keeps for the block's entries sent in
-    full; `sources`: the source-row hash of each identifier, if the rows were hashed; `texts`:
+) -> pa.Table | None:
+    """The fingerprints (`FINGERPRINT_SCHEMA`, the attribute hashes as a struct of int64
+    fields: no JSON written) `only_changes` keeps for the block's entries sent in full; `sources`: the source-row hash of each identifier, if the rows were hashed; `texts`:
     the attributes' JSON members the mapping wrote, of every row of the block's batch
-    (`Mapped.attribute_texts`; else they are written here, now). The operations are hashed
-    here, the values are not (the caller has them hashed behind, see `hashed_behind`). None
+    (`Mapped.attribute_texts`; else they are written here, now). None
     when an attribute's JSON may not be
     the text its value hash is of (a JSON column or a decimal: the row diff reads those back
     from the operation)."""
@@ -62,22 +58,8 @@ def block_fingerprints(
         if texts is None:
             return None
     assert texts is not None
-    # the operations' hashes here, on the mapping's thread: the helper that hashes the values
-    # was the slower of the two, and the last to finish a first sync
     operations = operation_hashes(pc.binary_slice(block.data, 0, -1).to_pylist())
-    return partial(_fingerprints, block, columns, texts, sources, operations, handed=handed)
-
-
-_hashers = SharedPool(1, "customerio-fingerprint-hashes")
-
-
-def hashed_behind(compute: Callable[[], pa.Table]) -> Callable[[], pa.Table]:
-    """Start `compute` (of `block_fingerprints`) on the process's helper thread that hashes
-    blocks; returns what waits for its table. The hashes are most of a first sync's diff: off
-    the mapping thread, which goes on with the next rows, and off the thread that records the
-    units (and waits for each write of fingerprints before the next), they are computed while
-    the block is sent."""
-    return _hashers.executor().submit(compute).result
+    return _fingerprints(block, columns, texts, sources, operations, handed=handed)
 
 
 def _of_columns(texts: list[Member], columns: list[str]) -> bool:
