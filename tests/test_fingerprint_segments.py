@@ -510,6 +510,27 @@ def test_a_copy_kept_in_parts_is_read_whole_or_not_at_all_and_an_erasure_drops_i
     assert copy_of(nxt, "f/t") == list(range(1_200, 2_400))
 
 
+@pytest.mark.slow
+def test_a_copy_in_parts_too_large_to_keep_is_not_kept_and_leaves_no_part(
+    postgres_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+):
+    """A first sync's copy over `COPY_MOST_BYTES` is not kept (its loads read the hashes the
+    slower way), and the parts its writes wrote go with it."""
+    monkeypatch.setattr(fingerprints_module, "COPY_MOST_BYTES", 8 * 2_400 - 1)
+    fingerprints = PipelineState(postgres_store, "g").fingerprints
+    for start in (0, 1_200):
+        fingerprints.remember_table(
+            "g/t", table_of({f"u{i}": (1, {"plan": 5}, i) for i in range(start, start + 1_200)})
+        )
+    fingerprints.flush()
+    assert parts_of(postgres_store, "g/t") == [(0, 1_200), (1, 1_200)]
+
+    fingerprints.keep_copy("g/t")
+
+    assert copy_of(fingerprints, "g/t") is None and parts_of(postgres_store, "g/t") == []
+    assert sorted(fingerprints.read_source_hashes("g/t", 10**6).to_pylist()) == list(range(2_400))
+
+
 def parts_of(store: SqlStore, scope: str) -> list[tuple[int, int]]:
     """The parts of a copy of the scope (`cio_source_hash_parts`): each one's number and count
     of hashes."""
@@ -612,14 +633,16 @@ def let_go(pipeline: dlt.Pipeline, keys: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layout", [2, 3])
 @pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "dicts"])
-def test_a_store_of_layout_2_is_upgraded_and_resends_nobody(
-    httpx_mock: HTTPXMock, tmp_path: Path, state_keys: dict[str, Any], arrow: bool
+def test_a_store_of_an_earlier_layout_is_upgraded_and_resends_nobody(
+    httpx_mock: HTTPXMock, tmp_path: Path, state_keys: dict[str, Any], arrow: bool, layout: int
 ):
-    """A store the release before segments wrote (layout 2: a row per person) is upgraded on
-    open (layout 4, the segments' table made; PostgreSQL: its blobs stored uncompressed) and
-    its fingerprints read as they are: unchanged rows send nothing, one changed attribute
-    only that attribute."""
+    """A store an earlier release wrote (layout 2: a row per person, before segments; layout
+    3: before copies in parts) is upgraded on open (layout 4, the tables it lacks made;
+    PostgreSQL: their blobs stored uncompressed) and its fingerprints and its copy (one blob)
+    read as they are: unchanged rows send nothing, one changed attribute only that
+    attribute."""
     sent = capture_batches(httpx_mock)
     keys, engine, prefix = state_keys["keys"], state_keys["engine"], state_keys["prefix"]
     destination = customerio(site_id="s", api_key="k", **keys)
@@ -629,12 +652,18 @@ def test_a_store_of_layout_2_is_upgraded_and_resends_nobody(
     pipeline.run(people_resource([{"uid": 0, "plan": "x", "city": "y", "score": 0}], arrow))
     pipeline.run(people_resource(ROWS, arrow))  # not a first sync: a row per person
     let_go(pipeline, keys)
-    with engine.begin() as connection:  # back to layout 2, as its release left the store
-        connection.exec_driver_sql(f"DROP TABLE {prefix}cio_fingerprint_segments")
+    with engine.begin() as connection:  # back to the layout, as its release left the store
+        if layout == 2:
+            connection.exec_driver_sql(f"DROP TABLE {prefix}cio_fingerprint_segments")
         connection.exec_driver_sql(f"DROP TABLE {prefix}cio_source_hash_parts")
         connection.exec_driver_sql(
-            f"UPDATE {prefix}cio_state_meta SET value = '2' WHERE name = 'schema_version'"
+            f"UPDATE {prefix}cio_state_meta SET value = '{layout}' WHERE name = 'schema_version'"
         )
+        copy = connection.exec_driver_sql(
+            f"SELECT size, hashes FROM {prefix}cio_source_hashes WHERE scope = 'upgraded/people'"
+        ).one()
+    kept = 1 + len(ROWS) if arrow else 0  # (a dict row has no source-row hash)
+    assert copy[0] == kept and len(copy[1]) == 8 * kept  # a copy in one blob
     sent.clear()
 
     pipeline.run(people_resource(ROWS, arrow))
@@ -657,8 +686,17 @@ def test_a_store_of_layout_2_is_upgraded_and_resends_nobody(
                 " ('keys', 'fingerprints')",
                 (f"{prefix}cio_fingerprint_segments",),
             ).scalar()
-    assert version == str(SCHEMA_VERSION) == "4" and segments == 0
-    assert storage in (None, "fingerprints:e,keys:e")
+            storage += (
+                ","
+                + connection.exec_driver_sql(
+                    "SELECT attstorage::text FROM pg_attribute WHERE attrelid = %s::regclass"
+                    " AND attname = 'hashes'",
+                    (f"{prefix}cio_source_hash_parts",),
+                ).scalar()
+            )
+    assert version == str(SCHEMA_VERSION) == "4"
+    assert segments == 0 or layout == 3  # (layout 3 kept the first run's, if it wrote one)
+    assert storage in (None, "fingerprints:e,keys:e,e")
 
 
 @pytest.mark.slow

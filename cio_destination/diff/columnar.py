@@ -33,12 +33,12 @@ def block_fingerprints(
     texts: list[Member] | None = None,
 ) -> pa.Table | None:
     """The fingerprints (`FINGERPRINT_SCHEMA`, the attribute hashes as a struct of int64
-    fields: no JSON written) `only_changes` keeps for the block's entries sent in full; `sources`: the source-row hash of each identifier, if the rows were hashed; `texts`:
-    the attributes' JSON members the mapping wrote, of every row of the block's batch
-    (`Mapped.attribute_texts`; else they are written here, now). None
-    when an attribute's JSON may not be
-    the text its value hash is of (a JSON column or a decimal: the row diff reads those back
-    from the operation)."""
+    fields: no JSON written) `only_changes` keeps for the block's entries sent in full;
+    `sources`: the source-row hash of each identifier, if the rows were hashed; `texts`: the
+    attributes' JSON members the mapping wrote, of every row of the block's batch
+    (`Mapped.attribute_texts`; else they are written here, now). None when an attribute's JSON
+    may not be the text its value hash is of (a JSON column or a decimal: the row diff reads
+    those back from the operation)."""
     batch = block.batch
     names = set(batch.schema.names)
     columns = [

@@ -12,7 +12,8 @@ columnar diff writes a unit's fingerprints as one Arrow table (`remember_table`)
 
 The bulk read is one round trip where the scope's **copy of its source-row hashes** is kept
 (`cio_source_hashes`: the scope's source-row hashes, and nothing else, as one blob of 64-bit
-numbers). The per-person table stays the truth, and the copy holds exactly its hashes or is
+numbers, or, where a first sync's writes made it, the mark of its parts in
+`cio_source_hash_parts`, read with it in one statement). The per-person table stays the truth, and the copy holds exactly its hashes or is
 not kept: every write or forget in the scope drops it in the write's own transaction
 (`_drop_copy`), an erasure drops the copies of every scope of the pipeline in its own
 transaction, and a load that completed makes it again from the per-person table (`keep_copy`,
@@ -508,9 +509,10 @@ def _mark_parts(tx: Any, scope: str, token: int, size: int) -> None:
     """Keep, as the scope's copy, the parts the writes of the chain `token` wrote (`size` bytes
     in all), in the row `keep_copy` made and holds: one short statement at the end of the
     load, where the copy's bytes were written by the writes themselves, behind the load.
-    Over `COPY_MOST_BYTES` the copy stays dropped, as `_set_copy`'s."""
+    Over `COPY_MOST_BYTES` the copy stays dropped, as `_set_copy`'s, and its parts go."""
     if size > COPY_MOST_BYTES:
         _no_copy(scope, size)
+        _drop_parts(tx, "scope = ?", [scope])
         return
     tx.execute(
         "UPDATE {cio_source_hashes} SET size = ?, hashes = ? WHERE scope = ?",
@@ -608,8 +610,9 @@ class _Chain:
     """This process's writes of a scope's fingerprints since the scope had none, each of
     people it had none of (a first sync's units, COPYed straight in), with no other write
     between: the source-row hashes they wrote are the scope's, so the copy of them is made
-    from these at the end of the load (`keep_copy`), instead of read back from every
-    fingerprint by the database. The chain's writes mark the copy's row with its `token`
+    from these at the end of the load (`keep_copy`: each write wrote its hashes as a part of
+    the copy, which the end marks as kept), instead of read back from every fingerprint by the
+    database. The chain's writes mark the copy's row with its `token`
     (hashes NULL: no copy, to any reader); any other write or erasure sets it NULL, another
     process's chain marks it with its own, so the end finds the token only where the chain
     holds."""
