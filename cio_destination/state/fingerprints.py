@@ -13,10 +13,10 @@ columnar diff writes a unit's fingerprints as one Arrow table (`remember_table`)
 The bulk read is one round trip where the scope's **copy of its source-row hashes** is kept
 (`cio_source_hashes`: the scope's source-row hashes, and nothing else, as one blob of 64-bit
 numbers, or, where a first sync's writes made it, the mark of its parts in
-`cio_source_hash_parts`, read with it in one statement). The per-person table stays the truth, and the copy holds exactly its hashes or is
-not kept: every write or forget in the scope drops it in the write's own transaction
-(`_drop_copy`), an erasure drops the copies of every scope of the pipeline in its own
-transaction, and a load that completed makes it again from the per-person table (`keep_copy`,
+`cio_source_hash_parts`, read with it in one statement). The per-person table stays the truth,
+and the copy holds exactly its hashes or is not kept: every write or forget in the scope drops
+it in the write's own transaction (`_drop_copy`), an erasure drops the copies of every scope of
+the pipeline in its own transaction, and a load that completed makes it again from the per-person table (`keep_copy`,
 at the end of the load), or, on PostgreSQL, from the hashes its own writes wrote where those
 were the scope's only writes since it had no fingerprint (a first sync: `_Chain`): each such
 write writes its hashes too, as a part of the copy (`cio_source_hash_parts`), and the load's end
@@ -534,6 +534,13 @@ def _copy_found(rows: list[tuple[Any, ...]]) -> bytes | memoryview | None:
     return joined if len(joined) == size * 8 else None
 
 
+def _drop_copies(tx: Any, where: str, params: Sequence[Any]) -> None:
+    """Drop the copies of the scopes matching `where` (with `params`) where they have a row,
+    their parts with them."""
+    tx.execute(f"UPDATE {{cio_source_hashes}} SET size = NULL, hashes = NULL WHERE {where}", params)
+    _drop_parts(tx, where, params)
+
+
 def _drop_parts(tx: Any, where: str, params: Sequence[Any]) -> None:
     """Delete the parts of the copies of the scopes matching `where` (with `params`): where a
     copy's row no longer names them, they are nobody's."""
@@ -836,11 +843,7 @@ class StoredFingerprints:
             elif chain is not None:
                 chain = _Chain(chain.token, chain.hashes, chain.identifiers, per_person=True)
         if chain is None:
-            tx.execute(
-                "UPDATE {cio_source_hashes} SET size = NULL, hashes = NULL WHERE scope = ?",
-                [scope],
-            )
-            _drop_parts(tx, "scope = ?", [scope])
+            _drop_copies(tx, "scope = ?", [scope])
             return None
         tx.execute(
             "UPDATE {cio_source_hashes} SET size = ?, hashes = NULL WHERE scope = ?",
@@ -925,10 +928,10 @@ class StoredFingerprints:
                     chain = self._chains.pop(scope, None)
                     token, units = self._chain_units.pop(scope, (None, []))
                 if dropped and chain is not None and size == chain.token:  # made of the chain
-                    hashes = b"".join(chain.hashes)
-                    _mark_parts(tx, scope, chain.token, len(hashes))
+                    _mark_parts(tx, scope, chain.token, sum(map(len, chain.hashes)))
                     if units and token == chain.token:  # each unit's hashes are the copy's
-                        self._keep_units(tx, scope, copy_digest(hashes), units)
+                        digest = copy_digest(b"".join(chain.hashes))
+                        self._keep_units(tx, scope, digest, units)
                 elif dropped:  # (a copy kept holds the hashes kept)
                     self._make_copy(tx, scope, server=store.arrays)
             self._copied.add(scope)
@@ -1143,11 +1146,7 @@ class StoredFingerprints:
             # first: no copy of the pipeline's hashes is left (one may hold theirs), and the
             # copies' rows locked, as every write and forget of a scope locks its row first,
             # so a rewrite of a segment by any of them is over before this reads the segments
-            tx.execute(
-                f"UPDATE {{cio_source_hashes}} SET size = NULL, hashes = NULL WHERE {where}",
-                params,
-            )
-            _drop_parts(tx, where, params)
+            _drop_copies(tx, where, params)
             tx.delete_in("cio_fingerprints", where, params, "identifier", identifiers)
             self._segments.remove(tx, where, params, identifiers)
             for scope in set(self._drops) | self._copied:  # a read it overtook is not current
